@@ -1,0 +1,3 @@
+from facerestore.cli.app import main
+
+main()

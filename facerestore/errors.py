@@ -1,0 +1,46 @@
+"""One exception family, so the CLI can turn any failure into one actionable line."""
+
+from __future__ import annotations
+
+
+class FaceRestoreError(Exception):
+    """Base of every error the user should see as a single line (exit code 1)."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint or self.hint
+
+    def one_line(self) -> str:
+        """The message and its hint joined into the line the CLI prints."""
+        text = str(self)
+        return f"{text}; {self.hint}" if self.hint else text
+
+
+class UsageError(FaceRestoreError):
+    """Invalid option values or combinations, found before any work (exit code 2)."""
+
+
+class BadImage(FaceRestoreError):
+    """An input file that is not a readable image, or is too large to process."""
+
+
+class NoFaceFound(FaceRestoreError):
+    """No face passed the detector's threshold; the image is still written."""
+
+
+class WeightsError(FaceRestoreError):
+    """A checkpoint is missing, cannot be downloaded, or cannot be read."""
+
+
+class ChecksumMismatch(WeightsError):
+    """A file's sha256 differs from the catalogue's."""
+
+
+class UnsupportedCheckpoint(WeightsError):
+    """A checkpoint's keys or shapes do not match the architecture it is loaded into."""
+
+
+class UnknownMethod(UsageError):
+    """A --method name that the registry does not know."""

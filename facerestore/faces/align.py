@@ -1,0 +1,77 @@
+"""Alignment of a detected face to the FFHQ 5-point template (ANCHORS.md 1.3).
+
+Every official backend was trained on crops made with this template, so the crop must match it:
+similarity transform (rotation, uniform scale, translation), 512x512, gray constant border.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# left eye, right eye, nose, left mouth corner, right mouth corner (x, y) for a 512 crop
+FFHQ_TEMPLATE_512 = np.array(
+    [
+        [192.98138, 239.94708],
+        [318.90277, 240.19360],
+        [256.63416, 314.01935],
+        [201.26117, 371.41043],
+        [313.08905, 371.15118],
+    ],
+    dtype=np.float64,
+)
+# facexlib's border value (135,133,132) is BGR; we work in RGB
+BORDER_RGB = (132 / 255.0, 133 / 255.0, 135 / 255.0)
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    """An aligned crop and the affine maps between photo and crop coordinates."""
+
+    crop: np.ndarray  # float32 SxSx3 RGB in [0,1]
+    affine: np.ndarray  # 2x3, photo -> crop
+    inverse: np.ndarray  # 2x3, crop -> photo
+
+    @property
+    def size(self) -> int:
+        return int(self.crop.shape[0])
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama 1991) mapping src points onto dst, as a 2x3 matrix.
+
+    facexlib uses cv2.estimateAffinePartial2D with LMEDS, which samples random subsets; the
+    closed form gives the same answer on exact landmarks and is deterministic on noisy ones.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    cov = dst_c.T @ src_c / len(src)
+    u, s, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1.0
+    rotation = u @ np.diag(d) @ vt
+    scale = (s * d).sum() / src_c.var(0).sum()
+    matrix = np.zeros((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_mean - scale * rotation @ src_mean
+    return matrix
+
+
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 512) -> AlignedFace:
+    """Warp the face with these 5 landmarks to a size x size crop on the FFHQ template."""
+    template = FFHQ_TEMPLATE_512 * (size / 512.0)
+    affine = similarity_transform(landmarks, template)
+    crop = cv2.warpAffine(
+        image,
+        affine,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=BORDER_RGB,
+    )
+    return AlignedFace(crop=crop.astype(np.float32), affine=affine, inverse=cv2.invertAffineTransform(affine))

@@ -1,0 +1,350 @@
+"""The one place where files become arrays and arrays become files.
+
+Everything else in facerestore works on float32 RGB in [0, 1]. This module deals with what real files
+carry so that the rest need not: EXIF orientation, alpha, 16-bit depth, grayscale, palette and CMYK
+sources, corrupt or oversized inputs (one-line `BadImage`), and atomic writes (temp file + rename, so
+an output is either the old file or the complete new one, never partial).
+
+Decoding: PIL reads the header first (size, mode, orientation) so the pixel limit is enforced before
+any pixels are decoded. PNG and TIFF are then decoded with OpenCV, which keeps 16-bit samples that
+PIL truncates to 8 bits; other formats and odd modes (palette, CMYK, ...) are decoded with PIL, which
+also raises on truncated JPEGs that some OpenCV builds silently fill with gray.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from facerestore.errors import BadImage
+
+DEFAULT_MAX_PIXELS = 64_000_000
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+_ORIENTATION_TAG = 0x0112
+# PIL modes whose samples OpenCV decodes faithfully (IMREAD_UNCHANGED gives 1/3/4 channels).
+_CV2_MODES = frozenset({"1", "L", "LA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L"})
+_CV2_FORMATS = frozenset({"PNG", "TIFF"})  # the formats where 16-bit matters
+_ALPHA_EXTS = frozenset({".png", ".tif", ".tiff", ".webp"})
+_DEEP_EXTS = frozenset({".png", ".tif", ".tiff"})
+_PIL_LIMIT_LOCK = threading.Lock()
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@dataclass(frozen=True, eq=False)
+class Picture:
+    """A decoded image: display-oriented float RGB plus what is needed to write it back alike."""
+
+    rgb: np.ndarray  # float32 HxWx3 in [0, 1], RGB, EXIF orientation applied
+    alpha: np.ndarray | None  # float32 HxW in [0, 1], or None when the source has no alpha
+    bit_depth: int  # 8 or 16: write outputs at the depth the source had
+    gray: bool  # single-channel source or identical channels: write the output gray too
+    path: Path | None = None
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+def is_image_path(path: Path) -> bool:
+    """True when the extension (any case) is one we read and write."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """Float [0, 1] -> uint8, rounding (not truncating) so a round trip is exact; NaN becomes 0."""
+    return np.round(np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _to_uint16(x: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:.3g} MP" if n >= 100_000 else f"{n} pixels"
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an HxW[xC] array, giving the image as viewers show it."""
+    if orientation == 2:
+        a = a[:, ::-1]
+    elif orientation == 3:
+        a = a[::-1, ::-1]
+    elif orientation == 4:
+        a = a[::-1]
+    elif orientation == 5:
+        a = a.swapaxes(0, 1)
+    elif orientation == 6:
+        a = np.rot90(a, -1)
+    elif orientation == 7:
+        a = a.swapaxes(0, 1)[::-1, ::-1]
+    elif orientation == 8:
+        a = np.rot90(a, 1)
+    return np.ascontiguousarray(a)
+
+
+def _read_orientation(img: Image.Image) -> int:
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # an eXIf chunk after the pixels would make getexif() decode the whole image
+    try:
+        value = int(img.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # a malformed EXIF block must not make the pixels unreadable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _decode_cv2(data: bytes) -> np.ndarray | None:
+    """OpenCV decode to RGB(A)/gray order, or None when OpenCV cannot give 8/16-bit 1/3/4 channels."""
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if arr is None or arr.dtype not in (np.uint8, np.uint16):
+        return None
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+    return arr if arr.ndim == 2 else None
+
+
+def _decode_pil(img: Image.Image) -> np.ndarray:
+    """PIL decode to uint8/uint16 gray, RGB or RGBA (palette, CMYK, LA, 16-bit gray handled)."""
+    mode = img.mode
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode.startswith("I;16"):
+        return np.asarray(img).astype(np.uint16)
+    elif mode == "I":
+        return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        has_alpha = "A" in mode or "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    return np.asarray(img)
+
+
+def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """Read any supported image into a `Picture`; every failure is a one-line `BadImage`."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        data = path.read_bytes() if size else b""
+    except FileNotFoundError:
+        raise BadImage(f"{path} does not exist", hint="check the path") from None
+    except IsADirectoryError:
+        raise BadImage(f"{path} is a folder, not an image", hint="pass the image files inside it") from None
+    except OSError as e:
+        raise BadImage(f"{path} cannot be read ({e.strerror or e})", hint="check its permissions") from None
+    if not data:
+        raise BadImage(f"{path} is empty (0 bytes)", hint="re-copy or re-export the file")
+    not_image = BadImage(
+        f"{path} is not an image file (or is corrupt)",
+        hint=f"use one of {', '.join(IMAGE_EXTENSIONS)} or re-export the file",
+    )
+
+    try:
+        # Our own pixel limit below replaces PIL's decompression-bomb check, which would otherwise
+        # refuse sizes a user allowed with --max-pixels.
+        with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            old_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = old_limit
+        width, height = img.size
+    except Exception:
+        raise not_image from None
+    if width * height > max_pixels:
+        raise BadImage(
+            f"{path} is {width}x{height} = {_megapixels(width * height)}, "
+            f"over the {_megapixels(max_pixels)} limit",
+            hint="downscale it or pass --max-pixels",
+        )
+    orientation = _read_orientation(img)
+
+    arr = None
+    if img.format in _CV2_FORMATS and img.mode in _CV2_MODES:
+        arr = _decode_cv2(data)
+        if arr is not None and arr.shape[:2] != (height, width):
+            arr = None  # e.g. a multi-page TIFF where OpenCV picked another page
+    if arr is None:
+        try:
+            img.load()
+            arr = _decode_pil(img)
+        except Exception:
+            raise not_image from None
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise not_image
+
+    arr = _orient(arr, orientation)
+    bit_depth = 16 if arr.dtype == np.uint16 else 8
+    scale = np.float32(65535.0 if bit_depth == 16 else 255.0)  # divide: x / 255 is what callers expect
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    if channels in (1, 2):  # gray, gray + alpha
+        luma = arr if arr.ndim == 2 else arr[:, :, 0]
+        rgb = np.repeat((luma.astype(np.float32) / scale)[:, :, None], 3, axis=2)
+        alpha = arr[:, :, 1].astype(np.float32) / scale if channels == 2 else None
+        gray = True
+    else:
+        rgb = arr[:, :, :3].astype(np.float32) / scale
+        alpha = arr[:, :, 3].astype(np.float32) / scale if channels == 4 else None
+        gray = bool(np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 1], arr[:, :, 2]))
+    return Picture(rgb=rgb, alpha=alpha, bit_depth=bit_depth, gray=gray, path=path)
+
+
+def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: int, gray: bool,
+            jpeg_quality: int) -> bytes:
+    ext = path.suffix.lower()
+    if ext not in IMAGE_EXTENSIONS:
+        raise BadImage(f"cannot write {path}: unknown image extension {ext!r}",
+                       hint=f"use one of {', '.join(IMAGE_EXTENSIONS)}")
+    rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint8:
+        rgb = rgb.astype(np.float32) / 255.0
+    elif rgb.dtype == np.uint16:
+        rgb = rgb.astype(np.float32) / 65535.0
+    if rgb.ndim == 2:
+        rgb = rgb[:, :, None]
+    if rgb.ndim != 3 or rgb.shape[2] not in (1, 3):
+        raise BadImage(f"cannot write {path}: expected an HxWx3 array, got shape {rgb.shape}",
+                       hint="this is a bug in the caller; please report it")
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    if alpha is not None and (ext not in _ALPHA_EXTS):
+        alpha = None  # JPEG and BMP have no alpha channel
+    if alpha is not None:
+        alpha = np.asarray(alpha, dtype=np.float32).reshape(rgb.shape[:2])
+    deep = bit_depth == 16 and ext in _DEEP_EXTS
+    quantize = _to_uint16 if deep else to_uint8
+
+    if gray:
+        luma = rgb[:, :, 0] * 0.299 + rgb[:, :, 1] * 0.587 + rgb[:, :, 2] * 0.114
+        if alpha is None and ext != ".webp":
+            out = quantize(luma)
+        else:  # OpenCV has no gray+alpha writer (and WebP has no gray): equal color channels
+            q = quantize(luma)
+            out = np.dstack([q, q, q] + ([quantize(alpha)] if alpha is not None else []))
+    else:
+        q = quantize(rgb)[:, :, ::-1]  # RGB -> BGR
+        out = np.dstack([q, quantize(alpha)]) if alpha is not None else q
+    out = np.ascontiguousarray(out)
+
+    params: list[int] = []
+    if ext in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+    elif ext == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, int(jpeg_quality)]
+    elif ext == ".png":
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    try:
+        ok, buf = cv2.imencode(ext, out, params)
+    except cv2.error as e:
+        raise BadImage(f"cannot encode {path} ({str(e).strip().splitlines()[-1]})",
+                       hint="try another --ext") from None
+    if not ok:
+        raise BadImage(f"cannot encode {path}", hint="try another --ext")
+    return buf.tobytes()
+
+
+def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None, bit_depth: int = 8,
+                gray: bool = False, jpeg_quality: int = 95) -> Path:
+    """Encode by extension and write atomically; returns the path written.
+
+    Formats that cannot hold alpha (JPEG, BMP) drop it; formats that cannot hold 16 bits write 8.
+    The file appears complete or not at all (encode, temp file in the same folder, fsync, rename).
+    Writing over an input is NOT prevented here: callers check with `assert_not_input` first.
+    """
+    path = Path(path)
+    payload = _encode(path, rgb, alpha, bit_depth, gray, jpeg_quality)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix="." + path.name + ".", suffix=".tmp")
+    except OSError as e:
+        raise BadImage(f"cannot write {path} ({e.strerror or e})", hint="check the output folder") from None
+    try:
+        with tmp:
+            tmp.write(payload)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp.name, 0o666 & ~_UMASK)  # NamedTemporaryFile makes 0600 files
+        os.replace(tmp.name, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp.name)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise BadImage(f"cannot write {path} ({e.strerror or e})",
+                           hint="check free space and permissions") from None
+        raise
+    return path
+
+
+def list_images(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand inputs into image files: (found, [(input, reason)] for inputs that yield nothing).
+
+    Files named explicitly are kept whatever their extension (reading them gives the clear error).
+    Folders are walked recursively in sorted order, keeping image extensions in any case and skipping
+    hidden names (".git", macOS "._x.jpg", our own temp files). A file reached twice is listed once.
+    """
+    found: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append(p)
+
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = [
+                p for p in item.rglob("*")
+                if not any(part.startswith(".") for part in p.relative_to(item).parts)
+                and is_image_path(p) and p.is_file()
+            ]
+            if not files:
+                problems.append((item, f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"))
+            for p in sorted(files, key=lambda p: p.relative_to(item).parts):
+                add(p)
+        elif item.is_file():
+            add(item)
+        else:
+            problems.append((item, "does not exist"))
+    return found, problems
+
+
+def assert_not_input(path: Path, inputs: set[Path]) -> None:
+    """Refuse an output path that is one of the inputs (after resolving links and `..`)."""
+    target = Path(path).resolve()
+    for inp in inputs:
+        same = target == Path(inp).resolve()
+        if not same and target.exists() and Path(inp).exists():
+            try:
+                same = os.path.samefile(target, inp)
+            except OSError:
+                same = False
+        if same:
+            raise BadImage(f"refusing to write {path}: it would overwrite the input {inp}",
+                           hint="choose another output folder or --suffix")

@@ -1,0 +1,243 @@
+"""restore_image / restore_paths: read -> detect -> align -> restore (batched) -> paste -> write.
+
+Output layout follows GFPGAN (the convention users know, ANCHORS.md 3.3):
+  restored_imgs/<name>[_suffix].<ext>    whole photo (not with --aligned)
+  cropped_faces/<name>_<ii>.png          aligned input crops
+  restored_faces/<name>_<ii>[_suffix].png
+  cmp/<name>_<ii>.png                    crop | restored, side by side
+Every file is written to a temp file and renamed; an input file is never overwritten.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.faces.align import AlignedFace, align_face
+from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
+from facerestore.faces.paste import paste_faces
+from facerestore.image_io import DEFAULT_MAX_PIXELS, Picture, assert_not_input, read_image, write_image
+from facerestore.methods.base import RestorationMethod
+
+FACE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """Everything that shapes the output of one run (method knobs live in MethodOptions)."""
+
+    output: Path
+    upscale: float = 2.0
+    aligned: bool = False
+    only_center_face: bool = False
+    detection_threshold: float = 0.8
+    min_face: float = 5.0
+    batch_size: int = 8
+    seed: int = 0
+    suffix: str | None = None
+    ext: str = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    save_faces: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.upscale <= 8.0:
+            raise UsageError(f"--upscale must be between 1 and 8, got {self.upscale}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.ext not in ("auto", "png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"):
+            raise UsageError(f"--ext {self.ext!r} is not supported", hint="use auto, png, jpg, webp, tif or bmp")
+
+
+@dataclass
+class ImageResult:
+    """What happened to one input; the CLI turns these into lines and the JSON summary."""
+
+    path: Path
+    status: str = "ok"  # ok | no-face | failed
+    faces: int = 0
+    error: str | None = None
+    outputs: list[Path] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "path": str(self.path),
+            "status": self.status,
+            "faces": self.faces,
+            "error": self.error,
+            "outputs": [str(p) for p in self.outputs],
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+        }
+
+
+def restore_crops(
+    method: RestorationMethod,
+    crops: Sequence[np.ndarray],
+    *,
+    batch_size: int = 8,
+    seed: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[np.ndarray]:
+    """Restore aligned crops in chunks of `batch_size`; same seed -> same output for each photo."""
+    generator = torch.Generator().manual_seed(seed)
+    restored: list[np.ndarray] = []
+    for start in range(0, len(crops), batch_size):
+        chunk = np.stack(crops[start : start + batch_size]).astype(np.float32)
+        batch = torch.from_numpy(chunk).permute(0, 3, 1, 2).contiguous()
+        out = method.restore(batch, generator=generator)
+        restored.extend(out.permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy())
+        if on_batch:
+            on_batch(len(chunk))
+    return restored
+
+
+def _side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    return np.concatenate([left, right], axis=1)
+
+
+class OutputNamer:
+    """Paths in the GFPGAN layout; keeps sub-folders of folder inputs apart so names never collide."""
+
+    def __init__(self, options: RestoreOptions, inputs: set[Path]) -> None:
+        self.options = options
+        self.inputs = inputs
+
+    def _path(self, folder: str, name: str, ext: str) -> Path:
+        path = self.options.output / folder / f"{name}.{ext}"
+        assert_not_input(path, self.inputs)
+        return path
+
+    def image(self, name: str, source: Path) -> Path:
+        ext = source.suffix.lstrip(".").lower() if self.options.ext == "auto" else self.options.ext
+        suffix = f"_{self.options.suffix}" if self.options.suffix else ""
+        return self._path("restored_imgs", f"{name}{suffix}", ext or "png")
+
+    def face(self, folder: str, name: str, index: int | None, suffix: bool = False) -> Path:
+        tag = "" if index is None else f"_{index:02d}"
+        end = f"_{self.options.suffix}" if suffix and self.options.suffix else ""
+        return self._path(folder, f"{name}{tag}{end}", "png")
+
+
+def restore_picture(
+    picture: Picture,
+    method: RestorationMethod,
+    detector: RetinaFaceHeads | None,
+    options: RestoreOptions,
+) -> tuple[np.ndarray | None, list[AlignedFace], list[np.ndarray], dict[str, float]]:
+    """The in-memory core: returns (whole restored photo or None if aligned, crops, restored crops, timings)."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    if options.aligned:
+        crop = picture.rgb
+        if crop.shape[:2] != (FACE_SIZE, FACE_SIZE):
+            crop = cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_LINEAR)
+        identity = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+        faces = [AlignedFace(crop=crop.astype(np.float32), affine=identity, inverse=identity)]
+    else:
+        assert detector is not None
+        found = detect_faces(picture.rgb, detector, threshold=options.detection_threshold, min_eye_distance=options.min_face)
+        found = select_faces(found, picture.rgb.shape, only_center_face=options.only_center_face)
+        timings["detect"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        faces = [align_face(picture.rgb, f.landmarks, FACE_SIZE) for f in found]
+        timings["align"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    restored = restore_crops(method, [f.crop for f in faces], batch_size=options.batch_size, seed=options.seed) if faces else []
+    timings["restore"] = time.perf_counter() - clock
+    if options.aligned:
+        return None, faces, restored, timings
+    clock = time.perf_counter()
+    height, width = picture.rgb.shape[:2]
+    size = (round(width * options.upscale), round(height * options.upscale))
+    background = picture.rgb if options.upscale == 1 else cv2.resize(picture.rgb, size, interpolation=cv2.INTER_LANCZOS4)
+    photo = paste_faces(np.clip(background, 0, 1), [(r, f.inverse) for r, f in zip(restored, faces)], upscale=options.upscale)
+    timings["paste"] = time.perf_counter() - clock
+    return photo, faces, restored, timings
+
+
+def restore_file(
+    path: Path,
+    name: str,
+    method: RestorationMethod,
+    detector: RetinaFaceHeads | None,
+    options: RestoreOptions,
+    namer: OutputNamer,
+) -> ImageResult:
+    """Restore one file and write its outputs; raises FaceRestoreError for a bad input."""
+    result = ImageResult(path=path)
+    clock = time.perf_counter()
+    picture = read_image(path, max_pixels=options.max_pixels)
+    out_pixels = picture.height * picture.width * (1 if options.aligned else options.upscale**2)
+    if out_pixels > options.max_pixels:
+        raise FaceRestoreError(
+            f"{path}: output would be {out_pixels / 1e6:.0f} MP, over the {options.max_pixels / 1e6:.0f} MP limit",
+            hint="use a smaller --upscale or raise --max-pixels",
+        )
+    result.seconds["read"] = time.perf_counter() - clock
+    photo, faces, restored, timings = restore_picture(picture, method, detector, options)
+    result.seconds.update(timings)
+    result.faces = len(faces)
+    clock = time.perf_counter()
+    keep = dict(bit_depth=picture.bit_depth, gray=picture.gray)
+    if photo is not None:
+        alpha = picture.alpha
+        if alpha is not None and options.upscale != 1:
+            alpha = cv2.resize(alpha, (photo.shape[1], photo.shape[0]), interpolation=cv2.INTER_LINEAR)
+        result.outputs.append(write_image(namer.image(name, path), photo, alpha=alpha, **keep))
+    if options.save_faces:
+        for index, (face, out) in enumerate(zip(faces, restored)):
+            tag = None if options.aligned else index
+            if not options.aligned:
+                result.outputs.append(write_image(namer.face("cropped_faces", name, tag), face.crop, **keep))
+            result.outputs.append(write_image(namer.face("restored_faces", name, tag, suffix=True), out, **keep))
+            result.outputs.append(write_image(namer.face("cmp", name, tag), _side_by_side(face.crop, out), **keep))
+    result.seconds["write"] = time.perf_counter() - clock
+    if not faces:
+        result.status = "no-face"
+        result.error = f"{path}: no face found; the photo was written unchanged (only resized by --upscale)"
+    return result
+
+
+def output_names(paths: Sequence[Path], roots: Sequence[Path]) -> list[str]:
+    """Name each output after its path relative to the folder it was found in (no collisions)."""
+    names = []
+    for path in paths:
+        root = next((r for r in roots if r.is_dir() and path.is_relative_to(r)), None)
+        rel = path.relative_to(root) if root else Path(path.name)
+        names.append(rel.with_suffix("").as_posix())
+    return names
+
+
+def restore_paths(
+    paths: Sequence[Path],
+    roots: Sequence[Path],
+    method: RestorationMethod,
+    detector: RetinaFaceHeads | None,
+    options: RestoreOptions,
+    *,
+    on_image: Callable[[ImageResult], None] | None = None,
+    debug: bool = False,
+) -> list[ImageResult]:
+    """Restore every path; a bad file is recorded as failed and the batch goes on."""
+    namer = OutputNamer(options, {p.resolve() for p in paths})
+    results = []
+    for path, name in zip(paths, output_names(paths, roots)):
+        try:
+            result = restore_file(path, name, method, detector, options, namer)
+        except FaceRestoreError as exc:
+            result = ImageResult(path=path, status="failed", error=exc.one_line())
+        except Exception as exc:  # a bug or a backend crash must not end the batch
+            detail = traceback.format_exc() if debug else f"{type(exc).__name__}: {exc}"
+            result = ImageResult(path=path, status="failed", error=f"{path}: internal error ({detail}); rerun with --debug and report it")
+        results.append(result)
+        if on_image:
+            on_image(result)
+    return results

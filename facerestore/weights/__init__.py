@@ -1,0 +1,1 @@
+"""Checkpoints: the catalogue (weights.toml), where files live, download, safe reading, conversion."""

@@ -1,0 +1,121 @@
+"""Read checkpoints without executing pickled code, unwrap the usual wrappers, load strictly.
+
+Official checkpoints come as pickled `.pth` files wrapped in several ways (`params_ema`, `params`,
+`state_dict`, a `module.` prefix from DataParallel). They are read with `torch.load(weights_only=True)`,
+which refuses any pickled object other than tensors and plain containers, unwrapped in this one place,
+and converted once to safetensors (a plain tensor file that memory-maps and cannot carry code).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from facerestore.errors import UnsupportedCheckpoint, WeightsError
+
+StateDict = dict[str, torch.Tensor]
+WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
+SHOWN_KEYS = 5
+
+
+def canonical_state_dict(obj: object, source: Path | str = "checkpoint") -> StateDict:
+    """Unwrap `params_ema` / `params` / `state_dict` / `model`, strip `module.`, keep tensors only."""
+    while isinstance(obj, Mapping):
+        wrapper = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if wrapper is None:
+            break
+        obj = obj[wrapper]
+    if not isinstance(obj, Mapping):
+        raise UnsupportedCheckpoint(f"{source} holds a {type(obj).__name__}, not a state dict", hint="pass a checkpoint saved with torch.save(model.state_dict())")
+    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise UnsupportedCheckpoint(f"{source} holds no tensors", hint="pass a model checkpoint")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def read_state_dict(path: Path | str) -> StateDict:
+    """A state dict on the CPU from a .safetensors or a (pickled) .pth/.pt/.pkl/.ckpt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist", hint="check the path or run `facerestore weights list`")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UnsupportedCheckpoint(f"{path} is not a readable safetensors file ({exc})", hint="delete it and pull or import it again") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
+    except Exception as exc:  # pickle errors, truncated zips, objects outside the allow-list
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedCheckpoint(
+            f"{path} cannot be read as a checkpoint ({reason})",
+            hint="it may be truncated or hold pickled code; download it again or `facerestore weights verify`",
+        ) from None
+    return canonical_state_dict(obj, path)
+
+
+def describe_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> str:
+    """'' when keys and shapes agree, else the first few missing / unexpected / reshaped keys."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    reshaped = [f"{k} {tuple(got[k].shape)} != {tuple(expected[k].shape)}" for k in expected if k in got and got[k].shape != expected[k].shape]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)):
+        if keys:
+            more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
+            parts.append(f"{label} {len(keys)}: {', '.join(keys[:SHOWN_KEYS])}{more}")
+    return "; ".join(parts)
+
+
+def load_strict(net: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path | str = "checkpoint") -> torch.nn.Module:
+    """Load every key or raise one line naming the file and the first mismatched keys (no partial load)."""
+    problem = describe_mismatch(net.state_dict(), state)
+    if problem:
+        raise UnsupportedCheckpoint(
+            f"{source} does not fit {type(net).__name__}: {problem}",
+            hint="it is another architecture or a truncated file; pass the checkpoint this method expects",
+        )
+    net.load_state_dict(state, strict=True)
+    return net
+
+
+def save_safetensors(state: Mapping[str, torch.Tensor], path: Path | str, metadata: dict[str, str] | None = None) -> Path:
+    """Write atomically (temp file + rename); tensors sharing memory are copied apart first."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    seen: set[tuple[int, int]] = set()
+    plain = {}
+    for key, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if ident in seen or tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+            tensor = tensor.clone()
+        seen.add(ident)
+        plain[key] = tensor
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(plain, tmp, metadata=metadata or {})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def safetensors_metadata(path: Path | str) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})

@@ -1,0 +1,347 @@
+"""Where checkpoints live and how they get there: resolve, download, verify, import.
+
+Resolution order for a catalogue name: the folders in FACERESTORE_WEIGHTS (os.pathsep-separated,
+e.g. a shared read-only folder) -> the user cache (FACERESTORE_HOME/weights, else the platform cache
+dir) -> download into the cache. Downloads resume from a `.part` file, are checked against the
+catalogue's sha256 and renamed into place only when complete. Offline (--offline, FACERESTORE_OFFLINE=1
+or HF_HUB_OFFLINE=1, or no network), a missing file is one line naming it, its URL, its sha256 and
+the import command. Pickled files are converted once to safetensors in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from facerestore.errors import ChecksumMismatch, UsageError, WeightsError
+from facerestore.weights.catalogue import WeightsEntry, entry_for_filename, get_entry, load_catalogue, local_registry_path
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total or 0)
+CHUNK = 1 << 20
+PICKLED_SUFFIXES = (".pth", ".pt", ".pkl", ".ckpt", ".bin")
+
+
+def home_dir() -> Path:
+    """FACERESTORE_HOME, else the platform's user cache dir: never inside site-packages."""
+    env = os.environ.get("FACERESTORE_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("facerestore", appauthor=False))
+
+
+def cache_dir() -> Path:
+    return home_dir() / "weights"
+
+
+def search_dirs() -> list[Path]:
+    """Folders searched for existing files, in order (read-only ones first, the cache last)."""
+    extra = [Path(p).expanduser() for p in os.environ.get("FACERESTORE_WEIGHTS", "").split(os.pathsep) if p.strip()]
+    return [*extra, cache_dir()]
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    if offline is not None:
+        return offline
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("FACERESTORE_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+# ---------------------------------------------------------------- hashing (memoised by file stat)
+
+
+def _memo_path() -> Path:
+    return home_dir() / "verified.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs re-hashing next time
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so large files are hashed once."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = _read_json(_memo_path())
+    if key in memo:
+        return memo[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    memo = {k: v for k, v in memo.items() if not k.startswith(f"{path}|")}
+    memo[key] = digest.hexdigest()
+    _write_json(_memo_path(), memo)
+    return memo[key]
+
+
+def _recorded_path() -> Path:
+    return home_dir() / "recorded_sha256.json"
+
+
+def expected_sha256(entry: WeightsEntry) -> str:
+    """The catalogue's hash, else the one recorded when the file was first fetched (trust on first use)."""
+    return entry.sha256 or _read_json(_recorded_path()).get(entry.name, "")
+
+
+def _record_sha256(entry: WeightsEntry, digest: str) -> None:
+    if not entry.sha256:
+        recorded = _read_json(_recorded_path())
+        recorded[entry.name] = digest
+        _write_json(_recorded_path(), recorded)
+
+
+def check_file(entry: WeightsEntry, path: Path) -> None:
+    expected = expected_sha256(entry)
+    if expected:
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ChecksumMismatch(
+                f"{path} has sha256 {actual[:16]}..., but {entry.name} should be {expected}",
+                hint=f"the file is corrupt or another version: delete it and run `facerestore weights pull {entry.name}`",
+            )
+
+
+# ---------------------------------------------------------------- finding, converting, resolving
+
+
+def find_local(name: str) -> Path | None:
+    """The first existing file for this entry in the search folders (no hashing, no download)."""
+    entry = get_entry(name)
+    if entry.local:
+        path = cache_dir() / entry.filename
+        return path if path.is_file() else None
+    for directory in search_dirs():
+        candidate = directory / entry.filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _converted_path(entry: WeightsEntry, digest: str) -> Path:
+    return cache_dir() / "converted" / f"{entry.name}-{digest[:16]}.safetensors"
+
+
+def loadable(entry: WeightsEntry, path: Path) -> Path:
+    """A pickled checkpoint is converted once to safetensors in the cache; later loads read that."""
+    if path.suffix not in PICKLED_SUFFIXES:
+        return path
+    from facerestore.weights.checkpoint import read_state_dict, save_safetensors
+
+    target = _converted_path(entry, sha256_file(path))
+    if target.is_file():
+        return target
+    state = read_state_dict(path)
+    try:
+        return save_safetensors(state, target, {"source": entry.filename, "source_sha256": sha256_file(path), "name": entry.name})
+    except OSError:
+        return path  # no room or read-only cache: load the original every time
+
+
+def missing_message(entry: WeightsEntry, reason: str) -> WeightsError:
+    sha = expected_sha256(entry) or "not published"
+    where = entry.urls[0] if entry.urls else (entry.note or "no public URL")
+    return WeightsError(
+        f"{entry.filename} (weights '{entry.name}') is not on this machine and {reason}; "
+        f"get it from {where} (sha256 {sha})",
+        hint=f"then run `facerestore weights import {entry.filename}` or put it in a folder named by FACERESTORE_WEIGHTS",
+    )
+
+
+def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | None = None, progress: Progress | None = None) -> Path:
+    """A verified, loadable file for catalogue entry `name` (downloading it if allowed)."""
+    if explicit is not None:
+        return resolve_explicit(explicit, offline=offline, progress=progress)
+    entry = get_entry(name)
+    found = find_local(name)
+    if found is None:
+        if entry.local:
+            raise WeightsError(f"{entry.filename} (your weights '{name}') is missing from {cache_dir()}", hint=f"import it again with `facerestore weights import FILE --name {name}`")
+        if is_offline(offline):
+            raise missing_message(entry, "downloads are off (offline)")
+        if not entry.urls:
+            raise missing_message(entry, "it has no direct download URL")
+        found = download(entry, progress=progress)
+    else:
+        check_file(entry, found)
+    return loadable(entry, found)
+
+
+def resolve_explicit(value: Path | str, *, offline: bool | None = None, progress: Progress | None = None) -> Path:
+    """--weights accepts a file path or a catalogue / registered name."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    if str(value) in load_catalogue():
+        return resolve(str(value), offline=offline, progress=progress)
+    raise WeightsError(f"--weights {value}: no such file and no weights registered under that name", hint="pass an existing checkpoint file or a name from `facerestore weights list`")
+
+
+# ---------------------------------------------------------------- downloading
+
+
+def _http_url(url: str) -> str:
+    if url.startswith("hf://"):
+        from huggingface_hub import hf_hub_url
+
+        owner, repo, filename = url[len("hf://") :].split("/", 2)
+        return hf_hub_url(f"{owner}/{repo}", filename)
+    return url
+
+
+def _fetch(url: str, part: Path, progress: Progress | None, timeout: float) -> None:
+    """Append to `part` from where it stops (HTTP Range); restart if the server ignores the range."""
+    done = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "facerestore"})
+    if done:
+        request.add_header("Range", f"bytes={done}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and done:  # already complete
+            return
+        raise
+    with response:
+        if done and response.status != 206:
+            done = 0  # the server sent the whole file
+        total = int(response.headers.get("Content-Length") or 0) + done
+        with open(part, "ab" if done else "wb") as handle:
+            while block := response.read(CHUNK):
+                handle.write(block)
+                done += len(block)
+                if progress:
+                    progress(done, total)
+
+
+def download(entry: WeightsEntry, *, progress: Progress | None = None, timeout: float = 60.0) -> Path:
+    """Download into the cache: `.part` (resumable) -> sha256 check -> atomic rename."""
+    target = cache_dir() / entry.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    errors = []
+    for url in entry.urls:
+        try:
+            _fetch(_http_url(url), part, progress, timeout)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
+            continue
+        digest = sha256_file(part)
+        expected = expected_sha256(entry)
+        if expected and digest != expected:
+            part.unlink(missing_ok=True)
+            raise ChecksumMismatch(
+                f"downloaded {entry.filename} from {url} has sha256 {digest[:16]}..., expected {expected}",
+                hint=f"the download was corrupted or the file changed upstream; run `facerestore weights pull {entry.name}` again",
+            )
+        os.replace(part, target)
+        _record_sha256(entry, digest)
+        return target
+    raise missing_message(entry, f"could not be downloaded ({'; '.join(errors) or 'no URL'})")
+
+
+# ---------------------------------------------------------------- verify, import
+
+
+def verify_all() -> Iterator[tuple[str, Path | None, str]]:
+    """(name, path, status) for every entry: ok, mismatch, unchecked (no hash known) or missing."""
+    for name, entry in load_catalogue().items():
+        path = find_local(name)
+        if path is None:
+            yield name, None, "missing"
+            continue
+        expected = expected_sha256(entry)
+        if not expected:
+            yield name, path, "unchecked"
+        else:
+            yield name, path, "ok" if sha256_file(path) == expected else "mismatch"
+
+
+def import_file(file: Path | str, name: str | None = None, *, verify: bool = True) -> Path:
+    """Copy a hand-downloaded checkpoint into the cache (checked), or register your own under `name`."""
+    source = Path(file).expanduser()
+    if not source.is_file():
+        raise WeightsError(f"{source} does not exist", hint="check the path")
+    digest = sha256_file(source)
+    entries = load_catalogue()
+    if name is not None and name in entries and not entries[name].local:
+        entry = entries[name]
+    elif name is not None:
+        return _register_local(source, name, digest)
+    else:
+        entry = next((e for e in entries.values() if e.sha256 and e.sha256 == digest), None) or entry_for_filename(source.name)
+        if entry is None:
+            raise UsageError(
+                f"{source} matches no catalogued checkpoint (by sha256 or file name)",
+                hint="register your own weights with `--name NAME`, or rename the file as `facerestore weights list` shows",
+            )
+    expected = expected_sha256(entry)
+    if verify and expected and digest != expected:
+        raise ChecksumMismatch(
+            f"{source} has sha256 {digest[:16]}..., but {entry.name} ({entry.filename}) should be {expected}",
+            hint="download the official file again, or pass --no-verify together with --name to register it as your own",
+        )
+    target = cache_dir() / entry.filename
+    _copy_atomic(source, target)
+    _record_sha256(entry, digest)
+    return target
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and target.resolve() == source.resolve():
+        return
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _register_local(source: Path, name: str, digest: str) -> Path:
+    if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
+    target = cache_dir() / f"{name}{source.suffix}"
+    _copy_atomic(source, target)
+    registry = local_registry_path()
+    lines = registry.read_text(encoding="utf-8").splitlines() if registry.is_file() else []
+    lines = _drop_table(lines, name)
+    lines += [f'["{name}"]', f'file = "{target.name}"', f'sha256 = "{digest}"', f"size = {source.stat().st_size}",
+              'license = "your own weights"', f'note = "imported from {source.name}"', ""]
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target
+
+
+def _drop_table(lines: list[str], name: str) -> list[str]:
+    out, skipping = [], False
+    for line in lines:
+        if line.startswith("["):
+            skipping = line.strip() == f'["{name}"]'
+        if not skipping:
+            out.append(line)
+    return out

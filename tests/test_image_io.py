@@ -1,0 +1,216 @@
+"""image_io: round trips, orientation, odd modes, bad files, atomic writes, listing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from facerestore import image_io
+from facerestore.errors import BadImage
+from facerestore.image_io import assert_not_input, list_images, read_image, to_uint8, write_image
+
+SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
+
+
+def _rgb(h: int = 24, w: int = 40, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((h, w, 3), dtype=np.float32)
+
+
+def _bad(path: Path, match: str, **kw) -> BadImage:
+    with pytest.raises(BadImage, match=match) as info:
+        read_image(path, **kw)
+    assert path.name in str(info.value)
+    assert "\n" not in info.value.one_line()
+    return info.value
+
+
+def test_png_8bit_round_trip_is_exact(tmp_path):
+    rgb = to_uint8(_rgb()).astype(np.float32) / 255
+    pic = read_image(write_image(tmp_path / "a" / "b" / "x.png", rgb))
+    assert (pic.height, pic.width, pic.bit_depth, pic.gray, pic.alpha) == (24, 40, 8, False, None)
+    assert pic.rgb.dtype == np.float32 and np.array_equal(pic.rgb, rgb)
+
+
+def test_jpeg_round_trip_is_close(tmp_path):
+    rgb = cv2.GaussianBlur(_rgb(64, 96), (0, 0), 3)
+    pic = read_image(write_image(tmp_path / "x.JPG", rgb, alpha=np.ones((64, 96), np.float32)))
+    assert pic.alpha is None and pic.bit_depth == 8
+    assert np.abs(pic.rgb - rgb).mean() < 0.02
+
+
+def test_rgba_png_keeps_alpha_exactly(tmp_path):
+    rgb = to_uint8(_rgb()).astype(np.float32) / 255
+    alpha = np.linspace(0, 1, 24 * 40, dtype=np.float32).reshape(24, 40)
+    alpha = to_uint8(alpha).astype(np.float32) / 255
+    pic = read_image(write_image(tmp_path / "x.png", rgb, alpha=alpha))
+    assert np.array_equal(pic.alpha, alpha) and np.array_equal(pic.rgb, rgb)
+
+
+def test_gray_png_in_gives_gray_flag_and_single_channel_out(tmp_path):
+    src = tmp_path / "g.png"
+    Image.fromarray((np.arange(24 * 40) % 256).astype(np.uint8).reshape(24, 40), "L").save(src)
+    pic = read_image(src)
+    assert pic.gray and pic.rgb.shape == (24, 40, 3)
+    out = write_image(tmp_path / "out.png", pic.rgb, gray=True)
+    assert cv2.imread(str(out), cv2.IMREAD_UNCHANGED).ndim == 2
+    assert np.array_equal(read_image(out).rgb, pic.rgb)
+    # gray + alpha becomes 4 channels with equal color, still read back as gray
+    pic2 = read_image(write_image(tmp_path / "ga.png", pic.rgb, gray=True, alpha=np.ones((24, 40))))
+    assert pic2.gray and pic2.alpha is not None
+    # identical RGB channels count as gray; one differing pixel does not
+    rgb = np.repeat(pic.rgb[:, :, :1], 3, axis=2)
+    assert read_image(write_image(tmp_path / "eq.png", rgb)).gray
+    rgb[3, 4, 1] = 1 - rgb[3, 4, 1]
+    assert not read_image(write_image(tmp_path / "neq.png", rgb)).gray
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_16bit_round_trip_keeps_precision(tmp_path, ext):
+    rgb = _rgb(seed=1)
+    pic = read_image(write_image(tmp_path / f"x{ext}", rgb, bit_depth=16))
+    assert pic.bit_depth == 16 and not pic.gray
+    assert np.abs(pic.rgb - rgb).max() < 0.6 / 65535
+
+
+def test_16bit_gray(tmp_path):
+    g = (np.arange(24 * 40, dtype=np.uint32).reshape(24, 40) * 67 % 65536).astype(np.uint16)
+    src = tmp_path / "g16.png"
+    assert cv2.imwrite(str(src), g)
+    pic = read_image(src)
+    assert pic.gray and pic.bit_depth == 16
+    assert np.array_equal(np.round(pic.rgb[:, :, 2] * 65535).astype(np.uint16), g)
+    out = write_image(tmp_path / "o16.png", pic.rgb, bit_depth=16, gray=True)
+    assert np.array_equal(cv2.imread(str(out), cv2.IMREAD_UNCHANGED), g)
+
+
+def _raw(h: int = 30, w: int = 50) -> np.ndarray:
+    """Smooth, non-square, asymmetric test pattern (JPEG-friendly)."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), np.full_like(x, 128)], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pil(tmp_path, orientation):
+    raw = (np.random.default_rng(2).random((30, 50, 3)) * 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    src = tmp_path / "o.png"
+    Image.fromarray(raw).save(src, exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(src)).convert("RGB"))
+    assert np.array_equal(to_uint8(read_image(src).rgb), expected)
+
+
+@pytest.mark.parametrize("orientation,expect", [(3, lambda a: a[::-1, ::-1]), (6, lambda a: np.rot90(a, -1))])
+def test_exif_orientation_jpeg(tmp_path, orientation, expect):
+    raw = _raw()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    src = tmp_path / "o.jpg"
+    Image.fromarray(raw).save(src, quality=98, exif=exif)
+    got = to_uint8(read_image(src).rgb)
+    assert got.shape == expect(raw).shape
+    assert np.abs(got.astype(int) - expect(raw)).mean() < 3
+
+
+def test_cmyk_jpeg_and_palette_png(tmp_path):
+    raw = _raw()
+    Image.fromarray(raw).convert("CMYK").save(tmp_path / "c.jpg", quality=98)
+    pic = read_image(tmp_path / "c.jpg")
+    assert pic.rgb.shape == (30, 50, 3) and pic.alpha is None
+    assert np.abs(to_uint8(pic.rgb).astype(int) - raw).mean() < 4
+
+    pal = Image.fromarray((np.arange(30 * 50) % 4).astype(np.uint8).reshape(30, 50), "P")
+    pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9] + [0] * 756)
+    pal.save(tmp_path / "p.png", transparency=3)
+    pic = read_image(tmp_path / "p.png")
+    assert np.array_equal(to_uint8(pic.rgb)[0, :3], [[255, 0, 0], [0, 255, 0], [0, 0, 255]])
+    assert np.array_equal(pic.alpha[0, :4], [1, 1, 1, 0])
+    pal.save(tmp_path / "p2.png")  # no transparency -> no alpha
+    assert read_image(tmp_path / "p2.png").alpha is None
+
+
+def test_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
+    src = write_image(tmp_path / "big.png", _rgb())
+
+    def boom(*a, **k):
+        raise AssertionError("decoded despite the pixel limit")
+
+    monkeypatch.setattr(image_io.cv2, "imdecode", boom)
+    monkeypatch.setattr(image_io, "_decode_pil", boom)
+    err = _bad(src, "40x24 = 960 pixels, over the 100 pixels limit", max_pixels=100)
+    assert "--max-pixels" in err.one_line()
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    _bad(tmp_path / "empty.png", "is empty")
+    (tmp_path / "notes.jpg").write_text("not an image\n")
+    _bad(tmp_path / "notes.jpg", "is not an image file")
+    data = write_image(tmp_path / "full.png", _rgb(64, 64)).read_bytes()
+    (tmp_path / "half.png").write_bytes(data[: len(data) // 2])
+    _bad(tmp_path / "half.png", "is not an image file")
+    Image.fromarray(_raw()).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
+    _bad(tmp_path / "half.jpg", "is not an image file")
+    _bad(tmp_path / "missing.png", "does not exist")
+
+
+def test_atomic_write_replaces_only_after_success(tmp_path, monkeypatch):
+    target = write_image(tmp_path / "out.png", _rgb())
+    before = target.read_bytes()
+
+    def fail(*a, **k):
+        raise cv2.error("simulated encoder failure")
+
+    monkeypatch.setattr(image_io.cv2, "imencode", fail)
+    with pytest.raises(BadImage, match="out.png"):
+        write_image(target, _rgb(seed=5))
+    assert target.read_bytes() == before
+    monkeypatch.undo()
+
+    def crash(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(image_io.os, "replace", crash)
+    with pytest.raises(BadImage, match="No space left"):
+        write_image(target, _rgb(seed=6))
+    monkeypatch.undo()
+    assert target.read_bytes() == before
+    write_image(target, _rgb(seed=7))
+    assert target.read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    with pytest.raises(BadImage, match="x.gif"):
+        write_image(tmp_path / "x.gif", _rgb())
+
+
+def test_list_images(tmp_path):
+    for rel in ["b/2.PNG", "b/c/1.jpg", "a.jpeg", "b/notes.txt", "b/.hidden/z.png", "b/._y.jpg"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    found, problems = list_images([tmp_path, tmp_path / "b" / "2.PNG", tmp_path / "nope.jpg", tmp_path / "empty"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.jpeg", "b/2.PNG", "b/c/1.jpg"]
+    assert problems[0] == (tmp_path / "nope.jpg", "does not exist")
+    assert problems[1][0] == tmp_path / "empty" and len(problems) == 2
+    assert image_io.is_image_path(Path("x.TIFF")) and not image_io.is_image_path(Path("x.gif"))
+
+
+def test_assert_not_input(tmp_path, monkeypatch):
+    src = write_image(tmp_path / "in.png", _rgb())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BadImage, match="in.png"):
+        assert_not_input(Path("sub/../in.png"), {src})
+    assert_not_input(tmp_path / "out.png", {src})
+
+
+@pytest.mark.skipif(not SHARED_PHOTOS.is_dir(), reason="needs ../shared/data/photos")
+def test_reads_shared_photos():
+    found, _ = list_images([SHARED_PHOTOS])
+    for p in found[:3]:
+        pic = read_image(p)
+        assert pic.rgb.ndim == 3 and 0 <= pic.rgb.min() and pic.rgb.max() <= 1
