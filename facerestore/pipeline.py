@@ -23,6 +23,7 @@ import torch
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import AlignedFace, align_face
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
+from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
 from facerestore.image_io import DEFAULT_MAX_PIXELS, Picture, assert_not_input, read_image, write_image
 from facerestore.methods.base import RestorationMethod
@@ -126,13 +127,23 @@ class OutputNamer:
         return self._path(folder, f"{name}{tag}{end}", "png")
 
 
+@dataclass(frozen=True)
+class Tools:
+    """The models one run uses: built once, shared by every photo."""
+
+    method: RestorationMethod
+    detector: RetinaFaceHeads | None = None  # None with --aligned
+    parser: Parser | None = None  # face parsing for the paste mask (--parse)
+    on_faces: Callable[[int], None] | None = None  # progress: called with the number of faces just restored
+
+
 def restore_picture(
     picture: Picture,
-    method: RestorationMethod,
-    detector: RetinaFaceHeads | None,
+    tools: Tools,
     options: RestoreOptions,
 ) -> tuple[np.ndarray | None, list[AlignedFace], list[np.ndarray], dict[str, float]]:
     """The in-memory core: returns (whole restored photo or None if aligned, crops, restored crops, timings)."""
+    method, detector = tools.method, tools.detector
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     if options.aligned:
@@ -150,27 +161,25 @@ def restore_picture(
         faces = [align_face(picture.rgb, f.landmarks, FACE_SIZE) for f in found]
         timings["align"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    restored = restore_crops(method, [f.crop for f in faces], batch_size=options.batch_size, seed=options.seed) if faces else []
+    restored = restore_crops(method, [f.crop for f in faces], batch_size=options.batch_size, seed=options.seed, on_batch=tools.on_faces) if faces else []
     timings["restore"] = time.perf_counter() - clock
     if options.aligned:
         return None, faces, restored, timings
     clock = time.perf_counter()
+    masks = None
+    if tools.parser is not None and restored:
+        masks = list(tools.parser(torch.from_numpy(np.stack(restored)).permute(0, 3, 1, 2).contiguous()))
+        timings["parse"] = time.perf_counter() - clock
+        clock = time.perf_counter()
     height, width = picture.rgb.shape[:2]
     size = (round(width * options.upscale), round(height * options.upscale))
     background = picture.rgb if options.upscale == 1 else cv2.resize(picture.rgb, size, interpolation=cv2.INTER_LANCZOS4)
-    photo = paste_faces(np.clip(background, 0, 1), [(r, f.inverse) for r, f in zip(restored, faces)], upscale=options.upscale)
+    photo = paste_faces(np.clip(background, 0, 1), [(r, f.inverse) for r, f in zip(restored, faces)], upscale=options.upscale, masks=masks)
     timings["paste"] = time.perf_counter() - clock
     return photo, faces, restored, timings
 
 
-def restore_file(
-    path: Path,
-    name: str,
-    method: RestorationMethod,
-    detector: RetinaFaceHeads | None,
-    options: RestoreOptions,
-    namer: OutputNamer,
-) -> ImageResult:
+def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, namer: OutputNamer) -> ImageResult:
     """Restore one file and write its outputs; raises FaceRestoreError for a bad input."""
     result = ImageResult(path=path)
     clock = time.perf_counter()
@@ -182,7 +191,7 @@ def restore_file(
             hint="use a smaller --upscale or raise --max-pixels",
         )
     result.seconds["read"] = time.perf_counter() - clock
-    photo, faces, restored, timings = restore_picture(picture, method, detector, options)
+    photo, faces, restored, timings = restore_picture(picture, tools, options)
     result.seconds.update(timings)
     result.faces = len(faces)
     clock = time.perf_counter()
@@ -219,8 +228,7 @@ def output_names(paths: Sequence[Path], roots: Sequence[Path]) -> list[str]:
 def restore_paths(
     paths: Sequence[Path],
     roots: Sequence[Path],
-    method: RestorationMethod,
-    detector: RetinaFaceHeads | None,
+    tools: Tools,
     options: RestoreOptions,
     *,
     on_image: Callable[[ImageResult], None] | None = None,
@@ -231,7 +239,7 @@ def restore_paths(
     results = []
     for path, name in zip(paths, output_names(paths, roots)):
         try:
-            result = restore_file(path, name, method, detector, options, namer)
+            result = restore_file(path, name, tools, options, namer)
         except FaceRestoreError as exc:
             result = ImageResult(path=path, status="failed", error=exc.one_line())
         except Exception as exc:  # a bug or a backend crash must not end the batch

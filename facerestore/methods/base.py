@@ -27,7 +27,7 @@ class MethodOptions:
     """Knobs shared by all methods; each method reads the ones it has."""
 
     device: str = "cpu"
-    weights: Path | None = None
+    weights: Path | str | None = None  # a file or a registered name; None = the method's default
     offline: bool | None = None
     steps: int | None = None
     fidelity: float = 0.5

@@ -1,8 +1,9 @@
-"""`baseline`: the small feed-forward UNet facerestore trains and ships (the offline default).
+"""`baseline`: the small one-step UNet facerestore trains and ships (the offline default).
 
-It is an L1 regression restorer trained on eq. 11 degradations of FFHQ faces (see
-facerestore/models/baseline.json for data, steps and measured quality). It is a placeholder
-default until the project's own IDM model ships; it is not a diffusion method.
+An L1 regression restorer (IDM eq. 7 without the diffusion chain) trained on IDM eq. 11 degradations
+of FFHQ faces by `python -m facerestore.training.train_baseline`; facerestore/models/baseline.json
+records its data, steps, time and measured quality. It is the default until the project's own IDM
+model ships. It is not a diffusion method and, being one-step, is deterministic.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from pathlib import Path
 
 import torch
 
+from facerestore.errors import UnsupportedCheckpoint, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.baseline_unet import BaselineUNet, infer_config
 from facerestore.weights.checkpoint import load_strict, read_state_dict
+from facerestore.weights.store import resolve_explicit
 
 INFO = MethodInfo(
     name="baseline",
-    summary="small UNet regression restorer trained by facerestore (offline default, fast on CPU)",
-    paper="none: facerestore's own model (IDM eq. 11 degradations, L1 loss)",
-    license="MIT (weights trained by facerestore on FFHQ, CC BY-NC-SA 4.0 data)",
+    summary="facerestore's own small one-step UNet (L1 on IDM eq. 11 degradations); ships with the package, fast on CPU",
+    paper="none: a placeholder default until facerestore's IDM model ships",
+    license="MIT code; weights trained on FFHQ (CC BY-NC-SA 4.0 data)",
     commercial_use=False,
 )
 
@@ -32,6 +35,7 @@ def bundled_weights() -> Path:
 
 
 def bundled_card() -> dict:
+    """How the bundled model was trained and how well it does (written by the training script)."""
     card = Path(str(resources.files("facerestore") / "models" / "baseline.json"))
     return json.loads(card.read_text()) if card.is_file() else {}
 
@@ -40,10 +44,19 @@ class BaselineMethod:
     info = INFO
 
     def __init__(self, options: MethodOptions) -> None:
-        path = options.weights or bundled_weights()
-        state = read_state_dict(path)
-        self.net = BaselineUNet(infer_config(state))
-        load_strict(self.net, state, path)
+        if options.weights is not None:
+            path = resolve_explicit(options.weights, offline=options.offline)
+        else:
+            path = bundled_weights()
+            if not path.is_file():
+                raise WeightsError(f"the bundled model {path} is missing from this installation", hint="reinstall facerestore, or pass --weights FILE")
+        state = {k: v.float() for k, v in read_state_dict(path).items()}
+        try:
+            config = infer_config(state)
+        except (KeyError, IndexError) as exc:
+            raise UnsupportedCheckpoint(f"{path} is not a baseline UNet checkpoint (no {exc})", hint="pass a file written by facerestore.training.train_baseline") from None
+        self.net = load_strict(BaselineUNet(config), state, path)
+        self.multiple = config.multiple
         self.device = torch.device(options.device)
         self.net.to(self.device).eval()
 

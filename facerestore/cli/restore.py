@@ -1,0 +1,101 @@
+"""`facerestore [restore] PHOTO_OR_FOLDER...`: the default command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from facerestore.cli.app import CONTEXT, app, err, fail, out
+from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.image_io import DEFAULT_MAX_PIXELS
+
+
+@app.command("restore", context_settings=CONTEXT)
+def restore_command(
+    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos (folders are searched recursively).", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder: restored_imgs/, restored_faces/, cropped_faces/, cmp/.")] = Path("results"),
+    method: Annotated[str, typer.Option("-m", "--method", help="Restoration method (`facerestore methods` lists them); default: the model bundled with facerestore.")] = "baseline",
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps for diffusion methods (method default when omitted).")] = None,
+    fidelity: Annotated[float, typer.Option("-w", "--fidelity", help="CodeFormer fidelity weight w in [0,1]: higher keeps more of the input (0.5 default, 0.7 suggested for photos).")] = 0.5,
+    upscale: Annotated[float, typer.Option("-s", "--upscale", help="Scale of the output photo: the background is resized, faces are restored at 512 and pasted at this scale.")] = 2.0,
+    aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are already aligned face crops (FFHQ alignment): no detection, no paste-back.")] = False,
+    only_center_face: Annotated[bool, typer.Option("--only-center-face", help="Restore only the face nearest the image centre.")] = False,
+    detector: Annotated[str, typer.Option("--detector", help="Face detector: auto (best whose weights are present, never downloads), bundled, retinaface_resnet50, retinaface_mobile0.25.")] = "auto",
+    detection_threshold: Annotated[float, typer.Option("--detection-threshold", help="Minimum detector confidence for a face (0.8 as CodeFormer/DifFace; facexlib uses 0.97).")] = 0.8,
+    min_face: Annotated[float, typer.Option("--min-face", help="Ignore faces whose eyes are closer than this many pixels.")] = 5.0,
+    parse: Annotated[bool, typer.Option("--parse", help="Blend with a face-parsing mask (keeps the photo's neck, clothes and background; needs parsing_parsenet weights).")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto.")] = "auto",
+    batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="Faces restored together in one batch (all faces of a photo, in chunks of this size).")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed for stochastic methods (same seed, same result).")] = 0,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="Checkpoint file, or a name registered with `facerestore weights import --name`, instead of the method's default weights.")] = None,
+    suffix: Annotated[Optional[str], typer.Option("--suffix", help="Suffix added to restored file names (name_SUFFIX.ext).")] = None,
+    ext: Annotated[str, typer.Option("--ext", help="Output image format: auto (same as input), png, jpg, webp, tif, bmp.")] = "auto",
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images (input or output) larger than this many pixels.")] = DEFAULT_MAX_PIXELS,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download weights; a missing file is an error naming what to import.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or summary; only errors.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end (for scripts).")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Restore every face in PHOTO_OR_FOLDER... and paste them back (outputs never overwrite inputs)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from facerestore.devices import resolve_device
+    from facerestore.image_io import list_images
+    from facerestore.methods.base import MethodOptions
+    from facerestore.methods.registry import build_method
+    from facerestore.pipeline import RestoreOptions, Tools, restore_paths
+
+    try:
+        options = RestoreOptions(
+            output=output, upscale=upscale, aligned=aligned, only_center_face=only_center_face,
+            detection_threshold=detection_threshold, min_face=min_face, batch_size=batch_size,
+            seed=seed, suffix=suffix, ext=ext, max_pixels=max_pixels,
+        )
+        paths, missing = list_images(inputs)
+        for path, reason in missing:
+            err.print(f"error: {path}: {reason}", markup=False)
+        if not paths:
+            raise UsageError("no images found in the given inputs", hint="pass image files (jpg, png, webp, tif, bmp) or folders holding them")
+        dev = resolve_device(device)
+        offline_flag = True if offline else None
+        method_impl = build_method(method, MethodOptions(device=dev, weights=weights, offline=offline_flag, steps=steps, fidelity=fidelity))
+        face_detector = parser = None
+        if not aligned:
+            from facerestore.faces.detect import load_detector
+
+            face_detector = load_detector(detector, dev, None, offline_flag)
+            if parse:
+                from facerestore.faces.parsing import load_parser
+
+                parser = load_parser(dev, offline_flag)
+    except FaceRestoreError as exc:
+        fail(exc, debug)
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=quiet or as_json)
+    with progress:
+        images = progress.add_task("images", total=len(paths))
+        faces = progress.add_task("faces", total=None)
+
+        def report(result) -> None:
+            if result.error:
+                prefix = "warning: " if result.status == "no-face" else "error: "
+                progress.console.print(prefix + result.error, markup=False)
+            progress.update(images, advance=1)
+
+        tools = Tools(method=method_impl, detector=face_detector, parser=parser, on_faces=lambda n: progress.update(faces, advance=n))
+        results = restore_paths(paths, [p for p in inputs if p.is_dir()], tools, options, on_image=report, debug=debug)
+    failed = sum(r.status == "failed" for r in results) + len(missing)
+    total_faces = sum(r.faces for r in results)
+    if as_json:
+        summary = {
+            "method": method, "output": str(output), "images": len(results) + len(missing), "failed": failed,
+            "faces": total_faces, "results": [r.to_json() for r in results],
+            "missing": [{"path": str(p), "error": reason} for p, reason in missing],
+        }
+        out.print_json(json.dumps(summary))
+    elif not quiet:
+        err.print(f"{len(results) + len(missing) - failed} of {len(results) + len(missing)} images restored, {total_faces} faces -> {output}", markup=False)
+    raise typer.Exit(1 if failed else 0)

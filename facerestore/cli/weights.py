@@ -1,0 +1,92 @@
+"""`facerestore weights list | pull | verify | import`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from facerestore.cli.app import CONTEXT, app, err, fail, out
+from facerestore.errors import FaceRestoreError
+
+weights_app = typer.Typer(help="List, download, verify and import model weights.", context_settings=CONTEXT, no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("list", context_settings=CONTEXT)
+def weights_list() -> None:
+    """Every catalogued checkpoint: file, size, license and where it is (or how to get it)."""
+    from rich.table import Table
+
+    from facerestore.weights.catalogue import load_catalogue
+    from facerestore.weights.store import cache_dir, find_local
+
+    table = Table("name", "file", "size", "license", "where")
+    manual = []
+    for name, entry in load_catalogue().items():
+        local = find_local(name)
+        size = f"{entry.size / 1e6:.1f} MB" if entry.size else "?"
+        if local:
+            where = f"[green]{local.parent}[/]"
+        elif entry.urls:
+            where = "downloads on first use"
+        else:
+            where = "[yellow]manual download (below)[/]"
+            manual.append(f"{name}: {entry.note}")
+        license_text = entry.license.split(" (")[0] + ("" if entry.commercial_use else " [red]non-commercial[/]")
+        table.add_row(name, entry.filename, size, license_text, where)
+    out.print(table)
+    for line in manual:
+        out.print(line, markup=False)
+    out.print(f"cache: {cache_dir()} (FACERESTORE_HOME moves it; FACERESTORE_WEIGHTS adds folders to search first)", markup=False)
+
+
+@weights_app.command("pull", context_settings=CONTEXT)
+def weights_pull(
+    names: Annotated[list[str], typer.Argument(help="Catalogue names (see `facerestore weights list`).")],
+) -> None:
+    """Download checkpoints into the cache (resumable, sha256-checked, renamed into place when complete)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from facerestore.weights.store import resolve
+
+    failed = False
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err) as progress:
+        for name in names:
+            task = progress.add_task(name, total=None)
+            try:
+                path = resolve(name, offline=False, progress=lambda done, total, task=task: progress.update(task, completed=done, total=total or None))
+                progress.console.print(f"{name}: {path}", markup=False)
+            except FaceRestoreError as exc:
+                failed = True
+                progress.console.print(f"error: {exc.one_line()}", markup=False)
+    raise typer.Exit(1 if failed else 0)
+
+
+@weights_app.command("verify", context_settings=CONTEXT)
+def weights_verify() -> None:
+    """Check the sha256 of every checkpoint found locally (exit 1 if any differs)."""
+    from facerestore.weights.store import verify_all
+
+    bad = 0
+    for name, path, status in verify_all():
+        bad += status == "mismatch"
+        out.print(f"{name:32s} {status:10s} {path or ''}", markup=False)
+    raise typer.Exit(1 if bad else 0)
+
+
+@weights_app.command("import", context_settings=CONTEXT)
+def weights_import(
+    file: Annotated[Path, typer.Argument(help="A checkpoint you downloaded by hand (or trained / fine-tuned yourself).")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Catalogue name to import it as, or a new name for your own weights.")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Accept an official file whose sha256 differs from the catalogue's.")] = False,
+) -> None:
+    """Copy a checkpoint into the cache: official files are recognised and checked by sha256."""
+    from facerestore.weights.store import import_file
+
+    try:
+        target = import_file(file, name, verify=not no_verify)
+    except FaceRestoreError as exc:
+        fail(exc)
+    err.print(f"imported {file} -> {target}", markup=False)

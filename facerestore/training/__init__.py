@@ -1,0 +1,1 @@
+"""Offline flows: degradations, training, dataset cleaning, unpaired fine-tuning."""

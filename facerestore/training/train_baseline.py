@@ -1,0 +1,179 @@
+"""Train the `baseline` restorer shipped inside the package (the offline default until IDM ships).
+
+    python -m facerestore.training.train_baseline --data DIR [DIR ...] --val DIR --out facerestore/models
+
+One-step L1 regression (IDM eq. 7 without the diffusion: x_d -> x) of a BaselineUNet on random crops of
+faces resized to 512 and degraded on the fly with IDM eq. 11. Adam, cosine learning rate, gradient
+clipping, EMA of the weights (the EMA is what ships, stored as fp16 safetensors with a JSON card that
+records data, steps, time and the validation numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import queue
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from facerestore.image_io import list_images, read_image
+from facerestore.nets.baseline_unet import BaselineUNet, BaselineUNetConfig
+from facerestore.training.degradations import Eq11Params, apply_eq11, degrade_eq11
+from facerestore.weights.checkpoint import save_safetensors
+
+SIZE = 512
+VAL_SEVERITIES = {  # fixed eq. 11 parameters: (sigma, r, noise, jpeg)
+    "mild": Eq11Params(sigma=1.5, scale=2.0, noise=3.0, jpeg=85),
+    "medium": Eq11Params(sigma=4.0, scale=4.0, noise=8.0, jpeg=70),
+    "severe": Eq11Params(sigma=8.0, scale=8.0, noise=12.0, jpeg=55),
+}
+
+
+def load_faces(folders: list[Path], limit: int | None = None) -> list[np.ndarray]:
+    """Every readable image resized to 512, as uint8 RGB (a few hundred MB for ~1000 faces)."""
+    paths, _ = list_images(folders)
+    faces = []
+    for path in paths[:limit]:
+        try:
+            rgb = read_image(path).rgb
+        except Exception:
+            continue
+        if min(rgb.shape[:2]) < 128:
+            continue
+        rgb = cv2.resize(rgb, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC if rgb.shape[0] < SIZE else cv2.INTER_AREA)
+        faces.append(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+    return faces
+
+
+def batches(faces: list[np.ndarray], batch: int, crop: int, seed: int, stop: threading.Event) -> queue.Queue:
+    """A background thread makes (degraded, clean) crop batches; OpenCV releases the GIL."""
+    out: queue.Queue = queue.Queue(maxsize=4)
+
+    def work() -> None:
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            lq, hq = [], []
+            for index in rng.integers(0, len(faces), batch):
+                clean = faces[index].astype(np.float32) / 255.0
+                if rng.random() < 0.5:
+                    clean = clean[:, ::-1].copy()
+                degraded, _ = degrade_eq11(clean, rng)
+                y, x = rng.integers(0, SIZE - crop + 1, 2)
+                lq.append(degraded[y : y + crop, x : x + crop])
+                hq.append(clean[y : y + crop, x : x + crop])
+            pair = [torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).contiguous() * 2 - 1 for a in (lq, hq)]
+            out.put(pair)
+
+    threading.Thread(target=work, daemon=True).start()
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.round(a * 255) - np.round(b * 255)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+@torch.inference_mode()
+def validate(net: torch.nn.Module, faces: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Mean PSNR of input and output per fixed severity, plus restoring the clean image (authenticity)."""
+    report = {}
+    rng = np.random.default_rng(0)
+    for name, params in {**VAL_SEVERITIES, "clean": None}.items():
+        before, after = [], []
+        for face in faces:
+            clean = face.astype(np.float32) / 255.0
+            degraded = clean if params is None else apply_eq11(clean, params, rng)
+            x = torch.from_numpy(degraded).permute(2, 0, 1)[None] * 2 - 1
+            restored = ((net(x).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0).numpy()
+            before.append(psnr(degraded, clean))
+            after.append(psnr(restored, clean))
+        report[name] = {"input_psnr": None if params is None else round(float(np.mean(before)), 3), "output_psnr": round(float(np.mean(after)), 3)}
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="folders of aligned training faces")
+    parser.add_argument("--val", type=Path, required=True, help="folder of aligned faces kept aside for validation")
+    parser.add_argument("--out", type=Path, required=True, help="folder for baseline.safetensors and baseline.json")
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--val-count", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    start = time.time()
+    faces = load_faces(args.data)
+    val_faces = load_faces([args.val], limit=args.val_count)
+    print(f"{len(faces)} training faces, {len(val_faces)} validation faces ({time.time() - start:.0f} s to load)", flush=True)
+
+    config = BaselineUNetConfig()
+    net = BaselineUNet(config)
+    ema = BaselineUNet(config)
+    ema.load_state_dict(net.state_dict())
+    ema.requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps, eta_min=args.lr * 0.05)
+    stop = threading.Event()
+    feed = batches(faces, args.batch, args.crop, args.seed, stop)
+    history = []
+    train_start = time.time()
+    for step in range(1, args.steps + 1):
+        lq, hq = feed.get()
+        loss = (net(lq) - hq).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), net.parameters()):
+                e.lerp_(p, 1 - args.ema)
+        if step % 50 == 0:
+            print(f"step {step} loss {loss.item():.4f} {(time.time() - train_start) / step:.2f} s/step", flush=True)
+        if step % args.val_every == 0 or step == args.steps:
+            report = validate(ema.eval(), val_faces)
+            history.append({"step": step, "loss": round(loss.item(), 5), **report})
+            print(json.dumps(history[-1]), flush=True)
+    stop.set()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.half() for k, v in ema.state_dict().items()}
+    save_safetensors(state, args.out / "baseline.safetensors", {"net": "BaselineUNet", "config": json.dumps(config.__dict__)})
+    card = {
+        "name": "baseline",
+        "net": "BaselineUNet",
+        "config": {"channels": list(config.channels), "blocks": config.blocks, "unshuffle": config.unshuffle},
+        "params": sum(p.numel() for p in ema.parameters()),
+        "objective": "L1 regression x_d -> x (one step), IDM eq. 11 degradations drawn uniformly",
+        "data": [str(p) for p in args.data],
+        "train_faces": len(faces),
+        "validation": str(args.val),
+        "validation_faces": len(val_faces),
+        "steps": args.steps,
+        "batch": args.batch,
+        "crop": args.crop,
+        "lr": args.lr,
+        "ema": args.ema,
+        "seed": args.seed,
+        "train_seconds": round(time.time() - train_start),
+        "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
+        "history": history,
+    }
+    (args.out / "baseline.json").write_text(json.dumps(card, indent=1) + "\n")
+    print(f"wrote {args.out / 'baseline.safetensors'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

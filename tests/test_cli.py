@@ -1,0 +1,174 @@
+"""The command line through typer's CliRunner: help, exit codes, bad inputs, outputs, JSON summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from facerestore.cli.app import app, register
+from facerestore.image_io import read_image, write_image
+
+register()
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def smooth(h: int = 96, w: int = 128) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([0.5 + 0.3 * np.sin(x / 9), 0.5 + 0.3 * np.cos(y / 7), np.full_like(x, 0.4)], -1)
+
+
+@pytest.fixture
+def crops(tmp_path) -> Path:
+    folder = tmp_path / "crops"
+    write_image(folder / "face.png", cv2.resize(smooth(), (512, 512)))
+    return folder
+
+
+@pytest.mark.parametrize("command", [[], ["restore"], ["weights"], ["weights", "list"], ["weights", "pull"], ["weights", "import"], ["methods"]])
+def test_every_command_has_help(command):
+    result = run(*command, "-h")
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_every_restore_option_has_help_text():
+    from facerestore.cli.restore import restore_command
+
+    import inspect
+    from typing import get_type_hints
+
+    hints = get_type_hints(restore_command, include_extras=True)
+    for name in inspect.signature(restore_command).parameters:
+        info = hints[name].__metadata__[0]
+        assert info.help, f"--{name} has no help"
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.startswith("facerestore ")
+
+
+def test_aligned_crop_is_restored(crops, tmp_path, tiny_baseline):
+    result = run(crops / "face.png", "--aligned", "-o", tmp_path / "out", "--weights", tiny_baseline, "-q")
+    assert result.exit_code == 0, result.output
+    restored = read_image(tmp_path / "out" / "restored_faces" / "face.png")
+    assert restored.rgb.shape == (512, 512, 3)
+    assert (tmp_path / "out" / "cmp" / "face.png").is_file()
+    assert not (tmp_path / "out" / "restored_imgs").exists()
+
+
+def test_no_face_still_writes_the_photo_and_exits_0(tmp_path, tiny_baseline):
+    write_image(tmp_path / "in" / "wall.jpg", smooth())
+    result = run(tmp_path / "in", "-o", tmp_path / "out", "--weights", tiny_baseline, "--upscale", "2")
+    assert result.exit_code == 0, result.output
+    assert "no face found" in result.output
+    out = read_image(tmp_path / "out" / "restored_imgs" / "wall.jpg")
+    assert out.rgb.shape == (192, 256, 3)
+
+
+def test_bad_inputs_fail_one_line_each_and_the_batch_goes_on(tmp_path, tiny_baseline):
+    folder = tmp_path / "in"
+    write_image(folder / "good.png", smooth())
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("hello")
+    data = (folder / "good.png").read_bytes()
+    (folder / "cut.png").write_bytes(data[: len(data) // 3])
+    result = run(folder, tmp_path / "missing.jpg", "-o", tmp_path / "out", "--weights", tiny_baseline, "--upscale", "1")
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 4, result.output
+    for name in ("empty.png", "text.jpg", "cut.png", "missing.jpg"):
+        assert sum(name in line for line in lines) == 1
+    assert (tmp_path / "out" / "restored_imgs" / "good.png").is_file()
+    written = sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert written == ["good.png"]  # no partial or zero-byte files for the bad inputs
+    assert all(p.stat().st_size > 0 for p in (tmp_path / "out").rglob("*") if p.is_file())
+
+
+def test_json_summary(tmp_path, tiny_baseline):
+    write_image(tmp_path / "a.png", smooth())
+    (tmp_path / "b.png").write_bytes(b"x")
+    result = run(tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out", "--weights", tiny_baseline, "--json")
+    assert result.exit_code == 1
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 2 and summary["failed"] == 1
+    assert [r["status"] for r in summary["results"]] == ["no-face", "failed"]
+
+
+def test_inputs_are_never_overwritten(tmp_path, tiny_baseline):
+    folder = tmp_path / "restored_imgs"
+    source = write_image(folder / "x.png", smooth())
+    before = source.read_bytes()
+    result = run(folder, "-o", tmp_path, "--weights", tiny_baseline, "--upscale", "1")
+    assert result.exit_code == 1 and "would overwrite the input" in result.output
+    assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--upscale", "0"], "--upscale"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--method", "nope"], "unknown method"),
+        (["--ext", "gif"], "--ext"),
+        (["--device", "tpu"], "--device"),
+        (["--fidelity", "2", "--method", "codeformer"], "fidelity"),
+    ],
+)
+def test_usage_errors_exit_2_before_any_work(tmp_path, args, message, tiny_baseline):
+    write_image(tmp_path / "a.png", smooth())
+    result = run(tmp_path / "a.png", "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_nothing_to_do_is_a_usage_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run(tmp_path / "empty", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "no images found" in result.output
+
+
+def test_missing_weights_offline_is_one_actionable_line(tmp_path):
+    write_image(tmp_path / "a.png", smooth())
+    result = run(tmp_path / "a.png", "-o", tmp_path / "out", "--method", "codeformer", "--offline")
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert "\n" not in line and "codeformer.pth" in line and "facerestore weights import" in line and "1009e537" in line
+
+
+def test_weights_commands(tmp_path):
+    listing = run("weights", "list")
+    assert listing.exit_code == 0 and "codeformer" in listing.output and "Baidu" in listing.output
+    assert run("weights", "verify").exit_code == 0
+    bogus = tmp_path / "codeformer.pth"
+    bogus.write_bytes(b"not the real file")
+    result = run("weights", "import", bogus)
+    assert result.exit_code == 1 and "sha256" in result.output
+    result = run("weights", "import", tmp_path / "nope.pth")
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_methods_lists_licenses():
+    result = run("methods")
+    assert result.exit_code == 0 and "codeformer" in result.output and "non-commercial" in result.output
+
+
+def test_detection_on_a_real_photo(shared_data, tmp_path, tiny_baseline):
+    photo = shared_data / "photos" / "degraded" / "Blake_Lively.jpg"
+    result = run(photo, "-o", tmp_path / "out", "--weights", tiny_baseline, "--json", "--detector", "bundled")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["faces"] == 2
+    names = sorted(p.name for p in (tmp_path / "out" / "restored_faces").iterdir())
+    assert names == ["Blake_Lively_00.jpg".replace(".jpg", ".png"), "Blake_Lively_01.png"]
+    whole = read_image(tmp_path / "out" / "restored_imgs" / "Blake_Lively.jpg")
+    assert whole.rgb.shape[:2] == (464 * 2, 700 * 2)

@@ -1,0 +1,116 @@
+"""The restore pipeline on synthetic photos: batching, alpha, 16-bit, gray, no-face, per-photo seeding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facerestore import pipeline
+from facerestore.faces.align import FFHQ_TEMPLATE_512
+from facerestore.faces.detect import DetectedFace
+from facerestore.image_io import read_image, write_image
+from facerestore.methods.base import MethodInfo
+from facerestore.pipeline import OutputNamer, RestoreOptions, Tools, restore_crops, restore_file
+
+
+class Darken:
+    """A fake method: a visible, deterministic change, recording the batch sizes it is given."""
+
+    info = MethodInfo(name="darken", summary="", paper="", license="", commercial_use=True)
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def restore(self, crops: torch.Tensor, generator=None) -> torch.Tensor:
+        self.batches.append(crops.shape[0])
+        noise = torch.rand(crops.shape, generator=generator) * 1e-3
+        return crops * 0.5 + noise
+
+
+def faces_at(*origins: tuple[float, float], scale: float = 0.25) -> tuple[DetectedFace, ...]:
+    out = []
+    for x, y in origins:
+        landmarks = FFHQ_TEMPLATE_512 * scale + [x, y]
+        out.append(DetectedFace(box=(x, y, x + 512 * scale, y + 512 * scale), score=0.99, landmarks=landmarks))
+    return tuple(out)
+
+
+@pytest.fixture
+def three_faces(monkeypatch):
+    found = faces_at((10, 10), (150, 20), (290, 30))
+    monkeypatch.setattr(pipeline, "detect_faces", lambda image, detector, **kw: found)
+    return found
+
+
+def photo(h: int = 200, w: int = 440) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([0.6 + 0.3 * np.sin(x / 17), 0.6 + 0.3 * np.cos(y / 13), np.full_like(x, 0.7)], -1)
+
+
+def run_file(tmp_path: Path, source: Path, method, **options) -> pipeline.ImageResult:
+    opts = RestoreOptions(output=tmp_path / "out", **options)
+    return restore_file(source, source.stem, Tools(method=method, detector=object()), opts, OutputNamer(opts, {source}))
+
+
+def test_all_faces_of_a_photo_in_batches(tmp_path, three_faces):
+    method = Darken()
+    source = write_image(tmp_path / "p.png", photo())
+    result = run_file(tmp_path, source, method, batch_size=2, upscale=1)
+    assert method.batches == [2, 1] and result.faces == 3
+    out = read_image(tmp_path / "out" / "restored_imgs" / "p.png").rgb
+    original = read_image(source).rgb
+    assert out[70, 70].mean() < original[70, 70].mean() - 0.2  # inside face 0: darkened
+    np.testing.assert_allclose(out[195, 5], original[195, 5], atol=1 / 255)  # far from faces: untouched
+
+
+def test_batching_does_not_change_results():
+    crops = [np.random.default_rng(i).random((512, 512, 3), dtype=np.float32) for i in range(3)]
+    together = restore_crops(Darken(), crops, batch_size=8, seed=3)
+    again = restore_crops(Darken(), crops, batch_size=8, seed=3)
+    np.testing.assert_array_equal(together[2], again[2])  # same seed, same output
+    apart = restore_crops(Darken(), crops, batch_size=1, seed=3)
+    np.testing.assert_allclose(together[0], apart[0], atol=2e-3)  # only the random term may differ
+
+
+def test_alpha_and_16_bit_survive(tmp_path, three_faces):
+    alpha = np.linspace(0, 1, 200 * 440, dtype=np.float32).reshape(200, 440)
+    source = write_image(tmp_path / "p.png", photo(), alpha=alpha, bit_depth=16)
+    run_file(tmp_path, source, Darken(), upscale=2)
+    out = read_image(tmp_path / "out" / "restored_imgs" / "p.png")
+    assert out.bit_depth == 16 and out.alpha is not None and out.rgb.shape == (400, 880, 3)
+    assert np.abs(out.alpha[::2, ::2] - alpha).max() < 0.01  # resized with the photo, not restored
+    face = read_image(tmp_path / "out" / "restored_faces" / "p_00.png")
+    assert face.bit_depth == 16
+
+
+def test_gray_in_gray_out(tmp_path, three_faces):
+    gray = photo()[:, :, :1].repeat(3, axis=2)
+    source = write_image(tmp_path / "g.jpg", gray, gray=True)
+    run_file(tmp_path, source, Darken(), upscale=1)
+    assert read_image(tmp_path / "out" / "restored_imgs" / "g.jpg").gray
+
+
+def test_no_face_writes_the_photo(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "detect_faces", lambda image, detector, **kw: ())
+    source = write_image(tmp_path / "p.png", photo())
+    result = run_file(tmp_path, source, Darken(), upscale=1)
+    assert result.status == "no-face" and "no face found" in result.error
+    np.testing.assert_allclose(read_image(result.outputs[0]).rgb, read_image(source).rgb, atol=1 / 255)
+
+
+def test_parsing_mask_is_used(tmp_path, three_faces):
+    source = write_image(tmp_path / "p.png", photo())
+    opts = RestoreOptions(output=tmp_path / "out", upscale=1)
+    zero_mask = lambda crops: np.zeros((crops.shape[0], 512, 512), np.float32)  # noqa: E731
+    restore_file(source, "p", Tools(method=Darken(), detector=object(), parser=zero_mask), opts, OutputNamer(opts, {source}))
+    out = read_image(tmp_path / "out" / "restored_imgs" / "p.png").rgb
+    np.testing.assert_allclose(out, read_image(source).rgb, atol=1 / 255)  # mask 0 everywhere: nothing pasted
+
+
+def test_oversized_output_is_refused_before_work(tmp_path):
+    source = write_image(tmp_path / "p.png", photo())
+    with pytest.raises(Exception, match="over the"):
+        run_file(tmp_path, source, Darken(), upscale=4, max_pixels=200 * 440 * 4)

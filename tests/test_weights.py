@@ -1,0 +1,249 @@
+"""Weights: catalogue, resolution order, download (resume, checksum), import, offline errors, safe reading."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import pickle
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from facerestore.errors import ChecksumMismatch, UnsupportedCheckpoint, UsageError, WeightsError
+from facerestore.weights import catalogue, store
+from facerestore.weights.catalogue import WeightsEntry, load_catalogue, official_catalogue
+from facerestore.weights.checkpoint import canonical_state_dict, load_strict, read_state_dict, safetensors_metadata
+
+
+def tiny_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return torch.nn.Linear(3, 2).state_dict()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def tiny_file(tmp_path) -> Path:
+    path = tmp_path / "src" / "tiny.pth"
+    path.parent.mkdir()
+    torch.save({"params_ema": {f"module.{k}": v for k, v in tiny_state().items()}}, path)
+    return path
+
+
+@pytest.fixture
+def use_entry(monkeypatch):
+    """Replace the official catalogue with the given entries for one test."""
+
+    def install(*entries: WeightsEntry) -> None:
+        monkeypatch.setattr(catalogue, "official_catalogue", lambda: {e.name: e for e in entries})
+
+    return install
+
+
+def entry_for(path: Path, **kw) -> WeightsEntry:
+    fields = dict(name="tiny", filename=path.name, urls=("https://example.invalid/tiny.pth",), sha256=sha(path), size=path.stat().st_size, license="MIT", commercial_use=True)
+    fields.update(kw)
+    return WeightsEntry(**fields)
+
+
+def test_official_catalogue_is_complete():
+    entries = official_catalogue()
+    for name in ("codeformer", "detection_Resnet50_Final", "detection_mobilenet0.25_Final", "parsing_parsenet", "difface_prior", "difface_swinir", "dr2_ddpm", "dr2_sparnethd"):
+        assert name in entries
+    for entry in entries.values():
+        assert entry.license and entry.filename
+        assert entry.sha256 == "" or len(entry.sha256) == 64
+        assert entry.urls or entry.note, f"{entry.name} needs a URL or a note saying where to get it"
+    codeformer = entries["codeformer"]
+    assert codeformer.sha256.startswith("1009e537") and codeformer.size == 376637898 and not codeformer.commercial_use
+    assert "Baidu" in entries["dr2_ddpm"].note and not entries["dr2_ddpm"].urls
+
+
+def test_canonical_state_dict_unwraps_and_strips_prefix(tiny_file):
+    state = read_state_dict(tiny_file)
+    assert set(state) == {"weight", "bias"}
+    assert torch.equal(state["weight"], tiny_state()["weight"])
+    assert set(canonical_state_dict({"state_dict": {"a": torch.zeros(1), "step": 3}})) == {"a"}
+    with pytest.raises(UnsupportedCheckpoint, match="not a state dict"):
+        canonical_state_dict([1, 2])
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/facerestore-exploit-ran",))
+
+
+def test_pickled_code_is_never_executed(tmp_path):
+    marker = Path("/tmp/facerestore-exploit-ran")
+    marker.unlink(missing_ok=True)
+    bad = tmp_path / "evil.pth"
+    with open(bad, "wb") as handle:
+        pickle.dump({"weight": Exploit()}, handle)
+    with pytest.raises(UnsupportedCheckpoint, match="evil.pth") as info:
+        read_state_dict(bad)
+    assert "\n" not in info.value.one_line()
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_one_clear_line(tiny_file, tmp_path):
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(tiny_file.read_bytes()[:100])
+    with pytest.raises(UnsupportedCheckpoint, match="cut.pth cannot be read"):
+        read_state_dict(cut)
+
+
+def test_load_strict_names_the_file_and_first_mismatches():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    state = {"0.weight": torch.zeros(2, 4), "0.bias": torch.zeros(2), "x.y": torch.zeros(1)}
+    with pytest.raises(UnsupportedCheckpoint) as info:
+        load_strict(net, state, "model.pth")
+    line = info.value.one_line()
+    assert "model.pth" in line and "missing 2: 1.weight, 1.bias" in line and "unexpected 1: x.y" in line
+    assert "0.weight (2, 4) != (2, 3)" in line
+    before = net[0].weight.clone()
+    assert torch.equal(net[0].weight, before)  # nothing was loaded
+
+
+def test_resolve_from_weights_dir_converts_once(tiny_file, use_entry, monkeypatch, isolated_home):
+    use_entry(entry_for(tiny_file))
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tiny_file.parent))
+    path = store.resolve("tiny")
+    assert path.suffix == ".safetensors" and path.is_relative_to(isolated_home)
+    assert safetensors_metadata(path)["source_sha256"] == sha(tiny_file)
+    assert torch.equal(read_state_dict(path)["bias"], tiny_state()["bias"])
+    stamp = path.stat().st_mtime_ns
+    assert store.resolve("tiny") == path and path.stat().st_mtime_ns == stamp  # converted once
+
+
+def test_wrong_hash_is_refused(tiny_file, use_entry, monkeypatch):
+    use_entry(entry_for(tiny_file, sha256="0" * 64))
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tiny_file.parent))
+    with pytest.raises(ChecksumMismatch, match="tiny.pth has sha256") as info:
+        store.resolve("tiny")
+    assert "weights pull tiny" in info.value.one_line()
+
+
+def test_offline_missing_file_names_file_url_sha_and_import(tiny_file, use_entry):
+    use_entry(entry_for(tiny_file))
+    with pytest.raises(WeightsError) as info:
+        store.resolve("tiny", offline=True)
+    line = info.value.one_line()
+    for part in ("tiny.pth", "https://example.invalid/tiny.pth", sha(tiny_file), "facerestore weights import tiny.pth"):
+        assert part in line
+    assert "\n" not in line
+
+
+def test_offline_from_environment(tiny_file, use_entry, monkeypatch):
+    use_entry(entry_for(tiny_file))
+    monkeypatch.delenv("FACERESTORE_OFFLINE")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="offline"):
+        store.resolve("tiny")
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves one payload, honouring `Range: bytes=N-` unless told to ignore it."""
+
+    payload = b""
+    honour_range = True
+    requests: list[str | None] = []
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        wanted = self.headers.get("Range")
+        type(self).requests.append(wanted)
+        start = int(wanted.split("=")[1].rstrip("-")) if wanted and self.honour_range else 0
+        body = self.payload[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    RangeHandler.requests = []
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/tiny.pth"
+    httpd.shutdown()
+
+
+@pytest.mark.parametrize("honour_range", [True, False])
+def test_download_resumes_checks_and_renames(tiny_file, use_entry, server, isolated_home, monkeypatch, honour_range):
+    RangeHandler.payload = tiny_file.read_bytes()
+    RangeHandler.honour_range = honour_range
+    use_entry(entry_for(tiny_file, urls=(server,)))
+    monkeypatch.setenv("FACERESTORE_OFFLINE", "0")
+    part = store.cache_dir() / "tiny.pth.part"
+    part.parent.mkdir(parents=True)
+    half = len(RangeHandler.payload) // 2
+    part.write_bytes(RangeHandler.payload[:half])  # an interrupted earlier download
+    seen = []
+    path = store.resolve("tiny", progress=lambda done, total: seen.append((done, total)))
+    assert RangeHandler.requests == [f"bytes={half}-"]
+    assert (store.cache_dir() / "tiny.pth").read_bytes() == RangeHandler.payload
+    assert not part.exists() and path.suffix == ".safetensors"
+    assert seen[-1] == (len(RangeHandler.payload), len(RangeHandler.payload))
+
+
+def test_download_with_wrong_content_leaves_nothing(tiny_file, use_entry, server, monkeypatch):
+    RangeHandler.payload = b"not the checkpoint"
+    RangeHandler.honour_range = True
+    use_entry(entry_for(tiny_file, urls=(server,)))
+    monkeypatch.setenv("FACERESTORE_OFFLINE", "0")
+    with pytest.raises(ChecksumMismatch, match="downloaded tiny.pth"):
+        store.resolve("tiny")
+    assert list(store.cache_dir().iterdir()) == []
+
+
+def test_download_unreachable_is_one_line(tiny_file, use_entry, monkeypatch):
+    use_entry(entry_for(tiny_file, urls=("http://127.0.0.1:9/tiny.pth",)))
+    monkeypatch.setenv("FACERESTORE_OFFLINE", "0")
+    with pytest.raises(WeightsError, match="could not be downloaded") as info:
+        store.resolve("tiny")
+    assert "weights import tiny.pth" in info.value.one_line()
+
+
+def test_unpublished_hash_is_recorded_on_first_fetch(tiny_file, use_entry):
+    use_entry(entry_for(tiny_file, sha256=""))
+    store.import_file(tiny_file)
+    assert store.expected_sha256(catalogue.get_entry("tiny")) == sha(tiny_file)
+    other = tiny_file.with_name("other") / "tiny.pth"
+    other.parent.mkdir()
+    torch.save({"x": torch.ones(1)}, other)
+    with pytest.raises(ChecksumMismatch):
+        store.import_file(other)
+
+
+def test_import_checks_hash_and_registers_own_weights(tiny_file, use_entry, tmp_path):
+    use_entry(entry_for(tiny_file))
+    target = store.import_file(tiny_file)
+    assert target == store.cache_dir() / "tiny.pth" and sha(target) == sha(tiny_file)
+    assert [s for n, _, s in store.verify_all()] == ["ok"]
+
+    mine = tmp_path / "finetuned.pth"
+    torch.save({"params_ema": tiny_state()}, mine)
+    with pytest.raises(UsageError, match="matches no catalogued checkpoint"):
+        store.import_file(mine)
+    store.import_file(mine, name="my-model")
+    assert load_catalogue()["my-model"].local
+    assert torch.equal(read_state_dict(store.resolve("my-model"))["weight"], tiny_state()["weight"])
+    assert store.resolve_explicit("my-model") == store.resolve("my-model")
+    with pytest.raises(WeightsError, match="no such file"):
+        store.resolve_explicit("nope")
+
+
+def test_verify_reports_mismatch(tiny_file, use_entry):
+    use_entry(entry_for(tiny_file))
+    target = store.import_file(tiny_file)
+    target.write_bytes(b"corrupted")
+    assert [s for _, _, s in store.verify_all()] == ["mismatch"]
