@@ -15,7 +15,7 @@ from facerestore.image_io import DEFAULT_MAX_PIXELS
 
 @app.command("restore", context_settings=CONTEXT)
 def restore_command(
-    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos (folders are searched recursively).", show_default=False)],
+    inputs: Annotated[list[Path], typer.Argument(metavar="PHOTO_OR_FOLDER", help="Photos or folders of photos (folders are searched recursively).", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder: restored_imgs/, restored_faces/, cropped_faces/, cmp/.")] = Path("results"),
     method: Annotated[str, typer.Option("-m", "--method", help="Restoration method (`facerestore methods` lists them); default: the model bundled with facerestore.")] = "baseline",
     steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps for diffusion methods (method default when omitted).")] = None,

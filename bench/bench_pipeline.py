@@ -1,0 +1,97 @@
+"""Per-photo and per-face cost of the restore pipeline's stages, batched vs one face at a time.
+
+    python bench/bench_pipeline.py [--photos ../shared/data/photos/groups] [--method baseline] [--limit 8]
+
+Stages: read, detect, align, restore (all faces of the photo in batches of --batch-size, and again
+one face per call), paste. Prints a Markdown table per photo and a summary; times are wall-clock
+seconds on this machine with --threads torch threads. Nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from facerestore.devices import resolve_device
+from facerestore.faces.detect import load_detector
+from facerestore.image_io import list_images, read_image
+from facerestore.methods.base import MethodOptions
+from facerestore.methods.registry import build_method
+from facerestore.pipeline import RestoreOptions, Tools, restore_crops, restore_picture
+
+DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "groups"
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return value, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
+    parser.add_argument("--method", default="baseline")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--detector", default="auto")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--upscale", type=float, default=1.0)
+    parser.add_argument("--limit", type=int, default=8, help="photos to time (0 = all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-single", action="store_true", help="skip the one-face-at-a-time pass")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    method = build_method(args.method, MethodOptions(device=device, weights=args.weights))
+    detector = load_detector(args.detector, device)
+    options = RestoreOptions(output=Path("unused"), upscale=args.upscale, batch_size=args.batch_size)
+    paths, _ = list_images([args.photos])
+    paths = paths[: args.limit or None]
+
+    # warm-up: first calls pay for lazy initialisation
+    warm = read_image(paths[0])
+    restore_picture(warm, Tools(method=method, detector=detector), options)
+
+    print(f"method {args.method}, detector {type(detector).__name__}, device {device}, {args.threads} threads, batch {args.batch_size}, upscale {args.upscale}\n")
+    print("| photo | size | faces | read s | detect s | align s | restore s (batched) | restore s (1 by 1) | paste s | total s | s/face (batched) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for path in paths:
+        picture, read_s = timed(read_image, path)
+        _, faces, _, t = restore_picture(picture, Tools(method=method, detector=detector), options)
+        single = float("nan")
+        if faces and not args.no_single:
+            _, single = timed(restore_crops, method, [f.crop for f in faces], batch_size=1, seed=0)
+        total = read_s + sum(t.values())
+        n = len(faces)
+        rows.append((n, t, single, total))
+        print(
+            f"| {path.name} | {picture.width}x{picture.height} | {n} | {read_s:.3f} | {t.get('detect', 0):.3f} | {t.get('align', 0):.3f} | "
+            f"{t['restore']:.3f} | {single:.3f} | {t.get('paste', 0):.3f} | {total:.3f} | {t['restore'] / n if n else float('nan'):.3f} |"
+        )
+    faces = sum(r[0] for r in rows)
+    with_faces = [r for r in rows if r[0]]
+    batched = sum(r[1]["restore"] for r in with_faces)
+    single = sum(r[2] for r in with_faces)
+    print()
+    print("| summary | value |")
+    print("|---|---|")
+    print(f"| photos / faces | {len(rows)} / {faces} |")
+    print(f"| median detect s per photo | {statistics.median(r[1].get('detect', 0) for r in rows):.3f} |")
+    print(f"| align ms per face | {1000 * sum(r[1].get('align', 0) for r in rows) / max(faces, 1):.1f} |")
+    print(f"| paste ms per face | {1000 * sum(r[1].get('paste', 0) for r in rows) / max(faces, 1):.1f} |")
+    print(f"| restore s per face, batched | {batched / max(faces, 1):.3f} |")
+    if not args.no_single:
+        print(f"| restore s per face, one at a time | {single / max(faces, 1):.3f} |")
+        print(f"| batched speed-up | {single / batched if batched else float('nan'):.2f}x |")
+    print(f"| total s per photo (mean) | {statistics.mean(r[3] for r in rows):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
