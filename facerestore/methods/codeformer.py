@@ -1,16 +1,33 @@
 """`codeformer`: Zhou et al., NeurIPS 2022, on the official `codeformer.pth` (ANCHORS.md 2).
 
-The architecture comes from spandrel-extra-arches (the official module, keys unchanged); the
-checkpoint's `params_ema` wrapper is unwrapped by our safe reader and loaded strictly.
-Fidelity w in [0,1]: 0 favours quality (codebook), 1 favours fidelity to the input.
+Why our own module (`facerestore.nets.codeformer`) and not spandrel-extra-arches': the official
+checkpoint loads into ours unchanged (same 515 keys and shapes; outputs equal to float rounding,
+checked in tests/test_codeformer.py), and ours also builds small test nets and exposes the code-level
+outputs (logits, `lq_feat`, codebook features) that fine-tuning on pseudo-targets needs (Kuai et al.
+2025, ANCHORS.md 7.2). A fine-tuned checkpoint has the same layout, so `--weights FILE` takes one.
+
+Why strict loading: the checkpoint's `params_ema` wrapper is unwrapped by our safe reader (no pickled
+code runs), the hyperparameters are read back from the tensor shapes, and every key must fit; a
+file of another architecture, or a truncated one, fails with one line naming the file and the first
+mismatched keys instead of restoring faces with half-initialised weights.
+
+Fidelity w in [0,1] (upstream `-w`, default 0.5): 0 favours quality (the face is decoded from
+codebook entries alone; the encoder-decoder fusion is skipped), 1 favours fidelity to the input (the
+fusion adds w * (dec * scale + shift) at the 32..256 feature sides). Upstream's README suggests 0.7
+for whole photos. Like upstream, AdaIN matches the looked-up codes to the input's feature statistics.
+
+Licence: the weights and the reference code are under the NTU S-Lab License 1.0, non-commercial use only.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from facerestore.errors import UsageError
+from facerestore.errors import UnsupportedCheckpoint, UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions
+from facerestore.nets.codeformer import HINT, CodeFormer, infer_config
 from facerestore.weights.checkpoint import load_strict, read_state_dict
 from facerestore.weights.store import resolve
 
@@ -21,47 +38,50 @@ INFO = MethodInfo(
     license="NTU S-Lab License 1.0: NON-COMMERCIAL use only",
     commercial_use=False,
     weights=("codeformer",),
-    knobs={"fidelity": "w in [0,1], default 0.5 (README suggests 0.7 for photos)"},
+    knobs={
+        "fidelity": "w in [0,1], default 0.5: 0 = quality (codebook), 1 = fidelity to the input (README suggests 0.7 for photos)",
+        "weights": "FILE or registered name of a CodeFormer checkpoint (e.g. fine-tuned); default the official codeformer.pth",
+    },
 )
 
+def load_codeformer(path: Path | str, device: torch.device | str = "cpu") -> CodeFormer:
+    """A CodeFormer in eval mode with every tensor of the checkpoint at `path` loaded strictly.
 
-def build_codeformer(state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Build the official architecture with hyperparameters read from the state dict's shapes."""
-    from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
-
-    connect = [k for k in ("16", "32", "64", "128", "256", "512") if f"fuse_convs_dict.{k}.scale.0.weight" in state_dict]
-    layers = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("ft_layers."))
-    return CodeFormer(
-        dim_embd=state_dict["position_emb"].shape[1],
-        n_head=8,  # not recoverable from shapes; 8 in every published checkpoint
-        n_layers=layers,
-        codebook_size=state_dict["quantize.embedding.weight"].shape[0],
-        latent_size=state_dict["position_emb"].shape[0],
-        connect_list=connect,
-    )
+    The net is built on the meta device and allocated uninitialised (no wasted random init of 94M
+    parameters); `load_strict` then fills every tensor or raises before anything is used.
+    """
+    state = read_state_dict(path)
+    try:
+        config = infer_config(state)
+    except UnsupportedCheckpoint as exc:
+        first = ", ".join(list(state)[:3])
+        raise UnsupportedCheckpoint(f"{path} is not a CodeFormer checkpoint ({exc}; its first keys: {first})", hint=HINT) from None
+    with torch.device("meta"):
+        net = CodeFormer(config)
+    net = net.to_empty(device=device)
+    load_strict(net, state, path)
+    return net.eval().requires_grad_(False)
 
 
 class CodeFormerMethod:
+    """crops [B,3,512,512] in [0,1] -> restored crops, all faces in one batched forward pass.
+
+    (The side is the checkpoint's `img_size`: 512 for every published CodeFormer.)
+    """
+
     info = INFO
 
     def __init__(self, options: MethodOptions) -> None:
-        if not 0.0 <= options.fidelity <= 1.0:
-            raise UsageError(f"--fidelity must be in [0,1], got {options.fidelity}")
+        if not 0.0 <= options.fidelity <= 1.0:  # also rejects NaN
+            raise UsageError(f"--fidelity must be in [0,1], got {options.fidelity}", hint="0 favours quality, 1 fidelity to the input; 0.5 is the default")
         path = resolve("codeformer", explicit=options.weights, offline=options.offline)
-        state = read_state_dict(path)
-        try:
-            self.net = build_codeformer(state)
-        except (KeyError, ValueError) as exc:
-            from facerestore.errors import UnsupportedCheckpoint
-
-            raise UnsupportedCheckpoint(f"{path} is not a CodeFormer checkpoint (missing {exc})", hint="pass the official codeformer.pth or a fine-tuned copy") from exc
-        load_strict(self.net, state, path)
         self.device = torch.device(options.device)
-        self.net.to(self.device).eval()
-        self.fidelity = options.fidelity
+        self.net = load_codeformer(path, self.device)
+        self.fidelity = float(options.fidelity)
 
     @torch.inference_mode()
     def restore(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = crops.to(self.device) * 2.0 - 1.0
-        out = self.net(x, weight=self.fidelity)[0]
-        return ((out.clamp(-1.0, 1.0) + 1.0) / 2.0).to(crops.device)
+        """Deterministic: `generator` is unused. [0,1] -> [-1,1] -> net(x, w, adain=True) -> clamp -> [0,1]."""
+        x = crops.to(self.device, torch.float32) * 2.0 - 1.0
+        out = self.net(x, w=self.fidelity, adain=True)[0]
+        return ((out.clamp(-1.0, 1.0) + 1.0) / 2.0).to(device=crops.device, dtype=crops.dtype)

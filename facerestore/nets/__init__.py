@@ -4,6 +4,8 @@
   conditional backbone for IDM-style models).
 - `sparnet`: SPARNetHD2D, DR2's 512 enhancer, with spectral-norm convolutions.
 - `swinir`: DifFace's SwinIR estimator, built on spandrel's SwinIR.
+- `codeformer`: CodeFormer (VQGAN + transformer), key-identical to the published checkpoint, with
+  code-level outputs for fine-tuning.
 - `baseline_unet`: facerestore's own small one-step restorer.
 
 Each module offers a config dataclass with presets for the official checkpoints, a constructor
