@@ -1,0 +1,716 @@
+"""Evaluation runs: make or read the inputs, restore them with every method, score every image.
+
+    spec = resolve_spec(EvalSpec(methods=("baseline",), hq=Path("faces"), degradations=("mild", "severe")))
+    result = Evaluator(spec, {"baseline": build_method("baseline", MethodOptions())}, staging).run()
+
+Three kinds of image sets (`SetResult.kind`):
+
+- "degraded" (--hq DIR --degrade PRESET): every reference x is degraded with the preset (seeded per
+  image, `presets.degrade`), the input is saved under inputs/PRESET/, every method restores it, and
+  every full-reference metric compares the input ("input" row) and each restoration with x.
+- "real" (--lq DIR): real low-quality inputs without references; no-reference metrics (NIQE) per
+  image, and FID of each set of outputs against --ref-set.
+- "authenticity" (--authenticity, with --hq): the IDM paper's test (Zhao et al. 2023, sec. 3.1,
+  eq. 2-3): an authentic restorer leaves a clean face alone, f(x) = x, and applying it again does not
+  make things worse. Rows per method: f(x) vs x, f(f(x)) vs f(x), and f(f(x)) vs x.
+
+Faces are aligned square crops at 512x512 (what every method restores); other square sizes are
+resized to 512 (INTER_AREA when shrinking, INTER_CUBIC when enlarging) and the report says which;
+a non-square image is not an aligned crop and fails with one line. An image that cannot be read
+fails alone; a method that raises fails only its batch for that method; a metric that cannot run
+is reported "unavailable" (or "failed") with its reason, never dropped and never faked. Everything
+the run writes goes into `staging` (the report module publishes it as the report folder).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from facerestore.errors import BadImage, FaceRestoreError, UsageError
+from facerestore.evaluation import presets
+from facerestore.image_io import IMAGE_EXTENSIONS, list_images, read_image, write_image
+from facerestore.metrics import METRICS, MetricResult, compute, compute_all
+
+FACE = 512
+TILE = 256  # side of one image in the comparison grids
+HQ_METRICS = ("psnr", "ssim", "lpips", "identity", "lmd")
+LQ_METRICS = ("niqe",)
+INPUT = "input"
+COMPARISONS = ("f(x) vs x", "f(f(x)) vs f(x)", "f(f(x)) vs x")
+
+
+# ------------------------------------------------------------------ what to run
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """One evaluation: inputs, methods, metrics. `resolve_spec` checks it and fills the defaults."""
+
+    methods: tuple[str, ...] = ()
+    hq: Path | None = None  # references: inputs are synthesized from them
+    lq: Path | None = None  # real low-quality inputs, no references
+    degradations: tuple[str, ...] = ()  # presets for --hq; empty = medium (none with --authenticity)
+    seed: int = 0
+    ref_set: Path | None = None  # FID reference: a folder of images or an .npz of statistics
+    metrics: tuple[str, ...] | None = None  # None = the mode's defaults
+    limit: int | None = None
+    authenticity: bool = False
+    restored: tuple[tuple[str, Path], ...] = ()  # results of another tool: (row label, folder)
+    batch_size: int = 8
+    grid_images: int = 8  # images shown in the comparison grids of each set
+    grid_rows: int = 4  # images per grid PNG
+    device: str = "cpu"
+    offline: bool | None = None
+    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> str:
+        return "hq" if self.hq is not None else "lq"
+
+
+def split_list(values: Sequence[str] | None) -> tuple[str, ...]:
+    """Repeated options and comma-separated lists alike: ("a,b", "c") -> ("a", "b", "c")."""
+    return tuple(v.strip() for value in values or () for v in str(value).split(",") if v.strip())
+
+
+def resolve_spec(spec: EvalSpec) -> EvalSpec:
+    """Check option combinations (UsageError, exit 2) and fill the defaults of the mode."""
+    if spec.hq is not None and spec.lq is not None:
+        raise UsageError("--hq and --lq cannot be combined", hint="--hq DIR synthesizes degraded inputs from clean references; --lq DIR scores real inputs without references")
+    if spec.hq is None and spec.lq is None:
+        raise UsageError("nothing to evaluate", hint="pass --hq DIR (clean aligned faces to degrade) or --lq DIR (real low-quality aligned faces)")
+    methods = split_list(spec.methods)
+    if not methods and not spec.restored:
+        raise UsageError("no --method given", hint="pass --method NAME (repeat it to compare methods; `facerestore methods` lists them)")
+    for name, count in Counter(methods).items():
+        if count > 1:
+            raise UsageError(f"--method {name} is given twice")
+    labels = list(methods)
+    for label, folder in spec.restored:
+        if not label or label in labels or label == INPUT:
+            raise UsageError(f"--restored {label}={folder}: the label {label!r} is empty, reserved or already used", hint="give each results folder its own label: --restored LABEL=DIR")
+        if not Path(folder).is_dir():
+            raise UsageError(f"--restored {label}={folder}: {folder} is not a folder")
+        labels.append(label)
+    degradations = tuple(presets.check_preset(p) for p in split_list(spec.degradations))
+    if len(set(degradations)) != len(degradations):
+        raise UsageError("a --degrade preset is given twice")
+    if spec.lq is not None:
+        if degradations:
+            raise UsageError("--degrade needs --hq", hint="--lq inputs are already degraded; pass --hq DIR to synthesize inputs from references")
+        if spec.authenticity:
+            raise UsageError("--authenticity needs --hq", hint="the test restores clean references: pass --hq DIR")
+    elif not degradations and not spec.authenticity:
+        degradations = (presets.DEFAULT_PRESET,)
+    if spec.authenticity and not methods:
+        raise UsageError("--authenticity needs a --method", hint="results folders (--restored) cannot be re-run on clean references")
+    if spec.restored and spec.hq is not None and not degradations:
+        raise UsageError("--restored results are scored against degraded inputs, but no --degrade preset is evaluated", hint="add --degrade PRESET (the preset the results were made from)")
+    if spec.limit is not None and spec.limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {spec.limit}")
+    if spec.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {spec.batch_size}")
+    if spec.grid_images < 0 or spec.grid_rows < 1:
+        raise UsageError(f"--grid-images must be 0 or more, got {spec.grid_images}")
+    if spec.ref_set is not None and not Path(spec.ref_set).exists():
+        raise UsageError(f"--ref-set {spec.ref_set} does not exist", hint="pass a folder of faces or an .npz of FID statistics (mu, sigma)")
+    metrics = _metrics(spec)
+    return replace(spec, methods=methods, degradations=degradations, metrics=metrics)
+
+
+def _metrics(spec: EvalSpec) -> tuple[str, ...]:
+    if spec.metrics is None:
+        chosen = list(HQ_METRICS if spec.hq is not None else LQ_METRICS)
+        if spec.ref_set is not None:
+            chosen.append("fid")
+        return tuple(chosen)
+    chosen = list(dict.fromkeys(split_list(spec.metrics)))
+    if not chosen:
+        raise UsageError("--metrics is empty", hint=f"choose from: {', '.join(METRICS)}")
+    for name in chosen:
+        if name not in METRICS:
+            raise UsageError(f"unknown metric {name!r}", hint=f"choose from: {', '.join(METRICS)}")
+    if spec.lq is not None:
+        full = [n for n in chosen if METRICS[n].needs_reference and not METRICS[n].on_sets]
+        if full:
+            raise UsageError(f"{', '.join(full)} need references, which --lq inputs do not have", hint="use no-reference metrics (niqe, fid with --ref-set), or --hq DIR to synthesize inputs from references")
+        if "fid" in chosen and spec.ref_set is None:
+            raise UsageError("fid on --lq inputs needs --ref-set DIR (a folder of high-quality faces or an .npz of statistics)")
+    if spec.ref_set is not None and "fid" not in chosen:
+        chosen.append("fid")  # --ref-set is only for FID: asking for it asks for FID
+    return tuple(chosen)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input file; `key` (its path under the input folder, no extension) names all its outputs."""
+
+    key: str
+    path: Path
+
+
+def list_inputs(source: Path, limit: int | None = None, *, option: str = "--hq") -> tuple[list[InputItem], list[tuple[str, str]]]:
+    """Image files of a folder (recursive, sorted) or one file -> (items, [(path, reason)] duplicates).
+
+    An empty folder or a missing path is a UsageError; two files with the same key (face.jpg and
+    face.png) cannot both be evaluated: the second is returned as a failure.
+    """
+    source = Path(source)
+    paths, problems = list_images([source])
+    if problems or not paths:
+        reason = problems[0][1] if problems else "no images"
+        raise UsageError(f"{option} {source}: {reason}", hint="pass a folder of aligned face crops (jpg, png, webp, tif, bmp)")
+    items: list[InputItem] = []
+    failures: list[tuple[str, str]] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        relative = path.relative_to(source) if source.is_dir() else Path(path.name)
+        key = relative.with_suffix("").as_posix()
+        if key in seen:
+            failures.append((str(path), f"skipped: {seen[key].name} has the same name; outputs are named after the file name without extension"))
+            continue
+        seen[key] = path
+        items.append(InputItem(key, path))
+    return items[:limit] if limit else items, failures
+
+
+def to_face_size(rgb: np.ndarray, path: Path | str) -> tuple[np.ndarray, str]:
+    """A square crop at 512x512 (resized when needed) and the note that says so ("" if unchanged)."""
+    height, width = rgb.shape[:2]
+    if height != width:
+        raise BadImage(f"{path} is {width}x{height}, not a square aligned face crop", hint="evaluate aligned 512x512 crops (e.g. the cropped_faces/ of `facerestore PHOTO`)")
+    if width == FACE:
+        return rgb, ""
+    shrink = width > FACE
+    resized = cv2.resize(rgb, (FACE, FACE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    return np.clip(resized, 0.0, 1.0).astype(np.float32), f"resized from {width}x{height} to {FACE}x{FACE} ({'area' if shrink else 'cubic'})"
+
+
+def load_face(path: Path) -> tuple[np.ndarray, str]:
+    """Read an aligned face crop as float32 RGB 512x512x3 in [0, 1] (BadImage: one line)."""
+    picture = read_image(path)
+    return to_face_size(picture.rgb, path)
+
+
+def find_restored(folder: Path, set_name: str, key: str, several_sets: bool) -> Path | None:
+    """The file of another tool's results for this input: FOLDER[/SET][/restored_faces]/KEY.<image ext>."""
+    base = folder / set_name if several_sets or (folder / set_name).is_dir() else folder
+    if (base / "restored_faces").is_dir():
+        base = base / "restored_faces"
+    for ext in IMAGE_EXTENSIONS:
+        for candidate in (base / f"{key}{ext}", base / f"{key}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def check_inputs(spec: EvalSpec) -> tuple[list[InputItem], list[tuple[str, str]]]:
+    """The inputs of a resolved spec, and the usage mistakes found without reading any pixel: an
+    empty folder, a --restored folder none of whose files is named after an input (exit 2)."""
+    hq = spec.hq is not None
+    items, failures = list_inputs(Path(spec.hq if hq else spec.lq), spec.limit, option="--hq" if hq else "--lq")
+    sets = spec.degradations or ("real",)
+    several = len(spec.degradations) > 1
+    for label, folder in spec.restored:
+        folder = Path(folder)
+        if any(find_restored(folder, s, item.key, several) for s in sets for item in items):
+            continue
+        found, _ = list_images([folder])
+        example = f"e.g. {found[0].relative_to(folder).as_posix()} vs the input {items[0].key}" if found and items else "it holds no images"
+        layout = f"{folder}/<{'|'.join(sets)}>/NAME.png" if several else f"{folder}/NAME.png"
+        raise UsageError(f"--restored {label}={folder}: no file is named after an input ({example})", hint=f"expected {layout} with NAME the input's name without extension")
+    return items, failures
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One row of a set's table: the degraded input, a method, another tool's results, or an
+    authenticity comparison of a method."""
+
+    label: str
+    kind: str  # input | method | restored | authenticity
+    method: str | None = None
+    comparison: str = ""
+
+
+@dataclass
+class ImageRecord:
+    """Everything measured on one image of one set."""
+
+    key: str
+    source: str
+    status: str = "ok"  # ok | failed (unreadable, not a square crop, duplicate name)
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+    params: dict | None = None  # eq. 11 parameters of its degraded input
+    scores: dict[str, dict[str, MetricResult]] = field(default_factory=dict)  # row label -> metric -> result
+    row_errors: dict[str, str] = field(default_factory=dict)  # row label -> why this row has no image
+    files: dict[str, str] = field(default_factory=dict)  # row label -> image path in the report
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A row's metric over the images of a set: mean and std of the images where it ran."""
+
+    mean: float | None
+    std: float | None
+    count: int  # images with a value
+    total: int  # images of the row (failed images excluded)
+    status: str  # ok | partial | unavailable | failed | none
+    reasons: tuple[tuple[str, int], ...] = ()  # (reason, images) for the images without a value
+
+    @property
+    def reason(self) -> str:
+        return self.reasons[0][0] if self.reasons else ""
+
+
+def summarize(results: Sequence[MetricResult]) -> Summary:
+    values = [r.value for r in results if r.ok and r.value is not None]
+    missing = [r for r in results if not (r.ok and r.value is not None)]
+    reasons = tuple(Counter(r.reason or r.status for r in missing).most_common())
+    if not results:
+        return Summary(None, None, 0, 0, "none")
+    if not values:
+        status = Counter(r.status for r in missing).most_common(1)[0][0]
+        return Summary(None, None, 0, len(results), status, reasons)
+    array = np.asarray(values, dtype=np.float64)
+    mean = float(array.mean())
+    std = None
+    if len(array) > 1 and np.isfinite(array).all():
+        std = float(array.std(ddof=1))
+    return Summary(mean, std, len(values), len(results), "ok" if not missing else "partial", reasons)
+
+
+@dataclass
+class SetResult:
+    """One table of the report: a degradation preset, the real inputs, or the authenticity test."""
+
+    name: str
+    kind: str  # degraded | real | authenticity
+    description: str
+    rows: list[RowSpec]
+    metrics: list[str]  # per-image metrics of this set
+    params: dict | None = None
+    images: list[ImageRecord] = field(default_factory=list)
+    set_scores: dict[str, dict[str, MetricResult]] = field(default_factory=dict)  # row -> set metric (fid) -> result
+    restore_seconds: dict[str, float] = field(default_factory=dict)  # method -> seconds spent in restore
+    restore_faces: dict[str, int] = field(default_factory=dict)  # method -> faces restored
+    grid_columns: list[str] = field(default_factory=list)
+    grid_tiles: list[tuple[str, list[np.ndarray]]] = field(default_factory=list)  # (key, uint8 TILE tiles)
+    grids: list[str] = field(default_factory=list)  # PNGs written by the report (relative paths)
+
+    def summary(self, row: str, metric: str) -> Summary:
+        """Over the images that loaded: a row without an image for some of them (its method failed,
+        another tool's file is missing) counts those as failed, with the reason."""
+        results = []
+        for image in self.images:
+            if image.status != "ok":
+                continue
+            if metric in image.scores.get(row, {}):
+                results.append(image.scores[row][metric])
+            elif row in image.row_errors:
+                results.append(MetricResult(metric, None, "failed", image.row_errors[row]))
+        return summarize(results)
+
+    def seconds_per_face(self, method: str | None) -> float | None:
+        if method is None or not self.restore_faces.get(method):
+            return None
+        return self.restore_seconds[method] / self.restore_faces[method]
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(what, why) for every failed image and every row an image lacks."""
+        out = [(image.source, image.error) for image in self.images if image.status == "failed"]
+        for image in self.images:
+            out.extend((f"{self.name}/{image.key} [{row}]", reason) for row, reason in image.row_errors.items())
+        return out
+
+
+@dataclass
+class EvalResult:
+    spec: EvalSpec
+    sets: list[SetResult]
+    methods: dict[str, dict[str, Any]]  # label -> what it is (summary, license, options)
+    notes: list[str]
+    failures: list[tuple[str, str]]  # problems outside any set (duplicate names)
+    started: float
+    seconds: float = 0.0
+
+    def all_failures(self) -> list[tuple[str, str]]:
+        seen: dict[tuple[str, str], None] = dict.fromkeys(self.failures)
+        for s in self.sets:
+            seen.update(dict.fromkeys(s.failures()))
+        return list(seen)
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _tile(image: np.ndarray) -> np.ndarray:
+    small = cv2.resize(image, (TILE, TILE), interpolation=cv2.INTER_AREA) if image.shape[0] != TILE else image
+    return np.round(np.clip(small, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, FaceRestoreError):
+        return exc.one_line()
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class Evaluator:
+    """Runs a resolved EvalSpec with built methods, writing images under `staging`.
+
+    `on_total(n)` is called once with the number of image steps (images x sets), `on_progress(n)`
+    after each batch of each set; `on_message(line)` with warnings (a metric unavailable, an image
+    or a method failing), each said once. `restore` replaces `pipeline.restore_crops` (tests).
+    """
+
+    def __init__(
+        self,
+        spec: EvalSpec,
+        methods: Mapping[str, Any],
+        staging: Path,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+        on_message: Callable[[str], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+        restore: Callable[..., list[np.ndarray]] | None = None,
+        debug: bool = False,
+    ) -> None:
+        from facerestore.pipeline import restore_crops
+
+        self.spec = spec
+        self.methods = dict(methods)
+        self.staging = Path(staging)
+        self.on_progress = on_progress or (lambda n: None)
+        self.on_message = on_message or (lambda line: None)
+        self.on_total = on_total or (lambda n: None)
+        self.restore_crops = restore or restore_crops
+        self.debug = debug  # a method's exception propagates (with its traceback) instead of failing its rows
+        self.told: set[str] = set()
+        self.resized: dict[str, str] = {}
+        self.external = dict(spec.restored)
+        self.options = self._metric_options()
+        image_metrics = [m for m in spec.metrics or () if not METRICS[m].on_sets]
+        self.set_metrics = [m for m in spec.metrics or () if METRICS[m].on_sets]
+        self.image_metrics = image_metrics
+        self.pair_metrics = [m for m in image_metrics if METRICS[m].needs_reference]
+
+    def _metric_options(self) -> dict[str, dict[str, Any]]:
+        options: dict[str, dict[str, Any]] = {}
+        for name in ("lpips", "fid"):
+            options[name] = {"device": self.spec.device, "offline": self.spec.offline}
+        for name in ("identity", "identity_deg"):
+            options[name] = {"offline": self.spec.offline}
+        for name, extra in self.spec.metric_options.items():
+            options.setdefault(name, {}).update(extra)
+        return options
+
+    def tell(self, key: str, line: str) -> None:
+        if key not in self.told:
+            self.told.add(key)
+            self.on_message(line)
+
+    # -------------------------------------------------------------- entry point
+
+    def run(self) -> EvalResult:
+        started = time.time()
+        spec = self.spec
+        items, failures = check_inputs(spec)
+        for path, reason in failures:
+            self.tell(f"dup:{path}", f"error: {path}: {reason}")
+        count = len(spec.degradations) + int(spec.authenticity) if spec.hq is not None else 1
+        self.on_total(len(items) * count)
+        sets: list[SetResult] = []
+        if spec.hq is not None:
+            for preset in spec.degradations:
+                sets.append(self._degraded_set(preset, items))
+            if spec.authenticity:
+                sets.append(self._authenticity_set(items))
+        else:
+            sets.append(self._real_set(items))
+        notes = []
+        if self.resized:
+            shown = ", ".join(f"{k} ({v})" for k, v in list(self.resized.items())[:5])
+            more = f" and {len(self.resized) - 5} more" if len(self.resized) > 5 else ""
+            notes.append(f"{len(self.resized)} of {len(items)} images were not {FACE}x{FACE} and were resized to it before evaluation (INTER_AREA when shrinking, INTER_CUBIC when enlarging): {shown}{more}")
+        if self.external:
+            notes.append("rows from --restored folders are another tool's results read from disk; they were not produced here, and are not in the authenticity test")
+        result = EvalResult(spec, sets, self._describe_methods(), notes, failures, started)
+        result.seconds = time.time() - started
+        return result
+
+    def _describe_methods(self) -> dict[str, dict[str, Any]]:
+        described: dict[str, dict[str, Any]] = {}
+        for name, method in self.methods.items():
+            info = getattr(method, "info", None)
+            described[name] = {
+                "kind": "method",
+                "summary": getattr(info, "summary", ""),
+                "paper": getattr(info, "paper", ""),
+                "license": getattr(info, "license", ""),
+            }
+        for label, folder in self.external.items():
+            described[label] = {"kind": "restored", "summary": f"results read from {folder}", "paper": "", "license": ""}
+        return described
+
+    # -------------------------------------------------------------- scoring
+
+    def _score(self, image: np.ndarray, reference: np.ndarray | None, names: Sequence[str], where: str) -> dict[str, MetricResult]:
+        scores = compute_all(image, reference, names=names, options=self.options) if names else {}
+        for name, result in scores.items():
+            if not result.ok:
+                self.tell(f"metric:{name}:{result.status}", f"warning: {name} {result.status} ({where}): {result.reason}")
+        return scores
+
+    def _restore(self, label: str, crops: list[np.ndarray], result: SetResult, records: list[ImageRecord], row: str, seed: int) -> list[np.ndarray] | None:
+        """Restore a batch with one method; on failure every image of the batch records why."""
+        method = self.methods[label]
+        start = time.perf_counter()
+        try:
+            out = self.restore_crops(method, crops, batch_size=self.spec.batch_size, seed=seed)
+        except Exception as exc:  # noqa: BLE001 - one method failing on one batch fails only that
+            if self.debug:
+                raise
+            reason = f"{label} failed: {_one_line(exc)}"
+            for record in records:
+                record.row_errors[row] = reason
+            self.tell(f"restore:{label}:{reason}", f"error: {reason}")
+            return None
+        result.restore_seconds[label] = result.restore_seconds.get(label, 0.0) + time.perf_counter() - start
+        result.restore_faces[label] = result.restore_faces.get(label, 0) + len(crops)
+        return [np.asarray(o, dtype=np.float32) for o in out]
+
+    def _save(self, relative: str, image: np.ndarray) -> str:
+        write_image(self.staging / relative, image)
+        return relative
+
+    def _load(self, item: InputItem, record: ImageRecord) -> np.ndarray | None:
+        try:
+            image, note = load_face(item.path)
+        except FaceRestoreError as exc:
+            record.status, record.error = "failed", exc.one_line()
+            self.tell(f"load:{item.path}", f"error: {record.error}")
+            return None
+        if note:
+            record.notes.append(note)
+            self.resized[item.key] = note.split(" to ")[0].replace("resized from ", "")
+        return image
+
+    def _chunks(self, items: list[InputItem]) -> list[tuple[int, list[InputItem]]]:
+        size = self.spec.batch_size
+        return [(i // size, items[i : i + size]) for i in range(0, len(items), size)]
+
+    def _external_image(self, label: str, set_name: str, key: str, record: ImageRecord) -> np.ndarray | None:
+        """Another tool's result for this input (its path goes to `record.files`), or None with the reason."""
+        folder = Path(self.external[label])
+        path = find_restored(folder, set_name, key, len(self.spec.degradations) > 1)
+        if path is None:
+            record.row_errors[label] = f"{label}: no restored image named {key}.<ext> in {folder}"
+            return None
+        record.files[label] = str(path.resolve())
+        try:
+            image = read_image(path).rgb
+        except FaceRestoreError as exc:
+            record.row_errors[label] = f"{label}: {exc.one_line()}"
+            return None
+        if image.shape[:2] != (FACE, FACE):
+            record.row_errors[label] = (
+                f"{label}: {path} is {image.shape[1]}x{image.shape[0]} but the input and reference are {FACE}x{FACE}; "
+                "restore the 512 crops (report/inputs/) or resize the results to 512"
+            )
+            return None
+        return image
+
+    def _grid_add(self, result: SetResult, key: str, tiles: list[np.ndarray | None]) -> None:
+        if len(result.grid_tiles) < self.spec.grid_images and all(t is not None for t in tiles):
+            result.grid_tiles.append((key, [_tile(t) for t in tiles]))  # type: ignore[arg-type]
+
+    def _set_fid(self, result: SetResult, sets: Mapping[str, list[str]], reference: Any) -> None:
+        for metric in self.set_metrics:
+            for row, files in sets.items():
+                paths = [self.staging / f if not Path(f).is_absolute() else Path(f) for f in files]
+                score = compute(metric, paths, reference, **self.options.get(metric, {}))
+                if not score.ok:
+                    self.tell(f"metric:{metric}:{score.status}", f"warning: {metric} {score.status} ({result.name}, {row}): {score.reason}")
+                result.set_scores.setdefault(row, {})[metric] = score
+
+    # -------------------------------------------------------------- the three kinds of sets
+
+    def _rows(self, set_name: str) -> list[RowSpec]:
+        rows = [RowSpec(INPUT, "input")]
+        rows += [RowSpec(name, "method", method=name) for name in self.methods]
+        rows += [RowSpec(label, "restored") for label in self.external]
+        return rows
+
+    def _degraded_set(self, preset: str, items: list[InputItem]) -> SetResult:
+        spec = self.spec
+        result = SetResult(preset, "degraded", presets.describe(preset), self._rows(preset), list(self.image_metrics), params=presets.preset_params(preset))
+        result.grid_columns = ["input", *self.methods, *self.external, "reference"]
+        fid_sets: dict[str, list[str]] = {row.label: [] for row in result.rows}
+        references: list[str] = []
+        for index, chunk in self._chunks(items):
+            loaded: list[tuple[ImageRecord, np.ndarray, np.ndarray]] = []
+            for item in chunk:
+                record = ImageRecord(item.key, str(item.path))
+                result.images.append(record)
+                reference = self._load(item, record)
+                if reference is None:
+                    continue
+                degraded, params = presets.degrade(reference, preset, seed=spec.seed, key=item.key)
+                record.params = params.to_dict()
+                record.files[INPUT] = self._save(f"inputs/{preset}/{item.key}.png", degraded)
+                record.scores[INPUT] = self._score(degraded, reference, self.image_metrics, f"{preset}, input {item.key}")
+                fid_sets[INPUT].append(record.files[INPUT])
+                references.append(str(item.path))
+                loaded.append((record, reference, degraded))
+            outputs: dict[str, list[np.ndarray | None]] = {}
+            for name in self.methods:
+                restored = self._restore(name, [d for _, _, d in loaded], result, [r for r, _, _ in loaded], name, spec.seed + index) if loaded else []
+                outputs[name] = list(restored) if restored is not None else [None] * len(loaded)
+            for label in self.external:
+                outputs[label] = [self._external_image(label, preset, r.key, r) for r, _, _ in loaded]
+            for i, (record, reference, degraded) in enumerate(loaded):
+                for label, images in outputs.items():
+                    image = images[i]
+                    if image is None:
+                        continue
+                    if label in self.methods:
+                        record.files[label] = self._save(f"restored/{label}/{preset}/{record.key}.png", image)
+                    fid_sets[label].append(record.files[label])
+                    record.scores[label] = self._score(image, reference, self.image_metrics, f"{preset}, {label} {record.key}")
+                self._grid_add(result, record.key, [degraded, *(outputs[label][i] for label in outputs), reference])
+            self.on_progress(len(chunk))
+        if self.set_metrics:
+            self._set_fid(result, fid_sets, spec.ref_set if spec.ref_set is not None else references)
+        return result
+
+    def _real_set(self, items: list[InputItem]) -> SetResult:
+        spec = self.spec
+        name = "real"
+        result = SetResult(name, "real", f"real low-quality inputs from {spec.lq} (no references)", self._rows(name), list(self.image_metrics))
+        result.grid_columns = ["input", *self.methods, *self.external]
+        fid_sets: dict[str, list[str]] = {row.label: [] for row in result.rows}
+        for index, chunk in self._chunks(items):
+            loaded: list[tuple[ImageRecord, np.ndarray]] = []
+            for item in chunk:
+                record = ImageRecord(item.key, str(item.path))
+                result.images.append(record)
+                image = self._load(item, record)
+                if image is None:
+                    continue
+                record.files[INPUT] = str(item.path)
+                record.scores[INPUT] = self._score(image, None, self.image_metrics, f"input {item.key}")
+                fid_sets[INPUT].append(str(Path(item.path).resolve()))
+                loaded.append((record, image))
+            outputs: dict[str, list[np.ndarray | None]] = {}
+            for label in self.methods:
+                restored = self._restore(label, [x for _, x in loaded], result, [r for r, _ in loaded], label, spec.seed + index) if loaded else []
+                outputs[label] = list(restored) if restored is not None else [None] * len(loaded)
+            for label in self.external:
+                outputs[label] = [self._external_image(label, name, r.key, r) for r, _ in loaded]
+            for i, (record, image) in enumerate(loaded):
+                for label, images in outputs.items():
+                    if images[i] is None:
+                        continue
+                    if label in self.methods:
+                        record.files[label] = self._save(f"restored/{label}/{record.key}.png", images[i])
+                    fid_sets[label].append(record.files[label])
+                    record.scores[label] = self._score(images[i], None, self.image_metrics, f"{label} {record.key}")
+                self._grid_add(result, record.key, [image, *(outputs[label][i] for label in outputs)])
+            self.on_progress(len(chunk))
+        if self.set_metrics:
+            self._set_fid(result, fid_sets, spec.ref_set)
+        return result
+
+    def _authenticity_set(self, items: list[InputItem]) -> SetResult:
+        """IDM sec. 3.1: restore the clean x once and twice; an authentic f keeps f(x) = x (eq. 2)."""
+        spec = self.spec
+        rows = [RowSpec(f"{m}: {c}", "authenticity", method=m, comparison=c) for m in self.methods for c in COMPARISONS]
+        description = (
+            "IDM (Zhao et al. 2023) sec. 3.1: clean references x restored once, f(x), and twice, f(f(x)). "
+            "An authentic restorer keeps f(x) = x (eq. 2); at least f(f(x)) should be no worse than f(x)."
+        )
+        result = SetResult("authenticity", "authenticity", description, rows, list(self.pair_metrics))
+        result.grid_columns = ["x (clean)"] + [f"{m} {s}" for m in self.methods for s in ("f(x)", "f(f(x))")]
+        for index, chunk in self._chunks(items):
+            loaded: list[tuple[ImageRecord, np.ndarray]] = []
+            for item in chunk:
+                record = ImageRecord(item.key, str(item.path))
+                result.images.append(record)
+                clean = self._load(item, record)
+                if clean is not None:
+                    loaded.append((record, presets.quantize(clean)))
+            records = [r for r, _ in loaded]
+            tiles: dict[str, list[tuple[np.ndarray | None, np.ndarray | None]]] = {}
+            for name in self.methods:
+                labels = [f"{name}: {c}" for c in COMPARISONS]
+                once = self._restore(name, [x for _, x in loaded], result, records, labels[0], spec.seed + index) if loaded else []
+                twice = self._restore(name, once, result, records, labels[1], spec.seed + index) if once else None
+                if once is None:
+                    for record in records:
+                        record.row_errors[labels[1]] = record.row_errors[labels[2]] = record.row_errors[labels[0]]
+                elif twice is None:
+                    for record in records:
+                        record.row_errors[labels[2]] = record.row_errors.get(labels[1], "")
+                tiles[name] = []
+                for i, (record, x) in enumerate(loaded):
+                    fx = once[i] if once else None
+                    ffx = twice[i] if twice else None
+                    tiles[name].append((fx, ffx))
+                    if fx is None:
+                        continue
+                    record.files[labels[0]] = self._save(f"authenticity/{name}/once/{record.key}.png", fx)
+                    record.scores[labels[0]] = self._score(fx, x, self.pair_metrics, f"authenticity, {name} {record.key}")
+                    if ffx is None:
+                        continue
+                    record.files[labels[1]] = record.files[labels[2]] = self._save(f"authenticity/{name}/twice/{record.key}.png", ffx)
+                    record.scores[labels[1]] = self._score(ffx, fx, self.pair_metrics, f"authenticity, {name} {record.key}")
+                    record.scores[labels[2]] = self._score(ffx, x, self.pair_metrics, f"authenticity, {name} {record.key}")
+            for i, (record, x) in enumerate(loaded):
+                self._grid_add(result, record.key, [x, *(t for name in self.methods for t in tiles[name][i])])
+            self.on_progress(len(chunk))
+        return result
+
+
+def finite_or_text(value: float | None) -> float | str | None:
+    """JSON has no infinity: +inf (identical images' PSNR) becomes "inf"."""
+    if value is None or math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+__all__ = [
+    "COMPARISONS",
+    "EvalResult",
+    "EvalSpec",
+    "Evaluator",
+    "ImageRecord",
+    "InputItem",
+    "RowSpec",
+    "SetResult",
+    "Summary",
+    "finite_or_text",
+    "find_restored",
+    "check_inputs",
+    "list_inputs",
+    "load_face",
+    "resolve_spec",
+    "summarize",
+    "to_face_size",
+]

@@ -1,0 +1,366 @@
+"""`facerestore evaluate` end to end through the CLI: inputs, authenticity, report, bad input, exit codes.
+
+Fake methods (monkeypatched into the registry) give exact numbers; the tiny baseline checkpoint is
+the real method. LPIPS, ArcFace and FID weights are absent here (offline, isolated home), so those
+metrics go through the registry's "unavailable" path; NIQE and the FID features use tiny stand-ins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from facerestore.cli.app import app, register
+from facerestore.evaluation import presets
+from facerestore.image_io import read_image, write_image
+from facerestore.methods.base import MethodInfo
+from facerestore.metrics.psnr import psnr
+
+register()
+runner = CliRunner()
+FAST = "psnr"  # SSIM costs 0.15 s per 512 pair here; only the authenticity test needs it
+
+
+def run(*args):
+    return runner.invoke(app, ["evaluate", *(str(a) for a in args)], catch_exceptions=False)
+
+
+def pattern(seed: int, size: int = 512) -> np.ndarray:
+    """A smooth random image in [0.15, 0.85] on 8-bit levels (no face in it)."""
+    rng = np.random.default_rng(seed)
+    small = rng.uniform(0.15, 0.85, size=(16, 16, 3)).astype(np.float32)
+    return presets.quantize(np.clip(cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC), 0.15, 0.85))
+
+
+@pytest.fixture
+def hq(tmp_path) -> Path:
+    folder = tmp_path / "hq"
+    for i in range(2):
+        write_image(folder / f"face{i}.png", pattern(i))
+    return folder
+
+
+# ------------------------------------------------------------------ fake methods
+
+
+class Identity:
+    info = MethodInfo("identity", "returns its input", "none", "test", True)
+
+    def restore(self, crops, generator=None):
+        return crops.clone()
+
+
+class Brighten:
+    """Adds exactly 10 levels: PSNR against the input is 20 log10(255 / 10) = 28.1308 dB."""
+
+    info = MethodInfo("brighten", "adds 10/255", "none", "test", True)
+
+    def restore(self, crops, generator=None):
+        return (crops + 10.0 / 255.0).clamp(0, 1)
+
+
+class Broken:
+    info = MethodInfo("broken", "always fails", "none", "test", True)
+
+    def restore(self, crops, generator=None):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+
+FAKES = {"identity": Identity, "brighten": Brighten, "broken": Broken}
+
+
+@pytest.fixture(autouse=True)
+def fake_methods(monkeypatch):
+    from facerestore.methods import registry
+
+    real = registry.build_method
+    monkeypatch.setattr(registry, "build_method", lambda name, options: FAKES[name]() if name in FAKES else real(name, options))
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def row(data: dict, set_name: str, label: str) -> dict:
+    found = next(s for s in data["sets"] if s["name"] == set_name)
+    return next(r for r in found["rows"] if r["label"] == label)
+
+
+# ------------------------------------------------------------------ authenticity
+
+
+def test_authenticity_identity_is_perfect_and_a_shift_gives_the_exact_psnr(hq, tmp_path):
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "-m", "brighten", "--authenticity", "--limit", "1", "--metrics", "psnr,ssim", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    data = results(out)
+    assert [s["name"] for s in data["sets"]] == ["authenticity"]  # --authenticity alone: no degraded table
+    for comparison in ("f(x) vs x", "f(f(x)) vs f(x)", "f(f(x)) vs x"):
+        metrics = row(data, "authenticity", f"identity: {comparison}")["metrics"]
+        assert metrics["psnr"]["mean"] == "inf" and metrics["psnr"]["status"] == "ok"
+        assert metrics["ssim"]["mean"] == pytest.approx(1.0)
+    shift = 20 * math.log10(255 / 10)
+    assert row(data, "authenticity", "brighten: f(x) vs x")["metrics"]["psnr"]["mean"] == pytest.approx(shift, abs=1e-6)
+    assert row(data, "authenticity", "brighten: f(f(x)) vs f(x)")["metrics"]["psnr"]["mean"] == pytest.approx(shift, abs=1e-6)
+    assert row(data, "authenticity", "brighten: f(f(x)) vs x")["metrics"]["psnr"]["mean"] == pytest.approx(20 * math.log10(255 / 20), abs=1e-6)
+    twice = read_image(out / "authenticity" / "brighten" / "twice" / "face0.png").rgb
+    assert np.allclose(twice, pattern(0) + 20 / 255, atol=1e-6)
+    assert (out / "grids" / "authenticity_1.png").is_file()
+
+
+# ------------------------------------------------------------------ degraded inputs
+
+
+def test_degraded_inputs_are_identical_across_runs_and_methods(hq, tmp_path, tiny_baseline):
+    a, b = tmp_path / "a", tmp_path / "b"
+    first = run("--hq", hq, "-m", "identity", "--degrade", "mild", "--seed", "7", "--metrics", FAST, "-o", a, "-q")
+    second = run("--hq", hq, "-m", "baseline", "--weights", tiny_baseline, "--degrade", "mild,severe", "--seed", "7", "--metrics", FAST, "-o", b, "-q")
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    for name in ("face0", "face1"):
+        saved = read_image(a / "inputs" / "mild" / f"{name}.png").rgb
+        assert np.array_equal(saved, read_image(b / "inputs" / "mild" / f"{name}.png").rgb)
+        expected, _ = presets.degrade(read_image(hq / f"{name}.png").rgb, "mild", seed=7, key=name)
+        assert np.array_equal(saved, expected)
+        # the identity method returns the input, so its row equals the input row exactly
+        assert np.array_equal(read_image(a / "restored" / "identity" / "mild" / f"{name}.png").rgb, saved)
+    data_a, data_b = results(a), results(b)
+    input_a = row(data_a, "mild", "input")["metrics"]["psnr"]["mean"]
+    assert input_a == row(data_b, "mild", "input")["metrics"]["psnr"]["mean"]
+    expected_mean = np.mean([psnr(read_image(a / "inputs" / "mild" / f"face{i}.png").rgb, pattern(i)) for i in range(2)])
+    assert input_a == pytest.approx(expected_mean, abs=1e-9)
+    assert row(data_a, "mild", "identity")["metrics"]["psnr"]["mean"] == input_a
+    assert row(data_b, "severe", "input")["metrics"]["psnr"]["mean"] < input_a
+    params = next(s for s in data_b["sets"] if s["name"] == "severe")["params"]
+    assert params == {"sigma": 8.0, "scale": 8.0, "noise": 12.0, "jpeg": 55}
+
+
+def test_report_files_and_json_cover_every_method_and_metric(hq, tmp_path, tiny_baseline):
+    out = tmp_path / "report"
+    result = run(
+        "--hq", hq, "-m", "baseline", "-m", "identity", "--weights", f"baseline:{tiny_baseline}", "--degrade", "medium",
+        "--metrics", "psnr,identity", "-o", out, "--json",
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    data = results(out)
+    assert printed == data and data["generator"] == "facerestore evaluate"
+    for name in ("index.md", "index.html", "results.json", "grids/medium_1.png", "inputs/medium/face0.png", "restored/baseline/medium/face1.png"):
+        assert (out / name).is_file(), name
+    (medium,) = data["sets"]
+    assert [r["label"] for r in medium["rows"]] == ["input", "baseline", "identity"]
+    for r in medium["rows"]:
+        assert set(r["metrics"]) == {"psnr", "identity"}
+        assert all("status" in m for m in r["metrics"].values())
+        assert r["metrics"]["psnr"]["status"] == "ok" and r["metrics"]["psnr"]["count"] == 2
+        arcface = r["metrics"]["identity"]  # offline without w600k_mbf.onnx: said, not faked or dropped
+        assert arcface["status"] == "unavailable" and arcface["mean"] is None and arcface["count"] == 0
+        assert "w600k_mbf.onnx" in arcface["reason"] and "facerestore weights import" in arcface["reason"]
+    assert row(data, "medium", "baseline")["seconds_per_face"] > 0
+    for image in medium["images"]:
+        assert set(image["scores"]) == {"input", "baseline", "identity"}
+    markdown = (out / "index.md").read_text()
+    assert "| baseline |" in markdown and "unavailable [1]" in markdown and "[1] identity: " in markdown and "w600k_mbf.onnx" in markdown
+    assert "](grids/medium_1.png)" in markdown
+    page = (out / "index.html").read_text()
+    assert 'src="grids/medium_1.png"' in page and str(tmp_path) not in page.split("<table>", 1)[1]
+    grid = read_image(out / "grids" / "medium_1.png").rgb
+    assert grid.shape[1] == 4 * 256 + 3 * 2  # input | baseline | identity | reference
+
+
+def test_rerun_replaces_the_report_and_foreign_folders_are_refused(hq, tmp_path):
+    out = tmp_path / "report"
+    assert run("--hq", hq, "-m", "identity", "-m", "brighten", "--metrics", "psnr", "-o", out, "-q").exit_code == 0
+    assert (out / "restored" / "brighten").is_dir()
+    again = run("--hq", hq, "-m", "identity", "--limit", "1", "--metrics", "psnr", "-o", out, "-q")
+    assert again.exit_code == 0, again.output
+    assert not (out / "restored" / "brighten").exists()
+    assert [i["key"] for i in results(out)["sets"][0]["images"]] == ["face0"]
+    assert not any(p.name.startswith(".report") for p in tmp_path.iterdir())  # no staging or old copies left
+    foreign = tmp_path / "photos"
+    write_image(foreign / "holiday.png", pattern(5, 64))
+    refused = run("--hq", hq, "-m", "identity", "-o", foreign)
+    assert refused.exit_code == 2 and "not a facerestore evaluation report" in refused.output
+    assert (foreign / "holiday.png").is_file()
+    inside = run("--hq", hq, "-m", "identity", "-o", hq / "report")
+    assert inside.exit_code == 2 and "overlaps the input" in inside.output
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--hq", "{hq}", "--lq", "{hq}", "-m", "identity"], "--hq and --lq cannot be combined"),
+        (["--hq", "{hq}"], "no --method given"),
+        (["-m", "identity"], "nothing to evaluate"),
+        (["--hq", "{hq}", "-m", "identity", "--degrade", "extreme"], "not a degradation preset"),
+        (["--hq", "{hq}", "-m", "identity", "--metrics", "psnr,sharpness"], "unknown metric 'sharpness'"),
+        (["--lq", "{hq}", "-m", "identity", "--metrics", "psnr"], "psnr need references"),
+        (["--lq", "{hq}", "-m", "identity", "--degrade", "mild"], "--degrade needs --hq"),
+        (["--lq", "{hq}", "-m", "identity", "--authenticity"], "--authenticity needs --hq"),
+        (["--hq", "{empty}", "-m", "identity"], "folder has no images"),
+        (["--hq", "{hq}", "-m", "nosuchmethod"], "unknown method 'nosuchmethod'"),
+        (["--hq", "{hq}", "-m", "identity", "-m", "brighten", "--weights", "x.safetensors"], "say which one it is for"),
+        (["--hq", "{hq}", "-m", "identity", "--limit", "0"], "--limit must be at least 1"),
+        (["--hq", "{hq}", "-m", "identity", "--authenticity", "--restored", "x={hq}"], "no --degrade preset is evaluated"),
+        (["--hq", "{hq}", "-m", "identity", "--restored", "identity={hq}"], "already used"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(hq, tmp_path, args, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run(*(a.format(hq=hq, empty=empty) for a in args), "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert not (tmp_path / "out").exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_bad_files_fail_alone_and_exit_1(hq, tmp_path):
+    (hq / "broken.png").write_bytes(b"not a png at all")
+    write_image(hq / "wide.png", pattern(3)[:256])  # 512x256: not an aligned crop
+    write_image(hq / "face0.jpg", pattern(0))  # same name as face0.png
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 1
+    assert "broken.png is not an image file" in result.output and "not a square aligned face crop" in result.output
+    assert "has the same name" in result.output
+    data = results(out)
+    failed = {f["what"] for f in data["failures"]}
+    assert {str(hq / "broken.png"), str(hq / "wide.png"), str(hq / "face0.png")} <= failed
+    images = {i["key"]: i for i in data["sets"][0]["images"]}
+    assert images["broken"]["status"] == "failed" and images["face1"]["status"] == "ok"
+    assert row(data, "medium", "identity")["metrics"]["psnr"]["count"] == 2  # face0 (png or jpg) and face1
+
+
+def test_a_failing_method_fails_only_its_rows(hq, tmp_path):
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "broken", "-m", "identity", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 1
+    assert "broken failed: RuntimeError: CUDA out of memory (simulated)" in result.output
+    data = results(out)
+    assert row(data, "medium", "identity")["metrics"]["psnr"]["count"] == 2
+    broken = row(data, "medium", "broken")["metrics"]["psnr"]
+    assert broken["status"] == "failed" and broken["count"] == 0 and "CUDA out of memory" in broken["reason"]
+    assert "| broken | failed [1] |" in (out / "index.md").read_text()
+    assert all("broken" in i["row_errors"] for i in data["sets"][0]["images"])
+
+
+def test_restored_folder_with_wrong_sizes_and_names(hq, tmp_path):
+    theirs = tmp_path / "theirs"
+    write_image(theirs / "face0.png", pattern(0, 256))  # wrong size
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "--restored", f"other={theirs}", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 1
+    images = {i["key"]: i for i in results(out)["sets"][0]["images"]}
+    assert "is 256x256 but the input and reference are 512x512" in images["face0"]["row_errors"]["other"]
+    assert "no restored image named face1" in images["face1"]["row_errors"]["other"]
+    unrelated = tmp_path / "unrelated"
+    write_image(unrelated / "cat.png", pattern(1))
+    refused = run("--hq", hq, "-m", "identity", "--restored", f"other={unrelated}", "-o", tmp_path / "r2")
+    assert refused.exit_code == 2 and "no file is named after an input" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+
+
+def test_a_non_face_image_makes_lmd_unavailable_not_the_report(hq, tmp_path):
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "--limit", "1", "--degrade", "mild", "--metrics", "psnr,lmd", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    metrics = row(results(out), "mild", "identity")["metrics"]
+    assert metrics["psnr"]["status"] == "ok"
+    assert metrics["lmd"]["status"] == "unavailable" and "no face found" in metrics["lmd"]["reason"]
+    assert "no face found" in (out / "index.md").read_text()
+
+
+# ------------------------------------------------------------------ real inputs (no references)
+
+
+def test_lq_inputs_get_no_reference_scores_and_fid(hq, tmp_path, monkeypatch):
+    from facerestore.metrics import fid as fid_module
+    from facerestore.metrics import niqe as niqe_module
+
+    # stand-ins: a "NIQE" that is the image mean, and FID on per-channel means instead of Inception
+    monkeypatch.setattr(niqe_module, "niqe", lambda image, **kw: float(np.mean(image)))
+    monkeypatch.setattr(fid_module, "load_inception", lambda *a, **kw: (lambda batch: batch.mean(dim=(2, 3))))
+    lq = tmp_path / "lq"
+    write_image(lq / "a.png", pattern(0))
+    write_image(lq / "b.png", pattern(1, 256))  # smaller: resized to 512 (cubic) and said so
+    out = tmp_path / "report"
+    result = run("--lq", lq, "-m", "brighten", "--ref-set", hq, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    data = results(out)
+    (real,) = data["sets"]
+    assert real["kind"] == "real" and real["metrics"] == ["niqe", "fid"]
+    niqe_in, niqe_out = row(data, "real", "input")["metrics"]["niqe"], row(data, "real", "brighten")["metrics"]["niqe"]
+    assert niqe_out["mean"] == pytest.approx(niqe_in["mean"] + 10 / 255, abs=2e-3)
+    fid_in, fid_out = row(data, "real", "input")["metrics"]["fid"], row(data, "real", "brighten")["metrics"]["fid"]
+    assert fid_in["status"] == fid_out["status"] == "ok" and fid_out["value"] != fid_in["value"]
+    assert "resized from 256x256 to 512x512 (cubic)" in json.dumps(data["notes"]) + json.dumps(real["images"])
+    assert (out / "restored" / "brighten" / "b.png").is_file() and (out / "grids" / "real_1.png").is_file()
+    missing = run("--lq", lq, "-m", "brighten", "--metrics", "fid", "-o", tmp_path / "r2")
+    assert missing.exit_code == 2 and "needs --ref-set" in missing.output
+
+
+# ------------------------------------------------------------------ real faces (../shared)
+
+
+@pytest.mark.shared
+def test_real_faces_are_resized_and_landmarks_found(shared_data, tmp_path, tiny_baseline):
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    source = sorted((shared_data / "faces-hq" / "celeba-hq").glob("*.jpg"))[0]
+    (hq / source.name).write_bytes(source.read_bytes())
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "baseline", "--weights", tiny_baseline, "--degrade", "mild", "--metrics", "psnr,lmd", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    data = results(out)
+    assert row(data, "mild", "baseline")["metrics"]["lmd"]["status"] == "ok"
+    assert row(data, "mild", "input")["metrics"]["lmd"]["mean"] < 20.0  # mild blur barely moves the landmarks
+    assert "resized from 1024x1024 to 512x512 (area)" in data["sets"][0]["images"][0]["notes"][0]
+    assert "were resized" in data["notes"][0]
+
+
+# ------------------------------------------------------------------ options
+
+
+def test_every_evaluate_option_has_help_text():
+    import inspect
+    from typing import get_type_hints
+
+    from facerestore.cli.evaluate import evaluate_command
+
+    hints = get_type_hints(evaluate_command, include_extras=True)
+    for name in inspect.signature(evaluate_command).parameters:
+        assert hints[name].__metadata__[0].help, f"--{name} has no help"
+    result = runner.invoke(app, ["evaluate", "-h"])
+    assert result.exit_code == 0 and "--authenticity" in result.output
+
+
+def test_default_metrics_per_mode(tmp_path):
+    from facerestore.evaluation.runner import EvalSpec, resolve_spec
+
+    hq = resolve_spec(EvalSpec(methods=("baseline",), hq=tmp_path))
+    assert hq.metrics == ("psnr", "ssim", "lpips", "identity", "lmd") and hq.degradations == ("medium",)
+    assert resolve_spec(EvalSpec(methods=("baseline",), lq=tmp_path, ref_set=tmp_path)).metrics == ("niqe", "fid")
+    assert resolve_spec(EvalSpec(methods=("baseline",), hq=tmp_path, authenticity=True)).degradations == ()
+    assert resolve_spec(EvalSpec(methods=("baseline",), hq=tmp_path, metrics=("psnr",), ref_set=tmp_path)).metrics == ("psnr", "fid")
+
+
+def test_weights_go_to_the_method_they_name():
+    from facerestore.cli.evaluate import method_weights
+    from facerestore.errors import UsageError
+
+    assert method_weights(["baseline"], ["/a/b.safetensors"]) == {"baseline": "/a/b.safetensors"}
+    assert method_weights(["baseline", "difface"], ["difface:prior=p.pth,swinir=s.pth", "baseline:C:/w.st"]) == {
+        "difface": "prior=p.pth,swinir=s.pth",
+        "baseline": "C:/w.st",
+    }
+    with pytest.raises(UsageError, match="twice"):
+        method_weights(["baseline"], ["a", "baseline:b"])
