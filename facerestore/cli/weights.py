@@ -33,7 +33,7 @@ def weights_list() -> None:
             where = "downloads on first use"
         else:
             where = "[yellow]manual download (below)[/]"
-            manual.append(f"{name}: {entry.note}")
+            manual.append(f"{name}: {entry.note}; then `facerestore weights import {entry.filename}`")
         license_text = entry.license.split(" (")[0] + ("" if entry.commercial_use else " [red]non-commercial[/]")
         table.add_row(name, entry.filename, size, license_text, where)
     out.print(table)

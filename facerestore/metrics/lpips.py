@@ -57,8 +57,8 @@ def load_lpips(weights: str | Path = WEIGHTS, offline: bool | None = None, devic
     Built once per (backbone file, device): the file is resolved first, so a different file under
     the same name (another FACERESTORE_HOME, a re-import) gets its own net.
     """
+    path = resolve_weights(METRIC, weights, offline=offline)  # first: a missing file is reported without importing lpips
     require_package(METRIC, "lpips")
-    path = resolve_weights(METRIC, weights, offline=offline)
     stat = path.stat()
     return _build(str(path.resolve()), stat.st_size, stat.st_mtime_ns, device)
 
