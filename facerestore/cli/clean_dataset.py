@@ -1,0 +1,87 @@
+"""`facerestore clean-dataset SRC --out DST`: restore a whole dataset into the same tree (IDM's extrinsic iteration)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from facerestore.cli.app import CONTEXT, app, err, fail, out
+from facerestore.errors import FaceRestoreError
+
+
+@app.command("clean-dataset", context_settings=CONTEXT)
+def clean_dataset_command(
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="Dataset folder (searched recursively). Never modified.", show_default=False)],
+    dst: Annotated[Path, typer.Option("--out", "-o", help="Folder for the cleaned copy: same relative paths, formats and sizes (must lie outside SRC).", show_default=False)],
+    method: Annotated[str, typer.Option("-m", "--method", help="Restoration method (`facerestore methods`); IDM's extrinsic iteration uses idm.")] = "idm",
+    weights: Annotated[Optional[str], typer.Option("--weights", help="Model file (idm: a .safetensors or a `facerestore train` run folder), or a registered name.", show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="idm: DDPM steps (default 10); difface: UNet calls.", show_default=False)] = None,
+    detect: Annotated[bool, typer.Option("--detect", help="Images are whole photos: detect, align, restore and paste faces back (default: every image is one aligned face).")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Measure IDM's authenticity criterion: PSNR of each output against its input (mean and worst in the summary).")] = False,
+    batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="Faces restored together.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seed; each file's noise is keyed by (seed, its relative path).")] = 0,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images of SRC (sorted), e.g. for a quick --check.", show_default=False)] = None,
+    jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", help="Quality of JPEG/WebP outputs.")] = 95,
+    detector: Annotated[str, typer.Option("--detector", help="With --detect: auto, bundled, retinaface_resnet50, retinaface_mobile0.25.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto (under torchrun each process takes cuda:LOCAL_RANK).")] = "auto",
+    offline: Annotated[bool, typer.Option("--offline", help="Never download weights.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar; errors and the summary only.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Restore every image of SRC into DST (resumable: a rerun does only what is missing; shards over torchrun ranks)."""
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from facerestore.training.clean_dataset import CleanOptions, clean_dataset
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=err, disable=quiet or as_json or not main_rank)
+    task = progress.add_task("clean", total=None)
+
+    def on_start(count: int) -> None:  # the bar appears once setup went through, so setup errors print alone
+        progress.update(task, total=count)
+        progress.start()
+
+    def on_file(result) -> None:
+        if result.status == "failed":
+            progress.console.print(f"error: {result.error}", markup=False)
+        progress.update(task, advance=1)
+
+    def on_message(text: str) -> None:
+        if not quiet and not as_json:
+            progress.console.print(text, markup=False)
+
+    try:
+        options = CleanOptions(src=src, out=dst, method=method, weights=weights, steps=steps, detect=detect, check=check,
+                               batch_size=batch_size, seed=seed, device=device, offline=True if offline else None,
+                               detector=detector, jpeg_quality=jpeg_quality, limit=limit)
+        summary = clean_dataset(options, on_file=on_file, on_message=on_message, on_start=on_start)
+    except FaceRestoreError as exc:
+        _stop(progress)
+        fail(exc, debug)
+    _stop(progress)
+    if not main_rank:
+        raise typer.Exit(1 if summary.failed else 0)
+    if as_json:
+        out.print_json(json.dumps(summary.to_json()))
+    elif not quiet or summary.failed:
+        line = (f"{summary.done} restored, {summary.failed} failed, {summary.skipped} already done; "
+                f"{summary.complete} of {summary.total} complete in {dst}; {summary.seconds_per_image:.2f} s per image")
+        if summary.no_face:
+            line += f"; {summary.no_face} photos without a face copied through"
+        err.print(line, markup=False)
+        if summary.check:
+            c = summary.check
+            err.print(f"authenticity (PSNR of f(x) vs x over {c['count']} images): mean {c['mean_psnr']:.2f} dB, worst {c['worst_psnr']:.2f} dB ({c['worst_path']})", markup=False)
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+def _stop(progress) -> None:
+    if progress.live.is_started:
+        progress.stop()

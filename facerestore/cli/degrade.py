@@ -1,0 +1,34 @@
+"""`facerestore degrade SRC --out DST`: synthetic degradations with every parameter written down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from facerestore.cli.app import CONTEXT, app, err, fail
+from facerestore.errors import FaceRestoreError
+
+
+@app.command("degrade", context_settings=CONTEXT)
+def degrade_command(
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="An image or a folder of images (searched recursively). Never modified.", show_default=False)],
+    dst: Annotated[Path, typer.Option("--out", "-o", help="Folder for the degraded copies (same relative paths) and degradations.json / degradations.csv.", show_default=False)],
+    preset: Annotated[str, typer.Option("--preset", "-p", help="eq11 (IDM/GFPGAN training ranges, drawn per image); mild, medium, severe (eq. 11 at the fixed severities of `facerestore evaluate`); dr2-mild, dr2-medium, dr2-severe (DR2's test splits, r = 4/8/16, Gaussian/Laplace/Poisson noise); motion; camera; gray; mixed; none.")] = "eq11",
+    seed: Annotated[int, typer.Option("--seed", help="Seed; each image's parameters are keyed by (seed, its relative path), so reruns and subsets agree.")] = 0,
+    ext: Annotated[str, typer.Option("--ext", help="Output format: auto (the input's) or png, jpg, webp, tif, bmp. PNG keeps the degradation exactly; JPEG re-encodes it.")] = "auto",
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors and the final line.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Degrade images with a named preset; every image's parameters go to DST/degradations.json and .csv."""
+    from facerestore.training.degrade_files import degrade_tree
+
+    try:
+        report = degrade_tree(src, dst, preset=preset, seed=seed, ext=ext,
+                              on_error=lambda line: err.print(f"error: {line}", markup=False))
+    except FaceRestoreError as exc:
+        fail(exc, debug)
+    if not quiet or report.failed:
+        err.print(f"{report.written} degraded with preset {preset}, {report.failed} failed -> {dst} (parameters: {report.json_path.name}, {report.csv_path.name})", markup=False)
+    raise typer.Exit(1 if report.failed else 0)

@@ -1,0 +1,89 @@
+"""`facerestore train DATA_DIR... --out RUN_DIR`: train an IDM restorer (docs/training.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from facerestore.cli.app import CONTEXT, app, err, fail, out
+from facerestore.errors import FaceRestoreError
+
+
+@app.command("train", context_settings=CONTEXT)
+def train_command(
+    data: Annotated[Optional[list[Path]], typer.Argument(metavar="DATA_DIR...", help="Folders of aligned face images (searched recursively; any size, resized to --size). Not needed with --resume.", show_default=False)] = None,
+    run_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: config, checkpoints, logs, validation grids, and the exported model idm.safetensors.", show_default=False)] = ...,
+    targets: Annotated[Optional[list[Path]], typer.Option("--targets", help="Extrinsic iteration: a folder of cleaned targets (from `facerestore clean-dataset`) per DATA_DIR, same relative paths; inputs are still degraded from DATA_DIR.", show_default=False)] = None,
+    size: Annotated[Optional[int], typer.Option("--size", help="Training resolution in pixels (default 512, the paper's).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Architecture: tiny (1.2M params), small (8.6M), base (30M, default), paper (121M, the paper's ~120M).", show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Total optimizer steps (default 100000, the paper's x0 schedule); may be raised when resuming.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="GLOBAL batch per step, split across torchrun processes (default 32, the paper's).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate, constant (default 1e-4, the paper's).", show_default=False)] = None,
+    ema: Annotated[Optional[float], typer.Option("--ema", help="EMA decay of the exported weights (default 0.9999; warmed up as min(decay, (1+n)/(10+n))).", show_default=False)] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16, or fp16 with loss scaling); no effect on CPU.", show_default=False)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm to this (default 1.0; 0 = off).", show_default=False)] = None,
+    degradation: Annotated[Optional[str], typer.Option("--degradation", help="Degradation preset for the inputs (see `facerestore degrade -h`): eq11 (the paper's, default), mixed (adds motion blur, Laplace/Poisson/camera noise, gray), or any other preset.", show_default=False)] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="Folder of held-out aligned faces: PSNR and an image grid every --val-every steps.", show_default=False)] = None,
+    val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every this many steps (default 1000).", show_default=False)] = None,
+    val_count: Annotated[Optional[int], typer.Option("--val-count", help="Validation faces used (default 8).", show_default=False)] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Write a checkpoint every this many steps (default 1000).", show_default=False)] = None,
+    keep: Annotated[Optional[int], typer.Option("--keep", help="Checkpoints kept (default 2; 0 keeps all).", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint, exactly (same recipe).")] = False,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from an earlier IDM model (a .safetensors or a run folder): the extrinsic iteration; the architecture comes from it.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the data order, degradations, noise and initial weights (default 0).", show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, mps or auto (default; under torchrun each process takes cuda:LOCAL_RANK).", show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes per training process (default 2; 0 loads in the training process).", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar; only errors and the final line.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Train IDM (x0 regression of a conditional UNet on degraded faces); resumable; runs under torchrun."""
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from facerestore.training.trainer import resolve_config, train
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        config = resolve_config(
+            run_dir, resume=resume, data=data or None, targets=targets or None, size=size, model=model, steps=steps,
+            batch_size=batch_size, lr=lr, ema=ema, amp=amp, grad_clip=grad_clip, degradation=degradation, val=val,
+            val_every=val_every, val_count=val_count, save_every=save_every, keep=keep, init_from=init_from, seed=seed,
+            device=device, workers=workers,
+        )
+    except FaceRestoreError as exc:
+        fail(exc, debug)
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet or not main_rank)
+    task = progress.add_task("train", total=config.steps, info="")
+
+    def on_step(report) -> None:
+        if not progress.live.is_started:  # started at the first step, so setup errors print alone
+            progress.start()
+        progress.update(task, completed=report.step, info=f"loss {report.loss:.4f}  {report.seconds:.2f} s/step")
+
+    def on_message(text: str) -> None:
+        if not quiet:
+            progress.console.print(text, markup=False)
+
+    try:
+        result = train(config, resume=resume, on_step=on_step, on_message=on_message)
+    except KeyboardInterrupt:
+        _stop(progress)
+        err.print(f"interrupted; continue with: facerestore train --out {run_dir} --resume", markup=False)
+        raise typer.Exit(130) from None
+    except FaceRestoreError as exc:
+        _stop(progress)
+        fail(exc, debug)
+    _stop(progress)
+    if main_rank:
+        last = f", last loss {result.losses[-1][1]:.4f}" if result.losses else ""
+        out.print(f"step {result.step} of {config.steps}{last}; model: {result.model} (use --weights {run_dir} --method idm)", markup=False)
+
+
+def _stop(progress) -> None:
+    if progress.live.is_started:
+        progress.stop()

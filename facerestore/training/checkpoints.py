@@ -1,0 +1,156 @@
+"""A training run's folder and its checkpoints, in formats that cannot carry code.
+
+    RUN_DIR/
+      config.json                     the recipe (TrainConfig) and the UNet config; resume checks it
+      files.json                      the training file list, frozen at the first start
+      log.jsonl                       one line per step: step, loss, grad norm, seconds
+      metrics.jsonl, val/step_N.png   validation numbers and image grids (with --val)
+      checkpoints/step_0001000/       one complete checkpoint (a folder renamed into place when full)
+        model.safetensors             the raw weights (fp32)
+        ema.safetensors               the EMA weights (fp32)
+        optimizer.safetensors         the optimizer's per-parameter tensors, keyed "<param>:<slot>"
+        state.json                    step, samples seen, optimizer hyperparameters and scalars,
+                                      AMP grad-scaler state, the RNG scheme, the recipe's hash
+      idm.safetensors, idm.json       the latest EMA model, for `--weights RUN_DIR` / `--init-from`
+
+Safetensors holds only tensors and JSON holds only data, so loading a checkpoint never unpickles.
+A checkpoint is written into a hidden temporary folder and renamed when complete, so a crash while
+saving leaves the previous one intact; `latest_checkpoint` takes the highest complete step.
+
+No generator state is saved because none exists: all randomness is keyed by (seed, sample or step)
+(`training.seeds`), so the step counter restores the data order, the degradations, the diffusion
+noise and the global torch/numpy/python generators (re-seeded at every step) exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from facerestore.errors import UnsupportedCheckpoint
+from facerestore.weights.checkpoint import read_state_dict, save_safetensors
+
+CHECKPOINTS = "checkpoints"
+PREFIX = "step_"
+
+
+def step_dir(run: Path, step: int) -> Path:
+    return run / CHECKPOINTS / f"{PREFIX}{step:07d}"
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    folder = run / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()]
+    found = [p for p in found if (p / "state.json").is_file()]
+    return max(found, key=lambda p: int(p.name[len(PREFIX) :]), default=None)
+
+
+def write_json(path: Path, data: object) -> None:
+    """Atomic JSON write (temp file in the same folder, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_scalar(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer, names: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split `optimizer.state_dict()` into tensors (by parameter name) and JSON-ready data."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, object]] = {}
+    for index, slots in state["state"].items():
+        name = names[index]
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0:
+                tensors[f"{name}:{slot}"] = value
+            elif isinstance(value, torch.Tensor):
+                tensors[f"{name}:{slot}"] = value.reshape(1)  # 0-dim (Adam's step): kept as a tensor, shape [1]
+            else:
+                scalars.setdefault(name, {})[slot] = _json_scalar(value)
+    groups = [{k: _json_scalar(v) for k, v in group.items()} for group in state["param_groups"]]
+    return tensors, {"names": list(names), "param_groups": groups, "scalars": scalars}
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, names: Sequence[str], tensors: dict[str, torch.Tensor], data: dict, source: str) -> None:
+    """Inverse of `optimizer_to_tensors`; the parameter names must match the model's."""
+    if list(data.get("names", [])) != list(names):
+        raise UnsupportedCheckpoint(f"{source}: the optimizer state belongs to another model (parameter names differ)", hint="resume with the run's own model")
+    current = optimizer.state_dict()
+    groups = []
+    for saved, now in zip(data["param_groups"], current["param_groups"], strict=True):
+        group = dict(saved)
+        group["params"] = now["params"]
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    state: dict[int, dict[str, object]] = {}
+    index_of = {name: i for i, name in enumerate(names)}
+    for key, value in tensors.items():
+        name, slot = key.rsplit(":", 1)
+        state.setdefault(index_of[name], {})[slot] = value.reshape(()) if slot == "step" else value
+    for name, slots in data.get("scalars", {}).items():
+        state.setdefault(index_of[name], {}).update(slots)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    state: dict
+
+
+def save_checkpoint(run: Path, step: int, *, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer, names: Sequence[str], state: dict, metadata: dict[str, str], keep: int) -> Path:
+    """Write checkpoint `step` completely, then rename it into place; keep the newest `keep`."""
+    final = step_dir(run, step)
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_safetensors(model, tmp / "model.safetensors", metadata)
+    save_safetensors(ema, tmp / "ema.safetensors", metadata)
+    tensors, opt_data = optimizer_to_tensors(optimizer, names)
+    save_safetensors(tensors, tmp / "optimizer.safetensors")
+    write_json(tmp / "state.json", {**state, "step": step, "optimizer": opt_data})
+    if final.exists():  # the same step saved again after a resume
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep > 0:
+        done = sorted((p for p in (run / CHECKPOINTS).iterdir() if p.is_dir() and p.name.startswith(PREFIX)), key=lambda p: p.name)
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UnsupportedCheckpoint(f"{path}/state.json cannot be read ({exc})", hint="delete this checkpoint folder to resume from the one before") from None
+    return Checkpoint(
+        path=path,
+        step=int(state["step"]),
+        model=read_state_dict(path / "model.safetensors"),
+        ema=read_state_dict(path / "ema.safetensors"),
+        optimizer=read_state_dict(path / "optimizer.safetensors"),
+        state=state,
+    )

@@ -1,0 +1,365 @@
+"""`facerestore clean-dataset SRC --out DST`: restore every image of a dataset into the same tree.
+
+This is IDM's extrinsic iteration (sec. 3.3, eq. 10): x* = f(x) for every training image, written
+to DST with the same relative paths, formats, sizes, bit depths, gray and alpha, so DST can be the
+`--targets` of the next `facerestore train`.
+
+Modes: aligned faces (default): each image is one aligned face, resized to 512 for the method and
+back to its own size; `--detect`: whole photos through the restore pipeline (detect, align,
+restore, paste back at the photo's own size; a photo without a face is copied through unchanged).
+
+Resumable. Every finished file is appended to DST/.facerestore-clean/done-rank<R>.jsonl (flushed and
+fsynced) after its image was written atomically (image_io.write_image: temp file + rename). After a
+kill -9 every visible file in DST is complete; a rerun reads all manifests and does only the files
+not listed (a file written but not yet listed is simply redone). Stale temp files are removed.
+The first run records its settings (method, weights, steps, seed, mode); a rerun with other
+settings is refused, so one tree never mixes two models.
+
+Sharded. Under torchrun, file i of the sorted list belongs to rank i % WORLD_SIZE, before anything
+is filtered, so every file has exactly one owner however far each rank got. Each file's noise
+comes from its own seed, keyed by (--seed, relative path): the result of a file does not depend
+on the number of ranks, the batch it shared, or on being redone after a restart.
+
+`--check` measures IDM's authenticity criterion (eq. 2, f(x) = x for a clean x): the PSNR of each
+output against its input; the summary gives the mean and the worst file. High values mean the
+method leaves clean faces alone; low values mean it hallucinates or smooths them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.image_io import Picture, assert_not_input, list_images, read_image, write_image
+from facerestore.training import distributed
+from facerestore.training.seeds import stable_seed
+
+STATE_DIR = ".facerestore-clean"
+FACE = 512
+
+
+@dataclass(frozen=True)
+class CleanOptions:
+    src: Path
+    out: Path
+    method: str = "idm"
+    weights: str | None = None
+    steps: int | None = None
+    detect: bool = False
+    check: bool = False
+    batch_size: int = 4
+    seed: int = 0
+    device: str = "auto"
+    offline: bool | None = None
+    detector: str = "auto"
+    jpeg_quality: int = 95
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UsageError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {self.limit}")
+
+
+@dataclass
+class FileResult:
+    path: str  # relative to SRC, posix
+    status: str  # ok | no-face | failed
+    seconds: float = 0.0
+    psnr: float | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        data = {"path": self.path, "status": self.status, "seconds": round(self.seconds, 4)}
+        if self.psnr is not None:
+            data["psnr"] = round(self.psnr, 4) if math.isfinite(self.psnr) else "inf"
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+@dataclass
+class CleanSummary:
+    total: int  # images in SRC (after --limit)
+    skipped: int  # already done before this run (all ranks)
+    done: int  # restored by this run (all ranks)
+    failed: int  # failed in this run (all ranks)
+    no_face: int  # with --detect: photos without a face, copied through
+    seconds: float  # wall time of this run
+    seconds_per_image: float  # restore + I/O time per image, summed over ranks / images
+    complete: int  # files of SRC listed as done after this run
+    check: dict | None = None  # with --check: mean, worst, worst_path, count (over every done file)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # this rank's failures
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "failures"} | {"failures": [list(f) for f in self.failures]}
+
+
+def _settings(options: CleanOptions) -> dict:
+    weights = options.weights
+    described = None
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if path.is_dir() and (path / "idm.safetensors").is_file():
+            path = path / "idm.safetensors"
+        described = {"path": str(path.resolve()), "bytes": path.stat().st_size} if path.is_file() else {"name": str(weights)}
+    return {"method": options.method, "weights": described, "steps": options.steps, "seed": options.seed, "detect": options.detect}
+
+
+def _read_manifests(state: Path) -> dict[str, dict]:
+    """path -> its last manifest entry, over every rank's file (lines cut by a kill are ignored)."""
+    entries: dict[str, dict] = {}
+    for manifest in sorted(state.glob("done-rank*.jsonl")):
+        for line in manifest.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                entries[str(entry["path"])] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return entries
+
+
+def _check_settings(state: Path, settings: dict, main: bool) -> None:
+    path = state / "settings.json"
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            recorded = None
+        if recorded is not None and recorded != settings:
+            differ = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in settings if recorded.get(k) != settings.get(k))
+            raise UsageError(f"{state.parent} holds a cleaning run with other settings ({differ})",
+                             hint=f"rerun with the same options, choose another --out, or delete {state} to start over")
+    elif main:
+        state.mkdir(parents=True, exist_ok=True)
+        tmp = state / ".settings.json.tmp"
+        tmp.write_text(json.dumps(settings, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
+def _remove_stale_temps(targets: Sequence[Path]) -> int:
+    """Temp files a killed write_image left beside the targets (".name.XXXX.tmp")."""
+    removed = 0
+    for target in targets:
+        if target.parent.is_dir():
+            for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def file_seed(seed: int, rel: str) -> int:
+    return stable_seed(seed, "clean", rel)
+
+
+def _to_face(rgb: np.ndarray) -> np.ndarray:
+    if rgb.shape[:2] == (FACE, FACE):
+        return rgb
+    interp = cv2.INTER_AREA if min(rgb.shape[:2]) > FACE else cv2.INTER_CUBIC
+    return np.clip(cv2.resize(rgb, (FACE, FACE), interpolation=interp), 0, 1)
+
+
+def _from_face(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    interp = cv2.INTER_AREA if min(height, width) < FACE else cv2.INTER_CUBIC
+    return np.clip(cv2.resize(rgb, (width, height), interpolation=interp), 0, 1)
+
+
+def _restore_faces(method, crops: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
+    """Restore aligned 512 crops, each with its own seed (batched when the method supports seeds)."""
+    batch = torch.from_numpy(np.stack(crops).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+    if hasattr(method, "restore_seeded"):
+        out = method.restore_seeded(batch, seeds)
+    else:  # one call per face so each face's result depends only on its own seed
+        out = torch.cat([method.restore(batch[i : i + 1], generator=torch.Generator().manual_seed(s)) for i, s in enumerate(seeds)])
+    return list(out.permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy())
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    from facerestore.metrics.psnr import psnr
+
+    return psnr(a, b)
+
+
+def _write(target: Path, rgb: np.ndarray, picture: Picture, inputs: set[Path], quality: int) -> None:
+    assert_not_input(target, inputs)
+    write_image(target, rgb, alpha=picture.alpha, bit_depth=picture.bit_depth, gray=picture.gray, jpeg_quality=quality)
+
+
+def clean_dataset(
+    options: CleanOptions,
+    *,
+    on_file: Callable[[FileResult], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> CleanSummary:
+    """Run (or continue) the cleaning described in the module docstring; returns the summary."""
+    d = distributed.setup(options.device)
+    try:
+        return _clean(options, d, on_file, on_message, on_start)
+    finally:
+        distributed.teardown(d)
+
+
+def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_start) -> CleanSummary:
+    def message(text: str) -> None:
+        if on_message is not None:
+            on_message(text)
+
+    clock = time.perf_counter()
+    src, out = Path(options.src), Path(options.out)
+    if not src.is_dir():
+        raise UsageError(f"{src} is not a folder" if src.exists() else f"{src} does not exist", hint="pass the folder of the dataset to clean")
+    src_real, out_real = src.resolve(), out.resolve()
+    if out_real == src_real or out_real.is_relative_to(src_real):
+        raise UsageError(f"--out {out} lies inside the dataset {src}", hint="write the cleaned copy to a folder outside SRC")
+    paths, _ = list_images([src])
+    if not paths:
+        raise UsageError(f"{src} holds no images", hint="pass a folder of jpg, png, webp, tif or bmp images")
+    if options.limit is not None:
+        paths = paths[: options.limit]
+    rels = [p.relative_to(src).as_posix() for p in paths]
+    state = out / STATE_DIR
+    _check_settings(state, _settings(options), d.main)
+    distributed.barrier(d)
+    state.mkdir(parents=True, exist_ok=True)
+
+    entries = _read_manifests(state)
+    done_before = {p for p, e in entries.items() if e.get("status") in ("ok", "no-face")}
+    mine = [i for i in range(len(rels)) if i % d.world == d.rank]
+    todo = [i for i in mine if rels[i] not in done_before]
+    skipped_here = len(mine) - len(todo)
+    removed = _remove_stale_temps([out / rels[i] for i in todo])
+    if removed:
+        message(f"removed {removed} unfinished temporary files of an earlier run")
+
+    from facerestore.devices import resolve_device
+    from facerestore.methods.base import MethodOptions
+    from facerestore.methods.registry import build_method
+
+    device = str(d.device) if d.active else resolve_device(options.device)
+    method = build_method(options.method, MethodOptions(device=device, weights=options.weights, offline=options.offline, steps=options.steps))
+    detector = None
+    if options.detect:
+        from facerestore.faces.detect import load_detector
+
+        detector = load_detector(options.detector, device, None, options.offline)
+
+    if on_start is not None:
+        on_start(len(todo))
+    inputs = {p.resolve() for p in paths}
+    manifest = open(state / f"done-rank{d.rank}.jsonl", "a")  # noqa: SIM115 - closed below
+    done = failed = no_face = 0
+    busy = 0.0
+    failures: list[tuple[str, str]] = []
+
+    def record(result: FileResult) -> None:
+        nonlocal done, failed, no_face, busy
+        manifest.write(json.dumps(result.to_json()) + "\n")
+        manifest.flush()
+        os.fsync(manifest.fileno())
+        busy += result.seconds
+        if result.status == "failed":
+            failed += 1
+            failures.append((result.path, result.error or ""))
+        else:
+            done += 1
+            no_face += result.status == "no-face"
+        if on_file is not None:
+            on_file(result)
+
+    try:
+        if options.detect:
+            for i in todo:
+                record(_clean_photo(paths[i], rels[i], out, method, detector, options, inputs))
+        else:
+            for start in range(0, len(todo), options.batch_size):
+                for result in _clean_faces(paths, rels, todo[start : start + options.batch_size], out, method, options, inputs):
+                    record(result)
+    finally:
+        manifest.close()
+
+    counts = distributed.total(d, [done, failed, no_face, busy, skipped_here])
+    distributed.barrier(d)
+    entries = _read_manifests(state)
+    wanted = set(rels)
+    complete = sum(1 for p, e in entries.items() if p in wanted and e.get("status") in ("ok", "no-face"))
+    check = None
+    if options.check:
+        scores = [(float(e["psnr"]) if e["psnr"] != "inf" else math.inf, p) for p, e in entries.items()
+                  if p in wanted and e.get("status") in ("ok", "no-face") and "psnr" in e]
+        if scores:
+            finite = [min(s, 99.0) for s, _ in scores]
+            worst = min(scores)
+            check = {"mean_psnr": round(float(np.mean(finite)), 3), "worst_psnr": round(min(worst[0], 99.0), 3), "worst_path": worst[1],
+                     "count": len(scores)}
+    restored = int(counts[0]) + int(counts[1])
+    return CleanSummary(
+        total=len(rels), skipped=int(counts[4]), done=int(counts[0]), failed=int(counts[1]), no_face=int(counts[2]),
+        seconds=time.perf_counter() - clock, seconds_per_image=counts[3] / restored if restored else 0.0,
+        complete=complete, check=check, failures=failures,
+    )
+
+
+def _clean_faces(paths: list[Path], rels: list[str], chunk: list[int], out: Path, method, options: CleanOptions,
+                 inputs: set[Path]) -> list[FileResult]:
+    """One batch of aligned faces; a file that fails is reported and the others go on."""
+    results: list[FileResult] = []
+    pictures: list[tuple[int, Picture, float]] = []
+    for i in chunk:
+        clock = time.perf_counter()
+        try:
+            pictures.append((i, read_image(paths[i]), time.perf_counter() - clock))
+        except FaceRestoreError as exc:
+            results.append(FileResult(rels[i], "failed", time.perf_counter() - clock, error=exc.one_line()))
+    if not pictures:
+        return results
+    clock = time.perf_counter()
+    try:
+        restored = _restore_faces(method, [_to_face(p.rgb) for _, p, _ in pictures], [file_seed(options.seed, rels[i]) for i, _, _ in pictures])
+    except FaceRestoreError as exc:
+        per = (time.perf_counter() - clock) / len(pictures)
+        return results + [FileResult(rels[i], "failed", per + t, error=exc.one_line()) for i, _, t in pictures]
+    per_face = (time.perf_counter() - clock) / len(pictures)
+    for (i, picture, read_time), face in zip(pictures, restored):
+        clock = time.perf_counter()
+        rgb = _from_face(face, picture.height, picture.width)
+        try:
+            _write(out / rels[i], rgb, picture, inputs, options.jpeg_quality)
+        except FaceRestoreError as exc:
+            results.append(FileResult(rels[i], "failed", read_time + per_face + time.perf_counter() - clock, error=exc.one_line()))
+            continue
+        score = _psnr(rgb, picture.rgb) if options.check else None
+        results.append(FileResult(rels[i], "ok", read_time + per_face + time.perf_counter() - clock, psnr=score))
+    return results
+
+
+def _clean_photo(path: Path, rel: str, out: Path, method, detector, options: CleanOptions, inputs: set[Path]) -> FileResult:
+    from facerestore.pipeline import RestoreOptions, Tools, restore_picture
+
+    clock = time.perf_counter()
+    try:
+        picture = read_image(path)
+        tools = Tools(method=method, detector=detector)
+        restore_options = RestoreOptions(output=out, upscale=1.0, aligned=False, batch_size=options.batch_size, seed=file_seed(options.seed, rel), save_faces=False)
+        photo, faces, _, _ = restore_picture(picture, tools, restore_options)
+        rgb = np.clip(photo, 0, 1)
+        _write(out / rel, rgb, picture, inputs, options.jpeg_quality)
+    except FaceRestoreError as exc:
+        return FileResult(rel, "failed", time.perf_counter() - clock, error=exc.one_line())
+    score = _psnr(rgb, picture.rgb) if options.check else None
+    return FileResult(rel, "ok" if faces else "no-face", time.perf_counter() - clock, psnr=score)

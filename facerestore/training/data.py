@@ -1,0 +1,215 @@
+"""Training data: folders of aligned faces -> (degraded, clean, noise level, noise) samples.
+
+Files. `scan_faces` lists every image under the data folders (recursively, sorted), reads only each
+header, and skips unreadable files and images whose short side is below `min_side` with a count.
+For the extrinsic iteration (IDM sec. 3.3) a folder of cleaned targets x* = f(x) can stand beside
+each data folder: the input is still degraded from the original x, the target is x* with the same
+relative path (what `facerestore clean-dataset` writes).
+
+Samples. Sample number n of a run (n = step * global batch + i) is a pure function of (seed, n):
+
+    epoch, k = divmod(n, N);   file = permutation(N, seed, epoch)[k]
+    rng      = numpy generator keyed (seed, "sample", n)    -> flip, degradation parameters and noise
+    gamma, eps from a torch generator keyed (seed, "noise", n)   (diffusion.losses)
+
+so the data order, the degradations and the diffusion noise need no saved generator state: resuming
+at step s simply starts at sample s * batch, and any number of DataLoader workers or torchrun
+processes draws the same samples. A file that fails to decode during training is replaced by the
+next file of the same epoch's order (counted and reported), so one bad file never stops a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from facerestore.diffusion.losses import NoiseLevels, sample_noise_levels
+from facerestore.diffusion.schedule import NoiseSchedule
+from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.image_io import list_images, read_image
+from facerestore.training.degradations import DegradationSpec, sample_params, apply_degradation, to_gray
+from facerestore.training.seeds import permutation, stable_seed
+
+
+@dataclass(frozen=True)
+class FaceFile:
+    source: str  # the original image (degraded to make the input)
+    target: str  # the training target: the same file, or its cleaned copy (extrinsic iteration)
+
+
+@dataclass
+class ScanResult:
+    files: list[FaceFile]
+    unreadable: list[str]
+    tiny: list[str]
+    missing_targets: list[str]
+
+    @property
+    def skipped(self) -> int:
+        return len(self.unreadable) + len(self.tiny) + len(self.missing_targets)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.files)} training images"]
+        if self.unreadable:
+            parts.append(f"{len(self.unreadable)} unreadable skipped")
+        if self.tiny:
+            parts.append(f"{len(self.tiny)} too small skipped")
+        if self.missing_targets:
+            parts.append(f"{len(self.missing_targets)} without a cleaned target skipped")
+        return ", ".join(parts)
+
+
+def min_side_for(size: int) -> int:
+    """Images with a shorter side than this are skipped: below 1/8 of the training size (at least 16 px)."""
+    return max(16, size // 8)
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:
+        return None
+
+
+def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: int = 16) -> ScanResult:
+    """Every usable image under `data` (sorted per folder), paired with its target."""
+    if targets and len(targets) != len(data):
+        raise UsageError(f"{len(targets)} --targets folders for {len(data)} data folders", hint="give one cleaned folder per DATA_DIR, in the same order")
+    result = ScanResult(files=[], unreadable=[], tiny=[], missing_targets=[])
+    for i, folder in enumerate(data):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise UsageError(f"data folder {folder} does not exist" if not folder.exists() else f"{folder} is not a folder", hint="pass folders of aligned face images")
+        paths, _ = list_images([folder])
+        for path in paths:
+            size = _header_size(path)
+            if size is None:
+                result.unreadable.append(str(path))
+                continue
+            if min(size) < min_side:
+                result.tiny.append(str(path))
+                continue
+            target = path
+            if targets:
+                target = Path(targets[i]) / path.relative_to(folder)
+                if not target.is_file():
+                    result.missing_targets.append(str(path))
+                    continue
+            result.files.append(FaceFile(source=str(path), target=str(target)))
+    return result
+
+
+def save_file_list(files: Sequence[FaceFile], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps([[f.source, f.target] for f in files]) + "\n")
+    os.replace(tmp, path)
+
+
+def load_file_list(path: Path) -> list[FaceFile]:
+    return [FaceFile(source=s, target=t) for s, t in json.loads(path.read_text())]
+
+
+def to_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square (aligned faces already are), then resize to size x size."""
+    height, width = rgb.shape[:2]
+    if height != width:
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        rgb = rgb[top : top + side, left : left + side]
+    if rgb.shape[0] != size:
+        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_CUBIC)
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+
+def load_face(path: str, size: int) -> np.ndarray:
+    return to_square(read_image(Path(path)).rgb, size)
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """HxWx3 [0,1] -> [3,H,W] in [-1,1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1) * 2.0 - 1.0
+
+
+class FaceDataset(torch.utils.data.Dataset):
+    """Map-style dataset indexed by the run's sample number n (see the module docstring)."""
+
+    def __init__(self, files: Sequence[FaceFile], *, size: int, seed: int, degradation: DegradationSpec,
+                 schedule: NoiseSchedule, noise_levels: NoiseLevels = "continuous", flip: bool = True) -> None:
+        if not files:
+            raise UsageError("no training images", hint="pass folders of aligned face images")
+        self.files = list(files)
+        self.size, self.seed, self.spec = size, seed, degradation
+        self.schedule, self.noise_levels, self.flip = schedule, noise_levels, flip
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:  # samples are drawn by number; the length is that of one epoch
+        return len(self.files)
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) > 2:
+                self._orders.clear()
+            self._orders[epoch] = permutation(len(self.files), self.seed, epoch)
+        return self._orders[epoch]
+
+    def _read(self, epoch: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(source, target, substitutions): the k-th file of the epoch, or the next readable one."""
+        order, n = self.order(epoch), len(self.files)
+        for tries in range(n):
+            f = self.files[int(order[(k + tries) % n])]
+            try:
+                source = load_face(f.source, self.size)
+                target = source if f.target == f.source else load_face(f.target, self.size)
+                return source, target, tries
+            except FaceRestoreError:
+                continue
+        raise UsageError("none of the training images can be decoded", hint="check the data folders")
+
+    def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
+        n = int(n)
+        epoch, k = divmod(n, len(self.files))
+        source, target, substituted = self._read(epoch, k)
+        rng = np.random.default_rng(stable_seed(self.seed, "sample", n))
+        if self.flip and rng.random() < 0.5:
+            source, target = source[:, ::-1], target[:, ::-1]
+        params = sample_params(rng, self.spec)
+        degraded = apply_degradation(np.ascontiguousarray(source), params, rng)
+        if params.gray:  # a gray input asks for a gray output (GFPGAN's gt_gray)
+            target = to_gray(target)
+        g = torch.Generator().manual_seed(stable_seed(self.seed, "noise", n))
+        gamma = sample_noise_levels(self.schedule, 1, generator=g, kind=self.noise_levels)[0]
+        noise = torch.randn((3, self.size, self.size), generator=g)
+        return {"lq": to_tensor(degraded), "hq": to_tensor(np.ascontiguousarray(target)), "gamma": gamma, "noise": noise,
+                "sample": torch.tensor(n), "substituted": torch.tensor(substituted > 0)}
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Sample numbers for this process, one list per step, from `start_step` to `steps`.
+
+    The global batch of step s is samples s*B .. s*B + B - 1; rank r of W takes the r-th slice of
+    B / W of them. Together the ranks see exactly the samples a single process would.
+    """
+
+    def __init__(self, *, start_step: int, steps: int, global_batch: int, rank: int = 0, world: int = 1) -> None:
+        if global_batch % world:
+            raise UsageError(f"--batch-size {global_batch} is the global batch and must be divisible by the {world} processes")
+        self.start, self.steps, self.batch = start_step, steps, global_batch
+        self.local = global_batch // world
+        self.offset = rank * self.local
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.steps):
+            first = step * self.batch + self.offset
+            yield list(range(first, first + self.local))

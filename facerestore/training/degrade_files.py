@@ -1,0 +1,86 @@
+"""Degrade a file or a folder tree with a named preset and write each image's parameters.
+
+    DST/<relative path>          the degraded copy (same name; --ext changes the format)
+    DST/degradations.json        {"preset", "seed", "spec", "images": [{"path", "source", <params>}]}
+    DST/degradations.csv         one row per image: path, source and every parameter
+
+Each image's parameters and noise come from a generator keyed by (seed, its relative path), so a
+rerun, a subset or another order of the same files gives the same degradations.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.image_io import assert_not_input, list_images, read_image, write_image
+from facerestore.training.degradations import DegradationParams, apply_degradation, preset as get_preset, sample_params
+from facerestore.training.seeds import numpy_rng
+
+EXTENSIONS = ("auto", "png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
+FIELDS = [f.name for f in dataclasses.fields(DegradationParams)]
+
+
+@dataclass
+class DegradeReport:
+    written: int
+    failed: int
+    json_path: Path
+    csv_path: Path
+    records: list[dict]
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, ext: str = "auto",
+                 on_error: Callable[[str], None] | None = None) -> DegradeReport:
+    spec = get_preset(preset)
+    if ext not in EXTENSIONS:
+        raise UsageError(f"--ext {ext!r} is not supported", hint="use auto, png, jpg, webp, tif or bmp")
+    src, dst = Path(src), Path(dst)
+    paths, problems = list_images([src])
+    if not paths:
+        reason = problems[0][1] if problems else "no images"
+        raise UsageError(f"{src}: {reason}", hint="pass an image or a folder of images")
+    root = src if src.is_dir() else src.parent
+    if src.is_dir() and (dst.resolve() == src.resolve() or dst.resolve().is_relative_to(src.resolve())):
+        raise UsageError(f"--out {dst} lies inside {src}", hint="write the degraded copies outside the source folder")
+    inputs = {p.resolve() for p in paths}
+    records: list[dict] = []
+    failed = 0
+    for path in paths:
+        rel = path.relative_to(root)
+        target = rel if ext == "auto" else rel.with_suffix("." + ext)
+        try:
+            picture = read_image(path)
+            rng = numpy_rng(seed, "degrade", rel.as_posix())
+            params = sample_params(rng, spec)
+            degraded = apply_degradation(picture.rgb, params, rng)
+            assert_not_input(dst / target, inputs)
+            write_image(dst / target, degraded, alpha=picture.alpha, gray=picture.gray or params.gray)
+        except FaceRestoreError as exc:
+            failed += 1
+            if on_error is not None:
+                on_error(exc.one_line())
+            continue
+        records.append({"path": target.as_posix(), "source": rel.as_posix(), **params.to_dict()})
+    dst.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = dst / "degradations.json", dst / "degradations.csv"
+    _atomic_text(json_path, json.dumps({"preset": preset, "seed": seed, "spec": dataclasses.asdict(spec), "images": records}, indent=1) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["path", "source", *FIELDS])
+    writer.writeheader()
+    writer.writerows(records)
+    _atomic_text(csv_path, buffer.getvalue())
+    return DegradeReport(written=len(records), failed=failed, json_path=json_path, csv_path=csv_path, records=records)

@@ -1,0 +1,511 @@
+"""`facerestore train`: IDM's intrinsic iteration (x0 regression of a conditional UNet) with the
+machinery a long run needs: AMP, gradient clipping, EMA, checkpoints, exact resume, validation,
+torchrun (DDP), and `--init-from` for the extrinsic iteration.
+
+One step (IDM eq. 5 and 7, appendix A):
+
+    (x, x_d)   B faces resized to --size; x_d = degradation(x) (IDM eq. 11 by default, `--degradation`)
+    gamma, eps per sample (continuous noise levels, SR3; `diffusion.losses`)
+    loss       = mean | f(cat(sqrt(gamma) x + sqrt(1 - gamma) eps, x_d), gamma) - x |      (L1, eq. 7)
+    Adam (constant lr, 1e-4 in the paper), gradient norm clipped, EMA of the weights
+
+Recipe. `--batch-size` is the GLOBAL batch (the paper's 32); under torchrun each of W processes takes
+B / W samples of every step and DDP averages the gradients, so a run is the same recipe on 1 GPU or
+8, and every sample (image, degradation, noise) is the same whatever W is (`training.data`).
+
+Resume. `--resume` continues from the newest complete checkpoint with exactly the state an
+uninterrupted run would have: weights, EMA, Adam moments and step, the AMP scaler, and the sample
+counter from which the data order, degradations, diffusion noise and global RNGs are derived (they
+are keyed by counters, `training.seeds`). The recipe must not change; --steps may grow.
+
+Extrinsic iteration (IDM sec. 3.3): clean the training set with the first model
+(`facerestore clean-dataset FACES --out FACES_CLEAN --weights RUN1`), then train again with
+`--targets FACES_CLEAN --init-from RUN1`: inputs are still degraded from the originals, targets are
+the cleaned copies, and the second model starts from the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facerestore.diffusion.losses import x0_regression_loss
+from facerestore.diffusion.schedule import NoiseSchedule
+from facerestore.diffusion.denoiser import ConcatCondition
+from facerestore.errors import UsageError
+from facerestore.nets.guided_unet import UNetConfig
+from facerestore.nets.idm_unet import IDMUNet, PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, idm_unet_config
+from facerestore.training import distributed
+from facerestore.training.checkpoints import (
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_from_tensors,
+    save_checkpoint,
+    write_json,
+)
+from facerestore.training.data import FaceDataset, StepBatches, load_file_list, min_side_for, save_file_list, scan_faces
+from facerestore.training.degradations import PRESETS as DEGRADATIONS, preset
+from facerestore.training.seeds import stable_seed
+from facerestore.training.validation import ValFace, load_val_faces, validate
+from facerestore.weights.checkpoint import load_strict
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run is; written to RUN_DIR/config.json. Recipe fields must not change on resume."""
+
+    data: tuple[str, ...]
+    out: str
+    targets: tuple[str, ...] = ()
+    size: int = 512
+    model: str | None = None  # a preset; None = the --init-from model's architecture, else "base"
+    steps: int = 100_000
+    batch_size: int = 32
+    lr: float = 1e-4
+    ema: float = 0.9999
+    amp: bool = False
+    grad_clip: float = 1.0
+    degradation: str = "eq11"
+    noise_levels: str = "continuous"
+    flip: bool = True
+    seed: int = 0
+    init_from: str | None = None
+    val: str | None = None
+    val_every: int = 1000
+    val_count: int = 8
+    val_steps: int = 10
+    save_every: int = 1000
+    keep: int = 2
+    device: str = "auto"
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.size >= 8, f"--size must be at least 8, got {self.size}"),
+            (self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}"),
+            (0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}"),
+            (self.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {self.grad_clip}"),
+            (self.val_every >= 1 and self.save_every >= 1, "--val-every and --save-every must be at least 1"),
+            (self.val_count >= 1 and self.val_steps >= 1, "--val-count and the validation steps must be at least 1"),
+            (self.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {self.keep}"),
+            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.noise_levels in ("continuous", "discrete"), f"noise levels must be continuous or discrete, got {self.noise_levels!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        if self.model is not None and self.model not in (*MODEL_PRESETS, "custom"):
+            raise UsageError(f"unknown --model {self.model!r}", hint=f"choose one of: {', '.join(MODEL_PRESETS)}")
+        if self.degradation not in DEGRADATIONS:
+            raise UsageError(f"unknown --degradation {self.degradation!r}", hint=f"choose one of: {', '.join(DEGRADATIONS)}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+RECIPE = ("data", "targets", "size", "model", "batch_size", "lr", "ema", "amp", "grad_clip", "degradation", "noise_levels", "flip", "seed")
+
+
+def _absolute(paths) -> tuple[str, ...]:
+    return tuple(str(Path(p).expanduser().resolve()) for p in paths)
+
+
+def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
+    """The run's config from the options a user gave (None = not given).
+
+    A new run fills the rest with defaults. `resume=True` starts from RUN_DIR/config.json and refuses
+    a given recipe option that differs from the stored one (exact resume keeps the recipe); --steps,
+    validation, saving, device and worker options may change.
+    """
+    out = Path(out)
+    given = {k: v for k, v in given.items() if v is not None}
+    for key in ("data", "targets"):
+        if key in given:
+            given[key] = _absolute(given[key])
+    if "init_from" in given:
+        given["init_from"] = str(Path(given["init_from"]).expanduser())
+    if "val" in given:
+        given["val"] = str(Path(given["val"]).expanduser().resolve())
+    if not resume:
+        if not given.get("data"):
+            raise UsageError("no DATA_DIR given", hint="pass one or more folders of aligned face images")
+        return TrainConfig(out=str(out), **given)
+    stored = read_run_config(out)["train"]
+    for key in ("data", "targets"):
+        stored[key] = tuple(stored.get(key) or ())
+    differ = [k for k in RECIPE if k in given and given[k] != stored.get(k) and not (k in ("data", "targets") and not given[k])]
+    if differ:
+        shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {stored.get(k)!r})" for k in differ)
+        raise UsageError(f"--resume keeps the run's recipe, but {shown}", hint="drop these options, or start a new run with another --out")
+    merged = {**stored, **{k: v for k, v in given.items() if k not in RECIPE}}
+    merged["out"] = str(out)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in merged.items() if k in known})
+
+
+def read_run_config(run: Path) -> dict:
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise UsageError(f"nothing to resume: {path} does not exist", hint="start the run without --resume")
+    try:
+        data = json.loads(path.read_text())
+        data["train"]
+        data["unet"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path} is not a facerestore run config ({exc})", hint="pass the folder a `facerestore train` run wrote") from None
+    return data
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int  # steps completed
+    steps: int
+    loss: float
+    grad_norm: float
+    seconds: float  # this step's wall time
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    step: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    scan: str = ""
+    substituted: int = 0
+    model: Path | None = None
+    metrics: dict | None = None
+    seconds_per_step: float = 0.0
+
+
+def _reseed(seed: int, step: int, rank: int) -> None:
+    """Global generators as a function of (seed, step, rank): what dropout or user code might draw."""
+    s = stable_seed(seed, "global", step, rank)
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if not config.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[str], None]) -> tuple[UNetConfig, dict | None]:
+    """(architecture, initial weights or None) for a new run."""
+    init_state = None
+    if unet is None and config.model not in (None, "custom"):
+        try:
+            unet = idm_unet_config(config.model, config.size)
+        except ValueError as exc:
+            raise UsageError(str(exc), hint="choose another --size, or --model tiny") from None
+    if config.init_from:
+        from facerestore.methods.idm import load_model, model_path
+
+        loaded = load_model(model_path(config.init_from))
+        if unet is not None and unet != loaded.net.config:
+            raise UsageError(f"--init-from {config.init_from} has another architecture than --model {config.model}",
+                             hint="drop --model: the architecture comes from the checkpoint")
+        unet = loaded.net.config
+        init_state = loaded.net.state_dict()
+        message(f"initialised from {loaded.source} (trained at {loaded.image_size} px)")
+    if unet is None:
+        try:
+            unet = idm_unet_config("base", config.size)
+        except ValueError as exc:
+            raise UsageError(str(exc), hint="choose another --size, or --model tiny") from None
+    if config.size % unet.multiple:
+        raise UsageError(f"--size {config.size} is not divisible by {unet.multiple}, which this model's {len(unet.channel_mult)} levels need")
+    return unet, init_state
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    unet: UNetConfig | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Run (or resume) training as described in the module docstring; returns what happened.
+
+    `unet` overrides the --model preset (tests and library users); `on_step` is called after every
+    step on rank 0 and may raise to stop (a simulated crash); `on_message` gets one-line notes.
+    """
+    d = distributed.setup(config.device)
+    try:
+        return _train(config, d, resume=resume, unet=unet, on_step=on_step, on_message=on_message)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNetConfig | None,
+           on_step: Callable[[StepReport], None] | None, on_message: Callable[[str], None] | None) -> TrainResult:
+    def message(text: str) -> None:
+        if on_message is not None and d.main:
+            on_message(text)
+
+    run = Path(config.out)
+    existing = latest_checkpoint(run)
+    if existing is not None and not resume:
+        raise UsageError(f"{run} already holds a training run (checkpoint {existing.name})", hint="pass --resume to continue it, or choose another --out")
+    if resume and existing is None and not (run / "config.json").is_file():
+        raise UsageError(f"nothing to resume in {run}: no checkpoint and no config.json", hint="start the run without --resume")
+
+    # ---- files and architecture
+    if resume and (run / "config.json").is_file():
+        stored = read_run_config(run)
+        unet_config = config_from_dict(stored["unet"], str(run / "config.json"))
+        if unet is not None and unet != unet_config:
+            raise UsageError("--resume: the run was started with another architecture", hint="drop the model options")
+        init_state = None
+        if existing is None and config.init_from:  # stopped before its first checkpoint: start again from the same weights
+            _, init_state = _unet_for(config, unet_config, message)
+        files = load_file_list(run / "files.json")
+        scan_note = f"{len(files)} training images (file list of the run)"
+    else:
+        scan = scan_faces([Path(p) for p in config.data], [Path(p) for p in config.targets], min_side=min_side_for(config.size))
+        if not scan.files:
+            raise UsageError(f"no usable training images in {', '.join(config.data)} ({scan.summary()})", hint="pass folders of aligned face images at least "
+                             f"{min_side_for(config.size)} px on the short side")
+        files = scan.files
+        scan_note = scan.summary()
+        unet_config, init_state = _unet_for(config, unet, message)
+        if d.main:
+            run.mkdir(parents=True, exist_ok=True)
+            save_file_list(files, run / "files.json")
+            record = config.to_dict() | ({"model": "custom"} if unet is not None and config.model is None and not config.init_from else {})
+            write_json(run / "config.json", {"version": CONFIG_VERSION, "train": record, "unet": config_to_dict(unet_config)})
+        distributed.barrier(d)
+    message(scan_note)
+
+    # ---- model, EMA, optimizer
+    torch.manual_seed(stable_seed(config.seed, "init"))
+    model = IDMUNet(unet_config).to(d.device)
+    if init_state is not None:
+        load_strict(model, init_state, config.init_from or "init")
+    ema = IDMUNet(unet_config).to(d.device).eval().requires_grad_(False) if d.main else None
+    if ema is not None:
+        ema.load_state_dict(model.state_dict())
+    names = [n for n, _ in model.named_parameters()]
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    amp_dtype = _amp_dtype(config, d.device)
+    if config.amp and amp_dtype is None:
+        message("--amp has no effect without a CUDA GPU; training in float32")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    start = 0
+    if existing is not None:
+        ckpt = load_checkpoint(existing)
+        load_strict(model, ckpt.model, existing / "model.safetensors")
+        if ema is not None:
+            load_strict(ema, ckpt.ema, existing / "ema.safetensors")
+        optimizer_from_tensors(optimizer, names, ckpt.optimizer, ckpt.state["optimizer"], str(existing))
+        if ckpt.state.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(ckpt.state["scaler"])
+        start = ckpt.step
+        if start > config.steps:
+            raise UsageError(f"the run is already at step {start}, beyond --steps {config.steps}", hint=f"pass --steps above {start} to train longer")
+        message(f"resumed from {existing} (step {start})")
+    if d.main:  # lines beyond the checkpoint (a crashed run's last steps, or an earlier unsaved start) are redone
+        _truncate_log(run / "log.jsonl", start)
+        _truncate_log(run / "metrics.jsonl", start)
+    distributed.barrier(d)
+
+    net: torch.nn.Module = model
+    if d.active:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None)
+
+    # ---- data
+    schedule = NoiseSchedule.named("linear", 1000)
+    dataset = FaceDataset(files, size=config.size, seed=config.seed, degradation=preset(config.degradation), schedule=schedule,
+                          noise_levels=config.noise_levels, flip=config.flip)
+    sampler = StepBatches(start_step=start, steps=config.steps, global_batch=config.batch_size, rank=d.rank, world=d.world)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers, pin_memory=d.device.type == "cuda",
+                                         prefetch_factor=2 if config.workers else None)
+    val_faces: list[ValFace] = []
+    if config.val and d.main:
+        val_faces = load_val_faces(Path(config.val), config.val_count, config.size, preset(config.degradation), config.seed)
+        message(f"{len(val_faces)} validation faces from {config.val}")
+
+    result = TrainResult(run=run, step=start, scan=scan_note)
+    log = open(run / "log.jsonl", "a") if d.main else None  # noqa: SIM115 - closed in finally
+    last_saved = start
+    clock = time.perf_counter()
+    step_times: list[float] = []
+
+    def checkpoint(step: int) -> None:
+        nonlocal last_saved
+        if d.main:
+            _save(run, step, config, unet_config, model, ema, optimizer, names, scaler, result)
+        last_saved = step
+        distributed.barrier(d)
+        message(f"checkpoint at step {step}: {run / 'checkpoints'}")
+
+    step = start
+    stop = _StopAtStepEnd(enabled=not d.active)
+    try:
+        for batch in loader:
+            _reseed(config.seed, step, d.rank)
+            lq = batch["lq"].to(d.device, non_blocking=True)
+            hq = batch["hq"].to(d.device, non_blocking=True)
+            noise = batch["noise"].to(d.device, non_blocking=True)
+            gamma = batch["gamma"]
+            with torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, _ = x0_regression_loss(ConcatCondition(net, lq), hq, gamma, noise, p=1)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                decay = min(config.ema, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for e, p in zip(ema.parameters(), model.parameters()):
+                        e.lerp_(p.detach(), 1.0 - decay)
+            step += 1
+            loss_sum, substituted = distributed.total(d, [loss.item(), float(batch["substituted"].sum())])
+            loss_value, substituted = loss_sum / d.world, int(substituted)
+            result.substituted += substituted
+            now = time.perf_counter()
+            seconds, clock = now - clock, now
+            step_times.append(seconds)
+            result.step = step
+            result.losses.append((step, loss_value))
+            if log is not None:
+                log.write(json.dumps({"step": step, "loss": loss_value, "grad_norm": float(grad_norm), "seconds": round(seconds, 4),
+                                      **({"substituted": substituted} if substituted else {})}) + "\n")
+                log.flush()
+            if d.main and on_step is not None:
+                on_step(StepReport(step=step, steps=config.steps, loss=loss_value, grad_norm=float(grad_norm), seconds=seconds))
+            if step % config.save_every == 0 or step == config.steps:
+                checkpoint(step)
+            if config.val and (step % config.val_every == 0 or step == config.steps):
+                if d.main:
+                    result.metrics = _validate(run, step, ema, val_faces, config, message)
+                distributed.barrier(d)
+            if stop.requested:
+                if step > last_saved:
+                    checkpoint(step)
+                message(f"stopped by {stop.requested} after step {step} (checkpoint saved); continue with --resume")
+                raise KeyboardInterrupt
+            clock = time.perf_counter()
+    finally:
+        stop.restore()
+        if log is not None:
+            log.close()
+    if step > last_saved:
+        checkpoint(step)
+    result.model = run / "idm.safetensors"
+    result.seconds_per_step = float(np.median(step_times)) if step_times else 0.0
+    return result
+
+
+class _StopAtStepEnd:
+    """SIGINT / SIGTERM in a single process: finish the current step, save, then stop.
+
+    A signal in the middle of an optimizer step would leave weights and step counter apart, so the
+    first Ctrl-C (or a scheduler's SIGTERM) only asks to stop; a second Ctrl-C interrupts at once.
+    Under torchrun the default handlers stay (the periodic checkpoints are the resume points), since
+    processes stopping at different steps would wait for each other forever.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.requested: str | None = None
+        self.previous: dict[int, object] = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines beyond the checkpoint being resumed (they are recomputed identically)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut by the crash
+    write_json_lines(path, keep)
+
+
+def write_json_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+
+
+def _save(run: Path, step: int, config: TrainConfig, unet_config: UNetConfig, model: torch.nn.Module, ema: torch.nn.Module,
+          optimizer: torch.optim.Optimizer, names: list[str], scaler: torch.amp.GradScaler, result: TrainResult) -> None:
+    from facerestore.methods.idm import model_metadata, save_model
+
+    state = {
+        "samples": step * config.batch_size,
+        "seed": config.seed,
+        "recipe": {k: config.to_dict()[k] for k in RECIPE},
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "rng": {"scheme": "keyed by (seed, sample) and (seed, step, rank); see facerestore/training/seeds.py", "next_sample": step * config.batch_size},
+        "torch": torch.__version__,
+    }
+    meta = model_metadata(unet_config, config.size, {"step": step})
+    save_checkpoint(run, step, model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer, names=names, state=state,
+                    metadata=meta, keep=config.keep)
+    card = {
+        "name": "idm",
+        "preset": config.model or ("from --init-from" if config.init_from else "base"),
+        "params": sum(p.numel() for p in ema.parameters()),
+        "step": step,
+        "samples": step * config.batch_size,
+        "recipe": state["recipe"],
+        "objective": "x0 regression, L1 (IDM eq. 7), continuous noise levels" if config.noise_levels == "continuous" else "x0 regression, L1 (IDM eq. 7)",
+        "init_from": config.init_from,
+        "validation": result.metrics,
+    }
+    save_model(ema, run / "idm.safetensors", config.size, card=card)
+
+
+def _validate(run: Path, step: int, ema: torch.nn.Module | None, faces: list[ValFace], config: TrainConfig,
+              message: Callable[[str], None]) -> dict | None:
+    if ema is None:
+        return None
+    from facerestore.image_io import write_image
+
+    metrics, grid = validate(ema, faces, steps=config.val_steps, seed=config.seed)
+    write_image(run / "val" / f"step_{step:07d}.png", grid)
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"step": step, **metrics}) + "\n")
+    message(f"validation at step {step}: input {metrics['input_psnr']:.2f} dB -> restored {metrics['output_psnr']:.2f} dB; "
+            f"clean kept at {metrics['clean_psnr']:.2f} dB")
+    return metrics
+
+
+__all__ = ["RECIPE", "StepReport", "TrainConfig", "TrainResult", "read_run_config", "resolve_config", "train"]

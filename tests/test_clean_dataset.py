@@ -1,0 +1,209 @@
+"""`facerestore clean-dataset`: same tree and formats out, resumable after kill -9 with no partial file,
+per-file seeds (so batching and sharding do not change results), torchrun shards, --check."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from facerestore.cli.app import app, register
+from facerestore.image_io import read_image, write_image
+from facerestore.methods.idm import save_model
+from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
+from facerestore.training.clean_dataset import STATE_DIR
+
+register()
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    net = IDMUNet(idm_unet_config("tiny", 32))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.03)
+    return save_model(net, tmp_path_factory.mktemp("idm") / "idm.safetensors", 32)
+
+
+def face(i: int, h: int, w: int | None = None) -> np.ndarray:
+    w = w or h
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32) / max(h, w)
+    return np.clip(np.stack([0.5 + 0.35 * np.sin(7 * x + i), 0.5 + 0.3 * np.cos(5 * y - i), 0.4 + 0.3 * x * y], -1), 0, 1).astype(np.float32)
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    src = tmp_path / "src"
+    write_image(src / "a.png", face(0, 48))
+    write_image(src / "sub" / "b.jpg", face(1, 40, 56))
+    write_image(src / "sub" / "gray.png", face(2, 36), gray=True)
+    write_image(src / "deep" / "c16.png", face(3, 32), bit_depth=16)
+    write_image(src / "deep" / "alpha.png", face(4, 32), alpha=np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32))
+    return src
+
+
+def clean(*args, check_exit: int | None = 0):
+    result = runner.invoke(app, ["clean-dataset", *[str(a) for a in args]], catch_exceptions=False)
+    if check_exit is not None:
+        assert result.exit_code == check_exit, result.output
+    return result
+
+
+def summary(*args) -> dict:
+    return json.loads(clean(*args, "--json").stdout)
+
+
+def manifest(out: Path) -> list[dict]:
+    lines = []
+    for path in sorted((out / STATE_DIR).glob("done-rank*.jsonl")):
+        lines += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return lines
+
+
+def visible_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def test_every_image_is_restored_into_the_same_tree_and_format(dataset, tmp_path, model):
+    out = tmp_path / "out"
+    s = summary(dataset, "--out", out, "--weights", model, "--steps", "2", "--check", "--device", "cpu")
+    assert (s["total"], s["done"], s["failed"], s["skipped"], s["complete"]) == (5, 5, 0, 0, 5)
+    assert visible_files(out) == visible_files(dataset)
+    for rel in visible_files(dataset):
+        before, after = read_image(dataset / rel), read_image(out / rel)
+        assert after.rgb.shape == before.rgb.shape
+        assert (after.gray, after.bit_depth, after.alpha is None) == (before.gray, before.bit_depth, before.alpha is None)
+        assert not np.array_equal(after.rgb, before.rgb)  # it was restored, not copied
+    np.testing.assert_allclose(read_image(out / "deep" / "alpha.png").alpha, read_image(dataset / "deep" / "alpha.png").alpha, atol=1 / 255)
+    entries = manifest(out)
+    assert sorted(e["path"] for e in entries) == visible_files(dataset) and all(e["status"] == "ok" for e in entries)
+    c = s["check"]
+    assert c["count"] == 5 and c["worst_psnr"] <= c["mean_psnr"] < 99 and c["worst_path"] in visible_files(dataset)
+    expected = min(entries, key=lambda e: e["psnr"])
+    assert c["worst_path"] == expected["path"]
+    text = clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--check", "--device", "cpu")
+    assert "0 restored, 0 failed, 5 already done" in text.output and "authenticity" in text.output
+
+
+def test_results_depend_only_on_each_file_and_the_seed(dataset, tmp_path, model):
+    """Batching and order do not change a file's output: what makes sharding and resuming safe."""
+    one, three = tmp_path / "one", tmp_path / "three"
+    clean(dataset, "--out", one, "--weights", model, "--steps", "2", "-b", "1", "--device", "cpu", "-q")
+    clean(dataset, "--out", three, "--weights", model, "--steps", "2", "-b", "3", "--limit", "2", "--device", "cpu", "-q")
+    s = summary(dataset, "--out", three, "--weights", model, "--steps", "2", "-b", "3", "--device", "cpu")
+    assert (s["done"], s["skipped"]) == (3, 2)
+    for rel in visible_files(dataset):
+        a, b = read_image(one / rel).rgb, read_image(three / rel).rgb
+        assert np.abs(a - b).max() <= 1 / 255 + 1e-6, rel  # equal up to the last 8-bit level (float sums differ by batch)
+    other = tmp_path / "seed1"
+    clean(dataset, "--out", other, "--weights", model, "--steps", "2", "--seed", "1", "--device", "cpu", "-q")
+    assert any(not np.array_equal(read_image(one / r).rgb, read_image(other / r).rgb) for r in visible_files(dataset))
+
+
+def test_bad_files_fail_one_line_each_and_are_retried(dataset, tmp_path, model):
+    (dataset / "broken.png").write_bytes(b"junk")
+    out = tmp_path / "out"
+    result = clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", check_exit=1)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.png" in errors[0]
+    assert "5 restored, 1 failed" in result.output
+    again = clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", check_exit=1)
+    assert "0 restored, 1 failed, 5 already done" in again.output
+
+
+def test_usage_errors(dataset, tmp_path, model):
+    out = tmp_path / "out"
+    clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--limit", "1", "--device", "cpu", "-q")
+    other = clean(dataset, "--out", out, "--weights", model, "--steps", "3", "--device", "cpu", check_exit=2)
+    assert "other settings" in other.output and "steps: 2 -> 3" in other.output
+    assert "inside" in clean(dataset, "--out", dataset / "clean", "--weights", model, check_exit=2).output
+    assert "does not exist" in clean(tmp_path / "nowhere", "--out", out, check_exit=2).output
+    (tmp_path / "empty").mkdir()
+    assert "holds no images" in clean(tmp_path / "empty", "--out", tmp_path / "o", check_exit=2).output
+    missing = clean(dataset, "--out", tmp_path / "o2", "--device", "cpu", check_exit=1)
+    assert "facerestore train" in missing.output and len([l for l in missing.output.splitlines() if l.startswith("error:")]) == 1
+
+
+def test_detect_mode_copies_photos_without_faces_through(tmp_path, tiny_baseline):
+    src = tmp_path / "photos"
+    wall = face(5, 96, 128)
+    write_image(src / "wall.png", wall)
+    s = summary(src, "--out", tmp_path / "out", "--detect", "--method", "baseline", "--weights", tiny_baseline, "--check", "--device", "cpu")
+    assert (s["done"], s["no_face"], s["failed"]) == (1, 1, 0)
+    out = read_image(tmp_path / "out" / "wall.png").rgb
+    assert out.shape == wall.shape and np.abs(out - wall).max() <= 1 / 255 + 1e-6
+    assert manifest(tmp_path / "out")[0]["status"] == "no-face"
+
+
+def run_cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "facerestore", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_no_partial_file_and_a_rerun_does_only_the_rest(tmp_path, model):
+    src, out = tmp_path / "src", tmp_path / "out"
+    for i in range(14):
+        write_image(src / f"{i:02d}.png", face(i, 32 + 2 * i))
+    args = ["clean-dataset", str(src), "--out", str(out), "--weights", str(model), "--steps", "10", "-b", "1", "--device", "cpu", "-q"]
+    proc = run_cli(args)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / STATE_DIR).is_dir() and len(manifest(out)) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.communicate()[1]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_at_kill = {e["path"] for e in manifest(out)}
+    assert 3 <= len(done_at_kill) < 14
+    for rel in visible_files(out):  # every visible image is complete (atomic writes)
+        assert read_image(out / rel).rgb.shape[:2] == read_image(src / rel).rgb.shape[:2]
+
+    rerun = run_cli([*args[:-1], "--json"])
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    s = json.loads(stdout)
+    assert (s["skipped"], s["done"], s["complete"], s["failed"]) == (len(done_at_kill), 14 - len(done_at_kill), 14, 0)
+    assert visible_files(out) == visible_files(src)
+    assert not list(out.rglob("*.tmp"))  # stale temporary files were removed
+    listed = [e["path"] for e in manifest(out)]
+    assert set(listed) == set(visible_files(src))
+    assert all(listed.count(p) == 1 for p in done_at_kill)  # nothing finished before the kill was redone
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_the_files_and_match_one_process(tmp_path, model):
+    src = tmp_path / "src"
+    for i in range(5):
+        write_image(src / f"{i}.png", face(i, 32))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = ["--weights", str(model), "--steps", "2", "--device", "cpu", "-q"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facerestore",
+                           "clean-dataset", str(src), "--out", str(tmp_path / "ddp"), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    per_rank = {p.name: [json.loads(l)["path"] for l in p.read_text().splitlines()] for p in (tmp_path / "ddp" / STATE_DIR).glob("done-rank*.jsonl")}
+    assert per_rank == {"done-rank0.jsonl": ["0.png", "2.png", "4.png"], "done-rank1.jsonl": ["1.png", "3.png"]}
+    clean(src, "--out", tmp_path / "single", *args)
+    for rel in visible_files(src):
+        a, b = read_image(tmp_path / "ddp" / rel).rgb, read_image(tmp_path / "single" / rel).rgb
+        assert np.abs(a - b).max() <= 1 / 255 + 1e-6

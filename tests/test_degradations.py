@@ -1,0 +1,296 @@
+"""Synthetic degradations: every parameter is honoured (measured on impulses, flat images, stripes and
+JPEG statistics), draws are reproducible, and `facerestore degrade` writes copies plus parameters."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from facerestore.cli.app import app, register
+from facerestore.errors import UsageError
+from facerestore.image_io import read_image, write_image
+from facerestore.training.degradations import (
+    PRESETS,
+    DegradationParams,
+    DegradationSpec,
+    apply_degradation,
+    camera_noise_std,
+    degrade,
+    degrade_eq11,
+    downsample,
+    jpeg_compress,
+    linear_to_srgb,
+    motion_kernel,
+    sample_params,
+    srgb_to_linear,
+)
+
+register()
+runner = CliRunner()
+ONLY = DegradationParams()  # no stage at all: each test switches on the one it measures
+
+
+def impulse(size: int = 81) -> np.ndarray:
+    image = np.zeros((size, size, 3), np.float32)
+    image[size // 2, size // 2] = 1.0
+    return image
+
+
+def moments(response: np.ndarray) -> tuple[float, float, float]:
+    """(var along x, var along y, covariance) of a 2-D response treated as a distribution."""
+    w = response / response.sum()
+    y, x = np.mgrid[0 : w.shape[0], 0 : w.shape[1]].astype(np.float64)
+    mx, my = (w * x).sum(), (w * y).sum()
+    return float((w * (x - mx) ** 2).sum()), float((w * (y - my) ** 2).sum()), float((w * (x - mx) * (y - my)).sum())
+
+
+def face_like(h: int = 64, w: int = 64) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32) / max(h, w)
+    return np.clip(np.stack([0.5 + 0.35 * np.sin(9 * x + 2 * y), 0.45 + 0.3 * np.cos(7 * y), 0.4 + 0.3 * x * y], -1), 0, 1).astype(np.float32)
+
+
+# ----------------------------------------------------------------- parameters are honoured
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.5, 4.0])
+def test_gaussian_blur_impulse_response_has_variance_sigma_squared(sigma):
+    out = apply_degradation(impulse(), DegradationParams(blur="gaussian", sigma=sigma), np.random.default_rng(0))
+    vx, vy, cov = moments(out[..., 0].astype(np.float64))
+    assert vx == pytest.approx(sigma**2, rel=0.03) and vy == pytest.approx(sigma**2, rel=0.03)
+    assert abs(cov) < 1e-6
+
+
+@pytest.mark.parametrize("length,angle", [(9.0, 0.0), (15.0, 90.0), (12.0, 30.0), (20.0, 135.0)])
+def test_motion_blur_impulse_response_is_a_line_of_the_given_length_and_angle(length, angle):
+    out = apply_degradation(impulse(), DegradationParams(blur="motion", motion_length=length, motion_angle=angle), np.random.default_rng(0))
+    vx, vy, cov = moments(out[..., 0].astype(np.float64))
+    # Principal axes of the response: the long one is the line (variance L^2/12), the short one ~0.
+    cov_matrix = np.array([[vx, cov], [cov, vy]])
+    values, vectors = np.linalg.eigh(cov_matrix)
+    assert values[1] == pytest.approx(length**2 / 12, rel=0.06)
+    assert values[0] < 0.25  # only the bilinear splat's width across the line
+    direction = vectors[:, 1]
+    measured = math.degrees(math.atan2(-direction[1], direction[0])) % 180  # rows grow downwards
+    assert min(abs(measured - angle), 180 - abs(measured - angle)) < 2.0
+    assert motion_kernel(length, angle).sum() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "laplace", "poisson"])
+@pytest.mark.parametrize("delta", [5.0, 15.0])
+def test_noise_std_on_a_flat_mid_grey_image(kind, delta):
+    flat = np.full((160, 160, 3), 0.5, np.float32)
+    out = apply_degradation(flat, DegradationParams(noise_kind=kind, noise=delta), np.random.default_rng(1))
+    assert float(out.std()) == pytest.approx(delta / 255, rel=0.03)
+    assert abs(float(out.mean()) - 0.5) < 0.002
+
+
+def test_laplace_noise_is_heavier_tailed_than_gaussian_and_poisson_follows_the_signal():
+    flat = np.full((200, 200, 3), 0.5, np.float32)
+    kurt = {}
+    for kind in ("gaussian", "laplace"):
+        z = apply_degradation(flat, DegradationParams(noise_kind=kind, noise=10.0), np.random.default_rng(2)) - 0.5
+        kurt[kind] = float((z**4).mean() / (z**2).mean() ** 2)
+    assert kurt["gaussian"] == pytest.approx(3.0, abs=0.15) and kurt["laplace"] == pytest.approx(6.0, abs=0.6)
+    dark = np.full((200, 200, 3), 0.125, np.float32)  # Poisson: std scales with sqrt(signal)
+    out = apply_degradation(dark, DegradationParams(noise_kind="poisson", noise=10.0), np.random.default_rng(3))
+    assert float(out.std()) == pytest.approx(10.0 / 255 * math.sqrt(0.125 / 0.5), rel=0.05)
+
+
+def test_camera_noise_variance_is_shot_times_signal_plus_read_in_linear_light():
+    shot, read = 4e-3, 2e-5
+    stds = []
+    for level in (0.05, 0.2, 0.45):
+        flat = np.full((200, 200, 3), float(linear_to_srgb(np.float64(level))), np.float32)
+        out = apply_degradation(flat, DegradationParams(noise_kind="camera", shot=shot, read=read), np.random.default_rng(4))
+        linear = srgb_to_linear(out.astype(np.float64))
+        assert float(linear.var()) == pytest.approx(shot * level + read, rel=0.08)
+        stds.append(float(linear.std()))
+    assert stds[0] < stds[1] < stds[2]  # signal-dependent, unlike the additive kinds
+    grey = np.full((200, 200, 3), 0.5, np.float32)
+    out = apply_degradation(grey, DegradationParams(noise_kind="camera", shot=shot, read=read), np.random.default_rng(5))
+    assert float(out.std()) * 255 == pytest.approx(camera_noise_std(shot, read), rel=0.05)  # the reported std
+
+
+def blockiness(image: np.ndarray) -> float:
+    """Mean jump across 8x8 block borders minus the mean jump inside blocks (luma, 0-255)."""
+    luma = (image @ np.array([0.299, 0.587, 0.114], np.float32)) * 255
+    jumps = np.abs(np.diff(luma, axis=1))
+    border = jumps[:, 7::8].mean()
+    inside = np.delete(jumps, np.s_[7::8], axis=1).mean()
+    return float(border - inside)
+
+
+def test_jpeg_quality_is_the_encoder_quality():
+    image = face_like(96, 96)
+    rng = np.random.default_rng(0)
+    sizes, blocks = [], []
+    for q in (10, 30, 60, 90):
+        out = apply_degradation(image, DegradationParams(jpeg=q), rng)
+        bgr = np.round(image[..., ::-1] * 255).astype(np.uint8)
+        ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, q])
+        expected = cv2.imdecode(buffer, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255
+        np.testing.assert_array_equal(out, expected)  # exactly OpenCV at quality q
+        sizes.append(len(buffer))
+        blocks.append(blockiness(out))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1] / 2
+    assert blocks[0] > blocks[-1] + 1.0 and blocks[0] > 4 * max(blocks[-1], 0.1)
+
+
+@pytest.mark.parametrize("r", [2.0, 3.0, 4.0, 7.5])
+def test_downsample_factor_sets_the_low_resolution_size(r):
+    small = downsample(face_like(96, 128), r)
+    assert small.shape[:2] == (round(96 / r), round(128 / r))
+
+
+def test_downsampling_removes_detail_finer_than_the_factor():
+    x = np.arange(128, dtype=np.float32)
+    stripes = np.repeat((0.5 + 0.4 * np.sin(2 * np.pi * x / 4.0))[None, :, None], 3, axis=2).repeat(64, axis=0)
+    coarse = np.repeat((0.5 + 0.4 * np.sin(2 * np.pi * x / 32.0))[None, :, None], 3, axis=2).repeat(64, axis=0)
+    for interpolation in ("bilinear", "bicubic", "area"):
+        params = DegradationParams(scale=4.0, interpolation=interpolation)
+        fine_out = apply_degradation(stripes, params, np.random.default_rng(0))
+        coarse_out = apply_degradation(coarse, params, np.random.default_rng(0))
+        assert fine_out.shape == stripes.shape
+        assert fine_out[8:-8, 8:-8].std(axis=1).mean() < 0.1 * stripes.std()  # period 4 px is gone at r = 4
+        assert coarse_out[8:-8, 8:-8].std() > 0.8 * coarse.std()  # period 32 px survives
+
+
+def test_grayscale_gives_three_equal_channels():
+    out = apply_degradation(face_like(), DegradationParams(gray=True), np.random.default_rng(0))
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+    for seed in range(5):
+        _, params = degrade(face_like(), np.random.default_rng(seed), "gray")
+        assert params.gray
+
+
+# ----------------------------------------------------------------- draws: presets, ranges, reproducibility
+
+
+def test_eq11_preset_reproduces_degrade_eq11_exactly():
+    image = face_like()
+    for seed in range(6):
+        a, pa = degrade_eq11(image, np.random.default_rng(seed))
+        b, pb = degrade(image, np.random.default_rng(seed), "eq11")
+        assert (pb.sigma, pb.scale, pb.noise, pb.jpeg) == (pa.sigma, pa.scale, pa.noise, pa.jpeg)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fixed_severities_match_the_evaluation_presets():
+    for name, (sigma, r, noise, q) in {"mild": (1.5, 2, 3, 85), "medium": (4, 4, 8, 70), "severe": (8, 8, 12, 55)}.items():
+        p = sample_params(np.random.default_rng(0), PRESETS[name])
+        assert (p.blur, p.sigma, p.scale, p.noise_kind, p.noise, p.jpeg) == ("gaussian", sigma, r, "gaussian", noise, q)
+
+
+def test_drawn_parameters_stay_in_their_ranges():
+    spec = PRESETS["mixed"]
+    kinds, grays, motions = set(), 0, 0
+    for seed in range(300):
+        p = sample_params(np.random.default_rng(seed), spec)
+        assert p.blur in ("none", "gaussian", "motion")
+        if p.blur == "gaussian":
+            assert spec.sigma[0] <= p.sigma <= spec.sigma[1]
+        if p.blur == "motion":
+            motions += 1
+            assert spec.motion_length[0] <= p.motion_length <= spec.motion_length[1] and 0 <= p.motion_angle <= 180
+        assert spec.scale[0] <= p.scale <= spec.scale[1]
+        assert p.jpeg is None or spec.jpeg[0] <= p.jpeg <= spec.jpeg[1]
+        kinds.add(p.noise_kind)
+        grays += p.gray
+    assert kinds == {"none", "gaussian", "laplace", "poisson", "camera"}
+    assert 10 < grays < 60 and 25 < motions < 90  # gray_prob 0.1, motion 0.9 * 0.2 of 300
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_reproducible_under_a_seed(name):
+    image = face_like()
+    a, pa = degrade(image, np.random.default_rng(7), name)
+    b, pb = degrade(image, np.random.default_rng(7), name)
+    assert pa == pb
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == image.shape and a.dtype == np.float32 and 0.0 <= a.min() and a.max() <= 1.0
+    if name != "none":
+        c, pc = degrade(image, np.random.default_rng(8), name)
+        assert pc != pa or not np.array_equal(a, c)
+    else:
+        np.testing.assert_array_equal(a, image)
+
+
+def test_bad_specs_are_usage_errors():
+    for bad in (dict(blur_prob=1.5), dict(scale=(0.5, 2.0)), dict(jpeg=(0.0, 50.0)), dict(noise_kinds=("pink",)),
+                dict(interpolations=("lanczos",)), dict(sigma=(3.0, 1.0))):
+        with pytest.raises(UsageError):
+            DegradationSpec(**bad)
+    with pytest.raises(UsageError):
+        degrade(face_like(), np.random.default_rng(0), "nonsense")
+
+
+def test_jpeg_compress_round_trip_is_close_at_high_quality():
+    image = face_like()
+    assert np.abs(jpeg_compress(image, 100) - image).mean() < 0.01
+
+
+# ----------------------------------------------------------------- facerestore degrade
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    src = tmp_path / "src"
+    write_image(src / "a.png", face_like(48, 48))
+    write_image(src / "sub" / "b.jpg", face_like(40, 56))
+    write_image(src / "sub" / "c.png", face_like(32, 32)[..., :1].repeat(3, axis=2), gray=True)
+    return src
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_degrade_command_writes_copies_and_parameters(tree, tmp_path):
+    out = tmp_path / "out"
+    result = run("degrade", tree, "--out", out, "--preset", "medium", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    for rel in ("a.png", "sub/b.jpg", "sub/c.png"):
+        source, copy = read_image(tree / rel), read_image(out / rel)
+        assert copy.rgb.shape == source.rgb.shape
+        assert np.abs(copy.rgb - source.rgb).mean() > 0.005  # actually degraded
+    assert read_image(out / "sub" / "c.png").gray
+    report = json.loads((out / "degradations.json").read_text())
+    assert report["preset"] == "medium" and report["seed"] == 3
+    assert sorted(r["path"] for r in report["images"]) == ["a.png", "sub/b.jpg", "sub/c.png"]
+    assert all(r["sigma"] == 4.0 and r["scale"] == 4.0 and r["jpeg"] == 70 for r in report["images"])
+    rows = list(csv.DictReader((out / "degradations.csv").open()))
+    assert [r["path"] for r in rows] == [r["path"] for r in report["images"]] and rows[0]["noise"] == "8.0"
+
+
+def test_degrade_command_is_reproducible_and_seeded(tree, tmp_path):
+    for name in ("one", "two"):
+        assert run("degrade", tree, "--out", tmp_path / name, "--preset", "eq11", "--seed", "5", "-q").exit_code == 0
+    assert run("degrade", tree, "--out", tmp_path / "three", "--preset", "eq11", "--seed", "6", "-q").exit_code == 0
+    assert (tmp_path / "one" / "a.png").read_bytes() == (tmp_path / "two" / "a.png").read_bytes()
+    one = json.loads((tmp_path / "one" / "degradations.json").read_text())["images"]
+    assert one == json.loads((tmp_path / "two" / "degradations.json").read_text())["images"]
+    assert one != json.loads((tmp_path / "three" / "degradations.json").read_text())["images"]
+    # parameters are keyed by the file, not the order: degrading one file alone gives the same draw
+    assert run("degrade", tree / "a.png", "--out", tmp_path / "alone", "--preset", "eq11", "--seed", "5", "-q").exit_code == 0
+    alone = json.loads((tmp_path / "alone" / "degradations.json").read_text())["images"][0]
+    assert alone == next(r for r in one if r["path"] == "a.png")
+
+
+def test_degrade_command_errors_are_one_line(tree, tmp_path):
+    (tree / "broken.png").write_bytes(b"not an image")
+    result = run("degrade", tree, "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.png" in errors[0]
+    assert (tmp_path / "out" / "a.png").is_file()  # the others went on
+    bad = run("degrade", tree, "--out", tmp_path / "x", "--preset", "nonsense")
+    assert bad.exit_code == 2 and "unknown degradation preset" in bad.output
+    inside = run("degrade", tree, "--out", tree / "degraded")
+    assert inside.exit_code == 2 and "inside" in inside.output

@@ -1,0 +1,344 @@
+"""`facerestore train`: loss goes down, exact resume after a crash, checkpoint format, data handling,
+--init-from, and the command line's one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from facerestore.cli.app import app, register
+from facerestore.errors import UnsupportedCheckpoint, UsageError
+from facerestore.image_io import read_image, write_image
+from facerestore.methods.idm import load_model
+from facerestore.nets.guided_unet import UNetConfig
+from facerestore.nets.idm_unet import IDMUNet
+from facerestore.training.checkpoints import latest_checkpoint, optimizer_from_tensors, optimizer_to_tensors
+from facerestore.training.data import FaceDataset, StepBatches, load_file_list, scan_faces
+from facerestore.training.degradations import preset
+from facerestore.diffusion import NoiseSchedule
+from facerestore.training.trainer import TrainConfig, resolve_config, train
+
+register()
+runner = CliRunner()
+MICRO = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=(1, 1), attention_levels=(), in_channels=6, out_channels=3, num_head_channels=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def face(i: int, size: int) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    return np.clip(np.stack([0.5 + 0.35 * np.sin(7 * x + i), 0.5 + 0.3 * np.cos(5 * y - 0.7 * i), 0.35 + 0.3 * x * y + 0.05 * i], -1), 0, 1)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("faces")
+    for i in range(8):
+        write_image(root / ("a" if i < 5 else "b") / f"{i:02d}.png", face(i, 40 + 3 * i))
+    write_image(root / "b" / "small.png", face(0, 8))  # tiny: skipped
+    (root / "b" / "broken.png").write_bytes(b"junk")  # unreadable: skipped
+    return root
+
+
+def config(faces: Path, out: Path, **changes) -> TrainConfig:
+    base = dict(data=(str(faces),), out=str(out), size=32, steps=5, batch_size=2, lr=1e-3, save_every=2, workers=0, device="cpu")
+    return TrainConfig(**(base | changes))
+
+
+def log_losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+class Crash(Exception):
+    pass
+
+
+# ----------------------------------------------------------------- training
+
+
+def test_thirty_steps_lower_the_loss_and_export_a_usable_model(faces, tmp_path):
+    run = tmp_path / "run"
+    notes: list[str] = []
+    result = train(config(faces, run, steps=30, batch_size=2, lr=2e-3, save_every=30), unet=MICRO, on_message=notes.append)
+    losses = [loss for _, loss in result.losses]
+    assert len(losses) == 30 and result.step == 30
+    assert np.mean(losses[-6:]) < 0.75 * np.mean(losses[:6])
+    assert "8 training images, 1 unreadable skipped, 1 too small skipped" in notes[0]
+    model = load_model(run / "idm.safetensors")  # the exported EMA loads as an IDM model
+    assert model.image_size == 32 and model.net.config == MICRO
+    card = json.loads((run / "idm.json").read_text())
+    assert card["step"] == 30 and card["samples"] == 60 and card["recipe"]["lr"] == 2e-3
+
+
+def test_resume_after_a_crash_repeats_the_uninterrupted_run_exactly(faces, tmp_path):
+    straight = train(config(faces, tmp_path / "straight"), unet=MICRO)
+
+    def crash_at_3(report):
+        if report.step == 3:  # after the checkpoint of step 2: step 3 is lost and must be redone
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(config(faces, tmp_path / "crashed"), unet=MICRO, on_step=crash_at_3)
+    assert latest_checkpoint(tmp_path / "crashed").name == "step_0000002"
+    resumed = train(config(faces, tmp_path / "crashed"), unet=MICRO, resume=True)
+    assert [s for s, _ in resumed.losses] == [3, 4, 5]
+    assert log_losses(tmp_path / "crashed") == log_losses(tmp_path / "straight")  # bit-identical, the lost step 3 included
+    assert [loss for _, loss in straight.losses][2:] == [loss for _, loss in resumed.losses]
+    for name in ("model", "ema", "optimizer"):
+        a = safe_open(str(tmp_path / "straight" / "checkpoints" / "step_0000005" / f"{name}.safetensors"), "pt")
+        b = safe_open(str(tmp_path / "crashed" / "checkpoints" / "step_0000005" / f"{name}.safetensors"), "pt")
+        assert set(a.keys()) == set(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys()), name
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(faces, tmp_path):
+    straight = train(config(faces, tmp_path / "straight", steps=3, save_every=100), unet=MICRO)
+
+    def interrupt_at_2(report):
+        if report.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-run; the step ends, is saved, then it stops
+
+    notes: list[str] = []
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(faces, tmp_path / "stopped", steps=3, save_every=100), unet=MICRO, on_step=interrupt_at_2, on_message=notes.append)
+    assert latest_checkpoint(tmp_path / "stopped").name == "step_0000002"
+    assert any("stopped by SIGINT after step 2" in n for n in notes)
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+    train(config(faces, tmp_path / "stopped", steps=3, save_every=100), unet=MICRO, resume=True)
+    assert log_losses(tmp_path / "stopped") == [loss for _, loss in straight.losses]
+
+
+def test_checkpoint_folder_holds_only_safetensors_and_json(faces, tmp_path):
+    run = tmp_path / "run"
+    train(config(faces, run, steps=2), unet=MICRO)
+    ckpt = latest_checkpoint(run)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["ema.safetensors", "model.safetensors", "optimizer.safetensors", "state.json"]
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 2 and state["samples"] == 4 and state["recipe"]["seed"] == 0
+    with safe_open(str(ckpt / "optimizer.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+    assert any(k.endswith(":exp_avg") for k in keys) and any(k.endswith(":exp_avg_sq") for k in keys) and any(k.endswith(":step") for k in keys)
+    assert {p.name for p in run.iterdir()} >= {"config.json", "files.json", "log.jsonl", "idm.safetensors", "idm.json", "checkpoints"}
+    # a checkpoint that was being written when the process died is never picked
+    (run / "checkpoints" / ".tmp-step_0000009").mkdir()
+    (run / "checkpoints" / "step_0000011").mkdir()  # no state.json: incomplete
+    assert latest_checkpoint(run) == ckpt
+
+
+def test_optimizer_state_round_trips_through_tensors():
+    torch.manual_seed(0)
+    net = IDMUNet(MICRO)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(2):
+        net(torch.randn(1, 6, 8, 8), 0.5).square().mean().backward()
+        opt.step()
+    names = [n for n, _ in net.named_parameters()]
+    tensors, data = optimizer_to_tensors(opt, names)
+    json.dumps(data)  # the non-tensor part is plain JSON
+    fresh = torch.optim.Adam(net.parameters(), lr=5.0)
+    optimizer_from_tensors(fresh, names, tensors, data, "test")
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] == 1e-3
+    for i in a["state"]:
+        for slot in a["state"][i]:
+            assert torch.equal(a["state"][i][slot], b["state"][i][slot])
+    with pytest.raises(UnsupportedCheckpoint):
+        optimizer_from_tensors(fresh, list(reversed(names)), tensors, data, "test")
+
+
+def test_a_run_is_not_overwritten_and_resume_keeps_the_recipe(faces, tmp_path):
+    run = tmp_path / "run"
+    train(config(faces, run, steps=2), unet=MICRO)
+    with pytest.raises(UsageError, match="already holds a training run"):
+        train(config(faces, run, steps=4), unet=MICRO)
+    with pytest.raises(UsageError, match="--lr"):
+        resolve_config(run, resume=True, lr=0.5)
+    with pytest.raises(UsageError, match="nothing to resume"):
+        resolve_config(tmp_path / "empty", resume=True)
+    longer = resolve_config(run, resume=True, steps=3, workers=1)  # schedule options may change
+    assert longer.steps == 3 and longer.workers == 1 and longer.lr == 1e-3
+    result = train(longer, resume=True)  # step 3 is loaded by a worker process now
+    reference = train(config(faces, tmp_path / "reference", steps=3), unet=MICRO)  # all in-process
+    assert result.step == 3 and log_losses(run) == [loss for _, loss in reference.losses]
+    with pytest.raises(UsageError, match="beyond --steps"):
+        train(resolve_config(run, resume=True, steps=2), resume=True)
+
+
+def test_init_from_starts_from_the_earlier_model(faces, tmp_path):
+    first = tmp_path / "first"
+    train(config(faces, first, steps=2), unet=MICRO)
+    second = tmp_path / "second"
+    notes: list[str] = []
+    result = train(config(faces, second, steps=1, lr=1e-12, init_from=str(first)), on_message=notes.append)
+    assert any("initialised from" in n for n in notes)
+    before = load_model(first / "idm.safetensors").net.state_dict()
+    after = load_model(second / "idm.safetensors").net.state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)  # lr ~ 0: the weights it started from
+    assert result.step == 1 and json.loads((second / "config.json").read_text())["unet"]["channel_mult"] == [1, 1]
+    with pytest.raises(UsageError, match="another architecture"):
+        train(config(faces, tmp_path / "third", steps=1, model="tiny", init_from=str(first)))
+
+
+def test_init_from_another_architecture_is_one_line(faces, tmp_path, tiny_baseline):
+    with pytest.raises(UnsupportedCheckpoint) as info:
+        train(config(faces, tmp_path / "run", init_from=str(tiny_baseline)))
+    assert "not an IDM model" in info.value.one_line()
+
+
+def test_validation_writes_grids_and_metrics(faces, tmp_path):
+    run = tmp_path / "run"
+    result = train(config(faces, run, steps=2, val=str(faces / "a"), val_every=1, val_count=2, val_steps=2), unet=MICRO)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    assert {"input_psnr", "output_psnr", "clean_psnr", "clean_psnr_worst"} <= set(lines[0]) and lines[0]["faces"] == 2
+    grid = read_image(run / "val" / "step_0000002.png").rgb
+    assert grid.shape == (2 * 32, 4 * 32, 3)  # rows: faces; columns: degraded | restored | clean | f(clean)
+    assert result.metrics == {k: v for k, v in lines[-1].items() if k != "step"}
+
+
+# ----------------------------------------------------------------- data
+
+
+def test_scan_skips_unreadable_and_tiny_files_and_pairs_targets(faces, tmp_path):
+    scan = scan_faces([faces], min_side=16)
+    assert len(scan.files) == 8 and len(scan.unreadable) == 1 and len(scan.tiny) == 1
+    assert all(f.source == f.target for f in scan.files)
+    targets = tmp_path / "clean"
+    for f in scan.files[:6]:
+        rel = Path(f.source).relative_to(faces)
+        write_image(targets / rel, face(0, 32))
+    paired = scan_faces([faces], [targets], min_side=16)
+    assert len(paired.files) == 6 and len(paired.missing_targets) == 2
+    assert all(Path(f.target).is_relative_to(targets) for f in paired.files)
+    with pytest.raises(UsageError):
+        scan_faces([faces], [targets, targets])
+    with pytest.raises(UsageError, match="does not exist"):
+        scan_faces([tmp_path / "nowhere"])
+
+
+def test_targets_are_the_cleaned_images_and_inputs_the_originals(tmp_path):
+    """Extrinsic iteration: x_d = d(x) from the original, the target is x* from --targets."""
+    originals, cleaned = tmp_path / "orig", tmp_path / "clean"
+    for i in range(2):
+        write_image(originals / f"{i}.png", face(i, 32))
+        write_image(cleaned / f"{i}.png", np.full((32, 32, 3), 64 / 255, np.float32))
+    files = scan_faces([originals], [cleaned], min_side=16).files
+    ds = FaceDataset(files, size=32, seed=0, degradation=preset("none"), schedule=NoiseSchedule.named("linear"), flip=False)
+    for n in range(2):
+        sample = ds[n]
+        assert torch.allclose(sample["hq"], torch.full((3, 32, 32), 2 * 64 / 255 - 1), atol=1e-6)
+        source = Path(files[int(ds.order(0)[n])].source)
+        expected = torch.from_numpy(read_image(source).rgb).permute(2, 0, 1) * 2 - 1
+        assert torch.allclose(sample["lq"], expected, atol=1e-6)
+
+
+def test_samples_are_a_function_of_their_number(faces, tmp_path):
+    files = scan_faces([faces], min_side=16).files
+    make = lambda: FaceDataset(files, size=32, seed=3, degradation=preset("eq11"), schedule=NoiseSchedule.named("linear"))  # noqa: E731
+    a, b = make(), make()
+    for n in (5, 0, 17, 5):  # any order, any instance (= any worker or process)
+        x, y = a[n], b[n]
+        for key in ("lq", "hq", "gamma", "noise"):
+            assert torch.equal(x[key], y[key])
+    assert not torch.equal(a[1]["noise"], a[2]["noise"])
+    assert a[0]["lq"].shape == (3, 32, 32) and -1 <= float(a[0]["hq"].min()) and float(a[0]["hq"].max()) <= 1
+    # every epoch visits every file once, in a seeded order
+    hq = [a[n]["hq"] for n in range(8)]
+    assert len({t.sum().item() for t in hq}) == 8
+
+
+def test_a_file_that_fails_to_decode_is_replaced_and_counted(tmp_path):
+    good = tmp_path / "faces"
+    write_image(good / "ok.png", face(1, 40))
+    data = (good / "cut.png")
+    write_image(data, face(2, 40))
+    data.write_bytes(data.read_bytes()[:60])  # the header survives, the pixels do not
+    files = scan_faces([good], min_side=16).files
+    assert len(files) == 2  # the header looked fine
+    ds = FaceDataset(files, size=32, seed=0, degradation=preset("none"), schedule=NoiseSchedule.named("linear"))
+    flags = [bool(ds[n]["substituted"]) for n in range(2)]
+    assert sorted(flags) == [False, True]
+
+
+def test_ranks_split_each_global_batch():
+    single = list(StepBatches(start_step=3, steps=5, global_batch=4))
+    split = [list(StepBatches(start_step=3, steps=5, global_batch=4, rank=r, world=2)) for r in (0, 1)]
+    assert single == [[12, 13, 14, 15], [16, 17, 18, 19]]
+    assert [a + b for a, b in zip(*split)] == single
+    with pytest.raises(UsageError, match="divisible"):
+        StepBatches(start_step=0, steps=1, global_batch=3, world=2)
+
+
+# ----------------------------------------------------------------- command line
+
+
+def cli(*args):
+    return runner.invoke(app, ["train", *[str(a) for a in args]], catch_exceptions=False)
+
+
+def one_error(result) -> str:
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_cli_trains_and_resumes(faces, tmp_path):
+    run = tmp_path / "run"
+    first = cli(faces, "--out", run, "--size", "32", "--model", "tiny", "--steps", "1", "-b", "2", "--workers", "0", "--device", "cpu", "-q")
+    assert first.exit_code == 0, first.output
+    assert "step 1 of 1" in first.output and (run / "idm.safetensors").is_file()
+    again = cli("--out", run, "--resume", "--steps", "2", "--workers", "0", "-q")
+    assert again.exit_code == 0, again.output
+    assert len(log_losses(run)) == 2 and json.loads((run / "config.json").read_text())["train"]["model"] == "tiny"
+
+
+def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no usable training images" in one_error(r := cli(empty, "--out", tmp_path / "r1", "--size", "32", "--model", "tiny")) and r.exit_code == 2
+    assert "does not exist" in one_error(r := cli(tmp_path / "nope", "--out", tmp_path / "r2")) and r.exit_code == 2
+    assert "unknown --model" in one_error(r := cli(faces, "--out", tmp_path / "r3", "--model", "huge")) and r.exit_code == 2
+    assert "nothing to resume" in one_error(r := cli("--out", tmp_path / "r4", "--resume")) and r.exit_code == 2
+    assert "no DATA_DIR" in one_error(r := cli("--out", tmp_path / "r5")) and r.exit_code == 2
+    assert "divisible by 4" in one_error(r := cli(faces, "--out", tmp_path / "r6", "--model", "tiny", "--size", "30")) and r.exit_code == 2
+    line = one_error(r := cli(faces, "--out", tmp_path / "r7", "--size", "32", "--init-from", tiny_baseline, "--workers", "0"))
+    assert r.exit_code == 1 and "not an IDM model" in line
+
+
+def test_every_train_option_has_help_text():
+    import inspect
+    from typing import get_type_hints
+
+    from facerestore.cli.train import train_command
+
+    hints = get_type_hints(train_command, include_extras=True)
+    for name in inspect.signature(train_command).parameters:
+        assert hints[name].__metadata__[0].help, f"{name} has no help"
+    assert cli("-h").exit_code == 0
+
+
+def test_file_list_is_frozen_for_resume(tmp_path):
+    data = tmp_path / "faces"
+    for i in range(3):
+        write_image(data / f"{i}.png", face(i, 36))
+    run = tmp_path / "run"
+    train(config(data, run, steps=1), unet=MICRO)
+    write_image(data / "new.png", face(9, 36))  # the folder changes between the crash and the resume
+    notes: list[str] = []
+    train(config(data, run, steps=2), unet=MICRO, resume=True, on_message=notes.append)
+    assert len(load_file_list(run / "files.json")) == 3 and "3 training images (file list of the run)" in notes[0]

@@ -1,0 +1,67 @@
+"""`facerestore train` under torchrun: 2 CPU processes (gloo) give the single-process run's losses and
+the same checkpoint format; rank 0 alone writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from facerestore.cli.app import app, register
+from facerestore.image_io import write_image
+
+register()
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--size", "32", "--model", "tiny", "--steps", "3", "--batch-size", "4", "--save-every", "2", "--workers", "0", "--device", "cpu", "-q"]
+
+
+def face(i: int, size: int = 40) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    return np.clip(np.stack([0.5 + 0.35 * np.sin(7 * x + i), 0.5 + 0.3 * np.cos(5 * y - i), 0.4 + 0.3 * x * y], -1), 0, 1)
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_matches_one_process(tmp_path):
+    data = tmp_path / "faces"
+    for i in range(6):
+        write_image(data / f"{i}.png", face(i))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    ddp = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "facerestore", "train", str(data), "--out", str(ddp), *ARGS]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("step 3 of 3") == 1  # only rank 0 reports
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = tmp_path / "single"
+        result = CliRunner().invoke(app, ["train", str(data), "--out", str(single), *ARGS], catch_exceptions=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+
+    # the global batch is split, every sample is the same, DDP averages: the same run up to float sums
+    np.testing.assert_allclose(losses(ddp), losses(single), rtol=1e-5)
+    assert len(losses(ddp)) == 3
+    files = lambda run: sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())  # noqa: E731
+    assert files(ddp) == files(single)
+    for name in ("model", "ema", "optimizer"):
+        with safe_open(str(ddp / "checkpoints" / "step_0000003" / f"{name}.safetensors"), "pt") as a, \
+                safe_open(str(single / "checkpoints" / "step_0000003" / f"{name}.safetensors"), "pt") as b:
+            assert sorted(a.keys()) == sorted(b.keys())
+            for key in a.keys():
+                torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=1e-4, atol=1e-5)
