@@ -18,8 +18,15 @@ def restore_command(
     inputs: Annotated[list[Path], typer.Argument(metavar="PHOTO_OR_FOLDER", help="Photos or folders of photos (folders are searched recursively).", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder: restored_imgs/, restored_faces/, cropped_faces/, cmp/.")] = Path("results"),
     method: Annotated[str, typer.Option("-m", "--method", help="Restoration method (`facerestore methods` lists them); default: the model bundled with facerestore.")] = "baseline",
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps for diffusion methods (method default when omitted).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (network calls) of diffusion methods, method default when omitted (difface: 100, must divide --start, e.g. 200, 100, 40, 20, 8); methods without steps refuse it.")] = None,
     fidelity: Annotated[float, typer.Option("-w", "--fidelity", help="CodeFormer fidelity weight w in [0,1]: higher keeps more of the input (0.5 default, 0.7 suggested for photos).")] = 0.5,
+    eta: Annotated[Optional[float], typer.Option("--eta", help="difface: DDIM eta in [0,1] (default 0.5); 0 = most faithful to the input, 1 = most realistic.", show_default=False)] = None,
+    start: Annotated[Optional[int], typer.Option("--start", help="difface: timestep 1..999 the SwinIR estimate is diffused to (default 400); higher = more generated detail, less fidelity.", show_default=False)] = None,
+    dr2_n: Annotated[Optional[int], typer.Option("--dr2-n", help="dr2: low-pass factor N dividing 256 (overrides the preset's N); bigger removes more degradation.", show_default=False)] = None,
+    dr2_tau: Annotated[Optional[int], typer.Option("--dr2-tau", help="dr2: output step tau, 0..98 on the 100-step grid (overrides the preset's tau); bigger removes more degradation.", show_default=False)] = None,
+    dr2_preset: Annotated[Optional[str], typer.Option("--dr2-preset", help="dr2: (N, tau) for mild (4,22), medium (8,35) or severe (16,35) degradation; default medium.", show_default=False)] = None,
+    dr2_auto: Annotated[bool, typer.Option("--dr2-auto", help="dr2: try the three presets on each face and keep the one with the best NIQE + low-frequency fidelity score (3x slower; not in the paper).")] = False,
+    no_enhancer: Annotated[bool, typer.Option("--no-enhancer", help="dr2: skip the SPARNetHD enhancer and return DR2's degradation-free estimate upsampled to 512.")] = False,
     upscale: Annotated[float, typer.Option("-s", "--upscale", help="Scale of the output photo: the background is resized, faces are restored at 512 and pasted at this scale.")] = 2.0,
     aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are already aligned face crops (FFHQ alignment): no detection, no paste-back.")] = False,
     only_center_face: Annotated[bool, typer.Option("--only-center-face", help="Restore only the face nearest the image centre.")] = False,
@@ -30,7 +37,7 @@ def restore_command(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto.")] = "auto",
     batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="Faces restored together in one batch (all faces of a photo, in chunks of this size).")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Random seed for stochastic methods (same seed, same result).")] = 0,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="Checkpoint file, or a name registered with `facerestore weights import --name`, instead of the method's default weights.")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="Checkpoint file, or a name registered with `facerestore weights import --name`, instead of the method's default weights; methods with several files take ROLE=FILE,... (difface: prior=,swinir=; dr2: ddpm=,enhancer=).")] = None,
     suffix: Annotated[Optional[str], typer.Option("--suffix", help="Suffix added to restored file names (name_SUFFIX.ext).")] = None,
     ext: Annotated[str, typer.Option("--ext", help="Output image format: auto (same as input), png, jpg, webp, tif, bmp.")] = "auto",
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images (input or output) larger than this many pixels.")] = DEFAULT_MAX_PIXELS,
@@ -61,7 +68,10 @@ def restore_command(
             raise UsageError("no images found in the given inputs", hint="pass image files (jpg, png, webp, tif, bmp) or folders holding them")
         dev = resolve_device(device)
         offline_flag = True if offline else None
-        method_impl = build_method(method, MethodOptions(device=dev, weights=weights, offline=offline_flag, steps=steps, fidelity=fidelity))
+        method_impl = build_method(method, MethodOptions(
+            device=dev, weights=weights, offline=offline_flag, steps=steps, fidelity=fidelity, eta=eta, start=start,
+            dr2_n=dr2_n, dr2_tau=dr2_tau, dr2_preset=dr2_preset, dr2_auto=dr2_auto, no_enhancer=no_enhancer,
+        ))
         face_detector = parser = None
         if not aligned:
             from facerestore.faces.detect import load_detector

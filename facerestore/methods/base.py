@@ -29,9 +29,17 @@ class MethodOptions:
     device: str = "cpu"
     weights: Path | str | None = None  # a file or a registered name; None = the method's default
     offline: bool | None = None
-    steps: int | None = None
-    fidelity: float = 0.5
-    eta: float | None = None
+    steps: int | None = None  # difface: UNet calls (None = the method's default)
+    fidelity: float = 0.5  # codeformer
+    # Method-specific knobs: None / False means "not given". A method refuses those it does not use
+    # (registry.check_method_options), so a knob is never silently ignored.
+    eta: float | None = None  # difface: DDIM eta
+    start: int | None = None  # difface: the timestep the estimate is diffused to
+    dr2_n: int | None = None  # dr2: low-pass factor N
+    dr2_tau: int | None = None  # dr2: output index tau on the 100-step grid
+    dr2_preset: str | None = None  # dr2: mild | medium | severe
+    dr2_auto: bool = False  # dr2: choose (N, tau) per face
+    no_enhancer: bool = False  # dr2: skip SPARNetHD, return the DR2 output at 512
 
 
 class RestorationMethod(Protocol):

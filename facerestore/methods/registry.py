@@ -1,16 +1,39 @@
-"""Method names -> lazily imported backends, so `--help` and `weights list` stay fast."""
+"""Method names -> lazily imported backends, so `--help` and `weights list` stay fast.
+
+Method-specific options (`--steps`, `--eta`, `--start`, `--dr2-*`, `--no-enhancer`) are REFUSED,
+not ignored, by a method that does not use them: `check_method_options` compares the options a user
+set with the knobs the method's `MethodInfo` lists, and raises a UsageError (exit 2) before any
+weights are read. `build_method` runs it for every method; the diffusion methods run it themselves
+too, so library callers get the same answer. (`--fidelity` has a default value, so it cannot tell
+"given" from "not given"; only codeformer reads it.)
+"""
 
 from __future__ import annotations
 
 from importlib import import_module
 
-from facerestore.errors import UnknownMethod
+from facerestore.errors import UnknownMethod, UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions, RestorationMethod
 
 DEFAULT_METHOD = "baseline"
 _BACKENDS = {
     "baseline": ("facerestore.methods.baseline", "BaselineMethod"),
     "codeformer": ("facerestore.methods.codeformer", "CodeFormerMethod"),
+    "difface": ("facerestore.methods.difface", "DifFaceMethod"),
+    "dr2": ("facerestore.methods.dr2", "DR2Method"),
+    "idm": ("facerestore.methods.idm", "IDMMethod"),
+}
+
+# MethodOptions field -> the CLI flag that sets it; "set" means different from the field's default.
+METHOD_SPECIFIC = {
+    "steps": "--steps",
+    "eta": "--eta",
+    "start": "--start",
+    "dr2_n": "--dr2-n",
+    "dr2_tau": "--dr2-tau",
+    "dr2_preset": "--dr2-preset",
+    "dr2_auto": "--dr2-auto",
+    "no_enhancer": "--no-enhancer",
 }
 
 
@@ -23,8 +46,26 @@ def method_info(name: str) -> MethodInfo:
     return import_module(module).INFO
 
 
+def check_method_options(info: MethodInfo, options: MethodOptions) -> None:
+    """UsageError if a method-specific option is set that `info.knobs` does not list."""
+    defaults = MethodOptions()
+    for option, flag in METHOD_SPECIFIC.items():
+        if option not in info.knobs and getattr(options, option) != getattr(defaults, option):
+            users = [n for n in _BACKENDS if option in _knobs(n)]
+            where = f"it is an option of {', '.join(users)}" if users else "no method uses it"
+            raise UsageError(f"{flag} is not used by method {info.name!r}; {where}", hint=f"drop {flag} or choose --method {users[0]}" if users else "")
+
+
+def _knobs(name: str) -> dict[str, str]:
+    try:
+        return method_info(name).knobs
+    except ImportError:  # a backend whose dependencies are missing names no knobs
+        return {}
+
+
 def build_method(name: str, options: MethodOptions) -> RestorationMethod:
     module, cls = _lookup(name)
+    check_method_options(method_info(name), options)
     return getattr(import_module(module), cls)(options)
 
 

@@ -24,7 +24,7 @@ import torch
 
 from facerestore.image_io import list_images, read_image
 from facerestore.nets.baseline_unet import BaselineUNet, BaselineUNetConfig
-from facerestore.training.degradations import Eq11Params, apply_eq11, degrade_eq11
+from facerestore.training.degradations import Eq11Params, apply_eq11, sample_eq11
 from facerestore.weights.checkpoint import save_safetensors
 
 SIZE = 512
@@ -35,8 +35,12 @@ VAL_SEVERITIES = {  # fixed eq. 11 parameters: (sigma, r, noise, jpeg)
 }
 
 
-def load_faces(folders: list[Path], limit: int | None = None) -> list[np.ndarray]:
-    """Every readable image resized to 512, as uint8 RGB (a few hundred MB for ~1000 faces)."""
+def load_faces(folders: list[Path], limit: int | None = None, keep_size: bool = False) -> list[np.ndarray]:
+    """Every readable image as uint8 RGB, resized to 512 (or, with keep_size, only ever shrunk to 512).
+
+    keep_size exists because upsampling 256-pixel training faces to 512 gives soft targets, and a
+    restorer trained on soft targets learns to soften sharp inputs.
+    """
     paths, _ = list_images(folders)
     faces = []
     for path in paths[:limit]:
@@ -46,9 +50,17 @@ def load_faces(folders: list[Path], limit: int | None = None) -> list[np.ndarray
             continue
         if min(rgb.shape[:2]) < 128:
             continue
-        rgb = cv2.resize(rgb, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC if rgb.shape[0] < SIZE else cv2.INTER_AREA)
+        side = min(rgb.shape[0], SIZE) if keep_size else SIZE
+        if rgb.shape[0] != side:
+            rgb = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_CUBIC if rgb.shape[0] < side else cv2.INTER_AREA)
         faces.append(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8))
     return faces
+
+
+def scaled_params(params: Eq11Params, side: int) -> Eq11Params:
+    """The eq. 11 degradation of a 512 face, expressed for the same face at `side` pixels."""
+    s = side / SIZE
+    return Eq11Params(sigma=params.sigma * s, scale=max(1.0, params.scale * s), noise=params.noise, jpeg=params.jpeg)
 
 
 def batches(faces: list[np.ndarray], batch: int, crop: int, seed: int, stop: threading.Event) -> queue.Queue:
@@ -63,8 +75,9 @@ def batches(faces: list[np.ndarray], batch: int, crop: int, seed: int, stop: thr
                 clean = faces[index].astype(np.float32) / 255.0
                 if rng.random() < 0.5:
                     clean = clean[:, ::-1].copy()
-                degraded, _ = degrade_eq11(clean, rng)
-                y, x = rng.integers(0, SIZE - crop + 1, 2)
+                side = clean.shape[0]
+                degraded = apply_eq11(clean, scaled_params(sample_eq11(rng), side), rng)
+                y, x = rng.integers(0, side - crop + 1, 2)
                 lq.append(degraded[y : y + crop, x : x + crop])
                 hq.append(clean[y : y + crop, x : x + crop])
             pair = [torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).contiguous() * 2 - 1 for a in (lq, hq)]
@@ -110,11 +123,12 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--val-count", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-size", action="store_true", help="train on faces at their own size (<= 512) with eq. 11 scaled to it")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     start = time.time()
-    faces = load_faces(args.data)
+    faces = load_faces(args.data, keep_size=args.keep_size)
     val_faces = load_faces([args.val], limit=args.val_count)
     print(f"{len(faces)} training faces, {len(val_faces)} validation faces ({time.time() - start:.0f} s to load)", flush=True)
 
@@ -157,6 +171,7 @@ def main() -> None:
         "config": {"channels": list(config.channels), "blocks": config.blocks, "unshuffle": config.unshuffle},
         "params": sum(p.numel() for p in ema.parameters()),
         "objective": "L1 regression x_d -> x (one step), IDM eq. 11 degradations drawn uniformly",
+        "keep_size": args.keep_size,
         "data": [str(p) for p in args.data],
         "train_faces": len(faces),
         "validation": str(args.val),

@@ -1,0 +1,156 @@
+"""`facerestore evaluate`: compare methods on degraded faces (or real ones) and write a report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from facerestore.cli.app import CONTEXT, app, err, fail, out
+from facerestore.errors import FaceRestoreError, UsageError
+
+
+def method_weights(methods: list[str], values: list[str]) -> dict[str, str]:
+    """--weights FILE (one method) or METHOD:SPEC (any number) -> {method: spec}."""
+    chosen: dict[str, str] = {}
+    for value in values:
+        prefix, colon, rest = value.partition(":")
+        if colon and prefix in methods:
+            name, spec = prefix, rest
+        elif len(methods) == 1:
+            name, spec = methods[0], value
+        else:
+            raise UsageError(f"--weights {value!r}: with several --method, say which one it is for", hint=f"write --weights METHOD:FILE, e.g. {methods[0]}:FILE")
+        if not spec:
+            raise UsageError(f"--weights {value!r} names no file")
+        if name in chosen:
+            raise UsageError(f"--weights is given twice for {name}")
+        chosen[name] = spec
+    return chosen
+
+
+def build_methods(names: list[str], *, device: str, weights: dict[str, str], offline: bool | None, steps: int | None, fidelity: float) -> dict:
+    """Every method built before any image is touched (a missing checkpoint stops the run at once).
+
+    --steps goes to the methods that have that knob; it is an error if none of them has it.
+    """
+    from facerestore.methods import registry
+    from facerestore.methods.base import MethodOptions
+
+    if steps is not None:
+        users = [n for n in names if "steps" in registry.method_info(n).knobs]
+        if not users:
+            raise UsageError(f"--steps is not used by {', '.join(names)}", hint="drop --steps (it sets the number of diffusion steps of difface and idm)")
+    built = {}
+    for name in names:
+        takes_steps = steps is not None and "steps" in registry.method_info(name).knobs
+        options = MethodOptions(device=device, weights=weights.get(name), offline=offline, steps=steps if takes_steps else None, fidelity=fidelity)
+        built[name] = registry.build_method(name, options)
+    return built
+
+
+def parse_restored(values: list[str]) -> tuple[tuple[str, Path], ...]:
+    parsed = []
+    for value in values:
+        label, eq, folder = value.partition("=")
+        if not eq or not label.strip() or not folder.strip():
+            raise UsageError(f"--restored {value!r}: expected LABEL=DIR", hint="e.g. --restored gfpgan=results/restored_faces")
+        parsed.append((label.strip(), Path(folder.strip())))
+    return tuple(parsed)
+
+
+@app.command("evaluate", context_settings=CONTEXT)
+def evaluate_command(
+    method: Annotated[Optional[list[str]], typer.Option("-m", "--method", help="Method to evaluate; repeat it (or give a comma list) to compare methods in one report.", show_default=False)] = None,
+    hq: Annotated[Optional[Path], typer.Option("--hq", help="Folder of clean aligned face crops: inputs are synthesized from them with --degrade and scored against them.", show_default=False)] = None,
+    lq: Annotated[Optional[Path], typer.Option("--lq", help="Folder of real low-quality aligned face crops (no references): no-reference scores (NIQE) and FID against --ref-set.", show_default=False)] = None,
+    degrade: Annotated[Optional[list[str]], typer.Option("--degrade", help="With --hq: mild, medium, severe (fixed IDM eq. 11 parameters) or eq11 (drawn per image); repeat for several tables. Default medium (none with only --authenticity).", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the degradations (each image gets its own generator from seed and name, so every run and method sees identical inputs) and of stochastic methods.")] = 0,
+    ref_set: Annotated[Optional[Path], typer.Option("--ref-set", help="FID reference: a folder of high-quality faces or an .npz of statistics (mu, sigma); adds fid to the metrics.", show_default=False)] = None,
+    metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma list of psnr, ssim, lpips, identity, identity_deg, lmd, niqe, fid. Default with --hq: psnr,ssim,lpips,identity,lmd; with --lq: niqe (both: +fid with --ref-set).", show_default=False)] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N images (sorted by path).", show_default=False)] = None,
+    output: Annotated[Path, typer.Option("-o", "--out", help="Report folder (index.md, index.html, results.json, grids/, inputs/, restored/); a rerun replaces it whole.")] = Path("report"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout (for scripts); no tables, no progress.")] = False,
+    weights: Annotated[Optional[list[str]], typer.Option("--weights", help="Checkpoint for a method instead of its default: FILE with one --method, else METHOD:FILE (repeat); multi-file methods take METHOD:ROLE=FILE,... as in `restore`.", show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto (methods and the LPIPS/FID nets).")] = "auto",
+    authenticity: Annotated[bool, typer.Option("--authenticity", help="Also run the IDM authenticity test on the --hq references: f(x) vs x and f(f(x)) vs f(x) (and f(f(x)) vs x) per method.")] = False,
+    restored: Annotated[Optional[list[str]], typer.Option("--restored", help="Score another tool's results as an extra row: LABEL=DIR with files named after the inputs (DIR/SET/NAME.png with several --degrade; run that tool on OUT/inputs/).", show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Diffusion steps for the methods that have this knob (difface, idm).", show_default=False)] = None,
+    fidelity: Annotated[float, typer.Option("-w", "--fidelity", help="CodeFormer fidelity weight w in [0,1] (used by codeformer only).")] = 0.5,
+    batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="Faces restored together in one batch.")] = 8,
+    grid_images: Annotated[int, typer.Option("--grid-images", help="Images shown in the comparison grids of each table (4 per PNG); 0 for none.")] = 8,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download weights: missing method weights are an error, missing metric weights make the metric unavailable.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or tables; only warnings and errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Evaluate methods on synthetic degradations of clean faces (--hq) or on real degraded faces (--lq),
+    optionally with the IDM authenticity test, and write a report (Markdown, HTML, JSON, image grids)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from facerestore.devices import resolve_device
+    from facerestore.evaluation import report
+    from facerestore.evaluation.runner import EvalSpec, Evaluator, check_inputs, resolve_spec, split_list
+
+    command = ["facerestore", "evaluate", *sys.argv[2:]] if len(sys.argv) > 1 and sys.argv[1] == "evaluate" else []
+    staging = None
+    try:
+        names = list(split_list(method))
+        spec = resolve_spec(EvalSpec(
+            methods=tuple(names), hq=hq, lq=lq, degradations=tuple(degrade or ()), seed=seed, ref_set=ref_set,
+            metrics=None if metrics is None else (metrics,), limit=limit, authenticity=authenticity,
+            restored=parse_restored(restored or []), batch_size=batch_size, grid_images=grid_images,
+            offline=True if offline else None,
+        ))
+        chosen_weights = method_weights(list(spec.methods), weights or []) if weights else {}
+        if chosen_weights and not spec.methods:
+            raise UsageError("--weights needs a --method")
+        check_inputs(spec)  # an empty folder or unmatched --restored names: exit 2 before any model loads
+        dev = resolve_device(device)
+        spec = replace(spec, device=dev)
+        staging = report.prepare_output(output, [hq, lq, ref_set, *(folder for _, folder in spec.restored)])
+        built = build_methods(list(spec.methods), device=dev, weights=chosen_weights, offline=spec.offline, steps=steps, fidelity=fidelity)
+    except FaceRestoreError as exc:
+        if staging is not None:
+            report.discard(staging)
+        fail(exc, debug)
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=quiet or as_json)
+    try:
+        with progress:
+            task = progress.add_task("images", total=None)
+
+            def message(line: str) -> None:
+                progress.console.print(line, markup=False)
+
+            evaluator = Evaluator(
+                spec, built, staging, on_progress=lambda n: progress.update(task, advance=n), on_message=message,
+                on_total=lambda total: progress.update(task, total=total), debug=debug,
+            )
+            result = evaluator.run()
+        data = report.write_report(result, staging, command)
+        report.publish(staging, output)
+    except FaceRestoreError as exc:
+        report.discard(staging)
+        fail(exc, debug)
+    except BaseException:
+        report.discard(staging)
+        raise
+
+    failures = result.all_failures()
+    if as_json:
+        typer.echo(json.dumps(data, indent=1, allow_nan=False))
+    elif not quiet:
+        print_tables(result)
+        err.print(f"report: {output / 'index.html'} (also index.md, results.json){f'; {len(failures)} failures' if failures else ''}", markup=False)
+    raise typer.Exit(1 if failures else 0)
+
+
+def print_tables(result) -> None:
+    """The summary tables on stdout, in Markdown as in index.md (ready to paste)."""
+    from facerestore.evaluation.report import markdown_summary
+
+    out.print("\n".join(markdown_summary(result)), markup=False, highlight=False)
