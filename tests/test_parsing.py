@@ -35,7 +35,20 @@ def test_parsenet_checkpoint_loads_through_the_catalogue(tmp_path, monkeypatch):
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tmp_path))
     parsing.load_parser.cache_clear()
     parser = parsing.load_parser("cpu", offline=True)
-    masks = parser(torch.rand(2, 3, 512, 512))
-    assert masks.shape == (2, 512, 512) and masks.dtype == np.float32
-    assert 0.0 <= masks.min() and masks.max() <= 1.0
     parsing.load_parser.cache_clear()
+    loaded = parser.net.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())
+
+
+def test_parse_masks_batched():
+    """Labels come from the argmax over classes; a tiny ParseNet keeps this fast."""
+    from facexlib.parsing.parsenet import ParseNet
+
+    torch.manual_seed(0)
+    net = ParseNet(in_size=64, out_size=64, base_ch=8, res_depth=1, ch_range=[8, 16], parsing_ch=19).eval()
+    with torch.no_grad():
+        net.out_mask_conv.conv2d.weight.zero_()
+        net.out_mask_conv.conv2d.bias.copy_(torch.arange(19.0) == 1)  # every pixel: class 1 (skin)
+    masks = parsing.parse_masks(net, torch.rand(2, 3, 64, 64))
+    assert masks.shape == (2, 64, 64) and masks.dtype == np.float32
+    assert masks[:, 10:-10, 10:-10].min() > 0.0 and masks[:, :10].max() == 0.0

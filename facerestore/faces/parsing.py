@@ -38,15 +38,24 @@ def build_parsenet() -> torch.nn.Module:
     return ParseNet(in_size=512, out_size=512, parsing_ch=19)
 
 
+class ParsingModel:
+    """A loaded parsing net, callable as a `Parser`."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net
+
+    def __call__(self, crops: torch.Tensor) -> np.ndarray:
+        return parse_masks(self.net, crops)
+
+
 @lru_cache(maxsize=2)
-def load_parser(device: str = "cpu", offline: bool | None = None) -> Parser:
+def load_parser(device: str = "cpu", offline: bool | None = None) -> ParsingModel:
     """The parsing model from the weights catalogue (`parsing_parsenet`), loaded strictly, once per process."""
     from facerestore.weights.checkpoint import load_strict, read_state_dict
     from facerestore.weights.store import resolve
 
     path = resolve("parsing_parsenet", offline=offline)
-    net = load_strict(build_parsenet(), read_state_dict(path), path).to(device).eval()
-    return lambda crops: parse_masks(net, crops)
+    return ParsingModel(load_strict(build_parsenet(), read_state_dict(path), path).to(device).eval())
 
 
 @torch.inference_mode()
