@@ -51,3 +51,12 @@ def tiny_baseline(tmp_path_factory) -> Path:
     for parameter in net.parameters():
         torch.nn.init.normal_(parameter, std=0.02)
     return save_safetensors(net.state_dict(), tmp_path_factory.mktemp("models") / "tiny_baseline.safetensors")
+
+
+@pytest.fixture
+def one_thread():
+    """Small tensors: extra intra-op threads only add overhead and spin-wait on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

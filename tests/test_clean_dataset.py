@@ -22,17 +22,11 @@ from facerestore.methods.idm import save_model
 from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
 from facerestore.training.clean_dataset import STATE_DIR
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 register()
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

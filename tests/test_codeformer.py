@@ -11,7 +11,6 @@ with spandrel (about 1 min per forward pass), are marked slow.
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -22,6 +21,9 @@ from facerestore.methods.base import MethodOptions
 from facerestore.methods.codeformer import INFO, CodeFormerMethod
 from facerestore.nets.codeformer import CodeFormer, CodeFormerConfig, infer_config
 from facerestore.weights.checkpoint import load_strict
+from helpers import seeded_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # The official layout scaled down. TINY_512 keeps six levels (512 -> 16x16 latent, 256 tokens) at the
 # smallest widths GroupNorm(32) allows; TINY_64 is the same design at 64 pixels (three levels, also a
@@ -34,32 +36,10 @@ TINY_OTHER = CodeFormerConfig(nf=32, ch_mult=(1, 2, 3, 3), res_blocks=3, attn_re
                               dim_embd=48, n_head=4, n_layers=3, latent_size=64, connect_list=("32", "8"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: extra intra-op threads only spin-wait on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # A face alone vs in a batch: same maths and the same codes, but batched convolution kernels order their
 # sums differently; through ~40 random layers that reaches ~1.4e-4 on the [0,1] output at 512 (measured;
 # ~1e-5 at 64). A real batching bug (faces mixing in a norm or in AdaIN) moves outputs by far more.
 BATCH_ATOL = 5e-4
-
-
-def seeded_state(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Every tensor random from one generator: fan-in scaled matrices/kernels, norm weights near 1, small biases."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in net.state_dict().items():
-        noise = torch.randn(value.shape, generator=g)
-        if value.ndim >= 2:
-            state[key] = noise / math.sqrt(value[0].numel())
-        else:
-            state[key] = 1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise
-    return state
 
 
 def seeded_net(config: CodeFormerConfig, seed: int = 0) -> CodeFormer:

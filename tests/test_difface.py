@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,9 @@ from facerestore.methods.difface import DifFaceMethod, DifFaceNets, DifFacePlan,
 from facerestore.nets.guided_unet import GuidedUNet, UNetConfig
 from facerestore.nets.swinir import SwinIRConfig, build_swinir
 from facerestore.weights import catalogue
+from helpers import seeded_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # DifFace's layout scaled down: per-level residual blocks (the last level has 2), attention on the
 # two deepest levels (DifFace: 32 and 16 pixels at 512), conv resampling, scale-shift norm, 64-channel
@@ -38,28 +40,6 @@ TINY_PRIOR = UNetConfig(model_channels=32, channel_mult=(1, 1, 1, 1, 2, 2), num_
 TINY_SWINIR = SwinIRConfig(img_size=64, embed_dim=12, depths=(2,), num_heads=(2,), window_size=8, mlp_ratio=2.0, upscale=8, unshuffle=8)
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Intra-op threads only add overhead for these sizes on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def seeded_state(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Every float parameter random from one generator (fan-in scaled); integer / mask buffers kept."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in net.state_dict().items():
-        if not value.is_floating_point() or key.endswith("attn_mask"):
-            state[key] = value.clone()
-            continue
-        noise = torch.randn(value.shape, generator=g)
-        state[key] = noise / math.sqrt(value[0].numel()) if value.ndim >= 2 else (1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise)
-    return state
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,9 @@ from facerestore.methods.dr2 import (
 from facerestore.nets.guided_unet import GuidedUNet, UNetConfig
 from facerestore.nets.sparnet import SPARNetConfig, SPARNetHD
 from facerestore.weights import catalogue
+from helpers import seeded_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ILVR/DR2's FFHQ-256 layout scaled down: residual up/downsampling, one attention level at 16x16
 # (DR2: downsample rate 16), scale-shift norm, 64-channel heads (the loader assumes the official 64)
@@ -45,31 +48,6 @@ TINY_SPAR = SPARNetConfig(widths=(8, 16), res_blocks=1, hourglass_depth=1, hourg
 GRID = space_timesteps(1000, "100")
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def seeded_state(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Fan-in scaled random tensors; spectral-norm u, v set to their weight's singular vectors."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in net.state_dict().items():
-        noise = torch.randn(value.shape, generator=g)
-        state[key] = noise / math.sqrt(value[0].numel()) if value.ndim >= 2 else (1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise)
-    for key in [k for k in state if k.endswith("weight_orig")]:
-        matrix = state[key].reshape(state[key].shape[0], -1)
-        v = F.normalize(torch.randn(matrix.shape[1], generator=g), dim=0)
-        for _ in range(3):
-            u = F.normalize(matrix @ v, dim=0)
-            v = F.normalize(matrix.T @ u, dim=0)
-        state[key[: -len("orig")] + "u"], state[key[: -len("orig")] + "v"] = u, v
-    return state
 
 
 @pytest.fixture(scope="module")

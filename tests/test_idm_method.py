@@ -29,18 +29,12 @@ from facerestore.methods.registry import build_method, method_info, method_names
 from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
 from facerestore.weights.checkpoint import save_safetensors
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 register()
 runner = CliRunner()
 SCHEDULE = NoiseSchedule.named("linear", 1000)
 SIZE = 32
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_net(seed: int = 0) -> IDMUNet:

@@ -23,16 +23,10 @@ from facerestore.nets.idm_unet import (
     parameter_count,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SCHEDULE = NoiseSchedule.named("linear", 1000)
 MICRO = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=(1, 1), attention_levels=(), in_channels=6, out_channels=3, num_head_channels=32)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: a second thread only adds contention on a loaded machine
-    yield
-    torch.set_num_threads(threads)
 
 
 def gammas(timesteps) -> torch.Tensor:

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from facerestore.errors import UnsupportedCheckpoint
 from facerestore.nets.guided_unet import GroupNorm32, GuidedUNet, UNetConfig, attention_levels_for, infer_config, timestep_embedding
 from facerestore.weights.checkpoint import load_strict
+from helpers import seeded_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Tiny configs with the official key structure: DifFace's per-level residual blocks, conv resampling
 # and attention on several levels; DR2's residual up/downsampling and attention on one level.
@@ -22,28 +25,6 @@ TINY_OTHERS = [
     # a conditional model: x_t concatenated with a 3-channel degraded image, x0 output
     UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), attention_levels=(1,), num_head_channels=32, in_channels=6, out_channels=3),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and spin-wait badly on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def seeded_state(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Every tensor random from one generator, fan-in scaled (norm weights near 1, biases small)."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in net.state_dict().items():
-        noise = torch.randn(value.shape, generator=g)
-        if value.ndim >= 2:
-            state[key] = noise / math.sqrt(value[0].numel())
-        else:
-            state[key] = 1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise
-    return state
 
 
 def seeded_net(config: UNetConfig, seed: int = 0) -> GuidedUNet:

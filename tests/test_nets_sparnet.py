@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from facerestore.errors import UnsupportedCheckpoint
 from facerestore.nets.sparnet import SPARNetConfig, SPARNetHD, infer_config
 from facerestore.weights.checkpoint import load_strict
+from helpers import seeded_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # upstream BaseModel arguments scaled down; the key structure (spectral-norm triplets, hourglasses,
 # shortcut convs, InstanceNorm) is SPARNetHD2D's
@@ -19,37 +20,6 @@ TINY_ARGS = {"size": 64, "min_ch": 16, "max_ch": 64, "min_feat_size": 16, "res_d
 TINY = SPARNetConfig.from_base_model_args(**TINY_ARGS, att_name="spar")
 TINY_3D = SPARNetConfig.from_base_model_args(**TINY_ARGS, att_name="spar3d")
 TINY_PLAIN = SPARNetConfig(widths=(16, 32), res_blocks=1, hourglass_depth=1, hourglass_channels=16, spectral_norm=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and spin-wait badly on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def seeded_state(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Every tensor random from one generator, fan-in scaled (norm weights near 1, biases small);
-    spectral-norm u, v are the converged singular vectors of their weight, so sigma > 0."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in net.state_dict().items():
-        noise = torch.randn(value.shape, generator=g)
-        if value.ndim >= 2:
-            state[key] = noise / math.sqrt(value[0].numel())
-        else:
-            state[key] = 1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise
-    for key in [k for k in state if k.endswith("weight_orig")]:
-        matrix = state[key].reshape(state[key].shape[0], -1)
-        v = F.normalize(torch.randn(matrix.shape[1], generator=g), dim=0)
-        for _ in range(3):
-            u = F.normalize(matrix @ v, dim=0)
-            v = F.normalize(matrix.T @ u, dim=0)
-        stem = key[: -len("orig")]
-        state[stem + "u"], state[stem + "v"] = u, v
-    return state
 
 
 def seeded_net(config: SPARNetConfig, seed: int = 0) -> SPARNetHD:

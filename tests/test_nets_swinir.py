@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import spandrel
@@ -11,6 +10,9 @@ import torch
 from facerestore.errors import UnsupportedCheckpoint
 from facerestore.nets.swinir import SwinIRConfig, build_swinir, infer_config
 from facerestore.weights.checkpoint import load_strict
+from helpers import seeded_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # DifFace's layout scaled down: PixelUnshuffle(8) in conv_first, x8 "nearest+conv" (conv_up1..3),
 # shifted windows with stored attention masks; a 64x64 input becomes 8x8 features
@@ -19,32 +21,6 @@ TINY_OTHERS = [
     SwinIRConfig(img_size=8, embed_dim=16, depths=(2,), num_heads=(4,), window_size=4, mlp_ratio=1.5, upscale=2, unshuffle=1, upsampler="pixelshuffle", resi_connection="3conv"),
     SwinIRConfig(img_size=8, embed_dim=12, depths=(2, 2), num_heads=(3, 2), window_size=4, upscale=1, unshuffle=1, upsampler=""),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and spin-wait badly on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def seeded_state(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Every parameter random from one generator, fan-in scaled (norm weights near 1, biases small);
-    the structural buffers (attention masks, relative position indices) kept."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in net.state_dict().items():
-        if not value.is_floating_point() or key.endswith("attn_mask"):
-            state[key] = value.clone()
-            continue
-        noise = torch.randn(value.shape, generator=g)
-        if value.ndim >= 2:
-            state[key] = noise / math.sqrt(value[0].numel())
-        else:
-            state[key] = 1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise
-    return state
 
 
 def seeded_net(config: SwinIRConfig, seed: int = 0) -> torch.nn.Module:

@@ -26,17 +26,11 @@ from facerestore.training.degradations import preset
 from facerestore.diffusion import NoiseSchedule
 from facerestore.training.trainer import TrainConfig, resolve_config, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 register()
 runner = CliRunner()
 MICRO = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=(1, 1), attention_levels=(), in_channels=6, out_channels=3, num_head_channels=32)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def face(i: int, size: int) -> np.ndarray:
