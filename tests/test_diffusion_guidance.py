@@ -207,3 +207,12 @@ def test_guidance_rejects_bad_arguments():
     with pytest.raises(UsageError):
         low_frequency_guidance(ddpm_step, torch.zeros(1, 3, 8, 8), 2.5, until_t=0)
     assert math.isfinite(float(low_pass(torch.zeros(1, 1, 8, 8), 16).sum()))  # kernel wider than the image
+
+
+def test_operators_cached_under_inference_mode_still_serve_autograd():
+    """The operator cache is shared: a first call under inference_mode must not poison later training code."""
+    with torch.inference_mode():
+        low_pass(torch.zeros(1, 3, 40, 40), 5)
+    x = torch.rand(1, 3, 40, 40, requires_grad=True)
+    low_pass(x, 5).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

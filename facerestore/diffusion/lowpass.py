@@ -76,10 +76,13 @@ def resize_matrix(in_len: int, out_len: int, scale: float) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _axis_operators(length: int, n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    # Cached for the whole process: built as normal tensors (fresh copies, even when the first call
+    # runs under torch.inference_mode) so later autograd code such as fine-tuning may use them.
     low = -(-length // n)
-    down = _resize_matrix64(length, low, 1.0 / n)
-    up = _resize_matrix64(low, length, float(n))
-    return down.to(dtype).to(device), up.to(dtype).to(device)
+    with torch.inference_mode(False):
+        down = _resize_matrix64(length, low, 1.0 / n).to(device=device, dtype=dtype, copy=True)
+        up = _resize_matrix64(low, length, float(n)).to(device=device, dtype=dtype, copy=True)
+    return down, up
 
 
 def low_pass(x: torch.Tensor, n: int) -> torch.Tensor:
