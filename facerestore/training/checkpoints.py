@@ -27,8 +27,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -117,17 +117,30 @@ class Checkpoint:
     ema: dict[str, torch.Tensor]
     optimizer: dict[str, torch.Tensor]
     state: dict
+    extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # <name>.safetensors beside the three
+
+
+CORE_FILES = ("model", "ema", "optimizer")
 
 
 def save_checkpoint(run: Path, step: int, *, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, names: Sequence[str], state: dict, metadata: dict[str, str], keep: int) -> Path:
-    """Write checkpoint `step` completely, then rename it into place; keep the newest `keep`."""
+                    optimizer: torch.optim.Optimizer, names: Sequence[str], state: dict, metadata: dict[str, str], keep: int,
+                    extra: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> Path:
+    """Write checkpoint `step` completely, then rename it into place; keep the newest `keep`.
+
+    `extra` adds more tensor files to the same checkpoint (e.g. a discriminator and its optimizer's
+    tensors, `unpaired fine-tuning`): name -> state, written as `<name>.safetensors`.
+    """
     final = step_dir(run, step)
     tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_safetensors(model, tmp / "model.safetensors", metadata)
     save_safetensors(ema, tmp / "ema.safetensors", metadata)
+    for name, tensors in (extra or {}).items():
+        if name in CORE_FILES or not name.replace("_", "").isalnum():
+            raise ValueError(f"extra checkpoint file name {name!r} is reserved or not a plain name")
+        save_safetensors(dict(tensors), tmp / f"{name}.safetensors")
     tensors, opt_data = optimizer_to_tensors(optimizer, names)
     save_safetensors(tensors, tmp / "optimizer.safetensors")
     write_json(tmp / "state.json", {**state, "step": step, "optimizer": opt_data})
@@ -146,6 +159,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         state = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UnsupportedCheckpoint(f"{path}/state.json cannot be read ({exc})", hint="delete this checkpoint folder to resume from the one before") from None
+    extra = {p.stem: read_state_dict(p) for p in sorted(path.glob("*.safetensors")) if p.stem not in CORE_FILES}
     return Checkpoint(
         path=path,
         step=int(state["step"]),
@@ -153,4 +167,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         ema=read_state_dict(path / "ema.safetensors"),
         optimizer=read_state_dict(path / "optimizer.safetensors"),
         state=state,
+        extra=extra,
     )

@@ -29,9 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +53,7 @@ from facerestore.training.checkpoints import (
 )
 from facerestore.training.data import FaceDataset, StepBatches, load_file_list, min_side_for, save_file_list, scan_faces
 from facerestore.training.degradations import PRESETS as DEGRADATIONS, preset
+from facerestore.training.loop import StopAtStepEnd, reseed, truncate_log
 from facerestore.training.seeds import stable_seed
 from facerestore.training.validation import ValFace, load_val_faces, validate
 from facerestore.weights.checkpoint import load_strict
@@ -192,14 +190,6 @@ class TrainResult:
     seconds_per_step: float = 0.0
 
 
-def _reseed(seed: int, step: int, rank: int) -> None:
-    """Global generators as a function of (seed, step, rank): what dropout or user code might draw."""
-    s = stable_seed(seed, "global", step, rank)
-    torch.manual_seed(s)
-    np.random.seed(s % 2**32)
-    random.seed(s)
-
-
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     if not config.amp or device.type != "cuda":
         return None
@@ -323,8 +313,8 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
             raise UsageError(f"the run is already at step {start}, beyond --steps {config.steps}", hint=f"pass --steps above {start} to train longer")
         message(f"resumed from {existing} (step {start})")
     if d.main:  # lines beyond the checkpoint (a crashed run's last steps, or an earlier unsaved start) are redone
-        _truncate_log(run / "log.jsonl", start)
-        _truncate_log(run / "metrics.jsonl", start)
+        truncate_log(run / "log.jsonl", start)
+        truncate_log(run / "metrics.jsonl", start)
     distributed.barrier(d)
 
     net: torch.nn.Module = model
@@ -358,10 +348,10 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         message(f"checkpoint at step {step}: {run / 'checkpoints'}")
 
     step = start
-    stop = _StopAtStepEnd(enabled=not d.active)
+    stop = StopAtStepEnd(enabled=not d.active)
     try:
         for batch in loader:
-            _reseed(config.seed, step, d.rank)
+            reseed(config.seed, step, d.rank)
             lq = batch["lq"].to(d.device, non_blocking=True)
             hq = batch["hq"].to(d.device, non_blocking=True)
             noise = batch["noise"].to(d.device, non_blocking=True)
@@ -415,53 +405,6 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     result.model = run / "idm.safetensors"
     result.seconds_per_step = float(np.median(step_times)) if step_times else 0.0
     return result
-
-
-class _StopAtStepEnd:
-    """SIGINT / SIGTERM in a single process: finish the current step, save, then stop.
-
-    A signal in the middle of an optimizer step would leave weights and step counter apart, so the
-    first Ctrl-C (or a scheduler's SIGTERM) only asks to stop; a second Ctrl-C interrupts at once.
-    Under torchrun the default handlers stay (the periodic checkpoints are the resume points), since
-    processes stopping at different steps would wait for each other forever.
-    """
-
-    def __init__(self, enabled: bool) -> None:
-        self.requested: str | None = None
-        self.previous: dict[int, object] = {}
-        if enabled and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous.clear()
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines beyond the checkpoint being resumed (they are recomputed identically)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut by the crash
-    write_json_lines(path, keep)
-
-
-def write_json_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)
 
 
 def _save(run: Path, step: int, config: TrainConfig, unet_config: UNetConfig, model: torch.nn.Module, ema: torch.nn.Module,

@@ -1,0 +1,76 @@
+"""Pieces every facerestore training loop shares (`train` for IDM, `finetune` for Kuai et al. 2025).
+
+- `reseed`: the global torch / numpy / python generators as a function of (seed, step, rank), so
+  anything that draws from them (dropout, spectral-norm initial vectors, user code) is replayed
+  exactly after a resume;
+- `StopAtStepEnd`: Ctrl-C / SIGTERM finish the current step, then the loop saves and stops;
+- `truncate_log`: drop JSON-lines log entries beyond the checkpoint being resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facerestore.training.seeds import stable_seed
+
+
+def reseed(seed: int, step: int, rank: int) -> None:
+    """Global generators as a function of (seed, step, rank): what dropout or user code might draw."""
+    s = stable_seed(seed, "global", step, rank)
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
+class StopAtStepEnd:
+    """SIGINT / SIGTERM in a single process: finish the current step, save, then stop.
+
+    A signal in the middle of an optimizer step would leave weights and step counter apart, so the
+    first Ctrl-C (or a scheduler's SIGTERM) only asks to stop; a second Ctrl-C interrupts at once.
+    Under torchrun the default handlers stay (the periodic checkpoints are the resume points), since
+    processes stopping at different steps would wait for each other forever.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.requested: str | None = None
+        self.previous: dict[int, object] = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log lines beyond the checkpoint being resumed (they are recomputed identically)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut by the crash
+    write_json_lines(path, keep)
+
+
+def write_json_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
