@@ -68,7 +68,7 @@ def root(
 
 def register() -> None:
     """Attach every command (imported here so `--help` stays fast: heavy imports happen inside commands)."""
-    from facerestore.cli import clean_dataset, degrade, evaluate, methods, restore, train, weights  # noqa: F401
+    from facerestore.cli import clean_dataset, degrade, evaluate, finetune, methods, restore, train, weights  # noqa: F401
 
 
 def main() -> None:

@@ -368,26 +368,35 @@ WEIGHT_ROLES = {"prior": "difface_prior", "swinir": "difface_swinir"}
 HINT = "pass DifFace's iddpm_ffhq512_ema500000.pth (prior=) and swinir_restoration512_L1.pth (swinir=)"
 
 
-def load_difface_nets(options: MethodOptions) -> DifFaceNets:
+def load_difface_prior(path: Path) -> torch.nn.Module:
+    """The DifFace 512 prior (guided-diffusion UNet, RGB x_t -> eps and v) from a resolved file, strictly.
+
+    Shared with the unpaired fine-tuning's pseudo-target stage (Kuai et al. 2025 use the same prior).
+    """
     from facerestore.nets.guided_unet import GuidedUNet
     from facerestore.nets.guided_unet import infer_config as infer_unet
-    from facerestore.nets.swinir import build_swinir
-    from facerestore.nets.swinir import infer_config as infer_swinir
-
-    chosen = parse_weights(options.weights, WEIGHT_ROLES, "prior")
-    paths = resolve_weights(WEIGHT_ROLES, chosen, options.offline)
 
     def unet_check(c) -> str:
         if c.in_channels != 3 or c.out_channels != 6:
             return f"its UNet maps {c.in_channels} -> {c.out_channels} channels; the DifFace prior maps an RGB x_t to eps and v (3 -> 6)"
         return ""
 
+    return load_net(Path(path), "DifFace prior (guided-diffusion UNet)", infer_unet, GuidedUNet, unet_check, hint=HINT)
+
+
+def load_difface_nets(options: MethodOptions) -> DifFaceNets:
+    from facerestore.nets.swinir import build_swinir
+    from facerestore.nets.swinir import infer_config as infer_swinir
+
+    chosen = parse_weights(options.weights, WEIGHT_ROLES, "prior")
+    paths = resolve_weights(WEIGHT_ROLES, chosen, options.offline)
+
     def swinir_check(c) -> str:
         if c.in_channels != 3 or c.upscale != c.unshuffle:
             return f"this SwinIR maps RGB x{c.upscale}/{c.unshuffle} with {c.in_channels} channels; DifFace's estimator keeps the size of an RGB face"
         return ""
 
-    prior = load_net(paths["prior"], "DifFace prior (guided-diffusion UNet)", infer_unet, GuidedUNet, unet_check, hint=HINT)
+    prior = load_difface_prior(paths["prior"])
     estimator = load_net(paths["swinir"], "DifFace SwinIR estimator", infer_swinir, build_swinir, swinir_check, meta=False, hint=HINT)
     return DifFaceNets(prior=prior, estimator=estimator)
 

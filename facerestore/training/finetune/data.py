@@ -1,0 +1,64 @@
+"""Fine-tuning data: (low-quality face, pseudo-target) pairs, and real faces for the discriminator.
+
+Sample number n of a run (n = step * global batch + i) is a pure function of (seed, n), as in
+`training.data` for `train`:
+
+    epoch, k = divmod(n, P);   pair = permutation(P, seed, "pairs", epoch)[k]
+    flip     = keyed (seed, "flip", n) < 0.5     the same horizontal flip for input and target
+                                                 (DT-BFR: PairedImageDataset, use_flip, no crop)
+    real     = the same rule over the --real folder, keyed (seed, "real", ...), its own flip
+
+so resuming at step s starts at sample s * batch with nothing else to restore, and any number of
+workers or torchrun processes draws the same samples. Images are centre-cropped to a square if
+needed, resized to the working size and mapped to [-1, 1] (mean 0.5, std 0.5, as DT-BFR).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from facerestore.errors import UsageError
+from facerestore.training.data import load_face, to_tensor
+from facerestore.training.seeds import permutation, stable_seed
+
+
+@dataclass(frozen=True)
+class Pair:
+    lq: str  # the low-quality input
+    target: str  # its pseudo-target
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Map-style dataset indexed by the run's sample number n: {"lq", "target"[, "real"]} in [-1, 1]."""
+
+    def __init__(self, pairs: Sequence[Pair], *, size: int, seed: int, flip: bool = True, real: Sequence[str] = ()) -> None:
+        if not pairs:
+            raise UsageError("no (input, pseudo-target) pairs to fine-tune on", hint="check that stage 1 wrote pseudo-targets")
+        self.pairs, self.real = list(pairs), list(real)
+        self.size, self.seed, self.flip = size, seed, flip
+
+    def __len__(self) -> int:  # samples are drawn by number; the length is that of one epoch
+        return len(self.pairs)
+
+    def _flip(self, n: int, what: str) -> bool:
+        return self.flip and np.random.default_rng(stable_seed(self.seed, what, n)).random() < 0.5
+
+    def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
+        n = int(n)
+        epoch, k = divmod(n, len(self.pairs))
+        pair = self.pairs[int(permutation(len(self.pairs), self.seed, "pairs", epoch)[k])]
+        lq, target = load_face(pair.lq, self.size), load_face(pair.target, self.size)
+        if self._flip(n, "flip"):
+            lq, target = lq[:, ::-1], target[:, ::-1]
+        item = {"lq": to_tensor(np.ascontiguousarray(lq)), "target": to_tensor(np.ascontiguousarray(target)), "sample": torch.tensor(n)}
+        if self.real:
+            epoch, k = divmod(n, len(self.real))
+            real = load_face(self.real[int(permutation(len(self.real), self.seed, "real", epoch)[k])], self.size)
+            if self._flip(n, "real-flip"):
+                real = real[:, ::-1]
+            item["real"] = to_tensor(np.ascontiguousarray(real))
+        return item

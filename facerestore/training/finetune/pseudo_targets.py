@@ -1,0 +1,636 @@
+"""Stage 1 of unpaired fine-tuning: pseudo-targets from a diffusion prior (Kuai et al. 2025, Sec. 3.3).
+
+Algorithm 1 as the released code runs it (SamsungLabs/DT-BFR `generate_pseudo_targets.py` with
+`scripts/generate_targets_general.sh`, `models/gaussian_diffusion.py:p_sample_loop_progressive`):
+
+    y0   = R(y)                        the base model's output on the low-quality face, 8-bit as the
+                                       code reads it back from disk, at the working size S (512)
+    ref  = 2 y0 - 1                    in [-1, 1]
+    x    = q_sample(ref, grid[K/4], z)                                          (paper eq. 4)
+    for i = K/4 - 1 ... 0 on the "250" grid (t = grid[i], t_prev = grid[i-1], -1 at the end):
+        x^_0, x = DDPM ancestral step at t (learned-range variance, x^_0 clipped)   (eq. 2-3)
+        if i >= L/4:  x <- x - Phi_N(x) + Phi_N(q_sample(ref, t_prev, z'))         (Alg. 1, eq. 5)
+    target = clamp((x + 1) / 2, 0, 1)
+
+Notation (paper -> code -> here):
+
+    K = 600   --started_timesteps 150    `--k`: q_sample at grid index K/4 = 150 (t = 602); the
+                                         first UNet call is at index 149 (t = 598), the same
+                                         off-by-one as DifFace's sampler; K/4 = 150 UNet calls
+    L = 360   --reg_end_timesteps 90     `--l`: guided after the steps from indices >= L/4, i.e. down
+                                         to t_prev = grid[L/4 - 1] = grid[89] = 357 (the engine's
+                                         `until_t`; NOT 361 = grid[90]); K/4 - L/4 = 60 guided steps,
+                                         the paper's "240 timesteps"
+    N = 16    --down_N 16                `--n`: Phi_N = cubic antialiased down/up-sampling by N
+                                         (`diffusion.lowpass`, Shocher's Resizer as in the code)
+
+K and L are on the 0..1000 scale of the paper, and must be multiples of 4 because the "250" grid
+has one step per 4 timesteps (grid index = K / 4; grid[150] = 602, not 600: the fractional
+stride 999/249 of guided-diffusion's respacing).
+
+Where we differ from the code, on purpose:
+- L = 0. The code then also guides after the very last step, with `q_sample(ref, t - 1)` at t = 0,
+  i.e. index -1, which numpy reads as the LAST (noisiest) timestep: the final image gets the low band
+  of an almost pure-noise reference. We stop guiding at t_prev = 0 (149 guided steps from K = 600).
+- Noise. The code draws from CUDA's global generator in one stream over the folder; here each face
+  has its own generator keyed by (seed, relative path), so a face's target does not depend on its
+  batch neighbours, on the number of GPUs, or on being redone after an interruption (up to the float
+  rounding of batched convolutions, which may flip a rare 8-bit level).
+
+Files (`OUT` is the `--out` folder, or `RUN/pseudo` for `facerestore finetune --unpaired`):
+
+    OUT/targets/<rel>.png       the pseudo-targets, 8-bit PNG at S, under the inputs' relative paths
+    OUT/base/<rel>.png          the base model's outputs y0 (8-bit PNG at S), reused on resume
+    OUT/contact_sheet.png       input | base output | pseudo-target, one row per face (first rows)
+    OUT/.facerestore-pseudo/    settings.json (a rerun with other settings is refused) and
+                                done-rank<R>.jsonl (one line per finished target, fsynced)
+
+Every image is written atomically; a rerun skips every target listed as done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facerestore.diffusion import (
+    LearnedRangeDenoiser,
+    NoiseSchedule,
+    Progress,
+    ddpm_step,
+    low_frequency_guidance,
+    sample,
+    space_timesteps,
+)
+from facerestore.errors import UsageError
+from facerestore.training import distributed
+from facerestore.training.seeds import stable_seed
+
+T = 1000
+RESPACING = "250"
+STRIDE = 4  # timesteps per step of the "250" grid, in the paper's round numbers (K = 4 * index)
+DEFAULT_K, DEFAULT_L, DEFAULT_N = 600, 360, 16
+STATE_DIR = ".facerestore-pseudo"
+SHEET_ROWS = 8
+SHEET_THUMB = 256
+
+
+# ------------------------------------------------------------------ the plan: K, L, N on the grid
+
+
+@dataclass(frozen=True)
+class PseudoTargetPlan:
+    """Where Algorithm 1 starts, where its constraint stops, and its filter (module docstring)."""
+
+    k: int = DEFAULT_K
+    l: int = DEFAULT_L
+    n: int = DEFAULT_N
+
+    @cached_property
+    def grid(self) -> tuple[int, ...]:
+        return space_timesteps(T, RESPACING)
+
+    @property
+    def start_index(self) -> int:
+        return self.k // STRIDE
+
+    @property
+    def stop_index(self) -> int:
+        """The code's `reg_end_timesteps`: guide after steps taken FROM indices >= this."""
+        return self.l // STRIDE
+
+    @property
+    def noise_t(self) -> int:
+        """The timestep y0 is diffused to (q_sample): grid[K/4], 602 for K = 600."""
+        return self.grid[self.start_index]
+
+    @property
+    def first_t(self) -> int:
+        """The first timestep the UNet sees: grid[K/4 - 1], 598 for K = 600."""
+        return self.grid[self.start_index - 1]
+
+    @property
+    def until_t(self) -> int:
+        """The engine's `until_t`: the last guided step lands here (grid[L/4 - 1] = 357 for L = 360)."""
+        return self.grid[self.stop_index - 1] if self.stop_index > 0 else 0
+
+    @property
+    def calls(self) -> int:
+        """UNet calls: K/4 (150)."""
+        return self.start_index
+
+    @property
+    def constrained(self) -> int:
+        """Steps followed by the low-frequency replacement: K/4 - L/4 (60); K/4 - 1 for L = 0."""
+        return self.start_index - max(self.stop_index, 1) if self.stop_index < self.start_index else 0
+
+    def describe(self) -> str:
+        return (f"K={self.k} (q_sample at index {self.start_index}, t={self.noise_t}), L={self.l} (guided down to t={self.until_t}), "
+                f"N={self.n}: {self.calls} UNet calls, {self.constrained} constrained")
+
+    @classmethod
+    def from_options(cls, k: int | None = None, l: int | None = None, n: int | None = None, size: int = 512) -> PseudoTargetPlan:
+        """Validate `--k`, `--l`, `--n` (one-line UsageError naming the bad value) and build the plan."""
+        k = DEFAULT_K if k is None else int(k)
+        l = DEFAULT_L if l is None else int(l)
+        n = DEFAULT_N if n is None else int(n)
+        top = STRIDE * (len(space_timesteps(T, RESPACING)) - 1)
+        for name, value in (("--k", k), ("--l", l)):
+            if value % STRIDE:
+                low = value - value % STRIDE
+                raise UsageError(f"{name} {value} is not on the '250' grid: it must be a multiple of {STRIDE} (grid index = value / {STRIDE})",
+                                 hint=f"use {low} or {low + STRIDE}; the paper's K=600, L=360 are indices 150 and 90")
+        if not STRIDE <= k <= top:
+            raise UsageError(f"--k {k} is out of range: the start must be in {STRIDE}..{top} (grid index 1..{top // STRIDE})", hint="the paper uses K=600")
+        if not 0 <= l <= k:
+            raise UsageError(f"--l {l} must be in 0..K={k}: the constraint runs from K down to L (L=K: no constraint, the paper's Fig. 6c)",
+                             hint="the paper uses L=360 with K=600")
+        if n < 1:
+            raise UsageError(f"--n {n}: the low-pass factor N must be a positive integer", hint="the paper uses N=16 (8 for CodeFormer on 4x data)")
+        if size % n:
+            raise UsageError(f"--n {n} does not divide the working size {size} px", hint="use a power of two such as 8 or 16")
+        return cls(k=k, l=l, n=n)
+
+
+# ------------------------------------------------------------------ the sampler (Algorithm 1)
+
+
+def constrained_denoise(
+    denoiser: Callable,
+    reference: torch.Tensor,
+    plan: PseudoTargetPlan,
+    generators: Sequence[torch.Generator],
+    *,
+    schedule: NoiseSchedule | None = None,
+    callback: Callable[[Progress], None] | None = None,
+) -> torch.Tensor:
+    """Algorithm 1 on a batch: reference y0 [B,3,S,S] in [-1,1] -> the final x^_0 [B,3,S,S] in [-1,1].
+
+    `denoiser` is a `LearnedRangeDenoiser` (or any denoiser predicting var_frac) called once per step
+    on the whole batch; each face then takes its own DDPM step and low-frequency replacement with its
+    own generator (`methods.difface.PerFaceSteps`), so faces never share noise. The first draw of
+    each generator is the q_sample noise, then per step the DDPM noise and (when guided) the fresh
+    reference noise, in that order.
+    """
+    from facerestore.methods.difface import PerFaceSteps, per_face_noise
+
+    if reference.ndim != 4 or reference.shape[0] != len(generators):
+        raise UsageError(f"need one generator per face: reference {tuple(reference.shape)}, {len(generators)} generators")
+    schedule = schedule or NoiseSchedule.named("linear", T)
+    x = schedule.q_sample(reference, plan.noise_t, per_face_noise(reference, generators))
+    steps = tuple(low_frequency_guidance(ddpm_step, reference[i : i + 1], plan.n, plan.until_t) for i in range(reference.shape[0]))
+    per_face = PerFaceSteps(steps=steps, generators=tuple(generators))
+    return sample(denoiser, x, plan.grid, schedule=schedule, step=per_face, start=plan.first_t, callback=callback)
+
+
+def face_seed(seed: int, rel: str) -> int:
+    return stable_seed(seed, "pseudo-target", rel)
+
+
+def base_seed(seed: int, rel: str) -> int:
+    return stable_seed(seed, "base-output", rel)
+
+
+def target_name(rel: str) -> str:
+    """Targets and base outputs are PNG under the input's relative path: a/b.jpg -> a/b.png."""
+    return Path(rel).with_suffix(".png").as_posix()
+
+
+# ------------------------------------------------------------------ models: base restorer and prior
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """The pre-trained restorer R whose outputs are cleaned (and which `finetune` then fine-tunes)."""
+
+    name: str = "codeformer"
+    weights: str | None = None  # a file or a registered name; None = the method's default weights
+    fidelity: float | None = None  # codeformer's w; None = 0.5, as the official scripts
+
+    def effective_fidelity(self) -> float:
+        return 0.5 if self.fidelity is None else float(self.fidelity)
+
+    def check(self) -> None:
+        from facerestore.methods.registry import method_names
+
+        if self.name not in method_names():
+            from facerestore.errors import UnknownMethod
+
+            raise UnknownMethod(f"unknown --base {self.name!r}", hint=f"choose one of: {', '.join(method_names())}")
+        if self.fidelity is not None and self.name != "codeformer":
+            raise UsageError(f"--base-fidelity is CodeFormer's w; --base {self.name} has no such knob", hint="drop --base-fidelity")
+        if self.fidelity is not None and not 0.0 <= self.fidelity <= 1.0:
+            raise UsageError(f"--base-fidelity must be in [0,1], got {self.fidelity}", hint="the official scripts use 0.5")
+
+    def build(self, device: str, offline: bool | None, size: int):
+        """The method, with its weights resolved and loaded (a missing file is a WeightsError line)."""
+        from facerestore.methods.base import MethodOptions
+        from facerestore.methods.registry import build_method
+
+        self.check()
+        method = build_method(self.name, MethodOptions(device=device, weights=self.weights, offline=offline, fidelity=self.effective_fidelity()))
+        net = getattr(method, "net", None)
+        native = getattr(getattr(net, "config", None), "img_size", None)
+        if self.name == "codeformer" and native != size:
+            raise UsageError(f"the CodeFormer checkpoint works on {native} px faces, the working size is {size}", hint=f"pass --size {native}")
+        multiple = getattr(method, "multiple", 1)
+        if size % multiple:
+            raise UsageError(f"--size {size} is not a multiple of {multiple}, which --base {self.name} needs")
+        return method
+
+    def describe(self) -> dict:
+        return {"method": self.name, "weights": describe_file(self.weights), "fidelity": self.effective_fidelity() if self.name == "codeformer" else None}
+
+
+def describe_file(value: str | Path | None) -> dict | None:
+    """What a settings file records about a weights option: the file (path and size) or the name."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_file():
+        return {"path": str(path.resolve()), "bytes": path.stat().st_size}
+    return {"name": str(value)}
+
+
+def resolve_prior(weights: str | Path | None, offline: bool | None) -> Path:
+    """The DifFace 512 prior file (`difface_prior`; `--prior-weights` FILE or registered name)."""
+    from facerestore.weights.store import resolve
+
+    return resolve("difface_prior", explicit=weights, offline=offline)
+
+
+def load_prior(path: Path, device: torch.device) -> LearnedRangeDenoiser:
+    from facerestore.methods.difface import Autocast, autocast_dtype, load_difface_prior
+
+    prior = load_difface_prior(path).to(device).eval().requires_grad_(False)
+    return LearnedRangeDenoiser(Autocast(prior, autocast_dtype(device)), NoiseSchedule.named("linear", T), clip_x0=True)
+
+
+@torch.inference_mode()
+def restore_with_seeds(method, crops: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """crops [B,3,S,S] in [0,1] -> [B,3,S,S]; each face keyed by its own seed (stochastic methods)."""
+    if hasattr(method, "restore_seeded"):
+        out = method.restore_seeded(crops, list(seeds))
+    elif len(seeds) > 1 and getattr(method, "info", None) is not None and method.info.name in ("codeformer", "baseline"):
+        out = method.restore(crops)  # deterministic one-pass methods: the whole batch at once
+    else:
+        out = torch.cat([method.restore(crops[i : i + 1], generator=torch.Generator().manual_seed(int(s))) for i, s in enumerate(seeds)])
+    return out.float().clamp(0, 1).cpu()
+
+
+# ------------------------------------------------------------------ images
+
+
+def load_input(path: str | Path, size: int) -> np.ndarray:
+    """An aligned face as HxWx3 float32 [0,1] at size x size (centre-cropped to a square first)."""
+    from facerestore.training.data import load_face
+
+    return load_face(str(path), size)
+
+
+def quantize8(rgb: np.ndarray) -> np.ndarray:
+    return (np.round(np.clip(rgb, 0, 1) * 255) / 255).astype(np.float32)
+
+
+def to_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+
+
+def to_images(batch: torch.Tensor) -> list[np.ndarray]:
+    return list(batch.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
+
+
+def contact_sheet(rows: Sequence[Sequence[np.ndarray]], thumb: int = SHEET_THUMB) -> np.ndarray:
+    """Rows of equally many images -> one HxWx3 image, each cell resized to thumb x thumb."""
+    import cv2
+
+    def cell(img: np.ndarray) -> np.ndarray:
+        if img.shape[:2] == (thumb, thumb):
+            return img
+        interp = cv2.INTER_AREA if img.shape[0] > thumb else cv2.INTER_CUBIC
+        return np.clip(cv2.resize(img, (thumb, thumb), interpolation=interp), 0, 1)
+
+    gap = np.ones((thumb, 4, 3), np.float32)
+    lines = []
+    for row in rows:
+        cells = []
+        for i, img in enumerate(row):
+            if i:
+                cells.append(gap)
+            cells.append(cell(img))
+        lines.append(np.concatenate(cells, axis=1))
+        lines.append(np.ones((4, lines[-1].shape[1], 3), np.float32))
+    return np.concatenate(lines[:-1], axis=0)
+
+
+# ------------------------------------------------------------------ the stage
+
+
+@dataclass(frozen=True)
+class PseudoTargetOptions:
+    lq: Path
+    out: Path
+    base: BaseSpec = field(default_factory=BaseSpec)
+    prior_weights: str | None = None
+    k: int | None = None
+    l: int | None = None
+    n: int | None = None
+    size: int = 512
+    batch_size: int = 4
+    seed: int = 0
+    device: str = "auto"
+    offline: bool | None = None
+    limit: int | None = None
+    files: tuple[str, ...] | None = None  # only these relative paths (the run's training split)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {self.limit}")
+        if self.size < 16:
+            raise UsageError(f"--size must be at least 16, got {self.size}")
+
+
+@dataclass
+class PseudoTargetSummary:
+    total: int  # faces to make targets for
+    skipped: int  # already done before this run (all ranks)
+    done: int  # made by this run (all ranks)
+    seconds: float
+    seconds_per_face: float  # prior time per face (this rank's batches / faces)
+    plan: str
+    out: Path
+    sheet: Path | None = None
+    scan: str = ""
+
+
+@dataclass
+class Reporter:
+    """Callbacks a front end passes in; every one optional."""
+
+    on_stage: Callable[[str, float], None] | None = None  # (stage name, total units)
+    on_advance: Callable[[float], None] | None = None  # units done since the last call
+    on_message: Callable[[str], None] | None = None
+    on_detail: Callable[[str], None] | None = None  # a short status for the current unit (e.g. the UNet call)
+
+    def stage(self, name: str, total: float) -> None:
+        if self.on_stage is not None:
+            self.on_stage(name, total)
+
+    def advance(self, amount: float) -> None:
+        if self.on_advance is not None and amount:
+            self.on_advance(amount)
+
+    def message(self, text: str) -> None:
+        if self.on_message is not None:
+            self.on_message(text)
+
+    def detail(self, text: str) -> None:
+        if self.on_detail is not None:
+            self.on_detail(text)
+
+
+@dataclass(frozen=True)
+class InputFace:
+    rel: str  # relative to LQ_DIR, posix
+    path: Path
+
+
+def scan_inputs(lq: Path, size: int, *, limit: int | None = None) -> tuple[list[InputFace], str]:
+    """Every usable image under LQ_DIR (readable header, short side >= max(16, size/8)), sorted.
+
+    No usable face is a UsageError, raised before any work; two inputs that would write the same
+    target (a/x.jpg and a/x.png) too.
+    """
+    from facerestore.training.data import min_side_for, scan_faces
+
+    lq = Path(lq)
+    if not lq.is_dir():
+        raise UsageError(f"{lq} does not exist" if not lq.exists() else f"{lq} is not a folder", hint="pass the folder of low-quality aligned faces")
+    scan = scan_faces([lq], min_side=min_side_for(size))
+    faces = [InputFace(rel=Path(f.source).relative_to(lq).as_posix(), path=Path(f.source)) for f in scan.files]
+    summary = scan.summary().replace("training images", "faces")
+    if limit is not None and len(faces) > limit:
+        faces = faces[:limit]
+        summary = f"the first {limit} of {summary}"
+    if not faces:
+        raise UsageError(f"no usable faces in {lq} ({scan.summary().replace('training images', 'images')})",
+                         hint=f"pass a folder of aligned face images (png, jpg, webp, tif, bmp) at least {min_side_for(size)} px on the short side")
+    seen: dict[str, str] = {}
+    for face in faces:
+        name = target_name(face.rel)
+        if name in seen:
+            raise UsageError(f"{seen[name]} and {face.rel} would both write the target {name}", hint="rename one of them")
+        seen[name] = face.rel
+    return faces, summary
+
+
+def _settings(options: PseudoTargetOptions, plan: PseudoTargetPlan, prior: Path) -> dict:
+    return {
+        "base": options.base.describe(),
+        "prior": {"path": str(prior.resolve()), "bytes": prior.stat().st_size},
+        "k": plan.k, "l": plan.l, "n": plan.n, "respacing": RESPACING, "size": options.size, "seed": options.seed,
+    }
+
+
+def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
+    """Refuse to mix two settings in one folder; record them on the first run (rank 0)."""
+    path = state / "settings.json"
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            recorded = None
+        if recorded is not None and recorded != settings:
+            differ = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in settings if recorded.get(k) != settings.get(k))
+            raise UsageError(f"{state.parent} holds {what} made with other settings ({differ})",
+                             hint=f"rerun with the same options, choose another --out, or delete {state.parent} to start over")
+    elif main:
+        state.mkdir(parents=True, exist_ok=True)
+        tmp = state / ".settings.json.tmp"
+        tmp.write_text(json.dumps(settings, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
+def read_done(state: Path) -> set[str]:
+    """Relative input paths listed as done, over every rank's manifest (lines cut by a kill ignored)."""
+    done: set[str] = set()
+    for manifest in sorted(state.glob("done-rank*.jsonl")):
+        for line in manifest.read_text().splitlines():
+            try:
+                done.add(str(json.loads(line)["path"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
+
+
+@dataclass
+class PreparedStage:
+    """Everything checked and loaded before any work: what `run.py` also needs up front."""
+
+    options: PseudoTargetOptions
+    plan: PseudoTargetPlan
+    faces: list[InputFace]
+    scan: str
+    prior_path: Path
+    base_method: object | None = None
+    prior: LearnedRangeDenoiser | None = None
+
+
+def prepare(options: PseudoTargetOptions, device: str, *, load: bool = True, faces: list[InputFace] | None = None, scan: str = "",
+            base_method: object | None = None) -> PreparedStage:
+    """Validate options, scan the inputs, resolve (and load) the base model and the prior.
+
+    Order: option values, then the inputs, then the base weights, then the prior, so each kind of
+    bad input is reported in one line before anything is computed or written. `faces` and
+    `base_method` skip the scan and the base loading when the caller has done them.
+    """
+    plan = PseudoTargetPlan.from_options(options.k, options.l, options.n, options.size)
+    options.base.check()
+    if faces is None:
+        faces, scan = scan_inputs(options.lq, options.size, limit=options.limit)
+        if options.files is not None:
+            wanted = set(options.files)
+            faces = [f for f in faces if f.rel in wanted]
+    if base_method is None and load:
+        base_method = options.base.build(device, options.offline, options.size)
+    prior_path = resolve_prior(options.prior_weights, options.offline)
+    prior = load_prior(prior_path, torch.device(device)) if load else None
+    return PreparedStage(options=options, plan=plan, faces=faces, scan=scan, prior_path=prior_path, base_method=base_method, prior=prior)
+
+
+def generate_pseudo_targets(options: PseudoTargetOptions, *, reporter: Reporter | None = None, dist: distributed.Dist | None = None,
+                            prepared: PreparedStage | None = None) -> PseudoTargetSummary:
+    """Run (or continue) stage 1 as the module docstring describes; returns the summary.
+
+    Under torchrun (or with `dist` given) face i of the sorted list belongs to rank i % WORLD_SIZE.
+    """
+    own = dist is None
+    d = distributed.setup(options.device) if own else dist
+    try:
+        return _generate(options, d, reporter or Reporter(), prepared)
+    finally:
+        if own:
+            distributed.teardown(d)
+
+
+def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Reporter, prepared: PreparedStage | None) -> PseudoTargetSummary:
+    clock = time.perf_counter()
+    device = d.device if d.active else torch.device(_device_name(options.device))
+    if prepared is None:
+        prepared = prepare(options, str(device))
+    plan, faces = prepared.plan, prepared.faces
+    out = Path(options.out)
+    lq_real, out_real = Path(options.lq).resolve(), out.resolve()
+    if out_real == lq_real or out_real.is_relative_to(lq_real):
+        raise UsageError(f"--out {out} lies inside the input folder {options.lq}", hint="write the pseudo-targets to a folder outside LQ_DIR")
+    state = out / STATE_DIR
+    check_settings(state, _settings(options, plan, prepared.prior_path), d.main, "pseudo-targets")
+    distributed.barrier(d)
+    state.mkdir(parents=True, exist_ok=True)
+    reporter.message(f"pseudo-targets: {plan.describe()}")
+
+    done_before = read_done(state)
+    mine = [f for i, f in enumerate(faces) if i % d.world == d.rank]
+    todo = [f for f in mine if f.rel not in done_before]
+    skipped_here = len(mine) - len(todo)
+    _remove_stale_temps(out, todo)
+
+    # phase A: base outputs y0 (8-bit PNG, reused on resume)
+    missing_base = [f for f in todo if not (out / "base" / target_name(f.rel)).is_file()]
+    if missing_base:
+        reporter.stage(f"base outputs ({options.base.name})", len(missing_base))
+        for start in range(0, len(missing_base), options.batch_size):
+            chunk = missing_base[start : start + options.batch_size]
+            crops = to_batch([load_input(f.path, options.size) for f in chunk])
+            restored = restore_with_seeds(prepared.base_method, crops, [base_seed(options.seed, f.rel) for f in chunk])
+            for f, img in zip(chunk, to_images(restored)):
+                _write_png(out / "base" / target_name(f.rel), img)
+            reporter.advance(len(chunk))
+
+    # phase B: the prior with the low-frequency constraint
+    from facerestore.image_io import read_image
+
+    busy = 0.0
+    done = 0
+    if todo:
+        reporter.stage("pseudo-targets (diffusion prior)", len(todo))
+        manifest = open(state / f"done-rank{d.rank}.jsonl", "a")  # noqa: SIM115 - closed below
+        try:
+            for start in range(0, len(todo), options.batch_size):
+                chunk = todo[start : start + options.batch_size]
+                tick = time.perf_counter()
+                y0 = to_batch([read_image(out / "base" / target_name(f.rel)).rgb for f in chunk]).to(device)
+                generators = [torch.Generator().manual_seed(face_seed(options.seed, f.rel)) for f in chunk]
+
+                def progress(p: Progress) -> None:
+                    reporter.detail(f"UNet call {p.index + 1}/{p.total}, t={p.t}")
+
+                with torch.inference_mode():
+                    x0 = constrained_denoise(prepared.prior, 2.0 * y0 - 1.0, plan, generators, callback=progress)
+                targets = to_images((x0 + 1.0) / 2.0)
+                seconds = time.perf_counter() - tick
+                busy += seconds
+                for f, img in zip(chunk, targets):
+                    _write_png(out / "targets" / target_name(f.rel), img)
+                    manifest.write(json.dumps({"path": f.rel, "target": target_name(f.rel), "seconds": round(seconds / len(chunk), 3)}) + "\n")
+                manifest.flush()
+                os.fsync(manifest.fileno())
+                done += len(chunk)
+                reporter.advance(len(chunk))
+        finally:
+            manifest.close()
+
+    counts = distributed.total(d, [done, skipped_here, busy])
+    distributed.barrier(d)
+    sheet = None
+    if d.main:
+        sheet = write_contact_sheet(out, faces, options.size, read_done(state))
+    return PseudoTargetSummary(
+        total=len(faces), skipped=int(counts[1]), done=int(counts[0]), seconds=time.perf_counter() - clock,
+        seconds_per_face=counts[2] / counts[0] if counts[0] else 0.0, plan=plan.describe(), out=out, sheet=sheet, scan=prepared.scan,
+    )
+
+
+def _device_name(device: str) -> str:
+    from facerestore.devices import resolve_device
+
+    return resolve_device(device)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    from facerestore.image_io import write_image
+
+    write_image(path, quantize8(rgb))
+
+
+def _remove_stale_temps(out: Path, faces: Sequence[InputFace]) -> None:
+    for sub in ("base", "targets"):
+        for f in faces:
+            target = out / sub / target_name(f.rel)
+            if target.parent.is_dir():
+                for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
+
+def write_contact_sheet(out: Path, faces: Sequence[InputFace], size: int, done: set[str], rows: int = SHEET_ROWS) -> Path | None:
+    """OUT/contact_sheet.png: input | base output | pseudo-target for the first `rows` finished faces."""
+    from facerestore.image_io import read_image, write_image
+
+    chosen = [f for f in faces if f.rel in done][:rows]
+    if not chosen:
+        return None
+    lines = [[load_input(f.path, size), read_image(out / "base" / target_name(f.rel)).rgb, read_image(out / "targets" / target_name(f.rel)).rgb]
+             for f in chosen]
+    path = out / "contact_sheet.png"
+    write_image(path, contact_sheet(lines, thumb=min(size, SHEET_THUMB)))
+    return path

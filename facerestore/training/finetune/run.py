@@ -1,0 +1,346 @@
+"""`facerestore finetune --unpaired LQ_DIR --out RUN`: the three stages, resumable as a whole.
+
+    RUN/config.json                the recipe (FinetuneConfig); --resume refuses to change it
+    RUN/files.json                 the faces, split once into "train" and "holdout" (frozen)
+    RUN/pseudo/                    stage 1 (`pseudo_targets.py`): targets/, base/, contact_sheet.png
+    RUN/checkpoints/, log.jsonl    stage 2 (`trainer.py`)
+    RUN/<base>-finetuned.safetensors   the fine-tuned EMA weights (`--method <base> --weights FILE`)
+    RUN/report/                    stage 3 (`report.py`): held-out faces, base vs fine-tuned
+
+Every check that can fail on bad input runs before anything is computed: option values and their
+combinations, the input folder (usable faces), the base model's weights, the prior's weights.
+An interrupted run continues with `--resume`: finished pseudo-targets are skipped (per-face
+manifest), training continues from its newest checkpoint exactly, and the report is redone.
+
+The held-out faces are chosen by a keyed hash of their relative paths (`--seed`), so the split does
+not depend on file order, and they never reach stage 1 or 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from facerestore.errors import UsageError
+from facerestore.training import distributed
+from facerestore.training.checkpoints import write_json
+from facerestore.training.finetune.data import Pair
+from facerestore.training.finetune.objectives import adapter_for, resolve_base_weights
+from facerestore.training.finetune.pseudo_targets import (
+    STATE_DIR,
+    BaseSpec,
+    InputFace,
+    PseudoTargetOptions,
+    PseudoTargetPlan,
+    PseudoTargetSummary,
+    Reporter,
+    generate_pseudo_targets,
+    prepare,
+    read_done,
+    scan_inputs,
+    target_name,
+)
+from facerestore.training.finetune.report import ReportResult, write_report
+from facerestore.training.finetune.trainer import StepReport, TrainSettings, train_pairs
+from facerestore.training.seeds import stable_seed
+
+CONFIG_VERSION = 1
+DEFAULT_LR = {"code": 1e-4, "image": 2e-5}  # DT-BFR: CodeFormer Adam 1e-4; SwinIR AdamW 2e-5
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything a run is; written to RUN/config.json. RECIPE fields must not change on resume."""
+
+    lq: str
+    out: str
+    base: str = "codeformer"
+    base_weights: str | None = None
+    base_fidelity: float | None = None
+    prior_weights: str | None = None
+    k: int = 600
+    l: int = 360
+    n: int = 16
+    size: int = 512
+    holdout: float = 0.1  # < 1: a fraction of the faces; >= 1: a count; 0: none (no report)
+    real: str | None = None
+    steps: int = 40_000
+    batch_size: int = 8
+    lr: float | None = None  # None: 1e-4 for CodeFormer, 2e-5 for image-level fine-tuning
+    ema: float = 0.995
+    feat_weight: float = 1.0
+    ce_weight: float = 0.5
+    lpips_weight: float = 0.1
+    gan_weight: float = 0.1
+    disc_width: int = 64
+    amp: bool = False
+    seed: int = 0
+    save_every: int = 2000
+    keep: int = 2
+    device: str = "auto"
+    workers: int = 2
+    pseudo_batch: int = 4
+    offline: bool | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), f"--lr must be positive, got {self.lr}"),
+            (0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}"),
+            (all(w >= 0 and math.isfinite(w) for w in (self.feat_weight, self.ce_weight, self.lpips_weight, self.gan_weight)),
+             "loss weights must be >= 0"),
+            (self.holdout >= 0 and (self.holdout < 1 or float(self.holdout).is_integer()),
+             f"--holdout {self.holdout}: give a fraction below 1 (e.g. 0.1) or a whole number of faces (e.g. 4)"),
+            (self.size >= 16, f"--size must be at least 16, got {self.size}"),
+            (self.save_every >= 1, "--save-every must be at least 1"),
+            (self.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {self.keep}"),
+            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.pseudo_batch >= 1, f"--pseudo-batch must be at least 1, got {self.pseudo_batch}"),
+            (self.disc_width >= 1, f"--disc-width must be at least 1, got {self.disc_width}"),
+        ]
+        for ok, text in checks:
+            if not ok:
+                raise UsageError(text)
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[adapter_for(self.base).objective]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+RECIPE = ("lq", "base", "base_weights", "base_fidelity", "prior_weights", "k", "l", "n", "size", "holdout", "real", "batch_size", "lr", "ema",
+          "feat_weight", "ce_weight", "lpips_weight", "gan_weight", "disc_width", "amp", "seed")
+
+
+def _weights_value(value: str | Path | None) -> str | None:
+    """A file path is stored absolute (the run may be resumed from another folder); a name as it is."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.is_file() else str(value)
+
+
+def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
+    """The run's config from the options given (None = not given); `--resume` starts from RUN/config.json."""
+    out = Path(out)
+    given = {k: v for k, v in given.items() if v is not None}
+    for key in ("lq", "real"):
+        if key in given:
+            given[key] = str(Path(given[key]).expanduser().resolve())
+    for key in ("base_weights", "prior_weights"):
+        if key in given:
+            given[key] = _weights_value(given[key])
+    if "holdout" in given:
+        given["holdout"] = parse_holdout(given["holdout"])
+    config_path = out / "config.json"
+    if not resume:
+        if config_path.is_file():
+            raise UsageError(f"{out} already holds a fine-tuning run", hint="pass --resume to continue it, or choose another --out")
+        if not given.get("lq"):
+            raise UsageError("no input folder given", hint="pass --unpaired LQ_DIR, the folder of your low-quality aligned faces")
+        return FinetuneConfig(out=str(out), **given)
+    if not config_path.is_file():
+        raise UsageError(f"nothing to resume: {config_path} does not exist", hint="start the run without --resume")
+    try:
+        stored = json.loads(config_path.read_text())["finetune"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UsageError(f"{config_path} is not a facerestore fine-tuning config ({exc})") from None
+    differ = [k for k in RECIPE if k in given and given[k] != stored.get(k)]
+    if differ:
+        shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {stored.get(k)!r})" for k in differ)
+        raise UsageError(f"--resume keeps the run's recipe, but {shown}", hint="drop these options, or start a new run with another --out")
+    merged = {**stored, **{k: v for k, v in given.items() if k not in RECIPE}, "out": str(out)}
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    return FinetuneConfig(**{k: v for k, v in merged.items() if k in known})
+
+
+def parse_holdout(value: str | float) -> float:
+    """'0.1' -> a fraction, '4' -> four faces, '0' -> none."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--holdout {value!r} is not a number", hint="give a fraction such as 0.1 or a count such as 4") from None
+    if not math.isfinite(number) or number < 0 or (number >= 1 and not number.is_integer()):
+        raise UsageError(f"--holdout {value}: give a fraction below 1 (e.g. 0.1) or a whole number of faces (e.g. 4)")
+    return number
+
+
+def split_holdout(faces: list[InputFace], holdout: float, seed: int) -> tuple[list[InputFace], list[InputFace]]:
+    """(train, held out): the held-out faces are the first by a keyed hash of their paths."""
+    count = int(holdout) if holdout >= 1 else round(holdout * len(faces))
+    if 0 < holdout < 1 and len(faces) >= 2:
+        count = max(1, count)
+    if count >= len(faces):
+        raise UsageError(f"--holdout {holdout:g} would hold out {count} of {len(faces)} faces and leave none to fine-tune on",
+                         hint="hold out fewer faces (or --holdout 0 to skip the report)")
+    ranked = sorted(faces, key=lambda f: stable_seed(seed, "holdout", f.rel))
+    held = {f.rel for f in ranked[:count]}
+    return [f for f in faces if f.rel not in held], [f for f in faces if f.rel in held]
+
+
+def suggested_name(base: str, run: Path) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", run.resolve().name).strip("-.") or "run"
+    return f"{base}-ft-{slug}"
+
+
+@dataclass
+class FinetuneResult:
+    run: Path
+    model: Path
+    step: int
+    losses: list[tuple[int, float]]
+    pseudo: PseudoTargetSummary | None
+    report: ReportResult | None
+    train_faces: int
+    holdout_faces: int
+    name: str
+    seconds_per_step: float = 0.0
+
+    @property
+    def import_command(self) -> str:
+        return f"facerestore weights import {self.model} --name {self.name}"
+
+
+def finetune_unpaired(config: FinetuneConfig, *, resume: bool = False, reporter: Reporter | None = None,
+                      on_step: Callable[[StepReport], None] | None = None) -> FinetuneResult:
+    """Run (or continue) the three stages as the module docstring describes."""
+    d = distributed.setup(config.device)
+    try:
+        return _run(config, d, resume, reporter or Reporter(), on_step)
+    finally:
+        distributed.teardown(d)
+
+
+def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, list[str]]:
+    """Option values and combinations, the --real folder: usage errors before anything else."""
+    adapter = adapter_for(config.base)
+    plan = PseudoTargetPlan.from_options(config.k, config.l, config.n, config.size)
+    base = BaseSpec(name=config.base, weights=config.base_weights, fidelity=config.base_fidelity)
+    base.check()
+    real: list[str] = []
+    if adapter.objective == "image" and config.gan_weight > 0:
+        if not config.real:
+            raise UsageError("fine-tuning a restorer without a codebook uses a GAN against real faces", hint="pass --real DIR (high-quality aligned faces, e.g. FFHQ), or --gan-weight 0")
+        from facerestore.training.data import min_side_for, scan_faces
+
+        folder = Path(config.real)
+        if not folder.is_dir():
+            raise UsageError(f"--real {folder} is not a folder", hint="pass a folder of high-quality aligned faces")
+        real = [f.source for f in scan_faces([folder], min_side=min_side_for(config.size)).files]
+        if not real:
+            raise UsageError(f"--real {folder} holds no usable face images", hint="pass a folder of high-quality aligned faces")
+        if config.size % 8:
+            raise UsageError(f"--size {config.size} must be divisible by 8 for the discriminator")
+    elif config.real and adapter.objective == "code":
+        raise UsageError("--real is used by the GAN of image-level fine-tuning; CodeFormer is fine-tuned with code-level losses only (DT-BFR)",
+                         hint="drop --real")
+    return plan, base, real
+
+
+def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Reporter, on_step) -> FinetuneResult:
+    def message(text: str) -> None:
+        if d.main:
+            reporter.message(text)
+
+    run = Path(config.out)
+    plan, base, real = _check_options(config)
+    files_path = run / "files.json"
+    if resume and files_path.is_file():
+        split = json.loads(files_path.read_text())
+        lq = Path(config.lq)
+        train = [InputFace(rel, lq / rel) for rel in split["train"]]
+        held = [InputFace(rel, lq / rel) for rel in split["holdout"]]
+        missing = [f.rel for f in train + held if not f.path.is_file()]
+        if missing:
+            raise UsageError(f"{len(missing)} input faces of the run are gone from {lq} (first: {missing[0]})", hint="restore them, or start a new run")
+        scan_note = f"{len(train) + len(held)} faces (file list of the run)"
+    else:
+        faces, scan_note = scan_inputs(Path(config.lq), config.size)
+        train, held = split_holdout(faces, config.holdout, config.seed)
+    base_path = resolve_base_weights(config.base, config.base_weights, config.offline)
+
+    pseudo_dir = run / "pseudo"
+    pseudo_options = PseudoTargetOptions(lq=Path(config.lq), out=pseudo_dir, base=base, prior_weights=config.prior_weights, k=config.k, l=config.l,
+                                         n=config.n, size=config.size, batch_size=config.pseudo_batch, seed=config.seed, device=config.device,
+                                         offline=config.offline, files=tuple(f.rel for f in train))
+    done = read_done(pseudo_dir / STATE_DIR) if (pseudo_dir / STATE_DIR).is_dir() else set()
+    stage1_left = any(f.rel not in done for f in train)
+    # load what stage 1 needs now: a base checkpoint that does not fit (another size, another
+    # architecture) or a prior missing offline is one line before anything is written
+    base_method = base.build(str(d.device), config.offline, config.size)
+    prepared = prepare(pseudo_options, str(d.device), faces=train, scan=scan_note, base_method=base_method) if stage1_left else None
+    del base_method
+
+    if d.main:
+        run.mkdir(parents=True, exist_ok=True)
+        if not (run / "config.json").is_file():
+            write_json(run / "config.json", {"version": CONFIG_VERSION, "finetune": config.to_dict()})
+        if not files_path.is_file():
+            write_json(files_path, {"train": [f.rel for f in train], "holdout": [f.rel for f in held]})
+    distributed.barrier(d)
+    message(f"{scan_note}; {len(train)} to fine-tune on, {len(held)} held out for the report")
+
+    # ---- stage 1: pseudo-targets
+    pseudo = None
+    if prepared is not None:
+        pseudo = generate_pseudo_targets(pseudo_options, reporter=reporter if d.main else Reporter(), dist=d, prepared=prepared)
+        del prepared
+        _free(d.device)
+        message(f"pseudo-targets: {pseudo.done} made, {pseudo.skipped} already done; {pseudo.seconds_per_face:.2f} s per face; "
+                f"contact sheet {pseudo.sheet}")
+    else:
+        message(f"pseudo-targets: all {len(train)} done already ({pseudo_dir})")
+
+    # ---- stage 2: fine-tuning
+    pairs = [Pair(lq=str(f.path), target=str(pseudo_dir / "targets" / target_name(f.rel))) for f in train]
+    absent = [p.target for p in pairs if not Path(p.target).is_file()]
+    if absent:
+        raise UsageError(f"{len(absent)} pseudo-targets are missing (first: {absent[0]})", hint=f"delete {pseudo_dir} and rerun with --resume to make them again")
+    settings = TrainSettings(base=config.base, steps=config.steps, batch_size=config.batch_size, lr=config.effective_lr, ema=config.ema,
+                             size=config.size, seed=config.seed, feat_weight=config.feat_weight, ce_weight=config.ce_weight,
+                             lpips_weight=config.lpips_weight, gan_weight=config.gan_weight, disc_channels=config.disc_width, amp=config.amp, save_every=config.save_every,
+                             keep=config.keep, workers=config.workers)
+    if d.main:
+        reporter.stage("fine-tune", config.steps)
+    metadata = {"pseudo_targets": plan.describe(), "base_weights": str(base_path)}
+    outcome = train_pairs(run, settings, pairs, base_path, d, real=real, offline=config.offline, metadata=metadata, on_step=on_step,
+                          on_message=reporter.message if d.main else None)
+    _free(d.device)
+
+    # ---- stage 3: report on the held-out faces
+    report = None
+    if d.main and held:
+        from facerestore.methods.base import MethodOptions
+        from facerestore.methods.registry import build_method
+
+        device = str(d.device)
+        base_method = base.build(device, config.offline, config.size)
+        tuned = build_method(config.base, MethodOptions(device=device, weights=outcome.model, offline=config.offline, fidelity=base.effective_fidelity()))
+        settings_note = {"base": config.base, "base_fidelity": base.effective_fidelity() if config.base == "codeformer" else None,
+                         "pseudo_targets": plan.describe(), "steps": outcome.step, "train_faces": len(train), "size": config.size}
+        report = write_report(run / "report", held, base_method, tuned, size=config.size, seed=config.seed, batch_size=config.pseudo_batch,
+                              settings=settings_note, reporter=reporter)
+    elif d.main:
+        message("no held-out faces (--holdout 0): no report")
+    distributed.barrier(d)
+    return FinetuneResult(run=run, model=outcome.model, step=outcome.step, losses=outcome.losses, pseudo=pseudo, report=report,
+                          train_faces=len(train), holdout_faces=len(held), name=suggested_name(config.base, run),
+                          seconds_per_step=outcome.seconds_per_step)
+
+
+def _free(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

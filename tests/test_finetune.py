@@ -1,0 +1,296 @@
+"""Unpaired fine-tuning (Kuai et al. 2025; facerestore/training/finetune/): the K/L/N plan on the "250"
+grid, Algorithm 1 step by step against an independent replay, the pseudo-target stage (resume,
+contact sheet, settings), CodeFormer's code-level fine-tuning (frozen parts, target codes, loss,
+EMA, exact resume, export), the generic L1 + LPIPS + GAN path, and the command line.
+
+Networks are tiny seeded nets in the official formats: a CodeFormer at 64 px ({'params_ema'} .pth),
+a guided-diffusion UNet prior (raw state dict under DifFace's file name), facerestore's baseline
+UNet (safetensors). The Algorithm-1 test uses a 1x1-conv stand-in prior: it checks the sampler's
+arithmetic over the full 150 calls, which does not depend on the network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from facerestore.cli.app import register
+from facerestore.diffusion import (
+    LearnedRangeDenoiser,
+    NoiseSchedule,
+    ddpm_step,
+    low_pass,
+    randn_like,
+    space_timesteps,
+    timestep_pairs,
+)
+from facerestore.errors import UsageError
+from facerestore.image_io import read_image, write_image
+from facerestore.nets.codeformer import CodeFormer, CodeFormerConfig
+from facerestore.nets.guided_unet import GuidedUNet, UNetConfig
+from facerestore.training.finetune.pseudo_targets import (
+    BaseSpec,
+    PseudoTargetOptions,
+    PseudoTargetPlan,
+    Reporter,
+    constrained_denoise,
+    generate_pseudo_targets,
+)
+from facerestore.weights.checkpoint import load_strict
+
+register()
+runner = CliRunner()
+SCHEDULE = NoiseSchedule.named("linear", 1000)
+GRID = space_timesteps(1000, "250")
+
+TINY_CF = CodeFormerConfig(nf=32, ch_mult=(1, 1, 2), res_blocks=2, attn_resolutions=(16,), img_size=64, codebook_size=64, emb_dim=16,
+                           dim_embd=32, n_head=8, n_layers=2, latent_size=256, connect_list=("16", "32", "64"))
+TINY_PRIOR = UNetConfig(model_channels=32, channel_mult=(1, 1, 2), num_res_blocks=(1, 1, 1), attention_levels=(2,), num_head_channels=32)
+FAST = ["--k", "16", "--l", "8", "--n", "8"]  # 4 UNet calls, 2 constrained: the plumbing, not the default plan
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors on a busy 2-core machine: a second intra-op thread only spin-waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def seeded_state(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in net.state_dict().items():
+        if not value.is_floating_point():
+            state[key] = value.clone()
+            continue
+        noise = torch.randn(value.shape, generator=g)
+        state[key] = noise / math.sqrt(value[0].numel()) if value.ndim >= 2 else (1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise)
+    return state
+
+
+def face(i: int, size: int = 64) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    img = np.stack([0.5 + 0.35 * np.sin(7 * x + i), 0.5 + 0.3 * np.cos(5 * y - 0.7 * i), 0.35 + 0.3 * x * y + 0.04 * i], -1)
+    noise = np.random.default_rng(i).normal(0, 0.06, img.shape).astype(np.float32)  # a "degradation"
+    return np.clip(img + noise, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict[str, Path]:
+    """Tiny checkpoints in the official formats, under the official file names."""
+    folder = tmp_path_factory.mktemp("weights")
+    cf = CodeFormer(TINY_CF)
+    load_strict(cf, seeded_state(cf, 0))
+    torch.save({"params_ema": cf.state_dict()}, folder / "codeformer.pth")
+    prior = GuidedUNet(TINY_PRIOR)
+    load_strict(prior, seeded_state(prior, 1))
+    torch.save(prior.state_dict(), folder / "iddpm_ffhq512_ema500000.pth")
+    return {"codeformer": folder / "codeformer.pth", "prior": folder / "iddpm_ffhq512_ema500000.pth"}
+
+
+@pytest.fixture(scope="module")
+def lq(tmp_path_factory) -> Path:
+    """Six low-quality 'faces' in two sub-folders, mixed formats, plus files that are not usable."""
+    root = tmp_path_factory.mktemp("lq")
+    for i in range(6):
+        write_image(root / ("a" if i < 4 else "b") / f"{i:02d}.{'png' if i % 2 else 'jpg'}", face(i, 64 + 8 * (i % 2)))
+    (root / "b" / "broken.png").write_bytes(b"not an image")
+    write_image(root / "b" / "tiny.png", face(0, 8))
+    return root
+
+
+# ====================================================================== the plan
+
+
+def test_default_plan_is_dt_bfr_on_the_250_grid():
+    plan = PseudoTargetPlan.from_options()
+    assert (plan.k, plan.l, plan.n) == (600, 360, 16)
+    assert plan.grid == GRID and len(GRID) == 250
+    assert plan.start_index == 150 and plan.noise_t == GRID[150] == 602  # --started_timesteps 150
+    assert plan.first_t == GRID[149] == 598  # the first UNet call: index 149
+    assert plan.stop_index == 90 and plan.until_t == GRID[89] == 357  # NOT 361 = GRID[90]
+    assert plan.calls == 150 and plan.constrained == 60  # the paper's 240 timesteps
+    assert "150 UNet calls, 60 constrained" in plan.describe()
+
+
+@pytest.mark.parametrize("k, l, calls, constrained", [(900, 180, 225, 180), (600, 0, 150, 149), (600, 600, 150, 0), (360, 360, 90, 0), (4, 0, 1, 0)])
+def test_other_plans(k, l, calls, constrained):
+    plan = PseudoTargetPlan.from_options(k, l, 8)
+    assert plan.calls == calls and plan.constrained == constrained
+    assert plan.noise_t == GRID[k // 4]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"k": 601}, "--k 601 is not on the '250' grid"),
+    ({"k": 0}, "--k 0 is out of range"),
+    ({"k": 1000}, "--k 1000 is out of range"),
+    ({"l": 362}, "--l 362 is not on the '250' grid"),
+    ({"k": 360, "l": 400}, "--l 400 must be in 0..K=360"),
+    ({"l": -4}, "--l -4 must be in 0..K=600"),
+    ({"n": 0}, "--n 0: the low-pass factor N must be a positive integer"),
+    ({"n": 24}, "--n 24 does not divide the working size 512 px"),
+])
+def test_invalid_k_l_n_are_usage_errors(options, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        PseudoTargetPlan.from_options(**options, size=512)
+
+
+# ====================================================================== Algorithm 1, step by step
+
+
+class StandInPrior(torch.nn.Module):
+    """(x_t, t) -> 6 channels (eps, v in [-1,1]) depending on x_t and t; faces independent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.weight = torch.nn.Parameter(torch.randn(6, 3, 1, 1, generator=g) * 0.5)
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls.append(int(t[0]))
+        return torch.tanh(torch.nn.functional.conv2d(x, self.weight) * (1 + t.view(-1, 1, 1, 1) / 1000))
+
+
+def replay(denoiser, ref: torch.Tensor, plan: PseudoTargetPlan, seed: int) -> list[dict]:
+    """Algorithm 1 with the released code's rule, written out for one face: guide after the step FROM
+    grid index i when i >= L/4, with the reference noised at the landing timestep (`q_sample(ref, t-1)`
+    on the respaced process), fresh noise each time."""
+    g = torch.Generator().manual_seed(seed)
+    x = SCHEDULE.q_sample(ref, GRID[plan.k // 4], randn_like(ref, g))
+    steps = []
+    for t, t_prev in timestep_pairs(GRID, start=GRID[plan.k // 4 - 1]):
+        x_step = ddpm_step(denoiser, x, t, t_prev, schedule=SCHEDULE, generator=g).x_prev
+        guided = GRID.index(t) >= plan.l // 4 and t_prev >= 0
+        y_noisy = SCHEDULE.q_sample(ref, t_prev, randn_like(ref, g)) if guided else None
+        x = x_step - low_pass(x_step, plan.n) + low_pass(y_noisy, plan.n) if guided else x_step
+        steps.append({"t": t, "t_prev": t_prev, "x_step": x_step, "y_noisy": y_noisy, "x": x, "guided": guided})
+    return steps
+
+
+def test_sampler_is_algorithm_1_with_the_default_plan():
+    """150 UNet calls from t=598, 60 guided landings t=594..357; above L the low band is the noisy
+    reference's (in the engine's sense: x - Phi(y_t) keeps exactly the step's high band, and the
+    low-band gap to the reference collapses), below L the plain DDPM step is left alone."""
+    plan = PseudoTargetPlan.from_options()
+    net = StandInPrior()
+    denoiser = LearnedRangeDenoiser(net, SCHEDULE)
+    g = torch.Generator().manual_seed(3)
+    ref = (torch.rand(2, 3, 64, 64, generator=g) * 2 - 1).clamp(-1, 1)
+    seeds = [11, 12]
+    seen = []
+    out = constrained_denoise(denoiser, ref, plan, [torch.Generator().manual_seed(s) for s in seeds], schedule=SCHEDULE,
+                              callback=lambda p: seen.append((p.t, p.t_prev, p.x.clone())))
+    assert len(net.calls) == 150 and net.calls[0] == 598 and net.calls[-1] == 0
+    assert [t for t, _, _ in seen] == net.calls
+
+    for face_index, seed in enumerate(seeds):
+        steps = replay(denoiser, ref[face_index : face_index + 1], plan, seed)
+        guided = [s["t_prev"] for s in steps if s["guided"]]
+        assert len(guided) == 60 and guided[0] == GRID[148] and guided[-1] == GRID[89] == 357
+        for s, (t, t_prev, x) in zip(steps, seen):
+            assert (s["t"], s["t_prev"]) == (t, t_prev)
+            mine = x[face_index : face_index + 1]
+            torch.testing.assert_close(mine, s["x"], rtol=0, atol=2e-5)  # the same trajectory as the replay
+            if s["guided"]:
+                high = s["x_step"] - low_pass(s["x_step"], plan.n)
+                torch.testing.assert_close(mine - low_pass(s["y_noisy"], plan.n), high, rtol=0, atol=2e-5)
+                gap_before = (low_pass(s["x_step"], plan.n) - low_pass(s["y_noisy"], plan.n)).norm()
+                gap_after = (low_pass(mine, plan.n) - low_pass(s["y_noisy"], plan.n)).norm()
+                assert gap_after < 0.3 * gap_before
+            elif t_prev >= 0:
+                torch.testing.assert_close(mine, s["x_step"], rtol=0, atol=2e-5)  # free below L: plain DDPM
+        torch.testing.assert_close(out[face_index : face_index + 1], steps[-1]["x"], rtol=0, atol=2e-5)
+    # each face's noise is its own: face 1 alone gives what it gave in the batch
+    alone = constrained_denoise(denoiser, ref[1:], plan, [torch.Generator().manual_seed(seeds[1])], schedule=SCHEDULE)
+    torch.testing.assert_close(alone, out[1:], rtol=0, atol=2e-5)
+
+
+# ====================================================================== the pseudo-target stage
+
+
+def _pseudo_options(lq: Path, out: Path, weights, **changes) -> PseudoTargetOptions:
+    base = dict(lq=lq, out=out, base=BaseSpec(name="codeformer", weights=str(weights["codeformer"])), prior_weights=str(weights["prior"]),
+                k=16, l=8, n=8, size=64, batch_size=2, device="cpu")
+    return PseudoTargetOptions(**(base | changes))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_stage_resume_skips_finished_targets_and_matches_an_uninterrupted_run(lq, weights, tmp_path):
+    straight = generate_pseudo_targets(_pseudo_options(lq, tmp_path / "straight", weights))
+    assert straight.total == 6 and straight.done == 6 and straight.skipped == 0
+    assert "6 faces, 1 unreadable skipped, 1 too small skipped" in straight.scan
+    targets = sorted(p.relative_to(tmp_path / "straight" / "targets").as_posix() for p in (tmp_path / "straight" / "targets").rglob("*.png"))
+    assert targets == ["a/00.png", "a/01.png", "a/02.png", "a/03.png", "b/04.png", "b/05.png"]  # relative paths kept, PNG
+
+    stage = {}
+
+    def on_stage(name, total):
+        stage["name"] = name
+
+    def on_advance(amount):
+        if stage["name"].startswith("pseudo-targets"):
+            raise Interrupt  # after the first batch of targets was written and listed
+
+    run = tmp_path / "run"
+    with pytest.raises(Interrupt):
+        generate_pseudo_targets(_pseudo_options(lq, run, weights), reporter=Reporter(on_stage=on_stage, on_advance=on_advance))
+    finished = sorted(p for p in (run / "targets").rglob("*.png"))
+    assert len(finished) == 2 and len(list((run / "base").rglob("*.png"))) == 6
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+
+    stages = []
+    resumed = generate_pseudo_targets(_pseudo_options(lq, run, weights, batch_size=3),
+                                      reporter=Reporter(on_stage=lambda name, total: stages.append((name, total))))
+    assert resumed.skipped == 2 and resumed.done == 4
+    assert stages == [("pseudo-targets (diffusion prior)", 4)]  # base outputs were reused, not recomputed
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # finished targets untouched
+    for rel in targets:  # per-face noise: batch size and the interruption change nothing
+        assert (run / "targets" / rel).read_bytes() == (tmp_path / "straight" / "targets" / rel).read_bytes(), rel
+    again = generate_pseudo_targets(_pseudo_options(lq, run, weights))
+    assert again.done == 0 and again.skipped == 6
+
+
+def test_contact_sheet_and_settings(lq, weights, tmp_path):
+    out = tmp_path / "pt"
+    summary = generate_pseudo_targets(_pseudo_options(lq, out, weights, limit=3))
+    assert summary.total == 3 and "the first 3 of 6 faces" in summary.scan
+    sheet = read_image(summary.sheet).rgb
+    assert sheet.shape == (3 * 64 + 2 * 4, 3 * 64 + 2 * 4, 3)  # rows: input | base output | pseudo-target
+    first_row_target = sheet[:64, -64:]
+    np.testing.assert_allclose(first_row_target, read_image(out / "targets" / "a" / "00.png").rgb, atol=1 / 255 + 1e-6)
+    settings = json.loads((out / ".facerestore-pseudo" / "settings.json").read_text())
+    assert (settings["k"], settings["l"], settings["n"], settings["respacing"]) == (16, 8, 8, "250")
+    with pytest.raises(UsageError, match="holds pseudo-targets made with other settings .*'n': 8 -> 4|n: 8 -> 4"):
+        generate_pseudo_targets(_pseudo_options(lq, out, weights, n=4))
+    with pytest.raises(UsageError, match="lies inside the input folder"):
+        generate_pseudo_targets(_pseudo_options(lq, lq / "out", weights))
+
+
+def test_pseudo_targets_come_from_the_base_output_through_the_prior(lq, weights, tmp_path):
+    """Targets differ from the base outputs (the prior changed them) but keep their low band when L = 0
+    constrains every step, and move away from it when nothing is constrained (L = K)."""
+    def low_band_gap(out):
+        gaps = []
+        for rel in ("a/00.png", "a/01.png"):
+            base = torch.from_numpy(read_image(out / "base" / rel).rgb).permute(2, 0, 1)
+            target = torch.from_numpy(read_image(out / "targets" / rel).rgb).permute(2, 0, 1)
+            assert (base - target).abs().max() > 0.02
+            gaps.append(float((low_pass(base, 8) - low_pass(target, 8)).abs().mean()))
+        return float(np.mean(gaps))
+
+    constrained = generate_pseudo_targets(_pseudo_options(lq, tmp_path / "c", weights, k=40, l=0, limit=2))
+    free = generate_pseudo_targets(_pseudo_options(lq, tmp_path / "f", weights, k=40, l=40, limit=2))
+    assert constrained.done == free.done == 2
+    assert low_band_gap(tmp_path / "c") < 0.5 * low_band_gap(tmp_path / "f")

@@ -1,0 +1,249 @@
+"""`facerestore finetune` through typer's CliRunner: help, one-line errors with exit codes before any
+work, a whole run with resume, the pseudo-targets command's resume, the fine-tuned file through
+`restore --method codeformer --weights FILE`; slow: the real Wider-Test faces, and torchrun."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import get_type_hints
+
+import numpy as np
+import pytest
+import test_finetune as shared
+import torch
+from test_finetune import FAST, face, seeded_state
+from typer.testing import CliRunner
+
+from facerestore.cli.app import app, register
+from facerestore.image_io import read_image, write_image
+
+register()
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+lq = shared.lq  # the shared fixture
+one_thread = shared.one_thread  # the shared fixture
+weights = shared.weights  # the shared fixture
+
+
+def run(*args) -> object:
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, code: int, *needles: str) -> str:
+    text = result.output.strip()
+    assert result.exit_code == code, result.output
+    assert "\n" not in text and text.startswith("error: "), text
+    for needle in needles:
+        assert needle in text, (needle, text)
+    return text
+
+
+def tiny_run_args(lq: Path, out: Path, weights, *extra) -> list:
+    return ["finetune", "--unpaired", lq, "--out", out, "--base-weights", weights["codeformer"], "--prior-weights", weights["prior"],
+            "--size", "64", *FAST, "--holdout", "2", "--steps", "2", "--batch-size", "2", "--save-every", "1", "--workers", "0",
+            "--device", "cpu", "-q", *extra]
+
+
+@pytest.mark.parametrize("command", [["finetune"], ["finetune", "run"], ["finetune", "pseudo-targets"]])
+def test_help(command):
+    result = run(*command, "-h")
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_every_option_has_help_text():
+    from facerestore.cli.finetune import pseudo_targets_command, run_command
+
+    for command in (run_command, pseudo_targets_command):
+        hints = get_type_hints(command, include_extras=True)
+        for name in inspect.signature(command).parameters:
+            assert hints[name].__metadata__[0].help, f"{command.__name__}: --{name} has no help"
+
+
+# ----------------------------------------------------------------- bad input: one line, before any work
+
+
+def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "broken.png").write_bytes(b"junk")
+    out = tmp_path / "run"
+
+    one_line_error(run(*tiny_run_args(empty, out, weights)), 2, "no usable faces in", "1 unreadable skipped")
+    # the base model without weights (offline): names the file and the import command
+    args = tiny_run_args(lq, out, weights)
+    args[args.index("--base-weights") : args.index("--base-weights") + 2] = []
+    one_line_error(run(*args), 1, "codeformer.pth (weights 'codeformer') is not on this machine", "facerestore weights import codeformer.pth")
+    # the prior missing offline
+    args = tiny_run_args(lq, out, weights)
+    args[args.index("--prior-weights") : args.index("--prior-weights") + 2] = []
+    one_line_error(run(*args), 1, "iddpm_ffhq512_ema500000.pth (weights 'difface_prior') is not on this machine", "facerestore weights import")
+    one_line_error(run(*tiny_run_args(lq, out, weights, "--k", "601")), 2, "--k 601 is not on the '250' grid")
+    one_line_error(run(*tiny_run_args(lq, out, weights, "--l", "20", "--k", "16")), 2, "--l 20 must be in 0..K=16")
+    one_line_error(run(*tiny_run_args(lq, out, weights, "--n", "3")), 2, "--n 3 does not divide the working size 64 px")
+    one_line_error(run(*tiny_run_args(lq, out, weights, "--base", "difface")), 2, "--base difface cannot be fine-tuned")
+    one_line_error(run(*tiny_run_args(lq, out, weights, "--base", "baseline")), 2, "uses a GAN against real faces", "--real DIR")
+    one_line_error(run(*tiny_run_args(lq, out, weights, "--holdout", "6")), 2, "would hold out 6 of 6 faces")
+    one_line_error(run(*tiny_run_args(lq, out, weights, "--holdout", "1.5")), 2, "--holdout 1.5")
+    one_line_error(run(*tiny_run_args(lq, out, weights, "--size", "32")), 2, "works on 64 px faces", "--size 64")
+    one_line_error(run("finetune", "--out", out, "--resume"), 2, "nothing to resume")
+    one_line_error(run("finetune", "--out", out), 2, "no input folder given", "--unpaired LQ_DIR")
+    assert not out.exists()  # nothing was written by any of these
+
+    pt_out = tmp_path / "pt"
+    one_line_error(run("finetune", "pseudo-targets", empty, "--out", pt_out, "--device", "cpu"), 2, "no usable faces")
+    one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--base-weights", weights["codeformer"], "--size", "64", "--device", "cpu"),
+                   1, "iddpm_ffhq512_ema500000.pth")
+    one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--prior-weights", weights["prior"], "--base", "codeformer",
+                       "--base-fidelity", "2", "--device", "cpu"), 2, "--base-fidelity must be in [0,1]")
+    assert not pt_out.exists()
+
+
+# ----------------------------------------------------------------- whole runs
+
+
+def test_run_resume_and_register(tmp_path, weights, lq):
+    out = tmp_path / "run"
+    result = run(*tiny_run_args(lq, out, weights))
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    model = out / "codeformer-finetuned.safetensors"
+    assert lines[0].startswith("fine-tuned codeformer: step 2 of 2, last loss ") and lines[0].endswith(f"weights: {model}")
+    assert lines[1].startswith(f"report: {out / 'report' / 'report.md'} (2 held-out faces; NIQE ")
+    assert lines[2] == f"register it: facerestore weights import {model} --name codeformer-ft-run"
+    assert lines[3] == "then:        facerestore PHOTO --method codeformer --weights codeformer-ft-run"
+
+    split = json.loads((out / "files.json").read_text())
+    assert len(split["train"]) == 4 and len(split["holdout"]) == 2 and not set(split["train"]) & set(split["holdout"])
+    targets = sorted(p.relative_to(out / "pseudo" / "targets").as_posix() for p in (out / "pseudo" / "targets").rglob("*.png"))
+    assert targets == sorted(str(Path(r).with_suffix(".png")) for r in split["train"])  # held-out faces get no pseudo-target
+    assert (out / "pseudo" / "contact_sheet.png").is_file() and (out / "report" / "contact_sheet.png").is_file()
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["faces"] == 2 and {p["path"] for p in report["per_face"]} == set(split["holdout"])
+    # these inputs are 64-72 px: too small for NIQE, which says so instead of inventing a number
+    assert report["niqe_mean"]["base"] is None and any("NIQE needs at least 192x192" in r for r in report["niqe_unavailable"])
+    sheet = read_image(out / "report" / "contact_sheet.png").rgb
+    thumb = max(read_image(lq / rel).height for rel in split["holdout"])  # cells at the inputs' size (below 256)
+    assert sheet.shape == (2 * thumb + 4, 3 * thumb + 2 * 4, 3)  # 2 rows of input | base | fine-tuned
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "pseudo" / "targets").rglob("*.png")}
+
+    again = run(*tiny_run_args(lq, out, weights))
+    one_line_error(again, 2, "already holds a fine-tuning run", "--resume")
+    changed = run("finetune", "--out", out, "--resume", "--n", "4")
+    one_line_error(changed, 2, "--resume keeps the run's recipe, but --n 4 (run: 8)")
+
+    resumed = run("finetune", "--out", out, "--resume", "--steps", "4", "--workers", "0", "--device", "cpu")
+    assert resumed.exit_code == 0, resumed.output
+    assert "pseudo-targets: all 4 done already" in resumed.output and "resumed fine-tuning from" in resumed.output
+    assert "fine-tuned codeformer: step 4 of 4" in resumed.output
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # no pseudo-target redone
+
+    registered = run("weights", "import", model, "--name", "codeformer-ft-run")
+    assert registered.exit_code == 0, registered.output
+    from safetensors.torch import load_file
+
+    from facerestore.methods.base import MethodOptions
+    from facerestore.methods.registry import build_method
+
+    method = build_method("codeformer", MethodOptions(weights="codeformer-ft-run"))
+    exported = load_file(str(model))
+    assert all(torch.equal(v, exported[k]) for k, v in method.net.state_dict().items())
+
+
+def test_pseudo_targets_command_resumes(tmp_path, weights, lq):
+    out = tmp_path / "pt"
+    common = ["finetune", "pseudo-targets", lq, "--out", out, "--base-weights", weights["codeformer"], "--prior-weights", weights["prior"],
+              "--size", "64", *FAST, "--device", "cpu", "-q"]
+    first = run(*common, "--limit", "2")
+    assert first.exit_code == 0, first.output
+    assert "2 pseudo-targets made, 0 already done, 2 in all" in first.output
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "targets").rglob("*.png")}
+    second = run(*common)
+    assert second.exit_code == 0, second.output
+    assert "4 pseudo-targets made, 2 already done, 6 in all" in second.output and f"contact sheet: {out / 'contact_sheet.png'}" in second.output
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+    assert len(list((out / "targets").rglob("*.png"))) == 6
+
+
+def test_restore_loads_an_exported_codeformer_file(tmp_path):
+    """`facerestore FACE --aligned --method codeformer --weights FILE` on a file written by the fine-tuning
+    export (a 512-px tiny CodeFormer: the restore pipeline works on 512 crops)."""
+    from facerestore.nets.codeformer import CodeFormer, CodeFormerConfig
+    from facerestore.training.finetune.objectives import export_model
+    from facerestore.weights.checkpoint import load_strict
+
+    config = CodeFormerConfig(nf=32, ch_mult=(1,) * 6, res_blocks=1, attn_resolutions=(16,), img_size=512, codebook_size=64, emb_dim=16,
+                              dim_embd=32, n_head=8, n_layers=2, latent_size=256, connect_list=("16", "64", "128"))
+    net = CodeFormer(config)
+    load_strict(net, seeded_state(net, 4))
+    model = export_model("codeformer", net.state_dict(), tmp_path / "codeformer-finetuned.safetensors", {"step": "1"})
+    write_image(tmp_path / "in" / "face.png", face(0, 512))
+    result = run("--aligned", tmp_path / "in" / "face.png", "-o", tmp_path / "out", "--method", "codeformer", "--weights", model, "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    restored = read_image(tmp_path / "out" / "restored_faces" / "face.png").rgb
+    assert restored.shape == (512, 512, 3) and restored.std() > 0.01
+
+
+# ----------------------------------------------------------------- slow: real faces, torchrun
+
+
+@pytest.mark.slow
+def test_real_wider_test_run_with_tiny_models(shared_data, tmp_path, weights):
+    """The whole CLI on the 20 real Wider-Test faces (512 px), tiny models at 64 px, the DEFAULT plan
+    (K=600, L=360, N=16: 150 UNet calls per batch), 20 fine-tuning steps, 4 held-out faces with NIQE."""
+    wider = shared_data / "faces-lq-real" / "Wider-Test"
+    out = tmp_path / "wider"
+    start = time.perf_counter()
+    result = run("finetune", "--unpaired", wider, "--out", out, "--base-weights", weights["codeformer"], "--prior-weights", weights["prior"],
+                 "--size", "64", "--holdout", "4", "--steps", "20", "--batch-size", "4", "--save-every", "10", "--workers", "0",
+                 "--device", "cpu", "-q")
+    seconds = time.perf_counter() - start
+    assert result.exit_code == 0, result.output
+    print(f"\nWider-Test CLI run (20 faces, tiny models at 64 px, default K/L/N): {seconds:.1f} s")
+    assert len(list((out / "pseudo" / "targets").glob("*.png"))) == 16
+    settings = json.loads((out / "pseudo" / ".facerestore-pseudo" / "settings.json").read_text())
+    assert (settings["k"], settings["l"], settings["n"]) == (600, 360, 16)
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["faces"] == 4
+    for key in ("input", "base", "finetuned"):
+        assert report["niqe_mean"][key] is not None and math.isfinite(report["niqe_mean"][key])
+    assert read_image(out / "report" / "finetuned" / report["per_face"][0]["path"]).rgb.shape == (512, 512, 3)  # back at the input's size
+    losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 20 and np.mean(losses[-4:]) < np.mean(losses[:4])
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_matches_one_process(tmp_path, weights, lq):
+    """torchrun with 2 CPU processes: pseudo-targets sharded by rank (same files), DDP fine-tuning with
+    the global batch split (same losses up to float sums), one report, one set of final lines."""
+    plan = ["--prior-start", "16", "--prior-until", "8", "--prior-lowpass", "8"]  # torchrun would read --l / --n as its own options
+    args = ["--unpaired", lq, "--base-weights", weights["codeformer"], "--prior-weights", weights["prior"], "--size", "64", *plan,
+            "--holdout", "2", "--steps", "3", "--batch-size", "4", "--save-every", "2", "--workers", "0", "--device", "cpu", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    ddp = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facerestore", "finetune",
+               *[str(a) for a in args], "--out", str(ddp)]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("fine-tuned codeformer: step 3 of 3") == 1
+    single = tmp_path / "single"
+    result = run("finetune", *args, "--out", single)
+    assert result.exit_code == 0, result.output
+
+    def losses(folder):
+        return [json.loads(line)["loss"] for line in (folder / "log.jsonl").read_text().splitlines()]
+
+    np.testing.assert_allclose(losses(ddp), losses(single), rtol=1e-5)
+    for target in (single / "pseudo" / "targets").rglob("*.png"):
+        assert target.read_bytes() == (ddp / target.relative_to(single)).read_bytes()
+    assert len(list((ddp / "pseudo" / ".facerestore-pseudo").glob("done-rank*.jsonl"))) == 2
+    files = lambda run: sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file() and "done-rank" not in p.name)
+    assert files(ddp) == files(single)
