@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from facerestore.image_io import list_images, read_image
+from facerestore.image_io import BadImage, list_images, read_image
 from facerestore.nets.baseline_unet import BaselineUNet, BaselineUNetConfig
 from facerestore.training.degradations import Eq11Params, apply_eq11, sample_eq11
 from facerestore.weights.checkpoint import save_safetensors
@@ -46,7 +46,8 @@ def load_faces(folders: list[Path], limit: int | None = None, keep_size: bool = 
     for path in paths[:limit]:
         try:
             rgb = read_image(path).rgb
-        except Exception:
+        except BadImage as e:
+            print(f"skipped: {e}", flush=True)
             continue
         if min(rgb.shape[:2]) < 128:
             continue
@@ -110,6 +111,38 @@ def validate(net: torch.nn.Module, faces: list[np.ndarray]) -> dict[str, dict[st
     return report
 
 
+def write_model(ema: BaselineUNet, config: BaselineUNetConfig, args: argparse.Namespace, step: int, seconds: float,
+                faces: list, val_faces: list, history: list) -> None:
+    """Written at every validation, so a run that is cut off still leaves its latest model and card."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.half() for k, v in ema.state_dict().items()}
+    save_safetensors(state, args.out / "baseline.safetensors", {"net": "BaselineUNet", "config": json.dumps(config.__dict__)})
+    card = {
+        "name": "baseline",
+        "net": "BaselineUNet",
+        "config": {"channels": list(config.channels), "blocks": config.blocks, "unshuffle": config.unshuffle},
+        "params": sum(p.numel() for p in ema.parameters()),
+        "objective": "L1 regression x_d -> x (one step), IDM eq. 11 degradations drawn uniformly",
+        "keep_size": args.keep_size,
+        "data": [str(p) for p in args.data],
+        "train_faces": len(faces),
+        "validation": str(args.val),
+        "validation_faces": len(val_faces),
+        "steps": step,
+        "planned_steps": args.steps,
+        "batch": args.batch,
+        "crop": args.crop,
+        "lr": args.lr,
+        "ema": args.ema,
+        "seed": args.seed,
+        "train_seconds": round(seconds),
+        "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
+        "history": history,
+    }
+    (args.out / "baseline.json").write_text(json.dumps(card, indent=1) + "\n")
+    print(f"wrote {args.out / 'baseline.safetensors'} (step {step})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="folders of aligned training faces")
@@ -160,34 +193,9 @@ def main() -> None:
             report = validate(ema.eval(), val_faces)
             history.append({"step": step, "loss": round(loss.item(), 5), **report})
             print(json.dumps(history[-1]), flush=True)
+            write_model(ema, config, args, step, time.time() - train_start, faces, val_faces, history)
     stop.set()
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.half() for k, v in ema.state_dict().items()}
-    save_safetensors(state, args.out / "baseline.safetensors", {"net": "BaselineUNet", "config": json.dumps(config.__dict__)})
-    card = {
-        "name": "baseline",
-        "net": "BaselineUNet",
-        "config": {"channels": list(config.channels), "blocks": config.blocks, "unshuffle": config.unshuffle},
-        "params": sum(p.numel() for p in ema.parameters()),
-        "objective": "L1 regression x_d -> x (one step), IDM eq. 11 degradations drawn uniformly",
-        "keep_size": args.keep_size,
-        "data": [str(p) for p in args.data],
-        "train_faces": len(faces),
-        "validation": str(args.val),
-        "validation_faces": len(val_faces),
-        "steps": args.steps,
-        "batch": args.batch,
-        "crop": args.crop,
-        "lr": args.lr,
-        "ema": args.ema,
-        "seed": args.seed,
-        "train_seconds": round(time.time() - train_start),
-        "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
-        "history": history,
-    }
-    (args.out / "baseline.json").write_text(json.dumps(card, indent=1) + "\n")
-    print(f"wrote {args.out / 'baseline.safetensors'}", flush=True)
 
 
 if __name__ == "__main__":
