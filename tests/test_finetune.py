@@ -12,12 +12,12 @@ arithmetic over the full 150 calls, which does not depend on the network.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import seeded_state
 from typer.testing import CliRunner
 
 from facerestore.cli.app import register
@@ -52,28 +52,10 @@ GRID = space_timesteps(1000, "250")
 TINY_CF = CodeFormerConfig(nf=32, ch_mult=(1, 1, 2), res_blocks=2, attn_resolutions=(16,), img_size=64, codebook_size=64, emb_dim=16,
                            dim_embd=32, n_head=8, n_layers=2, latent_size=256, connect_list=("16", "32", "64"))
 TINY_PRIOR = UNetConfig(model_channels=32, channel_mult=(1, 1, 2), num_res_blocks=(1, 1, 1), attention_levels=(2,), num_head_channels=32)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = ["--k", "16", "--l", "8", "--n", "8"]  # 4 UNet calls, 2 constrained: the plumbing, not the default plan
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a busy 2-core machine: a second intra-op thread only spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def seeded_state(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in net.state_dict().items():
-        if not value.is_floating_point():
-            state[key] = value.clone()
-            continue
-        noise = torch.randn(value.shape, generator=g)
-        state[key] = noise / math.sqrt(value[0].numel()) if value.ndim >= 2 else (1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise)
-    return state
 
 
 def face(i: int, size: int = 64) -> np.ndarray:

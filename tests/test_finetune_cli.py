@@ -18,18 +18,20 @@ import numpy as np
 import pytest
 import test_finetune as shared
 import torch
-from test_finetune import FAST, face, seeded_state
+from helpers import seeded_state
+from test_finetune import FAST, face
 from typer.testing import CliRunner
 
 from facerestore.cli.app import app, register
 from facerestore.image_io import read_image, write_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 register()
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
 
 lq = shared.lq  # the shared fixture
-one_thread = shared.one_thread  # the shared fixture
 weights = shared.weights  # the shared fixture
 
 

@@ -36,9 +36,10 @@ from facerestore.training.finetune.trainer import (
     train_pairs,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CPU = distributed.Dist()
 
-one_thread = shared.one_thread  # the shared fixture
 weights = shared.weights  # the shared fixture
 
 
