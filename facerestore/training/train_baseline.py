@@ -1,9 +1,10 @@
 """Train the `baseline` restorer shipped inside the package (the offline default until IDM ships).
 
-    python -m facerestore.training.train_baseline --data DIR [DIR ...] --val DIR --out facerestore/models
+    python -m facerestore.training.train_baseline --data DIR [DIR ...] --val DIR --out facerestore/models --keep-size
 
 One-step L1 regression (IDM eq. 7 without the diffusion: x_d -> x) of a BaselineUNet on random crops of
-faces resized to 512 and degraded on the fly with IDM eq. 11. Adam, cosine learning rate, gradient
+faces resized to 512 (with --keep-size, as the shipped model: kept at their own size up to 512, eq. 11
+scaled to it) and degraded on the fly with IDM eq. 11. docs/baseline-model.md has the shipped run. Adam, cosine learning rate, gradient
 clipping, EMA of the weights (the EMA is what ships, stored as fp16 safetensors with a JSON card that
 records data, steps, time and the validation numbers).
 """
@@ -11,6 +12,7 @@ records data, steps, time and the validation numbers).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import queue
@@ -116,7 +118,9 @@ def write_model(ema: BaselineUNet, config: BaselineUNetConfig, args: argparse.Na
     """Written at every validation, so a run that is cut off still leaves its latest model and card."""
     args.out.mkdir(parents=True, exist_ok=True)
     state = {k: v.half() for k, v in ema.state_dict().items()}
-    save_safetensors(state, args.out / "baseline.safetensors", {"net": "BaselineUNet", "config": json.dumps(config.__dict__)})
+    metadata = {"net": "BaselineUNet", "config": json.dumps(config.__dict__)}
+    save_safetensors(state, args.out / "baseline.safetensors", metadata)
+    save_safetensors(state, args.out / "steps" / f"baseline-step{step}.safetensors", metadata)  # to pick from the history
     card = {
         "name": "baseline",
         "net": "BaselineUNet",
@@ -138,6 +142,7 @@ def write_model(ema: BaselineUNet, config: BaselineUNetConfig, args: argparse.Na
         "train_seconds": round(seconds),
         "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
         "history": history,
+        "sha256": hashlib.sha256((args.out / "baseline.safetensors").read_bytes()).hexdigest(),
     }
     (args.out / "baseline.json").write_text(json.dumps(card, indent=1) + "\n")
     print(f"wrote {args.out / 'baseline.safetensors'} (step {step})", flush=True)
