@@ -15,7 +15,7 @@ import torch
 from facerestore.errors import ChecksumMismatch, UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.weights import catalogue, store
 from facerestore.weights.catalogue import WeightsEntry, load_catalogue, official_catalogue
-from facerestore.weights.checkpoint import canonical_state_dict, load_strict, read_state_dict, safetensors_metadata
+from facerestore.weights.checkpoint import canonical_state_dict, load_strict, read_state_dict, safetensors_metadata, save_safetensors
 
 
 def tiny_state() -> dict[str, torch.Tensor]:
@@ -247,3 +247,15 @@ def test_verify_reports_mismatch(tiny_file, use_entry):
     target = store.import_file(tiny_file)
     target.write_bytes(b"corrupted")
     assert [s for _, _, s in store.verify_all()] == ["mismatch"]
+
+
+def test_saved_safetensors_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    """Exported models are normal user files (shareable on a cluster), though written via a temp file."""
+    old = os.umask(0o022)
+    try:
+        path = save_safetensors({"w": torch.ones(2)}, tmp_path / "model.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert read_state_dict(path)["w"].tolist() == [1.0, 1.0]
+    assert not list(tmp_path.glob(".*.tmp"))

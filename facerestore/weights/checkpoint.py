@@ -88,6 +88,13 @@ def load_strict(net: torch.nn.Module, state: Mapping[str, torch.Tensor], source:
     return net
 
 
+def _new_file_mode() -> int:
+    """The mode open() would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_safetensors(state: Mapping[str, torch.Tensor], path: Path | str, metadata: dict[str, str] | None = None) -> Path:
     """Write atomically (temp file + rename); tensors sharing memory are copied apart first."""
     from safetensors.torch import save_file
@@ -107,6 +114,7 @@ def save_safetensors(state: Mapping[str, torch.Tensor], path: Path | str, metada
     os.close(fd)
     try:
         save_file(plain, tmp, metadata=metadata or {})
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; the result is a normal user file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
