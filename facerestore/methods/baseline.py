@@ -2,7 +2,7 @@
 
 An L1 regression restorer (IDM eq. 7 without the diffusion chain) trained on IDM eq. 11 degradations
 of FFHQ faces by `python -m facerestore.training.train_baseline`; facerestore/models/baseline.json
-records its data, steps, time and measured quality. It is the default until the project's own IDM
+records its data, steps and time; docs/baseline-model.md its measured quality. It is the default until the project's own IDM
 model ships. It is not a diffusion method and, being one-step, is deterministic.
 """
 
@@ -23,7 +23,7 @@ from facerestore.weights.store import resolve_explicit
 INFO = MethodInfo(
     name="baseline",
     summary="facerestore's own small one-step UNet (L1 on IDM eq. 11 degradations); ships with the package, fast on CPU",
-    paper="none: a placeholder default until facerestore's IDM model ships",
+    paper="none: the offline default until facerestore's IDM model ships (docs/baseline-model.md)",
     license="MIT code; weights trained on FFHQ (CC BY-NC-SA 4.0 data)",
     commercial_use=False,
 )
