@@ -42,6 +42,7 @@ import torch
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import Picture, assert_not_input, list_images, read_image, write_image
 from facerestore.training import distributed
+from facerestore.training.loop import check_settings
 from facerestore.training.seeds import stable_seed
 
 STATE_DIR = ".facerestore-clean"
@@ -132,24 +133,6 @@ def _read_manifests(state: Path) -> dict[str, dict]:
     return entries
 
 
-def _check_settings(state: Path, settings: dict, main: bool) -> None:
-    path = state / "settings.json"
-    if path.is_file():
-        try:
-            recorded = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            recorded = None
-        if recorded is not None and recorded != settings:
-            differ = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in settings if recorded.get(k) != settings.get(k))
-            raise UsageError(f"{state.parent} holds a cleaning run with other settings ({differ})",
-                             hint=f"rerun with the same options, choose another --out, or delete {state} to start over")
-    elif main:
-        state.mkdir(parents=True, exist_ok=True)
-        tmp = state / ".settings.json.tmp"
-        tmp.write_text(json.dumps(settings, indent=1) + "\n")
-        os.replace(tmp, path)
-
-
 def _remove_stale_temps(targets: Sequence[Path]) -> int:
     """Temp files a killed write_image left beside the targets (".name.XXXX.tmp")."""
     removed = 0
@@ -234,7 +217,7 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
         paths = paths[: options.limit]
     rels = [p.relative_to(src).as_posix() for p in paths]
     state = out / STATE_DIR
-    _check_settings(state, _settings(options), d.main)
+    check_settings(state, _settings(options), d.main, "a cleaning run")
     distributed.barrier(d)
     state.mkdir(parents=True, exist_ok=True)
 

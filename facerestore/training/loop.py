@@ -4,12 +4,14 @@
   anything that draws from them (dropout, spectral-norm initial vectors, user code) is replayed
   exactly after a resume;
 - `StopAtStepEnd`: Ctrl-C / SIGTERM finish the current step, then the loop saves and stops;
-- `truncate_log`: drop JSON-lines log entries beyond the checkpoint being resumed.
+- `truncate_log`: drop JSON-lines log entries beyond the checkpoint being resumed;
+- `check_settings`: a resumable output folder refuses a rerun with other settings.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import threading
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facerestore.errors import UsageError
 from facerestore.training.seeds import stable_seed
 
 
@@ -74,3 +77,25 @@ def write_json_lines(path: Path, lines: list[str]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in lines))
     tmp.replace(path)
+
+
+def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
+    """Refuse to mix two settings in one resumable output folder; record them on the first run (rank 0).
+
+    Shared by `clean-dataset` and the pseudo-target stage: `state` is the folder's hidden state folder.
+    """
+    path = state / "settings.json"
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            recorded = None
+        if recorded is not None and recorded != settings:
+            differ = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in settings if recorded.get(k) != settings.get(k))
+            raise UsageError(f"{state.parent} holds {what} made with other settings ({differ})",
+                             hint=f"rerun with the same options, choose another --out, or delete {state} to start over")
+    elif main:
+        state.mkdir(parents=True, exist_ok=True)
+        tmp = state / ".settings.json.tmp"
+        tmp.write_text(json.dumps(settings, indent=1) + "\n")
+        os.replace(tmp, path)

@@ -72,6 +72,7 @@ from facerestore.diffusion import (
 )
 from facerestore.errors import UsageError
 from facerestore.training import distributed
+from facerestore.training.loop import check_settings
 from facerestore.training.seeds import stable_seed
 
 T = 1000
@@ -440,25 +441,6 @@ def _settings(options: PseudoTargetOptions, plan: PseudoTargetPlan, prior: Path)
         "prior": {"path": str(prior.resolve()), "bytes": prior.stat().st_size},
         "k": plan.k, "l": plan.l, "n": plan.n, "respacing": RESPACING, "size": options.size, "seed": options.seed,
     }
-
-
-def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
-    """Refuse to mix two settings in one folder; record them on the first run (rank 0)."""
-    path = state / "settings.json"
-    if path.is_file():
-        try:
-            recorded = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            recorded = None
-        if recorded is not None and recorded != settings:
-            differ = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in settings if recorded.get(k) != settings.get(k))
-            raise UsageError(f"{state.parent} holds {what} made with other settings ({differ})",
-                             hint=f"rerun with the same options, choose another --out, or delete {state.parent} to start over")
-    elif main:
-        state.mkdir(parents=True, exist_ok=True)
-        tmp = state / ".settings.json.tmp"
-        tmp.write_text(json.dumps(settings, indent=1) + "\n")
-        os.replace(tmp, path)
 
 
 def read_done(state: Path) -> set[str]:
