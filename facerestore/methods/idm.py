@@ -56,17 +56,16 @@ from facerestore.diffusion import (
     ConcatCondition,
     NoiseLevelInput,
     NoiseSchedule,
-    Prediction,
     Progress,
     StepOutput,
     X0Denoiser,
     ddpm_step,
-    randn_like,
     sample,
     space_timesteps,
 )
 from facerestore.errors import UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
+from facerestore.methods.difface import PerFaceSteps, face_generators, face_seeds, per_face_noise  # shared per-face noise
 from facerestore.methods.registry import check_method_options
 from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import IDMUNet, config_from_dict, config_to_dict, infer_idm_config
@@ -198,39 +197,14 @@ def grid_for(steps: int) -> tuple[int, ...]:
     return space_timesteps(T, str(int(steps)))
 
 
-def face_seeds(batch: int, generator: torch.Generator | None) -> list[int]:
-    """One 63-bit seed per face, drawn in order from the caller's generator (global RNG if None)."""
-    device = generator.device if generator is not None else "cpu"
-    return torch.randint(0, 2**63 - 1, (batch,), generator=generator, device=device).tolist()
-
-
-@dataclass(frozen=True, eq=False)
-class _OneFace:
-    """A denoiser answering with face i of a prediction already computed for the whole batch."""
-
-    prediction: Prediction
-    index: int
-    t: int
-
-    def __call__(self, x_t: torch.Tensor, t: int) -> Prediction:
-        if t != self.t:
-            raise RuntimeError(f"per-face step asked for t={t}, the batch was denoised at t={self.t}")
-        i = self.index
-        return Prediction(x0=self.prediction.x0[i : i + 1], eps=self.prediction.eps[i : i + 1])
-
-
 def per_face_ddpm_step(denoiser, x: torch.Tensor, t: int, t_prev: int, *, schedule: NoiseSchedule,
                        generator: torch.Generator | None = None, generators: Sequence[torch.Generator],
                        variance: str = "fixed_small") -> StepOutput:
     """`ddpm_step` with the network called once for the batch and each face's noise from its own generator."""
     if len(generators) != x.shape[0]:
         raise UsageError(f"{len(generators)} generators for a batch of {x.shape[0]}")
-    prediction = denoiser(x, t)
-    outs = [
-        ddpm_step(_OneFace(prediction, i, t), x[i : i + 1], t, t_prev, schedule=schedule, generator=g, variance=variance)
-        for i, g in enumerate(generators)
-    ]
-    return StepOutput(x_prev=torch.cat([o.x_prev for o in outs]), x0=torch.cat([o.x0 for o in outs]))
+    step = partial(ddpm_step, variance=variance)
+    return PerFaceSteps(steps=(step,) * len(generators), generators=tuple(generators))(denoiser, x, t, t_prev, schedule=schedule)
 
 
 def autocast_for(device: torch.device):
@@ -267,11 +241,11 @@ def idm_sample(
     Steps (module docstring): x_T from each face's generator; `steps` DDPM calls down the grid.
     """
     schedule = schedule or NoiseSchedule.named(SCHEDULE_NAME, T)
-    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    generators = face_generators(seeds)
     if len(generators) != degraded.shape[0]:
         raise UsageError(f"{len(generators)} seeds for a batch of {degraded.shape[0]}")
     degraded = degraded.float()
-    x = torch.cat([randn_like(degraded[i : i + 1], g) for i, g in enumerate(generators)])
+    x = per_face_noise(degraded, generators)
     model = NoiseLevelInput(ConcatCondition(_AutocastNet(net, degraded.device), degraded), schedule)
     denoiser = X0Denoiser(model, schedule, clip_x0=True)
     step = partial(per_face_ddpm_step, generators=generators)
