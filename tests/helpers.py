@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,3 +38,39 @@ def seeded_state(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
         stem = key[: -len("orig")]
         state[stem + "u"], state[stem + "v"] = u, v
     return state
+
+
+def pin_catalogue_hashes(monkeypatch, paths: dict[str, Path], names: dict[str, str]) -> None:
+    """Give the catalogue entries (role -> entry name) the tiny files' sha256, so resolving them checks the hash."""
+    from facerestore.weights import catalogue
+
+    entries = dict(catalogue.official_catalogue())
+    for role, name in names.items():
+        if role in paths:
+            entries[name] = dataclasses.replace(entries[name], sha256=hashlib.sha256(paths[role].read_bytes()).hexdigest())
+    monkeypatch.setattr(catalogue, "official_catalogue", lambda: entries)
+
+
+class StandInLearnedRange(torch.nn.Module):
+    """A stand-in diffusion prior: (x_t, t) -> 6 channels (eps, v in [-1, 1]) that depend on x_t and t;
+    batch-independent; records the timesteps it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 1)
+        self.seen: list[list[int]] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.seen.append(t.tolist())
+        return torch.tanh(self.conv(x) * (1 + t.view(-1, 1, 1, 1) / 1000))
+
+
+class StandInResidual(torch.nn.Module):
+    """A stand-in image-to-image net (estimator, enhancer): x + 0.1 conv(x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.1 * self.conv(x)

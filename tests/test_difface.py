@@ -12,8 +12,6 @@ Two kinds of networks are used, both seeded:
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +25,7 @@ from facerestore.methods.base import MethodOptions
 from facerestore.methods.difface import DifFaceMethod, DifFaceNets, DifFacePlan, parse_weights
 from facerestore.nets.guided_unet import GuidedUNet, UNetConfig
 from facerestore.nets.swinir import SwinIRConfig, build_swinir
-from facerestore.weights import catalogue
-from helpers import seeded_state
+from helpers import StandInLearnedRange, StandInResidual, pin_catalogue_hashes, seeded_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,41 +59,10 @@ def save_official(states, folder: Path, *, prior_format: str = "raw") -> dict[st
     return paths
 
 
-def pin_catalogue_hashes(monkeypatch, paths: dict[str, Path]) -> None:
-    """Give the catalogue entries the tiny files' sha256, so resolving them checks the hash."""
-    entries = dict(catalogue.official_catalogue())
-    for role, name in (("prior", "difface_prior"), ("swinir", "difface_swinir")):
-        digest = hashlib.sha256(paths[role].read_bytes()).hexdigest()
-        entries[name] = dataclasses.replace(entries[name], sha256=digest)
-    monkeypatch.setattr(catalogue, "official_catalogue", lambda: entries)
-
-
-class StandInPrior(torch.nn.Module):
-    """(x_t, t) -> 6 channels (eps, v in [-1, 1]) that depend on x_t and t; batch-independent."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 6, 1)
-        self.seen: list[list[int]] = []
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.seen.append(t.tolist())
-        return torch.tanh(self.conv(x) * (1 + t.view(-1, 1, 1, 1) / 1000))
-
-
-class StandInEstimator(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return y + 0.1 * self.conv(y)
-
-
 def stand_in(**options) -> DifFaceMethod:
     """The method on stand-in nets working at 64 (the sampler's arithmetic does not care about the size)."""
     torch.manual_seed(0)
-    return DifFaceMethod(MethodOptions(**options), nets=DifFaceNets(StandInPrior(), StandInEstimator(), size=64))
+    return DifFaceMethod(MethodOptions(**options), nets=DifFaceNets(StandInLearnedRange(), StandInResidual(), size=64))
 
 
 def faces(n: int, seed: int = 0, size: int = 64) -> torch.Tensor:
@@ -167,7 +133,7 @@ def test_parse_weights_roles():
 def test_catalogue_files_in_official_formats_load_strictly(tiny_states, tmp_path, monkeypatch):
     """Raw prior + {'state_dict'} SwinIR found through FACERESTORE_WEIGHTS, sha256-checked, converted, loaded."""
     paths = save_official(tiny_states, tmp_path / "weights")
-    pin_catalogue_hashes(monkeypatch, paths)
+    pin_catalogue_hashes(monkeypatch, paths, {"prior": "difface_prior", "swinir": "difface_swinir"})
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tmp_path / "weights"))
     method = DifFaceMethod(MethodOptions())
     for net, role in ((method.nets.prior, "prior"), (method.nets.estimator, "swinir")):
@@ -217,7 +183,7 @@ def test_cli_end_to_end_with_catalogue_weights(tiny_states, tmp_path, monkeypatc
 
     register()
     paths = save_official(tiny_states, tmp_path / "weights")
-    pin_catalogue_hashes(monkeypatch, paths)
+    pin_catalogue_hashes(monkeypatch, paths, {"prior": "difface_prior", "swinir": "difface_swinir"})
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tmp_path / "weights"))
     seen: list[list[int]] = []
     forward = GuidedUNet.forward

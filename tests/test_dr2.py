@@ -9,8 +9,6 @@ medium preset, determinism, batching, the auto selection).
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import math
 from pathlib import Path
 
@@ -35,8 +33,7 @@ from facerestore.methods.dr2 import (
 )
 from facerestore.nets.guided_unet import GuidedUNet, UNetConfig
 from facerestore.nets.sparnet import SPARNetConfig, SPARNetHD
-from facerestore.weights import catalogue
-from helpers import seeded_state
+from helpers import StandInLearnedRange, StandInResidual, pin_catalogue_hashes, seeded_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,40 +62,10 @@ def save_official(states, folder: Path, roles=("ddpm", "enhancer")) -> dict[str,
     return paths
 
 
-def pin_catalogue_hashes(monkeypatch, paths: dict[str, Path]) -> None:
-    entries = dict(catalogue.official_catalogue())
-    for role, name in (("ddpm", "dr2_ddpm"), ("enhancer", "dr2_sparnethd")):
-        if role in paths:
-            entries[name] = dataclasses.replace(entries[name], sha256=hashlib.sha256(paths[role].read_bytes()).hexdigest())
-    monkeypatch.setattr(catalogue, "official_catalogue", lambda: entries)
-
-
-class StandInDDPM(torch.nn.Module):
-    """(x_t, t) -> eps, v in [-1, 1], depending on x_t and t; batch-independent; records the t it sees."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 6, 1)
-        self.seen: list[list[int]] = []
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.seen.append(t.tolist())
-        return torch.tanh(self.conv(x) * (1 + t.view(-1, 1, 1, 1) / 1000))
-
-
-class StandInEnhancer(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 0.1 * self.conv(x)
-
-
 def stand_in(quality=None, size: int = 64, **options) -> DR2Method:
     """The method on stand-in nets, DR2 at `size` and the enhancer at 2 * size (256 / 512 officially)."""
     torch.manual_seed(0)
-    nets = DR2Nets(StandInDDPM(), StandInEnhancer(), size=size, enhancer_size=2 * size)
+    nets = DR2Nets(StandInLearnedRange(), StandInResidual(), size=size, enhancer_size=2 * size)
     return DR2Method(MethodOptions(**options), nets=nets, quality=quality)
 
 
@@ -188,7 +155,7 @@ def test_enhancer_input_is_plain_bicubic_without_reclamp():
 def test_catalogue_files_in_official_formats_load_strictly(tiny_states, tmp_path, monkeypatch):
     """Raw .pkl DDPM and raw SPARNetHD with spectral-norm triplets via FACERESTORE_WEIGHTS, sha256-checked, converted."""
     paths = save_official(tiny_states, tmp_path / "weights")
-    pin_catalogue_hashes(monkeypatch, paths)
+    pin_catalogue_hashes(monkeypatch, paths, {"ddpm": "dr2_ddpm", "enhancer": "dr2_sparnethd"})
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tmp_path / "weights"))
     method = DR2Method(MethodOptions())
     for net, role in ((method.nets.ddpm, "ddpm"), (method.nets.enhancer, "enhancer")):
@@ -226,7 +193,7 @@ def test_cli_end_to_end_with_catalogue_weights(tiny_states, tmp_path, monkeypatc
 
     register()
     paths = save_official(tiny_states, tmp_path / "weights")
-    pin_catalogue_hashes(monkeypatch, paths)
+    pin_catalogue_hashes(monkeypatch, paths, {"ddpm": "dr2_ddpm", "enhancer": "dr2_sparnethd"})
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tmp_path / "weights"))
     seen: list[list[int]] = []
     forward = GuidedUNet.forward
