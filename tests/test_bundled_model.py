@@ -1,9 +1,11 @@
-"""The `baseline` model shipped inside the package: it is there, loads strictly, matches its card,
-and on real held-out faces (../shared) improves medium damage while barely touching clean faces."""
+"""The models shipped inside the package (`baseline`, and the compact `idm`): each is there, loads
+strictly, matches its card, and on real held-out faces (../shared) improves medium damage while
+barely touching clean faces."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import cv2
 import numpy as np
@@ -13,6 +15,9 @@ import torch
 from facerestore.image_io import list_images, read_image
 from facerestore.methods.base import MethodOptions
 from facerestore.methods.baseline import BaselineMethod, bundled_card, bundled_weights
+from facerestore.methods.idm import IDMMethod
+from facerestore.methods.idm import bundled_weights as idm_bundled_weights
+from facerestore.nets.idm_unet import idm_unet_config
 from facerestore.training.degradations import degrade
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,3 +58,44 @@ def test_bundled_model_restores_held_out_faces(shared_data):
     assert after > before, (before, after)
     clean = np.mean([psnr(r, f) for r, f in zip(restore(faces), faces, strict=True)])
     assert clean > 33, clean  # the authenticity criterion: a clean face is left (nearly) alone
+
+
+# ----------------------------------------------------------------- the bundled IDM model
+
+
+def idm_card() -> dict:
+    return json.loads(idm_bundled_weights().with_suffix(".json").read_text())
+
+
+def test_bundled_idm_is_shipped_and_matches_its_card():
+    path = idm_bundled_weights()
+    assert path.is_file(), "facerestore/models/idm.safetensors is part of the package"
+    card = idm_card()
+    assert card["preset"] == "compact" and card["image_size"] == 512 and card["unet"]["input_residual"] == 3 and card["unet"]["xt_skip_sigma"] == 0.1
+    method = IDMMethod(MethodOptions(steps=2))  # no --weights: the bundled file
+    assert method.model.net.config == idm_unet_config("compact", 512)
+    assert sum(p.numel() for p in method.model.net.parameters()) == card["params"]
+    crops = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    out = method.restore(crops, generator=torch.Generator().manual_seed(0))
+    assert out.shape == crops.shape and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
+
+
+def test_bundled_idm_restores_held_out_faces_in_ten_steps(shared_data):
+    """Three CelebA-HQ faces (never trained on), the default 10 steps: medium damage gets better, clean faces stay."""
+    paths, _ = list_images([shared_data / "faces-hq" / "celeba-hq"])
+    faces = [cv2.resize(read_image(p).rgb, (512, 512), interpolation=cv2.INTER_AREA) for p in paths[-3:]]
+    rng = np.random.default_rng(0)
+    degraded = [degrade(f, rng, "medium")[0] for f in faces]
+    method = IDMMethod(MethodOptions())
+
+    def restore(images):
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+        return method.restore(batch, generator=torch.Generator().manual_seed(0)).permute(0, 2, 3, 1).numpy()
+
+    restored = restore(degraded)
+    before = np.mean([psnr(d, f) for d, f in zip(degraded, faces, strict=True)])
+    after = np.mean([psnr(r, f) for r, f in zip(restored, faces, strict=True)])
+    assert after > before, (before, after)
+    clean = np.mean([psnr(r, f) for r, f in zip(restore(faces), faces, strict=True)])
+    assert clean > 33, clean  # the authenticity criterion

@@ -16,6 +16,7 @@ from facerestore.diffusion import NoiseSchedule, Prediction, ddpm_step, space_ti
 from facerestore.errors import UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.image_io import read_image, write_image
 from facerestore.methods.base import MethodOptions
+from facerestore.methods import idm as idm_module
 from facerestore.methods.idm import (
     INFO,
     IDMMethod,
@@ -147,7 +148,8 @@ def test_restore_runs_the_net_at_its_trained_size(tiny_model):
 # ----------------------------------------------------------------- weights
 
 
-def test_missing_weights_say_how_to_get_them():
+def test_missing_weights_say_how_to_get_them(monkeypatch, tmp_path):
+    monkeypatch.setattr(idm_module, "bundled_weights", lambda: tmp_path / "idm.safetensors")  # an install without the bundled model
     with pytest.raises(WeightsError) as info:
         build_method("idm", MethodOptions(device="cpu"))
     line = info.value.one_line()
@@ -175,6 +177,19 @@ def test_config_comes_from_metadata_then_sidecar_then_shapes(tiny_model, tmp_pat
     x = torch.randn(1, 6, SIZE, SIZE)
     with torch.no_grad():
         torch.testing.assert_close(inferred.net(x, 0.5), meta.net(x, 0.5))
+
+
+def test_a_compact_model_keeps_its_residual_and_unshuffle_through_the_file(tmp_path):
+    torch.manual_seed(0)
+    net = IDMUNet(idm_unet_config("compact", 64))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    path = save_model(net, tmp_path / "idm.safetensors", 64, dtype=torch.float16)
+    loaded = load_model(path)
+    assert loaded.net.config == net.config and loaded.net.config.input_residual == 3
+    x = torch.rand(1, 6, 64, 64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x, 0.4), net.half().float()(x, 0.4), atol=1e-3, rtol=1e-3)
 
 
 def test_another_architecture_is_one_line(tiny_baseline, tmp_path):

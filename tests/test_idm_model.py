@@ -118,6 +118,55 @@ def test_other_architectures_are_refused_with_one_line():
         config_from_dict({**config_to_dict(MICRO), "depth": 3})
 
 
+def test_compact_preset_unshuffles_by_4_and_skips_to_the_posterior_mean_of_x_d_and_x_t():
+    config = idm_unet_config("compact", 512)
+    assert (config.pixel_unshuffle, config.input_residual, config.xt_skip_sigma, config.multiple) == (4, 3, 0.1, 32)
+    assert [512 // 4 // 2**level for level in config.attention_levels] == [16]
+    assert 4e6 < parameter_count(config) < 5e6
+    small = idm_unet_config("compact", 64)  # the same net at a size the test can afford
+    net = IDMUNet(small)
+    assert net.input_blocks[0][0].weight.shape[1] == 6 * 16 and net.out[2].weight.shape[0] == 3 * 16
+    x = torch.randn(3, 6, 64, 64)
+    gamma = torch.tensor([SCHEDULE.alpha_bar(999), 0.5, SCHEDULE.alpha_bar(0)], dtype=torch.float64)
+    with torch.no_grad():
+        untrained = net(x, gamma)  # zero last conv: f = 0, only the skip remains
+    for i, g in enumerate(gamma.tolist()):
+        c = 0.01 / (0.01 + (1 - g) / g)  # x0 ~ N(x_d, 0.1^2) observed as x_t / sqrt(g) = x0 + sqrt((1 - g) / g) eps
+        expected = (1 - c) * x[i, 3:] + c * x[i, :3] / g**0.5
+        torch.testing.assert_close(untrained[i], expected.float(), rtol=1e-4, atol=1e-4)  # float32 arithmetic
+    torch.testing.assert_close(untrained[0], x[0, 3:], rtol=0, atol=1e-3)  # pure noise: the degraded input (c / sqrt(g) = 6e-5)
+    torch.testing.assert_close(untrained[2], x[2, :3], rtol=0, atol=0.1)  # nearly clean x_t: x_t itself (c = 0.99)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        net(torch.randn(1, 6, 48, 48), 0.5)
+    with pytest.raises(ValueError, match="xt_skip_sigma"):
+        UNetConfig(**{**small.__dict__, "input_residual": None})
+
+
+def test_unshuffled_residual_net_equals_its_definition():
+    """out = pixel_shuffle(body(pixel_unshuffle(x)), u) + x[:, 3:6], checked against a hand-built copy."""
+    config = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=(1, 1), attention_levels=(), in_channels=6,
+                        out_channels=3, num_head_channels=32, pixel_unshuffle=2, input_residual=3)
+    net = random_net(config)
+    plain = GuidedUNet(UNetConfig(**{**config.__dict__, "pixel_unshuffle": 1, "input_residual": None, "in_channels": 24, "out_channels": 12}))
+    plain.load_state_dict(net.state_dict())  # the same tensors: only the wrapping differs
+    x, gamma = torch.randn(2, 6, 16, 16), torch.tensor([0.3, 0.7])
+    with torch.no_grad():
+        expected = torch.nn.functional.pixel_shuffle(plain(torch.nn.functional.pixel_unshuffle(x, 2), noise_level(gamma)), 2) + x[:, 3:]
+        torch.testing.assert_close(net(x, gamma), expected)
+
+
+def test_compact_config_round_trips_and_shapes_reveal_the_unshuffle_but_not_the_residual():
+    config = idm_unet_config("compact", 64)
+    assert config_from_dict(config_to_dict(config)) == config
+    inferred = infer_idm_config(IDMUNet(config).state_dict())
+    assert inferred.pixel_unshuffle == 4 and inferred.input_residual is None  # hence the config in the file's metadata
+    assert inferred == UNetConfig(**{**config.__dict__, "input_residual": None, "xt_skip_sigma": None})
+    with pytest.raises(ValueError, match="input_residual 4 needs 3 input channels"):
+        UNetConfig(**{**config.__dict__, "input_residual": 4})
+    with pytest.raises(ValueError, match="pixel_unshuffle must be at least 1"):
+        UNetConfig(**{**config.__dict__, "pixel_unshuffle": 0})
+
+
 # ----------------------------------------------------------------- the objective
 
 

@@ -17,7 +17,7 @@ def train_command(
     run_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: config, checkpoints, logs, validation grids, and the exported model idm.safetensors.", show_default=False)] = ...,
     targets: Annotated[Optional[list[Path]], typer.Option("--targets", help="Extrinsic iteration: a folder of cleaned targets (from `facerestore clean-dataset`) per DATA_DIR, same relative paths; inputs are still degraded from DATA_DIR.", show_default=False)] = None,
     size: Annotated[Optional[int], typer.Option("--size", help="Training resolution in pixels (default 512, the paper's).", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Architecture: tiny (1.2M params), small (8.6M), base (30M, default), paper (121M, the paper's ~120M).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Architecture: tiny (1.2M params), small (8.6M), base (30M, default), paper (121M, the paper's ~120M), compact (4.5M, the bundled CPU model's net).", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Total optimizer steps (default 100000, the paper's x0 schedule); may be raised when resuming.", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="GLOBAL batch per step, split across torchrun processes (default 32, the paper's).", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate, constant (default 1e-4, the paper's).", show_default=False)] = None,

@@ -36,7 +36,9 @@ else fp16); the chain itself stays float32.
 
 Weights: `--weights FILE` (a `.safetensors` written by `facerestore train`, or its run folder). The
 architecture is read from the file's metadata, else from `FILE.json` beside it, else from the
-tensor shapes. No model is bundled yet; without `--weights` the method says how to train one.
+tensor shapes. Without `--weights` the model bundled inside the package runs: the `compact` net
+(nets/idm_unet.py) trained on CPU by `facerestore.training.train_bundled_idm`; docs/idm-model.md
+says how and how well.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ INFO = MethodInfo(
     paper="Towards Authentic Face Restoration with Iterative Diffusion Models and Beyond, ICCV 2023 (arXiv 2307.08996)",
     license="MIT code (no official code or weights exist); a model you train carries your data's license",
     commercial_use=True,
-    weights=("--weights FILE: a model from `facerestore train` (none bundled yet)",),
+    weights=("bundled: facerestore's compact IDM (4.5M params, docs/idm-model.md)", "--weights FILE: a model from `facerestore train`"),
     knobs={
         "steps": "DDPM steps, default 10 (the paper's choice; 5 is much worse, 15-20 no better); 1..1000",
         "weights": "a .safetensors written by `facerestore train` (or its run folder)",
@@ -183,7 +185,7 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> IDMModel
 
 
 def bundled_weights() -> Path:
-    """Where a shipped IDM model would live inside the package (none ships yet)."""
+    """The IDM model shipped inside the package (facerestore/models/idm.safetensors)."""
     return Path(str(resources.files("facerestore") / "models" / MODEL_FILE))
 
 
@@ -267,8 +269,8 @@ class IDMMethod:
             path = bundled_weights()
             if not path.is_file():
                 raise WeightsError(
-                    "idm needs a trained model and none is bundled with this version of facerestore",
-                    hint="train one with `facerestore train FACES_DIR --out runs/idm` and pass `--weights runs/idm` (docs/training.md)",
+                    f"idm's bundled model {path} is missing from this installation",
+                    hint="reinstall facerestore, or train one with `facerestore train FACES_DIR --out runs/idm` and pass `--weights runs/idm` (docs/training.md)",
                 )
         self.device = torch.device(options.device)
         self.model = load_model(path, self.device)

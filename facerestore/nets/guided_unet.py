@@ -59,6 +59,9 @@ class UNetConfig:
     resblock_updown: bool = False  # residual blocks do the up/downsampling (else Upsample/Downsample)
     conv_resample: bool = True  # Upsample/Downsample with a 3x3 conv (else nearest / average pooling)
     dropout: float = 0.0
+    pixel_unshuffle: int = 1  # > 1: space-to-depth by this factor before the first conv, depth-to-space after the last
+    input_residual: int | None = None  # k: the output is added to input channels [k, k + out_channels) (IDM: x_d, k = 3)
+    xt_skip_sigma: float | None = None  # IDM only (IDMUNet applies it): also skip to x_t, see nets/idm_unet.py
 
     def __post_init__(self) -> None:
         mult = tuple(int(m) if float(m).is_integer() else float(m) for m in self.channel_mult)
@@ -74,6 +77,12 @@ class UNetConfig:
             raise ValueError(f"attention_levels {self.attention_levels} outside 0..{levels - 1}")
         if any(w % GROUPS for w in self.widths):
             raise ValueError(f"level widths {self.widths} must be multiples of {GROUPS} (GroupNorm32)")
+        if self.pixel_unshuffle < 1:
+            raise ValueError(f"pixel_unshuffle must be at least 1, got {self.pixel_unshuffle}")
+        if self.input_residual is not None and not 0 <= self.input_residual <= self.in_channels - self.out_channels:
+            raise ValueError(f"input_residual {self.input_residual} needs {self.out_channels} input channels from there, the input has {self.in_channels}")
+        if self.xt_skip_sigma is not None and (self.input_residual is None or not self.xt_skip_sigma > 0):
+            raise ValueError(f"xt_skip_sigma {self.xt_skip_sigma} needs input_residual and a positive value")
         if self.num_head_channels < 1:
             raise ValueError(f"num_head_channels must be positive, got {self.num_head_channels}")
         for level in (*self.attention_levels, levels - 1):  # the middle block always attends
@@ -87,8 +96,8 @@ class UNetConfig:
 
     @property
     def multiple(self) -> int:
-        """Input sides must be divisible by this (one halving per level below the first)."""
-        return 2 ** (len(self.channel_mult) - 1)
+        """Input sides must be divisible by this (the unshuffle, then one halving per level below the first)."""
+        return self.pixel_unshuffle * 2 ** (len(self.channel_mult) - 1)
 
     @classmethod
     def difface_512(cls) -> UNetConfig:
@@ -286,7 +295,8 @@ class GuidedUNet(nn.Module):
 
         self.time_embed = nn.Sequential(nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         ch = widths[0]
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(c.in_channels, ch, 3, padding=1))])
+        u2 = c.pixel_unshuffle**2
+        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(c.in_channels * u2, ch, 3, padding=1))])
         skips = [ch]
         for level, width in enumerate(widths):
             for _ in range(c.num_res_blocks[level]):
@@ -314,7 +324,7 @@ class GuidedUNet(nn.Module):
                     layers.append(res(ch, ch, "up") if c.resblock_updown else Upsample(ch, c.conv_resample))
                 self.output_blocks.append(TimestepSequential(*layers))
 
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), _zero(nn.Conv2d(widths[0], c.out_channels, 3, padding=1)))
+        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), _zero(nn.Conv2d(widths[0], c.out_channels * u2, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         b, _, height, width = x.shape
@@ -328,7 +338,10 @@ class GuidedUNet(nn.Module):
             raise ValueError(f"t must be a scalar or have shape [{b}], got {tuple(t.shape)}")
         emb_in = timestep_embedding(t, self.config.model_channels).to(self.time_embed[0].weight.dtype)
         emb = self.time_embed(emb_in)
+        u = self.config.pixel_unshuffle
         h = x.to(self.input_blocks[0][0].weight.dtype)
+        if u > 1:
+            h = F.pixel_unshuffle(h, u)
         hs = []
         for module in self.input_blocks:
             h = module(h, emb)
@@ -336,7 +349,13 @@ class GuidedUNet(nn.Module):
         h = self.middle_block(h, emb)
         for module in self.output_blocks:
             h = module(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
+        out = self.out(h)
+        if u > 1:
+            out = F.pixel_shuffle(out, u)
+        k = self.config.input_residual
+        if k is not None:
+            out = out + x[:, k : k + self.config.out_channels].to(out.dtype)
+        return out
 
 
 def _need(state: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
@@ -351,18 +370,20 @@ def _blocks(state: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
     return sorted(found)
 
 
-def infer_config(state: Mapping[str, torch.Tensor], *, num_head_channels: int = 64, dropout: float = 0.0) -> UNetConfig:
+def infer_config(state: Mapping[str, torch.Tensor], *, num_head_channels: int = 64, dropout: float = 0.0,
+                 pixel_unshuffle: int = 1) -> UNetConfig:
     """Read a `UNetConfig` from a state dict's key names and tensor shapes.
 
-    `num_head_channels` (64 in both official checkpoints) and `dropout` leave no trace in a state
-    dict, so they are arguments. `conv_resample` is only visible without `resblock_updown` and with
+    `num_head_channels` (64 in both official checkpoints), `dropout` and `pixel_unshuffle` (which
+    multiplies the first conv's inputs and the last conv's outputs by its square) leave no
+    unambiguous trace in a state dict, so they are arguments; `input_residual` is reported as None. `conv_resample` is only visible without `resblock_updown` and with
     more than one level; it is reported as True otherwise. Raises `UnsupportedCheckpoint` when the
     keys that every guided-diffusion UNet has are missing; anything else that does not fit is found
     by `load_strict`.
     """
     model_channels = _need(state, "time_embed.0.weight").shape[1]
-    in_channels = _need(state, "input_blocks.0.0.weight").shape[1]
-    out_channels = _need(state, "out.2.weight").shape[0]
+    in_channels = _need(state, "input_blocks.0.0.weight").shape[1] // pixel_unshuffle**2
+    out_channels = _need(state, "out.2.weight").shape[0] // pixel_unshuffle**2
     _need(state, "middle_block.1.qkv.weight")
     middle = _need(state, "middle_block.0.emb_layers.1.weight").shape[0]
     scale_shift = middle == 2 * _need(state, "middle_block.0.out_layers.3.weight").shape[0]
@@ -418,6 +439,7 @@ def infer_config(state: Mapping[str, torch.Tensor], *, num_head_channels: int = 
             resblock_updown=resblock_updown,
             conv_resample=conv_up or resblock_updown or len(levels) == 1,
             dropout=dropout,
+            pixel_unshuffle=pixel_unshuffle,
         )
     except ValueError as exc:
         raise UnsupportedCheckpoint(f"guided-diffusion UNet state dict with an unusable shape: {exc}") from None

@@ -1,0 +1,76 @@
+"""The shipped IDM model on held-out CelebA-HQ at IDM eq. 11's three fixed severities (issue 5's table).
+
+    FACERESTORE_WEIGHTS=../shared/weights python bench/bench_idm_model.py [--limit N] [--methods idm,baseline]
+
+Runs `facerestore evaluate -m METHODS --hq ../shared/data/faces-hq/celeba-hq --degrade
+mild,medium,severe --authenticity --offline` (so the numbers are exactly what a user's evaluate run
+gives; the report folder is kept under --out) and prints, per severity, PSNR, SSIM and ArcFace
+identity (w600k_mbf ONNX from FACERESTORE_WEIGHTS) of the input and of each method, whether the
+method beats its input on PSNR and identity, the authenticity test (restore the clean face: PSNR of
+f(x) to x and of f(f(x)) to f(x)), and seconds per face at the method's default steps (10 for idm)
+on this machine's CPU. The held-out faces were never trained on (docs/idm-model.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("psnr", "ssim", "identity")
+
+
+def run_evaluate(args: argparse.Namespace) -> dict:
+    command = [sys.executable, "-m", "facerestore", "evaluate", "-m", args.methods, "--hq", str(args.hq),
+               "--degrade", "mild,medium,severe", "--authenticity", "--offline", "--metrics", ",".join(METRICS),
+               "--out", str(args.out), "--quiet"]
+    if args.limit:
+        command += ["--limit", str(args.limit)]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True, env={**os.environ, "FACERESTORE_WEIGHTS": os.environ.get("FACERESTORE_WEIGHTS", str(ROOT.parent / "shared" / "weights"))})
+    return json.loads((args.out / "results.json").read_text())
+
+
+def mean(row: dict, metric: str) -> float | None:
+    value = row["metrics"].get(metric, {}).get("mean")
+    return value if isinstance(value, (int, float)) else None
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hq", type=Path, default=ROOT.parent / "shared" / "data" / "faces-hq" / "celeba-hq")
+    parser.add_argument("--methods", default="idm", help="comma-separated methods (default idm; e.g. idm,baseline)")
+    parser.add_argument("--limit", type=int, default=None, help="first N faces only (default all 61)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_idm_model")
+    parser.add_argument("--report", type=Path, default=None, help="print the table of an existing results.json instead of running")
+    args = parser.parse_args()
+    if not args.hq.is_dir() and args.report is None:
+        sys.exit(f"bench_idm_model: {args.hq} is not a folder; pass --hq (the held-out faces)")
+    report = json.loads(args.report.read_text()) if args.report else run_evaluate(args)
+
+    print(f"\n{report['sets'][0]['images_total']} faces from {report['hq']}, {report['seconds']:.0f} s in all\n")
+    print("| set | row | PSNR | SSIM | identity | beats input (PSNR, identity) | s/face |")
+    print("|---|---|---|---|---|---|---|")
+    for s in report["sets"]:
+        rows = s["rows"]
+        base = next((r for r in rows if r["kind"] == "input"), None)
+        for row in rows:
+            values = [mean(row, m) for m in METRICS]
+            verdict = ""
+            if base is not None and row is not base and row["kind"] == "method":
+                better = [(mean(row, m) or 0) > (mean(base, m) or 0) for m in ("psnr", "identity")]
+                verdict = ", ".join("yes" if b else "NO" for b in better)
+            seconds = row.get("seconds_per_face")
+            print(f"| {s['name']} | {row['label']} | {fmt(values[0])} | {fmt(values[1], 4)} | {fmt(values[2], 4)} | {verdict} | {fmt(seconds)} |")
+
+
+if __name__ == "__main__":
+    main()
