@@ -71,7 +71,7 @@ def test_bundled_idm_is_shipped_and_matches_its_card():
     path = idm_bundled_weights()
     assert path.is_file(), "facerestore/models/idm.safetensors is part of the package"
     card = idm_card()
-    assert card["preset"] == "compact" and card["image_size"] == 512 and card["unet"]["input_residual"] == 3 and card["unet"]["xt_skip_sigma"] == 0.1
+    assert card["preset"] == "compact" and card["image_size"] == 512 and card["unet"]["input_residual"] == 3
     method = IDMMethod(MethodOptions(steps=2))  # no --weights: the bundled file
     assert method.model.net.config == idm_unet_config("compact", 512)
     assert sum(p.numel() for p in method.model.net.parameters()) == card["params"]

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from facerestore.cli.app import app, register
 from facerestore.image_io import read_image, write_image
+from facerestore.methods import idm as idm_module
 from facerestore.methods.idm import save_model
 from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
 from facerestore.training.clean_dataset import STATE_DIR
@@ -124,7 +125,7 @@ def test_bad_files_fail_one_line_each_and_are_retried(dataset, tmp_path, model):
     assert "0 restored, 1 failed, 5 already done" in again.output
 
 
-def test_usage_errors(dataset, tmp_path, model):
+def test_usage_errors(dataset, tmp_path, model, monkeypatch):
     out = tmp_path / "out"
     clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--limit", "1", "--device", "cpu", "-q")
     other = clean(dataset, "--out", out, "--weights", model, "--steps", "3", "--device", "cpu", check_exit=2)
@@ -133,6 +134,7 @@ def test_usage_errors(dataset, tmp_path, model):
     assert "does not exist" in clean(tmp_path / "nowhere", "--out", out, check_exit=2).output
     (tmp_path / "empty").mkdir()
     assert "holds no images" in clean(tmp_path / "empty", "--out", tmp_path / "o", check_exit=2).output
+    monkeypatch.setattr(idm_module, "bundled_weights", lambda: tmp_path / "idm.safetensors")  # an install without the bundled model
     missing = clean(dataset, "--out", tmp_path / "o2", "--device", "cpu", check_exit=1)
     assert "facerestore train" in missing.output and len([l for l in missing.output.splitlines() if l.startswith("error:")]) == 1
 

@@ -57,7 +57,7 @@ def test_version():
 
 
 def test_aligned_crop_is_restored(crops, tmp_path, tiny_baseline):
-    result = run(crops / "face.png", "--aligned", "-o", tmp_path / "out", "--weights", tiny_baseline, "-q")
+    result = run(crops / "face.png", "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "-q")
     assert result.exit_code == 0, result.output
     restored = read_image(tmp_path / "out" / "restored_faces" / "face.png")
     assert restored.rgb.shape == (512, 512, 3)
@@ -67,7 +67,7 @@ def test_aligned_crop_is_restored(crops, tmp_path, tiny_baseline):
 
 def test_no_face_still_writes_the_photo_and_exits_0(tmp_path, tiny_baseline):
     write_image(tmp_path / "in" / "wall.jpg", smooth())
-    result = run(tmp_path / "in", "-o", tmp_path / "out", "--weights", tiny_baseline, "--upscale", "2")
+    result = run(tmp_path / "in", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "2")
     assert result.exit_code == 0, result.output
     assert "no face found" in result.output
     out = read_image(tmp_path / "out" / "restored_imgs" / "wall.jpg")
@@ -81,7 +81,7 @@ def test_bad_inputs_fail_one_line_each_and_the_batch_goes_on(tmp_path, tiny_base
     (folder / "text.jpg").write_text("hello")
     data = (folder / "good.png").read_bytes()
     (folder / "cut.png").write_bytes(data[: len(data) // 3])
-    result = run(folder, tmp_path / "missing.jpg", "-o", tmp_path / "out", "--weights", tiny_baseline, "--upscale", "1")
+    result = run(folder, tmp_path / "missing.jpg", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "1")
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 4, result.output
@@ -96,7 +96,7 @@ def test_bad_inputs_fail_one_line_each_and_the_batch_goes_on(tmp_path, tiny_base
 def test_json_summary(tmp_path, tiny_baseline):
     write_image(tmp_path / "a.png", smooth())
     (tmp_path / "b.png").write_bytes(b"x")
-    result = run(tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out", "--weights", tiny_baseline, "--json")
+    result = run(tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--json")
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
     assert summary["images"] == 2 and summary["failed"] == 1
@@ -107,7 +107,7 @@ def test_inputs_are_never_overwritten(tmp_path, tiny_baseline):
     folder = tmp_path / "restored_imgs"
     source = write_image(folder / "x.png", smooth())
     before = source.read_bytes()
-    result = run(folder, "-o", tmp_path, "--weights", tiny_baseline, "--upscale", "1")
+    result = run(folder, "-o", tmp_path, "-m", "baseline", "--weights", tiny_baseline, "--upscale", "1")
     assert result.exit_code == 1 and "would overwrite the input" in result.output
     assert source.read_bytes() == before
 
@@ -164,7 +164,7 @@ def test_methods_lists_licenses():
 
 def test_detection_on_a_real_photo(shared_data, tmp_path, tiny_baseline):
     photo = shared_data / "photos" / "degraded" / "Blake_Lively.jpg"
-    result = run(photo, "-o", tmp_path / "out", "--weights", tiny_baseline, "--json", "--detector", "bundled")
+    result = run(photo, "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--json", "--detector", "bundled")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["faces"] == 2

@@ -211,13 +211,14 @@ def test_registry_lists_idm_and_refuses_knobs_it_does_not_have(tiny_model):
         method(tiny_model, steps=0)
 
 
-def test_restore_command_with_idm(tiny_model, tmp_path):
+def test_restore_command_with_idm(tiny_model, tmp_path, monkeypatch):
     y, x = np.mgrid[0:64, 0:64] / 64
     write_image(tmp_path / "in" / "face.png", np.stack([x, y, x * y], -1).astype(np.float32))
     result = runner.invoke(app, [str(tmp_path / "in"), "--aligned", "-m", "idm", "--weights", str(tiny_model), "--steps", "3",
                                  "-o", str(tmp_path / "out"), "-q"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert read_image(tmp_path / "out" / "restored_faces" / "face.png").rgb.shape == (512, 512, 3)
+    monkeypatch.setattr(idm_module, "bundled_weights", lambda: tmp_path / "idm.safetensors")  # an install without the bundled model
     missing = runner.invoke(app, [str(tmp_path / "in"), "--aligned", "-m", "idm", "-o", str(tmp_path / "o2")], catch_exceptions=False)
     assert missing.exit_code == 1
     errors = [line for line in missing.output.splitlines() if line.startswith("error:")]

@@ -61,7 +61,6 @@ class UNetConfig:
     dropout: float = 0.0
     pixel_unshuffle: int = 1  # > 1: space-to-depth by this factor before the first conv, depth-to-space after the last
     input_residual: int | None = None  # k: the output is added to input channels [k, k + out_channels) (IDM: x_d, k = 3)
-    xt_skip_sigma: float | None = None  # IDM only (IDMUNet applies it): also skip to x_t, see nets/idm_unet.py
 
     def __post_init__(self) -> None:
         mult = tuple(int(m) if float(m).is_integer() else float(m) for m in self.channel_mult)
@@ -81,8 +80,6 @@ class UNetConfig:
             raise ValueError(f"pixel_unshuffle must be at least 1, got {self.pixel_unshuffle}")
         if self.input_residual is not None and not 0 <= self.input_residual <= self.in_channels - self.out_channels:
             raise ValueError(f"input_residual {self.input_residual} needs {self.out_channels} input channels from there, the input has {self.in_channels}")
-        if self.xt_skip_sigma is not None and (self.input_residual is None or not self.xt_skip_sigma > 0):
-            raise ValueError(f"xt_skip_sigma {self.xt_skip_sigma} needs input_residual and a positive value")
         if self.num_head_channels < 1:
             raise ValueError(f"num_head_channels must be positive, got {self.num_head_channels}")
         for level in (*self.attention_levels, levels - 1):  # the middle block always attends

@@ -1,4 +1,4 @@
-"""Train the `baseline` restorer shipped inside the package (the offline default until IDM ships).
+"""Train the `baseline` restorer shipped inside the package (the fast one-step offline restorer).
 
     python -m facerestore.training.train_baseline --data DIR [DIR ...] --val DIR --out facerestore/models --keep-size
 
@@ -26,7 +26,7 @@ import torch
 
 from facerestore.image_io import BadImage, list_images, read_image
 from facerestore.nets.baseline_unet import BaselineUNet, BaselineUNetConfig
-from facerestore.training.degradations import Eq11Params, apply_eq11, sample_eq11
+from facerestore.training.degradations import Eq11Params, Eq11Ranges, apply_eq11, sample_eq11
 from facerestore.weights.checkpoint import save_safetensors
 
 SIZE = 512
@@ -66,8 +66,15 @@ def scaled_params(params: Eq11Params, side: int) -> Eq11Params:
     return Eq11Params(sigma=params.sigma * s, scale=max(1.0, params.scale * s), noise=params.noise, jpeg=params.jpeg)
 
 
-def batches(faces: list[np.ndarray], batch: int, crop: int, seed: int, stop: threading.Event) -> queue.Queue:
-    """A background thread makes (degraded, clean) crop batches; OpenCV releases the GIL."""
+LIGHT = Eq11Ranges(sigma=(0.2, 2.0), scale=(1.0, 2.0), noise=(0.0, 4.0), jpeg=(80.0, 100.0))  # at 512 px, like VAL_SEVERITIES["mild"]
+
+
+def batches(faces: list[np.ndarray], batch: int, crop: int, seed: int, stop: threading.Event, light: float = 0.0) -> queue.Queue:
+    """A background thread makes (degraded, clean) crop batches; OpenCV releases the GIL.
+
+    `light`: the share of samples drawn from LIGHT instead of eq. 11's full ranges, which are mostly
+    heavy damage; a restorer that never sees nearly clean faces learns to change every face.
+    """
     out: queue.Queue = queue.Queue(maxsize=4)
 
     def work() -> None:
@@ -79,7 +86,8 @@ def batches(faces: list[np.ndarray], batch: int, crop: int, seed: int, stop: thr
                 if rng.random() < 0.5:
                     clean = clean[:, ::-1].copy()
                 side = clean.shape[0]
-                degraded = apply_eq11(clean, scaled_params(sample_eq11(rng), side), rng)
+                ranges = LIGHT if light > 0 and rng.random() < light else Eq11Ranges()
+                degraded = apply_eq11(clean, scaled_params(sample_eq11(rng, ranges), side), rng)
                 y, x = rng.integers(0, side - crop + 1, 2)
                 lq.append(degraded[y : y + crop, x : x + crop])
                 hq.append(clean[y : y + crop, x : x + crop])
