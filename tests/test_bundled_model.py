@@ -27,75 +27,64 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
+def check_shipped(method, net: torch.nn.Module, path, card: dict, faces: int) -> None:
+    """The bundled file matches its card (parameters, sha256) and restores random crops to valid images."""
+    assert sum(p.numel() for p in net.parameters()) == card["params"]
+    crops = torch.rand(faces, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    out = method.restore(crops, generator=torch.Generator().manual_seed(0))
+    assert out.shape == crops.shape and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
+
+
+def held_out_psnr(method, shared_data, count: int) -> tuple[float, float, float]:
+    """Mean PSNR on the last `count` CelebA-HQ faces (never trained on): medium-damaged input, its
+    restoration, and the restoration of the clean face (the authenticity criterion)."""
+    paths, _ = list_images([shared_data / "faces-hq" / "celeba-hq"])
+    faces = [cv2.resize(read_image(p).rgb, (512, 512), interpolation=cv2.INTER_AREA) for p in paths[-count:]]
+    rng = np.random.default_rng(0)
+    degraded = [degrade(f, rng, "medium")[0] for f in faces]
+
+    def restore(images):
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+        return method.restore(batch, generator=torch.Generator().manual_seed(0)).permute(0, 2, 3, 1).numpy()
+
+    def mean_psnr(images) -> float:
+        return float(np.mean([psnr(i, f) for i, f in zip(images, faces, strict=True)]))
+
+    return mean_psnr(degraded), mean_psnr(restore(degraded)), mean_psnr(restore(faces))
+
+
 def test_bundled_model_is_shipped_and_matches_its_card():
     path = bundled_weights()
     assert path.is_file(), "facerestore/models/baseline.safetensors is part of the package"
     card = bundled_card()
     assert card["name"] == "baseline" and card["keep_size"] is True and card["steps"] >= 1000
     method = BaselineMethod(MethodOptions())  # no --weights: the bundled file
-    assert sum(p.numel() for p in method.net.parameters()) == card["params"]
-    crops = torch.rand(2, 3, 512, 512, generator=torch.Generator().manual_seed(0))
-    out = method.restore(crops)
-    assert out.shape == crops.shape and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
+    check_shipped(method, method.net, path, card, faces=2)
 
 
 def test_bundled_model_restores_held_out_faces(shared_data):
     """Four CelebA-HQ faces (never trained on): medium eq. 11 damage gets better, clean faces stay."""
-    paths, _ = list_images([shared_data / "faces-hq" / "celeba-hq"])
-    faces = [cv2.resize(read_image(p).rgb, (512, 512), interpolation=cv2.INTER_AREA) for p in paths[-4:]]
-    rng = np.random.default_rng(0)
-    degraded = [degrade(f, rng, "medium")[0] for f in faces]
-    method = BaselineMethod(MethodOptions())
-
-    def restore(images):
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-        return method.restore(batch).permute(0, 2, 3, 1).numpy()
-
-    restored = restore(degraded)
-    before = np.mean([psnr(d, f) for d, f in zip(degraded, faces, strict=True)])
-    after = np.mean([psnr(r, f) for r, f in zip(restored, faces, strict=True)])
+    before, after, clean = held_out_psnr(BaselineMethod(MethodOptions()), shared_data, 4)
     assert after > before, (before, after)
-    clean = np.mean([psnr(r, f) for r, f in zip(restore(faces), faces, strict=True)])
     assert clean > 33, clean  # the authenticity criterion: a clean face is left (nearly) alone
 
 
 # ----------------------------------------------------------------- the bundled IDM model
 
 
-def idm_card() -> dict:
-    return json.loads(idm_bundled_weights().with_suffix(".json").read_text())
-
-
 def test_bundled_idm_is_shipped_and_matches_its_card():
     path = idm_bundled_weights()
     assert path.is_file(), "facerestore/models/idm.safetensors is part of the package"
-    card = idm_card()
+    card = json.loads(path.with_suffix(".json").read_text())
     assert card["preset"] == "compact" and card["image_size"] == 512 and card["unet"]["input_residual"] == 3
     method = IDMMethod(MethodOptions(steps=2))  # no --weights: the bundled file
     assert method.model.net.config == idm_unet_config("compact", 512)
-    assert sum(p.numel() for p in method.model.net.parameters()) == card["params"]
-    crops = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
-    out = method.restore(crops, generator=torch.Generator().manual_seed(0))
-    assert out.shape == crops.shape and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
+    check_shipped(method, method.model.net, path, card, faces=1)
 
 
 def test_bundled_idm_restores_held_out_faces_in_ten_steps(shared_data):
     """Three CelebA-HQ faces (never trained on), the default 10 steps: medium damage gets better, clean faces stay."""
-    paths, _ = list_images([shared_data / "faces-hq" / "celeba-hq"])
-    faces = [cv2.resize(read_image(p).rgb, (512, 512), interpolation=cv2.INTER_AREA) for p in paths[-3:]]
-    rng = np.random.default_rng(0)
-    degraded = [degrade(f, rng, "medium")[0] for f in faces]
-    method = IDMMethod(MethodOptions())
-
-    def restore(images):
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-        return method.restore(batch, generator=torch.Generator().manual_seed(0)).permute(0, 2, 3, 1).numpy()
-
-    restored = restore(degraded)
-    before = np.mean([psnr(d, f) for d, f in zip(degraded, faces, strict=True)])
-    after = np.mean([psnr(r, f) for r, f in zip(restored, faces, strict=True)])
+    before, after, clean = held_out_psnr(IDMMethod(MethodOptions()), shared_data, 3)
     assert after > before, (before, after)
-    clean = np.mean([psnr(r, f) for r, f in zip(restore(faces), faces, strict=True)])
     assert clean > 33, clean  # the authenticity criterion

@@ -373,8 +373,9 @@ def infer_config(state: Mapping[str, torch.Tensor], *, num_head_channels: int = 
 
     `num_head_channels` (64 in both official checkpoints), `dropout` and `pixel_unshuffle` (which
     multiplies the first conv's inputs and the last conv's outputs by its square) leave no
-    unambiguous trace in a state dict, so they are arguments; `input_residual` is reported as None. `conv_resample` is only visible without `resblock_updown` and with
-    more than one level; it is reported as True otherwise. Raises `UnsupportedCheckpoint` when the
+    unambiguous trace in a state dict, so they are arguments; `input_residual` is reported as None.
+    `conv_resample` is only visible without `resblock_updown` and with more than one level; it is
+    reported as True otherwise. Raises `UnsupportedCheckpoint` when the
     keys that every guided-diffusion UNet has are missing; anything else that does not fit is found
     by `load_strict`.
     """

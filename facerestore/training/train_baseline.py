@@ -18,6 +18,8 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -104,38 +106,28 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def validate(net: torch.nn.Module, faces: list[np.ndarray]) -> dict[str, dict[str, float]]:
-    """Mean PSNR of input and output per fixed severity, plus restoring the clean image (authenticity)."""
+def validate(restore: Callable[[torch.Tensor], torch.Tensor], faces: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Mean PSNR of input and output per fixed severity, plus restoring the clean image (authenticity).
+
+    `restore` maps the batch of degraded faces [B,3,H,W] in [-1,1] to its restoration in [-1,1].
+    """
     report = {}
     rng = np.random.default_rng(0)
     for name, params in {**VAL_SEVERITIES, "clean": None}.items():
-        before, after = [], []
-        for face in faces:
-            clean = face.astype(np.float32) / 255.0
-            degraded = clean if params is None else apply_eq11(clean, params, rng)
-            x = torch.from_numpy(degraded).permute(2, 0, 1)[None] * 2 - 1
-            restored = ((net(x).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0).numpy()
-            before.append(psnr(degraded, clean))
-            after.append(psnr(restored, clean))
-        report[name] = {"input_psnr": None if params is None else round(float(np.mean(before)), 3), "output_psnr": round(float(np.mean(after)), 3)}
+        clean = [face.astype(np.float32) / 255.0 for face in faces]
+        degraded = [c if params is None else apply_eq11(c, params, rng) for c in clean]
+        x = torch.from_numpy(np.stack(degraded)).permute(0, 3, 1, 2) * 2 - 1
+        restored = ((restore(x).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        report[name] = {
+            "input_psnr": None if params is None else round(float(np.mean([psnr(d, c) for d, c in zip(degraded, clean)])), 3),
+            "output_psnr": round(float(np.mean([psnr(r, c) for r, c in zip(restored, clean)])), 3),
+        }
     return report
 
 
-def write_model(ema: BaselineUNet, config: BaselineUNetConfig, args: argparse.Namespace, step: int, seconds: float,
-                faces: list, val_faces: list, history: list) -> None:
-    """Written at every validation, so a run that is cut off still leaves its latest model and card."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.half() for k, v in ema.state_dict().items()}
-    metadata = {"net": "BaselineUNet", "config": json.dumps(config.__dict__)}
-    save_safetensors(state, args.out / "baseline.safetensors", metadata)
-    save_safetensors(state, args.out / "steps" / f"baseline-step{step}.safetensors", metadata)  # to pick from the history
-    card = {
-        "name": "baseline",
-        "net": "BaselineUNet",
-        "config": {"channels": list(config.channels), "blocks": config.blocks, "unshuffle": config.unshuffle},
-        "params": sum(p.numel() for p in ema.parameters()),
-        "objective": "L1 regression x_d -> x (one step), IDM eq. 11 degradations drawn uniformly",
-        "keep_size": args.keep_size,
+def recipe_card(args: argparse.Namespace, step: int, seconds: float, faces: list, val_faces: list, history: list) -> dict:
+    """The card fields every model trained by `train_on_crops` records: data, recipe, time, validation."""
+    return {
         "data": [str(p) for p in args.data],
         "train_faces": len(faces),
         "validation": str(args.val),
@@ -150,48 +142,73 @@ def write_model(ema: BaselineUNet, config: BaselineUNetConfig, args: argparse.Na
         "train_seconds": round(seconds),
         "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
         "history": history,
+    }
+
+
+def write_model(ema: BaselineUNet, step: int, seconds: float, faces: list, val_faces: list, history: list, *,
+                config: BaselineUNetConfig, args: argparse.Namespace) -> None:
+    """Written at every validation, so a run that is cut off still leaves its latest model and card."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.half() for k, v in ema.state_dict().items()}
+    metadata = {"net": "BaselineUNet", "config": json.dumps(config.__dict__)}
+    save_safetensors(state, args.out / "baseline.safetensors", metadata)
+    save_safetensors(state, args.out / "steps" / f"baseline-step{step}.safetensors", metadata)  # to pick from the history
+    card = {
+        "name": "baseline",
+        "net": "BaselineUNet",
+        "config": {"channels": list(config.channels), "blocks": config.blocks, "unshuffle": config.unshuffle},
+        "params": sum(p.numel() for p in ema.parameters()),
+        "objective": "L1 regression x_d -> x (one step), IDM eq. 11 degradations drawn uniformly",
+        "keep_size": args.keep_size,
+        **recipe_card(args, step, seconds, faces, val_faces, history),
         "sha256": hashlib.sha256((args.out / "baseline.safetensors").read_bytes()).hexdigest(),
     }
     (args.out / "baseline.json").write_text(json.dumps(card, indent=1) + "\n")
     print(f"wrote {args.out / 'baseline.safetensors'} (step {step})", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def recipe_arguments(description: str, model_file: str, *, steps: int, val_every: int) -> argparse.ArgumentParser:
+    """The command-line options of `train_on_crops`; each script adds its own."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="folders of aligned training faces")
     parser.add_argument("--val", type=Path, required=True, help="folder of aligned faces kept aside for validation")
-    parser.add_argument("--out", type=Path, required=True, help="folder for baseline.safetensors and baseline.json")
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--out", type=Path, required=True, help=f"folder for {model_file} and its JSON card")
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--val-every", type=int, default=val_every)
     parser.add_argument("--val-count", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep-size", action="store_true", help="train on faces at their own size (<= 512) with eq. 11 scaled to it")
-    args = parser.parse_args()
+    return parser
 
-    torch.manual_seed(args.seed)
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (degraded, clean) crops in [-1,1] -> scalar loss of `net`
+Writer = Callable[[torch.nn.Module, int, float, list, list, list], None]  # (ema, step, seconds, faces, val_faces, history)
+
+
+def train_on_crops(net: torch.nn.Module, ema: torch.nn.Module, args: argparse.Namespace, loss_of: Loss,
+                   restore: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor], write: Writer,
+                   *, keep_size: bool, light: float = 0.0) -> None:
+    """The bundled models' CPU recipe: crops from `batches`, Adam with cosine decay, gradient clipping,
+    an EMA of the weights, and at every validation (`restore(ema, x)`) the model and card (`write`)."""
     start = time.time()
-    faces = load_faces(args.data, keep_size=args.keep_size)
+    faces = load_faces(args.data, keep_size=keep_size)
     val_faces = load_faces([args.val], limit=args.val_count)
     print(f"{len(faces)} training faces, {len(val_faces)} validation faces ({time.time() - start:.0f} s to load)", flush=True)
 
-    config = BaselineUNetConfig()
-    net = BaselineUNet(config)
-    ema = BaselineUNet(config)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps, eta_min=args.lr * 0.05)
     stop = threading.Event()
-    feed = batches(faces, args.batch, args.crop, args.seed, stop)
+    feed = batches(faces, args.batch, args.crop, args.seed, stop, light=light)
     history = []
     train_start = time.time()
     for step in range(1, args.steps + 1):
         lq, hq = feed.get()
-        loss = (net(lq) - hq).abs().mean()
+        loss = loss_of(lq, hq)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -203,12 +220,23 @@ def main() -> None:
         if step % 50 == 0:
             print(f"step {step} loss {loss.item():.4f} {(time.time() - train_start) / step:.2f} s/step", flush=True)
         if step % args.val_every == 0 or step == args.steps:
-            report = validate(ema.eval(), val_faces)
+            report = validate(partial(restore, ema.eval()), val_faces)
             history.append({"step": step, "loss": round(loss.item(), 5), **report})
             print(json.dumps(history[-1]), flush=True)
-            write_model(ema, config, args, step, time.time() - train_start, faces, val_faces, history)
+            write(ema, step, time.time() - train_start, faces, val_faces, history)
     stop.set()
 
+
+def main() -> None:
+    parser = recipe_arguments(__doc__, "baseline.safetensors", steps=2500, val_every=500)
+    parser.add_argument("--keep-size", action="store_true", help="train on faces at their own size (<= 512) with eq. 11 scaled to it")
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    config = BaselineUNetConfig()
+    net = BaselineUNet(config)
+    train_on_crops(net, BaselineUNet(config), args, lambda lq, hq: (net(lq) - hq).abs().mean(), lambda ema, x: ema(x),
+                   partial(write_model, config=config, args=args), keep_size=args.keep_size)
 
 
 if __name__ == "__main__":
