@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,15 @@ class StopAtStepEnd:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
+
+    def honour(self, step: int, last_saved: int, checkpoint: Callable[[int], None], message: Callable[[str], None]) -> None:
+        """At a step's end: if a stop was asked for, save this step (unless just saved) and stop."""
+        if not self.requested:
+            return
+        if step > last_saved:
+            checkpoint(step)
+        message(f"stopped by {self.requested} after step {step} (checkpoint saved); continue with --resume")
+        raise KeyboardInterrupt
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():

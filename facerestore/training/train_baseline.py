@@ -106,10 +106,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def validate(restore: Callable[[torch.Tensor], torch.Tensor], faces: list[np.ndarray]) -> dict[str, dict[str, float]]:
+def validate(restore: Callable[[torch.Tensor], torch.Tensor], faces: list[np.ndarray],
+             identity: Callable[[np.ndarray, np.ndarray], float] | None = None) -> dict[str, dict[str, float]]:
     """Mean PSNR of input and output per fixed severity, plus restoring the clean image (authenticity).
 
     `restore` maps the batch of degraded faces [B,3,H,W] in [-1,1] to its restoration in [-1,1].
+    `identity(image, reference)` (images HxWx3 in [0, 1]), when given, adds the mean identity
+    similarity of input and output, the other half of issue 5's bar.
     """
     report = {}
     rng = np.random.default_rng(0)
@@ -122,6 +125,10 @@ def validate(restore: Callable[[torch.Tensor], torch.Tensor], faces: list[np.nda
             "input_psnr": None if params is None else round(float(np.mean([psnr(d, c) for d, c in zip(degraded, clean)])), 3),
             "output_psnr": round(float(np.mean([psnr(r, c) for r, c in zip(restored, clean)])), 3),
         }
+        if identity is not None:
+            if params is not None:
+                report[name]["input_identity"] = round(float(np.mean([identity(d, c) for d, c in zip(degraded, clean)])), 4)
+            report[name]["output_identity"] = round(float(np.mean([identity(r, c) for r, c in zip(restored, clean)])), 4)
     return report
 
 
@@ -190,7 +197,8 @@ Writer = Callable[[torch.nn.Module, int, float, list, list, list], None]  # (ema
 
 def train_on_crops(net: torch.nn.Module, ema: torch.nn.Module, args: argparse.Namespace, loss_of: Loss,
                    restore: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor], write: Writer,
-                   *, keep_size: bool, light: float = 0.0) -> None:
+                   *, keep_size: bool, light: float = 0.0,
+                   identity: Callable[[np.ndarray, np.ndarray], float] | None = None) -> None:
     """The bundled models' CPU recipe: crops from `batches`, Adam with cosine decay, gradient clipping,
     an EMA of the weights, and at every validation (`restore(ema, x)`) the model and card (`write`)."""
     start = time.time()
@@ -220,7 +228,7 @@ def train_on_crops(net: torch.nn.Module, ema: torch.nn.Module, args: argparse.Na
         if step % 50 == 0:
             print(f"step {step} loss {loss.item():.4f} {(time.time() - train_start) / step:.2f} s/step", flush=True)
         if step % args.val_every == 0 or step == args.steps:
-            report = validate(partial(restore, ema.eval()), val_faces)
+            report = validate(partial(restore, ema.eval()), val_faces, identity)
             history.append({"step": step, "loss": round(loss.item(), 5), **report})
             print(json.dumps(history[-1]), flush=True)
             write(ema, step, time.time() - train_start, faces, val_faces, history)

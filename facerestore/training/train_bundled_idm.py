@@ -24,6 +24,7 @@ import torch
 from facerestore.diffusion import NoiseSchedule
 from facerestore.diffusion.losses import sample_noise_levels, x0_regression_loss
 from facerestore.methods.idm import DEFAULT_STEPS, MODEL_FILE, SCHEDULE_NAME, T, idm_sample, save_model
+from facerestore.metrics.identity import identity_similarity
 from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
 from facerestore.training.train_baseline import SIZE, recipe_arguments, recipe_card, train_on_crops
 
@@ -61,7 +62,10 @@ def restore(net: IDMUNet, degraded: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     parser = recipe_arguments(__doc__, MODEL_FILE, steps=4000, val_every=1000)
     parser.add_argument("--light", type=float, default=0.3, help="share of samples with light damage (train_baseline.LIGHT)")
+    parser.add_argument("--identity-weights", default=None,
+                        help="ArcFace ONNX (path or catalogue name): validation also reports identity similarity")
     args = parser.parse_args()
+    identity = None if args.identity_weights is None else partial(identity_similarity, weights=args.identity_weights)
 
     torch.manual_seed(args.seed)
     net = IDMUNet(idm_unet_config(PRESET, SIZE))
@@ -73,7 +77,8 @@ def main() -> None:
         noise = torch.randn(hq.shape, generator=generator)
         return x0_regression_loss(lambda x_t, g: net(torch.cat([x_t, lq], 1), g), hq, gamma, noise)[0]
 
-    train_on_crops(net, IDMUNet(net.config), args, loss_of, restore, partial(write_model, args=args), keep_size=True, light=args.light)
+    train_on_crops(net, IDMUNet(net.config), args, loss_of, restore, partial(write_model, args=args), keep_size=True,
+                   light=args.light, identity=identity)
 
 
 if __name__ == "__main__":

@@ -390,11 +390,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
                 if d.main:
                     result.metrics = _validate(run, step, ema, val_faces, config, message)
                 distributed.barrier(d)
-            if stop.requested:
-                if step > last_saved:
-                    checkpoint(step)
-                message(f"stopped by {stop.requested} after step {step} (checkpoint saved); continue with --resume")
-                raise KeyboardInterrupt
+            stop.honour(step, last_saved, checkpoint, message)
             clock = time.perf_counter()
     finally:
         stop.restore()

@@ -240,11 +240,7 @@ def train_pairs(
                 on_step(StepReport(step=step, steps=settings.steps, loss=averaged["loss"], parts=averaged, lr=lr, seconds=seconds))
             if step % settings.save_every == 0 or step == settings.steps:
                 checkpoint(step)
-            if stop.requested:
-                if step > last_saved:
-                    checkpoint(step)
-                message(f"stopped by {stop.requested} after step {step} (checkpoint saved); continue with --resume")
-                raise KeyboardInterrupt
+            stop.honour(step, last_saved, checkpoint, message)
             clock = time.perf_counter()
     finally:
         stop.restore()

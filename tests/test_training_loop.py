@@ -1,0 +1,61 @@
+"""Shared training pieces: the stop-at-step-end contract and the bundled recipe's validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facerestore.training.loop import StopAtStepEnd
+from facerestore.training.train_baseline import VAL_SEVERITIES, validate
+
+
+def test_honour_does_nothing_until_a_stop_is_asked_for():
+    stop, saved = StopAtStepEnd(enabled=False), []
+    stop.honour(5, 3, saved.append, print)
+    assert saved == []
+
+
+@pytest.mark.parametrize("last_saved, expected", [(3, [5]), (5, [])])
+def test_honour_saves_the_step_once_then_stops(last_saved, expected):
+    stop, saved, said = StopAtStepEnd(enabled=False), [], []
+    stop.requested = "SIGTERM"
+    with pytest.raises(KeyboardInterrupt):
+        stop.honour(5, last_saved, saved.append, said.append)
+    assert saved == expected
+    assert said == ["stopped by SIGTERM after step 5 (checkpoint saved); continue with --resume"]
+
+
+def _faces(count: int = 2, side: int = 64) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    return [
+        np.round(255 * np.clip(np.stack([0.5 + 0.4 * np.sin(6 * xx + k), yy, 0.3 + 0.2 * xx * yy], -1)
+                               + rng.normal(0, 0.02, (side, side, 3)), 0, 1)).astype(np.uint8)
+        for k in range(count)
+    ]
+
+
+def test_validation_of_the_identity_restorer_reports_input_equal_to_output():
+    """restore = identity: output PSNR equals input PSNR per severity, clean is lossless (inf)."""
+    calls = []
+
+    def negative_distance(image: np.ndarray, reference: np.ndarray) -> float:
+        calls.append(image.shape)
+        return -float(np.abs(image - reference).mean())
+
+    report = validate(lambda x: x, _faces(), identity=negative_distance)
+    assert list(report) == [*VAL_SEVERITIES, "clean"]
+    for name in VAL_SEVERITIES:
+        row = report[name]
+        assert row["output_psnr"] == pytest.approx(row["input_psnr"], abs=2e-3)
+        assert row["output_identity"] == pytest.approx(row["input_identity"], abs=1e-4)
+        assert row["input_identity"] < 0
+    assert report["clean"]["output_psnr"] == float("inf")
+    assert report["clean"]["output_identity"] == 0.0
+    assert "input_identity" not in report["clean"]
+    assert calls and all(shape == (64, 64, 3) for shape in calls)
+
+
+def test_validation_without_an_identity_scorer_reports_psnr_only():
+    report = validate(lambda x: x, _faces(1))
+    assert all(set(row) == {"input_psnr", "output_psnr"} for row in report.values())
