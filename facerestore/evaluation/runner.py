@@ -558,6 +558,29 @@ class Evaluator:
         rows += [RowSpec(label, "restored") for label in self.external]
         return rows
 
+    def _outputs(self, set_name: str, inputs: list[np.ndarray], records: list[ImageRecord], result: SetResult,
+                 seed: int) -> dict[str, list[np.ndarray | None]]:
+        """Each method's restorations of one chunk and each external folder's images (None where missing)."""
+        outputs: dict[str, list[np.ndarray | None]] = {}
+        for name in self.methods:
+            restored = self._restore(name, inputs, result, records, name, seed) if inputs else []
+            outputs[name] = list(restored) if restored is not None else [None] * len(inputs)
+        for label in self.external:
+            outputs[label] = [self._external_image(label, set_name, r.key, r) for r in records]
+        return outputs
+
+    def _keep_outputs(self, record: ImageRecord, outputs: dict[str, list[np.ndarray | None]], i: int,
+                      reference: np.ndarray | None, fid_sets: dict[str, list[str]], *, folder: str, where: str) -> None:
+        """Save the methods' restorations of image i (under restored/LABEL/FOLDER), score every output."""
+        for label, images in outputs.items():
+            image = images[i]
+            if image is None:
+                continue
+            if label in self.methods:
+                record.files[label] = self._save(f"restored/{label}/{folder}{record.key}.png", image)
+            fid_sets[label].append(record.files[label])
+            record.scores[label] = self._score(image, reference, self.image_metrics, f"{where}{label} {record.key}")
+
     def _degraded_set(self, preset: str, items: list[InputItem]) -> SetResult:
         spec = self.spec
         result = SetResult(preset, "degraded", presets.describe(preset), self._rows(preset), list(self.image_metrics), params=presets.preset_params(preset))
@@ -579,21 +602,10 @@ class Evaluator:
                 fid_sets[INPUT].append(record.files[INPUT])
                 references.append(str(item.path))
                 loaded.append((record, reference, degraded))
-            outputs: dict[str, list[np.ndarray | None]] = {}
-            for name in self.methods:
-                restored = self._restore(name, [d for _, _, d in loaded], result, [r for r, _, _ in loaded], name, spec.seed + index) if loaded else []
-                outputs[name] = list(restored) if restored is not None else [None] * len(loaded)
-            for label in self.external:
-                outputs[label] = [self._external_image(label, preset, r.key, r) for r, _, _ in loaded]
+            records = [r for r, _, _ in loaded]
+            outputs = self._outputs(preset, [d for _, _, d in loaded], records, result, spec.seed + index)
             for i, (record, reference, degraded) in enumerate(loaded):
-                for label, images in outputs.items():
-                    image = images[i]
-                    if image is None:
-                        continue
-                    if label in self.methods:
-                        record.files[label] = self._save(f"restored/{label}/{preset}/{record.key}.png", image)
-                    fid_sets[label].append(record.files[label])
-                    record.scores[label] = self._score(image, reference, self.image_metrics, f"{preset}, {label} {record.key}")
+                self._keep_outputs(record, outputs, i, reference, fid_sets, folder=f"{preset}/", where=f"{preset}, ")
                 self._grid_add(result, record.key, [degraded, *(outputs[label][i] for label in outputs), reference])
             self.on_progress(len(chunk))
         if self.set_metrics:
@@ -618,20 +630,9 @@ class Evaluator:
                 record.scores[INPUT] = self._score(image, None, self.image_metrics, f"input {item.key}")
                 fid_sets[INPUT].append(str(Path(item.path).resolve()))
                 loaded.append((record, image))
-            outputs: dict[str, list[np.ndarray | None]] = {}
-            for label in self.methods:
-                restored = self._restore(label, [x for _, x in loaded], result, [r for r, _ in loaded], label, spec.seed + index) if loaded else []
-                outputs[label] = list(restored) if restored is not None else [None] * len(loaded)
-            for label in self.external:
-                outputs[label] = [self._external_image(label, name, r.key, r) for r, _ in loaded]
+            outputs = self._outputs(name, [x for _, x in loaded], [r for r, _ in loaded], result, spec.seed + index)
             for i, (record, image) in enumerate(loaded):
-                for label, images in outputs.items():
-                    if images[i] is None:
-                        continue
-                    if label in self.methods:
-                        record.files[label] = self._save(f"restored/{label}/{record.key}.png", images[i])
-                    fid_sets[label].append(record.files[label])
-                    record.scores[label] = self._score(images[i], None, self.image_metrics, f"{label} {record.key}")
+                self._keep_outputs(record, outputs, i, None, fid_sets, folder="", where="")
                 self._grid_add(result, record.key, [image, *(outputs[label][i] for label in outputs)])
             self.on_progress(len(chunk))
         if self.set_metrics:
