@@ -6,11 +6,13 @@ Full-size networks with random weights (no official weights are needed): DifFace
 (159.8M parameters) and SwinIR estimator, DR2's 256 UNet (93.6M) and SPARNetHD (85.8M).
 
 For each method and precision it measures, in milliseconds:
-- bare:        `unet(x, t)` alone, fp32 eager, inference mode (the baseline; on GPU also under the
-               method's autocast dtype);
+- bare:        `unet(x, t)` alone, fp32 eager, inference mode, default (contiguous) memory layout
+               (the baseline; on GPU also under the method's autocast dtype);
 - step:        one step INSIDE the method's sampling loop (denoiser adapter, DDIM / DDPM step, DR2's
                low-frequency replacement, per-face noise), timed between consecutive progress
-               callbacks of a real `restore()`; `step / bare` is the measured ratio;
+               callbacks of a real `restore()`, with the net as the method places it
+               (`devices.for_inference`: channels-last weights on the CPU); `step / bare` is the
+               measured ratio;
 - overhead:    the same loop with the UNet replaced by a stub that returns a stored output at no
                cost: what a step adds to the network call, measured over 20 steps. On a busy machine
                the two big numbers above swing with the load; `(bare + overhead) / bare` is the same
@@ -39,6 +41,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from facerestore.devices import for_inference
 from facerestore.methods.base import MethodOptions
 from facerestore.methods.difface import DifFaceMethod, DifFaceNets, DifFacePlan
 from facerestore.methods.dr2 import DR2Method, DR2Nets, DR2Setting, to_dr2_input
@@ -174,12 +177,14 @@ def main() -> None:
             default = partial(DR2Method, MethodOptions(device=str(device)), nets=nets)
         else:
             raise SystemExit(f"unknown method {name!r}")
-        unet.to(device)
         print(f"{name}: bare UNet calls ...", file=sys.stderr, flush=True)
+        unet.to(device, memory_format=torch.contiguous_format)  # the plain eager baseline: default layout
         bare32 = bare_ms(unet, shape, t, device, None, args.repeat)
+        barelow = {dtype: bare_ms(unet, shape, t, device, dtype, args.repeat) for dtype in dtypes if dtype is not None}
+        for_inference(unet, device)  # back to the layout the method runs it in
         for dtype in dtypes:
             method.autocast = stub.autocast = dtype
-            bare = bare32 if dtype is None else bare_ms(unet, shape, t, device, dtype, args.repeat)
+            bare = bare32 if dtype is None else barelow[dtype]
             print(f"{name}: steps inside restore(), loop overhead, other stages ({dtype or 'fp32'}) ...", file=sys.stderr, flush=True)
             step = min(step_intervals_ms(method, partial(method.restore, crops, torch.Generator().manual_seed(0)), device))
             overhead = statistics.median(step_intervals_ms(stub, partial(stub.restore, crops, torch.Generator().manual_seed(0)), device))

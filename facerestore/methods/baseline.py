@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from facerestore.devices import for_inference
 from facerestore.errors import UnsupportedCheckpoint, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.baseline_unet import BaselineUNet, infer_config
@@ -58,7 +59,7 @@ class BaselineMethod:
         self.net = load_strict(BaselineUNet(config), state, path)
         self.multiple = config.multiple
         self.device = torch.device(options.device)
-        self.net.to(self.device).eval()
+        for_inference(self.net, self.device)
 
     @torch.inference_mode()
     def restore(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -61,6 +61,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from facerestore.devices import for_inference
 from facerestore.diffusion import (
     LearnedRangeDenoiser,
     NoiseSchedule,
@@ -412,8 +413,8 @@ class DifFaceMethod:
         self.device = torch.device(options.device)
         self.autocast = autocast_dtype(self.device)
         self.nets = nets if nets is not None else load_difface_nets(options)
-        self.nets.prior.to(self.device).eval()
-        self.nets.estimator.to(self.device).eval()
+        for_inference(self.nets.prior, self.device)
+        for_inference(self.nets.estimator, self.device)
         self.schedule = NoiseSchedule.named("linear", T)
         self.callback: Callable[[Progress], None] | None = None  # per-UNet-call progress, if wanted
 

@@ -83,6 +83,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from facerestore.devices import for_inference
 from facerestore.diffusion import (
     LearnedRangeDenoiser,
     NoiseSchedule,
@@ -344,7 +345,7 @@ class DR2Method:
             self.nets = dataclasses.replace(self.nets, enhancer=None)
         elif self.nets.enhancer is None:
             raise UsageError("dr2 needs its enhancer unless --no-enhancer is given")
-        self.nets.ddpm.to(self.device).eval()
+        for_inference(self.nets.ddpm, self.device)
         if self.nets.enhancer is not None:
             self.nets.enhancer.to(self.device).eval()
         self.quality = quality or niqe_scores

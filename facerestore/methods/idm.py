@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from facerestore.devices import for_inference
 from facerestore.diffusion import (
     ConcatCondition,
     NoiseLevelInput,
@@ -274,6 +275,7 @@ class IDMMethod:
                 )
         self.device = torch.device(options.device)
         self.model = load_model(path, self.device)
+        for_inference(self.model.net, self.device)
         self.schedule = NoiseSchedule.named(SCHEDULE_NAME, T)
 
     @property
