@@ -32,3 +32,23 @@ def test_for_inference_gives_channels_last_weights_in_eval_mode_and_the_same_out
     with torch.inference_mode():
         after = placed(x, gamma)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_face_noise_on_the_cpu_is_each_seeds_own_stream():
+    from facerestore.methods.difface import face_generators, per_face_noise
+
+    x = torch.zeros(2, 3, 8, 8)
+    noise = per_face_noise(x, face_generators([7, 9], x.device))
+    torch.testing.assert_close(noise[1:], torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(9)), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_face_noise_is_drawn_on_the_gpu_without_a_host_copy():
+    from facerestore.methods.difface import face_generators, per_face_noise
+
+    generators = face_generators([7, 9], "cuda")
+    assert all(g.device.type == "cuda" for g in generators)
+    x = torch.zeros(2, 3, 8, 8, device="cuda")
+    noise = per_face_noise(x, generators)
+    assert noise.device.type == "cuda"
+    torch.testing.assert_close(noise[1:], per_face_noise(x[1:], face_generators([9], "cuda")), rtol=0, atol=0)

@@ -64,7 +64,7 @@ AUTO_WEIGHT = 0.1 (10 levels of low-band drift cost one NIQE point) is a choice,
 real DR2 outputs: the official weights are not available to us. Candidates share each face's noise
 (the same per-face seed for every candidate), so they differ by the setting, not by the draw.
 
-Noise, batching and precision: as difface (per-face CPU generators, one UNet call per step for the
+Noise, batching and precision: as difface (per-face generators on the compute device, one UNet call per step for the
 whole batch, bf16/fp16 autocast for the networks on CUDA only). See `facerestore.methods.difface`.
 
 Weights: `--weights ddpm=FILE,enhancer=FILE` (a bare FILE is the DDPM); by default the catalogue's
@@ -356,7 +356,7 @@ class DR2Method:
     @torch.inference_mode()
     def remove_degradation(self, y: torch.Tensor, setting: DR2Setting, seeds: Sequence[int]) -> torch.Tensor:
         """DR2 proper: y [B,3,256,256] in [-1,1] -> x^_0 at tau, [-1,1]. One generator per face from `seeds`."""
-        generators = face_generators(seeds)
+        generators = face_generators(seeds, y.device)
         schedule = self.schedule
         x = schedule.q_sample(y, setting.start_t, per_face_noise(y, generators))  # eq. 9
         step = partial(ddpm_step, variance="learned_range")  # eq. 3 with N&D eq. 15 variance

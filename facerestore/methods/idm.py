@@ -27,11 +27,12 @@ when the chain has all 1000 steps, but on a 10-step grid 1 - alpha_t = 1 - gamma
 would leave x_{t_prev} far noisier than the gamma_{t_prev} the net is told at the next step (std
 0.35 instead of 0.01 at t_prev = 0). With beta~ the marginals match q(x_{t_prev} | x0) exactly.
 
-Noise and batching: every face gets its own CPU generator, seeded by one draw per face from the
-caller's generator (or explicitly, `restore_seeded`, which `clean-dataset` uses with one seed per
-file). The UNet runs once per step on the whole batch; the step's noise is drawn face by face. A
-face's result therefore does not depend on its batch neighbours, and one seed gives the same result
-on CPU and GPU up to float rounding. On CUDA the UNet runs under autocast (bf16 where supported,
+Noise and batching: every face gets its own generator on the compute device (`face_generators`),
+seeded by one draw per face from the caller's generator (or explicitly, `restore_seeded`, which
+`clean-dataset` uses with one seed per file). The UNet runs once per step on the whole batch; the
+step's noise is drawn face by face, where it is used. A face's result therefore does not depend on
+its batch neighbours, and one seed gives the same result again on the same kind of device (CPU and
+CUDA draw different noise). On CUDA the UNet runs under autocast (bf16 where supported,
 else fp16); the chain itself stays float32.
 
 Weights: `--weights FILE` (a `.safetensors` written by `facerestore train`, or its run folder). The
@@ -244,7 +245,7 @@ def idm_sample(
     Steps (module docstring): x_T from each face's generator; `steps` DDPM calls down the grid.
     """
     schedule = schedule or NoiseSchedule.named(SCHEDULE_NAME, T)
-    generators = face_generators(seeds)
+    generators = face_generators(seeds, degraded.device)
     if len(generators) != degraded.shape[0]:
         raise UsageError(f"{len(generators)} seeds for a batch of {degraded.shape[0]}")
     degraded = degraded.float()

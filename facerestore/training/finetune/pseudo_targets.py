@@ -507,6 +507,8 @@ def generate_pseudo_targets(options: PseudoTargetOptions, *, reporter: Reporter 
 
 def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Reporter, prepared: PreparedStage | None) -> PseudoTargetSummary:
     clock = time.perf_counter()
+    from facerestore.methods.difface import face_generators
+
     device = d.device if d.active else torch.device(_device_name(options.device))
     if prepared is None:
         prepared = prepare(options, str(device))
@@ -552,7 +554,7 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
                 chunk = todo[start : start + options.batch_size]
                 tick = time.perf_counter()
                 y0 = to_batch([read_image(out / "base" / target_name(f.rel)).rgb for f in chunk]).to(device)
-                generators = [torch.Generator().manual_seed(face_seed(options.seed, f.rel)) for f in chunk]
+                generators = face_generators([face_seed(options.seed, f.rel) for f in chunk], y0.device)
 
                 def progress(p: Progress) -> None:
                     reporter.detail(f"UNet call {p.index + 1}/{p.total}, t={p.t}")
