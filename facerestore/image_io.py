@@ -300,16 +300,23 @@ def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None,
     return path
 
 
-def list_images(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = ()) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand inputs into image files: (found, [(input, reason)] for inputs that yield nothing).
 
     Files named explicitly are kept whatever their extension (reading them gives the clear error).
     Folders are walked recursively in sorted order, keeping image extensions in any case and skipping
     hidden names (".git", macOS "._x.jpg", our own temp files). A file reached twice is listed once.
+    A walk skips everything under the `exclude` folders that lie inside the folder walked: the
+    command's own output folders would otherwise feed a rerun its earlier results. A folder named as
+    an input is always read, even an excluded one (the user asked for it).
     """
     found: list[Path] = []
     problems: list[tuple[Path, str]] = []
     seen: set[Path] = set()
+    skipped = [Path(e).resolve() for e in exclude]
+
+    def excluded(p: Path, inside: list[Path]) -> bool:
+        return bool(inside) and any(p.resolve().is_relative_to(e) for e in inside)
 
     def add(p: Path) -> None:
         key = p.resolve()
@@ -319,10 +326,11 @@ def list_images(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, st
 
     for item in map(Path, inputs):
         if item.is_dir():
+            inside = [e for e in skipped if not item.resolve().is_relative_to(e)]
             files = [
                 p for p in item.rglob("*")
                 if not any(part.startswith(".") for part in p.relative_to(item).parts)
-                and is_image_path(p) and p.is_file()
+                and is_image_path(p) and p.is_file() and not excluded(p, inside)
             ]
             if not files:
                 problems.append((item, f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"))

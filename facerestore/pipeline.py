@@ -5,7 +5,9 @@ Output layout follows GFPGAN (the convention users know, ANCHORS.md 3.3):
   cropped_faces/<name>_<ii>.png          aligned input crops
   restored_faces/<name>_<ii>[_suffix].png
   cmp/<name>_<ii>.png                    crop | restored, side by side
-Every file is written to a temp file and renamed; an input file is never overwritten.
+Every file is written to a temp file and renamed; an input file is never overwritten. Folder
+inputs skip these four folders of the output (`output_folders`), so a rerun into an output folder
+inside the input tree does not restore its own earlier results.
 """
 
 from __future__ import annotations
@@ -104,6 +106,14 @@ def _side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.concatenate([left, right], axis=1)
 
 
+OUTPUT_FOLDERS = ("restored_imgs", "cropped_faces", "restored_faces", "cmp")
+
+
+def output_folders(output: Path) -> list[Path]:
+    """Where restore writes under `output`: what a scan of the inputs must not read back."""
+    return [Path(output) / folder for folder in OUTPUT_FOLDERS]
+
+
 class OutputNamer:
     """Paths in the GFPGAN layout; keeps sub-folders of folder inputs apart so names never collide."""
 
@@ -119,7 +129,7 @@ class OutputNamer:
     def image(self, name: str, source: Path) -> Path:
         ext = source.suffix.lstrip(".").lower() if self.options.ext == "auto" else self.options.ext
         suffix = f"_{self.options.suffix}" if self.options.suffix else ""
-        return self._path("restored_imgs", f"{name}{suffix}", ext or "png")
+        return self._path(OUTPUT_FOLDERS[0], f"{name}{suffix}", ext or "png")
 
     def face(self, folder: str, name: str, index: int | None, suffix: bool = False) -> Path:
         tag = "" if index is None else f"_{index:02d}"
@@ -205,9 +215,9 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
         for index, (face, out) in enumerate(zip(faces, restored)):
             tag = None if options.aligned else index
             if not options.aligned:
-                result.outputs.append(write_image(namer.face("cropped_faces", name, tag), face.crop, **keep))
-            result.outputs.append(write_image(namer.face("restored_faces", name, tag, suffix=True), out, **keep))
-            result.outputs.append(write_image(namer.face("cmp", name, tag), _side_by_side(face.crop, out), **keep))
+                result.outputs.append(write_image(namer.face(OUTPUT_FOLDERS[1], name, tag), face.crop, **keep))
+            result.outputs.append(write_image(namer.face(OUTPUT_FOLDERS[2], name, tag, suffix=True), out, **keep))
+            result.outputs.append(write_image(namer.face(OUTPUT_FOLDERS[3], name, tag), _side_by_side(face.crop, out), **keep))
     result.seconds["write"] = time.perf_counter() - clock
     if not faces:
         result.status = "no-face"

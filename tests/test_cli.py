@@ -172,3 +172,13 @@ def test_detection_on_a_real_photo(shared_data, tmp_path, tiny_baseline):
     assert names == ["Blake_Lively_00.jpg".replace(".jpg", ".png"), "Blake_Lively_01.png"]
     whole = read_image(tmp_path / "out" / "restored_imgs" / "Blake_Lively.jpg")
     assert whole.rgb.shape[:2] == (464 * 2, 700 * 2)
+
+
+def test_a_rerun_into_an_output_folder_inside_the_inputs_does_not_restore_its_own_results(crops, tmp_path, tiny_baseline):
+    folder = tmp_path / "faces"
+    write_image(folder / "face.png", read_image(crops / "face.png").rgb)
+    for _ in range(2):
+        result = run(folder, "--aligned", "-o", folder / "out", "-m", "baseline", "--weights", tiny_baseline, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["images"] == 1
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == ["face.png", "out/cmp/face.png", "out/restored_faces/face.png"]

@@ -214,3 +214,14 @@ def test_reads_shared_photos():
     for p in found[:3]:
         pic = read_image(p)
         assert pic.rgb.ndim == 3 and 0 <= pic.rgb.min() and pic.rgb.max() <= 1
+
+
+def test_list_images_skips_excluded_folders_inside_a_walk_but_not_named_ones(tmp_path):
+    for rel in ["a.png", "out/cmp/a.png", "out/keep.png", "cmp/b.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    exclude = [tmp_path / "out" / "cmp", tmp_path / "cmp"]
+    found, _ = list_images([tmp_path], exclude=exclude)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.png", "out/keep.png"]
+    found, _ = list_images([tmp_path / "cmp"], exclude=exclude)  # named as an input: read
+    assert [p.name for p in found] == ["b.png"]

@@ -53,7 +53,7 @@ def restore_command(
     from facerestore.image_io import list_images
     from facerestore.methods.base import MethodOptions
     from facerestore.methods.registry import build_method
-    from facerestore.pipeline import RestoreOptions, Tools, restore_paths
+    from facerestore.pipeline import RestoreOptions, Tools, output_folders, restore_paths
 
     try:
         options = RestoreOptions(
@@ -61,7 +61,7 @@ def restore_command(
             detection_threshold=detection_threshold, min_face=min_face, batch_size=batch_size,
             seed=seed, suffix=suffix, ext=ext, max_pixels=max_pixels,
         )
-        paths, missing = list_images(inputs)
+        paths, missing = list_images(inputs, exclude=output_folders(output))
         for path, reason in missing:
             err.print(f"error: {path}: {reason}", markup=False)
         if not paths:
