@@ -182,3 +182,19 @@ def test_a_rerun_into_an_output_folder_inside_the_inputs_does_not_restore_its_ow
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["images"] == 1
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == ["face.png", "out/cmp/face.png", "out/restored_faces/face.png"]
+
+
+def test_a_corrupt_file_gives_our_one_line_and_no_opencv_chatter(tmp_path, tiny_baseline):
+    import subprocess
+    import sys
+
+    good = write_image(tmp_path / "in" / "good.png", smooth())
+    (tmp_path / "in" / "cut.png").write_bytes(good.read_bytes()[:300])
+    done = subprocess.run(
+        [sys.executable, "-m", "facerestore", tmp_path / "in", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "-q"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert any(line.startswith("error:") and "cut.png" in line for line in errors), errors
+    assert not any("WARN" in line for line in errors), errors

@@ -6,6 +6,7 @@ one line on stderr with exit code 1 (2 for usage errors); tracebacks only with -
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, NoReturn, Optional
 
@@ -72,6 +73,9 @@ def register() -> None:
 
 
 def main() -> None:
+    # OpenCV logs its own warning for every corrupt file ("PNG input buffer is incomplete") before
+    # the one-line error facerestore prints for it; set before any command imports cv2.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     register()
     try:
         app()
