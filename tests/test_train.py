@@ -336,3 +336,14 @@ def test_file_list_is_frozen_for_resume(tmp_path):
     notes: list[str] = []
     train(config(data, run, steps=2), unet=MICRO, resume=True, on_message=notes.append)
     assert len(load_file_list(run / "files.json")) == 3 and "3 training images (file list of the run)" in notes[0]
+
+
+def test_cli_warns_about_files_that_failed_to_decode(faces, tmp_path):
+    data = tmp_path / "data"
+    good = write_image(data / "good.png", face(1, 40))
+    (data / "cut.png").write_bytes(good.read_bytes()[:200])  # a valid header, then nothing: passes the scan
+    result = cli(data, "--out", tmp_path / "run", "--size", "32", "--model", "tiny", "--steps", "1", "-b", "4", "--workers", "0", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    substituted = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])["substituted"]
+    assert 0 < substituted < 4
+    assert f"warning: {substituted} samples came from a file that failed to decode" in result.output

@@ -82,6 +82,9 @@ def train_command(
     if main_rank:
         last = f", last loss {result.losses[-1][1]:.4f}" if result.losses else ""
         out.print(f"step {result.step} of {config.steps}{last}; model: {result.model} (use --weights {run_dir} --method idm)", markup=False)
+        if result.substituted:
+            err.print(f"warning: {result.substituted} samples came from a file that failed to decode and were replaced by the next "
+                      f"readable one (the per-step counts are in {run_dir / 'log.jsonl'}); re-export or remove those files", markup=False)
 
 
 def _stop(progress) -> None:
