@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from facerestore.errors import UsageError
+
 if TYPE_CHECKING:
     import torch
-
-from facerestore.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

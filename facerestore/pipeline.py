@@ -129,7 +129,7 @@ class OutputNamer:
     def image(self, name: str, source: Path) -> Path:
         ext = source.suffix.lstrip(".").lower() if self.options.ext == "auto" else self.options.ext
         suffix = f"_{self.options.suffix}" if self.options.suffix else ""
-        return self._path(OUTPUT_FOLDERS[0], f"{name}{suffix}", ext or "png")
+        return self._path("restored_imgs", f"{name}{suffix}", ext or "png")
 
     def face(self, folder: str, name: str, index: int | None, suffix: bool = False) -> Path:
         tag = "" if index is None else f"_{index:02d}"
@@ -215,9 +215,9 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
         for index, (face, out) in enumerate(zip(faces, restored)):
             tag = None if options.aligned else index
             if not options.aligned:
-                result.outputs.append(write_image(namer.face(OUTPUT_FOLDERS[1], name, tag), face.crop, **keep))
-            result.outputs.append(write_image(namer.face(OUTPUT_FOLDERS[2], name, tag, suffix=True), out, **keep))
-            result.outputs.append(write_image(namer.face(OUTPUT_FOLDERS[3], name, tag), _side_by_side(face.crop, out), **keep))
+                result.outputs.append(write_image(namer.face("cropped_faces", name, tag), face.crop, **keep))
+            result.outputs.append(write_image(namer.face("restored_faces", name, tag, suffix=True), out, **keep))
+            result.outputs.append(write_image(namer.face("cmp", name, tag), _side_by_side(face.crop, out), **keep))
     result.seconds["write"] = time.perf_counter() - clock
     if not faces:
         result.status = "no-face"
