@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from facerestore.diffusion import ConcatCondition, NoiseSchedule, space_timesteps
-from facerestore.diffusion.losses import noisy_sample, sample_noise_levels, x0_regression_loss
+from facerestore.diffusion.losses import noisy_sample, perturbed_noise, sample_noise_levels, x0_regression_loss
 from facerestore.errors import UnsupportedCheckpoint, UsageError
 from facerestore.nets.guided_unet import GuidedUNet, UNetConfig, infer_config
 from facerestore.nets.idm_unet import (
@@ -185,6 +185,20 @@ def test_noisy_sample_is_eq_5():
     gamma = torch.tensor([0.9, 0.5, 0.01], dtype=torch.float64)
     expected = gamma.sqrt().view(-1, 1, 1, 1).float() * x0 + (1 - gamma).sqrt().view(-1, 1, 1, 1).float() * noise
     torch.testing.assert_close(noisy_sample(x0, gamma, noise), expected)
+
+
+def test_input_perturbation_is_eps_plus_a_second_scaled_normal():
+    """DDPM-IP: scale 0 draws exactly the plain eps (the shipped recipe's random stream is unchanged);
+    scale s adds s * xi from the same generator, so the variance is 1 + s^2."""
+    plain = perturbed_noise((4, 3, 64, 64), 0.0, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(plain, torch.randn((4, 3, 64, 64), generator=torch.Generator().manual_seed(3)), rtol=0, atol=0)
+    g = torch.Generator().manual_seed(3)
+    eps, xi = torch.randn((4, 3, 64, 64), generator=g), torch.randn((4, 3, 64, 64), generator=g)
+    perturbed = perturbed_noise((4, 3, 64, 64), 0.2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(perturbed, eps + 0.2 * xi)
+    assert float(perturbed.var()) == pytest.approx(1.04, abs=0.02)
+    with pytest.raises(UsageError):
+        perturbed_noise((1,), -0.1)
 
 
 def test_a_gradient_step_on_the_l1_objective_moves_the_prediction_towards_x0():

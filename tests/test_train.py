@@ -256,6 +256,27 @@ def test_samples_are_a_function_of_their_number(faces, tmp_path):
     assert len({t.sum().item() for t in hq}) == 8
 
 
+def test_input_perturbation_changes_only_the_noise_and_is_part_of_the_recipe(faces, tmp_path):
+    files = scan_faces([faces], min_side=16).files
+    make = lambda s: FaceDataset(files, size=32, seed=3, degradation=preset("eq11"), schedule=NoiseSchedule.named("linear"),  # noqa: E731
+                                 input_perturbation=s)
+    plain, perturbed = make(0.0)[4], make(0.3)[4]
+    for key in ("lq", "hq", "gamma"):
+        assert torch.equal(plain[key], perturbed[key])
+    xi = (perturbed["noise"] - plain["noise"]) / 0.3  # the second normal, drawn after eps
+    assert abs(float(xi.mean())) < 0.05 and float(xi.std()) == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(UsageError, match="input-perturbation"):
+        TrainConfig(data=(str(faces),), out=str(tmp_path), input_perturbation=-1.0)
+    run = tmp_path / "run"
+    train(config(faces, run, steps=1, input_perturbation=0.2), unet=MICRO)
+    with pytest.raises(UsageError, match="--input-perturbation"):
+        resolve_config(run, resume=True, input_perturbation=0.0)
+    stored = json.loads((run / "config.json").read_text())
+    del stored["train"]["input_perturbation"]  # a run written before the option existed used 0
+    (run / "config.json").write_text(json.dumps(stored))
+    assert resolve_config(run, resume=True, input_perturbation=0.0).input_perturbation == 0.0
+
+
 def test_a_file_that_fails_to_decode_is_replaced_and_counted(tmp_path):
     good = tmp_path / "faces"
     write_image(good / "ok.png", face(1, 40))

@@ -25,6 +25,7 @@ def train_command(
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16, or fp16 with loss scaling); no effect on CPU.", show_default=False)] = None,
     grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm to this (default 1.0; 0 = off).", show_default=False)] = None,
     degradation: Annotated[Optional[str], typer.Option("--degradation", help="Degradation preset for the inputs (see `facerestore degrade -h`): eq11 (the paper's, default), mixed (adds motion blur, Laplace/Poisson/camera noise, gray), or any other preset.", show_default=False)] = None,
+    input_perturbation: Annotated[Optional[float], typer.Option("--input-perturbation", help="DDPM-IP: build x_t from eps + s*xi (a second normal xi) so the net expects its own slightly wrong x_t when sampling; 0 = off (default); docs/idm-model.md has its measured effect.", show_default=False)] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Folder of held-out aligned faces: PSNR and an image grid every --val-every steps.", show_default=False)] = None,
     val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every this many steps (default 1000).", show_default=False)] = None,
     val_count: Annotated[Optional[int], typer.Option("--val-count", help="Validation faces used (default 8).", show_default=False)] = None,
@@ -49,7 +50,8 @@ def train_command(
     try:
         config = resolve_config(
             run_dir, resume=resume, data=data or None, targets=targets or None, size=size, model=model, steps=steps,
-            batch_size=batch_size, lr=lr, ema=ema, amp=amp, grad_clip=grad_clip, degradation=degradation, val=val,
+            batch_size=batch_size, lr=lr, ema=ema, amp=amp, grad_clip=grad_clip, degradation=degradation,
+            input_perturbation=input_perturbation, val=val,
             val_every=val_every, val_count=val_count, save_every=save_every, keep=keep, init_from=init_from, seed=seed,
             device=device, workers=workers,
         )

@@ -17,6 +17,11 @@ Noise levels (`sample_noise_levels`):
     "continuous"  t ~ U{0, ..., T-1}, gamma ~ U(alpha_bar_t, alpha_bar_{t-1}), alpha_bar_{-1} = 1
                   (SR3, after WaveGrad): every level between two timesteps is trained, so
                   the net is defined for any schedule or step count at inference.
+Input perturbation (`perturbed_noise`, DDPM-IP, Ning et al. 2023): x_t is built from eps + s xi with
+xi a second standard normal, while the target stays x0. At sampling time x_t comes from the net's own
+earlier predictions, not from the true x0 (exposure bias); training on slightly wrong x_t teaches the
+net to expect that. For x0 regression the target holds no noise, so the perturbation is exactly a
+noise of standard deviation sqrt(1 + s^2) in x_t.
 Randomness comes only from the explicit generator.
 """
 
@@ -52,6 +57,21 @@ def sample_noise_levels(
     previous = torch.cat([torch.ones(1, dtype=torch.float64), table])[t]  # alpha_bar_{t-1}
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     return high + u * (previous - high)
+
+
+def perturbed_noise(
+    shape: torch.Size | tuple[int, ...],
+    scale: float,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """eps + scale * xi (DDPM-IP, module docstring): the noise that builds x_t; scale 0 gives plain eps."""
+    if scale < 0:
+        raise UsageError(f"the input perturbation must be >= 0, got {scale}")
+    noise = torch.randn(shape, generator=generator)
+    if scale > 0:
+        noise = noise + scale * torch.randn(shape, generator=generator)
+    return noise
 
 
 def noisy_sample(x0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facerestore.diffusion.losses import NoiseLevels, sample_noise_levels
+from facerestore.diffusion.losses import NoiseLevels, perturbed_noise, sample_noise_levels
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import list_images, read_image
@@ -143,12 +143,14 @@ class FaceDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by the run's sample number n (see the module docstring)."""
 
     def __init__(self, files: Sequence[FaceFile], *, size: int, seed: int, degradation: DegradationSpec,
-                 schedule: NoiseSchedule, noise_levels: NoiseLevels = "continuous", flip: bool = True) -> None:
+                 schedule: NoiseSchedule, noise_levels: NoiseLevels = "continuous", input_perturbation: float = 0.0,
+                 flip: bool = True) -> None:
         if not files:
             raise UsageError("no training images", hint="pass folders of aligned face images")
         self.files = list(files)
         self.size, self.seed, self.spec = size, seed, degradation
         self.schedule, self.noise_levels, self.flip = schedule, noise_levels, flip
+        self.input_perturbation = input_perturbation
         self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:  # samples are drawn by number; the length is that of one epoch
@@ -187,7 +189,7 @@ class FaceDataset(torch.utils.data.Dataset):
             target = to_gray(target)
         g = torch.Generator().manual_seed(stable_seed(self.seed, "noise", n))
         gamma = sample_noise_levels(self.schedule, 1, generator=g, kind=self.noise_levels)[0]
-        noise = torch.randn((3, self.size, self.size), generator=g)
+        noise = perturbed_noise((3, self.size, self.size), self.input_perturbation, generator=g)
         return {"lq": to_tensor(degraded), "hq": to_tensor(np.ascontiguousarray(target)), "gamma": gamma, "noise": noise,
                 "sample": torch.tensor(n), "substituted": torch.tensor(substituted > 0)}
 

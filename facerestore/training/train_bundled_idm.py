@@ -22,7 +22,7 @@ from functools import partial
 import torch
 
 from facerestore.diffusion import NoiseSchedule
-from facerestore.diffusion.losses import sample_noise_levels, x0_regression_loss
+from facerestore.diffusion.losses import perturbed_noise, sample_noise_levels, x0_regression_loss
 from facerestore.methods.idm import DEFAULT_STEPS, MODEL_FILE, SCHEDULE_NAME, T, idm_sample, save_model
 from facerestore.metrics.identity import identity_similarity
 from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
@@ -43,6 +43,7 @@ def write_model(ema: IDMUNet, step: int, seconds: float, faces: list, val_faces:
         "sampler": f"DDPM ancestral, {DEFAULT_STEPS} steps (respacing '{DEFAULT_STEPS}')",
         "keep_size": True,
         "light_share": args.light,
+        "input_perturbation": args.input_perturbation,
         **recipe_card(args, step, seconds, faces, val_faces, history),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +63,8 @@ def restore(net: IDMUNet, degraded: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     parser = recipe_arguments(__doc__, MODEL_FILE, steps=4000, val_every=1000)
     parser.add_argument("--light", type=float, default=0.3, help="share of samples with light damage (train_baseline.LIGHT)")
+    parser.add_argument("--input-perturbation", type=float, default=0.0,
+                        help="DDPM-IP: x_t is built from eps + s*xi, a second normal xi (diffusion.losses.perturbed_noise)")
     parser.add_argument("--identity-weights", default=None,
                         help="ArcFace ONNX (path or catalogue name): validation also reports identity similarity")
     args = parser.parse_args()
@@ -74,7 +77,7 @@ def main() -> None:
 
     def loss_of(lq: torch.Tensor, hq: torch.Tensor) -> torch.Tensor:
         gamma = sample_noise_levels(noise_schedule, hq.shape[0], generator=generator)
-        noise = torch.randn(hq.shape, generator=generator)
+        noise = perturbed_noise(hq.shape, args.input_perturbation, generator=generator)
         return x0_regression_loss(lambda x_t, g: net(torch.cat([x_t, lq], 1), g), hq, gamma, noise)[0]
 
     train_on_crops(net, IDMUNet(net.config), args, loss_of, restore, partial(write_model, args=args), keep_size=True,

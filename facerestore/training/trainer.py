@@ -78,6 +78,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     degradation: str = "eq11"
     noise_levels: str = "continuous"
+    input_perturbation: float = 0.0
     flip: bool = True
     seed: int = 0
     init_from: str | None = None
@@ -102,6 +103,8 @@ class TrainConfig:
             (self.val_count >= 1 and self.val_steps >= 1, "--val-count and the validation steps must be at least 1"),
             (self.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {self.keep}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.input_perturbation >= 0 and math.isfinite(self.input_perturbation),
+             f"--input-perturbation must be >= 0, got {self.input_perturbation}"),
             (self.noise_levels in ("continuous", "discrete"), f"noise levels must be continuous or discrete, got {self.noise_levels!r}"),
         ]
         for ok, message in checks:
@@ -116,7 +119,8 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-RECIPE = ("data", "targets", "size", "model", "batch_size", "lr", "ema", "amp", "grad_clip", "degradation", "noise_levels", "flip", "seed")
+RECIPE = ("data", "targets", "size", "model", "batch_size", "lr", "ema", "amp", "grad_clip", "degradation", "noise_levels", "input_perturbation", "flip",
+          "seed")
 
 
 def _absolute(paths) -> tuple[str, ...]:
@@ -146,7 +150,8 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
     stored = read_run_config(out)["train"]
     for key in ("data", "targets"):
         stored[key] = tuple(stored.get(key) or ())
-    differ = [k for k in RECIPE if k in given and given[k] != stored.get(k) and not (k in ("data", "targets") and not given[k])]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # a run older than a recipe field used its default
+    differ = [k for k in RECIPE if k in given and given[k] != stored.get(k, defaults[k]) and not (k in ("data", "targets") and not given[k])]
     if differ:
         shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {stored.get(k)!r})" for k in differ)
         raise UsageError(f"--resume keeps the run's recipe, but {shown}", hint="drop these options, or start a new run with another --out")
@@ -324,7 +329,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     # ---- data
     schedule = NoiseSchedule.named("linear", 1000)
     dataset = FaceDataset(files, size=config.size, seed=config.seed, degradation=preset(config.degradation), schedule=schedule,
-                          noise_levels=config.noise_levels, flip=config.flip)
+                          noise_levels=config.noise_levels, input_perturbation=config.input_perturbation, flip=config.flip)
     sampler = StepBatches(start_step=start, steps=config.steps, global_batch=config.batch_size, rank=d.rank, world=d.world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers, pin_memory=d.device.type == "cuda",
                                          prefetch_factor=2 if config.workers else None)
