@@ -10,7 +10,8 @@ Samples. Sample number n of a run (n = step * global batch + i) is a pure functi
 
     epoch, k = divmod(n, N);   file = permutation(N, seed, epoch)[k]
     rng      = numpy generator keyed (seed, "sample", n)    -> flip, degradation parameters and noise
-    gamma, eps from a torch generator keyed (seed, "noise", n)   (diffusion.losses)
+    gamma, eps from a torch generator keyed (seed, "noise", n)   (diffusion.losses; eps + s xi with
+                                                                  --input-perturbation s)
 
 so the data order, the degradations and the diffusion noise need no saved generator state: resuming
 at step s simply starts at sample s * batch, and any number of DataLoader workers or torchrun

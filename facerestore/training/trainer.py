@@ -148,10 +148,12 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
             raise UsageError("no DATA_DIR given", hint="pass one or more folders of aligned face images")
         return TrainConfig(out=str(out), **given)
     stored = read_run_config(out)["train"]
+    for f in dataclasses.fields(TrainConfig):  # a run written before a field existed used its default
+        if f.default is not dataclasses.MISSING:
+            stored.setdefault(f.name, f.default)
     for key in ("data", "targets"):
         stored[key] = tuple(stored.get(key) or ())
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # a run older than a recipe field used its default
-    differ = [k for k in RECIPE if k in given and given[k] != stored.get(k, defaults[k]) and not (k in ("data", "targets") and not given[k])]
+    differ = [k for k in RECIPE if k in given and given[k] != stored.get(k) and not (k in ("data", "targets") and not given[k])]
     if differ:
         shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {stored.get(k)!r})" for k in differ)
         raise UsageError(f"--resume keeps the run's recipe, but {shown}", hint="drop these options, or start a new run with another --out")
