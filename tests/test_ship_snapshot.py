@@ -1,0 +1,69 @@
+"""`python -m facerestore.training.ship_snapshot`: a run's chosen validation snapshot becomes the
+bundled IDM model with a complete card, and bad requests leave the destination untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from facerestore.errors import UsageError
+from facerestore.methods.idm import load_model, save_model
+from facerestore.nets.idm_unet import IDMUNet, UNetConfig
+from facerestore.training.ship_snapshot import main, ship
+
+MICRO = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=(1, 1), attention_levels=(), in_channels=6, out_channels=3,
+                   num_head_channels=32)
+
+
+def fake_run(root, steps=(250, 500, 750)):
+    """A run folder as `train_bundled_idm` leaves it: one snapshot per validation, the latest card on top."""
+    history = []
+    for index, step in enumerate(steps):
+        torch.manual_seed(index)
+        net = IDMUNet(MICRO)
+        history.append({"step": step, "severe": {"output_identity": 0.5 - index / 100}})
+        card = {"name": "idm", "steps": step, "train_seconds": 100 * (index + 1), "history": list(history)}
+        save_model(net, root / "steps" / f"idm-step{step}.safetensors", 64, dtype=torch.float16, card=card)
+        save_model(net, root / "idm.safetensors", 64, dtype=torch.float16, card={**card, "sha256": "stale"})
+    return root
+
+
+def test_ships_the_chosen_step_with_the_whole_history_and_its_sha256(tmp_path):
+    run = fake_run(tmp_path / "run")
+    out = tmp_path / "models"
+    path = ship(run, 500, "best severe identity", out)
+    assert path.read_bytes() == (run / "steps" / "idm-step500.safetensors").read_bytes()
+    card = json.loads((out / "idm.json").read_text())
+    assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [h["step"] for h in card["history"]] == [250, 500, 750]  # the later steps too, not the snapshot's own history
+    assert card["chosen_step"] == 500 and card["steps"] == 500 and card["choice"] == "best severe identity"
+    assert card["train_seconds_to_step"] == 200 and card["run_seconds"] == 300 and "train_seconds" not in card
+    model = load_model(path)
+    reference = load_model(run / "steps" / "idm-step500.safetensors")
+    for a, b in zip(model.net.state_dict().values(), reference.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_step_the_run_did_not_validate_is_refused_and_nothing_is_written(tmp_path, capsys):
+    run = fake_run(tmp_path / "run")
+    out = tmp_path / "models"
+    with pytest.raises(UsageError, match="idm-step600.safetensors does not exist"):
+        ship(run, 600, "why", out)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run), "--step", "600", "--why", "x", "--out", str(out)])
+    assert "pick a step the run validated: idm-step250, idm-step500, idm-step750" in str(exit_info.value)
+    assert "\n" not in str(exit_info.value)
+    with pytest.raises(UsageError, match="--why is empty"):
+        ship(run, 500, "  ", out)
+    assert not out.exists()
+
+
+def test_a_damaged_card_is_one_clear_error(tmp_path):
+    run = fake_run(tmp_path / "run")
+    (run / "idm.json").write_text("{not json")
+    with pytest.raises(UsageError, match="idm.json cannot be read as JSON"):
+        ship(run, 500, "why", tmp_path / "models")
