@@ -6,7 +6,8 @@ Runs `facerestore evaluate -m METHODS --hq ../shared/data/faces-hq/celeba-hq --d
 mild,medium,severe --authenticity --offline` (so the numbers are exactly what a user's evaluate run
 gives; the report folder is kept under --out) and prints, per severity, PSNR, SSIM and ArcFace
 identity (w600k_mbf ONNX from FACERESTORE_WEIGHTS) of the input and of each method, whether the
-method beats its input on PSNR and identity, the authenticity test (restore the clean face: PSNR of
+method beats its input on PSNR and identity (with the paired per-face difference: mean +/- its
+standard error, and on how many faces the method wins, so that a gap can be told from noise), the authenticity test (restore the clean face: PSNR of
 f(x) to x and of f(f(x)) to f(x)), and seconds per face at the method's default steps (10 for idm)
 on this machine's CPU. The held-out faces were never trained on (docs/idm-model.md).
 """
@@ -40,6 +41,31 @@ def mean(row: dict, metric: str) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
+def paired(s: dict, row: dict, base: dict, metric: str) -> tuple[float, float, int, int] | None:
+    """(mean difference row - base, its standard error, faces where row wins, faces) over the faces both scored."""
+    diffs = []
+    for image in s.get("images", []):
+        scores = image.get("scores", {})
+        a = scores.get(row["label"], {}).get(metric, {}).get("value")
+        b = scores.get(base["label"], {}).get(metric, {}).get("value")
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            diffs.append(a - b)
+    if len(diffs) < 2:
+        return None
+    mean_diff = sum(diffs) / len(diffs)
+    variance = sum((d - mean_diff) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean_diff, (variance / len(diffs)) ** 0.5, sum(d > 0 for d in diffs), len(diffs)
+
+
+def verdict(s: dict, row: dict, base: dict, metric: str, digits: int) -> str:
+    better = (mean(row, metric) or 0) > (mean(base, metric) or 0)
+    stats = paired(s, row, base, metric)
+    if stats is None:
+        return "yes" if better else "NO"
+    diff, error, wins, faces = stats
+    return f"{'yes' if better else 'NO'} ({diff:+.{digits}f} ± {error:.{digits}f}, {wins}/{faces})"
+
+
 def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -57,19 +83,18 @@ def main() -> None:
     report = json.loads(args.report.read_text()) if args.report else run_evaluate(args)
 
     print(f"\n{report['sets'][0]['images_total']} faces from {report['hq']}, {report['seconds']:.0f} s in all\n")
-    print("| set | row | PSNR | SSIM | identity | beats input (PSNR, identity) | s/face |")
-    print("|---|---|---|---|---|---|---|")
+    print("| set | row | PSNR | SSIM | identity | beats input on PSNR (paired diff ± s.e., faces won) | on identity | s/face |")
+    print("|---|---|---|---|---|---|---|---|")
     for s in report["sets"]:
         rows = s["rows"]
         base = next((r for r in rows if r["kind"] == "input"), None)
         for row in rows:
             values = [mean(row, m) for m in METRICS]
-            verdict = ""
+            verdicts = ["", ""]
             if base is not None and row is not base and row["kind"] == "method":
-                better = [(mean(row, m) or 0) > (mean(base, m) or 0) for m in ("psnr", "identity")]
-                verdict = ", ".join("yes" if b else "NO" for b in better)
+                verdicts = [verdict(s, row, base, "psnr", 2), verdict(s, row, base, "identity", 4)]
             seconds = row.get("seconds_per_face")
-            print(f"| {s['name']} | {row['label']} | {fmt(values[0])} | {fmt(values[1], 4)} | {fmt(values[2], 4)} | {verdict} | {fmt(seconds)} |")
+            print(f"| {s['name']} | {row['label']} | {fmt(values[0])} | {fmt(values[1], 4)} | {fmt(values[2], 4)} | {verdicts[0]} | {verdicts[1]} | {fmt(seconds)} |")
 
 
 if __name__ == "__main__":
