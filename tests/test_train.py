@@ -15,7 +15,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from facerestore.cli.app import app, register
-from facerestore.errors import UnsupportedCheckpoint, UsageError
+from facerestore.errors import FaceRestoreError, UnsupportedCheckpoint, UsageError
 from facerestore.image_io import read_image, write_image
 from facerestore.methods.idm import load_model
 from facerestore.nets.guided_unet import UNetConfig
@@ -205,6 +205,33 @@ def test_validation_writes_grids_and_metrics(faces, tmp_path):
     assert result.metrics == {k: v for k, v in lines[-1].items() if k != "step"}
 
 
+def test_validation_with_an_identity_metric_scores_input_output_and_clean_against_the_clean_face(faces):
+    """The three identities are the metric's means over the faces, read back from the grid's columns."""
+    from facerestore.training.validation import load_val_faces, validate
+
+    val_faces = load_val_faces(faces / "a", 3, 32, preset("eq11"), seed=0)
+    torch.manual_seed(0)
+    similarity = lambda image, reference: 1.0 - float(np.abs(image - reference).mean())  # noqa: E731
+    metrics, grid = validate(IDMUNet(MICRO), val_faces, steps=2, identity=similarity)
+    columns = [[grid[32 * i : 32 * (i + 1), 32 * j : 32 * (j + 1)] for j in range(4)] for i in range(3)]
+    for name, column in (("input", 0), ("output", 1), ("clean", 3)):
+        expected = np.mean([similarity(row[column], row[2]) for row in columns])
+        assert metrics[f"{name}_identity"] == pytest.approx(expected, abs=1e-4)
+    assert metrics["input_identity"] < 1.0 and metrics["clean_identity"] <= 1.0
+    without, _ = validate(IDMUNet(MICRO), val_faces, steps=2)
+    assert not any(k.endswith("_identity") for k in without)
+
+
+def test_val_identity_is_checked_before_the_first_step(faces, tmp_path):
+    with pytest.raises(UsageError, match="--val-identity needs --val"):
+        config(faces, tmp_path / "run", val_identity="arcface_w600k_mbf")
+    steps: list[int] = []
+    with pytest.raises(FaceRestoreError, match="missing.onnx") as info:
+        train(config(faces, tmp_path / "run", val=str(faces / "a"), val_identity=str(tmp_path / "missing.onnx")), unet=MICRO,
+              on_step=lambda report: steps.append(report.step))
+    assert steps == [] and "\n" not in info.value.one_line()
+
+
 # ----------------------------------------------------------------- data
 
 
@@ -333,6 +360,10 @@ def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline)
     assert "divisible by 4" in one_error(r := cli(faces, "--out", tmp_path / "r6", "--model", "tiny", "--size", "30")) and r.exit_code == 2
     line = one_error(r := cli(faces, "--out", tmp_path / "r7", "--size", "32", "--init-from", tiny_baseline, "--workers", "0"))
     assert r.exit_code == 1 and "not an IDM model" in line
+    assert "--val-identity needs --val" in one_error(r := cli(faces, "--out", tmp_path / "r8", "--val-identity", "arcface_w600k_mbf")) and r.exit_code == 2
+    line = one_error(r := cli(faces, "--out", tmp_path / "r9", "--size", "32", "--model", "tiny", "--workers", "0", "--val", faces / "a",
+                              "--val-identity", tmp_path / "missing.onnx"))
+    assert r.exit_code == 1 and "missing.onnx" in line and not (tmp_path / "r9" / "log.jsonl").is_file()
 
 
 def test_every_train_option_has_help_text():

@@ -29,6 +29,7 @@ def train_command(
     val: Annotated[Optional[Path], typer.Option("--val", help="Folder of held-out aligned faces: PSNR and an image grid every --val-every steps.", show_default=False)] = None,
     val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every this many steps (default 1000).", show_default=False)] = None,
     val_count: Annotated[Optional[int], typer.Option("--val-count", help="Validation faces used (default 8).", show_default=False)] = None,
+    val_identity: Annotated[Optional[str], typer.Option("--val-identity", help="ArcFace ONNX for validation (catalogue name arcface_w600k_mbf or a path; needs onnxruntime): also report identity similarity of input, restored and clean-kept faces.", show_default=False)] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Write a checkpoint every this many steps (default 1000).", show_default=False)] = None,
     keep: Annotated[Optional[int], typer.Option("--keep", help="Checkpoints kept (default 2; 0 keeps all).", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint, exactly (same recipe).")] = False,
@@ -52,7 +53,7 @@ def train_command(
             run_dir, resume=resume, data=data or None, targets=targets or None, size=size, model=model, steps=steps,
             batch_size=batch_size, lr=lr, ema=ema, amp=amp, grad_clip=grad_clip, degradation=degradation,
             input_perturbation=input_perturbation, val=val,
-            val_every=val_every, val_count=val_count, save_every=save_every, keep=keep, init_from=init_from, seed=seed,
+            val_every=val_every, val_count=val_count, val_identity=val_identity, save_every=save_every, keep=keep, init_from=init_from, seed=seed,
             device=device, workers=workers,
         )
     except FaceRestoreError as exc:

@@ -27,6 +27,7 @@ the cleaned copies, and the second model starts from the first.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -86,6 +87,7 @@ class TrainConfig:
     val_every: int = 1000
     val_count: int = 8
     val_steps: int = 10
+    val_identity: str | None = None  # ArcFace ONNX (catalogue name or path): validation also reports identity
     save_every: int = 1000
     keep: int = 2
     device: str = "auto"
@@ -105,6 +107,7 @@ class TrainConfig:
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (self.input_perturbation >= 0 and math.isfinite(self.input_perturbation),
              f"--input-perturbation must be >= 0, got {self.input_perturbation}"),
+            (self.val_identity is None or self.val is not None, "--val-identity needs --val (the faces it scores)"),
             (self.noise_levels in ("continuous", "discrete"), f"noise levels must be continuous or discrete, got {self.noise_levels!r}"),
         ]
         for ok, message in checks:
@@ -143,6 +146,8 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
         given["init_from"] = str(Path(given["init_from"]).expanduser())
     if "val" in given:
         given["val"] = str(Path(given["val"]).expanduser().resolve())
+    if "val_identity" in given:
+        given["val_identity"] = str(given["val_identity"])
     if not resume:
         if not given.get("data"):
             raise UsageError("no DATA_DIR given", hint="pass one or more folders of aligned face images")
@@ -339,6 +344,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     if config.val and d.main:
         val_faces = load_val_faces(Path(config.val), config.val_count, config.size, preset(config.degradation), config.seed)
         message(f"{len(val_faces)} validation faces from {config.val}")
+    identity = val_identity(config) if d.main else None
 
     result = TrainResult(run=run, step=start, scan=scan_note)
     log = open(run / "log.jsonl", "a") if d.main else None  # noqa: SIM115 - closed in finally
@@ -395,7 +401,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
                 checkpoint(step)
             if config.val and (step % config.val_every == 0 or step == config.steps):
                 if d.main:
-                    result.metrics = _validate(run, step, ema, val_faces, config, message)
+                    result.metrics = _validate(run, step, ema, val_faces, config, message, identity)
                 distributed.barrier(d)
             stop.honour(step, last_saved, checkpoint, message)
             clock = time.perf_counter()
@@ -439,18 +445,33 @@ def _save(run: Path, step: int, config: TrainConfig, unet_config: UNetConfig, mo
     save_model(ema, run / "idm.safetensors", config.size, card=card)
 
 
+def val_identity(config: TrainConfig) -> Callable[[np.ndarray, np.ndarray], float] | None:
+    """The identity metric of `--val-identity`, loaded before the first step so a missing file or
+    onnxruntime is a one-line error now, not after the first validation interval."""
+    if not (config.val and config.val_identity):
+        return None
+    from facerestore.metrics.identity import identity_similarity, load_arcface
+
+    load_arcface(config.val_identity)
+    return functools.partial(identity_similarity, weights=config.val_identity)
+
+
 def _validate(run: Path, step: int, ema: torch.nn.Module | None, faces: list[ValFace], config: TrainConfig,
-              message: Callable[[str], None]) -> dict | None:
+              message: Callable[[str], None], identity: Callable[[np.ndarray, np.ndarray], float] | None = None) -> dict | None:
     if ema is None:
         return None
     from facerestore.image_io import write_image
 
-    metrics, grid = validate(ema, faces, steps=config.val_steps, seed=config.seed)
+    metrics, grid = validate(ema, faces, steps=config.val_steps, seed=config.seed, identity=identity)
     write_image(run / "val" / f"step_{step:07d}.png", grid)
     with open(run / "metrics.jsonl", "a") as handle:
         handle.write(json.dumps({"step": step, **metrics}) + "\n")
-    message(f"validation at step {step}: input {metrics['input_psnr']:.2f} dB -> restored {metrics['output_psnr']:.2f} dB; "
+    line = (f"validation at step {step}: input {metrics['input_psnr']:.2f} dB -> restored {metrics['output_psnr']:.2f} dB; "
             f"clean kept at {metrics['clean_psnr']:.2f} dB")
+    if "output_identity" in metrics:
+        line += (f"; identity {metrics['input_identity']:.4f} -> {metrics['output_identity']:.4f}, "
+                 f"clean kept at {metrics['clean_identity']:.4f}")
+    message(line)
     return metrics
 
 

@@ -8,12 +8,17 @@ For each validation face x (the first `count` images of the --val folder, resize
     clean    PSNR(f(x), x)         IDM's authenticity criterion (eq. 2): restoring a clean face should
                                    change it little; it falls if the model starts hallucinating
 
+With an `identity(image, reference)` function (ArcFace cosine, `--val-identity`) the same three get
+an identity similarity to x beside their PSNR: a small restorer can gain PSNR while it moves faces
+away from the person (docs/idm-model.md), and PSNR alone does not show it.
+
 The grid PNG has one row per face: x_d | f(x_d) | x | f(x). PSNR is `facerestore.metrics.psnr`
 (RGB, 0-255 scale, the papers' convention).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +75,9 @@ def _restore(net: torch.nn.Module, images: list[np.ndarray], steps: int, seeds: 
 
 
 @torch.no_grad()
-def validate(net: torch.nn.Module, faces: list[ValFace], *, steps: int = 10, seed: int = 0) -> tuple[dict, np.ndarray]:
-    """(metrics, grid): mean PSNRs as in the module docstring, and the image grid."""
+def validate(net: torch.nn.Module, faces: list[ValFace], *, steps: int = 10, seed: int = 0,
+             identity: Callable[[np.ndarray, np.ndarray], float] | None = None) -> tuple[dict, np.ndarray]:
+    """(metrics, grid): mean PSNRs (and identities) as in the module docstring, and the image grid."""
     was_training = net.training
     net.eval()
     seeds = [stable_seed(seed, "val-sample", i) for i in range(len(faces))]
@@ -90,5 +96,8 @@ def validate(net: torch.nn.Module, faces: list[ValFace], *, steps: int = 10, see
         "faces": len(faces),
         "steps": steps,
     }
+    if identity is not None:
+        for name, images in (("input", [f.degraded for f in faces]), ("output", restored), ("clean", kept)):
+            metrics[f"{name}_identity"] = round(float(np.mean([identity(image, f.clean) for image, f in zip(images, faces)])), 4)
     rows = [np.concatenate([f.degraded, r, f.clean, k], axis=1) for f, r, k in zip(faces, restored, kept)]
     return metrics, np.concatenate(rows, axis=0)
