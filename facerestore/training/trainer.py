@@ -344,7 +344,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     if config.val and d.main:
         val_faces = load_val_faces(Path(config.val), config.val_count, config.size, preset(config.degradation), config.seed)
         message(f"{len(val_faces)} validation faces from {config.val}")
-    identity = val_identity(config) if d.main else None
+    identity = val_identity(config)  # on every rank: a missing file stops them all, not rank 0 alone
 
     result = TrainResult(run=run, step=start, scan=scan_note)
     log = open(run / "log.jsonl", "a") if d.main else None  # noqa: SIM115 - closed in finally
