@@ -1,5 +1,6 @@
-"""`python -m facerestore.training.ship_snapshot`: a run's chosen validation snapshot becomes the
-bundled IDM model with a complete card, and bad requests leave the destination untouched."""
+"""`python -m facerestore.training.ship_snapshot`: a run's chosen validation snapshot (of a
+`train_bundled_idm` run, or a checkpoint of a `facerestore train` run) becomes the bundled IDM model
+with a complete card, and bad requests leave the destination untouched."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import pytest
 import torch
 
 from facerestore.errors import UsageError
+from facerestore.image_io import write_image
 from facerestore.methods.idm import load_model, save_model
 from facerestore.nets.idm_unet import IDMUNet, UNetConfig
 from facerestore.training.ship_snapshot import main, ship
+from facerestore.training.trainer import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MICRO = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=(1, 1), attention_levels=(), in_channels=6, out_channels=3,
                    num_head_channels=32)
@@ -67,3 +72,30 @@ def test_a_damaged_card_is_one_clear_error(tmp_path):
     (run / "idm.json").write_text("{not json")
     with pytest.raises(UsageError, match="idm.json cannot be read as JSON"):
         ship(run, 500, "why", tmp_path / "models")
+
+
+def test_a_facerestore_train_checkpoint_ships_as_fp16_with_its_validation(tmp_path):
+    faces = tmp_path / "faces"
+    rng = torch.Generator().manual_seed(0)
+    for i in range(4):
+        write_image(faces / f"{i}.png", torch.rand(40, 40, 3, generator=rng).numpy())
+    run = tmp_path / "run"
+    train(TrainConfig(data=(str(faces),), out=str(run), size=32, steps=3, batch_size=2, save_every=1, keep=0, workers=0, device="cpu",
+                      val=str(faces), val_every=1, val_count=2, val_steps=1), unet=MICRO)
+    out = tmp_path / "models"
+    path = ship(run, 2, "step 2", out)
+    card = json.loads((out / "idm.json").read_text())
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert card["step"] == 2 and card["samples"] == 4 and card["chosen_step"] == 2 and card["choice"] == "step 2"
+    assert card["validation"] == {k: v for k, v in metrics[1].items() if k != "step"} and card["history"] == metrics
+    assert card["recipe"]["batch_size"] == 2 and card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    shipped, ema = load_model(path), load_model(run / "checkpoints" / "step_0000002" / "ema.safetensors")
+    for key, value in ema.net.state_dict().items():
+        assert torch.equal(shipped.net.state_dict()[key], value.half().float())  # fp16, as the package ships
+    assert path.stat().st_size < (run / "checkpoints" / "step_0000002" / "ema.safetensors").stat().st_size * 0.6
+    assert not list(out.glob(".ship-*"))
+    with pytest.raises(UsageError) as info:
+        ship(run, 5, "why", out)
+    assert "kept checkpoints: step_0000001, step_0000002, step_0000003; train with --keep 0" in info.value.one_line()
+    with pytest.raises(UsageError, match="is not a training run folder"):
+        ship(faces, 1, "why", out)

@@ -1,14 +1,21 @@
-"""Ship one validation snapshot of a `train_bundled_idm` run as the package's bundled IDM model.
+"""Ship one validated snapshot of a training run as the package's bundled IDM model.
 
     python -m facerestore.training.ship_snapshot RUN_DIR --step 500 --why "best identity ..." [--out facerestore/models]
 
-A run writes `steps/idm-stepN.{safetensors,json}` at every validation and its latest card
-`idm.json` (with the whole validation history). The snapshot worth shipping is rarely the last
-one (docs/idm-model.md: identity falls with training time), so this copies the chosen one and
-completes its card: the run's whole history (to show what the later steps did), the step and the
-reason it was chosen, the training time to that step and of the whole run, and the sha256 of the
-shipped file. Both files are written next to their destination first and then renamed, so an
-interrupted call never leaves a half-written model in the package.
+RUN_DIR is either kind of run:
+
+- `facerestore train` (the GPU route): every checkpoint `checkpoints/step_NNNNNNN/ema.safetensors`
+  (train with `--keep 0` to keep them all), validation numbers in `metrics.jsonl`, the recipe in
+  the exported card `idm.json`;
+- `python -m facerestore.training.train_bundled_idm` (the CPU recipe): a snapshot
+  `steps/idm-stepN.{safetensors,json}` at every validation, the whole history in the latest card.
+
+The snapshot worth shipping is rarely the last one (docs/idm-model.md: identity falls with training
+time), so this stores the chosen one as fp16 `idm.safetensors` and completes its card: the run's
+whole validation history (to show what the later steps did), the step and the reason it was chosen,
+the training time where the run recorded it, and the sha256 of the shipped file. Both files are
+written in a temporary folder beside their destination and then renamed, so an interrupted call
+never leaves a half-written model in the package.
 """
 
 from __future__ import annotations
@@ -17,68 +24,125 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.methods.idm import MODEL_FILE, load_model
+from facerestore.methods.idm import MODEL_FILE, load_model, save_model
+from facerestore.weights.checkpoint import read_state_dict
 
 CARD_FILE = Path(MODEL_FILE).with_suffix(".json").name
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    source: Path  # an IDM model file the method loads
+    card: dict  # the shipped card, sha256 aside
 
 
 def read_card(path: Path) -> dict:
     try:
         card = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UsageError(f"{path} does not exist", hint="pass the folder a `train_bundled_idm` run wrote (--out) and one of its validation steps") from None
+        raise UsageError(f"{path} does not exist", hint="pass the --out folder of a training run and one of its validated steps") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise UsageError(f"{path} cannot be read as JSON ({exc})", hint="the run folder is damaged; rerun the validation or pick another step") from None
     if not isinstance(card, dict):
-        raise UsageError(f"{path} is not a model card", hint="pass a `train_bundled_idm` run folder")
+        raise UsageError(f"{path} is not a model card", hint="pass the --out folder of a training run")
     return card
 
 
-def shipped_card(run: Path, step: int, why: str) -> dict:
-    """The snapshot's card completed with the run's history, the choice and both training times."""
-    card = read_card(run / "steps" / f"idm-step{step}.json")
+def _validated(history: list, step: int, run: Path) -> dict:
+    entry = next((e for e in history if isinstance(e, dict) and e.get("step") == step), None)
+    if entry is None:
+        raise UsageError(f"{run}: step {step} is not in the run's validation history", hint="ship a step the run validated")
+    return entry
+
+
+def _choices(paths) -> str:
+    return ", ".join(sorted(p.name if p.is_dir() else p.stem for p in paths)) or "none"
+
+
+def bundled_snapshot(run: Path, step: int, why: str) -> Snapshot:
+    """A `train_bundled_idm` run: the snapshot's own card plus the run's latest history and times."""
+    source = run / "steps" / f"idm-step{step}.safetensors"
+    if not source.is_file():
+        raise UsageError(f"{source} does not exist", hint=f"pick a step the run validated: {_choices((run / 'steps').glob('*.safetensors'))}")
+    card = read_card(source.with_suffix(".json"))
     latest = read_card(run / CARD_FILE)
     history = latest.get("history", card.get("history", []))
-    if not any(entry.get("step") == step for entry in history):
-        raise UsageError(f"{run}: step {step} is not in the run's validation history", hint="ship a step the run validated")
+    _validated(history, step, run)
     card.pop("sha256", None)
     seconds = card.pop("train_seconds", None)
-    return {**card, "history": history, "chosen_step": step, "choice": why, "train_seconds_to_step": seconds,
+    card = {**card, "history": history, "chosen_step": step, "choice": why, "train_seconds_to_step": seconds,
             "run_seconds": latest.get("train_seconds")}
+    return Snapshot(source, card)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def trainer_snapshot(run: Path, step: int, why: str) -> Snapshot:
+    """A `facerestore train` run: the checkpoint's EMA, the export card's recipe, metrics.jsonl's history."""
+    source = run / "checkpoints" / f"step_{step:07d}" / "ema.safetensors"
+    if not source.is_file():
+        kept = _choices(p for p in (run / "checkpoints").glob("step_*") if p.is_dir())
+        raise UsageError(f"{source} does not exist", hint=f"kept checkpoints: {kept}; train with --keep 0 to keep every one")
+    card = read_card(run / CARD_FILE)
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+    try:
+        history = [json.loads(line) for line in lines if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{run / 'metrics.jsonl'} is damaged ({exc})", hint="the run folder is damaged; pick the step by hand from its validation grids") from None
+    validation = {k: v for k, v in _validated(history, step, run).items() if k != "step"}
+    batch = card.get("recipe", {}).get("batch_size")
+    card = {**card, "step": step, "samples": step * batch if isinstance(batch, int) else None, "validation": validation,
+            "history": history, "chosen_step": step, "choice": why}
+    card.pop("sha256", None)
+    return Snapshot(source, card)
+
+
+def is_half(path: Path) -> bool:
+    """Every floating tensor of the file is fp16 (a `train_bundled_idm` snapshot; a checkpoint's EMA is fp32)."""
+    return all(t.dtype == torch.float16 for t in read_state_dict(path).values() if t.is_floating_point())
+
+
+def find_snapshot(run: Path, step: int, why: str) -> Snapshot:
+    if (run / "config.json").is_file() and (run / "checkpoints").is_dir():
+        return trainer_snapshot(run, step, why)
+    if (run / "steps").is_dir():
+        return bundled_snapshot(run, step, why)
+    raise UsageError(f"{run} is not a training run folder", hint="pass the --out folder of `facerestore train` or of `train_bundled_idm`")
 
 
 def ship(run: Path, step: int, why: str, out: Path) -> Path:
-    """Copy snapshot `step` of `run` to `out/idm.safetensors` with its completed card; returns the model path."""
-    source = run / "steps" / f"idm-step{step}.safetensors"
-    if not source.is_file():
-        raise UsageError(f"{source} does not exist", hint=f"pick a step the run validated: {', '.join(sorted(p.stem for p in (run / 'steps').glob('*.safetensors'))) or 'none yet'}")
+    """Store snapshot `step` of `run` as fp16 `out/idm.safetensors` with its completed card; returns its path."""
     if not why.strip():
         raise UsageError("--why is empty", hint="say why this step is the one to ship; the card keeps it")
-    card = shipped_card(run, step, why)
-    load_model(source)  # refuse a file the method could not load before touching the package
-    data = source.read_bytes()
-    card["sha256"] = hashlib.sha256(data).hexdigest()
+    snapshot = find_snapshot(Path(run), step, why)
+    model = load_model(snapshot.source)  # refuses a file the method could not load, before the package is touched
     out.mkdir(parents=True, exist_ok=True)
-    target = out / MODEL_FILE
-    write_atomic(target, data)
-    write_atomic(out / CARD_FILE, (json.dumps(card, indent=1) + "\n").encode())
-    return target
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".ship-"))
+    try:
+        written = save_model(model.net, staging / MODEL_FILE, model.image_size, dtype=torch.float16)
+        if is_half(snapshot.source):  # already what ships: keep its bytes (and sha256) as they are
+            shutil.copyfile(snapshot.source, written)
+        card = {**json.loads(written.with_suffix(".json").read_text()), **snapshot.card,
+                "sha256": hashlib.sha256(written.read_bytes()).hexdigest()}
+        written.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+        os.replace(written, out / MODEL_FILE)
+        os.replace(written.with_suffix(".json"), out / CARD_FILE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / MODEL_FILE
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="the --out folder of a train_bundled_idm run")
-    parser.add_argument("--step", type=int, required=True, help="the validation step to ship")
+    parser.add_argument("run", type=Path, help="the --out folder of a `facerestore train` or `train_bundled_idm` run")
+    parser.add_argument("--step", type=int, required=True, help="the validated step to ship")
     parser.add_argument("--why", required=True, help="why this step: kept in the card as `choice`")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "models",
                         help="where idm.safetensors and idm.json go (default: the package's models folder)")
