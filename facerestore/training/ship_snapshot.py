@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.methods.idm import MODEL_FILE, load_model, save_model
-from facerestore.weights.checkpoint import read_state_dict
 
 CARD_FILE = Path(MODEL_FILE).with_suffix(".json").name
 
@@ -105,8 +105,11 @@ def trainer_snapshot(run: Path, step: int, why: str) -> Snapshot:
 
 
 def is_half(path: Path) -> bool:
-    """Every floating tensor of the file is fp16 (a `train_bundled_idm` snapshot; a checkpoint's EMA is fp32)."""
-    return all(t.dtype == torch.float16 for t in read_state_dict(path).values() if t.is_floating_point())
+    """Every floating tensor of the file is fp16 (a `train_bundled_idm` snapshot; a checkpoint's EMA is
+    fp32). Read from the safetensors header alone: `load_model` has already read the tensors."""
+    with safe_open(str(path), "pt") as handle:
+        dtypes = {handle.get_slice(key).get_dtype() for key in handle.keys()}
+    return dtypes <= {"F16", "I64", "I32", "BOOL"}
 
 
 def find_snapshot(run: Path, step: int, why: str) -> Snapshot:
@@ -126,11 +129,13 @@ def ship(run: Path, step: int, why: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".ship-"))
     try:
-        written = save_model(model.net, staging / MODEL_FILE, model.image_size, dtype=torch.float16)
+        written = staging / MODEL_FILE
         if is_half(snapshot.source):  # already what ships: keep its bytes (and sha256) as they are
             shutil.copyfile(snapshot.source, written)
-        card = {**json.loads(written.with_suffix(".json").read_text()), **snapshot.card,
-                "sha256": hashlib.sha256(written.read_bytes()).hexdigest()}
+        else:
+            save_model(model.net, written, model.image_size, dtype=torch.float16)
+        # both kinds of run card start with the fields `save_model` writes (format, unet, image_size, ...)
+        card = {**snapshot.card, "sha256": hashlib.sha256(written.read_bytes()).hexdigest()}
         written.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
         os.replace(written, out / MODEL_FILE)
         os.replace(written.with_suffix(".json"), out / CARD_FILE)

@@ -448,7 +448,7 @@ def _save(run: Path, step: int, config: TrainConfig, unet_config: UNetConfig, mo
 def val_identity(config: TrainConfig) -> Callable[[np.ndarray, np.ndarray], float] | None:
     """The identity metric of `--val-identity`, loaded before the first step so a missing file or
     onnxruntime is a one-line error now, not after the first validation interval."""
-    if not (config.val and config.val_identity):
+    if config.val_identity is None:  # TrainConfig refuses it without --val
         return None
     from facerestore.metrics.identity import identity_similarity, load_arcface
 
