@@ -67,7 +67,7 @@ def test_aligned_crop_is_restored(crops, tmp_path, tiny_baseline):
 
 def test_no_face_still_writes_the_photo_and_exits_0(tmp_path, tiny_baseline):
     write_image(tmp_path / "in" / "wall.jpg", smooth())
-    result = run(tmp_path / "in", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "2")
+    result = run(tmp_path / "in", "--out", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "2")
     assert result.exit_code == 0, result.output
     assert "no face found" in result.output
     out = read_image(tmp_path / "out" / "restored_imgs" / "wall.jpg")

@@ -16,7 +16,7 @@ from facerestore.image_io import DEFAULT_MAX_PIXELS
 @app.command("restore", context_settings=CONTEXT)
 def restore_command(
     inputs: Annotated[list[Path], typer.Argument(metavar="PHOTO_OR_FOLDER", help="Photos or folders of photos (folders are searched recursively).", show_default=False)],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder: restored_imgs/, restored_faces/, cropped_faces/, cmp/.")] = Path("results"),
+    output: Annotated[Path, typer.Option("-o", "--output", "--out", help="Output folder: restored_imgs/, restored_faces/, cropped_faces/, cmp/.")] = Path("results"),
     method: Annotated[str, typer.Option("-m", "--method", help="Restoration method (`facerestore methods` lists them); default: the model bundled with facerestore.")] = "baseline",
     steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (network calls) of diffusion methods, method default when omitted (difface: 100, must divide --start, e.g. 200, 100, 40, 20, 8); methods without steps refuse it.")] = None,
     fidelity: Annotated[float, typer.Option("-w", "--fidelity", help="CodeFormer fidelity weight w in [0,1]: higher keeps more of the input (0.5 default, 0.7 suggested for photos).")] = 0.5,
