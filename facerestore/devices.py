@@ -48,3 +48,44 @@ def for_inference(net: torch.nn.Module, device: torch.device | str) -> torch.nn.
     if torch.device(device).type == "cpu":
         net = net.to(memory_format=torch.channels_last)
     return net
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(device: torch.device | str, precision: str = "auto", *, auto_on_cuda: bool = True) -> torch.dtype | None:
+    """--precision -> the dtype networks run in under `torch.autocast` on `device`; None = float32.
+
+    auto: bf16 (fp16 where the GPU has no bf16) on CUDA for the methods measured there
+    (`auto_on_cuda`), float32 everywhere else. bf16 on the CPU is opt-in: oneDNN runs it natively on
+    CPUs with AMX or AVX512-BF16 (the idm UNet 1.7x faster, results within 0.1 of an 8-bit level on
+    average; docs/usage.md) and emulates it, slower than float32, on the others. Samplers and
+    colour arithmetic stay float32 whatever the choice: only the networks' layers change.
+    """
+    import torch
+
+    kind = torch.device(device).type
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r} is not a precision", hint=f"use one of: {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and not (kind == "cuda" and auto_on_cuda)):
+        return None
+    if kind == "mps":
+        raise UsageError(f"--precision {precision} is not supported on mps yet", hint="use --precision fp32 (or auto) on Apple GPUs")
+    if kind == "cpu" and precision == "fp16":
+        raise UsageError("--precision fp16 needs a CUDA GPU; the CPU has no fast fp16 convolutions", hint="use --precision bf16 on the CPU")
+    if kind == "cuda" and precision != "fp16" and not torch.cuda.is_bf16_supported():
+        if precision == "bf16":
+            raise UsageError("--precision bf16 was asked for but this GPU has no bf16", hint="use --precision fp16 or auto")
+        return torch.float16
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """A `torch.autocast` context for `dtype` on `device`'s kind, or a no-op when dtype is None."""
+    import contextlib
+
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)

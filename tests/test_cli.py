@@ -121,6 +121,8 @@ def test_inputs_are_never_overwritten(tmp_path, tiny_baseline):
         (["--ext", "gif"], "--ext"),
         (["--device", "tpu"], "--device"),
         (["--fidelity", "2", "--method", "codeformer"], "fidelity"),
+        (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+        (["--precision", "half"], "not a precision"),
     ],
 )
 def test_usage_errors_exit_2_before_any_work(tmp_path, args, message, tiny_baseline):
@@ -198,3 +200,14 @@ def test_a_corrupt_file_gives_our_one_line_and_no_opencv_chatter(tmp_path, tiny_
     errors = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert any(line.startswith("error:") and "cut.png" in line for line in errors), errors
     assert not any("WARN" in line for line in errors), errors
+
+
+def test_bf16_precision_restores_like_float32(tmp_path, tiny_baseline):
+    write_image(tmp_path / "face.png", smooth())
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        result = run(tmp_path / "face.png", "--aligned", "-o", tmp_path / precision, "-m", "baseline", "--weights", tiny_baseline,
+                     "--device", "cpu", "--precision", precision, "-q")
+        assert result.exit_code == 0, result.output
+        outputs[precision] = read_image(tmp_path / precision / "restored_faces" / "face.png").rgb
+    assert np.abs(outputs["bf16"] - outputs["fp32"]).max() <= 2 / 255  # a level or two where bf16 rounds

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facerestore.devices import for_inference, resolve_device
+from facerestore.devices import autocast, autocast_dtype, for_inference, resolve_device
 from facerestore.errors import UsageError
 from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
 
@@ -52,3 +52,38 @@ def test_face_noise_is_drawn_on_the_gpu_without_a_host_copy():
     noise = per_face_noise(x, generators)
     assert noise.device.type == "cuda"
     torch.testing.assert_close(noise[1:], per_face_noise(x[1:], face_generators([9], "cuda")), rtol=0, atol=0)
+
+
+def test_precision_policy_on_the_cpu_and_mps():
+    assert autocast_dtype("cpu", "auto") is None  # float32 unless asked: bf16 is only fast on some CPUs
+    assert autocast_dtype("cpu", "fp32") is None
+    assert autocast_dtype("cpu", "bf16") is torch.bfloat16
+    assert autocast_dtype("mps", "auto") is None
+    with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
+        autocast_dtype("cpu", "fp16")
+    with pytest.raises(UsageError, match="not supported on mps"):
+        autocast_dtype("mps", "bf16")
+    with pytest.raises(UsageError, match="not a precision"):
+        autocast_dtype("cpu", "fp8")
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_precision_policy_on_cuda(monkeypatch, has_bf16):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: has_bf16)
+    assert autocast_dtype("cuda", "auto") is (torch.bfloat16 if has_bf16 else torch.float16)
+    assert autocast_dtype("cuda", "auto", auto_on_cuda=False) is None  # methods not measured on GPUs
+    assert autocast_dtype("cuda:1", "fp16") is torch.float16
+    assert autocast_dtype("cuda", "fp32") is None
+    if has_bf16:
+        assert autocast_dtype("cuda", "bf16", auto_on_cuda=False) is torch.bfloat16
+    else:
+        with pytest.raises(UsageError, match="no bf16"):
+            autocast_dtype("cuda", "bf16")
+
+
+def test_autocast_context_runs_convolutions_in_the_dtype_and_none_leaves_float32():
+    conv, x = torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)
+    with autocast("cpu", torch.bfloat16):
+        assert conv(x).dtype is torch.bfloat16
+    with autocast("cpu", None):
+        assert conv(x).dtype is torch.float32

@@ -229,3 +229,25 @@ def test_per_face_step_checks_generators():
     with pytest.raises(UsageError):
         per_face_ddpm_step(lambda x, t: None, torch.zeros(2, 3, 4, 4), 10, 5, schedule=SCHEDULE, generators=[torch.Generator()])
     assert callable(partial(per_face_ddpm_step, generators=[]))
+
+
+def test_bf16_precision_runs_the_unet_in_bf16_and_stays_close_to_float32(tiny_model):
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    results, seen = {}, {}
+    for precision in ("fp32", "bf16"):
+        m = method(tiny_model, precision=precision)
+        dtypes = seen[precision] = set()
+        hooks = [c.register_forward_hook(lambda mod, inp, out, d=dtypes: d.add(out.dtype))
+                 for c in m.model.net.modules() if isinstance(c, torch.nn.Conv2d)]
+        results[precision] = m.restore_seeded(x, [0, 1])
+        for h in hooks:
+            h.remove()
+    assert seen == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
+    assert results["bf16"].dtype is torch.float32  # the chain's arithmetic stays float32
+    difference = (results["bf16"] - results["fp32"]).abs()
+    assert 0 < difference.max() < 0.05 and difference.mean() < 0.01  # bf16 keeps ~3 significant digits per layer
+
+
+def test_fp16_on_the_cpu_is_refused_before_the_weights_are_read(tmp_path):
+    with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
+        method(tmp_path / "missing.safetensors", precision="fp16")

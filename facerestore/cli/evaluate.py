@@ -33,7 +33,8 @@ def method_weights(methods: list[str], values: list[str]) -> dict[str, str]:
     return chosen
 
 
-def build_methods(names: list[str], *, device: str, weights: dict[str, str], offline: bool | None, steps: int | None, fidelity: float) -> dict:
+def build_methods(names: list[str], *, device: str, weights: dict[str, str], offline: bool | None, steps: int | None, fidelity: float,
+                  precision: str = "auto") -> dict:
     """Every method built before any image is touched (a missing checkpoint stops the run at once).
 
     --steps goes to the methods that have that knob; it is an error if none of them has it.
@@ -48,7 +49,8 @@ def build_methods(names: list[str], *, device: str, weights: dict[str, str], off
     built = {}
     for name in names:
         takes_steps = steps is not None and "steps" in registry.method_info(name).knobs
-        options = MethodOptions(device=device, weights=weights.get(name), offline=offline, steps=steps if takes_steps else None, fidelity=fidelity)
+        options = MethodOptions(device=device, weights=weights.get(name), offline=offline, steps=steps if takes_steps else None, fidelity=fidelity,
+                                precision=precision)
         built[name] = registry.build_method(name, options)
     return built
 
@@ -77,6 +79,7 @@ def evaluate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout (for scripts); no tables, no progress.")] = False,
     weights: Annotated[Optional[list[str]], typer.Option("--weights", help="Checkpoint for a method instead of its default: FILE with one --method, else METHOD:FILE (repeat); multi-file methods take METHOD:ROLE=FILE,... as in `restore`.", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto (methods and the LPIPS/FID nets).")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="Networks' precision: auto (bf16/fp16 on CUDA for the diffusion methods, fp32 elsewhere), fp32, bf16 (on the CPU: faster where it has AMX or AVX512-BF16, slower elsewhere), fp16 (CUDA).")] = "auto",
     authenticity: Annotated[bool, typer.Option("--authenticity", help="Also run the IDM authenticity test on the --hq references: f(x) vs x and f(f(x)) vs f(x) (and f(f(x)) vs x) per method.")] = False,
     restored: Annotated[Optional[list[str]], typer.Option("--restored", help="Score another tool's results as an extra row: LABEL=DIR with files named after the inputs (DIR/SET/NAME.png with several --degrade; run that tool on OUT/inputs/).", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Diffusion steps for the methods that have this knob (difface, idm).", show_default=False)] = None,
@@ -112,7 +115,8 @@ def evaluate_command(
         dev = resolve_device(device)
         spec = replace(spec, device=dev)
         staging = report.prepare_output(output, [hq, lq, ref_set, *(folder for _, folder in spec.restored)])
-        built = build_methods(list(spec.methods), device=dev, weights=chosen_weights, offline=spec.offline, steps=steps, fidelity=fidelity)
+        built = build_methods(list(spec.methods), device=dev, weights=chosen_weights, offline=spec.offline, steps=steps, fidelity=fidelity,
+                              precision=precision)
     except FaceRestoreError as exc:
         if staging is not None:
             report.discard(staging)

@@ -35,6 +35,7 @@ def restore_command(
     min_face: Annotated[float, typer.Option("--min-face", help="Ignore faces whose eyes are closer than this many pixels.")] = 5.0,
     parse: Annotated[bool, typer.Option("--parse", help="Blend with a face-parsing mask (keeps the photo's neck, clothes and background; needs parsing_parsenet weights).")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="Networks' precision: auto (bf16/fp16 on CUDA for the diffusion methods, fp32 elsewhere), fp32, bf16 (on the CPU: faster where it has AMX or AVX512-BF16, slower elsewhere), fp16 (CUDA).")] = "auto",
     batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="Faces restored together in one batch (all faces of a photo, in chunks of this size).")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Random seed for stochastic methods (same seed, same result).")] = 0,
     weights: Annotated[Optional[str], typer.Option("--weights", help="Checkpoint file, or a name registered with `facerestore weights import --name`, instead of the method's default weights; methods with several files take ROLE=FILE,... (difface: prior=,swinir=; dr2: ddpm=,enhancer=).")] = None,
@@ -69,7 +70,7 @@ def restore_command(
         dev = resolve_device(device)
         offline_flag = True if offline else None
         method_impl = build_method(method, MethodOptions(
-            device=dev, weights=weights, offline=offline_flag, steps=steps, fidelity=fidelity, eta=eta, start=start,
+            device=dev, weights=weights, offline=offline_flag, steps=steps, fidelity=fidelity, eta=eta, start=start, precision=precision,
             dr2_n=dr2_n, dr2_tau=dr2_tau, dr2_preset=dr2_preset, dr2_auto=dr2_auto, no_enhancer=no_enhancer,
         ))
         face_detector = parser = None

@@ -30,6 +30,7 @@ class MethodOptions:
     weights: Path | str | None = None  # a file or a registered name; None = the method's default
     offline: bool | None = None
     steps: int | None = None  # difface: UNet calls (None = the method's default)
+    precision: str = "auto"  # every method: the networks' autocast dtype (devices.autocast_dtype)
     fidelity: float = 0.5  # codeformer
     # Method-specific knobs: None / False means "not given". A method refuses those it does not use
     # (registry.check_method_options), so a knob is never silently ignored.

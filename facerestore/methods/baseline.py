@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from facerestore.devices import for_inference
+from facerestore.devices import autocast, autocast_dtype, for_inference
 from facerestore.errors import UnsupportedCheckpoint, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.baseline_unet import BaselineUNet, infer_config
@@ -45,6 +45,7 @@ class BaselineMethod:
     info = INFO
 
     def __init__(self, options: MethodOptions) -> None:
+        self.autocast = autocast_dtype(options.device, options.precision, auto_on_cuda=False)  # before reading weights
         if options.weights is not None:
             path = resolve_explicit(options.weights, offline=options.offline)
         else:
@@ -64,4 +65,6 @@ class BaselineMethod:
     @torch.inference_mode()
     def restore(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = crops.to(self.device) * 2.0 - 1.0
-        return ((self.net(x).clamp(-1.0, 1.0) + 1.0) / 2.0).to(crops.device)
+        with autocast(self.device, self.autocast):
+            out = self.net(x).float()
+        return ((out.clamp(-1.0, 1.0) + 1.0) / 2.0).to(crops.device)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from facerestore.devices import autocast, autocast_dtype
 from facerestore.errors import UnsupportedCheckpoint, UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.codeformer import HINT, CodeFormer, infer_config
@@ -74,8 +75,9 @@ class CodeFormerMethod:
     def __init__(self, options: MethodOptions) -> None:
         if not 0.0 <= options.fidelity <= 1.0:  # also rejects NaN
             raise UsageError(f"--fidelity must be in [0,1], got {options.fidelity}", hint="0 favours quality, 1 fidelity to the input; 0.5 is the default")
-        path = resolve("codeformer", explicit=options.weights, offline=options.offline)
         self.device = torch.device(options.device)
+        self.autocast = autocast_dtype(self.device, options.precision, auto_on_cuda=False)  # before reading weights
+        path = resolve("codeformer", explicit=options.weights, offline=options.offline)
         self.net = load_codeformer(path, self.device)
         self.fidelity = float(options.fidelity)
 
@@ -83,5 +85,6 @@ class CodeFormerMethod:
     def restore(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Deterministic: `generator` is unused. [0,1] -> [-1,1] -> net(x, w, adain=True) -> clamp -> [0,1]."""
         x = crops.to(self.device, torch.float32) * 2.0 - 1.0
-        out = self.net(x, w=self.fidelity, adain=True)[0]
+        with autocast(self.device, self.autocast):
+            out = self.net(x, w=self.fidelity, adain=True)[0].float()
         return ((out.clamp(-1.0, 1.0) + 1.0) / 2.0).to(device=crops.device, dtype=crops.dtype)

@@ -37,9 +37,10 @@ therefore does not depend on which faces share its batch: restoring [A, B] equal
 [B] with the same generator. The noise is drawn where it is used (no host-to-device copy per step),
 so a seed reproduces a result on the same kind of device; CPU and CUDA draw different noise.
 
-Precision: fp32 on CPU and MPS. On CUDA the networks run under `torch.autocast` (bf16 where the GPU
-supports it, else fp16, as DifFace's `--use_fp16`); the sampler state, q_sample, the DDIM arithmetic
-and the clamps stay fp32, and GroupNorm and the timestep embedding run in fp32 inside the UNet.
+Precision (`--precision`, `devices.autocast_dtype`): by default fp32 on CPU and MPS, and on CUDA the
+networks run under `torch.autocast` (bf16 where the GPU supports it, else fp16, as DifFace's
+`--use_fp16`); `--precision bf16` gives the CPU the same. The sampler state, q_sample, the DDIM
+arithmetic and the clamps stay fp32, and GroupNorm and the timestep embedding run in fp32 inside the UNet.
 
 Weights: `--weights` takes `prior=FILE,swinir=FILE` (a bare FILE means the prior); each value may
 also be a name registered with `facerestore weights import --name`. Without it the catalogue entries
@@ -61,7 +62,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from facerestore.devices import for_inference
+from facerestore.devices import autocast_dtype, for_inference
 from facerestore.diffusion import (
     LearnedRangeDenoiser,
     NoiseSchedule,
@@ -239,13 +240,6 @@ class PerFaceSteps:
         return StepOutput(x_prev=torch.cat([o.x_prev for o in outs]), x0=torch.cat([o.x0 for o in outs]))
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for the networks on `device`: None (fp32) on CPU/MPS; bf16 or fp16 on CUDA."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 @dataclass(frozen=True, eq=False)
 class Autocast:
     """Call `module(*args)` under autocast(dtype) when dtype is set, and return float32."""
@@ -417,7 +411,7 @@ class DifFaceMethod:
         check_method_options(INFO, options)
         self.plan = DifFacePlan.from_options(options.steps, options.start, options.eta)  # usage errors first
         self.device = torch.device(options.device)
-        self.autocast = autocast_dtype(self.device)
+        self.autocast = autocast_dtype(self.device, options.precision)
         self.nets = nets if nets is not None else load_difface_nets(options)
         for_inference(self.nets.prior, self.device)
         for_inference(self.nets.estimator, self.device)

@@ -65,7 +65,8 @@ real DR2 outputs: the official weights are not available to us. Candidates share
 (the same per-face seed for every candidate), so they differ by the setting, not by the draw.
 
 Noise, batching and precision: as difface (per-face generators on the compute device, one UNet call per step for the
-whole batch, bf16/fp16 autocast for the networks on CUDA only). See `facerestore.methods.difface`.
+whole batch, bf16/fp16 autocast for the networks on CUDA by default, on the CPU with `--precision bf16`).
+See `facerestore.methods.difface`.
 
 Weights: `--weights ddpm=FILE,enhancer=FILE` (a bare FILE is the DDPM); by default the catalogue's
 `dr2_ddpm` (DR2_FFHQ.pkl) and `dr2_sparnethd` (SPARNetHD_FFHQ_DR2aug.pth), both Baidu-only: download
@@ -83,7 +84,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from facerestore.devices import for_inference
+from facerestore.devices import autocast_dtype, for_inference
 from facerestore.diffusion import (
     LearnedRangeDenoiser,
     NoiseSchedule,
@@ -99,7 +100,6 @@ from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.methods.difface import (
     Autocast,
     PerFaceSteps,
-    autocast_dtype,
     face_generators,
     face_seeds,
     load_net,
@@ -337,7 +337,7 @@ class DR2Method:
         self.settings = settings_from_options(options)  # usage errors before any weights are read
         self.auto = options.dr2_auto
         self.device = torch.device(options.device)
-        self.autocast = autocast_dtype(self.device)
+        self.autocast = autocast_dtype(self.device, options.precision)
         self.nets = nets if nets is not None else load_dr2_nets(options)
         if any(self.nets.size % s.n for s in self.settings):
             raise UsageError(f"--dr2-n must divide the DDPM's image size {self.nets.size}")

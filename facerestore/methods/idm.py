@@ -33,7 +33,7 @@ seeded by one draw per face from the caller's generator (or explicitly, `restore
 step's noise is drawn face by face, where it is used. A face's result therefore does not depend on
 its batch neighbours, and one seed gives the same result again on the same kind of device (CPU and
 CUDA draw different noise). On CUDA the UNet runs under autocast (bf16 where supported,
-else fp16); the chain itself stays float32.
+else fp16), on the CPU in float32 unless `--precision bf16`; the chain itself stays float32.
 
 Weights: `--weights FILE` (a `.safetensors` written by `facerestore train`, or its run folder). The
 architecture is read from the file's metadata, else from `FILE.json` beside it, else from the
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from importlib import resources
@@ -55,7 +54,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from facerestore.devices import for_inference
+from facerestore.devices import autocast, autocast_dtype, for_inference
 from facerestore.diffusion import (
     ConcatCondition,
     NoiseLevelInput,
@@ -211,22 +210,15 @@ def per_face_ddpm_step(denoiser, x: torch.Tensor, t: int, t_prev: int, *, schedu
     return PerFaceSteps(steps=(step,) * len(generators), generators=tuple(generators))(denoiser, x, t, t_prev, schedule=schedule)
 
 
-def autocast_for(device: torch.device):
-    """bf16 (or fp16) autocast for the UNet on CUDA; nothing elsewhere."""
-    if device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 class _AutocastNet:
-    """The UNet called under autocast; its output back in float32 for the sampler's arithmetic."""
+    """The UNet called under autocast (`dtype`, None = float32); its output back in float32 for the
+    sampler's arithmetic."""
 
-    def __init__(self, net: torch.nn.Module, device: torch.device) -> None:
-        self.net, self.device = net, device
+    def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+        self.net, self.device, self.dtype = net, device, dtype
 
     def __call__(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        with autocast_for(self.device):
+        with autocast(self.device, self.dtype):
             return self.net(x, gamma).float()
 
 
@@ -239,10 +231,12 @@ def idm_sample(
     steps: int = DEFAULT_STEPS,
     schedule: NoiseSchedule | None = None,
     callback: Callable[[Progress], None] | None = None,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """x_d [B,3,S,S] in [-1,1] (on the net's device) -> the restored x0 [B,3,S,S] in [-1,1].
 
     Steps (module docstring): x_T from each face's generator; `steps` DDPM calls down the grid.
+    `precision`: the UNet's autocast (`devices.autocast_dtype`; auto = bf16/fp16 on CUDA only).
     """
     schedule = schedule or NoiseSchedule.named(SCHEDULE_NAME, T)
     generators = face_generators(seeds, degraded.device)
@@ -250,7 +244,8 @@ def idm_sample(
         raise UsageError(f"{len(generators)} seeds for a batch of {degraded.shape[0]}")
     degraded = degraded.float()
     x = per_face_noise(degraded, generators)
-    model = NoiseLevelInput(ConcatCondition(_AutocastNet(net, degraded.device), degraded), schedule)
+    dtype = autocast_dtype(degraded.device, precision)
+    model = NoiseLevelInput(ConcatCondition(_AutocastNet(net, degraded.device, dtype), degraded), schedule)
     denoiser = X0Denoiser(model, schedule, clip_x0=True)
     step = partial(per_face_ddpm_step, generators=generators)
     return sample(denoiser, x, grid_for(steps), schedule=schedule, step=step, callback=callback)
@@ -263,6 +258,8 @@ class IDMMethod:
         check_method_options(INFO, options)
         self.steps = DEFAULT_STEPS if options.steps is None else int(options.steps)
         grid_for(self.steps)  # validate before reading weights
+        self.precision = options.precision
+        autocast_dtype(options.device, self.precision)  # likewise
         if options.weights is not None:
             from facerestore.weights.store import resolve_explicit
 
@@ -294,7 +291,8 @@ class IDMMethod:
         x = crops.to(self.device, torch.float32)
         if (height, width) != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        out = idm_sample(self.model.net, x * 2 - 1, seeds, steps=self.steps, schedule=self.schedule, callback=callback)
+        out = idm_sample(self.model.net, x * 2 - 1, seeds, steps=self.steps, schedule=self.schedule, callback=callback,
+                         precision=self.precision)
         out = (out + 1) / 2
         if (height, width) != (size, size):
             out = F.interpolate(out, size=(height, width), mode="bicubic", align_corners=False, antialias=True)

@@ -61,6 +61,7 @@ class CleanOptions:
     batch_size: int = 4
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     offline: bool | None = None
     detector: str = "auto"
     jpeg_quality: int = 95
@@ -235,7 +236,8 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     from facerestore.methods.registry import build_method
 
     device = str(d.device) if d.active else resolve_device(options.device)
-    method = build_method(options.method, MethodOptions(device=device, weights=options.weights, offline=options.offline, steps=options.steps))
+    method = build_method(options.method, MethodOptions(device=device, weights=options.weights, offline=options.offline, steps=options.steps,
+                                                               precision=options.precision))
     detector = None
     if options.detect:
         from facerestore.faces.detect import load_detector
