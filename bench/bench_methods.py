@@ -248,9 +248,9 @@ class RandomNets:
 WHY_RANDOM: dict[str, str] = {}  # method -> the missing weights that made it run on random nets
 
 
-def build(name: str, setting: Setting, device: str, weights: str | None, random_nets: RandomNets) -> tuple[object | None, str]:
+def build(name: str, setting: Setting, device: str, precision: str, weights: str | None, random_nets: RandomNets) -> tuple[object | None, str]:
     """(method, where its weights come from) — real weights when they resolve offline, else random."""
-    options = MethodOptions(device=device, weights=weights, offline=True, **setting.options)
+    options = MethodOptions(device=device, weights=weights, offline=True, precision=precision, **setting.options)
     try:
         return registry.build_method(name, options), "official" if weights is None else f"--weights {weights}"
     except UnsupportedCheckpoint:
@@ -285,17 +285,6 @@ class Row:
     @property
     def per_face(self) -> float:
         return self.seconds / self.faces
-
-
-def precision_context(method, device: str, precision: str):
-    """A fresh context for one call: fp32, or bf16 autocast. The diffusion methods carry their own
-    autocast policy (`.autocast`, bf16 on CUDA by default): it is set instead, so fp32 means fp32."""
-    if hasattr(method, "autocast"):
-        method.autocast = torch.bfloat16 if precision == "bf16" else None
-        return nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def sample_crops(n: int) -> list[np.ndarray]:
@@ -465,18 +454,17 @@ def main(argv: list[str] | None = None) -> None:
         random_nets = RandomNets(device, Path(tmp))
         for name in methods:
             for setting in settings_for(name, quick, int_list(args.difface_steps)):
-                method, source = build(name, setting, device, weights.get(name), random_nets)
-                if method is None:
-                    print(f"- {name} ({setting.label}): {source}")
-                    continue
-                for precision in precisions:
+                for precision in precisions:  # the method's own --precision: fp32 means fp32, also on CUDA
+                    method, source = build(name, setting, device, precision, weights.get(name), random_nets)
+                    if method is None:
+                        print(f"- {name} ({setting.label}): {source}")
+                        break
                     for nthreads in threads:
                         if nthreads:
                             torch.set_num_threads(nthreads)
 
                         def run(n: int) -> None:
-                            with precision_context(method, device, precision):
-                                restore_crops(method, crops_all[:n], batch_size=min(n, args.batch_size), seed=0)
+                            restore_crops(method, crops_all[:n], batch_size=min(n, args.batch_size), seed=0)
 
                         run(1)  # warm-up: lazy initialisation, cuDNN autotuning
                         for n in faces:
@@ -484,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
                             row = Row(name, setting.label, setting.calls, source, device, precision, nthreads or (None if cuda else torch.get_num_threads()), n, min(n, args.batch_size), seconds, meter.peak_mb, meter.rise_mb)
                             rows.append(row)
                             print(f"  {name} {setting.label} {precision} faces={n}: {row.per_face:.3f} s/face", file=sys.stderr, flush=True)
-                method = None  # free the nets before the next setting is built
+                    method = None  # free the nets before the next one is built
                 gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()
