@@ -1,8 +1,11 @@
 """--device auto|cpu|cuda|mps -> a torch device name, with one clear error when it is not there;
-and how a network is placed on that device for inference."""
+how a network is placed on that device for inference; and --precision, the dtype it runs in."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from facerestore.errors import UsageError
@@ -82,10 +85,21 @@ def autocast_dtype(device: torch.device | str, precision: str = "auto", *, auto_
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None):
     """A `torch.autocast` context for `dtype` on `device`'s kind, or a no-op when dtype is None."""
-    import contextlib
-
     import torch
 
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Autocast:
+    """`module(*args)` under `autocast(dtype)` on the first argument's device, returned in float32
+    so that the samplers' arithmetic around the network stays float32."""
+
+    module: Callable[..., torch.Tensor]
+    dtype: torch.dtype | None = None
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        with autocast(args[0].device, self.dtype):
+            return self.module(*args).float()

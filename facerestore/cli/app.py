@@ -21,6 +21,8 @@ from facerestore.errors import FaceRestoreError, UsageError
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 CONTEXT = {"help_option_names": ["-h", "--help"]}
+PRECISION_HELP = ("Networks' precision: auto (bf16/fp16 on CUDA for the diffusion methods, fp32 elsewhere), fp32, "
+                  "bf16 (on the CPU: faster where it has AMX or AVX512-BF16, slower elsewhere), fp16 (CUDA).")
 
 
 class DefaultCommandGroup(TyperGroup):

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, app, err, fail, out
+from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out
 from facerestore.errors import FaceRestoreError
 
 
@@ -27,7 +27,7 @@ def clean_dataset_command(
     jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", help="Quality of JPEG/WebP outputs.")] = 95,
     detector: Annotated[str, typer.Option("--detector", help="With --detect: auto, bundled, retinaface_resnet50, retinaface_mobile0.25.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto (under torchrun each process takes cuda:LOCAL_RANK).")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="Networks' precision: auto (bf16/fp16 on CUDA for the diffusion methods, fp32 elsewhere), fp32, bf16 (on the CPU: faster where it has AMX or AVX512-BF16, slower elsewhere), fp16 (CUDA).")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar; errors and the summary only.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, app, err, fail, out
+from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out
 from facerestore.errors import FaceRestoreError, UsageError
 
 
@@ -79,7 +79,7 @@ def evaluate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout (for scripts); no tables, no progress.")] = False,
     weights: Annotated[Optional[list[str]], typer.Option("--weights", help="Checkpoint for a method instead of its default: FILE with one --method, else METHOD:FILE (repeat); multi-file methods take METHOD:ROLE=FILE,... as in `restore`.", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto (methods and the LPIPS/FID nets).")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="Networks' precision: auto (bf16/fp16 on CUDA for the diffusion methods, fp32 elsewhere), fp32, bf16 (on the CPU: faster where it has AMX or AVX512-BF16, slower elsewhere), fp16 (CUDA).")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
     authenticity: Annotated[bool, typer.Option("--authenticity", help="Also run the IDM authenticity test on the --hq references: f(x) vs x and f(f(x)) vs f(x) (and f(f(x)) vs x) per method.")] = False,
     restored: Annotated[Optional[list[str]], typer.Option("--restored", help="Score another tool's results as an extra row: LABEL=DIR with files named after the inputs (DIR/SET/NAME.png with several --degrade; run that tool on OUT/inputs/).", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Diffusion steps for the methods that have this knob (difface, idm).", show_default=False)] = None,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, app, err, fail, out
+from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import DEFAULT_MAX_PIXELS
 
@@ -35,7 +35,7 @@ def restore_command(
     min_face: Annotated[float, typer.Option("--min-face", help="Ignore faces whose eyes are closer than this many pixels.")] = 5.0,
     parse: Annotated[bool, typer.Option("--parse", help="Blend with a face-parsing mask (keeps the photo's neck, clothes and background; needs parsing_parsenet weights).")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="Networks' precision: auto (bf16/fp16 on CUDA for the diffusion methods, fp32 elsewhere), fp32, bf16 (on the CPU: faster where it has AMX or AVX512-BF16, slower elsewhere), fp16 (CUDA).")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
     batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="Faces restored together in one batch (all faces of a photo, in chunks of this size).")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Random seed for stochastic methods (same seed, same result).")] = 0,
     weights: Annotated[Optional[str], typer.Option("--weights", help="Checkpoint file, or a name registered with `facerestore weights import --name`, instead of the method's default weights; methods with several files take ROLE=FILE,... (difface: prior=,swinir=; dr2: ddpm=,enhancer=).")] = None,

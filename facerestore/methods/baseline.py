@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from facerestore.devices import autocast, autocast_dtype, for_inference
+from facerestore.devices import Autocast, autocast_dtype, for_inference
 from facerestore.errors import UnsupportedCheckpoint, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.baseline_unet import BaselineUNet, infer_config
@@ -65,6 +65,5 @@ class BaselineMethod:
     @torch.inference_mode()
     def restore(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = crops.to(self.device) * 2.0 - 1.0
-        with autocast(self.device, self.autocast):
-            out = self.net(x).float()
+        out = Autocast(self.net, self.autocast)(x)
         return ((out.clamp(-1.0, 1.0) + 1.0) / 2.0).to(crops.device)

@@ -62,7 +62,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from facerestore.devices import autocast_dtype, for_inference
+from facerestore.devices import Autocast, autocast_dtype, for_inference
 from facerestore.diffusion import (
     LearnedRangeDenoiser,
     NoiseSchedule,
@@ -238,22 +238,6 @@ class PerFaceSteps:
         if len(outs) == 1:
             return outs[0]
         return StepOutput(x_prev=torch.cat([o.x_prev for o in outs]), x0=torch.cat([o.x0 for o in outs]))
-
-
-@dataclass(frozen=True, eq=False)
-class Autocast:
-    """Call `module(*args)` under autocast(dtype) when dtype is set, and return float32."""
-
-    module: Callable[..., torch.Tensor]
-    dtype: torch.dtype | None = None
-
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        if self.dtype is None:
-            return self.module(*args).float()
-        device_type = args[0].device.type
-        with torch.autocast(device_type=device_type, dtype=self.dtype):
-            out = self.module(*args)
-        return out.float()
 
 
 def resize(x: torch.Tensor, size: int, *, antialias: bool = True) -> torch.Tensor:

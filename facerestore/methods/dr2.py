@@ -84,7 +84,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from facerestore.devices import autocast_dtype, for_inference
+from facerestore.devices import Autocast, autocast_dtype, for_inference
 from facerestore.diffusion import (
     LearnedRangeDenoiser,
     NoiseSchedule,
@@ -98,7 +98,6 @@ from facerestore.diffusion import (
 from facerestore.errors import UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.methods.difface import (
-    Autocast,
     PerFaceSteps,
     face_generators,
     face_seeds,

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from facerestore.devices import autocast, autocast_dtype, for_inference
+from facerestore.devices import Autocast, autocast_dtype, for_inference
 from facerestore.diffusion import (
     ConcatCondition,
     NoiseLevelInput,
@@ -210,18 +210,6 @@ def per_face_ddpm_step(denoiser, x: torch.Tensor, t: int, t_prev: int, *, schedu
     return PerFaceSteps(steps=(step,) * len(generators), generators=tuple(generators))(denoiser, x, t, t_prev, schedule=schedule)
 
 
-class _AutocastNet:
-    """The UNet called under autocast (`dtype`, None = float32); its output back in float32 for the
-    sampler's arithmetic."""
-
-    def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
-        self.net, self.device, self.dtype = net, device, dtype
-
-    def __call__(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.dtype):
-            return self.net(x, gamma).float()
-
-
 @torch.no_grad()
 def idm_sample(
     net: torch.nn.Module,
@@ -244,8 +232,7 @@ def idm_sample(
         raise UsageError(f"{len(generators)} seeds for a batch of {degraded.shape[0]}")
     degraded = degraded.float()
     x = per_face_noise(degraded, generators)
-    dtype = autocast_dtype(degraded.device, precision)
-    model = NoiseLevelInput(ConcatCondition(_AutocastNet(net, degraded.device, dtype), degraded), schedule)
+    model = NoiseLevelInput(ConcatCondition(Autocast(net, autocast_dtype(degraded.device, precision)), degraded), schedule)
     denoiser = X0Denoiser(model, schedule, clip_x0=True)
     step = partial(per_face_ddpm_step, generators=generators)
     return sample(denoiser, x, grid_for(steps), schedule=schedule, step=step, callback=callback)

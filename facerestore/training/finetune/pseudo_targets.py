@@ -269,7 +269,8 @@ def resolve_prior(weights: str | Path | None, offline: bool | None) -> Path:
 
 
 def load_prior(path: Path, device: torch.device) -> LearnedRangeDenoiser:
-    from facerestore.methods.difface import Autocast, autocast_dtype, load_difface_prior
+    from facerestore.devices import Autocast, autocast_dtype
+    from facerestore.methods.difface import load_difface_prior
 
     prior = load_difface_prior(path).to(device).eval().requires_grad_(False)
     return LearnedRangeDenoiser(Autocast(prior, autocast_dtype(device)), NoiseSchedule.named("linear", T), clip_x0=True)
