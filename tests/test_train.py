@@ -24,7 +24,7 @@ from facerestore.training.checkpoints import latest_checkpoint, optimizer_from_t
 from facerestore.training.data import FaceDataset, StepBatches, load_file_list, scan_faces
 from facerestore.training.degradations import preset
 from facerestore.diffusion import NoiseSchedule
-from facerestore.training.trainer import TrainConfig, resolve_config, train
+from facerestore.training.trainer import TrainConfig, parse_duration, resolve_config, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,6 +115,39 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(faces, tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
     train(config(faces, tmp_path / "stopped", steps=3, save_every=100), unet=MICRO, resume=True)
     assert log_losses(tmp_path / "stopped") == [loss for _, loss in straight.losses]
+
+
+def test_a_time_limit_stops_at_a_step_end_with_a_checkpoint_and_resumes_exactly(faces, tmp_path):
+    straight = train(config(faces, tmp_path / "straight", steps=3, save_every=100), unet=MICRO)
+    notes: list[str] = []
+    # a limit shorter than one step: the first step ends, one more would overrun it, so the run stops there
+    first = train(config(faces, tmp_path / "leased", steps=3, save_every=100, time_limit=1e-3), unet=MICRO, on_message=notes.append)
+    assert first.stopped_at_time_limit and first.step == 1
+    assert latest_checkpoint(tmp_path / "leased").name == "step_0000001" and (tmp_path / "leased" / "idm.safetensors").is_file()
+    assert any("time limit of 0.001s reached after step 1" in n for n in notes)
+    again = train(config(faces, tmp_path / "leased", steps=3, save_every=100), unet=MICRO, resume=True)
+    assert not again.stopped_at_time_limit and again.step == 3
+    assert log_losses(tmp_path / "leased") == [loss for _, loss in straight.losses]
+
+
+def test_a_time_limit_is_not_part_of_the_run(faces, tmp_path):
+    train(config(faces, tmp_path / "run", steps=1), unet=MICRO)  # as if started with a limit
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    stored["train"]["time_limit"] = 60.0
+    (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
+    assert resolve_config(tmp_path / "run", resume=True).time_limit is None
+    assert resolve_config(tmp_path / "run", resume=True, time_limit=30.0).time_limit == 30.0
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("45m", 2700), ("2h", 7200), ("1h30m", 5400), ("1.5m", 90), ("0.5h", 1800)])
+def test_time_limits_are_read_with_units(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["8", "", "m", "10 minutes", "-5m", "1m2h"])
+def test_a_time_limit_without_a_unit_is_a_usage_error(text):
+    with pytest.raises(UsageError, match="not a duration"):
+        parse_duration(text)
 
 
 def test_checkpoint_folder_holds_only_safetensors_and_json(faces, tmp_path):
@@ -347,6 +380,9 @@ def test_cli_trains_and_resumes(faces, tmp_path):
     again = cli("--out", run, "--resume", "--steps", "2", "--workers", "0", "-q")
     assert again.exit_code == 0, again.output
     assert len(log_losses(run)) == 2 and json.loads((run / "config.json").read_text())["train"]["model"] == "tiny"
+    leased = cli("--out", run, "--resume", "--steps", "4", "--workers", "0", "-q", "--time-limit", "0.001s")
+    assert leased.exit_code == 0, leased.output
+    assert "step 3 of 4" in leased.output and "stopped at the time limit; continue with" in leased.output
 
 
 def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline):
@@ -360,6 +396,7 @@ def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline)
     assert "divisible by 4" in one_error(r := cli(faces, "--out", tmp_path / "r6", "--model", "tiny", "--size", "30")) and r.exit_code == 2
     line = one_error(r := cli(faces, "--out", tmp_path / "r7", "--size", "32", "--init-from", tiny_baseline, "--workers", "0"))
     assert r.exit_code == 1 and "not an IDM model" in line
+    assert "not a duration" in one_error(r := cli(faces, "--out", tmp_path / "r10", "--time-limit", "8")) and r.exit_code == 2
     assert "--val-identity needs --val" in one_error(r := cli(faces, "--out", tmp_path / "r8", "--val-identity", "arcface_w600k_mbf")) and r.exit_code == 2
     line = one_error(r := cli(faces, "--out", tmp_path / "r9", "--size", "32", "--model", "tiny", "--workers", "0", "--val", faces / "a",
                               "--val-identity", tmp_path / "missing.onnx"))

@@ -65,3 +65,11 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
             assert sorted(a.keys()) == sorted(b.keys())
             for key in a.keys():
                 torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=1e-4, atol=1e-5)
+
+    # a time limit is voted on by every rank, so both stop after the same step (none waits forever)
+    resume = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              "-m", "facerestore", "train", "--out", str(ddp), "--resume", "--steps", "6", "--time-limit", "0.001s", "--workers", "0", "-q"]
+    done = subprocess.run(resume, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("step 4 of 6") == 1 and len(losses(ddp)) == 4
+    assert (ddp / "checkpoints" / "step_0000004").is_dir()

@@ -37,6 +37,7 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the data order, degradations, noise and initial weights (default 0).", show_default=False)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, mps or auto (default; under torchrun each process takes cuda:LOCAL_RANK).", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes per training process (default 2; 0 loads in the training process).", show_default=False)] = None,
+    time_limit: Annotated[Optional[str], typer.Option("--time-limit", help="Stop cleanly before this much wall time has passed (e.g. 90s, 45m, 2h, 1h30m): the last step is checkpointed and the model exported; continue with --resume. For leases and job schedulers; not kept for --resume.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar; only errors and the final line.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -45,7 +46,7 @@ def train_command(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from facerestore.training.trainer import resolve_config, train
+    from facerestore.training.trainer import parse_duration, resolve_config, train
 
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
@@ -54,7 +55,7 @@ def train_command(
             batch_size=batch_size, lr=lr, ema=ema, amp=amp, grad_clip=grad_clip, degradation=degradation,
             input_perturbation=input_perturbation, val=val,
             val_every=val_every, val_count=val_count, val_identity=val_identity, save_every=save_every, keep=keep, init_from=init_from, seed=seed,
-            device=device, workers=workers,
+            device=device, workers=workers, time_limit=None if time_limit is None else parse_duration(time_limit),
         )
     except FaceRestoreError as exc:
         fail(exc, debug)
@@ -85,6 +86,8 @@ def train_command(
     if main_rank:
         last = f", last loss {result.losses[-1][1]:.4f}" if result.losses else ""
         out.print(f"step {result.step} of {config.steps}{last}; model: {result.model} (use --weights {run_dir} --method idm)", markup=False)
+        if result.stopped_at_time_limit:
+            err.print(f"stopped at the time limit; continue with: facerestore train --out {run_dir} --resume", markup=False)
         if result.substituted:
             err.print(f"warning: {result.substituted} samples came from a file that failed to decode and were replaced by the next "
                       f"readable one (the per-step counts are in {run_dir / 'log.jsonl'}); re-export or remove those files", markup=False)

@@ -18,6 +18,11 @@ uninterrupted run would have: weights, EMA, Adam moments and step, the AMP scale
 counter from which the data order, degradations, diffusion noise and global RNGs are derived (they
 are keyed by counters, `training.seeds`). The recipe must not change; --steps may grow.
 
+Time limit. `--time-limit` (a lease, a scheduler's wall time) ends the run at the first step end
+after which one more step would overrun it, counted from the start of `train`; that step is
+checkpointed and exported like a finished run's, and `--resume` continues it exactly. Every rank votes
+in the per-step all-reduce, so under torchrun all stop at the same step.
+
 Extrinsic iteration (IDM sec. 3.3): clean the training set with the first model
 (`facerestore clean-dataset FACES --out FACES_CLEAN --weights RUN1`), then train again with
 `--targets FACES_CLEAN --init-from RUN1`: inputs are still degraded from the originals, targets are
@@ -30,6 +35,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,6 +98,7 @@ class TrainConfig:
     keep: int = 2
     device: str = "auto"
     workers: int = 2
+    time_limit: float | None = None  # seconds; this invocation only (not kept for --resume)
 
     def __post_init__(self) -> None:
         checks = [
@@ -105,6 +112,7 @@ class TrainConfig:
             (self.val_count >= 1 and self.val_steps >= 1, "--val-count and the validation steps must be at least 1"),
             (self.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {self.keep}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.time_limit is None or (self.time_limit > 0 and math.isfinite(self.time_limit)), f"--time-limit must be positive, got {self.time_limit} s"),
             (self.input_perturbation >= 0 and math.isfinite(self.input_perturbation),
              f"--input-perturbation must be >= 0, got {self.input_perturbation}"),
             (self.val_identity is None or self.val is not None, "--val-identity needs --val (the faces it scores)"),
@@ -153,6 +161,7 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
             raise UsageError("no DATA_DIR given", hint="pass one or more folders of aligned face images")
         return TrainConfig(out=str(out), **given)
     stored = read_run_config(out)["train"]
+    stored.pop("time_limit", None)  # a limit bounds one invocation, not the run
     for f in dataclasses.fields(TrainConfig):  # a run written before a field existed used its default
         if f.default is not dataclasses.MISSING:
             stored.setdefault(f.name, f.default)
@@ -200,6 +209,7 @@ class TrainResult:
     model: Path | None = None
     metrics: dict | None = None
     seconds_per_step: float = 0.0
+    stopped_at_time_limit: bool = False
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -262,6 +272,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         if on_message is not None and d.main:
             on_message(text)
 
+    started = time.perf_counter()
     run = Path(config.out)
     existing = latest_checkpoint(run)
     if existing is not None and not resume:
@@ -383,11 +394,13 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
                     for e, p in zip(ema.parameters(), model.parameters()):
                         e.lerp_(p.detach(), 1.0 - decay)
             step += 1
-            loss_sum, substituted = distributed.total(d, [loss.item(), float(batch["substituted"].sum())])
-            loss_value, substituted = loss_sum / d.world, int(substituted)
-            result.substituted += substituted
             now = time.perf_counter()
             seconds, clock = now - clock, now
+            # every rank votes on the limit in the all-reduce it does anyway, so all stop at the same step
+            out_of_time = config.time_limit is not None and step < config.steps and now - started + seconds > config.time_limit
+            loss_sum, substituted, out_of_time = distributed.total(d, [loss.item(), float(batch["substituted"].sum()), float(out_of_time)])
+            loss_value, substituted = loss_sum / d.world, int(substituted)
+            result.substituted += substituted
             step_times.append(seconds)
             result.step = step
             result.losses.append((step, loss_value))
@@ -404,6 +417,10 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
                     result.metrics = _validate(run, step, ema, val_faces, config, message, identity)
                 distributed.barrier(d)
             stop.honour(step, last_saved, checkpoint, message)
+            if out_of_time:
+                result.stopped_at_time_limit = True
+                message(f"time limit of {format_duration(config.time_limit)} reached after step {step}; continue with --resume")
+                break
             clock = time.perf_counter()
     finally:
         stop.restore()
@@ -414,6 +431,19 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     result.model = run / "idm.safetensors"
     result.seconds_per_step = float(np.median(step_times)) if step_times else 0.0
     return result
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '45m', '2h', '1h30m' -> seconds (a unit is required: a bare 8 could be minutes or hours)."""
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", text.lower())
+    if not text.strip() or parts is None or not any(parts.groups()):
+        raise UsageError(f"--time-limit {text!r} is not a duration", hint="give it with units, e.g. 90s, 45m, 2h or 1h30m")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def format_duration(seconds: float) -> str:
+    return f"{seconds / 3600:g}h" if seconds >= 3600 and seconds % 3600 == 0 else f"{seconds / 60:g}m" if seconds % 60 == 0 else f"{seconds:g}s"
 
 
 def _save(run: Path, step: int, config: TrainConfig, unet_config: UNetConfig, model: torch.nn.Module, ema: torch.nn.Module,
@@ -475,4 +505,4 @@ def _validate(run: Path, step: int, ema: torch.nn.Module | None, faces: list[Val
     return metrics
 
 
-__all__ = ["RECIPE", "StepReport", "TrainConfig", "TrainResult", "read_run_config", "resolve_config", "train"]
+__all__ = ["RECIPE", "StepReport", "TrainConfig", "TrainResult", "format_duration", "parse_duration", "read_run_config", "resolve_config", "train"]
