@@ -238,11 +238,33 @@ def test_validation_writes_grids_and_metrics(faces, tmp_path):
     assert result.metrics == {k: v for k, v in lines[-1].items() if k != "step"}
 
 
+def test_validation_on_several_presets_reports_each_and_grids_them_side_by_side(faces, tmp_path):
+    run = tmp_path / "run"
+    notes: list[str] = []
+    cfg = config(faces, run, steps=1, val=str(faces / "a"), val_every=1, val_count=2, val_steps=2, val_degrade=("mild", "severe"))
+    result = train(cfg, unet=MICRO, on_message=notes.append)
+    m = result.metrics
+    assert set(m["mild"]) == set(m["severe"]) == {"input_psnr", "output_psnr"} and "clean_psnr" in m and "input_psnr" not in m
+    assert m["mild"]["input_psnr"] > m["severe"]["input_psnr"] + 3  # the severities are what they say
+    assert any(n.startswith("validation at step 1: mild ") and "; severe " in n for n in notes)
+    assert any("(mild, severe)" in n for n in notes)
+    grid = read_image(run / "val" / "step_0000001.png").rgb
+    assert grid.shape == (2 * 32, 6 * 32, 3)  # mild in | out | severe in | out | clean | f(clean)
+    # each preset's inputs do not depend on which others are validated
+    alone = train(config(faces, tmp_path / "alone", steps=1, val=str(faces / "a"), val_every=1, val_count=2, val_steps=2,
+                         val_degrade=("severe", "medium")), unet=MICRO).metrics
+    assert alone["severe"]["input_psnr"] == m["severe"]["input_psnr"]
+    with pytest.raises(UsageError, match="unknown --val-degrade 'worst'"):
+        config(faces, run, val_degrade=("mild", "worst"))
+    with pytest.raises(UsageError, match="twice"):
+        config(faces, run, val_degrade=("mild", "mild"))
+
+
 def test_validation_with_an_identity_metric_scores_input_output_and_clean_against_the_clean_face(faces):
     """The three identities are the metric's means over the faces, read back from the grid's columns."""
     from facerestore.training.validation import load_val_faces, validate
 
-    val_faces = load_val_faces(faces / "a", 3, 32, preset("eq11"), seed=0)
+    val_faces = load_val_faces(faces / "a", 3, 32, {"eq11": preset("eq11")}, seed=0)
     torch.manual_seed(0)
     similarity = lambda image, reference: 1.0 - float(np.abs(image - reference).mean())  # noqa: E731
     metrics, grid = validate(IDMUNet(MICRO), val_faces, steps=2, identity=similarity)

@@ -28,6 +28,7 @@ def train_command(
     input_perturbation: Annotated[Optional[float], typer.Option("--input-perturbation", help="DDPM-IP: build x_t from eps + s*xi (a second normal xi) so the net expects its own slightly wrong x_t when sampling; 0 = off (default); docs/idm-model.md has its measured effect.", show_default=False)] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Folder of held-out aligned faces: PSNR and an image grid every --val-every steps.", show_default=False)] = None,
     val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every this many steps (default 1000).", show_default=False)] = None,
+    val_degrade: Annotated[Optional[str], typer.Option("--val-degrade", help="Comma-separated degradation presets to validate on (e.g. mild,medium,severe, the fixed severities of `facerestore evaluate`); default: the training --degradation.", show_default=False)] = None,
     val_count: Annotated[Optional[int], typer.Option("--val-count", help="Validation faces used (default 8).", show_default=False)] = None,
     val_identity: Annotated[Optional[str], typer.Option("--val-identity", help="ArcFace ONNX for validation (catalogue name arcface_w600k_mbf or a path; needs onnxruntime): also report identity similarity of input, restored and clean-kept faces.", show_default=False)] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Write a checkpoint every this many steps (default 1000).", show_default=False)] = None,
@@ -54,7 +55,7 @@ def train_command(
             run_dir, resume=resume, data=data or None, targets=targets or None, size=size, model=model, steps=steps,
             batch_size=batch_size, lr=lr, ema=ema, amp=amp, grad_clip=grad_clip, degradation=degradation,
             input_perturbation=input_perturbation, val=val,
-            val_every=val_every, val_count=val_count, val_identity=val_identity, save_every=save_every, keep=keep, init_from=init_from, seed=seed,
+            val_every=val_every, val_degrade=None if val_degrade is None else tuple(n.strip() for n in val_degrade.split(",") if n.strip()), val_count=val_count, val_identity=val_identity, save_every=save_every, keep=keep, init_from=init_from, seed=seed,
             device=device, workers=workers, time_limit=None if time_limit is None else parse_duration(time_limit),
         )
     except FaceRestoreError as exc:

@@ -62,7 +62,7 @@ from facerestore.training.data import FaceDataset, StepBatches, load_file_list, 
 from facerestore.training.degradations import PRESETS as DEGRADATIONS, preset
 from facerestore.training.loop import StopAtStepEnd, reseed, truncate_log
 from facerestore.training.seeds import stable_seed
-from facerestore.training.validation import ValFace, load_val_faces, validate
+from facerestore.training.validation import ValFace, describe, load_val_faces, validate
 from facerestore.weights.checkpoint import load_strict
 
 CONFIG_VERSION = 1
@@ -91,6 +91,7 @@ class TrainConfig:
     init_from: str | None = None
     val: str | None = None
     val_every: int = 1000
+    val_degrade: tuple[str, ...] = ()  # validation presets; empty = the training --degradation
     val_count: int = 8
     val_steps: int = 10
     val_identity: str | None = None  # ArcFace ONNX (catalogue name or path): validation also reports identity
@@ -123,8 +124,15 @@ class TrainConfig:
                 raise UsageError(message)
         if self.model is not None and self.model not in (*MODEL_PRESETS, "custom"):
             raise UsageError(f"unknown --model {self.model!r}", hint=f"choose one of: {', '.join(MODEL_PRESETS)}")
-        if self.degradation not in DEGRADATIONS:
-            raise UsageError(f"unknown --degradation {self.degradation!r}", hint=f"choose one of: {', '.join(DEGRADATIONS)}")
+        for name, option in ((self.degradation, "--degradation"), *((n, "--val-degrade") for n in self.val_degrade)):
+            if name not in DEGRADATIONS:
+                raise UsageError(f"unknown {option} {name!r}", hint=f"choose one of: {', '.join(DEGRADATIONS)}")
+        if len(set(self.val_degrade)) != len(self.val_degrade):
+            raise UsageError(f"--val-degrade names a preset twice: {','.join(self.val_degrade)}")
+
+    @property
+    def val_presets(self) -> tuple[str, ...]:
+        return self.val_degrade or (self.degradation,)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -165,7 +173,7 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):  # a run written before a field existed used its default
         if f.default is not dataclasses.MISSING:
             stored.setdefault(f.name, f.default)
-    for key in ("data", "targets"):
+    for key in ("data", "targets", "val_degrade"):
         stored[key] = tuple(stored.get(key) or ())
     differ = [k for k in RECIPE if k in given and given[k] != stored.get(k) and not (k in ("data", "targets") and not given[k])]
     if differ:
@@ -353,8 +361,8 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
                                          prefetch_factor=2 if config.workers else None)
     val_faces: list[ValFace] = []
     if config.val and d.main:
-        val_faces = load_val_faces(Path(config.val), config.val_count, config.size, preset(config.degradation), config.seed)
-        message(f"{len(val_faces)} validation faces from {config.val}")
+        val_faces = load_val_faces(Path(config.val), config.val_count, config.size, {name: preset(name) for name in config.val_presets}, config.seed)
+        message(f"{len(val_faces)} validation faces from {config.val} ({', '.join(config.val_presets)})")
     identity = val_identity(config)  # on every rank: a missing file stops them all, not rank 0 alone
 
     result = TrainResult(run=run, step=start, scan=scan_note)
@@ -496,12 +504,7 @@ def _validate(run: Path, step: int, ema: torch.nn.Module | None, faces: list[Val
     write_image(run / "val" / f"step_{step:07d}.png", grid)
     with open(run / "metrics.jsonl", "a") as handle:
         handle.write(json.dumps({"step": step, **metrics}) + "\n")
-    line = (f"validation at step {step}: input {metrics['input_psnr']:.2f} dB -> restored {metrics['output_psnr']:.2f} dB; "
-            f"clean kept at {metrics['clean_psnr']:.2f} dB")
-    if "output_identity" in metrics:
-        line += (f"; identity {metrics['input_identity']:.4f} -> {metrics['output_identity']:.4f}, "
-                 f"clean kept at {metrics['clean_identity']:.4f}")
-    message(line)
+    message(describe(metrics, step, config.val_presets))
     return metrics
 
 

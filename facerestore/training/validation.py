@@ -1,8 +1,10 @@
 """Validation during training: a fixed set of faces, degraded once, restored by the EMA model.
 
-For each validation face x (the first `count` images of the --val folder, resized to --size):
+For each validation face x (the first `count` images of the --val folder, resized to --size) and
+each validation preset (the training degradation, or `--val-degrade mild,medium,severe`):
 
-    x_d      = degradation(x), parameters keyed by (seed, "val", i): the same at every validation
+    x_d      = degradation(x), parameters keyed by the seed, the face and the preset: the same at
+               every validation
     input    PSNR(x_d, x)          how degraded the inputs are
     output   PSNR(f(x_d), x)       restoration quality
     clean    PSNR(f(x), x)         IDM's authenticity criterion (eq. 2): restoring a clean face should
@@ -12,7 +14,9 @@ With an `identity(image, reference)` function (ArcFace cosine, `--val-identity`)
 an identity similarity to x beside their PSNR: a small restorer can gain PSNR while it moves faces
 away from the person (docs/idm-model.md), and PSNR alone does not show it.
 
-The grid PNG has one row per face: x_d | f(x_d) | x | f(x). PSNR is `facerestore.metrics.psnr`
+The grid PNG has one row per face: x_d | f(x_d) for each preset, then x | f(x). The fixed severities
+(the presets of `facerestore evaluate`) let a run be selected on the bar it will be benched on, at
+the training size (their blur and downsampling are in pixels at that size). PSNR is `facerestore.metrics.psnr`
 (RGB, 0-255 scale, the papers' convention).
 """
 
@@ -38,11 +42,15 @@ CHUNK = 8
 @dataclass(frozen=True)
 class ValFace:
     clean: np.ndarray  # HxWx3 float32 [0, 1]
-    degraded: np.ndarray
+    degraded: dict[str, np.ndarray]  # preset name -> the face degraded with it
 
 
-def load_val_faces(folder: Path, count: int, size: int, spec: DegradationSpec, seed: int) -> list[ValFace]:
-    """The first `count` readable images of `folder`, resized and degraded deterministically."""
+def load_val_faces(folder: Path, count: int, size: int, specs: dict[str, DegradationSpec], seed: int) -> list[ValFace]:
+    """The first `count` readable images of `folder`, resized and degraded deterministically by each preset.
+
+    With one preset a face's parameters are keyed by (seed, "val", i), as they always were; with
+    several, by (seed, "val", name, i), so each severity is the same whichever others are validated.
+    """
     paths, problems = list_images([folder])
     if problems and not paths:
         raise UsageError(f"--val {folder}: {problems[0][1]}", hint="pass a folder of aligned face images")
@@ -54,8 +62,11 @@ def load_val_faces(folder: Path, count: int, size: int, spec: DegradationSpec, s
             clean = load_face(str(path), size)
         except FaceRestoreError:
             continue
-        rng = np.random.default_rng(stable_seed(seed, "val", len(faces)))
-        degraded = apply_degradation(clean, sample_params(rng, spec), rng)
+        degraded = {}
+        for name, spec in specs.items():
+            key = ("val", len(faces)) if len(specs) == 1 else ("val", name, len(faces))
+            rng = np.random.default_rng(stable_seed(seed, *key))
+            degraded[name] = apply_degradation(clean, sample_params(rng, spec), rng)
         faces.append(ValFace(clean=clean, degraded=degraded))
     if not faces:
         raise UsageError(f"--val {folder} holds no readable image", hint="pass a folder of aligned face images")
@@ -74,30 +85,57 @@ def _restore(net: torch.nn.Module, images: list[np.ndarray], steps: int, seeds: 
     return out
 
 
+def _mean_psnr(images: list[np.ndarray], references: list[np.ndarray]) -> float:
+    return round(float(np.mean([min(psnr(a, b), 99.0) for a, b in zip(images, references)])), 3)  # identical images: +inf
+
+
 @torch.no_grad()
 def validate(net: torch.nn.Module, faces: list[ValFace], *, steps: int = 10, seed: int = 0,
              identity: Callable[[np.ndarray, np.ndarray], float] | None = None) -> tuple[dict, np.ndarray]:
-    """(metrics, grid): mean PSNRs (and identities) as in the module docstring, and the image grid."""
+    """(metrics, grid) as in the module docstring.
+
+    With one preset the metrics are flat (input_psnr, output_psnr, clean_psnr, ...); with several,
+    each preset's input_* and output_* sit under its name and the clean_* numbers stay on top.
+    """
     was_training = net.training
     net.eval()
     seeds = [stable_seed(seed, "val-sample", i) for i in range(len(faces))]
-    restored = _restore(net, [f.degraded for f in faces], steps, seeds)
-    kept = _restore(net, [f.clean for f in faces], steps, seeds)
+    names = list(faces[0].degraded)
+    clean = [f.clean for f in faces]
+    restored = {name: _restore(net, [f.degraded[name] for f in faces], steps, seeds) for name in names}
+    kept = _restore(net, clean, steps, seeds)
     net.train(was_training)
-    inputs = [psnr(f.degraded, f.clean) for f in faces]
-    outputs = [psnr(r, f.clean) for r, f in zip(restored, faces)]
-    clean = [psnr(k, f.clean) for k, f in zip(kept, faces)]
-    finite = lambda values: [min(v, 99.0) for v in values]  # noqa: E731 - identical images give +inf
+
+    def score(images: list[np.ndarray]) -> float:
+        return round(float(np.mean([identity(image, c) for image, c in zip(images, clean)])), 4)
+
+    per_preset = {}
+    for name in names:
+        degraded = [f.degraded[name] for f in faces]
+        row = {"input_psnr": _mean_psnr(degraded, clean), "output_psnr": _mean_psnr(restored[name], clean)}
+        if identity is not None:
+            row |= {"input_identity": score(degraded), "output_identity": score(restored[name])}
+        per_preset[name] = row
     metrics = {
-        "input_psnr": round(float(np.mean(finite(inputs))), 3),
-        "output_psnr": round(float(np.mean(finite(outputs))), 3),
-        "clean_psnr": round(float(np.mean(finite(clean))), 3),
-        "clean_psnr_worst": round(float(np.min(finite(clean))), 3),
+        "clean_psnr": _mean_psnr(kept, clean),
+        "clean_psnr_worst": round(float(np.min([min(psnr(k, c), 99.0) for k, c in zip(kept, clean)])), 3),
         "faces": len(faces),
         "steps": steps,
     }
     if identity is not None:
-        for name, images in (("input", [f.degraded for f in faces]), ("output", restored), ("clean", kept)):
-            metrics[f"{name}_identity"] = round(float(np.mean([identity(image, f.clean) for image, f in zip(images, faces)])), 4)
-    rows = [np.concatenate([f.degraded, r, f.clean, k], axis=1) for f, r, k in zip(faces, restored, kept)]
+        metrics["clean_identity"] = score(kept)
+    metrics = per_preset[names[0]] | metrics if len(names) == 1 else metrics | per_preset
+    rows = [np.concatenate([image for name in names for image in (f.degraded[name], restored[name][i])] + [f.clean, kept[i]], axis=1)
+            for i, f in enumerate(faces)]
     return metrics, np.concatenate(rows, axis=0)
+
+
+def describe(metrics: dict, step: int, presets: tuple[str, ...]) -> str:
+    """The one-line validation message of a training run."""
+    def part(row: dict) -> str:
+        text = f"{row['input_psnr']:.2f} -> {row['output_psnr']:.2f} dB"
+        return text + (f", identity {row['input_identity']:.4f} -> {row['output_identity']:.4f}" if "output_identity" in row else "")
+
+    rows = {name: metrics[name] for name in presets} if len(presets) > 1 else {presets[0]: metrics}
+    clean = f"clean kept at {metrics['clean_psnr']:.2f} dB" + (f", identity {metrics['clean_identity']:.4f}" if "clean_identity" in metrics else "")
+    return f"validation at step {step}: " + "; ".join(f"{name} {part(row)}" for name, row in rows.items()) + f"; {clean}"
