@@ -14,7 +14,7 @@ from facerestore.errors import UsageError
 from facerestore.image_io import write_image
 from facerestore.methods.idm import load_model, save_model
 from facerestore.nets.idm_unet import IDMUNet, UNetConfig
-from facerestore.training.ship_snapshot import main, ship
+from facerestore.training.ship_snapshot import best_step, main, ship
 from facerestore.training.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,3 +99,40 @@ def test_a_facerestore_train_checkpoint_ships_as_fp16_with_its_validation(tmp_pa
     assert "kept checkpoints: step_0000001, step_0000002, step_0000003; train with --keep 0" in info.value.one_line()
     with pytest.raises(UsageError, match="is not a training run folder"):
         ship(faces, 1, "why", out)
+
+
+def row(psnr_in, psnr_out, id_in, id_out):
+    return {"input_psnr": psnr_in, "output_psnr": psnr_out, "input_identity": id_in, "output_identity": id_out}
+
+
+def test_best_step_beats_the_input_on_most_counts_then_keeps_identity_best(tmp_path):
+    history = [
+        {"step": 250, "mild": row(30, 30.1, 0.99, 0.991), "severe": row(23, 23.1, 0.49, 0.488), "clean": {"output_psnr": 50}},
+        {"step": 500, "mild": row(30, 30.4, 0.99, 0.992), "severe": row(23, 23.3, 0.49, 0.491), "clean": {"output_psnr": 45}},
+        {"step": 750, "mild": row(30, 30.5, 0.99, 0.993), "severe": row(23, 23.4, 0.49, 0.490 + 1e-9), "clean": {"output_psnr": 44}},
+        {"step": 1000, "mild": row(30, 31.0, 0.99, 0.995), "severe": row(23, 23.6, 0.49, 0.45)},
+    ]
+    step, why = best_step(history, tmp_path)
+    # 500 and 750 beat the input on all 4 counts; 500 keeps severe identity better (+0.001 vs +0.000)
+    assert step == 500 and "4 of 4 counts" in why and "worst identity gain +0.0010" in why
+    flat = [{"step": 1, **row(25, 25.5, 0.8, 0.79)}, {"step": 2, **row(25, 25.2, 0.8, 0.81)}]  # one preset: flat rows
+    assert best_step(flat, tmp_path)[0] == 2
+    with pytest.raises(UsageError, match="no validation with input and output numbers"):
+        best_step([{"step": 1, "loss": 0.1}], tmp_path)
+
+
+def test_ship_best_writes_the_chosen_step_and_the_reason(tmp_path):
+    faces = tmp_path / "faces"
+    rng = torch.Generator().manual_seed(0)
+    for i in range(4):
+        write_image(faces / f"{i}.png", torch.rand(40, 40, 3, generator=rng).numpy())
+    run = tmp_path / "run"
+    train(TrainConfig(data=(str(faces),), out=str(run), size=32, steps=2, batch_size=2, save_every=1, keep=0, workers=0, device="cpu",
+                      val=str(faces), val_every=1, val_count=2, val_steps=1, val_degrade=("mild", "severe")), unet=MICRO)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    expected, _ = best_step(history, run)
+    main([str(run), "--step", "best", "--out", str(tmp_path / "models")])
+    card = json.loads((tmp_path / "models" / "idm.json").read_text())
+    assert card["chosen_step"] == expected and card["choice"].startswith("--step best of 2 validations")
+    with pytest.raises(SystemExit, match="neither a step number nor `best`"):
+        main([str(run), "--step", "last", "--out", str(tmp_path / "models")])

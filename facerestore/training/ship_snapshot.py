@@ -1,6 +1,7 @@
 """Ship one validated snapshot of a training run as the package's bundled IDM model.
 
     python -m facerestore.training.ship_snapshot RUN_DIR --step 500 --why "best identity ..." [--out facerestore/models]
+    python -m facerestore.training.ship_snapshot RUN_DIR --step best [--out DIR]
 
 RUN_DIR is either kind of run:
 
@@ -64,6 +65,51 @@ def _validated(history: list, step: int, run: Path) -> dict:
     return entry
 
 
+def gains(entry: dict) -> list[tuple[str, float]]:
+    """(metric, output - input) for every row of a validation entry that scores both: each preset of
+    `--val-degrade` or of `train_bundled_idm`'s severities, or the flat row of a single preset."""
+    rows = [entry] + [v for v in entry.values() if isinstance(v, dict)]
+    return [(metric, row[f"output_{metric}"] - row[f"input_{metric}"]) for row in rows for metric in ("psnr", "identity")
+            if isinstance(row.get(f"input_{metric}"), (int, float)) and isinstance(row.get(f"output_{metric}"), (int, float))]
+
+
+def best_step(history: list, run: Path) -> tuple[int, str]:
+    """The validated step to ship and why: most counts (PSNR and identity per preset) that beat the
+    input, then the largest worst identity gain (identity is what later steps lose, docs/idm-model.md),
+    then the largest mean PSNR gain."""
+    def score(entry: dict) -> tuple[int, float, float]:
+        g = gains(entry)
+        identity = [v for m, v in g if m == "identity"] or [v for m, v in g if m == "psnr"]
+        psnr = [v for m, v in g if m == "psnr"]
+        return sum(v > 0 for _, v in g), min(identity, default=0.0), sum(psnr) / max(len(psnr), 1)
+
+    entries = [e for e in history if isinstance(e, dict) and isinstance(e.get("step"), int) and gains(e)]
+    if not entries:
+        raise UsageError(f"{run}: no validation with input and output numbers to choose from", hint="pass --step and --why, chosen by hand")
+    best = max(entries, key=lambda e: (score(e), -e["step"]))
+    beaten, worst, mean_psnr = score(best)
+    return best["step"], (f"--step best of {len(entries)} validations: beats the input on {beaten} of {len(gains(best))} counts, "
+                          f"worst identity gain {worst:+.4f}, mean PSNR gain {mean_psnr:+.3f} dB")
+
+
+def is_trainer_run(run: Path) -> bool:
+    """A `facerestore train` run folder (else perhaps a `train_bundled_idm` one, with steps/)."""
+    return (run / "config.json").is_file() and (run / "checkpoints").is_dir()
+
+
+def run_history(run: Path) -> list:
+    """The run's validation history (either kind of run)."""
+    if is_trainer_run(run):
+        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+        try:
+            return [json.loads(line) for line in lines if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{run / 'metrics.jsonl'} is damaged ({exc})", hint="the run folder is damaged; pick the step by hand from its validation grids") from None
+    if (run / "steps").is_dir():
+        return read_card(run / CARD_FILE).get("history", [])
+    raise UsageError(f"{run} is not a training run folder", hint="pass the --out folder of `facerestore train` or of `train_bundled_idm`")
+
+
 def _choices(paths) -> str:
     return ", ".join(sorted(p.name if p.is_dir() else p.stem for p in paths)) or "none"
 
@@ -91,11 +137,7 @@ def trainer_snapshot(run: Path, step: int, why: str) -> Snapshot:
         kept = _choices(p for p in (run / "checkpoints").glob("step_*") if p.is_dir())
         raise UsageError(f"{source} does not exist", hint=f"kept checkpoints: {kept}; train with --keep 0 to keep every one")
     card = read_card(run / CARD_FILE)
-    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-    try:
-        history = [json.loads(line) for line in lines if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{run / 'metrics.jsonl'} is damaged ({exc})", hint="the run folder is damaged; pick the step by hand from its validation grids") from None
+    history = run_history(run)
     validation = {k: v for k, v in _validated(history, step, run).items() if k != "step"}
     batch = card.get("recipe", {}).get("batch_size")
     card = {**card, "step": step, "samples": step * batch if isinstance(batch, int) else None, "validation": validation,
@@ -113,16 +155,20 @@ def is_half(path: Path) -> bool:
 
 
 def find_snapshot(run: Path, step: int, why: str) -> Snapshot:
-    if (run / "config.json").is_file() and (run / "checkpoints").is_dir():
+    if is_trainer_run(run):
         return trainer_snapshot(run, step, why)
     if (run / "steps").is_dir():
         return bundled_snapshot(run, step, why)
     raise UsageError(f"{run} is not a training run folder", hint="pass the --out folder of `facerestore train` or of `train_bundled_idm`")
 
 
-def ship(run: Path, step: int, why: str, out: Path) -> Path:
-    """Store snapshot `step` of `run` as fp16 `out/idm.safetensors` with its completed card; returns its path."""
-    if not why.strip():
+def ship(run: Path, step: int | str, why: str | None, out: Path) -> Path:
+    """Store snapshot `step` (or "best": `best_step`) of `run` as fp16 `out/idm.safetensors` with its
+    completed card; returns its path."""
+    if step == "best":
+        step, reason = best_step(run_history(Path(run)), Path(run))
+        why = f"{why.strip()} ({reason})" if why and why.strip() else reason
+    if not why or not why.strip():
         raise UsageError("--why is empty", hint="say why this step is the one to ship; the card keeps it")
     snapshot = find_snapshot(Path(run), step, why)
     model = load_model(snapshot.source)  # refuses a file the method could not load, before the package is touched
@@ -147,17 +193,20 @@ def ship(run: Path, step: int, why: str, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="the --out folder of a `facerestore train` or `train_bundled_idm` run")
-    parser.add_argument("--step", type=int, required=True, help="the validated step to ship")
-    parser.add_argument("--why", required=True, help="why this step: kept in the card as `choice`")
+    parser.add_argument("--step", required=True, help="the validated step to ship, or `best`: the one that beats the input on the most "
+                        "counts (PSNR and identity per validated preset), then with the largest worst identity gain")
+    parser.add_argument("--why", default=None, help="why this step: kept in the card as `choice` (required unless --step best)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "models",
                         help="where idm.safetensors and idm.json go (default: the package's models folder)")
     args = parser.parse_args(argv)
+    if args.step != "best" and not args.step.isdigit():
+        sys.exit(f"ship_snapshot: --step {args.step!r} is neither a step number nor `best`")
     try:
-        path = ship(args.run, args.step, args.why, args.out)
+        path = ship(args.run, args.step if args.step == "best" else int(args.step), args.why, args.out)
     except FaceRestoreError as exc:
         sys.exit(f"ship_snapshot: {exc.one_line()}")
     card = json.loads(path.with_suffix(".json").read_text())
-    print(f"shipped step {args.step} of {args.run} as {path} (sha256 {card['sha256']}); update weights.toml's comment and docs/idm-model.md")
+    print(f"shipped step {card.get('chosen_step', args.step)} of {args.run} as {path} (sha256 {card['sha256']}); update weights.toml's comment and docs/idm-model.md")
 
 
 if __name__ == "__main__":
