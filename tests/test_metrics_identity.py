@@ -92,3 +92,17 @@ def test_detected_landmarks_give_about_the_same_score_as_the_template(ffhq_faces
     aligned = identity_similarity(face, degraded)
     detected = identity_similarity(face, degraded, aligned=False)
     assert detected == pytest.approx(aligned, abs=0.05)
+
+
+def test_reference_identity_embeds_each_reference_once_and_scores_as_identity_similarity(ffhq_faces, monkeypatch):
+    import facerestore.metrics.identity as identity
+
+    embedded = []
+    real = identity.face_embedding
+    monkeypatch.setattr(identity, "face_embedding", lambda image, **options: embedded.append(id(image)) or real(image, **options))
+    scorer = identity.ReferenceIdentity()
+    restored = [_degrade(face, seed=i, blur=2.0, noise=0.03, quality=40) for i, face in enumerate(ffhq_faces[:2])]
+    for _ in range(3):  # three validation steps
+        scores = [scorer(r, face) for r, face in zip(restored, ffhq_faces[:2])]
+    assert scores == [pytest.approx(real(r) @ real(face), abs=1e-9) for r, face in zip(restored, ffhq_faces[:2])]
+    assert embedded.count(id(ffhq_faces[0])) == 1 and embedded.count(id(ffhq_faces[1])) == 1 and len(embedded) == 2 + 6

@@ -74,14 +74,20 @@ def test_a_damaged_card_is_one_clear_error(tmp_path):
         ship(run, 500, "why", tmp_path / "models")
 
 
-def test_a_facerestore_train_checkpoint_ships_as_fp16_with_its_validation(tmp_path):
+def trained_run(tmp_path, **changes):
+    """(faces folder, run folder) of a `facerestore train` run that kept and validated every step."""
     faces = tmp_path / "faces"
     rng = torch.Generator().manual_seed(0)
     for i in range(4):
         write_image(faces / f"{i}.png", torch.rand(40, 40, 3, generator=rng).numpy())
     run = tmp_path / "run"
-    train(TrainConfig(data=(str(faces),), out=str(run), size=32, steps=3, batch_size=2, save_every=1, keep=0, workers=0, device="cpu",
-                      val=str(faces), val_every=1, val_count=2, val_steps=1), unet=MICRO)
+    train(TrainConfig(**{"data": (str(faces),), "out": str(run), "size": 32, "batch_size": 2, "save_every": 1, "keep": 0, "workers": 0,
+                         "device": "cpu", "val": str(faces), "val_every": 1, "val_count": 2, "val_steps": 1, **changes}), unet=MICRO)
+    return faces, run
+
+
+def test_a_facerestore_train_checkpoint_ships_as_fp16_with_its_validation(tmp_path):
+    faces, run = trained_run(tmp_path, steps=3)
     out = tmp_path / "models"
     path = ship(run, 2, "step 2", out)
     card = json.loads((out / "idm.json").read_text())
@@ -122,13 +128,7 @@ def test_best_step_beats_the_input_on_most_counts_then_keeps_identity_best(tmp_p
 
 
 def test_ship_best_writes_the_chosen_step_and_the_reason(tmp_path):
-    faces = tmp_path / "faces"
-    rng = torch.Generator().manual_seed(0)
-    for i in range(4):
-        write_image(faces / f"{i}.png", torch.rand(40, 40, 3, generator=rng).numpy())
-    run = tmp_path / "run"
-    train(TrainConfig(data=(str(faces),), out=str(run), size=32, steps=2, batch_size=2, save_every=1, keep=0, workers=0, device="cpu",
-                      val=str(faces), val_every=1, val_count=2, val_steps=1, val_degrade=("mild", "severe")), unet=MICRO)
+    _, run = trained_run(tmp_path, steps=2, val_degrade=("mild", "severe"))
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     expected, _ = best_step(history, run)
     main([str(run), "--step", "best", "--out", str(tmp_path / "models")])

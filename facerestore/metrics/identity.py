@@ -144,6 +144,22 @@ def identity_similarity(
     return float(np.clip(face_embedding(restored, **options) @ face_embedding(reference, **options), -1.0, 1.0))
 
 
+class ReferenceIdentity:
+    """`identity_similarity` for aligned crops that embeds each reference once: training validation
+    scores every restoration of the same clean faces, at every validation step."""
+
+    def __init__(self, weights: str | Path = WEIGHTS, offline: bool | None = None) -> None:
+        self.options = dict(weights=weights, offline=offline)
+        self._references: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id -> (the array, kept alive; its embedding)
+
+    def __call__(self, restored: ImageLike, reference: np.ndarray) -> float:
+        known = self._references.get(id(reference))
+        if known is None or known[0] is not reference:
+            known = (reference, face_embedding(reference, **self.options))
+            self._references[id(reference)] = known
+        return float(np.clip(face_embedding(restored, **self.options) @ known[1], -1.0, 1.0))
+
+
 def identity_degree(restored: ImageLike, reference: ImageLike, **options) -> float:
     """The angle between the two embeddings in degrees (lower is better): the papers' "Deg."."""
     return math.degrees(math.acos(identity_similarity(restored, reference, **options)))

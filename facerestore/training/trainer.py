@@ -32,7 +32,6 @@ the cleaned copies, and the second model starts from the first.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import re
@@ -488,10 +487,10 @@ def val_identity(config: TrainConfig) -> Callable[[np.ndarray, np.ndarray], floa
     onnxruntime is a one-line error now, not after the first validation interval."""
     if config.val_identity is None:  # TrainConfig refuses it without --val
         return None
-    from facerestore.metrics.identity import identity_similarity, load_arcface
+    from facerestore.metrics.identity import ReferenceIdentity, load_arcface
 
     load_arcface(config.val_identity)
-    return functools.partial(identity_similarity, weights=config.val_identity)
+    return ReferenceIdentity(config.val_identity)
 
 
 def _validate(run: Path, step: int, ema: torch.nn.Module | None, faces: list[ValFace], config: TrainConfig,
