@@ -33,6 +33,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         command += ["--limit", str(args.limit)]
     if args.precision != "auto":
         command += ["--precision", args.precision]
+    for weights in args.weights:
+        command += ["--weights", weights]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, env={**os.environ, "FACERESTORE_WEIGHTS": os.environ.get("FACERESTORE_WEIGHTS", str(ROOT.parent / "shared" / "weights"))})
     return json.loads((args.out / "results.json").read_text())
@@ -78,6 +80,8 @@ def main() -> None:
     parser.add_argument("--methods", default="idm", help="comma-separated methods (default idm; e.g. idm,baseline)")
     parser.add_argument("--limit", type=int, default=None, help="first N faces only (default all 61)")
     parser.add_argument("--precision", default="auto", help="the networks' precision (facerestore evaluate --precision), e.g. bf16 on a CPU with AMX")
+    parser.add_argument("--weights", action="append", default=[],
+                        help="a candidate model instead of the bundled one (facerestore evaluate --weights: FILE, or METHOD:FILE; repeat)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_idm_model")
     parser.add_argument("--report", type=Path, default=None, help="print the table of an existing results.json instead of running")
     args = parser.parse_args()
