@@ -83,6 +83,45 @@ def autocast_dtype(device: torch.device | str, precision: str = "auto", *, auto_
     return torch.float16 if precision == "fp16" else torch.bfloat16
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 matrix work natively (AMX or AVX512-BF16), so bf16 is faster than
+    float32; elsewhere it is emulated and slower, and mixed precision on the CPU is not worth it."""
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    try:
+        return any(probe() for probe in probes if probe is not None)
+    except RuntimeError:  # a torch built without the CPU capability probes
+        return False
+
+
+def training_amp_dtype(device: torch.device | str, amp: bool, *, fp16: bool = True, cpu: bool = True) -> tuple[torch.dtype | None, str | None]:
+    """--amp -> (the autocast dtype of a training step, None) or (None, why it is off).
+
+    CUDA: bf16 where the GPU has it, else fp16 (only with `fp16`: the caller scales the loss).
+    CPU (with `cpu`, for the trainers where it was measured): bf16 where the CPU runs it natively
+    (`cpu_has_native_bf16`), measured faster with the same losses (docs/training.md); float32
+    elsewhere. Parameters, gradients, the optimizer and the EMA stay float32 in every case: autocast
+    only changes the dtype the layers compute in.
+    """
+    import torch
+
+    if not amp:
+        return None, None
+    kind = torch.device(device).type
+    if kind == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, None
+        return (torch.float16, None) if fp16 else (None, "--amp needs a GPU with bfloat16 here; training in float32")
+    if kind == "cpu" and not cpu:
+        return None, "--amp has no effect on the CPU for this command; training in float32"
+    if kind == "cpu":
+        if cpu_has_native_bf16():
+            return torch.bfloat16, None
+        return None, "--amp has no effect on this CPU (no AMX or AVX512-BF16, bf16 would be emulated and slower); training in float32"
+    return None, f"--amp is not supported on {kind}; training in float32"
+
+
 def autocast(device: torch.device | str, dtype: torch.dtype | None):
     """A `torch.autocast` context for `dtype` on `device`'s kind, or a no-op when dtype is None."""
     import torch

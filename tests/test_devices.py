@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facerestore.devices import autocast, autocast_dtype, for_inference, resolve_device
+import facerestore.devices as devices
+from facerestore.devices import autocast, autocast_dtype, for_inference, resolve_device, training_amp_dtype
 from facerestore.errors import UsageError
 from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
 
@@ -87,3 +88,29 @@ def test_autocast_context_runs_convolutions_in_the_dtype_and_none_leaves_float32
         assert conv(x).dtype is torch.bfloat16
     with autocast("cpu", None):
         assert conv(x).dtype is torch.float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_training_amp_on_the_cpu_is_bf16_only_where_the_cpu_has_it(monkeypatch, native):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    assert training_amp_dtype("cpu", False) == (None, None)  # not asked: float32, nothing to say
+    dtype, why = training_amp_dtype("cpu", True)
+    if native:
+        assert (dtype, why) == (torch.bfloat16, None)
+    else:
+        assert dtype is None and "no AMX or AVX512-BF16" in why and "float32" in why
+    dtype, why = training_amp_dtype("cpu", True, cpu=False)  # a trainer where it was not measured
+    assert dtype is None and "no effect on the CPU" in why
+    assert training_amp_dtype("mps", True)[0] is None
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_training_amp_on_cuda(monkeypatch, has_bf16):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: has_bf16)
+    assert training_amp_dtype("cuda", True) == (torch.bfloat16 if has_bf16 else torch.float16, None)
+    dtype, why = training_amp_dtype("cuda:0", True, fp16=False)  # no loss scaler: fp16 is not offered
+    assert dtype is (torch.bfloat16 if has_bf16 else None) and (why is None) == has_bf16
+
+
+def test_the_cpu_probe_answers_a_bool():
+    assert devices.cpu_has_native_bf16() in (True, False)

@@ -99,6 +99,45 @@ def test_resume_after_a_crash_repeats_the_uninterrupted_run_exactly(faces, tmp_p
         assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys()), name
 
 
+def test_amp_on_a_bf16_cpu_computes_in_bf16_keeps_float32_weights_and_resumes_exactly(faces, tmp_path, monkeypatch):
+    import facerestore.devices
+
+    monkeypatch.setattr(facerestore.devices, "cpu_has_native_bf16", lambda: True)
+    seen: set[torch.dtype] = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: seen.add(out.dtype) if isinstance(module, torch.nn.Conv2d) else None)
+    try:
+        notes: list[str] = []
+        amp = train(config(faces, tmp_path / "amp", amp=True), unet=MICRO, on_message=notes.append)
+    finally:
+        hook.remove()
+    assert seen == {torch.bfloat16} and not any("--amp" in n for n in notes)
+    fp32 = train(config(faces, tmp_path / "fp32"), unet=MICRO)
+    a, b = np.array([x for _, x in amp.losses]), np.array([x for _, x in fp32.losses])
+    assert not np.array_equal(a, b) and np.allclose(a, b, rtol=0.03)  # bf16 layers, the same optimisation
+    with safe_open(str(tmp_path / "amp" / "checkpoints" / "step_0000005" / "model.safetensors"), "pt") as handle:
+        assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float32}
+
+    def crash_at_3(report):
+        if report.step == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(config(faces, tmp_path / "crashed", amp=True), unet=MICRO, on_step=crash_at_3)
+    train(config(faces, tmp_path / "crashed", amp=True), unet=MICRO, resume=True)
+    assert log_losses(tmp_path / "crashed") == log_losses(tmp_path / "amp")
+
+
+def test_amp_on_a_cpu_without_bf16_says_so_and_trains_in_float32(faces, tmp_path, monkeypatch):
+    import facerestore.devices
+
+    monkeypatch.setattr(facerestore.devices, "cpu_has_native_bf16", lambda: False)
+    notes: list[str] = []
+    amp = train(config(faces, tmp_path / "amp", amp=True, steps=2), unet=MICRO, on_message=notes.append)
+    assert sum("--amp has no effect on this CPU" in n for n in notes) == 1
+    assert amp.losses == train(config(faces, tmp_path / "fp32", steps=2), unet=MICRO).losses
+
+
 def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(faces, tmp_path):
     straight = train(config(faces, tmp_path / "straight", steps=3, save_every=100), unet=MICRO)
 

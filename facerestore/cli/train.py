@@ -22,7 +22,7 @@ def train_command(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="GLOBAL batch per step, split across torchrun processes (default 32, the paper's).", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate, constant (default 1e-4, the paper's).", show_default=False)] = None,
     ema: Annotated[Optional[float], typer.Option("--ema", help="EMA decay of the exported weights (default 0.9999; warmed up as min(decay, (1+n)/(10+n))).", show_default=False)] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16, or fp16 with loss scaling); no effect on CPU.", show_default=False)] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision: bf16 on GPUs that have it (else fp16 with loss scaling) and on CPUs with AMX or AVX512-BF16; float32 elsewhere.", show_default=False)] = None,
     grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm to this (default 1.0; 0 = off).", show_default=False)] = None,
     degradation: Annotated[Optional[str], typer.Option("--degradation", help="Degradation preset for the inputs (see `facerestore degrade -h`): eq11 (the paper's, default), mixed (adds motion blur, Laplace/Poisson/camera noise, gray), or any other preset.", show_default=False)] = None,
     input_perturbation: Annotated[Optional[float], typer.Option("--input-perturbation", help="DDPM-IP: build x_t from eps + s*xi (a second normal xi) so the net expects its own slightly wrong x_t when sampling; 0 = off (default); docs/idm-model.md has its measured effect.", show_default=False)] = None,

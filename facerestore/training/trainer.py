@@ -45,6 +45,7 @@ import torch
 
 from facerestore.diffusion.losses import x0_regression_loss
 from facerestore.diffusion.schedule import NoiseSchedule
+from facerestore.devices import training_amp_dtype
 from facerestore.diffusion.denoiser import ConcatCondition
 from facerestore.errors import UsageError
 from facerestore.nets.guided_unet import UNetConfig
@@ -219,12 +220,6 @@ class TrainResult:
     stopped_at_time_limit: bool = False
 
 
-def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if not config.amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[str], None]) -> tuple[UNetConfig, dict | None]:
     """(architecture, initial weights or None) for a new run."""
     init_state = None
@@ -324,9 +319,9 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         ema.load_state_dict(model.state_dict())
     names = [n for n, _ in model.named_parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    amp_dtype = _amp_dtype(config, d.device)
-    if config.amp and amp_dtype is None:
-        message("--amp has no effect without a CUDA GPU; training in float32")
+    amp_dtype, amp_off = training_amp_dtype(d.device, config.amp)
+    if amp_off:
+        message(amp_off)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     start = 0

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facerestore.devices import training_amp_dtype
 from facerestore.errors import UnsupportedCheckpoint, UsageError
 from facerestore.training import distributed
 from facerestore.training.checkpoints import (
@@ -109,10 +110,13 @@ class TrainOutcome:
     lpips_used: bool = False
 
 
-def _autocast(device: torch.device, amp: bool) -> Callable:
-    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
+def _autocast(device: torch.device, amp: bool, message: Callable[[str], None]) -> Callable:
+    """bf16 autocast where --amp asks for it on a GPU with bf16 (no loss scaler here, so no fp16; not
+    measured on the CPU, where CodeFormer-sized nets do not train in useful time anyway)."""
+    dtype, off = training_amp_dtype(device, amp, fp16=False, cpu=False)
+    if off:
+        message(off)
+    return contextlib.nullcontext if dtype is None else (lambda: torch.autocast(device.type, dtype=dtype))
 
 
 def build_objective(settings: TrainSettings, base_path: Path, device: torch.device, active: bool, offline: bool | None,
@@ -183,9 +187,7 @@ def train_pairs(
     sampler = StepBatches(start_step=start, steps=settings.steps, global_batch=settings.batch_size, rank=d.rank, world=d.world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=settings.workers, pin_memory=d.device.type == "cuda",
                                          prefetch_factor=2 if settings.workers else None)
-    autocast = _autocast(d.device, settings.amp)
-    if settings.amp and autocast is contextlib.nullcontext:
-        message("--amp needs a CUDA GPU with bfloat16; training in float32")
+    autocast = _autocast(d.device, settings.amp, message)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     ema_params = dict(ema.named_parameters()) if ema is not None else {}
 
