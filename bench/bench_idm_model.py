@@ -10,6 +10,8 @@ method beats its input on PSNR and identity (with the paired per-face difference
 standard error, and on how many faces the method wins, so that a gap can be told from noise), the authenticity test (restore the clean face: PSNR of
 f(x) to x and of f(f(x)) to f(x)), and seconds per face at the method's default steps (10 for idm)
 on this machine's CPU. The held-out faces were never trained on (docs/idm-model.md).
+With --dlib it adds a second opinion on identity from dlib's recogniser, a net that no training
+here validates on (bench/second_identity.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("psnr", "ssim", "identity")
@@ -84,6 +88,8 @@ def main() -> None:
                         help="a candidate model instead of the bundled one (facerestore evaluate --weights: FILE, or METHOD:FILE; repeat)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_idm_model")
     parser.add_argument("--report", type=Path, default=None, help="print the table of an existing results.json instead of running")
+    parser.add_argument("--dlib", action="store_true",
+                        help="also print a second opinion on identity from dlib's recogniser (bench/second_identity.py; needs dlib-bin and face-recognition-models)")
     args = parser.parse_args()
     if not args.hq.is_dir() and args.report is None:
         sys.exit(f"bench_idm_model: {args.hq} is not a folder; pass --hq (the held-out faces)")
@@ -102,6 +108,33 @@ def main() -> None:
                 verdicts = [verdict(s, row, base, "psnr", 2), verdict(s, row, base, "identity", 4)]
             seconds = row.get("seconds_per_face")
             print(f"| {s['name']} | {row['label']} | {fmt(values[0])} | {fmt(values[1], 4)} | {fmt(values[2], 4)} | {verdicts[0]} | {verdicts[1]} | {fmt(seconds)} |")
+    if args.dlib:
+        print_second_opinion(report, args.report.parent if args.report else args.out)
+
+
+def print_second_opinion(report: dict, folder: Path) -> None:
+    """The identity verdicts again with dlib's recogniser, which training never sees."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import second_identity
+
+    why = second_identity.unavailable()
+    if why:
+        print(f"\nsecond opinion skipped: {why}")
+        return
+    table, skipped = second_identity.distances(report, folder)
+    note = f"; {skipped} references without a face dlib finds were left out" if skipped else ""
+    print(f"\nSecond opinion on identity: dlib face recognition distance to the clean face (lower is closer; "
+          f"the same person below 0.6){note}\n")
+    print("| set | row | dlib distance | closer than the input (paired gain ± s.e., faces won) |")
+    print("|---|---|---|---|")
+    for name, rows in table.items():
+        base = rows.get("input", {})
+        for label, values in rows.items():
+            verdict_text = ""
+            if label != "input" and base:
+                gain, error, wins, faces = second_identity.paired_gain(values, base)
+                verdict_text = f"{'yes' if gain > 0 else 'NO'} ({gain:+.4f} ± {error:.4f}, {wins}/{faces})"
+            print(f"| {name} | {label} | {np.mean(list(values.values())):.4f} | {verdict_text} |")
 
 
 if __name__ == "__main__":
