@@ -7,7 +7,8 @@ mild,medium,severe --authenticity --offline` (so the numbers are exactly what a 
 gives; the report folder is kept under --out) and prints, per severity, PSNR, SSIM and ArcFace
 identity (w600k_mbf ONNX from FACERESTORE_WEIGHTS) of the input and of each method, whether the
 method beats its input on PSNR and identity (with the paired per-face difference: mean +/- its
-standard error, and on how many faces the method wins, so that a gap can be told from noise), the authenticity test (restore the clean face: PSNR of
+standard error, and on how many faces the method wins; "tie" when the difference is within two
+standard errors of zero, so that a gap can be told from noise), the authenticity test (restore the clean face: PSNR of
 f(x) to x and of f(f(x)) to f(x)), and seconds per face at the method's default steps (10 for idm)
 on this machine's CPU. The held-out faces were never trained on (docs/idm-model.md).
 With --dlib it adds a second opinion on identity from dlib's recogniser, a net that no training
@@ -66,12 +67,15 @@ def paired(s: dict, row: dict, base: dict, metric: str) -> tuple[float, float, i
 
 
 def verdict(s: dict, row: dict, base: dict, metric: str, digits: int) -> str:
+    """yes / NO by the means; with per-face pairs, "tie" when the paired difference is within two
+    standard errors of zero: a gain that noise could give is not a gain."""
     better = (mean(row, metric) or 0) > (mean(base, metric) or 0)
     stats = paired(s, row, base, metric)
     if stats is None:
         return "yes" if better else "NO"
     diff, error, wins, faces = stats
-    return f"{'yes' if better else 'NO'} ({diff:+.{digits}f} ± {error:.{digits}f}, {wins}/{faces})"
+    word = "tie" if abs(diff) <= 2 * error else "yes" if diff > 0 else "NO"
+    return f"{word} ({diff:+.{digits}f} ± {error:.{digits}f}, {wins}/{faces})"
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
@@ -133,7 +137,8 @@ def print_second_opinion(report: dict, folder: Path) -> None:
             verdict_text = ""
             if label != "input" and base:
                 gain, error, wins, faces = second_identity.paired_gain(values, base)
-                verdict_text = f"{'yes' if gain > 0 else 'NO'} ({gain:+.4f} ± {error:.4f}, {wins}/{faces})"
+                word = "tie" if abs(gain) <= 2 * error else "yes" if gain > 0 else "NO"
+                verdict_text = f"{word} ({gain:+.4f} ± {error:.4f}, {wins}/{faces})"
             print(f"| {name} | {label} | {np.mean(list(values.values())):.4f} | {verdict_text} |")
 
 
