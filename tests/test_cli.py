@@ -211,3 +211,17 @@ def test_bf16_precision_restores_like_float32(tmp_path, tiny_baseline):
         assert result.exit_code == 0, result.output
         outputs[precision] = read_image(tmp_path / precision / "restored_faces" / "face.png").rgb
     assert np.abs(outputs["bf16"] - outputs["fp32"]).max() <= 2 / 255  # a level or two where bf16 rounds
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_cpu_with_native_bf16_gets_one_tip_line_unless_a_precision_was_chosen(tmp_path, tiny_baseline, monkeypatch, native):
+    import facerestore.devices
+
+    monkeypatch.setattr(facerestore.devices, "cpu_has_native_bf16", lambda: native)
+    write_image(tmp_path / "face.png", smooth())
+    common = [tmp_path / "face.png", "--aligned", "-m", "baseline", "--weights", tiny_baseline, "--device", "cpu"]
+    runs = [run(*common, "-o", tmp_path / "auto"), run(*common, "-o", tmp_path / "fp32", "--precision", "fp32"),
+            run(*common, "-o", tmp_path / "quiet", "-q")]
+    assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
+    tips = [r.output.count("tip: this CPU runs bf16 natively; --precision bf16 made baseline") for r in runs]
+    assert tips == ([1, 0, 0] if native else [0, 0, 0]), [r.output for r in runs]

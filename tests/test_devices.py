@@ -114,3 +114,15 @@ def test_training_amp_on_cuda(monkeypatch, has_bf16):
 
 def test_the_cpu_probe_answers_a_bool():
     assert devices.cpu_has_native_bf16() in (True, False)
+
+
+def test_the_bf16_tip_is_for_auto_on_a_native_cpu_and_measured_methods_only(monkeypatch):
+    from facerestore.devices import cpu_bf16_tip
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert "idm 1.6x faster" in cpu_bf16_tip("cpu", "auto", "idm")
+    assert cpu_bf16_tip("cpu", "fp32", "idm") is None  # the user chose
+    assert cpu_bf16_tip("cpu", "auto", "codeformer") is None  # bf16 quality not measured for it
+    assert cpu_bf16_tip("cuda", "auto", "idm") is None  # auto already uses bf16 there
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert cpu_bf16_tip("cpu", "auto", "baseline") is None  # emulated bf16 is slower

@@ -38,6 +38,7 @@ def clean_dataset_command(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from facerestore.devices import cpu_bf16_tip, resolve_device
     from facerestore.training.clean_dataset import CleanOptions, clean_dataset
 
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -80,6 +81,9 @@ def clean_dataset_command(
         if summary.check:
             c = summary.check
             err.print(f"authenticity (PSNR of f(x) vs x over {c['count']} images): mean {c['mean_psnr']:.2f} dB, worst {c['worst_psnr']:.2f} dB ({c['worst_path']})", markup=False)
+        tip = cpu_bf16_tip(resolve_device(device), precision, method) if summary.done else None
+        if tip:
+            err.print(tip, markup=False)
     raise typer.Exit(1 if summary.failed else 0)
 
 

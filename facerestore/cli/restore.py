@@ -50,7 +50,7 @@ def restore_command(
     """Restore every face in PHOTO_OR_FOLDER... and paste them back (outputs never overwrite inputs)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from facerestore.devices import resolve_device
+    from facerestore.devices import cpu_bf16_tip, resolve_device
     from facerestore.image_io import list_images
     from facerestore.methods.base import MethodOptions
     from facerestore.methods.registry import build_method
@@ -109,4 +109,7 @@ def restore_command(
         out.print_json(json.dumps(summary))
     elif not quiet:
         err.print(f"{len(results) + len(missing) - failed} of {len(results) + len(missing)} images restored, {total_faces} faces -> {output}", markup=False)
+        tip = cpu_bf16_tip(dev, precision, method)
+        if tip and results:
+            err.print(tip, markup=False)
     raise typer.Exit(1 if failed else 0)
