@@ -59,6 +59,11 @@ def paired(s: dict, row: dict, base: dict, metric: str) -> tuple[float, float, i
         b = scores.get(base["label"], {}).get(metric, {}).get("value")
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
             diffs.append(a - b)
+    return paired_stats(diffs)
+
+
+def paired_stats(diffs: list[float]) -> tuple[float, float, int, int] | None:
+    """(mean of the per-face differences, its standard error, faces with a positive one, faces); None under 2 faces."""
     if len(diffs) < 2:
         return None
     mean_diff = sum(diffs) / len(diffs)
@@ -66,16 +71,20 @@ def paired(s: dict, row: dict, base: dict, metric: str) -> tuple[float, float, i
     return mean_diff, (variance / len(diffs)) ** 0.5, sum(d > 0 for d in diffs), len(diffs)
 
 
-def verdict(s: dict, row: dict, base: dict, metric: str, digits: int) -> str:
-    """yes / NO by the means; with per-face pairs, "tie" when the paired difference is within two
-    standard errors of zero: a gain that noise could give is not a gain."""
-    better = (mean(row, metric) or 0) > (mean(base, metric) or 0)
-    stats = paired(s, row, base, metric)
-    if stats is None:
-        return "yes" if better else "NO"
+def paired_text(stats: tuple[float, float, int, int], digits: int) -> str:
+    """yes / NO / tie for a paired difference: a tie within two standard errors of zero, since a gain
+    that noise could give is not a gain; then the numbers."""
     diff, error, wins, faces = stats
     word = "tie" if abs(diff) <= 2 * error else "yes" if diff > 0 else "NO"
     return f"{word} ({diff:+.{digits}f} ± {error:.{digits}f}, {wins}/{faces})"
+
+
+def verdict(s: dict, row: dict, base: dict, metric: str, digits: int) -> str:
+    """`paired_text` where the report has per-face scores, else yes / NO by the means."""
+    stats = paired(s, row, base, metric)
+    if stats is None:
+        return "yes" if (mean(row, metric) or 0) > (mean(base, metric) or 0) else "NO"
+    return paired_text(stats, digits)
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
@@ -134,11 +143,8 @@ def print_second_opinion(report: dict, folder: Path) -> None:
     for name, rows in table.items():
         base = rows.get("input", {})
         for label, values in rows.items():
-            verdict_text = ""
-            if label != "input" and base:
-                gain, error, wins, faces = second_identity.paired_gain(values, base)
-                word = "tie" if abs(gain) <= 2 * error else "yes" if gain > 0 else "NO"
-                verdict_text = f"{word} ({gain:+.4f} ± {error:.4f}, {wins}/{faces})"
+            stats = paired_stats([base[k] - d for k, d in values.items() if k in base]) if label != "input" else None
+            verdict_text = paired_text(stats, 4) if stats else ""
             print(f"| {name} | {label} | {np.mean(list(values.values())):.4f} | {verdict_text} |")
 
 

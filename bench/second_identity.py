@@ -95,8 +95,8 @@ def distances(report: dict, folder: Path) -> tuple[dict[str, dict[str, dict[str,
                 geometry = net.chip_geometry(rgb8)
                 if geometry is None:
                     skipped.add(source)
-                    continue
-                references[source] = (geometry, net.descriptor(rgb8, geometry))
+                else:
+                    references[source] = (geometry, net.descriptor(rgb8, geometry))
             if source in skipped:
                 continue
             geometry, reference = references[source]
@@ -107,9 +107,3 @@ def distances(report: dict, folder: Path) -> tuple[dict[str, dict[str, dict[str,
             out[s["name"]] = table
     return out, len(skipped)
 
-
-def paired_gain(row: dict[str, float], base: dict[str, float]) -> tuple[float, float, int, int]:
-    """(mean of base - row distance: positive = closer to the person, its standard error, faces won, faces)."""
-    gains = np.array([base[k] - row[k] for k in row if k in base])
-    error = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("nan")
-    return float(gains.mean()), error, int((gains > 0).sum()), len(gains)

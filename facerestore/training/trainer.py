@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facerestore.devices import training_amp_dtype
 from facerestore.diffusion.losses import x0_regression_loss
 from facerestore.diffusion.schedule import NoiseSchedule
-from facerestore.devices import training_amp_dtype
 from facerestore.diffusion.denoiser import ConcatCondition
 from facerestore.errors import UsageError
 from facerestore.nets.guided_unet import UNetConfig
