@@ -12,7 +12,8 @@ standard errors of zero, so that a gap can be told from noise), the authenticity
 f(x) to x and of f(f(x)) to f(x)), and seconds per face at the method's default steps (10 for idm)
 on this machine's CPU. The held-out faces were never trained on (docs/idm-model.md).
 With --dlib it adds a second opinion on identity from dlib's recogniser, a net that no training
-here validates on (bench/second_identity.py).
+here validates on (bench/second_identity.py); with --bands, where each method's severe-set PSNR and
+identity changes lie in scale (bench/identity_bands.py).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=None, help="print the table of an existing results.json instead of running")
     parser.add_argument("--dlib", action="store_true",
                         help="also print a second opinion on identity from dlib's recogniser (bench/second_identity.py; needs dlib-bin and face-recognition-models)")
+    parser.add_argument("--bands", action="store_true",
+                        help="also print where each method's PSNR and identity changes lie in scale on the severe set (bench/identity_bands.py)")
     args = parser.parse_args()
     if not args.hq.is_dir() and args.report is None:
         sys.exit(f"bench_idm_model: {args.hq} is not a folder; pass --hq (the held-out faces)")
@@ -121,8 +124,11 @@ def main() -> None:
                 verdicts = [verdict(s, row, base, "psnr", 2), verdict(s, row, base, "identity", 4)]
             seconds = row.get("seconds_per_face")
             print(f"| {s['name']} | {row['label']} | {fmt(values[0])} | {fmt(values[1], 4)} | {fmt(values[2], 4)} | {verdicts[0]} | {verdicts[1]} | {fmt(seconds)} |")
+    folder = args.report.parent if args.report else args.out
     if args.dlib:
-        print_second_opinion(report, args.report.parent if args.report else args.out)
+        print_second_opinion(report, folder)
+    if args.bands:
+        print_bands(report, folder)
 
 
 def print_second_opinion(report: dict, folder: Path) -> None:
@@ -146,6 +152,25 @@ def print_second_opinion(report: dict, folder: Path) -> None:
             stats = paired_stats([base[k] - d for k, d in values.items() if k in base]) if label != "input" else None
             verdict_text = paired_text(stats, 4) if stats else ""
             print(f"| {name} | {label} | {np.mean(list(values.values())):.4f} | {verdict_text} |")
+
+
+def print_bands(report: dict, folder: Path, set_name: str = "severe") -> None:
+    """Each method's severe-set change split at the information scale and at ArcFace's limit."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import identity_bands
+
+    if not any(s["name"] == set_name for s in report["sets"]):
+        print(f"\nbands skipped: the report has no {set_name} set")
+        return
+    labels = [r["label"] for r in next(s for s in report["sets"] if s["name"] == set_name)["rows"] if r["kind"] == "method"]
+    print(f"\nWhere the change lies on the {set_name} set (bench/identity_bands.py; paired gain over the input ± s.e., faces won)\n")
+    print("| row | band swap | PSNR gain | identity gain |")
+    print("|---|---|---|---|")
+    for label in labels:
+        for name, gains in identity_bands.band_scores(report, folder, set_name, label).items():
+            psnr, identity = (paired_stats([g[k] for g in gains]) for k in (0, 1))
+            if psnr is not None and identity is not None:
+                print(f"| {label} | {name} | {paired_text(psnr, 2)} | {paired_text(identity, 4)} |")
 
 
 if __name__ == "__main__":
