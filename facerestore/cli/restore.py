@@ -110,6 +110,6 @@ def restore_command(
     elif not quiet:
         err.print(f"{len(results) + len(missing) - failed} of {len(results) + len(missing)} images restored, {total_faces} faces -> {output}", markup=False)
         tip = cpu_bf16_tip(dev, precision, method)
-        if tip and results:
+        if tip and total_faces:  # a speed tip after no face was restored says nothing
             err.print(tip, markup=False)
     raise typer.Exit(1 if failed else 0)
