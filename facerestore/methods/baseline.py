@@ -24,7 +24,7 @@ from facerestore.weights.store import resolve_explicit
 INFO = MethodInfo(
     name="baseline",
     summary="facerestore's own small one-step UNet (L1 on IDM eq. 11 degradations); ships with the package, fast on CPU",
-    paper="none: the offline default until facerestore's IDM model ships (docs/baseline-model.md)",
+    paper="none: the offline default while the bundled idm model still loses identity on severe damage (docs/baseline-model.md, docs/idm-model.md)",
     license="MIT code; weights trained on FFHQ (CC BY-NC-SA 4.0 data)",
     commercial_use=False,
 )
