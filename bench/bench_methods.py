@@ -182,7 +182,7 @@ def settings_for(name: str, quick: bool, difface_steps: list[int]) -> list[Setti
         return [Setting(f"{p} (N={n}, tau={t})", {"dr2_preset": p}, DR2Setting(n, t).calls) for p, (n, t) in PRESETS.items()]
     info = registry.method_info(name)
     if "steps" in info.knobs:  # another diffusion method (idm): its default, or two short runs
-        return [Setting("default steps", {}, None)] if not quick else [Setting(f"{s} steps", {"steps": s}, s) for s in (1, 2)]
+        return [Setting("default steps", {}, default_calls(name))] if not quick else [Setting(f"{s} steps", {"steps": s}, s) for s in (1, 2)]
     return [Setting("1 pass", {}, 1)]
 
 
@@ -196,6 +196,10 @@ def default_calls(name: str) -> int | None:
         from facerestore.methods.dr2 import DEFAULT_PRESET, PRESETS, DR2Setting
 
         return DR2Setting(*PRESETS[DEFAULT_PRESET]).calls
+    if name == "idm":
+        from facerestore.methods.idm import DEFAULT_STEPS
+
+        return DEFAULT_STEPS
     return None
 
 
