@@ -53,6 +53,55 @@ def test_small_images_are_enlarged_for_detection_only():
     assert face.landmarks[0, 0] == pytest.approx(cx, abs=1e-3)
 
 
+def test_detection_scales():
+    assert detect.detection_scales(320, 320) == (detect.DetectionScale(2.0),)  # enlarged, one scale
+    assert detect.detection_scales(640, 800) == (detect.DetectionScale(1.0),)
+    assert detect.detection_scales(900, 1200) == (detect.DetectionScale(1.0),)  # 640/900: too close for a second scale
+    fine, coarse = detect.detection_scales(3024, 4032)  # a phone photo: long side to 2048, and short side to 640
+    assert fine.factor == pytest.approx(2048 / 4032) and coarse.factor == pytest.approx(640 / 3024)
+    assert fine.largest == pytest.approx(448 * 4032 / 2048) and coarse.smallest == pytest.approx(fine.largest / 2)
+    assert fine.smallest == 0 and coarse.largest == np.inf
+
+
+class SizedHeads(FakeHeads):
+    """One face centred at a fraction of the image, on the prior of a chosen size at every scale."""
+
+    def __init__(self, relative_centre: tuple[float, float], prior_size: int) -> None:
+        offsets = np.zeros((5, 2), np.float32)
+        offsets[1, 0] = 3.0  # eyes apart
+        super().__init__((0.0, 0.0), offsets)
+        self.relative_centre, self.prior_size = relative_centre, prior_size
+
+    def __call__(self, batch: np.ndarray):
+        _, _, height, width = batch.shape
+        priors = detect._priors(height, width)
+        n = len(priors)
+        loc, landmarks = np.zeros((1, n, 4), np.float32), np.zeros((1, n, 10), np.float32)
+        conf = np.tile(np.array([[1.0, 0.0]], np.float32), (1, n, 1))
+        cx, cy = self.relative_centre
+        index = int(np.argmin((priors[:, 0] - cx) ** 2 + (priors[:, 1] - cy) ** 2 + (priors[:, 2] - self.prior_size / width) ** 2))
+        conf[0, index] = (0.01, 0.99)
+        landmarks[0, index] = self.offsets.ravel()
+        return loc, conf, landmarks
+
+
+def test_a_face_too_big_for_the_fine_scale_comes_from_the_coarse_one():
+    image = np.zeros((3024, 4032, 3), np.float32)
+    fine, coarse = detect.detection_scales(3024, 4032)
+    (big,) = detect_faces(image, SizedHeads((0.5, 0.5), 512))  # 512 px at both scales: ~1000 px fine, ~2400 coarse
+    width = big.box[2] - big.box[0]
+    assert width == pytest.approx(512 / coarse.factor, rel=1e-3)
+    (small,) = detect_faces(image, SizedHeads((0.5, 0.5), 64))  # ~126 px fine (kept), ~302 px coarse (too small for it)
+    assert small.box[2] - small.box[0] == pytest.approx(64 / fine.factor, rel=1e-3)
+
+
+def test_parts_inside_a_much_larger_face_are_dropped():
+    boxes = np.array([[0, 0, 1000, 1000], [400, 400, 600, 600], [900, 900, 1100, 1100], [2000, 0, 2100, 100]], np.float64)
+    # the second lies inside the first (a part); the third is only a quarter inside; the fourth is elsewhere
+    assert detect._parts(boxes, [0, 1, 2, 3]) == {1}
+    assert detect._parts(boxes, [1, 2, 3]) == set()  # without the big face nothing is a part
+
+
 def test_threshold_and_eye_distance_filter():
     heads = FakeHeads((400.0, 300.0), np.zeros((5, 2), np.float32))  # all landmarks on one point
     image = np.zeros((640, 800, 3), np.float32)
@@ -116,3 +165,14 @@ def test_real_photos_face_counts(shared_data, shared_weights, monkeypatch):
     assert isinstance(detector, detect.TorchRetinaFace)
     counts = {name: len(detect_faces(read_image(shared_data / "photos" / "degraded" / name).rgb, detector)) for name in ("Blake_Lively.jpg", "00.jpg")}
     assert counts == {"Blake_Lively.jpg": 2, "00.jpg": 4}
+
+
+def test_phone_selfies_give_their_one_big_face(shared_data, shared_weights, monkeypatch):
+    """At full size these 12 MP faces (over 1000 px) are missed and their noses, mouths and hands are
+    found instead; the coarse scale finds each face, and the fine one finds nothing else."""
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared_weights))
+    detector = load_detector("auto")
+    for name in ("20200320.101220.jpg", "2020-12-10 175750.jpg", "2021-03-10 160843(29).jpg"):
+        faces = detect_faces(read_image(shared_data / "photos" / "large" / name).rgb, detector)
+        assert len(faces) == 1, (name, [f.box for f in faces])
+        assert faces[0].box[2] - faces[0].box[0] > 1000 and faces[0].score > 0.99

@@ -17,6 +17,11 @@ Choices where the references disagree (ANCHORS.md 1.6), and why:
 - eye-distance filter on the real eye landmarks (the forks' 6-9 index bug is not reproduced).
 - small inputs are enlarged for detection only (short side to 640, as DifFace's fork), never in
   the output: the photo keeps its size unless the user asks for --upscale.
+- large inputs are searched at two scales: the photo (shrunk to a long side of 2048 at most) for
+  small faces, and the photo shrunk to a short side of 640 (CodeFormer's one scale) for faces too
+  big for the anchors (the largest is 512 px). At full size a phone selfie's face is missed and
+  its nose and mouth, or a hand, come back as small faces instead. A detection lying mostly inside
+  a much larger one is dropped as a part of that face.
 """
 
 from __future__ import annotations
@@ -36,7 +41,12 @@ BGR_MEAN = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 PRIOR_STEPS = (8, 16, 32)
 PRIOR_SIZES = ((16, 32), (64, 128), (256, 512))
 VARIANCE = (0.1, 0.2)
-DETECTION_MIN_SHORT_SIDE = 640
+DETECTION_MIN_SHORT_SIDE = 640  # smaller photos are enlarged to this for detection
+DETECTION_MAX_LONG_SIDE = 2048  # larger photos are shrunk to this for the fine scale
+COARSE_SCALE_FROM = 1.5  # a second, coarse scale (short side 640) once the fine one is this much larger
+FINE_MAX_FACE = 448  # with two scales, the fine one keeps faces up to this size (its pixels), the coarse one from half that
+PART_INSIDE = 0.6  # a box with this share of its area inside a box of PART_AREA times its area is a part
+PART_AREA = 4.0
 
 DETECTORS = {
     "auto": "the best detector whose weights are present (resnet50, then mobile0.25), else the bundled one; never downloads",
@@ -175,6 +185,68 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
     return keep
 
 
+@dataclass(frozen=True)
+class DetectionScale:
+    """The photo resized by `factor`, trusted for faces whose box side (photo pixels) is in [smallest, largest]."""
+
+    factor: float
+    smallest: float = 0.0
+    largest: float = math.inf
+
+
+def detection_scales(height: int, width: int) -> tuple[DetectionScale, ...]:
+    """The fine scale, and for large photos a coarse one that takes the faces too big for the fine one.
+
+    A face well above the largest anchor (512) is not found at the fine scale; parts of it are, as
+    small faces. So with two scales the fine one keeps faces up to FINE_MAX_FACE of its pixels and
+    the coarse one from half that size (the overlap goes to NMS)."""
+    short, long = min(height, width), max(height, width)
+    fine = DETECTION_MIN_SHORT_SIDE / short if short < DETECTION_MIN_SHORT_SIDE else min(1.0, DETECTION_MAX_LONG_SIDE / long)
+    coarse = DETECTION_MIN_SHORT_SIDE / short
+    if fine < COARSE_SCALE_FROM * coarse:
+        return (DetectionScale(fine),)
+    limit = FINE_MAX_FACE / fine
+    return DetectionScale(fine, largest=limit), DetectionScale(coarse, smallest=limit / 2)
+
+
+def _detect_at(image: np.ndarray, detector: RetinaFaceHeads, scale: DetectionScale, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes, scores, landmarks) above `threshold` and within the scale's face sizes, in photo pixels."""
+    height, width = image.shape[:2]
+    factor = scale.factor
+    if factor == 1.0:
+        work = image
+    else:
+        size = (round(width * factor), round(height * factor))
+        work = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA)
+    work_h, work_w = work.shape[:2]
+    bgr = np.ascontiguousarray(work[..., ::-1], dtype=np.float32) * 255.0 - BGR_MEAN
+    loc, conf, landmarks = detector(np.ascontiguousarray(bgr.transpose(2, 0, 1)[None]))
+    scores = conf[0, :, 1]
+    selected = scores > threshold
+    priors = _priors(work_h, work_w)[selected]
+    boxes, points = _decode(loc[0][selected], landmarks[0][selected], priors, work_w, work_h)
+    boxes, points = boxes / factor, points / factor
+    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    inside = (side >= scale.smallest) & (side <= scale.largest)
+    return boxes[inside], scores[selected][inside], points[inside]
+
+
+def _parts(boxes: np.ndarray, keep: list[int]) -> set[int]:
+    """The kept boxes lying mostly inside a much larger kept box: parts of a face too big for the fine scale."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1) * (y2 - y1)
+    parts = set()
+    for i in keep:
+        for j in keep:
+            if areas[j] >= PART_AREA * areas[i]:
+                w = max(0.0, min(x2[i], x2[j]) - max(x1[i], x1[j]))
+                h = max(0.0, min(y2[i], y2[j]) - max(y1[i], y1[j]))
+                if w * h >= PART_INSIDE * areas[i]:
+                    parts.add(i)
+                    break
+    return parts
+
+
 def detect_faces(
     image: np.ndarray,
     detector: RetinaFaceHeads,
@@ -184,28 +256,16 @@ def detect_faces(
     min_eye_distance: float = 5.0,
 ) -> tuple[DetectedFace, ...]:
     """Detect faces in an RGB float [0,1] image; returns them by descending score."""
-    height, width = image.shape[:2]
-    scale = max(1.0, DETECTION_MIN_SHORT_SIDE / min(height, width))
-    work = image if scale == 1.0 else cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
-    work_h, work_w = work.shape[:2]
-    bgr = np.ascontiguousarray(work[..., ::-1], dtype=np.float32) * 255.0 - BGR_MEAN
-    batch = bgr.transpose(2, 0, 1)[None]
-    loc, conf, landmarks = detector(np.ascontiguousarray(batch))
-    scores = conf[0, :, 1]
-    selected = scores > threshold
-    if not selected.any():
+    found = [_detect_at(image, detector, scale, threshold) for scale in detection_scales(*image.shape[:2])]
+    boxes, scores, points = (np.concatenate(parts) for parts in zip(*found))
+    if not len(scores):
         return ()
-    priors = _priors(work_h, work_w)[selected]
-    boxes, points = _decode(loc[0][selected], landmarks[0][selected], priors, work_w, work_h)
-    scores = scores[selected]
+    keep = _nms(boxes, scores, nms_threshold)
+    parts = _parts(boxes, keep)
     faces = []
-    for i in _nms(boxes, scores, nms_threshold):
-        face = DetectedFace(
-            box=tuple(float(v) for v in boxes[i] / scale),  # type: ignore[arg-type]
-            score=float(scores[i]),
-            landmarks=(points[i] / scale).astype(np.float64),
-        )
-        if face.eye_distance >= min_eye_distance:
+    for i in keep:
+        face = DetectedFace(box=tuple(float(v) for v in boxes[i]), score=float(scores[i]), landmarks=points[i].astype(np.float64))  # type: ignore[arg-type]
+        if i not in parts and face.eye_distance >= min_eye_distance:
             faces.append(face)
     return tuple(faces)
 
