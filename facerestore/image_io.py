@@ -66,13 +66,23 @@ def is_image_path(path: Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _quantize(x: np.ndarray, top: float, dtype: type) -> np.ndarray:
+    """Float [0, 1] -> integers 0..top, rounded; NaN becomes 0. One scratch array, the rest in place
+    (a 50 MP photo is 600 MB per float32 temporary)."""
+    scaled = np.multiply(x, top)
+    np.nan_to_num(scaled, copy=False, nan=0.0)
+    np.clip(scaled, 0.0, top, out=scaled)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(dtype)
+
+
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
     """Float [0, 1] -> uint8, rounding (not truncating) so a round trip is exact; NaN becomes 0."""
-    return np.round(np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return _quantize(rgb, 255.0, np.uint8)
 
 
 def _to_uint16(x: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0) * 65535.0).astype(np.uint16)
+    return _quantize(x, 65535.0, np.uint16)
 
 
 def _megapixels(n: int) -> str:

@@ -183,8 +183,10 @@ def restore_picture(
         clock = time.perf_counter()
     height, width = picture.rgb.shape[:2]
     size = (round(width * options.upscale), round(height * options.upscale))
-    background = picture.rgb if options.upscale == 1 else cv2.resize(picture.rgb, size, interpolation=cv2.INTER_LANCZOS4)
-    photo = paste_faces(np.clip(background, 0, 1), [(r, f.inverse) for r, f in zip(restored, faces)], upscale=options.upscale, masks=masks)
+    # one photo-sized array, clipped (Lanczos overshoots) and pasted into in place
+    background = np.array(picture.rgb, dtype=np.float32) if options.upscale == 1 else cv2.resize(picture.rgb, size, interpolation=cv2.INTER_LANCZOS4)
+    np.clip(background, 0, 1, out=background)
+    photo = paste_faces(background, [(r, f.inverse) for r, f in zip(restored, faces)], upscale=options.upscale, masks=masks, out=background)
     timings["paste"] = time.perf_counter() - clock
     return photo, faces, restored, timings
 

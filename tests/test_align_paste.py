@@ -66,6 +66,21 @@ def test_paste_is_pure_and_outside_untouched():
     np.testing.assert_array_equal(once[:60], image[:60])  # far from the face: bit-exact
 
 
+def test_paste_into_out_equals_the_pure_paste():
+    image = smooth_image(300, 300)
+    face = align_face(image, FFHQ_TEMPLATE_512 * 0.3 + [80.0, 80.0])
+    restored = np.full_like(face.crop, 0.25)
+    pure = paste_faces(image, [(restored, face.inverse)])
+    into = image.copy()
+    assert paste_faces(into, [(restored, face.inverse)], out=into) is into  # blended in place, no copy
+    np.testing.assert_array_equal(into, pure)
+    elsewhere = np.zeros_like(image)
+    np.testing.assert_array_equal(paste_faces(image, [(restored, face.inverse)], out=elsewhere), pure)
+    assert np.array_equal(image, smooth_image(300, 300))
+    centre = tuple(np.round(face.inverse @ [256.0, 256.0, 1.0]).astype(int))[::-1]
+    assert pure[centre] == pytest.approx([0.25] * 3)  # mask 1 at the crop centre: the restored face
+
+
 def test_mask_has_no_hard_edge():
     mask = soft_face_mask(512)
     assert mask[0].max() == 0.0 and mask[256, 256] == 1.0

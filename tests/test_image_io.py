@@ -225,3 +225,11 @@ def test_list_images_skips_excluded_folders_inside_a_walk_but_not_named_ones(tmp
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.png", "out/keep.png"]
     found, _ = list_images([tmp_path / "cmp"], exclude=exclude)  # named as an input: read
     assert [p.name for p in found] == ["b.png"]
+
+
+def test_quantizing_rounds_clips_and_zeroes_nan():
+    values = np.array([np.nan, -np.inf, -0.2, 0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, 1.3, np.inf], np.float32)
+    assert to_uint8(values).tolist() == [0, 0, 0, 0, 0, 2, 128, 255, 255, 255]  # halves to even, as np.round
+    assert image_io._to_uint16(values).tolist() == [0, 0, 0, 0, 128, 386, 32768, 65535, 65535, 65535]
+    levels = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(to_uint8(levels.astype(np.float32) / 255), levels)  # exact round trip
