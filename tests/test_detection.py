@@ -11,10 +11,11 @@ from facerestore.image_io import read_image
 
 
 class FakeHeads:
-    """Heads that put one confident face on the prior nearest a chosen centre."""
+    """Heads that put one confident face on the prior nearest a chosen centre (pixels of the detection
+    image, or fractions of it with `relative`) and size (pixels of the detection image)."""
 
-    def __init__(self, centre: tuple[float, float], landmark_offsets: np.ndarray) -> None:
-        self.centre, self.offsets = centre, landmark_offsets
+    def __init__(self, centre: tuple[float, float], landmark_offsets: np.ndarray, prior_size: int = 64, relative: bool = False) -> None:
+        self.centre, self.offsets, self.prior_size, self.relative = centre, landmark_offsets, prior_size, relative
 
     def __call__(self, batch: np.ndarray):
         _, _, height, width = batch.shape
@@ -22,8 +23,8 @@ class FakeHeads:
         n = len(priors)
         loc, landmarks = np.zeros((1, n, 4), np.float32), np.zeros((1, n, 10), np.float32)
         conf = np.tile(np.array([[1.0, 0.0]], np.float32), (1, n, 1))
-        cx, cy = self.centre[0] / width, self.centre[1] / height
-        index = int(np.argmin((priors[:, 0] - cx) ** 2 + (priors[:, 1] - cy) ** 2 + (priors[:, 2] - 64 / width) ** 2))
+        cx, cy = self.centre if self.relative else (self.centre[0] / width, self.centre[1] / height)
+        index = int(np.argmin((priors[:, 0] - cx) ** 2 + (priors[:, 1] - cy) ** 2 + (priors[:, 2] - self.prior_size / width) ** 2))
         conf[0, index] = (0.01, 0.99)
         landmarks[0, index] = self.offsets.ravel()
         self.prior = priors[index]
@@ -63,35 +64,19 @@ def test_detection_scales():
     assert fine.smallest == 0 and coarse.largest == np.inf
 
 
-class SizedHeads(FakeHeads):
-    """One face centred at a fraction of the image, on the prior of a chosen size at every scale."""
-
-    def __init__(self, relative_centre: tuple[float, float], prior_size: int) -> None:
-        offsets = np.zeros((5, 2), np.float32)
-        offsets[1, 0] = 3.0  # eyes apart
-        super().__init__((0.0, 0.0), offsets)
-        self.relative_centre, self.prior_size = relative_centre, prior_size
-
-    def __call__(self, batch: np.ndarray):
-        _, _, height, width = batch.shape
-        priors = detect._priors(height, width)
-        n = len(priors)
-        loc, landmarks = np.zeros((1, n, 4), np.float32), np.zeros((1, n, 10), np.float32)
-        conf = np.tile(np.array([[1.0, 0.0]], np.float32), (1, n, 1))
-        cx, cy = self.relative_centre
-        index = int(np.argmin((priors[:, 0] - cx) ** 2 + (priors[:, 1] - cy) ** 2 + (priors[:, 2] - self.prior_size / width) ** 2))
-        conf[0, index] = (0.01, 0.99)
-        landmarks[0, index] = self.offsets.ravel()
-        return loc, conf, landmarks
+def sized_heads(prior_size: int) -> FakeHeads:
+    offsets = np.zeros((5, 2), np.float32)
+    offsets[1, 0] = 3.0  # eyes apart
+    return FakeHeads((0.5, 0.5), offsets, prior_size=prior_size, relative=True)
 
 
 def test_a_face_too_big_for_the_fine_scale_comes_from_the_coarse_one():
     image = np.zeros((3024, 4032, 3), np.float32)
     fine, coarse = detect.detection_scales(3024, 4032)
-    (big,) = detect_faces(image, SizedHeads((0.5, 0.5), 512))  # 512 px at both scales: ~1000 px fine, ~2400 coarse
+    (big,) = detect_faces(image, sized_heads(512))  # 512 px at both scales: ~1000 px fine, ~2400 coarse
     width = big.box[2] - big.box[0]
     assert width == pytest.approx(512 / coarse.factor, rel=1e-3)
-    (small,) = detect_faces(image, SizedHeads((0.5, 0.5), 64))  # ~126 px fine (kept), ~302 px coarse (too small for it)
+    (small,) = detect_faces(image, sized_heads(64))  # ~126 px fine (kept), ~302 px coarse (too small for it)
     assert small.box[2] - small.box[0] == pytest.approx(64 / fine.factor, rel=1e-3)
 
 

@@ -233,18 +233,13 @@ def _detect_at(image: np.ndarray, detector: RetinaFaceHeads, scale: DetectionSca
 
 def _parts(boxes: np.ndarray, keep: list[int]) -> set[int]:
     """The kept boxes lying mostly inside a much larger kept box: parts of a face too big for the fine scale."""
-    x1, y1, x2, y2 = boxes.T
+    kept = boxes[keep]
+    x1, y1, x2, y2 = kept.T
     areas = (x2 - x1) * (y2 - y1)
-    parts = set()
-    for i in keep:
-        for j in keep:
-            if areas[j] >= PART_AREA * areas[i]:
-                w = max(0.0, min(x2[i], x2[j]) - max(x1[i], x1[j]))
-                h = max(0.0, min(y2[i], y2[j]) - max(y1[i], y1[j]))
-                if w * h >= PART_INSIDE * areas[i]:
-                    parts.add(i)
-                    break
-    return parts
+    w = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0.0, None)
+    h = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0.0, None)
+    inside = (w * h >= PART_INSIDE * areas[:, None]) & (areas[None] >= PART_AREA * areas[:, None])  # [i, j]: i part of j
+    return {keep[i] for i in np.flatnonzero(inside.any(axis=1))}
 
 
 def detect_faces(
