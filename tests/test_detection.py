@@ -58,10 +58,11 @@ def test_detection_scales():
     assert detect.detection_scales(320, 320) == (detect.DetectionScale(2.0),)  # enlarged, one scale
     assert detect.detection_scales(640, 800) == (detect.DetectionScale(1.0),)
     assert detect.detection_scales(900, 1200) == (detect.DetectionScale(1.0),)  # 640/900: too close for a second scale
-    fine, coarse = detect.detection_scales(3024, 4032)  # a phone photo: long side to 2048, and short side to 640
+    fine, coarse = detect.detection_scales(3024, 4032)  # a phone photo: to 3 MP (2048x1536), and short side to 640
     assert fine.factor == pytest.approx(2048 / 4032) and coarse.factor == pytest.approx(640 / 3024)
-    assert fine.largest == pytest.approx(448 * 4032 / 2048) and coarse.smallest == pytest.approx(fine.largest / 2)
+    assert fine.largest == pytest.approx(320 * 4032 / 2048) and coarse.smallest == pytest.approx(fine.largest / 2)
     assert fine.smallest == 0 and coarse.largest == np.inf
+    assert detect.detection_scales(1000, 8000) == (detect.DetectionScale(0.64),)  # a panorama keeps a short side of 640
 
 
 def sized_heads(prior_size: int) -> FakeHeads:
@@ -73,18 +74,20 @@ def sized_heads(prior_size: int) -> FakeHeads:
 def test_a_face_too_big_for_the_fine_scale_comes_from_the_coarse_one():
     image = np.zeros((3024, 4032, 3), np.float32)
     fine, coarse = detect.detection_scales(3024, 4032)
-    (big,) = detect_faces(image, sized_heads(512))  # 512 px at both scales: ~1000 px fine, ~2400 coarse
+    (big,) = detect_faces(image, sized_heads(512))  # 512 px at both scales: ~1000 px (too big) fine, ~2400 coarse
     width = big.box[2] - big.box[0]
     assert width == pytest.approx(512 / coarse.factor, rel=1e-3)
-    (small,) = detect_faces(image, sized_heads(64))  # ~126 px fine (kept), ~302 px coarse (too small for it)
+    (small,) = detect_faces(image, sized_heads(64))  # ~126 px fine (kept), ~302 px coarse (below its 315)
     assert small.box[2] - small.box[0] == pytest.approx(64 / fine.factor, rel=1e-3)
 
 
 def test_parts_inside_a_much_larger_face_are_dropped():
-    boxes = np.array([[0, 0, 1000, 1000], [400, 400, 600, 600], [900, 900, 1100, 1100], [2000, 0, 2100, 100]], np.float64)
-    # the second lies inside the first (a part); the third is only a quarter inside; the fourth is elsewhere
-    assert detect._parts(boxes, [0, 1, 2, 3]) == {1}
-    assert detect._parts(boxes, [1, 2, 3]) == set()  # without the big face nothing is a part
+    boxes = np.array([[0, 0, 1000, 1000], [400, 400, 600, 600], [900, 900, 1100, 1100], [2000, 0, 2100, 100],
+                      [50, 50, 850, 850]], np.float64)
+    # the second lies inside the first (a part); the third is only a quarter inside; the fourth is elsewhere;
+    # the fifth is inside the first at 64% of its area (not much smaller: kept), and holds the second (a part of it too)
+    assert detect._parts(boxes, [0, 1, 2, 3, 4]) == {1}
+    assert detect._parts(boxes, [1, 2, 3]) == set()  # without a larger face nothing is a part
 
 
 def test_threshold_and_eye_distance_filter():

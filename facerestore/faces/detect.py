@@ -17,11 +17,11 @@ Choices where the references disagree (ANCHORS.md 1.6), and why:
 - eye-distance filter on the real eye landmarks (the forks' 6-9 index bug is not reproduced).
 - small inputs are enlarged for detection only (short side to 640, as DifFace's fork), never in
   the output: the photo keeps its size unless the user asks for --upscale.
-- large inputs are searched at two scales: the photo (shrunk to a long side of 2048 at most) for
+- large inputs are searched at two scales: the photo (shrunk to 3 MP at most, 2048x1536) for
   small faces, and the photo shrunk to a short side of 640 (CodeFormer's one scale) for faces too
   big for the anchors (the largest is 512 px). At full size a phone selfie's face is missed and
   its nose and mouth, or a hand, come back as small faces instead. A detection lying mostly inside
-  a much larger one is dropped as a part of that face.
+  one twice its area is dropped as a part of that face. docs/faces.md has the measurements.
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ PRIOR_STEPS = (8, 16, 32)
 PRIOR_SIZES = ((16, 32), (64, 128), (256, 512))
 VARIANCE = (0.1, 0.2)
 DETECTION_MIN_SHORT_SIDE = 640  # smaller photos are enlarged to this for detection
-DETECTION_MAX_LONG_SIDE = 2048  # larger photos are shrunk to this for the fine scale
+DETECTION_MAX_PIXELS = 2048 * 1536  # larger photos are shrunk to this many pixels for the fine scale (not below a short side of 640)
 COARSE_SCALE_FROM = 1.5  # a second, coarse scale (short side 640) once the fine one is this much larger
-FINE_MAX_FACE = 448  # with two scales, the fine one keeps faces up to this size (its pixels), the coarse one from half that
+FINE_MAX_FACE = 320  # with two scales, the fine one keeps faces up to this size (its pixels), the coarse one from half that
 PART_INSIDE = 0.6  # a box with this share of its area inside a box of PART_AREA times its area is a part
-PART_AREA = 4.0
+PART_AREA = 2.0
 
 DETECTORS = {
     "auto": "the best detector whose weights are present (resnet50, then mobile0.25), else the bundled one; never downloads",
@@ -200,9 +200,8 @@ def detection_scales(height: int, width: int) -> tuple[DetectionScale, ...]:
     A face well above the largest anchor (512) is not found at the fine scale; parts of it are, as
     small faces. So with two scales the fine one keeps faces up to FINE_MAX_FACE of its pixels and
     the coarse one from half that size (the overlap goes to NMS)."""
-    short, long = min(height, width), max(height, width)
-    fine = DETECTION_MIN_SHORT_SIDE / short if short < DETECTION_MIN_SHORT_SIDE else min(1.0, DETECTION_MAX_LONG_SIDE / long)
-    coarse = DETECTION_MIN_SHORT_SIDE / short
+    coarse = DETECTION_MIN_SHORT_SIDE / min(height, width)
+    fine = max(coarse, min(1.0, math.sqrt(DETECTION_MAX_PIXELS / (height * width))))
     if fine < COARSE_SCALE_FROM * coarse:
         return (DetectionScale(fine),)
     limit = FINE_MAX_FACE / fine
@@ -232,7 +231,7 @@ def _detect_at(image: np.ndarray, detector: RetinaFaceHeads, scale: DetectionSca
 
 
 def _parts(boxes: np.ndarray, keep: list[int]) -> set[int]:
-    """The kept boxes lying mostly inside a much larger kept box: parts of a face too big for the fine scale."""
+    """The kept boxes lying mostly inside a kept box at least twice as large: parts of a face too big for the fine scale."""
     kept = boxes[keep]
     x1, y1, x2, y2 = kept.T
     areas = (x2 - x1) * (y2 - y1)
