@@ -31,6 +31,8 @@ from facerestore.image_io import DEFAULT_MAX_PIXELS, Picture, assert_not_input, 
 from facerestore.methods.base import RestorationMethod
 
 FACE_SIZE = 512
+AUTO_UPSCALE = 2.0  # the references' --upscale default (GFPGAN, CodeFormer, DifFace)
+AUTO_UPSCALE_MAX_SIDE = 1500  # above this long side the default is 1 (CodeFormer's web demo)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class RestoreOptions:
     """Everything that shapes the output of one run (method knobs live in MethodOptions)."""
 
     output: Path
-    upscale: float = 2.0
+    upscale: float | None = None  # None: AUTO_UPSCALE, or 1 for photos over AUTO_UPSCALE_MAX_SIDE (scale_for)
     aligned: bool = False
     only_center_face: bool = False
     detection_threshold: float = 0.8
@@ -51,12 +53,19 @@ class RestoreOptions:
     save_faces: bool = True
 
     def __post_init__(self) -> None:
-        if not 1.0 <= self.upscale <= 8.0:
+        if self.upscale is not None and not 1.0 <= self.upscale <= 8.0:
             raise UsageError(f"--upscale must be between 1 and 8, got {self.upscale}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.ext not in ("auto", "png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"):
             raise UsageError(f"--ext {self.ext!r} is not supported", hint="use auto, png, jpg, webp, tif or bmp")
+
+    def scale_for(self, height: int, width: int) -> float:
+        """The output scale of a photo: --upscale, else 2 for photos up to 1500 px and 1 above, as
+        CodeFormer's demo does: enlarging a phone photo fourfold in pixels only makes it heavier."""
+        if self.upscale is not None:
+            return self.upscale
+        return AUTO_UPSCALE if max(height, width) <= AUTO_UPSCALE_MAX_SIDE else 1.0
 
 
 @dataclass
@@ -182,11 +191,12 @@ def restore_picture(
         timings["parse"] = time.perf_counter() - clock
         clock = time.perf_counter()
     height, width = picture.rgb.shape[:2]
-    size = (round(width * options.upscale), round(height * options.upscale))
+    upscale = options.scale_for(height, width)
+    size = (round(width * upscale), round(height * upscale))
     # one photo-sized array, clipped (Lanczos overshoots) and pasted into in place
-    background = np.array(picture.rgb, dtype=np.float32) if options.upscale == 1 else cv2.resize(picture.rgb, size, interpolation=cv2.INTER_LANCZOS4)
+    background = np.array(picture.rgb, dtype=np.float32) if upscale == 1 else cv2.resize(picture.rgb, size, interpolation=cv2.INTER_LANCZOS4)
     np.clip(background, 0, 1, out=background)
-    photo = paste_faces(background, [(r, f.inverse) for r, f in zip(restored, faces)], upscale=options.upscale, masks=masks, out=background)
+    photo = paste_faces(background, [(r, f.inverse) for r, f in zip(restored, faces)], upscale=upscale, masks=masks, out=background)
     timings["paste"] = time.perf_counter() - clock
     return photo, faces, restored, timings
 
@@ -196,7 +206,8 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     result = ImageResult(path=path)
     clock = time.perf_counter()
     picture = read_image(path, max_pixels=options.max_pixels)
-    out_pixels = picture.height * picture.width * (1 if options.aligned else options.upscale**2)
+    upscale = options.scale_for(picture.height, picture.width)
+    out_pixels = picture.height * picture.width * (1 if options.aligned else upscale**2)
     if out_pixels > options.max_pixels:
         raise FaceRestoreError(
             f"{path}: output would be {out_pixels / 1e6:.0f} MP, over the {options.max_pixels / 1e6:.0f} MP limit",
@@ -210,7 +221,7 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     keep = dict(bit_depth=picture.bit_depth, gray=picture.gray)
     if photo is not None:
         alpha = picture.alpha
-        if alpha is not None and options.upscale != 1:
+        if alpha is not None and upscale != 1:
             alpha = cv2.resize(alpha, (photo.shape[1], photo.shape[0]), interpolation=cv2.INTER_LINEAR)
         result.outputs.append(write_image(namer.image(name, path), photo, alpha=alpha, **keep))
     if options.save_faces:
@@ -223,7 +234,7 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     result.seconds["write"] = time.perf_counter() - clock
     if not faces:
         result.status = "no-face"
-        result.error = f"{path}: no face found; the photo was written unchanged (only resized by --upscale)"
+        result.error = f"{path}: no face found; the photo was written unchanged (only resized by --upscale, x{upscale:g})"
     return result
 
 

@@ -74,6 +74,16 @@ def test_no_face_still_writes_the_photo_and_exits_0(tmp_path, tiny_baseline):
     assert out.rgb.shape == (192, 256, 3)
 
 
+def test_a_large_photo_keeps_its_size_unless_upscale_is_given(tmp_path, tiny_baseline):
+    write_image(tmp_path / "in" / "wide.png", smooth(400, 1600))  # no face; long side over 1500
+    sizes = {}
+    for name, extra in (("auto", []), ("two", ["--upscale", "2"])):
+        result = run(tmp_path / "in", "-o", tmp_path / name, "-m", "baseline", "--weights", tiny_baseline, *extra)
+        assert result.exit_code == 0, result.output
+        sizes[name] = read_image(tmp_path / name / "restored_imgs" / "wide.png").rgb.shape[:2]
+    assert sizes == {"auto": (400, 1600), "two": (800, 3200)}
+
+
 def test_bad_inputs_fail_one_line_each_and_the_batch_goes_on(tmp_path, tiny_baseline):
     folder = tmp_path / "in"
     write_image(folder / "good.png", smooth())

@@ -114,3 +114,10 @@ def test_oversized_output_is_refused_before_work(tmp_path):
     source = write_image(tmp_path / "p.png", photo())
     with pytest.raises(Exception, match="over the"):
         run_file(tmp_path, source, Darken(), upscale=4, max_pixels=200 * 440 * 4)
+
+
+def test_default_upscale_is_2_up_to_1500_px_and_1_above(tmp_path):
+    auto = RestoreOptions(output=tmp_path)
+    assert auto.scale_for(1500, 1000) == 2.0 and auto.scale_for(1000, 1500) == 2.0
+    assert auto.scale_for(1501, 20) == 1.0 and auto.scale_for(3024, 4032) == 1.0  # a phone photo keeps its size
+    assert RestoreOptions(output=tmp_path, upscale=3).scale_for(3024, 4032) == 3.0  # an explicit --upscale wins

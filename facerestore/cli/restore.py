@@ -27,7 +27,7 @@ def restore_command(
     dr2_preset: Annotated[Optional[str], typer.Option("--dr2-preset", help="dr2: (N, tau) for mild (4,22), medium (8,35) or severe (16,35) degradation; default medium.", show_default=False)] = None,
     dr2_auto: Annotated[bool, typer.Option("--dr2-auto", help="dr2: try the three presets on each face and keep the one with the best NIQE + low-frequency fidelity score (3x slower; not in the paper).")] = False,
     no_enhancer: Annotated[bool, typer.Option("--no-enhancer", help="dr2: skip the SPARNetHD enhancer and return DR2's degradation-free estimate upsampled to 512.")] = False,
-    upscale: Annotated[float, typer.Option("-s", "--upscale", help="Scale of the output photo: the background is resized, faces are restored at 512 and pasted at this scale.")] = 2.0,
+    upscale: Annotated[Optional[float], typer.Option("-s", "--upscale", help="Scale of the output photo: the background is resized, faces are restored at 512 and pasted at this scale. Default: 2, or 1 for photos over 1500 px on their long side.", show_default=False)] = None,
     aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are already aligned face crops (FFHQ alignment): no detection, no paste-back.")] = False,
     only_center_face: Annotated[bool, typer.Option("--only-center-face", help="Restore only the face nearest the image centre.")] = False,
     detector: Annotated[str, typer.Option("--detector", help="Face detector: auto (best whose weights are present, never downloads), bundled, retinaface_resnet50, retinaface_mobile0.25.")] = "auto",
