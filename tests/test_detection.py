@@ -63,6 +63,8 @@ def test_detection_scales():
     assert fine.largest == pytest.approx(320 * 4032 / 2048) and coarse.smallest == pytest.approx(fine.largest / 2)
     assert fine.smallest == 0 and coarse.largest == np.inf
     assert detect.detection_scales(1000, 8000) == (detect.DetectionScale(0.64),)  # a panorama keeps a short side of 640
+    (strip,) = detect.detection_scales(2, 3000)  # enlarged to 3 MP, not to a short side of 640 (409 MP: killed for memory)
+    assert 2 * 3000 * strip.factor**2 == pytest.approx(2048 * 1536)
 
 
 def sized_heads(prior_size: int) -> FakeHeads:

@@ -42,7 +42,7 @@ PRIOR_STEPS = (8, 16, 32)
 PRIOR_SIZES = ((16, 32), (64, 128), (256, 512))
 VARIANCE = (0.1, 0.2)
 DETECTION_MIN_SHORT_SIDE = 640  # smaller photos are enlarged to this for detection
-DETECTION_MAX_PIXELS = 2048 * 1536  # larger photos are shrunk to this many pixels for the fine scale (not below a short side of 640)
+DETECTION_MAX_PIXELS = 2048 * 1536  # larger photos are shrunk to this many pixels for the fine scale (not below a short side of 640), smaller ones enlarged to no more
 COARSE_SCALE_FROM = 1.5  # a second, coarse scale (short side 640) once the fine one is this much larger
 FINE_MAX_FACE = 320  # with two scales, the fine one keeps faces up to this size (its pixels), the coarse one from half that
 PART_INSIDE = 0.6  # a box with this share of its area inside a box of PART_AREA times its area is a part
@@ -201,7 +201,10 @@ def detection_scales(height: int, width: int) -> tuple[DetectionScale, ...]:
     small faces. So with two scales the fine one keeps faces up to FINE_MAX_FACE of its pixels and
     the coarse one from half that size (the overlap goes to NMS)."""
     coarse = DETECTION_MIN_SHORT_SIDE / min(height, width)
-    fine = max(coarse, min(1.0, math.sqrt(DETECTION_MAX_PIXELS / (height * width))))
+    fit = math.sqrt(DETECTION_MAX_PIXELS / (height * width))  # the factor that gives a 3 MP image
+    if coarse > 1.0:  # enlarge a small photo, but never past 3 MP: a 2x3000 strip would become 409 MP
+        return (DetectionScale(min(coarse, max(1.0, fit))),)
+    fine = max(coarse, min(1.0, fit))
     if fine < COARSE_SCALE_FROM * coarse:
         return (DetectionScale(fine),)
     limit = FINE_MAX_FACE / fine
