@@ -27,7 +27,7 @@ from facerestore.faces.align import AlignedFace, align_face
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
-from facerestore.image_io import DEFAULT_MAX_PIXELS, Picture, assert_not_input, read_image, write_image
+from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, read_image, write_image
 from facerestore.methods.base import RestorationMethod
 
 FACE_SIZE = 512
@@ -137,8 +137,10 @@ class OutputNamer:
 
     def image(self, name: str, source: Path) -> Path:
         ext = source.suffix.lstrip(".").lower() if self.options.ext == "auto" else self.options.ext
+        if f".{ext}" not in IMAGE_EXTENSIONS:  # no extension, or one we read but do not write (GIF): PNG keeps every pixel
+            ext = "png"
         suffix = f"_{self.options.suffix}" if self.options.suffix else ""
-        return self._path("restored_imgs", f"{name}{suffix}", ext or "png")
+        return self._path("restored_imgs", f"{name}{suffix}", ext)
 
     def face(self, folder: str, name: str, index: int | None, suffix: bool = False) -> Path:
         tag = "" if index is None else f"_{index:02d}"

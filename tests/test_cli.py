@@ -84,6 +84,15 @@ def test_a_large_photo_keeps_its_size_unless_upscale_is_given(tmp_path, tiny_bas
     assert sizes == {"auto": (400, 1600), "two": (800, 3200)}
 
 
+def test_a_gif_named_on_the_command_line_is_written_as_png(tmp_path, tiny_baseline):
+    from PIL import Image
+
+    Image.fromarray((smooth() * 255).astype(np.uint8)).save(tmp_path / "old.gif")  # read through Pillow, not writable
+    result = run(tmp_path / "old.gif", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "1")
+    assert result.exit_code == 0, result.output
+    assert read_image(tmp_path / "out" / "restored_imgs" / "old.png").rgb.shape == (96, 128, 3)
+
+
 def test_bad_inputs_fail_one_line_each_and_the_batch_goes_on(tmp_path, tiny_baseline):
     folder = tmp_path / "in"
     write_image(folder / "good.png", smooth())
