@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,13 +242,25 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
 
 
 def output_names(paths: Sequence[Path], roots: Sequence[Path]) -> list[str]:
-    """Name each output after its path relative to the folder it was found in (no collisions)."""
+    """Name each output after its path relative to the folder it was found in, without collisions:
+    names that clash (face.jpg and face.png, or x.jpg from two folders) get their extension, then a
+    number, in input order. Compared case-folded, as on macOS and Windows disks."""
     names = []
     for path in paths:
         root = next((r for r in roots if r.is_dir() and path.is_relative_to(r)), None)
         rel = path.relative_to(root) if root else Path(path.name)
         names.append(rel.with_suffix("").as_posix())
-    return names
+    clashes = Counter(name.casefold() for name in names)
+    unique, used = [], set()
+    for path, name in zip(paths, names):
+        if clashes[name.casefold()] > 1 and path.suffix:
+            name = f"{name}_{path.suffix.lstrip('.').lower()}"
+        candidate, number = name, 2
+        while candidate.casefold() in used:
+            candidate, number = f"{name}_{number}", number + 1
+        used.add(candidate.casefold())
+        unique.append(candidate)
+    return unique
 
 
 def restore_paths(

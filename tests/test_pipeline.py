@@ -121,3 +121,17 @@ def test_default_upscale_is_2_up_to_1500_px_and_1_above(tmp_path):
     assert auto.scale_for(1500, 1000) == 2.0 and auto.scale_for(1000, 1500) == 2.0
     assert auto.scale_for(1501, 20) == 1.0 and auto.scale_for(3024, 4032) == 1.0  # a phone photo keeps its size
     assert RestoreOptions(output=tmp_path, upscale=3).scale_for(3024, 4032) == 3.0  # an explicit --upscale wins
+
+
+def test_output_names_never_clash(tmp_path):
+    from facerestore.pipeline import output_names
+
+    folder, other = tmp_path / "in", tmp_path / "other"
+    paths = [folder / "face.jpg", folder / "face.png", folder / "sub" / "face.jpg", folder / "solo.jpg",
+             other / "solo.jpg", other / "Solo.png"]
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch()
+    names = output_names(paths, [folder, other / "solo.jpg", other / "Solo.png"])
+    # same stem: the extension; the same file name from two places: a number; letter case counts as the same
+    assert names == ["face_jpg", "face_png", "sub/face", "solo_jpg", "solo_jpg_2", "Solo_png"]
