@@ -84,6 +84,18 @@ def test_a_large_photo_keeps_its_size_unless_upscale_is_given(tmp_path, tiny_bas
     assert sizes == {"auto": (400, 1600), "two": (800, 3200)}
 
 
+@pytest.mark.parametrize("command", [["restore", "IN", "-o"], ["clean-dataset", "IN", "--out"], ["degrade", "IN", "--out"],
+                                     ["train", "IN", "--out"], ["finetune", "--unpaired", "IN", "--out"],
+                                     ["finetune", "pseudo-targets", "IN", "--out"]])
+def test_an_output_folder_that_is_a_file_is_a_usage_error_before_any_work(tmp_path, command):
+    write_image(tmp_path / "in" / "face.png", smooth())
+    (tmp_path / "taken").write_text("not a folder")
+    result = run(*[str(tmp_path / "in") if part == "IN" else part for part in command], tmp_path / "taken")
+    assert result.exit_code == 2, result.output
+    assert "taken is a file, not a folder" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
 def test_a_gif_named_on_the_command_line_is_written_as_png(tmp_path, tiny_baseline):
     from PIL import Image
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out
+from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out, output_folder
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import DEFAULT_MAX_PIXELS
 
@@ -57,6 +57,7 @@ def restore_command(
     from facerestore.pipeline import RestoreOptions, Tools, output_folders, restore_paths
 
     try:
+        output_folder(output)
         options = RestoreOptions(
             output=output, upscale=upscale, aligned=aligned, only_center_face=only_center_face,
             detection_threshold=detection_threshold, min_face=min_face, batch_size=batch_size,
