@@ -237,7 +237,8 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     result.seconds["write"] = time.perf_counter() - clock
     if not faces:
         result.status = "no-face"
-        result.error = f"{path}: no face found; the photo was written unchanged (only resized by --upscale, x{upscale:g})"
+        resized = "" if upscale == 1 else f" (only resized x{upscale:g}, --upscale)"
+        result.error = f"{path}: no face found; the photo was written unchanged{resized}"
     return result
 
 
