@@ -16,6 +16,7 @@ class FakeHeads:
 
     def __init__(self, centre: tuple[float, float], landmark_offsets: np.ndarray, prior_size: int = 64, relative: bool = False) -> None:
         self.centre, self.offsets, self.prior_size, self.relative = centre, landmark_offsets, prior_size, relative
+        self.priors: list[np.ndarray] = []
 
     def __call__(self, batch: np.ndarray):
         _, _, height, width = batch.shape
@@ -27,8 +28,13 @@ class FakeHeads:
         index = int(np.argmin((priors[:, 0] - cx) ** 2 + (priors[:, 1] - cy) ** 2 + (priors[:, 2] - self.prior_size / width) ** 2))
         conf[0, index] = (0.01, 0.99)
         landmarks[0, index] = self.offsets.ravel()
-        self.prior = priors[index]
+        self.priors.append(priors[index])
         return loc, conf, landmarks
+
+    @property
+    def prior(self) -> np.ndarray:
+        """The prior used at the fine scale (the first call)."""
+        return self.priors[0]
 
 
 def test_decoder_matches_the_closed_form():
@@ -55,14 +61,16 @@ def test_small_images_are_enlarged_for_detection_only():
 
 
 def test_detection_scales():
-    assert detect.detection_scales(320, 320) == (detect.DetectionScale(2.0),)  # enlarged, one scale
-    assert detect.detection_scales(640, 800) == (detect.DetectionScale(1.0),)
-    assert detect.detection_scales(900, 1200) == (detect.DetectionScale(1.0),)  # 640/900: too close for a second scale
-    fine, coarse = detect.detection_scales(3024, 4032)  # a phone photo: to 3 MP (2048x1536), and short side to 640
-    assert fine.factor == pytest.approx(2048 / 4032) and coarse.factor == pytest.approx(640 / 3024)
-    assert fine.largest == pytest.approx(320 * 4032 / 2048) and coarse.smallest == pytest.approx(fine.largest / 2)
-    assert fine.smallest == 0 and coarse.largest == np.inf
-    assert detect.detection_scales(1000, 8000) == (detect.DetectionScale(0.64),)  # a panorama keeps a short side of 640
+    def scales(height, width):
+        return [(round(s.factor, 4), round(s.smallest, 1), s.largest if s.largest == np.inf else round(s.largest, 1))
+                for s in detect.detection_scales(height, width)]
+
+    # fine: short side to 640 (enlarging) or 3 MP (shrinking, not below 640), faces up to 320 px there;
+    # coarse: short side to 400, faces from half that limit (in photo pixels)
+    assert scales(320, 320) == [(2.0, 0, 160.0), (1.25, 80.0, np.inf)]
+    assert scales(640, 800) == [(1.0, 0, 320.0), (0.625, 160.0, np.inf)]
+    assert scales(3024, 4032) == [(round(2048 / 4032, 4), 0, 630.0), (round(400 / 3024, 4), 315.0, np.inf)]
+    assert scales(1000, 8000) == [(0.64, 0, 500.0), (0.4, 250.0, np.inf)]  # a panorama keeps a short side of 640
     (strip,) = detect.detection_scales(2, 3000)  # enlarged to 3 MP, not to a short side of 640 (409 MP: killed for memory)
     assert 2 * 3000 * strip.factor**2 == pytest.approx(2048 * 1536)
 
@@ -76,11 +84,11 @@ def sized_heads(prior_size: int) -> FakeHeads:
 def test_a_face_too_big_for_the_fine_scale_comes_from_the_coarse_one():
     image = np.zeros((3024, 4032, 3), np.float32)
     fine, coarse = detect.detection_scales(3024, 4032)
-    (big,) = detect_faces(image, sized_heads(512))  # 512 px at both scales: ~1000 px (too big) fine, ~2400 coarse
+    (big,) = detect_faces(image, sized_heads(512))  # 512 px at both scales: ~1000 px (too big) fine, ~3900 coarse
     width = big.box[2] - big.box[0]
     assert width == pytest.approx(512 / coarse.factor, rel=1e-3)
-    (small,) = detect_faces(image, sized_heads(64))  # ~126 px fine (kept), ~302 px coarse (below its 315)
-    assert small.box[2] - small.box[0] == pytest.approx(64 / fine.factor, rel=1e-3)
+    (small,) = detect_faces(image, sized_heads(32))  # ~63 px fine (kept), ~242 px coarse (below its 315)
+    assert small.box[2] - small.box[0] == pytest.approx(32 / fine.factor, rel=1e-3)
 
 
 def test_parts_inside_a_much_larger_face_are_dropped():
@@ -166,3 +174,10 @@ def test_phone_selfies_give_their_one_big_face(shared_data, shared_weights, monk
         faces = detect_faces(read_image(shared_data / "photos" / "large" / name).rgb, detector)
         assert len(faces) == 1, (name, [f.box for f in faces])
         assert faces[0].box[2] - faces[0].box[0] > 1000 and faces[0].score > 0.99
+    # the same child as a tight 724x900 portrait: the face alone, not also its upper half (0.92 before)
+    import cv2
+
+    selfie = read_image(shared_data / "photos" / "large" / "20200320.101220.jpg").rgb[:2300, 450:2300]
+    portrait = cv2.resize(selfie, (724, 900), interpolation=cv2.INTER_AREA)
+    (face,) = detect_faces(portrait, detector)
+    assert face.box[2] - face.box[0] > 500

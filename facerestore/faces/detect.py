@@ -17,11 +17,12 @@ Choices where the references disagree (ANCHORS.md 1.6), and why:
 - eye-distance filter on the real eye landmarks (the forks' 6-9 index bug is not reproduced).
 - small inputs are enlarged for detection only (short side to 640, as DifFace's fork), never in
   the output: the photo keeps its size unless the user asks for --upscale.
-- large inputs are searched at two scales: the photo (shrunk to 3 MP at most, 2048x1536) for
-  small faces, and the photo shrunk to a short side of 640 (CodeFormer's one scale) for faces too
-  big for the anchors (the largest is 512 px). At full size a phone selfie's face is missed and
-  its nose and mouth, or a hand, come back as small faces instead. A detection lying mostly inside
-  one twice its area is dropped as a part of that face. docs/faces.md has the measurements.
+- photos are searched at two scales: the photo (enlarged as above, or shrunk to 3 MP at most) for
+  faces up to 320 px there, and the photo with a short side of 400 for larger ones, which the
+  anchors (the largest is 512 px) cannot hold. At full size a phone selfie's face is missed and its
+  nose and mouth, or a hand, come back as faces instead; a tight 900 px portrait gives its face
+  and its upper half. A detection lying mostly inside one twice its area is dropped as a part of
+  that face. docs/faces.md has the measurements.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ PRIOR_SIZES = ((16, 32), (64, 128), (256, 512))
 VARIANCE = (0.1, 0.2)
 DETECTION_MIN_SHORT_SIDE = 640  # smaller photos are enlarged to this for detection
 DETECTION_MAX_PIXELS = 2048 * 1536  # larger photos are shrunk to this many pixels for the fine scale (not below a short side of 640), smaller ones enlarged to no more
-COARSE_SCALE_FROM = 1.5  # a second, coarse scale (short side 640) once the fine one is this much larger
+DETECTION_COARSE_SHORT_SIDE = 400  # the coarse scale: a face filling the frame fits the largest anchor (512)
+COARSE_SCALE_FROM = 1.5  # the coarse scale is used once the fine one is this much larger
 FINE_MAX_FACE = 320  # with two scales, the fine one keeps faces up to this size (its pixels), the coarse one from half that
 PART_INSIDE = 0.6  # a box with this share of its area inside a box of PART_AREA times its area is a part
 PART_AREA = 2.0
@@ -195,16 +197,20 @@ class DetectionScale:
 
 
 def detection_scales(height: int, width: int) -> tuple[DetectionScale, ...]:
-    """The fine scale, and for large photos a coarse one that takes the faces too big for the fine one.
+    """The fine scale, and a coarse one that takes the faces too big for the fine one.
 
-    A face well above the largest anchor (512) is not found at the fine scale; parts of it are, as
-    small faces. So with two scales the fine one keeps faces up to FINE_MAX_FACE of its pixels and
-    the coarse one from half that size (the overlap goes to NMS)."""
-    coarse = DETECTION_MIN_SHORT_SIDE / min(height, width)
+    The fine scale enlarges a small photo to a short side of 640 (DifFace) and shrinks a large one
+    to 3 MP, never below that short side, nor past 3 MP when enlarging. A face far above the largest
+    anchor (512) is not found there, but parts of it are, as faces (a selfie's eyes and forehead, a
+    hand on a cheek). So the fine scale keeps faces up to FINE_MAX_FACE of its pixels, and a coarse
+    scale that brings the short side to 400 px, where a face filling the frame fits the anchors,
+    keeps them from half that size (the overlap goes to NMS)."""
+    short = min(height, width)
+    enlarge = DETECTION_MIN_SHORT_SIDE / short
     fit = math.sqrt(DETECTION_MAX_PIXELS / (height * width))  # the factor that gives a 3 MP image
-    if coarse > 1.0:  # enlarge a small photo, but never past 3 MP: a 2x3000 strip would become 409 MP
-        return (DetectionScale(min(coarse, max(1.0, fit))),)
-    fine = max(coarse, min(1.0, fit))
+    # a 2x3000 strip enlarged to a short side of 640 would be 409 MP
+    fine = min(enlarge, max(1.0, fit)) if enlarge > 1.0 else max(enlarge, min(1.0, fit))
+    coarse = DETECTION_COARSE_SHORT_SIDE / short
     if fine < COARSE_SCALE_FROM * coarse:
         return (DetectionScale(fine),)
     limit = FINE_MAX_FACE / fine
