@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from facerestore.errors import BadImage
+from facerestore.errors import BadImage, UsageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -351,6 +351,13 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = ()) -> tuple[l
         else:
             problems.append((item, "does not exist"))
     return found, problems
+
+
+def assert_output_folder(path: Path, option: str = "--out") -> None:
+    """Refuse an output folder that is an existing file, before any work, instead of failing every
+    write (or with a traceback) later."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"{option} {path} is a file, not a folder", hint="pass a new or existing folder")
 
 
 def assert_not_input(path: Path, inputs: set[Path]) -> None:

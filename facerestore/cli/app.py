@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
 import click
@@ -47,13 +46,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-
-
-def output_folder(path: Path, option: str = "--out") -> None:
-    """Refuse an output folder that is an existing file before any work, instead of failing every
-    write (or with a traceback) later."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{option} {path} is a file, not a folder", hint="pass a new or existing folder")
 
 
 def fail(error: FaceRestoreError, debug: bool = False) -> NoReturn:

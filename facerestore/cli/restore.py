@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out, output_folder
+from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import DEFAULT_MAX_PIXELS
+from facerestore.image_io import DEFAULT_MAX_PIXELS, assert_output_folder
 
 
 @app.command("restore", context_settings=CONTEXT)
@@ -57,7 +57,7 @@ def restore_command(
     from facerestore.pipeline import RestoreOptions, Tools, output_folders, restore_paths
 
     try:
-        output_folder(output)
+        assert_output_folder(output)
         options = RestoreOptions(
             output=output, upscale=upscale, aligned=aligned, only_center_face=only_center_face,
             detection_threshold=detection_threshold, min_face=min_face, batch_size=batch_size,

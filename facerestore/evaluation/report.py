@@ -36,7 +36,7 @@ import numpy as np
 from facerestore import __version__
 from facerestore.errors import UsageError
 from facerestore.evaluation.runner import INPUT, EvalResult, SetResult, Summary, finite_or_text
-from facerestore.image_io import write_image
+from facerestore.image_io import assert_output_folder, write_image
 from facerestore.metrics import METRICS, MetricResult
 
 GENERATOR = "facerestore evaluate"
@@ -65,9 +65,8 @@ def prepare_output(out: Path, inputs: Sequence[Path | None] = ()) -> Path:
         resolved = Path(source).resolve()
         if target == resolved or resolved in target.parents or target in resolved.parents:
             raise UsageError(f"--out {out} overlaps the input {source}", hint="write the report to a folder outside the inputs (e.g. --out report)")
+    assert_output_folder(out)
     if out.exists():
-        if not out.is_dir():
-            raise UsageError(f"--out {out} is a file, not a folder")
         if any(out.iterdir()) and not _is_report(out):
             raise UsageError(f"--out {out} exists and is not a facerestore evaluation report; refusing to replace it", hint="choose a new or empty folder")
     try:
