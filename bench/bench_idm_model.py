@@ -133,8 +133,7 @@ def main() -> None:
 
 def print_second_opinion(report: dict, folder: Path) -> None:
     """The identity verdicts again with dlib's recogniser, which training never sees."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import second_identity
+    import second_identity  # beside this script, which is sys.path[0]
 
     why = second_identity.unavailable()
     if why:
@@ -156,13 +155,13 @@ def print_second_opinion(report: dict, folder: Path) -> None:
 
 def print_bands(report: dict, folder: Path, set_name: str = "severe") -> None:
     """Each method's severe-set change split at the information scale and at ArcFace's limit."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import identity_bands
+    import identity_bands  # beside this script, which is sys.path[0]
 
-    if not any(s["name"] == set_name for s in report["sets"]):
+    chosen = next((s for s in report["sets"] if s["name"] == set_name), None)
+    if chosen is None:
         print(f"\nbands skipped: the report has no {set_name} set")
         return
-    labels = [r["label"] for r in next(s for s in report["sets"] if s["name"] == set_name)["rows"] if r["kind"] == "method"]
+    labels = [r["label"] for r in chosen["rows"] if r["kind"] == "method"]
     print(f"\nWhere the change lies on the {set_name} set (bench/identity_bands.py; paired gain over the input ± s.e., faces won)\n")
     print("| row | band swap | PSNR gain | identity gain |")
     print("|---|---|---|---|")
