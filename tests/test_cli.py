@@ -96,6 +96,34 @@ def test_an_output_folder_that_is_a_file_is_a_usage_error_before_any_work(tmp_pa
     assert (tmp_path / "taken").read_text() == "not a folder"
 
 
+def _library_entry_points():
+    from facerestore.training.clean_dataset import CleanOptions, clean_dataset
+    from facerestore.training.degrade_files import degrade_tree
+    from facerestore.training.finetune.pseudo_targets import PseudoTargetOptions, generate_pseudo_targets
+    from facerestore.training.finetune.run import resolve_config as finetune_config
+    from facerestore.training.trainer import resolve_config as train_config
+
+    return {
+        "clean_dataset": lambda src, out: clean_dataset(CleanOptions(src=src, out=out, method="baseline", device="cpu")),
+        "degrade_tree": lambda src, out: degrade_tree(src, out),
+        "train": lambda src, out: train_config(out, resume=False, data=[src]),
+        "finetune": lambda src, out: finetune_config(out, resume=False, lq=src),
+        "pseudo_targets": lambda src, out: generate_pseudo_targets(PseudoTargetOptions(lq=src, out=out, device="cpu")),
+    }
+
+
+@pytest.mark.parametrize("entry", ["clean_dataset", "degrade_tree", "train", "finetune", "pseudo_targets"])
+def test_library_entry_points_refuse_an_output_folder_that_is_a_file(tmp_path, entry):
+    """Python callers get the CLI's usage error, not a traceback from deep inside a run."""
+    from facerestore.errors import UsageError
+
+    write_image(tmp_path / "in" / "face.png", smooth())
+    (tmp_path / "taken").write_text("not a folder")
+    with pytest.raises(UsageError, match="taken is a file, not a folder"):
+        _library_entry_points()[entry](tmp_path / "in", tmp_path / "taken")
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
 def test_a_gif_named_on_the_command_line_is_written_as_png(tmp_path, tiny_baseline):
     from PIL import Image
 

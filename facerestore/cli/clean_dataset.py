@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out
-from facerestore.image_io import assert_output_folder
 from facerestore.errors import FaceRestoreError
 
 
@@ -61,7 +60,6 @@ def clean_dataset_command(
             progress.console.print(text, markup=False)
 
     try:
-        assert_output_folder(dst)
         options = CleanOptions(src=src, out=dst, method=method, weights=weights, steps=steps, detect=detect, check=check,
                                batch_size=batch_size, seed=seed, device=device, precision=precision, offline=True if offline else None,
                                detector=detector, jpeg_quality=jpeg_quality, limit=limit)

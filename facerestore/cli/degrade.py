@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from facerestore.cli.app import CONTEXT, app, err, fail
-from facerestore.image_io import assert_output_folder
 from facerestore.errors import FaceRestoreError
 
 
@@ -26,7 +25,6 @@ def degrade_command(
     from facerestore.training.degrade_files import degrade_tree
 
     try:
-        assert_output_folder(dst)
         report = degrade_tree(src, dst, preset=preset, seed=seed, ext=ext,
                               on_error=lambda line: err.print(f"error: {line}", markup=False))
     except FaceRestoreError as exc:

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from facerestore.cli.app import CONTEXT, DefaultCommandGroup, app, err, fail, out
-from facerestore.image_io import assert_output_folder
 from facerestore.errors import FaceRestoreError
 
 
@@ -128,7 +127,6 @@ def run_command(
 
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
-        assert_output_folder(run_dir)
         config = resolve_config(
             run_dir, resume=resume, lq=unpaired, base=base, base_weights=base_weights, base_fidelity=base_fidelity, prior_weights=prior_weights,
             k=k, l=l, n=n, size=size, holdout=holdout, real=real, steps=steps, batch_size=batch_size, lr=lr, ema=ema, lpips_weight=lpips_weight,
@@ -196,7 +194,6 @@ def pseudo_targets_command(
     bars = _progress(quiet, main_rank)
     reporter = Reporter(on_stage=bars.stage, on_advance=bars.advance, on_message=bars.message, on_detail=bars.detail)
     try:
-        assert_output_folder(out_dir)
         options = PseudoTargetOptions(lq=lq, out=out_dir, base=BaseSpec(name=base, weights=base_weights, fidelity=base_fidelity), prior_weights=prior_weights,
                                       k=k, l=l, n=n, size=size, batch_size=batch_size, seed=seed, device=device, offline=True if offline else None,
                                       limit=limit)

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from facerestore.cli.app import CONTEXT, app, err, fail, out
-from facerestore.image_io import assert_output_folder
 from facerestore.errors import FaceRestoreError
 
 
@@ -52,7 +51,6 @@ def train_command(
 
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
-        assert_output_folder(run_dir)
         config = resolve_config(
             run_dir, resume=resume, data=data or None, targets=targets or None, size=size, model=model, steps=steps,
             batch_size=batch_size, lr=lr, ema=ema, amp=amp, grad_clip=grad_clip, degradation=degradation,

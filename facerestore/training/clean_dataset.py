@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import Picture, assert_not_input, list_images, read_image, write_image
+from facerestore.image_io import Picture, assert_not_input, assert_output_folder, list_images, read_image, write_image
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings
 from facerestore.training.seeds import stable_seed
@@ -192,6 +192,7 @@ def clean_dataset(
     on_start: Callable[[int], None] | None = None,
 ) -> CleanSummary:
     """Run (or continue) the cleaning described in the module docstring; returns the summary."""
+    assert_output_folder(Path(options.out))
     d = distributed.setup(options.device)
     try:
         return _clean(options, d, on_file, on_message, on_start)

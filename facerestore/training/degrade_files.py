@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import assert_not_input, list_images, read_image, write_image
+from facerestore.image_io import assert_not_input, assert_output_folder, list_images, read_image, write_image
 from facerestore.training.degradations import DegradationParams, apply_degradation, preset as get_preset, sample_params
 from facerestore.training.seeds import numpy_rng
 
@@ -49,6 +49,7 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     if ext not in EXTENSIONS:
         raise UsageError(f"--ext {ext!r} is not supported", hint="use auto, png, jpg, webp, tif or bmp")
     src, dst = Path(src), Path(dst)
+    assert_output_folder(dst)
     paths, problems = list_images([src])
     if not paths:
         reason = problems[0][1] if problems else "no images"

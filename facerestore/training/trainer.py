@@ -48,6 +48,7 @@ from facerestore.diffusion.losses import x0_regression_loss
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.diffusion.denoiser import ConcatCondition
 from facerestore.errors import UsageError
+from facerestore.image_io import assert_output_folder
 from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import IDMUNet, PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, idm_unet_config
 from facerestore.training import distributed
@@ -154,6 +155,7 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
     validation, saving, device and worker options may change.
     """
     out = Path(out)
+    assert_output_folder(out)
     given = {k: v for k, v in given.items() if v is not None}
     for key in ("data", "targets"):
         if key in given:

@@ -71,6 +71,7 @@ from facerestore.diffusion import (
     space_timesteps,
 )
 from facerestore.errors import UsageError
+from facerestore.image_io import assert_output_folder
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings
 from facerestore.training.seeds import stable_seed
@@ -497,6 +498,7 @@ def generate_pseudo_targets(options: PseudoTargetOptions, *, reporter: Reporter 
 
     Under torchrun (or with `dist` given) face i of the sorted list belongs to rank i % WORLD_SIZE.
     """
+    assert_output_folder(Path(options.out))
     own = dist is None
     d = distributed.setup(options.device) if own else dist
     try:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from facerestore.errors import UsageError
+from facerestore.image_io import assert_output_folder
 from facerestore.training import distributed
 from facerestore.training.checkpoints import write_json
 from facerestore.training.finetune.data import Pair
@@ -133,6 +134,7 @@ def _weights_value(value: str | Path | None) -> str | None:
 def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
     """The run's config from the options given (None = not given); `--resume` starts from RUN/config.json."""
     out = Path(out)
+    assert_output_folder(out)
     given = {k: v for k, v in given.items() if v is not None}
     for key in ("lq", "real"):
         if key in given:
