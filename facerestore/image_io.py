@@ -13,6 +13,7 @@ also raises on truncated JPEGs that some OpenCV builds silently fill with gray.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
@@ -85,7 +86,8 @@ def _to_uint16(x: np.ndarray) -> np.ndarray:
     return _quantize(x, 65535.0, np.uint16)
 
 
-def _megapixels(n: int) -> str:
+def megapixels(n: int) -> str:
+    """A pixel count as people read it in a message."""
     return f"{n / 1e6:.3g} MP" if n >= 100_000 else f"{n} pixels"
 
 
@@ -116,6 +118,19 @@ def _read_orientation(img: Image.Image) -> int:
     except Exception:  # a malformed EXIF block must not make the pixels unreadable
         return 1
     return value if 1 <= value <= 8 else 1
+
+
+@functools.cache
+def _tiff_decoders_orient() -> dict[str, bool]:
+    """Whether each decoder already turns a TIFF by its orientation tag (recent Pillow and OpenCV do,
+    older ones did not): probed once on a 2x1 TIFF, so that no version turns a photo twice."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (2, 1)).save(buffer, "TIFF", tiffinfo={_ORIENTATION_TAG: 6})
+    data = buffer.getvalue()
+    probe = Image.open(io.BytesIO(data))
+    probe.load()
+    decoded = _decode_cv2(data)
+    return {"pil": probe.size == (1, 2), "cv2": decoded is not None and decoded.shape[:2] == (2, 1)}
 
 
 def _decode_cv2(data: bytes) -> np.ndarray | None:
@@ -186,18 +201,19 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
         raise not_image from None
     if width * height > max_pixels:
         raise BadImage(
-            f"{path} is {width}x{height} = {_megapixels(width * height)}, "
-            f"over the {_megapixels(max_pixels)} limit",
+            f"{path} is {width}x{height} = {megapixels(width * height)}, "
+            f"over the {megapixels(max_pixels)} limit",
             hint="downscale it or pass --max-pixels",
         )
     orientation = _read_orientation(img)
 
-    arr = None
+    arr, decoder = None, "cv2"
     if img.format in _CV2_FORMATS and img.mode in _CV2_MODES:
         arr = _decode_cv2(data)
         if arr is not None and arr.shape[:2] != (height, width):
             arr = None  # e.g. a multi-page TIFF where OpenCV picked another page
     if arr is None:
+        decoder = "pil"
         try:
             img.load()
             arr = _decode_pil(img)
@@ -205,6 +221,8 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
             raise not_image from None
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise not_image
+    if img.format == "TIFF" and orientation != 1 and _tiff_decoders_orient()[decoder]:
+        orientation = 1  # the decoder has turned it already
 
     arr = _orient(arr, orientation)
     bit_depth = 16 if arr.dtype == np.uint16 else 8

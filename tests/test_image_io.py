@@ -116,6 +116,27 @@ def test_exif_orientation_jpeg(tmp_path, orientation, expect):
     assert np.abs(got.astype(int) - expect(raw)).mean() < 3
 
 
+_EXIF_TURNS = {  # the EXIF spec: how a viewer shows stored pixels a for each orientation tag
+    1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[:, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("mode", ["RGB", "CMYK"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_tiff_orientation_is_applied_once(tmp_path, orientation, mode):
+    """Recent Pillow and OpenCV turn a TIFF by its tag while decoding; it must not be turned again."""
+    raw = (np.random.default_rng(3).random((30, 50, 3)) * 255).astype(np.uint8)
+    src = tmp_path / "o.tif"
+    Image.fromarray(raw).convert(mode).save(src, tiffinfo={0x0112: orientation})
+    stored = np.asarray(Image.fromarray(raw).convert(mode).convert("RGB"))
+    got = to_uint8(read_image(src).rgb)
+    expected = _EXIF_TURNS[orientation](stored)
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected).max() <= 1
+
+
 def test_cmyk_jpeg_and_palette_png(tmp_path):
     raw = _raw()
     Image.fromarray(raw).convert("CMYK").save(tmp_path / "c.jpg", quality=98)
