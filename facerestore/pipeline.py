@@ -12,6 +12,7 @@ inside the input tree does not restore its own earlier results.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections import Counter
@@ -28,7 +29,7 @@ from facerestore.faces.align import AlignedFace, align_face
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
-from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, read_image, write_image
+from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, megapixels, read_image, write_image
 from facerestore.methods.base import RestorationMethod
 
 FACE_SIZE = 512
@@ -60,6 +61,16 @@ class RestoreOptions:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.ext not in ("auto", "png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"):
             raise UsageError(f"--ext {self.ext!r} is not supported", hint="use auto, png, jpg, webp, tif or bmp")
+        if not 0 <= self.seed < 2**63:  # torch and numpy generators take no more
+            raise UsageError(f"--seed must be between 0 and 2^63-1, got {self.seed}")
+        if self.max_pixels < 1:
+            raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+        if not 0.0 <= self.detection_threshold <= 1.0:
+            raise UsageError(f"--detection-threshold is a confidence between 0 and 1, got {self.detection_threshold}")
+        if not self.min_face >= 0:
+            raise UsageError(f"--min-face must be 0 or more pixels, got {self.min_face}")
+        if self.suffix is not None and any(sep in self.suffix for sep in ("/", "\\")):
+            raise UsageError(f"--suffix {self.suffix!r} holds a path separator", hint="use a plain word such as restored")
 
     def scale_for(self, height: int, width: int) -> float:
         """The output scale of a photo: --upscale, else 2 for photos up to 1500 px and 1 above, as
@@ -213,7 +224,7 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     out_pixels = picture.height * picture.width * (1 if options.aligned else upscale**2)
     if out_pixels > options.max_pixels:
         raise FaceRestoreError(
-            f"{path}: output would be {out_pixels / 1e6:.0f} MP, over the {options.max_pixels / 1e6:.0f} MP limit",
+            f"{path}: output would be {megapixels(int(out_pixels))}, over the {megapixels(options.max_pixels)} limit",
             hint="use a smaller --upscale or raise --max-pixels",
         )
     result.seconds["read"] = time.perf_counter() - clock
@@ -248,8 +259,11 @@ def output_names(paths: Sequence[Path], roots: Sequence[Path]) -> list[str]:
     number, in input order. Compared case-folded, as on macOS and Windows disks."""
     names = []
     for path in paths:
-        root = next((r for r in roots if r.is_dir() and path.is_relative_to(r)), None)
-        rel = path.relative_to(root) if root else Path(path.name)
+        # compared as absolute, normalised paths: '../x.png' is not inside '.', and a name must
+        # never climb out of the output folder
+        absolute = Path(os.path.abspath(path))
+        root = next((r for r in roots if r.is_dir() and absolute.is_relative_to(os.path.abspath(r))), None)
+        rel = absolute.relative_to(os.path.abspath(root)) if root else Path(path.name)
         names.append(rel.with_suffix("").as_posix())
     clashes = Counter(name.casefold() for name in names)
     unique, used = [], set()

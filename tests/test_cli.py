@@ -182,6 +182,13 @@ def test_inputs_are_never_overwritten(tmp_path, tiny_baseline):
         (["--fidelity", "2", "--method", "codeformer"], "fidelity"),
         (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
         (["--precision", "half"], "not a precision"),
+        (["--seed", "99999999999999999999"], "--seed must be between 0 and 2^63-1"),
+        (["--seed", "-1"], "--seed must be between 0 and 2^63-1"),
+        (["--max-pixels", "0"], "--max-pixels must be at least 1"),
+        (["--detection-threshold", "-1"], "--detection-threshold is a confidence between 0 and 1"),
+        (["--detection-threshold", "2"], "--detection-threshold is a confidence between 0 and 1"),
+        (["--min-face", "-3"], "--min-face must be 0 or more"),
+        (["--suffix", "../escaped"], "holds a path separator"),
     ],
 )
 def test_usage_errors_exit_2_before_any_work(tmp_path, args, message, tiny_baseline):

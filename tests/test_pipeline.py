@@ -135,3 +135,17 @@ def test_output_names_never_clash(tmp_path):
     names = output_names(paths, [folder, other / "solo.jpg", other / "Solo.png"])
     # same stem: the extension; the same file name from two places: a number; letter case counts as the same
     assert names == ["face_jpg", "face_png", "sub/face", "solo_jpg", "solo_jpg_2", "Solo_png"]
+
+
+def test_output_names_never_climb_out_of_the_output_folder(tmp_path, monkeypatch):
+    """`facerestore . ../x/me.png -o out`: '../x/me.png' is not inside '.', so it is named 'me',
+    not '../x/me' (which wrote beside the output folder and over other files)."""
+    from facerestore.pipeline import output_names
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "work" / "a.jpg").touch()
+    (tmp_path / "x" / "me.png").touch()
+    monkeypatch.chdir(tmp_path / "work")
+    paths = [Path("a.jpg"), Path("../x/me.png"), Path("./sub/../a.jpg")]
+    assert output_names(paths, [Path("."), Path("../x/me.png")]) == ["a_jpg", "me", "a_jpg_2"]
