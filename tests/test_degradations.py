@@ -294,3 +294,16 @@ def test_degrade_command_errors_are_one_line(tree, tmp_path):
     assert bad.exit_code == 2 and "unknown degradation preset" in bad.output
     inside = run("degrade", tree, "--out", tree / "degraded")
     assert inside.exit_code == 2 and "inside" in inside.output
+
+
+def test_degrade_never_writes_one_file_over_another(tree, tmp_path):
+    """x.jpg and x.png under --ext png, or one file degraded into its own folder, would silently
+    replace a file: both are usage errors before anything is written."""
+    write_image(tree / "a.jpg", face_like(48, 48))
+    clash = run("degrade", tree, "--out", tmp_path / "out", "--ext", "png")
+    assert clash.exit_code == 2 and "would both be written as" in clash.output
+    assert not (tmp_path / "out").exists()
+    before = (tree / "a.png").read_bytes()
+    beside = run("degrade", tree / "a.jpg", "--out", tree, "--ext", "png")
+    assert beside.exit_code == 2 and "is the folder of" in beside.output
+    assert (tree / "a.png").read_bytes() == before and not (tree / "degradations.json").exists()

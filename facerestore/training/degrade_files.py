@@ -57,12 +57,20 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     root = src if src.is_dir() else src.parent
     if src.is_dir() and (dst.resolve() == src.resolve() or dst.resolve().is_relative_to(src.resolve())):
         raise UsageError(f"--out {dst} lies inside {src}", hint="write the degraded copies outside the source folder")
+    if not src.is_dir() and dst.resolve() == root.resolve():  # the copy would land among the user's files
+        raise UsageError(f"--out {dst} is the folder of {src}", hint="write the degraded copy to another folder")
+    rels = [path.relative_to(root) for path in paths]
+    targets = [rel if ext == "auto" else rel.with_suffix("." + ext) for rel in rels]
+    first: dict[str, Path] = {}
+    for rel, target in zip(rels, targets):
+        if target.as_posix() in first:
+            raise UsageError(f"{root / first[target.as_posix()]} and {root / rel} would both be written as {dst / target}",
+                             hint="use --ext auto, or rename one of them")
+        first[target.as_posix()] = rel
     inputs = {p.resolve() for p in paths}
     records: list[dict] = []
     failed = 0
-    for path in paths:
-        rel = path.relative_to(root)
-        target = rel if ext == "auto" else rel.with_suffix("." + ext)
+    for path, rel, target in zip(paths, rels, targets):
         try:
             picture = read_image(path)
             rng = numpy_rng(seed, "degrade", rel.as_posix())
