@@ -245,6 +245,25 @@ def test_a_run_is_not_overwritten_and_resume_keeps_the_recipe(faces, tmp_path):
         train(resolve_config(run, resume=True, steps=2), resume=True)
 
 
+def test_a_folder_with_a_config_or_inside_the_data_is_not_a_new_run(faces, tmp_path):
+    """A run stopped before its first checkpoint, a user's own config.json, or the data folder
+    itself: a new run refuses before writing, so nothing of theirs is replaced."""
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": 1}')
+    with pytest.raises(UsageError, match="already holds a config.json"):
+        train(config(faces, mine), unet=MICRO)
+    assert (mine / "config.json").read_text() == '{"my": 1}' and sorted(p.name for p in mine.iterdir()) == ["config.json"]
+    for out in (faces, faces / "run"):
+        with pytest.raises(UsageError, match="lies inside the training data"):
+            train(config(faces, out), unet=MICRO)
+    assert not (faces / "run").exists() and not (faces / "log.jsonl").exists()
+    run = tmp_path / "run"
+    train(config(faces, run, steps=1), unet=MICRO)
+    with pytest.raises(UsageError, match="--init-from"):  # part of the recipe: --resume cannot swap the start
+        resolve_config(run, resume=True, init_from=str(tmp_path / "other"))
+
+
 def test_init_from_starts_from_the_earlier_model(faces, tmp_path):
     first = tmp_path / "first"
     train(config(faces, first, steps=2), unet=MICRO)

@@ -140,7 +140,7 @@ class TrainConfig:
 
 
 RECIPE = ("data", "targets", "size", "model", "batch_size", "lr", "ema", "amp", "grad_clip", "degradation", "noise_levels", "input_perturbation", "flip",
-          "seed")
+          "seed", "init_from")
 
 
 def _absolute(paths) -> tuple[str, ...]:
@@ -281,6 +281,12 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     existing = latest_checkpoint(run)
     if existing is not None and not resume:
         raise UsageError(f"{run} already holds a training run (checkpoint {existing.name})", hint="pass --resume to continue it, or choose another --out")
+    if not resume and (run / "config.json").exists():  # a run stopped before its first checkpoint, or someone's own file
+        raise UsageError(f"{run} already holds a config.json", hint="pass --resume to continue that run, or choose another --out")
+    run_real = run.resolve()
+    for folder in (*config.data, *config.targets):
+        if run_real == Path(folder).resolve() or run_real.is_relative_to(Path(folder).resolve()):
+            raise UsageError(f"--out {run} lies inside the training data {folder}", hint="write the run to a folder outside the data")
     if resume and existing is None and not (run / "config.json").is_file():
         raise UsageError(f"nothing to resume in {run}: no checkpoint and no config.json", hint="start the run without --resume")
 
