@@ -259,3 +259,43 @@ def test_saved_safetensors_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
     assert read_state_dict(path)["w"].tolist() == [1.0, 1.0]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_import_name_never_takes_a_catalogued_checkpoint_file(tiny_file, use_entry, tmp_path):
+    use_entry(entry_for(tiny_file, filename="x.pth"))  # the official 'tiny' is stored as x.pth
+    other = tmp_path / "other.pth"
+    torch.save({"weight": torch.ones(2, 3)}, other)
+    with pytest.raises(UsageError, match="the file of the catalogued checkpoint tiny"):
+        store.import_file(other, name="x")
+    assert not (store.cache_dir() / "x.pth").exists()
+
+
+def test_import_no_verify_cannot_store_a_file_that_fails_the_catalogued_hash(tiny_file, use_entry, tmp_path):
+    use_entry(entry_for(tiny_file))
+    other = tmp_path / "tiny.pth"
+    torch.save({"weight": torch.ones(2, 3)}, other)
+    with pytest.raises(ChecksumMismatch) as info:
+        store.import_file(other, verify=False)
+    assert "register it as your own weights with --name" in info.value.one_line()
+    assert not (store.cache_dir() / "tiny.pth").exists()
+
+
+def test_an_unwritable_cache_is_one_line(tiny_file, use_entry, tmp_path, monkeypatch):
+    use_entry(entry_for(tiny_file))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("FACERESTORE_HOME", str(blocker / "home"))
+    with pytest.raises(WeightsError, match="cannot create the weights cache"):
+        store.import_file(tiny_file)
+
+
+def test_weights_pull_honours_offline_from_the_environment(tiny_file, use_entry):
+    from typer.testing import CliRunner
+
+    from facerestore.cli.app import app, register
+
+    register()
+    use_entry(entry_for(tiny_file))  # FACERESTORE_OFFLINE=1 (conftest): a download would be refused
+    result = CliRunner().invoke(app, ["weights", "pull", "tiny"])
+    assert result.exit_code == 1, result.output
+    assert "offline" in result.output and "Traceback" not in result.output

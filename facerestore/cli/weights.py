@@ -46,7 +46,7 @@ def weights_list() -> None:
 def weights_pull(
     names: Annotated[list[str], typer.Argument(help="Catalogue names (see `facerestore weights list`).")],
 ) -> None:
-    """Download checkpoints into the cache (resumable, sha256-checked, renamed into place when complete)."""
+    """Download checkpoints into the cache (resumable, sha256-checked, renamed into place when complete); FACERESTORE_OFFLINE=1 only checks what is there."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from facerestore.weights.store import resolve
@@ -56,7 +56,7 @@ def weights_pull(
         for name in names:
             task = progress.add_task(name, total=None)
             try:
-                path = resolve(name, offline=False, progress=lambda done, total, task=task: progress.update(task, completed=done, total=total or None))
+                path = resolve(name, progress=lambda done, total, task=task: progress.update(task, completed=done, total=total or None))
                 progress.console.print(f"{name}: {path}", markup=False)
             except FaceRestoreError as exc:
                 failed = True
@@ -80,7 +80,7 @@ def weights_verify() -> None:
 def weights_import(
     file: Annotated[Path, typer.Argument(help="A checkpoint you downloaded by hand (or trained / fine-tuned yourself).")],
     name: Annotated[Optional[str], typer.Option("--name", help="Catalogue name to import it as, or a new name for your own weights.")] = None,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Accept an official file whose sha256 differs from the catalogue's.")] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Replace a file whose sha256 was recorded on first use (entries with no sha256 in the catalogue); a catalogued sha256 is always checked.")] = False,
 ) -> None:
     """Copy a checkpoint into the cache: official files are recognised and checked by sha256."""
     from facerestore.weights.store import import_file

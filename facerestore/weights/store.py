@@ -238,7 +238,7 @@ def _fetch(url: str, part: Path, progress: Progress | None, timeout: float) -> N
 def download(entry: WeightsEntry, *, progress: Progress | None = None, timeout: float = 60.0) -> Path:
     """Download into the cache: `.part` (resumable) -> sha256 check -> atomic rename."""
     target = cache_dir() / entry.filename
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(target.parent)
     part = target.with_name(target.name + ".part")
     errors = []
     for url in entry.urls:
@@ -297,10 +297,10 @@ def import_file(file: Path | str, name: str | None = None, *, verify: bool = Tru
                 hint="register your own weights with `--name NAME`, or rename the file as `facerestore weights list` shows",
             )
     expected = expected_sha256(entry)
-    if verify and expected and digest != expected:
+    if expected and digest != expected and (verify or entry.sha256):  # a catalogued hash is checked at every use
         raise ChecksumMismatch(
             f"{source} has sha256 {digest[:16]}..., but {entry.name} ({entry.filename}) should be {expected}",
-            hint="download the official file again, or pass --no-verify together with --name to register it as your own",
+            hint="download the official file again, or register it as your own weights with --name and a name of your own",
         )
     target = cache_dir() / entry.filename
     _copy_atomic(source, target)
@@ -308,15 +308,31 @@ def import_file(file: Path | str, name: str | None = None, *, verify: bool = Tru
     return target
 
 
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeightsError(f"cannot create the weights cache {folder} ({exc.strerror or exc})",
+                           hint="point FACERESTORE_HOME at a writable folder") from None
+
+
 def _copy_atomic(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(target.parent)
+    if target.is_dir():
+        raise WeightsError(f"cannot write {target}: a folder of that name is in the cache", hint="choose another --name")
     if target.exists() and target.resolve() == source.resolve():
         return
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise WeightsError(f"cannot write into {target.parent} ({exc.strerror or exc})", hint="point FACERESTORE_HOME at a writable folder") from None
     try:
         shutil.copyfile(source, tmp)
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise WeightsError(f"cannot write {target} ({exc.strerror or exc})", hint="free some disk space or point FACERESTORE_HOME elsewhere") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -326,6 +342,10 @@ def _register_local(source: Path, name: str, digest: str) -> Path:
     if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
     target = cache_dir() / f"{name}{source.suffix}"
+    taken = next((e for e in load_catalogue().values() if not e.local and e.filename.casefold() == target.name.casefold()), None)
+    if taken is not None:
+        raise UsageError(f"--name {name!r} would store {source.name} as {target.name}, the file of the catalogued checkpoint {taken.name}",
+                         hint="choose another --name")
     _copy_atomic(source, target)
     registry = local_registry_path()
     lines = registry.read_text(encoding="utf-8").splitlines() if registry.is_file() else []
