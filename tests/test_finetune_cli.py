@@ -97,6 +97,10 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
     one_line_error(run(*tiny_run_args(lq, out, weights, "--size", "32")), 2, "works on 64 px faces", "--size 64")
     one_line_error(run("finetune", "--out", out, "--resume"), 2, "nothing to resume")
     one_line_error(run("finetune", "--out", out), 2, "no input folder given", "--unpaired LQ_DIR")
+    before = sorted(p.name for p in lq.iterdir())
+    for inside in (lq, lq / "run"):
+        one_line_error(run(*tiny_run_args(lq, inside, weights)), 2, "lies inside the input folder")
+    assert sorted(p.name for p in lq.iterdir()) == before  # not even a config.json among the faces
     assert not out.exists()  # nothing was written by any of these
 
     pt_out = tmp_path / "pt"

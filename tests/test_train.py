@@ -258,6 +258,9 @@ def test_a_folder_with_a_config_or_inside_the_data_is_not_a_new_run(faces, tmp_p
         with pytest.raises(UsageError, match="lies inside the training data"):
             train(config(faces, out), unet=MICRO)
     assert not (faces / "run").exists() and not (faces / "log.jsonl").exists()
+    with pytest.raises(UsageError):  # a bad --val stops the run before it writes its config
+        train(config(faces, tmp_path / "badval", val=str(tmp_path / "nosuch")), unet=MICRO)
+    assert not (tmp_path / "badval").exists()
     run = tmp_path / "run"
     train(config(faces, run, steps=1), unet=MICRO)
     with pytest.raises(UsageError, match="--init-from"):  # part of the recipe: --resume cannot swap the start

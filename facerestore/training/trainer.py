@@ -290,6 +290,13 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     if resume and existing is None and not (run / "config.json").is_file():
         raise UsageError(f"nothing to resume in {run}: no checkpoint and no config.json", hint="start the run without --resume")
 
+    # ---- validation first: a bad --val must stop the run before it writes anything
+    val_faces: list[ValFace] = []
+    if config.val and d.main:
+        val_faces = load_val_faces(Path(config.val), config.val_count, config.size, {name: preset(name) for name in config.val_presets}, config.seed)
+        message(f"{len(val_faces)} validation faces from {config.val} ({', '.join(config.val_presets)})")
+    identity = val_identity(config)  # on every rank: a missing file stops them all, not rank 0 alone
+
     # ---- files and architecture
     if resume and (run / "config.json").is_file():
         stored = read_run_config(run)
@@ -361,11 +368,6 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     sampler = StepBatches(start_step=start, steps=config.steps, global_batch=config.batch_size, rank=d.rank, world=d.world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers, pin_memory=d.device.type == "cuda",
                                          prefetch_factor=2 if config.workers else None)
-    val_faces: list[ValFace] = []
-    if config.val and d.main:
-        val_faces = load_val_faces(Path(config.val), config.val_count, config.size, {name: preset(name) for name in config.val_presets}, config.seed)
-        message(f"{len(val_faces)} validation faces from {config.val} ({', '.join(config.val_presets)})")
-    identity = val_identity(config)  # on every rank: a missing file stops them all, not rank 0 alone
 
     result = TrainResult(run=run, step=start, scan=scan_note)
     log = open(run / "log.jsonl", "a") if d.main else None  # noqa: SIM115 - closed in finally

@@ -255,6 +255,9 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
             reporter.message(text)
 
     run = Path(config.out)
+    lq_real, run_real = Path(config.lq).resolve(), run.resolve()
+    if run_real == lq_real or run_real.is_relative_to(lq_real):
+        raise UsageError(f"--out {run} lies inside the input folder {config.lq}", hint="write the run to a folder outside the --unpaired folder")
     plan, base, real = _check_options(config)
     files_path = run / "files.json"
     if resume and files_path.is_file():
