@@ -130,6 +130,14 @@ def test_usage_errors(dataset, tmp_path, model, monkeypatch):
     clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--limit", "1", "--device", "cpu", "-q")
     other = clean(dataset, "--out", out, "--weights", model, "--steps", "3", "--device", "cpu", check_exit=2)
     assert "other settings" in other.output and "steps: 2 -> 3" in other.output
+    retrained = tmp_path / "retrained.safetensors"  # the same file name and size, other weights
+    retrained.write_bytes(Path(model).read_bytes())
+    clean(dataset, "--out", tmp_path / "r", "--weights", retrained, "--steps", "2", "--limit", "1", "--device", "cpu", "-q")
+    data = bytearray(retrained.read_bytes())
+    data[-2] ^= 0x01
+    retrained.write_bytes(bytes(data))
+    mixed = clean(dataset, "--out", tmp_path / "r", "--weights", retrained, "--steps", "2", "--device", "cpu", check_exit=2)
+    assert "other settings" in mixed.output
     assert "inside" in clean(dataset, "--out", dataset / "clean", "--weights", model, check_exit=2).output
     assert "does not exist" in clean(tmp_path / "nowhere", "--out", out, check_exit=2).output
     (tmp_path / "empty").mkdir()
@@ -148,6 +156,7 @@ def test_detect_mode_copies_photos_without_faces_through(tmp_path, tiny_baseline
     out = read_image(tmp_path / "out" / "wall.png").rgb
     assert out.shape == wall.shape and np.abs(out - wall).max() <= 1 / 255 + 1e-6
     assert manifest(tmp_path / "out")[0]["status"] == "no-face"
+    assert s["check"] is None or s["check"]["count"] == s["done"] - s["no_face"]  # a photo copied through is not scored
 
 
 def run_cli(args: list[str], **kw) -> subprocess.Popen:

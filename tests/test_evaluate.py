@@ -262,6 +262,7 @@ def test_restored_folder_with_wrong_sizes_and_names(hq, tmp_path):
     images = {i["key"]: i for i in results(out)["sets"][0]["images"]}
     assert "is 256x256 but the input and reference are 512x512" in images["face0"]["row_errors"]["other"]
     assert "no restored image named face1" in images["face1"]["row_errors"]["other"]
+    assert "is 256x256 but the input" in result.output and "2 failures; report:" in result.output  # -q keeps errors
     unrelated = tmp_path / "unrelated"
     write_image(unrelated / "cat.png", pattern(1))
     refused = run("--hq", hq, "-m", "identity", "--restored", f"other={unrelated}", "-o", tmp_path / "r2")

@@ -81,6 +81,9 @@ def clean_dataset_command(
         if summary.check:
             c = summary.check
             err.print(f"authenticity (PSNR of f(x) vs x over {c['count']} images): mean {c['mean_psnr']:.2f} dB, worst {c['worst_psnr']:.2f} dB ({c['worst_path']})", markup=False)
+        elif check and summary.complete:
+            err.print(f"no authenticity score: the images of {dst} were cleaned without --check, or hold no face; "
+                      "clean into a new folder with --check to measure it", markup=False)
         tip = cpu_bf16_tip(resolve_device(device), precision, method) if summary.done else None
         if tip:
             err.print(tip, markup=False)

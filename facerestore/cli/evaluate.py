@@ -150,6 +150,11 @@ def evaluate_command(
     elif not quiet:
         print_tables(result)
         err.print(f"report: {output / 'index.html'} (also index.md, results.json){f'; {len(failures)} failures' if failures else ''}", markup=False)
+    elif failures:  # -q keeps errors: the exit status alone would not say what failed
+        for what, why in failures[:3]:
+            err.print(f"error: {what}: {why}", markup=False)
+        more = f" ({len(failures) - 3} more listed there)" if len(failures) > 3 else ""
+        err.print(f"{len(failures)} failures; report: {output / 'index.html'}{more}", markup=False)
     raise typer.Exit(1 if failures else 0)
 
 
