@@ -161,8 +161,12 @@ def _decode_pil(img: Image.Image) -> np.ndarray:
         return np.asarray(img).astype(np.uint16)
     elif mode == "I":
         return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+    elif mode == "F":  # float TIFF: 0..1 as scientific tools write it, else 0..65535
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        scale = 65535.0 if values.size and values.max() <= 1.0 else 1.0
+        return np.clip(np.round(values * scale), 0, 65535).astype(np.uint16)
     elif mode not in ("L", "LA", "RGB", "RGBA"):
-        has_alpha = "A" in mode or "transparency" in img.info
+        has_alpha = mode.endswith(("A", "a")) or "transparency" in img.info  # RGBA, LA, RGBa...; not LAB
         img = img.convert("RGBA" if has_alpha else "RGB")
     return np.asarray(img)
 

@@ -254,3 +254,16 @@ def test_quantizing_rounds_clips_and_zeroes_nan():
     assert image_io._to_uint16(values).tolist() == [0, 0, 0, 0, 128, 386, 32768, 65535, 65535, 65535]
     levels = np.arange(256, dtype=np.uint8)
     assert np.array_equal(to_uint8(levels.astype(np.float32) / 255), levels)  # exact round trip
+
+
+def test_lab_tiff_gains_no_alpha_and_float_tiff_keeps_its_values(tmp_path):
+    """'A' in 'LAB' is the a* channel, not alpha; a float TIFF in 0..1 is read as 16-bit gray, not
+    clipped to black."""
+    Image.new("RGB", (30, 20), (200, 100, 50)).convert("LAB").save(tmp_path / "lab.tif")
+    lab = read_image(tmp_path / "lab.tif")
+    assert lab.alpha is None and np.abs(lab.rgb[0, 0] * 255 - (200, 100, 50)).max() <= 2
+    values = np.random.default_rng(0).random((20, 30)).astype(np.float32)
+    Image.fromarray(values, "F").save(tmp_path / "f.tif")
+    picture = read_image(tmp_path / "f.tif")
+    assert picture.gray and picture.bit_depth == 16
+    assert np.abs(picture.rgb[..., 0] - values).max() < 1e-4

@@ -87,6 +87,8 @@ def test_pickled_code_is_never_executed(tmp_path):
     with pytest.raises(UnsupportedCheckpoint, match="evil.pth") as info:
         read_state_dict(bad)
     assert "\n" not in info.value.one_line()
+    assert "weights_only" not in info.value.one_line()  # torch's advice to load unsafely is not passed on
+    assert "the safe unpickler refused it" in info.value.one_line()
     assert not marker.exists()
 
 

@@ -55,12 +55,22 @@ def read_state_dict(path: Path | str) -> StateDict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # pickle errors, truncated zips, objects outside the allow-list
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = _load_failure(exc)
         raise UnsupportedCheckpoint(
             f"{path} cannot be read as a checkpoint ({reason})",
             hint="it may be truncated or hold pickled code; download it again or `facerestore weights verify`",
         ) from None
     return canonical_state_dict(obj, path)
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch's reason, without its advice to retry with weights_only=False (which would run any
+    code pickled into the file)."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        detail = next((line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()), "")
+        return f"the safe unpickler refused it: {detail[:200]}" if detail else "the safe unpickler refused it"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def describe_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> str:
