@@ -185,9 +185,10 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
         raise BadImage(f"{path} cannot be read ({e.strerror or e})", hint="check its permissions") from None
     if not data:
         raise BadImage(f"{path} is empty (0 bytes)", hint="re-copy or re-export the file")
+    known = path.suffix.lower() in IMAGE_EXTENSIONS
     not_image = BadImage(
         f"{path} is not an image file (or is corrupt)",
-        hint=f"use one of {', '.join(IMAGE_EXTENSIONS)} or re-export the file",
+        hint="re-copy or re-export the file" if known else f"use one of {', '.join(IMAGE_EXTENSIONS)} or re-export the file",
     )
 
     try:

@@ -177,7 +177,10 @@ def test_bad_files(tmp_path):
     Image.fromarray(_raw()).save(tmp_path / "full.jpg")
     data = (tmp_path / "full.jpg").read_bytes()
     (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
-    _bad(tmp_path / "half.jpg", "is not an image file")
+    truncated = _bad(tmp_path / "half.jpg", "is not an image file")
+    assert "re-copy or re-export" in truncated.one_line() and "use one of" not in truncated.one_line()  # .jpg is fine already
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    assert "use one of .jpg" in _bad(tmp_path / "notes.txt", "is not an image file").one_line()
     _bad(tmp_path / "missing.png", "does not exist")
 
 
