@@ -59,3 +59,21 @@ def test_validation_of_the_identity_restorer_reports_input_equal_to_output():
 def test_validation_without_an_identity_scorer_reports_psnr_only():
     report = validate(lambda x: x, _faces(1))
     assert all(set(row) == {"input_psnr", "output_psnr"} for row in report.values())
+
+
+def test_a_torn_manifest_line_costs_only_itself(tmp_path):
+    """kill -9 mid-write leaves '{"path": "b.png", "sta' without a newline; the next record must not
+    be glued onto it (that lost it too, and its file was redone)."""
+    import json as json_module
+
+    from facerestore.training.loop import open_manifest
+
+    path = tmp_path / "done-rank0.jsonl"
+    path.write_text('{"path": "a.png", "status": "ok"}\n{"path": "b.png", "sta')
+    with open_manifest(path) as handle:
+        handle.write(json_module.dumps({"path": "c.png", "status": "ok"}) + "\n")
+    with open_manifest(path) as handle:  # an intact file gets no blank line
+        handle.write(json_module.dumps({"path": "d.png", "status": "ok"}) + "\n")
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"path": "a.png", "status": "ok"}' and lines[1] == '{"path": "b.png", "sta'
+    assert [json_module.loads(line)["path"] for line in lines[2:]] == ["c.png", "d.png"]

@@ -42,7 +42,7 @@ import torch
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import Picture, assert_not_input, assert_output_folder, list_images, read_image, write_image
 from facerestore.training import distributed
-from facerestore.training.loop import check_settings
+from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import stable_seed
 from facerestore.weights.store import sha256_file
 
@@ -250,7 +250,7 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     if on_start is not None:
         on_start(len(todo))
     inputs = {p.resolve() for p in paths}
-    manifest = open(state / f"done-rank{d.rank}.jsonl", "a")  # noqa: SIM115 - closed below
+    manifest = open_manifest(state / f"done-rank{d.rank}.jsonl")
     done = failed = no_face = 0
     busy = 0.0
     failures: list[tuple[str, str]] = []

@@ -5,7 +5,8 @@
   exactly after a resume;
 - `StopAtStepEnd`: Ctrl-C / SIGTERM finish the current step, then the loop saves and stops;
 - `truncate_log`: drop JSON-lines log entries beyond the checkpoint being resumed;
-- `check_settings`: a resumable output folder refuses a rerun with other settings.
+- `check_settings`: a resumable output folder refuses a rerun with other settings;
+- `open_manifest`: append to a JSON-lines manifest that a kill may have left torn.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import random
 import signal
 import threading
 from collections.abc import Callable
+from typing import TextIO
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +89,22 @@ def write_json_lines(path: Path, lines: list[str]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in lines))
     tmp.replace(path)
+
+
+def open_manifest(path: Path) -> TextIO:
+    """Open a JSON-lines manifest for appending. A kill -9 mid-write leaves a last line without its
+    newline; the next record starts on a line of its own, so only the torn one is lost (and its file
+    redone), not the record after it too."""
+    path = Path(path)
+    torn = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
+    handle = open(path, "a")  # noqa: SIM115 - the caller closes it
+    if torn:
+        handle.write("\n")
+    return handle
 
 
 def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:

@@ -73,7 +73,7 @@ from facerestore.diffusion import (
 from facerestore.errors import UsageError
 from facerestore.image_io import assert_output_folder
 from facerestore.training import distributed
-from facerestore.training.loop import check_settings
+from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import stable_seed
 
 T = 1000
@@ -551,7 +551,7 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
     done = 0
     if todo:
         reporter.stage("pseudo-targets (diffusion prior)", len(todo))
-        manifest = open(state / f"done-rank{d.rank}.jsonl", "a")  # noqa: SIM115 - closed below
+        manifest = open_manifest(state / f"done-rank{d.rank}.jsonl")
         try:
             for start in range(0, len(todo), options.batch_size):
                 chunk = todo[start : start + options.batch_size]
