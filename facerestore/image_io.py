@@ -371,6 +371,8 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = ()) -> tuple[l
                 add(p)
         elif item.is_file():
             add(item)
+        elif item.exists():  # a pipe, socket or device: reading it could block or never end
+            problems.append((item, "is not a regular file"))
         else:
             problems.append((item, "does not exist"))
     return found, problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -270,3 +271,10 @@ def test_lab_tiff_gains_no_alpha_and_float_tiff_keeps_its_values(tmp_path):
     picture = read_image(tmp_path / "f.tif")
     assert picture.gray and picture.bit_depth == 16
     assert np.abs(picture.rgb[..., 0] - values).max() < 1e-4
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_named_pipe_is_not_a_regular_file_rather_than_missing(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    found, problems = list_images([tmp_path / "pipe.jpg"])
+    assert found == [] and problems == [(tmp_path / "pipe.jpg", "is not a regular file")]
