@@ -385,6 +385,13 @@ def assert_output_folder(path: Path, option: str = "--out") -> None:
         raise UsageError(f"{option} {path} is a file, not a folder", hint="pass a new or existing folder")
 
 
+def assert_outside(out: Path, folder: Path, where: str, hint: str) -> None:
+    """Refuse an output folder at or below an input folder (links and `..` resolved): a rerun would
+    read its own results, and a run's files would land among the user's."""
+    if Path(out).resolve().is_relative_to(Path(folder).resolve()):
+        raise UsageError(f"--out {out} lies inside {where}", hint=hint)
+
+
 def assert_not_input(path: Path, inputs: set[Path]) -> None:
     """Refuse an output path that is one of the inputs (after resolving links and `..`)."""
     target = Path(path).resolve()

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import Picture, assert_not_input, assert_output_folder, list_images, read_image, write_image
+from facerestore.image_io import Picture, assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import stable_seed
@@ -211,9 +211,7 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     src, out = Path(options.src), Path(options.out)
     if not src.is_dir():
         raise UsageError(f"{src} is not a folder" if src.exists() else f"{src} does not exist", hint="pass the folder of the dataset to clean")
-    src_real, out_real = src.resolve(), out.resolve()
-    if out_real == src_real or out_real.is_relative_to(src_real):
-        raise UsageError(f"--out {out} lies inside the dataset {src}", hint="write the cleaned copy to a folder outside SRC")
+    assert_outside(out, src, f"the dataset {src}", hint="write the cleaned copy to a folder outside SRC")
     paths, _ = list_images([src])
     if not paths:
         raise UsageError(f"{src} holds no images", hint="pass a folder of jpg, png, webp, tif or bmp images")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import assert_not_input, assert_output_folder, list_images, read_image, write_image
+from facerestore.image_io import assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
 from facerestore.training.degradations import DegradationParams, apply_degradation, preset as get_preset, sample_params
 from facerestore.training.seeds import numpy_rng
 
@@ -55,8 +55,8 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
         reason = problems[0][1] if problems else "no images"
         raise UsageError(f"{src}: {reason}", hint="pass an image or a folder of images")
     root = src if src.is_dir() else src.parent
-    if src.is_dir() and (dst.resolve() == src.resolve() or dst.resolve().is_relative_to(src.resolve())):
-        raise UsageError(f"--out {dst} lies inside {src}", hint="write the degraded copies outside the source folder")
+    if src.is_dir():
+        assert_outside(dst, src, str(src), hint="write the degraded copies outside the source folder")
     if not src.is_dir() and dst.resolve() == root.resolve():  # the copy would land among the user's files
         raise UsageError(f"--out {dst} is the folder of {src}", hint="write the degraded copy to another folder")
     rels = [path.relative_to(root) for path in paths]

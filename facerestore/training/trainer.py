@@ -48,7 +48,7 @@ from facerestore.diffusion.losses import x0_regression_loss
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.diffusion.denoiser import ConcatCondition
 from facerestore.errors import UsageError
-from facerestore.image_io import assert_output_folder
+from facerestore.image_io import assert_output_folder, assert_outside
 from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import IDMUNet, PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, idm_unet_config
 from facerestore.training import distributed
@@ -283,10 +283,8 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         raise UsageError(f"{run} already holds a training run (checkpoint {existing.name})", hint="pass --resume to continue it, or choose another --out")
     if not resume and (run / "config.json").exists():  # a run stopped before its first checkpoint, or someone's own file
         raise UsageError(f"{run} already holds a config.json", hint="pass --resume to continue that run, or choose another --out")
-    run_real = run.resolve()
     for folder in (*config.data, *config.targets):
-        if run_real == Path(folder).resolve() or run_real.is_relative_to(Path(folder).resolve()):
-            raise UsageError(f"--out {run} lies inside the training data {folder}", hint="write the run to a folder outside the data")
+        assert_outside(run, Path(folder), f"the training data {folder}", hint="write the run to a folder outside the data")
     if resume and existing is None and not (run / "config.json").is_file():
         raise UsageError(f"nothing to resume in {run}: no checkpoint and no config.json", hint="start the run without --resume")
 

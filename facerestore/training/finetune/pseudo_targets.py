@@ -71,7 +71,7 @@ from facerestore.diffusion import (
     space_timesteps,
 )
 from facerestore.errors import UsageError
-from facerestore.image_io import assert_output_folder
+from facerestore.image_io import assert_output_folder, assert_outside
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import stable_seed
@@ -517,9 +517,7 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
         prepared = prepare(options, str(device))
     plan, faces = prepared.plan, prepared.faces
     out = Path(options.out)
-    lq_real, out_real = Path(options.lq).resolve(), out.resolve()
-    if out_real == lq_real or out_real.is_relative_to(lq_real):
-        raise UsageError(f"--out {out} lies inside the input folder {options.lq}", hint="write the pseudo-targets to a folder outside LQ_DIR")
+    assert_outside(out, Path(options.lq), f"the input folder {options.lq}", hint="write the pseudo-targets to a folder outside LQ_DIR")
     state = out / STATE_DIR
     check_settings(state, _settings(options, plan, prepared.prior_path), d.main, "pseudo-targets")
     distributed.barrier(d)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from facerestore.errors import UsageError
-from facerestore.image_io import assert_output_folder
+from facerestore.image_io import assert_output_folder, assert_outside
 from facerestore.training import distributed
 from facerestore.training.checkpoints import write_json
 from facerestore.training.finetune.data import Pair
@@ -255,9 +255,7 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
             reporter.message(text)
 
     run = Path(config.out)
-    lq_real, run_real = Path(config.lq).resolve(), run.resolve()
-    if run_real == lq_real or run_real.is_relative_to(lq_real):
-        raise UsageError(f"--out {run} lies inside the input folder {config.lq}", hint="write the run to a folder outside the --unpaired folder")
+    assert_outside(run, Path(config.lq), f"the input folder {config.lq}", hint="write the run to a folder outside the --unpaired folder")
     plan, base, real = _check_options(config)
     files_path = run / "files.json"
     if resume and files_path.is_file():
