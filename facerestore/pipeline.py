@@ -257,13 +257,14 @@ def output_names(paths: Sequence[Path], roots: Sequence[Path]) -> list[str]:
     """Name each output after its path relative to the folder it was found in, without collisions:
     names that clash (face.jpg and face.png, or x.jpg from two folders) get their extension, then a
     number, in input order. Compared case-folded, as on macOS and Windows disks."""
+    # compared as absolute, normalised paths: '../x.png' is not inside '.', and a name must never
+    # climb out of the output folder
+    folders = [Path(os.path.abspath(r)) for r in roots if r.is_dir()]
     names = []
     for path in paths:
-        # compared as absolute, normalised paths: '../x.png' is not inside '.', and a name must
-        # never climb out of the output folder
         absolute = Path(os.path.abspath(path))
-        root = next((r for r in roots if r.is_dir() and absolute.is_relative_to(os.path.abspath(r))), None)
-        rel = absolute.relative_to(os.path.abspath(root)) if root else Path(path.name)
+        root = next((r for r in folders if absolute.is_relative_to(r)), None)
+        rel = absolute.relative_to(root) if root else Path(path.name)
         names.append(rel.with_suffix("").as_posix())
     clashes = Counter(name.casefold() for name in names)
     unique, used = [], set()

@@ -330,11 +330,10 @@ def _copy_atomic(source: Path, target: Path) -> None:
     try:
         shutil.copyfile(source, tmp)
         os.replace(tmp, target)
-    except OSError as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise WeightsError(f"cannot write {target} ({exc.strerror or exc})", hint="free some disk space or point FACERESTORE_HOME elsewhere") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise WeightsError(f"cannot write {target} ({exc.strerror or exc})", hint="free some disk space or point FACERESTORE_HOME elsewhere") from None
         raise
 
 
