@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.faces.align import AlignedFace, align_face
+from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
@@ -69,6 +69,8 @@ class RestoreOptions:
             raise UsageError(f"--detection-threshold is a confidence between 0 and 1, got {self.detection_threshold}")
         if not self.min_face >= 0:
             raise UsageError(f"--min-face must be 0 or more pixels, got {self.min_face}")
+        if self.aligned and self.upscale is not None:
+            raise UsageError("--upscale does nothing with --aligned: restored faces are written at 512x512", hint="drop --upscale, or drop --aligned to paste the faces back into the photo")
         if self.suffix is not None and any(sep in self.suffix for sep in ("/", "\\")):
             raise UsageError(f"--suffix {self.suffix!r} holds a path separator", hint="use a plain word such as restored")
 
@@ -157,7 +159,9 @@ class OutputNamer:
     def face(self, folder: str, name: str, index: int | None, suffix: bool = False) -> Path:
         tag = "" if index is None else f"_{index:02d}"
         end = f"_{self.options.suffix}" if suffix and self.options.suffix else ""
-        return self._path(folder, f"{name}{tag}{end}", "png")
+        # with --aligned the restored face is the result (there is no photo), so --ext applies to it
+        main = self.options.aligned and folder == "restored_faces" and self.options.ext != "auto"
+        return self._path(folder, f"{name}{tag}{end}", self.options.ext if main else "png")
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,7 @@ def restore_picture(
     clock = time.perf_counter()
     if options.aligned:
         crop = picture.rgb
+        check_aligned_crop(picture.height, picture.width, picture.path or "input")
         if crop.shape[:2] != (FACE_SIZE, FACE_SIZE):
             crop = cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_LINEAR)
         identity = np.array([[1.0, 0, 0], [0, 1.0, 0]])

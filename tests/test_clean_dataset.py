@@ -49,7 +49,7 @@ def face(i: int, h: int, w: int | None = None) -> np.ndarray:
 def dataset(tmp_path) -> Path:
     src = tmp_path / "src"
     write_image(src / "a.png", face(0, 48))
-    write_image(src / "sub" / "b.jpg", face(1, 40, 56))
+    write_image(src / "sub" / "b.jpg", face(1, 40, 41))  # a pixel off square: rounding, still an aligned crop
     write_image(src / "sub" / "gray.png", face(2, 36), gray=True)
     write_image(src / "deep" / "c16.png", face(3, 32), bit_depth=16)
     write_image(src / "deep" / "alpha.png", face(4, 32), alpha=np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32))
@@ -123,6 +123,16 @@ def test_bad_files_fail_one_line_each_and_are_retried(dataset, tmp_path, model):
     assert "5 restored, 1 failed" in result.output
     again = clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", check_exit=1)
     assert "0 restored, 1 failed, 5 already done" in again.output
+
+
+def test_a_non_square_image_is_not_an_aligned_face(dataset, tmp_path, model):
+    """Stretching a 4:3 photo to 512x512 and back restores a distorted face; --detect is the mode for photos."""
+    write_image(dataset / "photo.png", face(5, 30, 40))
+    out = tmp_path / "out"
+    result = clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", check_exit=1)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "photo.png: 40x30 is not a square aligned face crop" in errors[0] and "--detect" in errors[0]
+    assert "5 restored, 1 failed" in result.output and not (out / "photo.png").exists()
 
 
 def test_usage_errors(dataset, tmp_path, model, monkeypatch):

@@ -65,6 +65,27 @@ def test_aligned_crop_is_restored(crops, tmp_path, tiny_baseline):
     assert not (tmp_path / "out" / "restored_imgs").exists()
 
 
+def test_aligned_refuses_a_non_square_crop_and_restores_the_rest(crops, tmp_path, tiny_baseline):
+    """A 4:3 photo given as an aligned crop would be stretched into a distorted face."""
+    write_image(crops / "photo.png", smooth(384, 512))
+    write_image(crops / "nearly.png", cv2.resize(smooth(), (512, 505)))  # within 2%: a crop trimmed by a few pixels
+    result = run(crops, "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline)
+    assert result.exit_code == 1, result.output
+    assert "photo.png: 512x384 is not a square aligned face crop" in result.output and "drop --aligned" in result.output
+    done = sorted(p.name for p in (tmp_path / "out" / "restored_faces").iterdir())
+    assert done == ["face.png", "nearly.png"]
+
+
+def test_aligned_writes_the_restored_face_in_the_ext_format_and_refuses_upscale(crops, tmp_path, tiny_baseline):
+    result = run(crops, "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--ext", "jpg", "-q")
+    assert result.exit_code == 0, result.output
+    assert read_image(tmp_path / "out" / "restored_faces" / "face.jpg").rgb.shape == (512, 512, 3)
+    assert (tmp_path / "out" / "cmp" / "face.png").is_file()  # the comparison stays lossless
+    result = run(crops, "--aligned", "-o", tmp_path / "up", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "2")
+    assert result.exit_code == 2 and "--upscale does nothing with --aligned" in result.output
+    assert not (tmp_path / "up").exists()
+
+
 def test_no_face_still_writes_the_photo_and_exits_0(tmp_path, tiny_baseline):
     write_image(tmp_path / "in" / "wall.jpg", smooth())
     result = run(tmp_path / "in", "--out", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "2")
@@ -269,7 +290,7 @@ def test_a_corrupt_file_gives_our_one_line_and_no_opencv_chatter(tmp_path, tiny_
 
 
 def test_bf16_precision_restores_like_float32(tmp_path, tiny_baseline):
-    write_image(tmp_path / "face.png", smooth())
+    write_image(tmp_path / "face.png", smooth(128, 128))
     outputs = {}
     for precision in ("fp32", "bf16"):
         result = run(tmp_path / "face.png", "--aligned", "-o", tmp_path / precision, "-m", "baseline", "--weights", tiny_baseline,
@@ -284,7 +305,7 @@ def test_a_cpu_with_native_bf16_gets_one_tip_line_unless_a_precision_was_chosen(
     import facerestore.devices
 
     monkeypatch.setattr(facerestore.devices, "cpu_has_native_bf16", lambda: native)
-    write_image(tmp_path / "face.png", smooth())
+    write_image(tmp_path / "face.png", smooth(128, 128))
     common = [tmp_path / "face.png", "--aligned", "-m", "baseline", "--weights", tiny_baseline, "--device", "cpu"]
     write_image(tmp_path / "wall" / "wall.jpg", smooth())  # a photo without a face: nothing was restored
     runs = [run(*common, "-o", tmp_path / "auto"), run(*common, "-o", tmp_path / "fp32", "--precision", "fp32"),

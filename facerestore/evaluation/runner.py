@@ -35,8 +35,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from facerestore.errors import BadImage, FaceRestoreError, UsageError
+from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.evaluation import presets
+from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import IMAGE_EXTENSIONS, list_images, read_image, write_image
 from facerestore.metrics import METRICS, MetricResult, compute, compute_all
 
@@ -189,11 +190,10 @@ def list_inputs(source: Path, limit: int | None = None, *, option: str = "--hq")
 def to_face_size(rgb: np.ndarray, path: Path | str) -> tuple[np.ndarray, str]:
     """A square crop at 512x512 (resized when needed) and the note that says so ("" if unchanged)."""
     height, width = rgb.shape[:2]
-    if height != width:
-        raise BadImage(f"{path} is {width}x{height}, not a square aligned face crop", hint="evaluate aligned 512x512 crops (e.g. the cropped_faces/ of `facerestore PHOTO`)")
-    if width == FACE:
+    check_aligned_crop(height, width, path, hint="evaluate aligned 512x512 crops (e.g. the cropped_faces/ of `facerestore PHOTO`)")
+    if (height, width) == (FACE, FACE):
         return rgb, ""
-    shrink = width > FACE
+    shrink = max(height, width) > FACE
     resized = cv2.resize(rgb, (FACE, FACE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
     return np.clip(resized, 0.0, 1.0).astype(np.float32), f"resized from {width}x{height} to {FACE}x{FACE} ({'area' if shrink else 'cubic'})"
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from facerestore.errors import BadImage
+
 # left eye, right eye, nose, left mouth corner, right mouth corner (x, y) for a 512 crop
 FFHQ_TEMPLATE_512 = np.array(
     [
@@ -24,6 +26,20 @@ FFHQ_TEMPLATE_512 = np.array(
 )
 # facexlib's border value (135,133,132) is BGR; we work in RGB
 BORDER_RGB = (132 / 255.0, 133 / 255.0, 135 / 255.0)
+
+
+# how far an --aligned input may be from square: aligned crops are square by construction, and
+# stretching a 4:3 photo to 512x512 gives a distorted face, not a restored one
+SQUARE_TOLERANCE = 0.02
+
+
+ALIGNED_HINT = "aligned crops are square (FFHQ alignment, e.g. 512x512); for other photos drop --aligned (clean-dataset: use --detect)"
+
+
+def check_aligned_crop(height: int, width: int, source: object, hint: str = ALIGNED_HINT) -> None:
+    """Refuse an input given as an aligned crop that cannot be one (not square)."""
+    if abs(height - width) > max(1.0, SQUARE_TOLERANCE * max(height, width)):  # a pixel of rounding in small crops
+        raise BadImage(f"{source}: {width}x{height} is not a square aligned face crop", hint=hint)
 
 
 @dataclass(frozen=True)

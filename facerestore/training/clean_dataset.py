@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import Picture, assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
@@ -309,7 +310,9 @@ def _clean_faces(paths: list[Path], rels: list[str], chunk: list[int], out: Path
     for i in chunk:
         clock = time.perf_counter()
         try:
-            pictures.append((i, read_image(paths[i]), time.perf_counter() - clock))
+            picture = read_image(paths[i])
+            check_aligned_crop(picture.height, picture.width, paths[i])
+            pictures.append((i, picture, time.perf_counter() - clock))
         except FaceRestoreError as exc:
             results.append(FileResult(rels[i], "failed", time.perf_counter() - clock, error=exc.one_line()))
     if not pictures:
