@@ -269,6 +269,18 @@ def test_degrade_command_writes_copies_and_parameters(tree, tmp_path):
     assert [r["path"] for r in rows] == [r["path"] for r in report["images"]] and rows[0]["noise"] == "8.0"
 
 
+def test_degrade_keeps_bit_depth_and_alpha(tmp_path):
+    """A 16-bit source gives a 16-bit copy (as restore and clean-dataset do); alpha is carried through."""
+    alpha = np.linspace(0, 1, 40 * 40, dtype=np.float32).reshape(40, 40)
+    write_image(tmp_path / "src" / "deep.png", face_like(40, 40), bit_depth=16, alpha=alpha)
+    assert run("degrade", tmp_path / "src", "--out", tmp_path / "out", "--preset", "mild", "-q").exit_code == 0
+    copy = read_image(tmp_path / "out" / "deep.png")
+    assert copy.bit_depth == 16 and copy.alpha is not None
+    np.testing.assert_allclose(copy.alpha, alpha, atol=1 / 65535)
+    levels = np.unique(np.round(copy.rgb * 65535)) % 257  # 8-bit values scaled to 16 bits are multiples of 257
+    assert np.count_nonzero(levels) > 0  # the noise and blur of the copy kept their 16-bit precision
+
+
 def test_degrade_command_is_reproducible_and_seeded(tree, tmp_path):
     for name in ("one", "two"):
         assert run("degrade", tree, "--out", tmp_path / name, "--preset", "eq11", "--seed", "5", "-q").exit_code == 0
