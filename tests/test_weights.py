@@ -244,6 +244,19 @@ def test_import_checks_hash_and_registers_own_weights(tiny_file, use_entry, tmp_
         store.resolve_explicit("nope")
 
 
+def test_import_of_a_folder_or_a_missing_file_is_a_usage_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from facerestore.cli.app import app, register
+
+    register()
+    runner = CliRunner()
+    folder = runner.invoke(app, ["weights", "import", str(tmp_path)], catch_exceptions=False)
+    assert folder.exit_code == 2 and f"{tmp_path} is a folder, not a checkpoint file" in folder.output
+    missing = runner.invoke(app, ["weights", "import", str(tmp_path / "nope.pth")], catch_exceptions=False)
+    assert missing.exit_code == 2 and "nope.pth does not exist" in missing.output
+
+
 def test_verify_reports_mismatch(tiny_file, use_entry):
     use_entry(entry_for(tiny_file))
     target = store.import_file(tiny_file)

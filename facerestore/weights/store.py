@@ -281,8 +281,10 @@ def verify_all() -> Iterator[tuple[str, Path | None, str]]:
 def import_file(file: Path | str, name: str | None = None, *, verify: bool = True) -> Path:
     """Copy a hand-downloaded checkpoint into the cache (checked), or register your own under `name`."""
     source = Path(file).expanduser()
+    if source.is_dir():
+        raise UsageError(f"{source} is a folder, not a checkpoint file", hint="name the checkpoint file itself (.pth, .ckpt, .pkl or .safetensors)")
     if not source.is_file():
-        raise WeightsError(f"{source} does not exist", hint="check the path")
+        raise UsageError(f"{source} does not exist", hint="check the path")
     digest = sha256_file(source)
     entries = load_catalogue()
     if name is not None and name in entries and not entries[name].local:
