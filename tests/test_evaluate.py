@@ -8,6 +8,7 @@ metrics go through the registry's "unavailable" path; NIQE and the FID features 
 from __future__ import annotations
 
 import json
+import os
 import math
 from pathlib import Path
 
@@ -189,6 +190,24 @@ def test_rerun_replaces_the_report_and_foreign_folders_are_refused(hq, tmp_path)
     assert (foreign / "holiday.png").is_file()
     inside = run("--hq", hq, "-m", "identity", "-o", hq / "report")
     assert inside.exit_code == 2 and "overlaps the input" in inside.output
+
+
+def test_a_rerun_removes_what_killed_runs_left_and_nothing_of_a_live_one(hq, tmp_path):
+    """kill -9 skips the cleanup: the next run deletes staging folders whose process is gone."""
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = tmp_path / f".report.{int(finished.stdout)}.abc123.partial"  # that process has exited
+    live = tmp_path / f".report.{os.getpid()}.def456.partial"  # another evaluate still writing
+    old = tmp_path / ".report.ghi789.old"  # killed between the swap and the delete
+    for folder in (dead, live, old):
+        folder.mkdir()
+    (old / "results.json").write_text(json.dumps({"generator": "facerestore evaluate"}))
+    (tmp_path / ".report.keep").mkdir()  # not ours: no pid, not a report
+    assert run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", tmp_path / "report", "-q").exit_code == 0
+    left = {p.name for p in tmp_path.iterdir() if p.name.startswith(".report")}
+    assert left == {".report.keep", live.name}
 
 
 # ------------------------------------------------------------------ bad input

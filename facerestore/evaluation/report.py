@@ -18,6 +18,7 @@ that is not an earlier report (so `--out ~/Pictures` cannot delete anything).
 
 from __future__ import annotations
 
+import glob
 import html
 import json
 import math
@@ -71,11 +72,38 @@ def prepare_output(out: Path, inputs: Sequence[Path | None] = ()) -> Path:
             raise UsageError(f"--out {out} exists and is not a facerestore evaluation report; refusing to replace it", hint="choose a new or empty folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        remove_stale_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700 folders; a report is an ordinary folder
         return staging
     except OSError as exc:
         raise UsageError(f"cannot write the report beside {out} ({exc.strerror or exc})", hint="check the folder's permissions") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> int:
+    """Delete what killed runs left beside `out`: staging folders of processes that no longer exist
+    (their pid is in the name) and old reports a crash left between the swap and the delete."""
+    removed = 0
+    for folder in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        if not folder.is_dir():
+            continue
+        middle = folder.name[len(out.name) + 2 :]
+        pid = middle.split(".", 1)[0]
+        stale = (folder.suffix == ".partial" and pid.isdigit() and not _alive(int(pid))) or (folder.suffix == ".old" and _is_report(folder))
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _umask() -> int:
