@@ -210,6 +210,8 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
             f"over the {megapixels(max_pixels)} limit",
             hint="downscale it or pass --max-pixels",
         )
+    if img.format == "PNG" and b"IEND" not in data[-4096:]:  # said here rather than by libpng on stderr
+        raise BadImage(f"{path} is truncated (the PNG ends before its last chunk)", hint="re-copy or re-export the file")
     orientation = _read_orientation(img)
 
     arr, decoder = None, "cv2"
