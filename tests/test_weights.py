@@ -264,6 +264,19 @@ def test_verify_reports_mismatch(tiny_file, use_entry):
     assert [s for _, _, s in store.verify_all()] == ["mismatch"]
 
 
+def test_verify_rereads_a_file_damaged_in_place(tiny_file, use_entry):
+    """Bit rot or a tool that restores timestamps keeps size and mtime: only reading the bytes finds it."""
+    use_entry(entry_for(tiny_file))
+    target = store.import_file(tiny_file)
+    assert [s for _, _, s in store.verify_all()] == ["ok"]  # hashed and remembered
+    stat = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert [s for _, _, s in store.verify_all()] == ["mismatch"]
+
+
 def test_saved_safetensors_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     """Exported models are normal user files (shareable on a cluster), though written via a temp file."""
     old = os.umask(0o022)

@@ -79,13 +79,15 @@ def _write_json(path: Path, data: dict) -> None:
         pass  # a read-only home only costs re-hashing next time
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) so large files are hashed once."""
+def sha256_file(path: Path, *, fresh: bool = False) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so large files are hashed once;
+    `fresh` reads the bytes again (what `weights verify` is asked for: a file damaged in place keeps
+    its size and mtime)."""
     path = Path(path).resolve()
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
     memo = _read_json(_memo_path())
-    if key in memo:
+    if key in memo and not fresh:
         return memo[key]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -275,7 +277,7 @@ def verify_all() -> Iterator[tuple[str, Path | None, str]]:
         if not expected:
             yield name, path, "unchecked"
         else:
-            yield name, path, "ok" if sha256_file(path) == expected else "mismatch"
+            yield name, path, "ok" if sha256_file(path, fresh=True) == expected else "mismatch"
 
 
 def import_file(file: Path | str, name: str | None = None, *, verify: bool = True) -> Path:
