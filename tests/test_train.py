@@ -476,7 +476,10 @@ def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline)
     assert "unknown --model" in one_error(r := cli(faces, "--out", tmp_path / "r3", "--model", "huge")) and r.exit_code == 2
     assert "nothing to resume" in one_error(r := cli("--out", tmp_path / "r4", "--resume")) and r.exit_code == 2
     assert "no DATA_DIR" in one_error(r := cli("--out", tmp_path / "r5")) and r.exit_code == 2
-    assert "divisible by 4" in one_error(r := cli(faces, "--out", tmp_path / "r6", "--model", "tiny", "--size", "30")) and r.exit_code == 2
+    line = one_error(r := cli(faces, "--out", tmp_path / "r6", "--model", "tiny", "--size", "30"))
+    assert "divisible by 4" in line and line.endswith("use --size 32") and r.exit_code == 2  # the nearest size; tiny is the smallest model
+    line = one_error(r := cli(faces, "--out", tmp_path / "r6", "--size", "96"))  # base: multiples of 64
+    assert line.endswith("use --size 128, or --model tiny, which takes 96") and r.exit_code == 2
     line = one_error(r := cli(faces, "--out", tmp_path / "r7", "--size", "32", "--init-from", tiny_baseline, "--workers", "0"))
     assert r.exit_code == 1 and "not an IDM model" in line
     assert "not a duration" in one_error(r := cli(faces, "--out", tmp_path / "r10", "--time-limit", "8")) and r.exit_code == 2

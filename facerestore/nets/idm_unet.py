@@ -79,14 +79,20 @@ def noise_level(gamma: torch.Tensor) -> torch.Tensor:
     return LEVEL_SCALE * (LEVEL_OFFSET - (torch.log(g) - torch.log1p(-g)))
 
 
-def idm_unet_config(preset: str, size: int) -> UNetConfig:
-    """The UNet of a preset for images of `size` pixels (a ValueError names a bad preset or size)."""
+def size_multiple(preset: str) -> int:
+    """Image sizes a preset takes are multiples of this (each level halves the image)."""
     if preset not in _PRESETS:
         raise ValueError(f"unknown IDM model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    unshuffle = COMPACT_UNSHUFFLE if preset == "compact" else 1
+    return unshuffle * 2 ** (len(_PRESETS[preset][1]) - 1)
+
+
+def idm_unet_config(preset: str, size: int) -> UNetConfig:
+    """The UNet of a preset for images of `size` pixels (a ValueError names a bad preset or size)."""
+    multiple = size_multiple(preset)
     channels, mult, blocks = _PRESETS[preset]
     levels = len(mult)
     unshuffle = COMPACT_UNSHUFFLE if preset == "compact" else 1
-    multiple = unshuffle * 2 ** (levels - 1)
     if size < multiple or size % multiple:
         raise ValueError(f"the {preset} model needs an image size divisible by {multiple} (its {levels} levels), got {size}")
     if preset == "tiny":

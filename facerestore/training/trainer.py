@@ -222,6 +222,18 @@ class TrainResult:
     stopped_at_time_limit: bool = False
 
 
+def _size_hint(model: str, size: int) -> str:
+    """The nearest --size the model takes, and a smaller model that takes this one."""
+    from facerestore.nets.idm_unet import PRESETS, size_multiple
+
+    if model not in PRESETS:
+        return f"choose one of {', '.join(PRESETS)}"
+    multiple = size_multiple(model)
+    nearest = max(multiple, round(size / multiple) * multiple)
+    others = [p for p in PRESETS if p != model and size >= size_multiple(p) and size % size_multiple(p) == 0]
+    return f"use --size {nearest}" + (f", or --model {others[0]}, which takes {size}" if others else "")
+
+
 def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[str], None]) -> tuple[UNetConfig, dict | None]:
     """(architecture, initial weights or None) for a new run."""
     init_state = None
@@ -229,7 +241,7 @@ def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[s
         try:
             unet = idm_unet_config(config.model, config.size)
         except ValueError as exc:
-            raise UsageError(str(exc), hint="choose another --size, or --model tiny") from None
+            raise UsageError(str(exc), hint=_size_hint(config.model, config.size)) from None
     if config.init_from:
         from facerestore.methods.idm import load_model, model_path
 
@@ -244,7 +256,7 @@ def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[s
         try:
             unet = idm_unet_config("base", config.size)
         except ValueError as exc:
-            raise UsageError(str(exc), hint="choose another --size, or --model tiny") from None
+            raise UsageError(str(exc), hint=_size_hint("base", config.size)) from None
     if config.size % unet.multiple:
         raise UsageError(f"--size {config.size} is not divisible by {unet.multiple}, which this model's {len(unet.channel_mult)} levels need")
     return unet, init_state
