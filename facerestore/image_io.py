@@ -153,6 +153,14 @@ def _decode_cv2(data: bytes) -> np.ndarray | None:
 def _decode_pil(img: Image.Image) -> np.ndarray:
     """PIL decode to uint8/uint16 gray, RGB or RGBA (palette, CMYK, LA, 16-bit gray handled)."""
     mode = img.mode
+    key = img.info.get("transparency")
+    if isinstance(key, int) and mode == "1":  # the key is a 1-bit sample
+        img, mode, key = img.convert("L"), "L", 255 if key else 0
+    if isinstance(key, int) and (mode == "L" or mode.startswith("I")):  # gray PNG with a tRNS key colour
+        gray = np.asarray(img)
+        gray = gray.astype(np.uint8) if mode == "L" else np.clip(gray, 0, 65535).astype(np.uint16)
+        opaque = np.iinfo(gray.dtype).max
+        return np.dstack([gray, np.where(gray == key, 0, opaque).astype(gray.dtype)])
     if mode in ("P", "PA"):
         img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
     elif mode == "1":
@@ -215,7 +223,8 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     orientation = _read_orientation(img)
 
     arr, decoder = None, "cv2"
-    if img.format in _CV2_FORMATS and img.mode in _CV2_MODES:
+    # OpenCV ignores the tRNS key colour of gray PNGs (it honours it for RGB): Pillow reads those
+    if img.format in _CV2_FORMATS and img.mode in _CV2_MODES and not (img.mode != "RGB" and "transparency" in img.info):
         arr = _decode_cv2(data)
         if arr is not None and arr.shape[:2] != (height, width):
             arr = None  # e.g. a multi-page TIFF where OpenCV picked another page

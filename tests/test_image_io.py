@@ -155,6 +155,21 @@ def test_cmyk_jpeg_and_palette_png(tmp_path):
     assert read_image(tmp_path / "p2.png").alpha is None
 
 
+@pytest.mark.parametrize("mode", ["L", "I;16", "1"])
+def test_gray_png_with_a_transparent_key_colour_gets_alpha(tmp_path, mode):
+    """PNG optimisers store black-and-white cutouts as gray + tRNS; OpenCV drops the key, Pillow keeps it."""
+    top = {"L": 200, "I;16": 50000, "1": 1}[mode]
+    values = np.zeros((8, 12), dtype=np.uint16 if mode == "I;16" else np.uint8)
+    values[:, :5] = top
+    img = Image.fromarray(values.astype(bool) if mode == "1" else values)
+    assert img.mode == mode
+    img.save(tmp_path / "cutout.png", transparency=0)
+    pic = read_image(tmp_path / "cutout.png")
+    assert pic.gray and pic.alpha is not None and pic.bit_depth == (16 if mode == "I;16" else 8)
+    assert np.array_equal(pic.alpha, (values > 0).astype(np.float32))  # transparent exactly where the key colour is
+    np.testing.assert_allclose(pic.rgb[0, 0], [top / {"L": 255, "I;16": 65535, "1": 1}[mode]] * 3)
+
+
 def test_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
     src = write_image(tmp_path / "big.png", _rgb())
 
