@@ -179,6 +179,18 @@ def _decode_pil(img: Image.Image) -> np.ndarray:
     return np.asarray(img)
 
 
+def _png_reaches_iend(data: bytes) -> bool:
+    """Whether the chunk lengths lead to an IEND chunk inside the data (a cut-off download does not;
+    bytes after IEND, which some tools append, do not matter)."""
+    offset = 8  # the signature
+    while offset + 8 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        if data[offset + 4 : offset + 8] == b"IEND":
+            return True
+        offset += 12 + length  # length, type, data, CRC
+    return False
+
+
 def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """Read any supported image into a `Picture`; every failure is a one-line `BadImage`."""
     path = Path(path)
@@ -218,7 +230,7 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
             f"over the {megapixels(max_pixels)} limit",
             hint="downscale it or pass --max-pixels",
         )
-    if img.format == "PNG" and b"IEND" not in data[-4096:]:  # said here rather than by libpng on stderr
+    if img.format == "PNG" and not _png_reaches_iend(data):  # said here rather than by libpng on stderr
         raise BadImage(f"{path} is truncated (the PNG ends before its last chunk)", hint="re-copy or re-export the file")
     orientation = _read_orientation(img)
 

@@ -191,6 +191,8 @@ def test_bad_files(tmp_path, capfd):
     (tmp_path / "half.png").write_bytes(data[: len(data) // 2])
     _bad(tmp_path / "half.png", "is truncated .the PNG ends before its last chunk.")
     assert "libpng" not in capfd.readouterr().err  # the one line is ours, with no decoder noise before it
+    (tmp_path / "trailer.png").write_bytes(data + b"\0" * 5000)  # bytes after IEND: still a whole image
+    assert read_image(tmp_path / "trailer.png").width == 64
     Image.fromarray(_raw()).save(tmp_path / "full.jpg")
     data = (tmp_path / "full.jpg").read_bytes()
     (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
