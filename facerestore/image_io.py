@@ -62,6 +62,17 @@ class Picture:
         return int(self.rgb.shape[1])
 
 
+OUTPUT_FORMATS = ("auto", "png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
+
+
+def output_format(ext: str) -> str:
+    """An --ext value as the commands use it: 'PNG', '.png' and 'png' are the same format."""
+    value = ext.strip().lower().lstrip(".")
+    if value not in OUTPUT_FORMATS:
+        raise UsageError(f"--ext {ext!r} is not supported", hint="use auto, png, jpg, webp, tif or bmp")
+    return value
+
+
 def is_image_path(path: Path) -> bool:
     """True when the extension (any case) is one we read and write."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS

@@ -29,7 +29,7 @@ from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
-from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, megapixels, read_image, write_image
+from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, megapixels, output_format, read_image, write_image
 from facerestore.methods.base import RestorationMethod
 
 FACE_SIZE = 512
@@ -59,8 +59,7 @@ class RestoreOptions:
             raise UsageError(f"--upscale must be between 1 and 8, got {self.upscale}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.ext not in ("auto", "png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"):
-            raise UsageError(f"--ext {self.ext!r} is not supported", hint="use auto, png, jpg, webp, tif or bmp")
+        object.__setattr__(self, "ext", output_format(self.ext))  # frozen: normalised once, here
         if not 0 <= self.seed < 2**63:  # torch and numpy generators take no more
             raise UsageError(f"--seed must be between 0 and 2^63-1, got {self.seed}")
         if self.max_pixels < 1:

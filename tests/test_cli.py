@@ -77,7 +77,7 @@ def test_aligned_refuses_a_non_square_crop_and_restores_the_rest(crops, tmp_path
 
 
 def test_aligned_writes_the_restored_face_in_the_ext_format_and_refuses_upscale(crops, tmp_path, tiny_baseline):
-    result = run(crops, "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--ext", "jpg", "-q")
+    result = run(crops, "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--ext", ".JPG", "-q")
     assert result.exit_code == 0, result.output
     assert read_image(tmp_path / "out" / "restored_faces" / "face.jpg").rgb.shape == (512, 512, 3)
     assert (tmp_path / "out" / "cmp" / "face.png").is_file()  # the comparison stays lossless

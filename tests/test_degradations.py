@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from facerestore.cli.app import app, register
 from facerestore.errors import UsageError
-from facerestore.image_io import read_image, write_image
+from facerestore.image_io import read_image, to_uint8, write_image
 from facerestore.training.degradations import (
     PRESETS,
     DegradationParams,
@@ -279,6 +279,17 @@ def test_degrade_keeps_bit_depth_and_alpha(tmp_path):
     np.testing.assert_allclose(copy.alpha, alpha, atol=1 / 65535)
     levels = np.unique(np.round(copy.rgb * 65535)) % 257  # 8-bit values scaled to 16 bits are multiples of 257
     assert np.count_nonzero(levels) > 0  # the noise and blur of the copy kept their 16-bit precision
+
+
+def test_degrade_ext_is_any_case_and_a_gif_becomes_png(tmp_path):
+    from PIL import Image
+
+    write_image(tmp_path / "src" / "a.png", face_like(32, 32))
+    assert run("degrade", tmp_path / "src", "--out", tmp_path / "upper", "--ext", ".JPG", "-q").exit_code == 0
+    assert read_image(tmp_path / "upper" / "a.jpg").width == 32
+    Image.fromarray(to_uint8(face_like(32, 32))).save(tmp_path / "anim.gif")
+    assert run("degrade", tmp_path / "anim.gif", "--out", tmp_path / "gif", "-q").exit_code == 0
+    assert read_image(tmp_path / "gif" / "anim.png").width == 32  # a format we read but do not write
 
 
 def test_degrade_command_is_reproducible_and_seeded(tree, tmp_path):

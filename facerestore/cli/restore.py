@@ -40,7 +40,7 @@ def restore_command(
     seed: Annotated[int, typer.Option("--seed", help="Random seed for stochastic methods (same seed, same result).")] = 0,
     weights: Annotated[Optional[str], typer.Option("--weights", help="Checkpoint file, or a name registered with `facerestore weights import --name`, instead of the method's default weights; methods with several files take ROLE=FILE,... (difface: prior=,swinir=; dr2: ddpm=,enhancer=).")] = None,
     suffix: Annotated[Optional[str], typer.Option("--suffix", help="Suffix added to restored file names (name_SUFFIX.ext).")] = None,
-    ext: Annotated[str, typer.Option("--ext", help="Output image format: auto (same as input), png, jpg, webp, tif, bmp.")] = "auto",
+    ext: Annotated[str, typer.Option("--ext", help="Output image format: auto (same as input), png, jpg, webp, tif, bmp (any case).")] = "auto",
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images (input or output) larger than this many pixels.")] = DEFAULT_MAX_PIXELS,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights; a missing file is an error naming what to import.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or summary; only errors.")] = False,

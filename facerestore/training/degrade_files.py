@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
+from facerestore.image_io import IMAGE_EXTENSIONS, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image, write_image
 from facerestore.training.degradations import DegradationParams, apply_degradation, preset as get_preset, sample_params
 from facerestore.training.seeds import numpy_rng
 
-EXTENSIONS = ("auto", "png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
 FIELDS = [f.name for f in dataclasses.fields(DegradationParams)]
 
 
@@ -46,8 +45,7 @@ def _atomic_text(path: Path, text: str) -> None:
 def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, ext: str = "auto",
                  on_error: Callable[[str], None] | None = None) -> DegradeReport:
     spec = get_preset(preset)
-    if ext not in EXTENSIONS:
-        raise UsageError(f"--ext {ext!r} is not supported", hint="use auto, png, jpg, webp, tif or bmp")
+    ext = output_format(ext)
     src, dst = Path(src), Path(dst)
     assert_output_folder(dst)
     paths, problems = list_images([src])
@@ -60,7 +58,10 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     if not src.is_dir() and dst.resolve() == root.resolve():  # the copy would land among the user's files
         raise UsageError(f"--out {dst} is the folder of {src}", hint="write the degraded copy to another folder")
     rels = [path.relative_to(root) for path in paths]
-    targets = [rel if ext == "auto" else rel.with_suffix("." + ext) for rel in rels]
+    # auto keeps the input's format where we can write it; a GIF (or a file without an extension)
+    # named on the command line gets PNG, as in restore
+    targets = [rel if ext == "auto" and rel.suffix.lower() in IMAGE_EXTENSIONS else rel.with_suffix("." + ("png" if ext == "auto" else ext))
+               for rel in rels]
     first: dict[str, Path] = {}
     for rel, target in zip(rels, targets):
         if target.as_posix() in first:
