@@ -226,7 +226,7 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
         # Our own pixel limit below replaces PIL's decompression-bomb check, which would otherwise
         # refuse sizes a user allowed with --max-pixels.
         with _PIL_LIMIT_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # DecompressionBombWarning, and "Corrupt EXIF data" lines before our one line
             old_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
                 img = Image.open(io.BytesIO(data))
@@ -243,6 +243,12 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
         )
     if img.format == "PNG" and not _png_reaches_iend(data):  # said here rather than by libpng on stderr
         raise BadImage(f"{path} is truncated (the PNG ends before its last chunk)", hint="re-copy or re-export the file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about damaged metadata; the pixels decide
+        return _decode(img, data, path, width, height, not_image)
+
+
+def _decode(img: Image.Image, data: bytes, path: Path, width: int, height: int, not_image: BadImage) -> Picture:
     orientation = _read_orientation(img)
 
     arr, decoder = None, "cv2"

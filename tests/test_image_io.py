@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -193,6 +194,12 @@ def test_bad_files(tmp_path, capfd):
     assert "libpng" not in capfd.readouterr().err  # the one line is ours, with no decoder noise before it
     (tmp_path / "trailer.png").write_bytes(data + b"\0" * 5000)  # bytes after IEND: still a whole image
     assert read_image(tmp_path / "trailer.png").width == 64
+    data = write_image(tmp_path / "deep.tif", _rgb(64, 64), bit_depth=16).read_bytes()
+    (tmp_path / "half.tif").write_bytes(data[: len(data) // 2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _bad(tmp_path / "half.tif", "is not an image file")
+    assert not caught  # Pillow's "Corrupt EXIF data" warning would print two lines before the error
     Image.fromarray(_raw()).save(tmp_path / "full.jpg")
     data = (tmp_path / "full.jpg").read_bytes()
     (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
