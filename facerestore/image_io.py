@@ -14,12 +14,14 @@ also raises on truncated JPEGs that some OpenCV builds silently fill with gray.
 from __future__ import annotations
 
 import functools
+import glob
+import hashlib
 import io
 import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -339,6 +341,30 @@ def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: in
     return buf.tobytes()
 
 
+NAME_MAX = 255  # bytes in a file name on ext4, APFS, NTFS, ...
+
+
+def temp_prefix(path: Path) -> str:
+    """The start of the temp file names write_image uses for `path` ('.NAME.' + 8 random + '.tmp'),
+    or a fixed-length '.HASH.' when the name is too long for those 14 more bytes to fit."""
+    name = Path(path).name
+    if len(os.fsencode(name)) + 14 <= NAME_MAX:
+        return f".{name}."
+    return f".{hashlib.sha1(os.fsencode(name)).hexdigest()[:16]}."
+
+
+def remove_stale_temps(targets: Iterable[Path]) -> int:
+    """Delete the temp files a killed write_image left beside these targets; returns how many."""
+    removed = 0
+    for target in targets:
+        target = Path(target)
+        if target.parent.is_dir():
+            for tmp in target.parent.glob(f"{glob.escape(temp_prefix(target))}*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None, bit_depth: int = 8,
                 gray: bool = False, jpeg_quality: int = 95) -> Path:
     """Encode by extension and write atomically; returns the path written.
@@ -351,7 +377,7 @@ def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None,
     payload = _encode(path, rgb, alpha, bit_depth, gray, jpeg_quality)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix="." + path.name + ".", suffix=".tmp")
+        tmp = tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=temp_prefix(path), suffix=".tmp")
     except OSError as e:
         raise BadImage(f"cannot write {path} ({e.strerror or e})", hint="check the output folder") from None
     try:

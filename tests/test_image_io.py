@@ -210,6 +210,15 @@ def test_bad_files(tmp_path, capfd):
     _bad(tmp_path / "missing.png", "does not exist")
 
 
+@pytest.mark.parametrize("name", ["a" * 240 + ".png", "顔" * 80 + ".png"])  # 244 and 244 bytes: fit, but not with 14 more
+def test_a_long_file_name_is_written_and_its_stale_temps_found(tmp_path, name):
+    path = write_image(tmp_path / name, _rgb())
+    assert read_image(path).width == 40 and [p.name for p in tmp_path.iterdir()] == [name]
+    stale = tmp_path / f"{image_io.temp_prefix(path)}x1y2z3w4.tmp"  # what a kill -9 during the write leaves
+    stale.write_bytes(b"half")
+    assert len(stale.name.encode()) <= 255 and image_io.remove_stale_temps([path]) == 1 and not stale.exists()
+
+
 def test_atomic_write_replaces_only_after_success(tmp_path, monkeypatch):
     target = write_image(tmp_path / "out.png", _rgb())
     before = target.read_bytes()

@@ -31,7 +31,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +41,7 @@ import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import check_aligned_crop
-from facerestore.image_io import Picture, assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
+from facerestore.image_io import Picture, remove_stale_temps, assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import stable_seed
@@ -137,17 +137,6 @@ def _read_manifests(state: Path) -> dict[str, dict]:
     return entries
 
 
-def _remove_stale_temps(targets: Sequence[Path]) -> int:
-    """Temp files a killed write_image left beside the targets (".name.XXXX.tmp")."""
-    removed = 0
-    for target in targets:
-        if target.parent.is_dir():
-            for tmp in target.parent.glob(f".{target.name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
-                removed += 1
-    return removed
-
-
 def file_seed(seed: int, rel: str) -> int:
     return stable_seed(seed, "clean", rel)
 
@@ -229,7 +218,7 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     mine = [i for i in range(len(rels)) if i % d.world == d.rank]
     todo = [i for i in mine if rels[i] not in done_before]
     skipped_here = len(mine) - len(todo)
-    removed = _remove_stale_temps([out / rels[i] for i in todo])
+    removed = remove_stale_temps(out / rels[i] for i in todo)
     if removed:
         message(f"removed {removed} unfinished temporary files of an earlier run")
 

@@ -71,7 +71,7 @@ from facerestore.diffusion import (
     space_timesteps,
 )
 from facerestore.errors import UsageError
-from facerestore.image_io import assert_output_folder, assert_outside
+from facerestore.image_io import assert_output_folder, assert_outside, remove_stale_temps
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import stable_seed
@@ -528,7 +528,7 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
     mine = [f for i, f in enumerate(faces) if i % d.world == d.rank]
     todo = [f for f in mine if f.rel not in done_before]
     skipped_here = len(mine) - len(todo)
-    _remove_stale_temps(out, todo)
+    remove_stale_temps(out / sub / target_name(f.rel) for sub in ("base", "targets") for f in todo)
 
     # phase A: base outputs y0 (8-bit PNG, reused on resume)
     missing_base = [f for f in todo if not (out / "base" / target_name(f.rel)).is_file()]
@@ -596,15 +596,6 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     from facerestore.image_io import write_image
 
     write_image(path, quantize8(rgb))
-
-
-def _remove_stale_temps(out: Path, faces: Sequence[InputFace]) -> None:
-    for sub in ("base", "targets"):
-        for f in faces:
-            target = out / sub / target_name(f.rel)
-            if target.parent.is_dir():
-                for tmp in target.parent.glob(f".{target.name}.*.tmp"):
-                    tmp.unlink(missing_ok=True)
 
 
 def write_contact_sheet(out: Path, faces: Sequence[InputFace], size: int, done: set[str], rows: int = SHEET_ROWS) -> Path | None:
