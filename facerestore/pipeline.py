@@ -173,6 +173,28 @@ class Tools:
     on_faces: Callable[[int], None] | None = None  # progress: called with the number of faces just restored
 
 
+def scale_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Alpha for --upscale: bilinear, which cannot ring (Lanczos would leave faint ghosts of an edge in
+    fully transparent areas)."""
+    return cv2.resize(alpha, size, interpolation=cv2.INTER_LINEAR)
+
+
+def scale_background(rgb: np.ndarray, alpha: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
+    """Resize a photo for --upscale (Lanczos). With alpha, colours are weighted by it (premultiplied),
+    so the invisible colour of transparent pixels does not bleed into the edge as a dark halo."""
+    lanczos = cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
+    if alpha is None:
+        return lanczos
+    tiny = 1 / 1024
+    weighted = cv2.resize(rgb * alpha[:, :, None], size, interpolation=cv2.INTER_LANCZOS4)
+    weight = cv2.resize(alpha, size, interpolation=cv2.INTER_LANCZOS4)[:, :, None]
+    # where Lanczos's weights undershoot at an edge, the bilinear ones (never negative) decide
+    weighted_linear = cv2.resize(rgb * alpha[:, :, None], size, interpolation=cv2.INTER_LINEAR)
+    weight_linear = scale_alpha(alpha, size)[:, :, None]
+    fallback = np.where(weight_linear > tiny, weighted_linear / np.maximum(weight_linear, tiny), lanczos)
+    return np.where(weight > tiny, weighted / np.maximum(weight, tiny), fallback).astype(np.float32)
+
+
 def restore_picture(
     picture: Picture,
     tools: Tools,
@@ -212,7 +234,7 @@ def restore_picture(
     upscale = options.scale_for(height, width)
     size = (round(width * upscale), round(height * upscale))
     # one photo-sized array, clipped (Lanczos overshoots) and pasted into in place
-    background = np.array(picture.rgb, dtype=np.float32) if upscale == 1 else cv2.resize(picture.rgb, size, interpolation=cv2.INTER_LANCZOS4)
+    background = np.array(picture.rgb, dtype=np.float32) if upscale == 1 else scale_background(picture.rgb, picture.alpha, size)
     np.clip(background, 0, 1, out=background)
     photo = paste_faces(background, [(r, f.inverse) for r, f in zip(restored, faces)], upscale=upscale, masks=masks, out=background)
     timings["paste"] = time.perf_counter() - clock
@@ -240,7 +262,7 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     if photo is not None:
         alpha = picture.alpha
         if alpha is not None and upscale != 1:
-            alpha = cv2.resize(alpha, (photo.shape[1], photo.shape[0]), interpolation=cv2.INTER_LINEAR)
+            alpha = scale_alpha(alpha, (photo.shape[1], photo.shape[0]))
         result.outputs.append(write_image(namer.image(name, path), photo, alpha=alpha, **keep))
     if options.save_faces:
         for index, (face, out) in enumerate(zip(faces, restored)):

@@ -243,7 +243,7 @@ def test_weights_commands(tmp_path):
     result = run("weights", "import", bogus)
     assert result.exit_code == 1 and "sha256" in result.output
     result = run("weights", "import", tmp_path / "nope.pth")
-    assert result.exit_code == 1 and "does not exist" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output
 
 
 def test_methods_lists_licenses():

@@ -86,6 +86,19 @@ def test_alpha_and_16_bit_survive(tmp_path, three_faces):
     assert face.bit_depth == 16
 
 
+def test_upscaling_a_cutout_leaves_no_dark_halo():
+    """A white cutout on transparent black: the black under alpha 0 must not darken the enlarged edge."""
+    rgb = np.zeros((32, 32, 3), np.float32)
+    rgb[:, :16] = 1.0
+    alpha = (rgb[:, :, 0] > 0).astype(np.float32)
+    big = pipeline.scale_background(rgb, alpha, (64, 64))
+    big_alpha = pipeline.scale_alpha(alpha, (64, 64))
+    assert 0 < big_alpha[5, 32] < 1  # the edge is soft
+    over_white = big * big_alpha[:, :, None] + (1 - big_alpha[:, :, None])
+    assert over_white.min() > 0.999  # with the colours resized as they are, the edge would show as 205/255
+    np.testing.assert_allclose(pipeline.scale_background(rgb, None, (64, 64))[:, :24], 1.0, atol=0.02)  # plain Lanczos without alpha
+
+
 def test_gray_in_gray_out(tmp_path, three_faces):
     gray = photo()[:, :, :1].repeat(3, axis=2)
     source = write_image(tmp_path / "g.jpg", gray, gray=True)
