@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from facerestore.errors import BadImage, UsageError
+from facerestore.image_meta import EXIF_HEADER, embed_jpeg, embed_png, icc_colour_space, read_exif, read_icc
 
 DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -54,6 +55,14 @@ class Picture:
     bit_depth: int  # 8 or 16: write outputs at the depth the source had
     gray: bool  # single-channel source or identical channels: write the output gray too
     path: Path | None = None
+    icc: bytes | None = None  # the source's colour profile (outputs carry it; the pixels are never converted)
+    exif: bytes | None = None  # the source's EXIF, upright (image_meta.upright_exif)
+    webp_lossless: bool = False  # a lossless WebP source gives lossless WebP outputs
+
+    def encoding(self, *, exif: bool = True) -> dict:
+        """write_image's keyword arguments that make an output like this source; `exif=False` for
+        the face crops, whose camera data would describe another picture."""
+        return dict(bit_depth=self.bit_depth, gray=self.gray, icc=self.icc, exif=self.exif if exif else None, lossless=self.webp_lossless)
 
     @property
     def height(self) -> int:
@@ -254,11 +263,14 @@ def _decode(img: Image.Image, data: bytes, path: Path, width: int, height: int, 
     orientation = _read_orientation(img)
 
     arr, decoder = None, "cv2"
-    # OpenCV ignores the tRNS key colour of gray PNGs (it honours it for RGB): Pillow reads those
-    if img.format in _CV2_FORMATS and img.mode in _CV2_MODES and not (img.mode != "RGB" and "transparency" in img.info):
+    # OpenCV ignores the tRNS key colour of gray PNGs (it honours it for RGB), and reads an 8-bit TIFF
+    # with unassociated alpha through libtiff's RGBA interface, which premultiplies: Pillow reads those
+    if img.format in _CV2_FORMATS and img.mode in _CV2_MODES and not (img.mode != "RGB" and "transparency" in img.info) \
+            and not _tiff_8bit_alpha(img):
         arr = _decode_cv2(data)
         if arr is not None and arr.shape[:2] != (height, width):
             arr = None  # e.g. a multi-page TIFF where OpenCV picked another page
+    icc = read_icc(img)
     if arr is None:
         decoder = "pil"
         try:
@@ -284,11 +296,25 @@ def _decode(img: Image.Image, data: bytes, path: Path, width: int, height: int, 
         rgb = arr[:, :, :3].astype(np.float32) / scale
         alpha = arr[:, :, 3].astype(np.float32) / scale if channels == 4 else None
         gray = bool(np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 1], arr[:, :, 2]))
-    return Picture(rgb=rgb, alpha=alpha, bit_depth=bit_depth, gray=gray, path=path)
+    return Picture(rgb=rgb, alpha=alpha, bit_depth=bit_depth, gray=gray, path=path, icc=icc, exif=read_exif(img),
+                   webp_lossless=img.format == "WEBP" and _webp_is_lossless(data))
+
+
+def _tiff_8bit_alpha(img: Image.Image) -> bool:
+    if img.format != "TIFF" or img.mode not in ("RGBA", "LA"):
+        return False
+    bits = img.tag_v2.get(258, (8,))
+    return all(b == 8 for b in (bits if isinstance(bits, tuple) else (bits,)))
+
+
+def _webp_is_lossless(data: bytes) -> bool:
+    """VP8L is the lossless bitstream, "VP8 " the lossy one (in a VP8X file, whichever comes first)."""
+    lossless, lossy = data.find(b"VP8L", 12), data.find(b"VP8 ", 12)
+    return lossless >= 0 and (lossy < 0 or lossless < lossy)
 
 
 def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: int, gray: bool,
-            jpeg_quality: int) -> bytes:
+            jpeg_quality: int, icc: bytes | None = None, exif: bytes | None = None, lossless: bool = False) -> bytes:
     ext = path.suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
         raise BadImage(f"cannot write {path}: unknown image extension {ext!r}",
@@ -313,32 +339,68 @@ def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: in
     quantize = _to_uint16 if deep else to_uint8
 
     if gray:
-        luma = rgb[:, :, 0] * 0.299 + rgb[:, :, 1] * 0.587 + rgb[:, :, 2] * 0.114
-        if alpha is None and ext != ".webp":
-            out = quantize(luma)
-        else:  # OpenCV has no gray+alpha writer (and WebP has no gray): equal color channels
-            q = quantize(luma)
-            out = np.dstack([q, q, q] + ([quantize(alpha)] if alpha is not None else []))
+        samples = quantize(rgb[:, :, 0] * 0.299 + rgb[:, :, 1] * 0.587 + rgb[:, :, 2] * 0.114)[:, :, None]
     else:
-        q = quantize(rgb)[:, :, ::-1]  # RGB -> BGR
-        out = np.dstack([q, quantize(alpha)]) if alpha is not None else q
-    out = np.ascontiguousarray(out)
+        samples = quantize(rgb)
+    if alpha is not None:
+        samples = np.dstack([samples, quantize(alpha)])
+    if gray and (ext == ".webp" or alpha is not None):
+        # WebP has no gray; OpenCV writes no gray+alpha PNG, and a 16-bit gray+alpha TIFF is one that
+        # Pillow and OpenCV cannot read: equal colour channels
+        samples = samples[:, :, [0, 0, 0, 1] if alpha is not None else [0, 0, 0]]
+    samples = np.ascontiguousarray(samples)
+    space = "GRAY" if samples.shape[2] in (1, 2) else "RGB"
+    icc = icc if icc_colour_space(icc) == space else None  # a profile of another colour space would be invalid
 
+    if ext == ".webp":
+        return _encode_pillow_webp(samples, jpeg_quality, lossless, icc, exif)
+    if ext in (".tif", ".tiff"):
+        return _encode_tiff(samples, icc)
+    bgr = samples[:, :, 0] if samples.shape[2] == 1 else samples[:, :, [2, 1, 0, 3][: samples.shape[2]]]
     params: list[int] = []
     if ext in (".jpg", ".jpeg"):
         params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
-    elif ext == ".webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, int(jpeg_quality)]
     elif ext == ".png":
         params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
     try:
-        ok, buf = cv2.imencode(ext, out, params)
+        ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr), params)
     except cv2.error as e:
         raise BadImage(f"cannot encode {path} ({str(e).strip().splitlines()[-1]})",
                        hint="try another --ext") from None
     if not ok:
         raise BadImage(f"cannot encode {path}", hint="try another --ext")
+    if ext == ".png":
+        return embed_png(buf.tobytes(), icc, exif)
+    if ext in (".jpg", ".jpeg"):
+        return embed_jpeg(buf.tobytes(), icc, exif)
     return buf.tobytes()
+
+
+def _encode_pillow_webp(samples: np.ndarray, quality: int, lossless: bool, icc: bytes | None, exif: bytes | None) -> bytes:
+    """WebP through Pillow, which writes the profile, EXIF and lossless files OpenCV cannot."""
+    buffer = io.BytesIO()
+    extra = {"icc_profile": icc} if icc else {}
+    if exif:
+        extra["exif"] = EXIF_HEADER + exif
+    # exact: keep the colour under transparent pixels (libwebp would change it to compress better)
+    Image.fromarray(samples).save(buffer, "WEBP", quality=int(quality), lossless=lossless, exact=True, **extra)
+    return buffer.getvalue()
+
+
+def _encode_tiff(samples: np.ndarray, icc: bytes | None) -> bytes:
+    """TIFF through tifffile: alpha marked as such (ExtraSamples, which OpenCV leaves out), 8 or 16 bits,
+    the profile, deflate compression."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    channels = samples.shape[2]
+    tifffile.imwrite(
+        buffer, samples if channels > 1 else samples[:, :, 0],
+        photometric="minisblack" if channels in (1, 2) else "rgb",
+        extrasamples=["unassalpha"] if channels in (2, 4) else None,
+        iccprofile=icc, compression="zlib", metadata=None,
+    )
+    return buffer.getvalue()
 
 
 NAME_MAX = 255  # bytes in a file name on ext4, APFS, NTFS, ...
@@ -366,15 +428,23 @@ def remove_stale_temps(targets: Iterable[Path]) -> int:
 
 
 def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None, bit_depth: int = 8,
-                gray: bool = False, jpeg_quality: int = 95) -> Path:
+                gray: bool = False, jpeg_quality: int = 95, icc: bytes | None = None, exif: bytes | None = None,
+                lossless: bool = False) -> Path:
     """Encode by extension and write atomically; returns the path written.
 
     Formats that cannot hold alpha (JPEG, BMP) drop it; formats that cannot hold 16 bits write 8.
+    `icc` and `exif` (a source's, `Picture.encoding()`) are embedded where the format holds them
+    (PNG, JPEG, WebP; TIFF the profile only); `lossless` applies to WebP.
     The file appears complete or not at all (encode, temp file in the same folder, fsync, rename).
     Writing over an input is NOT prevented here: callers check with `assert_not_input` first.
     """
     path = Path(path)
-    payload = _encode(path, rgb, alpha, bit_depth, gray, jpeg_quality)
+    return write_bytes(path, _encode(path, rgb, alpha, bit_depth, gray, jpeg_quality, icc, exif, lossless))
+
+
+def write_bytes(path: Path, payload: bytes) -> Path:
+    """Write a file atomically (temp file in the same folder, fsync, rename); one-line BadImage on failure."""
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=temp_prefix(path), suffix=".tmp")

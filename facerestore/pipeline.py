@@ -258,12 +258,12 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     result.seconds.update(timings)
     result.faces = len(faces)
     clock = time.perf_counter()
-    keep = dict(bit_depth=picture.bit_depth, gray=picture.gray)
+    keep = picture.encoding(exif=False)  # the faces: the photo's colour profile and depth, not its camera data
     if photo is not None:
         alpha = picture.alpha
         if alpha is not None and upscale != 1:
             alpha = scale_alpha(alpha, (photo.shape[1], photo.shape[0]))
-        result.outputs.append(write_image(namer.image(name, path), photo, alpha=alpha, **keep))
+        result.outputs.append(write_image(namer.image(name, path), photo, alpha=alpha, **picture.encoding()))
     if options.save_faces:
         for index, (face, out) in enumerate(zip(faces, restored)):
             tag = None if options.aligned else index
@@ -275,7 +275,7 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     if not faces:
         result.status = "no-face"
         resized = "" if upscale == 1 else f" (only resized x{upscale:g}, --upscale)"
-        result.error = f"{path}: no face found; the photo was written unchanged{resized}"
+        result.error = f"{path}: no face found; the photo was written without restoration{resized}"
     return result
 
 

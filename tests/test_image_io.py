@@ -312,3 +312,87 @@ def test_a_named_pipe_is_not_a_regular_file_rather_than_missing(tmp_path):
     os.mkfifo(tmp_path / "pipe.jpg")
     found, problems = list_images([tmp_path / "pipe.jpg"])
     assert found == [] and problems == [(tmp_path / "pipe.jpg", "is not a regular file")]
+
+
+# ------------------------------------------------------------------ colour profiles and EXIF
+
+
+def _profile(kind: str = "sRGB") -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile(kind)).tobytes()
+
+
+def _camera_jpeg(path: Path, icc: bytes) -> Path:
+    """A phone-style JPEG: orientation 6, camera make, capture date in the Exif sub-IFD, a thumbnail."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "OPPO"
+    exif.get_ifd(0x8769)[0x9003] = "2018:07:16 17:15:19"
+    image = Image.fromarray(_raw(40, 60))
+    exif_bytes = exif.tobytes()
+    image.save(path, exif=exif_bytes, icc_profile=icc)
+    return path
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png", "webp", "tif"])
+def test_outputs_carry_the_colour_profile_and_upright_exif(tmp_path, ext):
+    """An Adobe RGB or P3 photo written without its profile is shown as sRGB (washed out); without its
+    EXIF it loses date and camera. TIFF keeps the profile only."""
+    icc = _profile("sRGB")
+    pic = read_image(_camera_jpeg(tmp_path / "camera.jpg", icc))
+    assert pic.rgb.shape[:2] == (60, 40) and pic.icc == icc and pic.exif  # turned upright on reading
+    out = Image.open(write_image(tmp_path / f"out.{ext}", pic.rgb, **pic.encoding()))
+    assert out.info.get("icc_profile") == icc
+    exif = out.getexif()
+    if ext == "tif":
+        assert exif.get(0x010F) is None
+    else:
+        assert (exif.get(0x0112), exif.get(0x010F), exif.get_ifd(0x8769).get(0x9003)) == (1, "OPPO", "2018:07:16 17:15:19")
+    assert out.size == (40, 60)  # stored upright: orientation 1, so no viewer turns it again
+    assert not pic.encoding(exif=False)["exif"]
+
+
+def test_upright_exif_resets_orientation_and_unlinks_the_thumbnail():
+    import struct
+
+    from facerestore.image_meta import upright_exif
+
+    for order in ("<", ">"):
+        # header, IFD0 with one entry (orientation 8), next-IFD offset 99 (a thumbnail)
+        head = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(order + "I", 8)
+        ifd = struct.pack(order + "H", 1) + struct.pack(order + "HHIHH", 0x0112, 3, 1, 8, 0) + struct.pack(order + "I", 99)
+        fixed = upright_exif(head + ifd)
+        assert struct.unpack_from(order + "H", fixed, 8 + 2 + 8)[0] == 1 and struct.unpack_from(order + "I", fixed, 8 + 2 + 12)[0] == 0
+    assert upright_exif(b"not exif") is None and upright_exif(b"II*\x00" + struct.pack("<I", 4000)) is None
+
+
+def test_a_gray_profile_is_not_put_into_a_colour_file(tmp_path):
+    gray_icc = _profile("sRGB")[:16] + b"GRAY" + _profile("sRGB")[20:]  # header says GRAY
+    path = write_image(tmp_path / "rgb.png", _rgb(), icc=gray_icc)
+    assert "icc_profile" not in Image.open(path).info  # an invalid file otherwise
+    path = write_image(tmp_path / "gray.png", _rgb(), icc=gray_icc, gray=True)
+    assert Image.open(path).info.get("icc_profile") == gray_icc
+
+
+def test_a_lossless_webp_stays_lossless(tmp_path):
+    rgb = to_uint8(_rgb(32, 32)).astype(np.float32) / 255
+    Image.fromarray(to_uint8(rgb)).save(tmp_path / "in.webp", lossless=True)
+    pic = read_image(tmp_path / "in.webp")
+    assert pic.webp_lossless and np.array_equal(pic.rgb, rgb)
+    again = read_image(write_image(tmp_path / "out.webp", pic.rgb, **pic.encoding()))
+    assert np.array_equal(again.rgb, rgb)  # lossy WebP at 95 would be some levels off
+    Image.fromarray(to_uint8(rgb)).save(tmp_path / "lossy.webp", quality=90)
+    assert not read_image(tmp_path / "lossy.webp").webp_lossless
+
+
+def test_tiff_alpha_is_marked_as_alpha_and_read_back_unpremultiplied(tmp_path):
+    alpha = np.linspace(0, 1, 24 * 40, dtype=np.float32).reshape(24, 40)
+    rgb = to_uint8(_rgb()).astype(np.float32) / 255
+    for depth in (8, 16):
+        path = write_image(tmp_path / f"a{depth}.tif", rgb, alpha=alpha, bit_depth=depth)
+        assert Image.open(path).tag_v2.get(338) == (2,)  # ExtraSamples: unassociated alpha
+        pic = read_image(path)
+        assert pic.bit_depth == depth and np.abs(pic.alpha - alpha).max() <= 1 / 255
+        np.testing.assert_allclose(pic.rgb, rgb, atol=1 / 255)  # libtiff's RGBA reader would premultiply
+    Image.fromarray(np.dstack([to_uint8(rgb), to_uint8(alpha)]), "RGBA").save(tmp_path / "pil.tif")  # as Photoshop writes
+    np.testing.assert_allclose(read_image(tmp_path / "pil.tif").rgb, rgb, atol=1 / 255)

@@ -99,6 +99,20 @@ def test_upscaling_a_cutout_leaves_no_dark_halo():
     np.testing.assert_allclose(pipeline.scale_background(rgb, None, (64, 64))[:, :24], 1.0, atol=0.02)  # plain Lanczos without alpha
 
 
+def test_the_photo_keeps_its_profile_and_exif_and_the_faces_only_the_profile(tmp_path, three_faces):
+    from PIL import Image, ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "OPPO"
+    source = write_image(tmp_path / "p.jpg", photo(), icc=icc, exif=exif.tobytes()[6:])  # TIFF bytes, without "Exif\0\0"
+    run_file(tmp_path, source, Darken(), upscale=1)
+    whole = Image.open(tmp_path / "out" / "restored_imgs" / "p.jpg")
+    assert whole.info.get("icc_profile") == icc and whole.getexif().get(0x010F) == "OPPO"
+    face = Image.open(tmp_path / "out" / "restored_faces" / "p_00.png")
+    assert face.info.get("icc_profile") == icc and not face.getexif()
+
+
 def test_gray_in_gray_out(tmp_path, three_faces):
     gray = photo()[:, :, :1].repeat(3, axis=2)
     source = write_image(tmp_path / "g.jpg", gray, gray=True)

@@ -41,7 +41,7 @@ import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import check_aligned_crop
-from facerestore.image_io import Picture, remove_stale_temps, assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
+from facerestore.image_io import Picture, remove_stale_temps, write_bytes, assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import stable_seed
@@ -173,7 +173,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def _write(target: Path, rgb: np.ndarray, picture: Picture, inputs: set[Path], quality: int) -> None:
     assert_not_input(target, inputs)
-    write_image(target, rgb, alpha=picture.alpha, bit_depth=picture.bit_depth, gray=picture.gray, jpeg_quality=quality)
+    write_image(target, rgb, alpha=picture.alpha, jpeg_quality=quality, **picture.encoding())
 
 
 def clean_dataset(
@@ -336,7 +336,11 @@ def _clean_photo(path: Path, rel: str, out: Path, method, detector, options: Cle
         restore_options = RestoreOptions(output=out, upscale=1.0, aligned=False, batch_size=options.batch_size, seed=file_seed(options.seed, rel), save_faces=False)
         photo, faces, _, _ = restore_picture(picture, tools, restore_options)
         rgb = np.clip(photo, 0, 1)
-        _write(out / rel, rgb, picture, inputs, options.jpeg_quality)
+        if faces:
+            _write(out / rel, rgb, picture, inputs, options.jpeg_quality)
+        else:  # copied byte for byte: re-encoding a JPEG would degrade what there was nothing to restore in
+            assert_not_input(out / rel, inputs)
+            write_bytes(out / rel, path.read_bytes())
     except FaceRestoreError as exc:
         return FileResult(rel, "failed", time.perf_counter() - clock, error=exc.one_line())
     score = _psnr(rgb, picture.rgb) if options.check else None

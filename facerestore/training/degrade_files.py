@@ -78,7 +78,7 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
             params = sample_params(rng, spec)
             degraded = apply_degradation(picture.rgb, params, rng)
             assert_not_input(dst / target, inputs)
-            write_image(dst / target, degraded, alpha=picture.alpha, gray=picture.gray or params.gray, bit_depth=picture.bit_depth)
+            write_image(dst / target, degraded, alpha=picture.alpha, **(picture.encoding() | {"gray": picture.gray or params.gray}))
         except FaceRestoreError as exc:
             failed += 1
             if on_error is not None:
