@@ -84,6 +84,16 @@ def output_format(ext: str) -> str:
     return value
 
 
+def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize a float image for a network or back: area averaging when shrinking (no aliasing),
+    bicubic when enlarging, clipped to [0, 1] (bicubic overshoots); returned as is at its size."""
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    shrink = height * width < rgb.shape[0] * rgb.shape[1]
+    resized = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    return np.clip(resized, 0.0, 1.0).astype(np.float32, copy=False)
+
+
 def is_image_path(path: Path) -> bool:
     """True when the extension (any case) is one we read and write."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS

@@ -29,7 +29,7 @@ from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
-from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, megapixels, output_format, read_image, write_image
+from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, megapixels, output_format, read_image, resize, write_image
 from facerestore.methods.base import RestorationMethod
 
 FACE_SIZE = 512
@@ -207,8 +207,7 @@ def restore_picture(
     if options.aligned:
         crop = picture.rgb
         check_aligned_crop(picture.height, picture.width, picture.path or "input")
-        if crop.shape[:2] != (FACE_SIZE, FACE_SIZE):
-            crop = cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_LINEAR)
+        crop = resize(crop, FACE_SIZE, FACE_SIZE)  # as clean-dataset and evaluate do
         identity = np.array([[1.0, 0, 0], [0, 1.0, 0]])
         faces = [AlignedFace(crop=crop.astype(np.float32), affine=identity, inverse=identity)]
     else:

@@ -38,7 +38,7 @@ import numpy as np
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.evaluation import presets
 from facerestore.faces.align import check_aligned_crop
-from facerestore.image_io import IMAGE_EXTENSIONS, list_images, read_image, write_image
+from facerestore.image_io import IMAGE_EXTENSIONS, list_images, read_image, resize, write_image
 from facerestore.metrics import METRICS, MetricResult, compute, compute_all
 
 FACE = 512
@@ -193,9 +193,8 @@ def to_face_size(rgb: np.ndarray, path: Path | str) -> tuple[np.ndarray, str]:
     check_aligned_crop(height, width, path, hint="evaluate aligned 512x512 crops (e.g. the cropped_faces/ of `facerestore PHOTO`)")
     if (height, width) == (FACE, FACE):
         return rgb, ""
-    shrink = max(height, width) > FACE
-    resized = cv2.resize(rgb, (FACE, FACE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-    return np.clip(resized, 0.0, 1.0).astype(np.float32), f"resized from {width}x{height} to {FACE}x{FACE} ({'area' if shrink else 'cubic'})"
+    shrink = height * width > FACE * FACE
+    return resize(rgb, FACE, FACE), f"resized from {width}x{height} to {FACE}x{FACE} ({'area' if shrink else 'cubic'})"
 
 
 def load_face(path: Path) -> tuple[np.ndarray, str]:

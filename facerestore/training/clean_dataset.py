@@ -35,13 +35,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import check_aligned_crop
-from facerestore.image_io import Picture, remove_stale_temps, write_bytes, assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
+from facerestore.image_io import Picture, remove_stale_temps, resize, write_bytes, assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import stable_seed
@@ -139,20 +138,6 @@ def _read_manifests(state: Path) -> dict[str, dict]:
 
 def file_seed(seed: int, rel: str) -> int:
     return stable_seed(seed, "clean", rel)
-
-
-def _to_face(rgb: np.ndarray) -> np.ndarray:
-    if rgb.shape[:2] == (FACE, FACE):
-        return rgb
-    interp = cv2.INTER_AREA if min(rgb.shape[:2]) > FACE else cv2.INTER_CUBIC
-    return np.clip(cv2.resize(rgb, (FACE, FACE), interpolation=interp), 0, 1)
-
-
-def _from_face(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    if rgb.shape[:2] == (height, width):
-        return rgb
-    interp = cv2.INTER_AREA if min(height, width) < FACE else cv2.INTER_CUBIC
-    return np.clip(cv2.resize(rgb, (width, height), interpolation=interp), 0, 1)
 
 
 def _restore_faces(method, crops: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
@@ -308,14 +293,14 @@ def _clean_faces(paths: list[Path], rels: list[str], chunk: list[int], out: Path
         return results
     clock = time.perf_counter()
     try:
-        restored = _restore_faces(method, [_to_face(p.rgb) for _, p, _ in pictures], [file_seed(options.seed, rels[i]) for i, _, _ in pictures])
+        restored = _restore_faces(method, [resize(p.rgb, FACE, FACE) for _, p, _ in pictures], [file_seed(options.seed, rels[i]) for i, _, _ in pictures])
     except FaceRestoreError as exc:
         per = (time.perf_counter() - clock) / len(pictures)
         return results + [FileResult(rels[i], "failed", per + t, error=exc.one_line()) for i, _, t in pictures]
     per_face = (time.perf_counter() - clock) / len(pictures)
     for (i, picture, read_time), face in zip(pictures, restored):
         clock = time.perf_counter()
-        rgb = _from_face(face, picture.height, picture.width)
+        rgb = resize(face, picture.width, picture.height)
         try:
             _write(out / rels[i], rgb, picture, inputs, options.jpeg_quality)
         except FaceRestoreError as exc:

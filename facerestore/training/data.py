@@ -27,7 +27,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -35,7 +34,7 @@ from PIL import Image
 from facerestore.diffusion.losses import NoiseLevels, perturbed_noise, sample_noise_levels
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import list_images, read_image
+from facerestore.image_io import list_images, read_image, resize
 from facerestore.training.degradations import DegradationSpec, sample_params, apply_degradation, to_gray
 from facerestore.training.seeds import permutation, stable_seed
 
@@ -126,9 +125,7 @@ def to_square(rgb: np.ndarray, size: int) -> np.ndarray:
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
         rgb = rgb[top : top + side, left : left + side]
-    if rgb.shape[0] != size:
-        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_CUBIC)
-    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+    return np.clip(resize(rgb, size, size), 0.0, 1.0).astype(np.float32)
 
 
 def load_face(path: str, size: int) -> np.ndarray:

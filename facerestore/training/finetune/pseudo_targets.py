@@ -71,7 +71,7 @@ from facerestore.diffusion import (
     space_timesteps,
 )
 from facerestore.errors import UsageError
-from facerestore.image_io import assert_output_folder, assert_outside, remove_stale_temps
+from facerestore.image_io import assert_output_folder, assert_outside, remove_stale_temps, resize
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import stable_seed
@@ -313,13 +313,9 @@ def to_images(batch: torch.Tensor) -> list[np.ndarray]:
 
 def contact_sheet(rows: Sequence[Sequence[np.ndarray]], thumb: int = SHEET_THUMB) -> np.ndarray:
     """Rows of equally many images -> one HxWx3 image, each cell resized to thumb x thumb."""
-    import cv2
 
     def cell(img: np.ndarray) -> np.ndarray:
-        if img.shape[:2] == (thumb, thumb):
-            return img
-        interp = cv2.INTER_AREA if img.shape[0] > thumb else cv2.INTER_CUBIC
-        return np.clip(cv2.resize(img, (thumb, thumb), interpolation=interp), 0, 1)
+        return resize(img, thumb, thumb)
 
     gap = np.ones((thumb, 4, 3), np.float32)
     lines = []

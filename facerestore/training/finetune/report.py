@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from facerestore.image_io import resize
 from facerestore.training.finetune.pseudo_targets import (
     InputFace,
     Reporter,
@@ -51,10 +51,7 @@ class ReportResult:
 
 
 def _native(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    if img.shape[:2] == (height, width):
-        return img
-    interp = cv2.INTER_AREA if img.shape[0] > height else cv2.INTER_CUBIC
-    return np.clip(cv2.resize(img, (width, height), interpolation=interp), 0, 1).astype(np.float32)
+    return resize(img, width, height)
 
 
 def _niqe(img: np.ndarray) -> tuple[float | None, str]:
