@@ -263,12 +263,14 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
         if alpha is not None and upscale != 1:
             alpha = scale_alpha(alpha, (photo.shape[1], photo.shape[0]))
         result.outputs.append(write_image(namer.image(name, path), photo, alpha=alpha, **picture.encoding()))
+    # with --aligned the restored face is the result: it keeps the crop's transparency
+    face_alpha = resize(picture.alpha, FACE_SIZE, FACE_SIZE) if options.aligned and picture.alpha is not None else None
     if options.save_faces:
         for index, (face, out) in enumerate(zip(faces, restored)):
             tag = None if options.aligned else index
             if not options.aligned:
                 result.outputs.append(write_image(namer.face("cropped_faces", name, tag), face.crop, **keep))
-            result.outputs.append(write_image(namer.face("restored_faces", name, tag, suffix=True), out, **keep))
+            result.outputs.append(write_image(namer.face("restored_faces", name, tag, suffix=True), out, alpha=face_alpha, **keep))
             result.outputs.append(write_image(namer.face("cmp", name, tag), _side_by_side(face.crop, out), **keep))
     result.seconds["write"] = time.perf_counter() - clock
     if not faces:

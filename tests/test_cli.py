@@ -81,6 +81,12 @@ def test_aligned_writes_the_restored_face_in_the_ext_format_and_refuses_upscale(
     assert result.exit_code == 0, result.output
     assert read_image(tmp_path / "out" / "restored_faces" / "face.jpg").rgb.shape == (512, 512, 3)
     assert (tmp_path / "out" / "cmp" / "face.png").is_file()  # the comparison stays lossless
+    alpha = np.linspace(0, 1, 256 * 256, dtype=np.float32).reshape(256, 256)
+    write_image(tmp_path / "cutout" / "face.png", cv2.resize(smooth(), (256, 256)), alpha=alpha)
+    result = run(tmp_path / "cutout", "--aligned", "-o", tmp_path / "cut", "-m", "baseline", "--weights", tiny_baseline, "-q")
+    assert result.exit_code == 0, result.output
+    kept = read_image(tmp_path / "cut" / "restored_faces" / "face.png").alpha
+    assert kept is not None and np.abs(kept - cv2.resize(alpha, (512, 512), interpolation=cv2.INTER_CUBIC).clip(0, 1)).max() < 2 / 255
     result = run(crops, "--aligned", "-o", tmp_path / "up", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "2")
     assert result.exit_code == 2 and "--upscale does nothing with --aligned" in result.output
     assert not (tmp_path / "up").exists()
