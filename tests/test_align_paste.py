@@ -86,3 +86,23 @@ def test_mask_has_no_hard_edge():
     assert mask[0].max() == 0.0 and mask[256, 256] == 1.0
     steps = max(np.abs(np.diff(mask, axis=0)).max(), np.abs(np.diff(mask, axis=1)).max())
     assert steps < 1.6 / (512 / 8)  # smoothstep slope bound: 1.5 / feather width
+
+
+@pytest.mark.parametrize("upscale", [1, 2, 4])
+def test_a_face_cut_by_the_photo_edge_leaves_no_gray_line(upscale):
+    """The crop is gray beyond the photo's edge, and its edge pixels partly gray: pasted back as they
+    are, they drew a line along the edge. The face fades out toward the edge instead."""
+    import cv2
+
+    from facerestore.faces.paste import photo_edge_fade
+
+    image = np.full((300, 300, 3), 0.1, np.float32)  # dark, far from the gray fill (0.52)
+    face = align_face(image, FFHQ_TEMPLATE_512 * 0.5 + [-60.0, 40.0])  # a quarter of the crop lies left of the photo
+    assert face.crop[:, :100].mean() > 0.4  # gray fill, as facexlib's alignment makes it
+    background = cv2.resize(image, (300 * upscale, 300 * upscale), interpolation=cv2.INTER_LINEAR)
+    pasted = paste_faces(background, [(face.crop, face.inverse)], upscale=upscale)
+    np.testing.assert_allclose(pasted[:, : 2 * upscale], 0.1, atol=2e-3)  # no gray pulled into the edge columns
+    inner = pasted[150 * upscale, 60 * upscale : 120 * upscale]
+    np.testing.assert_allclose(inner, 0.1, atol=2e-3)  # and the face's own pixels are pasted as before
+    inside = align_face(image, FFHQ_TEMPLATE_512 * 0.3 + [80.0, 80.0])
+    assert photo_edge_fade(upscaled_inverse(inside.inverse, upscale), 512, 300 * upscale, 300 * upscale) is None  # the usual case costs nothing

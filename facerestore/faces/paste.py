@@ -41,6 +41,32 @@ def soft_face_mask(size: int) -> np.ndarray:
     return mask
 
 
+EDGE_SKIP, EDGE_RAMP = 1.0, 8.0  # crop pixels, for a 512 crop
+
+
+def photo_edge_fade(matrix: np.ndarray, size: int, height: int, width: int) -> np.ndarray | None:
+    """Weights in crop space that fade a face out toward the edge of the photo, or None where the
+    crop lies well inside it.
+
+    Where a face is cut by the photo's edge, the aligned crop is filled with gray beyond it, and the
+    pixels at the edge are partly that gray (bilinear sampling), as is what the network makes of them
+    a few pixels further in. Pasted as they are, they draw a gray line along the photo's edge. So the
+    weight is 0 for the crop pixel at the edge and rises to 1 over EDGE_RAMP crop pixels inward.
+    """
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))  # photo pixels per crop pixel
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64) @ matrix.T
+    margin = (EDGE_SKIP + EDGE_RAMP) * size / 512 * scale
+    if corners[:, 0].min() >= margin and corners[:, 1].min() >= margin and corners[:, 0].max() <= width - 1 - margin \
+            and corners[:, 1].max() <= height - 1 - margin:
+        return None
+    u, v = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64))
+    x = matrix[0, 0] * u + matrix[0, 1] * v + matrix[0, 2]
+    y = matrix[1, 0] * u + matrix[1, 1] * v + matrix[1, 2]
+    inside = np.minimum(np.minimum(x + 0.5, width - 0.5 - x), np.minimum(y + 0.5, height - 0.5 - y)) / scale  # crop pixels
+    ramp = np.clip((inside - EDGE_SKIP * size / 512) / (EDGE_RAMP * size / 512), 0.0, 1.0)
+    return (ramp * ramp * (3.0 - 2.0 * ramp)).astype(np.float32)
+
+
 def _roi(matrix: np.ndarray, size: int, height: int, width: int) -> tuple[int, int, int, int] | None:
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64)
     mapped = corners @ matrix.T
@@ -81,6 +107,9 @@ def paste_faces(
         roi = _roi(matrix, size, height, width)
         if roi is None:
             continue
+        fade = photo_edge_fade(matrix, size, height, width)
+        if fade is not None:
+            mask = mask * fade
         x0, y0, x1, y1 = roi
         local = matrix.copy()
         local[:, 2] -= (x0, y0)
