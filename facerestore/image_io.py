@@ -525,10 +525,20 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = ()) -> tuple[l
 
 
 def assert_output_folder(path: Path, option: str = "--out") -> None:
-    """Refuse an output folder that is an existing file, before any work, instead of failing every
-    write (or with a traceback) later."""
-    if Path(path).exists() and not Path(path).is_dir():
+    """Refuse an output folder that cannot be made or written (it, or a folder above it, is a file; the
+    place is read-only), before any work, instead of failing every write (or with a traceback) after
+    hours of restoring. Nothing is created here: a later usage error leaves no empty folder behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {path} is a file, not a folder", hint="pass a new or existing folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path} cannot be made: {existing} is a file, not a folder", hint="pass a folder under an existing folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" ({existing} is not writable)"
+        raise UsageError(f"{option} {path} cannot be written{where}", hint="choose a folder you can write to")
 
 
 def assert_outside(out: Path, folder: Path, where: str, hint: str) -> None:

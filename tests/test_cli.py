@@ -111,16 +111,37 @@ def test_a_large_photo_keeps_its_size_unless_upscale_is_given(tmp_path, tiny_bas
     assert sizes == {"auto": (400, 1600), "two": (800, 3200)}
 
 
-@pytest.mark.parametrize("command", [["restore", "IN", "-o"], ["clean-dataset", "IN", "--out"], ["degrade", "IN", "--out"],
-                                     ["train", "IN", "--out"], ["finetune", "--unpaired", "IN", "--out"],
-                                     ["finetune", "pseudo-targets", "IN", "--out"]])
-def test_an_output_folder_that_is_a_file_is_a_usage_error_before_any_work(tmp_path, command):
-    write_image(tmp_path / "in" / "face.png", smooth())
+OUTPUT_COMMANDS = [["restore", "IN", "-o"], ["clean-dataset", "IN", "--out"], ["degrade", "IN", "--out"], ["train", "IN", "--out"],
+                   ["finetune", "--unpaired", "IN", "--out"], ["finetune", "pseudo-targets", "IN", "--out"], ["evaluate", "--hq", "IN", "-m", "identity", "-o"]]
+
+
+@pytest.mark.parametrize("below", [False, True])
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_an_output_folder_that_is_a_file_is_a_usage_error_before_any_work(tmp_path, command, below):
+    """Also a folder below a file (`-o afile/out`): found before hours of restoring, not at every write."""
+    write_image(tmp_path / "in" / "face.png", cv2.resize(smooth(), (64, 64)))
     (tmp_path / "taken").write_text("not a folder")
-    result = run(*[str(tmp_path / "in") if part == "IN" else part for part in command], tmp_path / "taken")
+    out = tmp_path / "taken" / "out" if below else tmp_path / "taken"
+    result = run(*[str(tmp_path / "in") if part == "IN" else part for part in command], out)
     assert result.exit_code == 2, result.output
     assert "taken is a file, not a folder" in result.output and "Traceback" not in result.output
     assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_an_output_folder_that_cannot_be_written_is_a_usage_error_before_any_work(tmp_path, command, monkeypatch):
+    """A read-only place (a mount, another user's folder; root passes permission bits, so access is faked)."""
+    import os
+
+    import facerestore.image_io
+
+    write_image(tmp_path / "in" / "face.png", cv2.resize(smooth(), (64, 64)))
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    monkeypatch.setattr(facerestore.image_io.os, "access", lambda p, mode: False if Path(p) == tmp_path / "ro" else real(p, mode))
+    result = run(*[str(tmp_path / "in") if part == "IN" else part for part in command], tmp_path / "ro" / "out")
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'ro'} is not writable" in result.output and not (tmp_path / "ro" / "out").exists()
 
 
 def _library_entry_points():

@@ -85,12 +85,15 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
                 on_error(exc.one_line())
             continue
         records.append({"path": target.as_posix(), "source": rel.as_posix(), **params.to_dict()})
-    dst.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = dst / "degradations.json", dst / "degradations.csv"
-    _atomic_text(json_path, json.dumps({"preset": preset, "seed": seed, "spec": dataclasses.asdict(spec), "images": records}, indent=1) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["path", "source", *FIELDS])
     writer.writeheader()
     writer.writerows(records)
-    _atomic_text(csv_path, buffer.getvalue())
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        _atomic_text(json_path, json.dumps({"preset": preset, "seed": seed, "spec": dataclasses.asdict(spec), "images": records}, indent=1) + "\n")
+        _atomic_text(csv_path, buffer.getvalue())
+    except OSError as exc:
+        raise FaceRestoreError(f"cannot write the parameters into {dst} ({exc.strerror or exc})", hint="check free space and permissions") from None
     return DegradeReport(written=len(records), failed=failed, json_path=json_path, csv_path=csv_path, records=records)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facerestore.errors import UsageError
+from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.training.seeds import stable_seed
 
 
@@ -123,7 +123,10 @@ def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
             raise UsageError(f"{state.parent} holds {what} made with other settings ({differ})",
                              hint=f"rerun with the same options, choose another --out, or delete {state} to start over")
     elif main:
-        state.mkdir(parents=True, exist_ok=True)
-        tmp = state / ".settings.json.tmp"
-        tmp.write_text(json.dumps(settings, indent=1) + "\n")
-        os.replace(tmp, path)
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+            tmp = state / ".settings.json.tmp"
+            tmp.write_text(json.dumps(settings, indent=1) + "\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise FaceRestoreError(f"cannot write {path} ({exc.strerror or exc})", hint="check free space and permissions") from None
