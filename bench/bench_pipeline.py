@@ -64,12 +64,13 @@ def main() -> None:
     rows = []
     for path in paths:
         picture, read_s = timed(read_image, path)
-        _, faces, _, t = restore_picture(picture, Tools(method=method, detector=detector), options)
+        crops: list = []
+        _, n, t = restore_picture(picture, Tools(method=method, detector=detector), options,
+                                  on_faces=lambda first, faces, restored: crops.extend(f.crop for f in faces))
         single = float("nan")
-        if faces and not args.no_single:
-            _, single = timed(restore_crops, method, [f.crop for f in faces], batch_size=1, seed=0)
+        if crops and not args.no_single:
+            _, single = timed(restore_crops, method, crops, batch_size=1, seed=0)
         total = read_s + sum(t.values())
-        n = len(faces)
         rows.append((n, t, single, total))
         print(
             f"| {path.name} | {picture.width}x{picture.height} | {n} | {read_s:.3f} | {t.get('detect', 0):.3f} | {t.get('align', 0):.3f} | "

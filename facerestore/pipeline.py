@@ -1,4 +1,4 @@
-"""restore_image / restore_paths: read -> detect -> align -> restore (batched) -> paste -> write.
+"""restore_paths / restore_file / restore_picture: read -> detect -> align -> restore (batched) -> paste -> write.
 
 Output layout follows GFPGAN (the convention users know, ANCHORS.md 3.3):
   restored_imgs/<name>[_suffix].<ext>    whole photo (not with --aligned)
@@ -115,13 +115,15 @@ def restore_crops(
     generator = torch.Generator().manual_seed(seed)
     restored: list[np.ndarray] = []
     for start in range(0, len(crops), batch_size):
-        chunk = np.stack(crops[start : start + batch_size]).astype(np.float32)
-        batch = torch.from_numpy(chunk).permute(0, 3, 1, 2).contiguous()
-        out = method.restore(batch, generator=generator)
-        restored.extend(out.permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy())
+        restored.extend(_restore_batch(method, crops[start : start + batch_size], generator))
         if on_batch:
-            on_batch(len(chunk))
+            on_batch(len(crops[start : start + batch_size]))
     return restored
+
+
+def _restore_batch(method: RestorationMethod, crops: Sequence[np.ndarray], generator: torch.Generator) -> list[np.ndarray]:
+    batch = torch.from_numpy(np.stack(crops).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+    return list(method.restore(batch, generator=generator).permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy())
 
 
 def _side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -195,49 +197,71 @@ def scale_background(rgb: np.ndarray, alpha: np.ndarray | None, size: tuple[int,
     return np.where(weight > tiny, weighted / np.maximum(weight, tiny), fallback).astype(np.float32)
 
 
+FacesCallback = Callable[[int, Sequence[AlignedFace], Sequence[np.ndarray]], None]
+
+
 def restore_picture(
     picture: Picture,
     tools: Tools,
     options: RestoreOptions,
-) -> tuple[np.ndarray | None, list[AlignedFace], list[np.ndarray], dict[str, float]]:
-    """The in-memory core: returns (whole restored photo or None if aligned, crops, restored crops, timings)."""
+    on_faces: FacesCallback | None = None,
+) -> tuple[np.ndarray | None, int, dict[str, float]]:
+    """The in-memory core: returns (the whole restored photo, or None with --aligned; the number of
+    faces; timings).
+
+    Faces are aligned, restored, pasted and handed to `on_faces(index of the first, aligned faces,
+    restored crops)` one batch at a time and then dropped, so memory does not grow with the number
+    of faces (two 3 MB crops per face: a 600-face class photo would hold several GB). One generator
+    per photo, drawn in face order: the same seed gives the same output whatever the batching."""
     method, detector = tools.method, tools.detector
-    timings: dict[str, float] = {}
+    timings: Counter[str] = Counter()
+    generator = torch.Generator().manual_seed(options.seed)
     clock = time.perf_counter()
     if options.aligned:
-        crop = picture.rgb
         check_aligned_crop(picture.height, picture.width, picture.path or "input")
-        crop = resize(crop, FACE_SIZE, FACE_SIZE)  # as clean-dataset and evaluate do
+        crop = resize(picture.rgb, FACE_SIZE, FACE_SIZE)  # as clean-dataset and evaluate do
         identity = np.array([[1.0, 0, 0], [0, 1.0, 0]])
         faces = [AlignedFace(crop=crop.astype(np.float32), affine=identity, inverse=identity)]
-    else:
-        assert detector is not None
-        found = detect_faces(picture.rgb, detector, threshold=options.detection_threshold, min_eye_distance=options.min_face)
-        found = select_faces(found, picture.rgb.shape, only_center_face=options.only_center_face)
-        timings["detect"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        faces = [align_face(picture.rgb, f.landmarks, FACE_SIZE) for f in found]
-        timings["align"] = time.perf_counter() - clock
+        restored = _restore_batch(method, [faces[0].crop], generator)
+        timings["restore"] = time.perf_counter() - clock
+        if tools.on_faces:
+            tools.on_faces(1)
+        if on_faces:
+            on_faces(0, faces, restored)
+        return None, 1, dict(timings)
+    assert detector is not None
+    found = detect_faces(picture.rgb, detector, threshold=options.detection_threshold, min_eye_distance=options.min_face)
+    found = select_faces(found, picture.rgb.shape, only_center_face=options.only_center_face)
+    timings["detect"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    restored = restore_crops(method, [f.crop for f in faces], batch_size=options.batch_size, seed=options.seed, on_batch=tools.on_faces) if faces else []
-    timings["restore"] = time.perf_counter() - clock
-    if options.aligned:
-        return None, faces, restored, timings
-    clock = time.perf_counter()
-    masks = None
-    if tools.parser is not None and restored:
-        masks = list(tools.parser(torch.from_numpy(np.stack(restored)).permute(0, 3, 1, 2).contiguous()))
-        timings["parse"] = time.perf_counter() - clock
-        clock = time.perf_counter()
     height, width = picture.rgb.shape[:2]
     upscale = options.scale_for(height, width)
     size = (round(width * upscale), round(height * upscale))
     # one photo-sized array, clipped (Lanczos overshoots) and pasted into in place
-    background = np.array(picture.rgb, dtype=np.float32) if upscale == 1 else scale_background(picture.rgb, picture.alpha, size)
-    np.clip(background, 0, 1, out=background)
-    photo = paste_faces(background, [(r, f.inverse) for r, f in zip(restored, faces)], upscale=upscale, masks=masks, out=background)
+    photo = np.array(picture.rgb, dtype=np.float32) if upscale == 1 else scale_background(picture.rgb, picture.alpha, size)
+    np.clip(photo, 0, 1, out=photo)
     timings["paste"] = time.perf_counter() - clock
-    return photo, faces, restored, timings
+    for start in range(0, len(found), options.batch_size):
+        clock = time.perf_counter()
+        faces = [align_face(picture.rgb, f.landmarks, FACE_SIZE) for f in found[start : start + options.batch_size]]
+        timings["align"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        restored = _restore_batch(method, [f.crop for f in faces], generator)
+        timings["restore"] += time.perf_counter() - clock
+        if tools.on_faces:
+            tools.on_faces(len(faces))
+        masks = None
+        if tools.parser is not None:
+            clock = time.perf_counter()
+            masks = list(tools.parser(torch.from_numpy(np.stack(restored)).permute(0, 3, 1, 2).contiguous()))
+            timings["parse"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        paste_faces(photo, [(r, f.inverse) for r, f in zip(restored, faces)], upscale=upscale, masks=masks, out=photo)
+        timings["paste"] += time.perf_counter() - clock
+        if on_faces:
+            on_faces(start, faces, restored)
+    timings.setdefault("restore", 0.0)
+    return photo, len(found), dict(timings)
 
 
 def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, namer: OutputNamer) -> ImageResult:
@@ -253,27 +277,32 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
             hint="use a smaller --upscale or raise --max-pixels",
         )
     result.seconds["read"] = time.perf_counter() - clock
-    photo, faces, restored, timings = restore_picture(picture, tools, options)
-    result.seconds.update(timings)
-    result.faces = len(faces)
-    clock = time.perf_counter()
     keep = picture.encoding(exif=False)  # the faces: the photo's colour profile and depth, not its camera data
-    if photo is not None:
-        alpha = picture.alpha
-        if alpha is not None and upscale != 1:
-            alpha = scale_alpha(alpha, (photo.shape[1], photo.shape[0]))
-        result.outputs.append(write_image(namer.image(name, path), photo, alpha=alpha, **picture.encoding()))
     # with --aligned the restored face is the result: it keeps the crop's transparency
     face_alpha = resize(picture.alpha, FACE_SIZE, FACE_SIZE) if options.aligned and picture.alpha is not None else None
-    if options.save_faces:
-        for index, (face, out) in enumerate(zip(faces, restored)):
+    writing = 0.0
+
+    def write_faces(first: int, faces: Sequence[AlignedFace], restored: Sequence[np.ndarray]) -> None:
+        nonlocal writing
+        clock = time.perf_counter()
+        for index, (face, out) in enumerate(zip(faces, restored), first):
             tag = None if options.aligned else index
             if not options.aligned:
                 result.outputs.append(write_image(namer.face("cropped_faces", name, tag), face.crop, **keep))
             result.outputs.append(write_image(namer.face("restored_faces", name, tag, suffix=True), out, alpha=face_alpha, **keep))
             result.outputs.append(write_image(namer.face("cmp", name, tag), _side_by_side(face.crop, out), **keep))
-    result.seconds["write"] = time.perf_counter() - clock
-    if not faces:
+        writing += time.perf_counter() - clock
+
+    photo, result.faces, timings = restore_picture(picture, tools, options, on_faces=write_faces if options.save_faces else None)
+    result.seconds.update(timings)
+    clock = time.perf_counter()
+    if photo is not None:
+        alpha = picture.alpha
+        if alpha is not None and upscale != 1:
+            alpha = scale_alpha(alpha, (photo.shape[1], photo.shape[0]))
+        result.outputs.append(write_image(namer.image(name, path), photo, alpha=alpha, **picture.encoding()))
+    result.seconds["write"] = writing + time.perf_counter() - clock
+    if not result.faces:
         result.status = "no-face"
         resized = "" if upscale == 1 else f" (only resized x{upscale:g}, --upscale)"
         result.error = f"{path}: no face found; the photo was written without restoration{resized}"

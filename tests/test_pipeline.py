@@ -66,6 +66,38 @@ def test_all_faces_of_a_photo_in_batches(tmp_path, three_faces):
     np.testing.assert_allclose(out[195, 5], original[195, 5], atol=1 / 255)  # far from faces: untouched
 
 
+def test_only_one_batch_of_crops_is_held_at_a_time(tmp_path, monkeypatch):
+    """A class photo of 600 faces must not hold 600 pairs of 3 MB crops: align, restore, paste and
+    write a batch, then drop it."""
+    import gc
+    import itertools
+    import weakref
+
+    alive: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # the crops not yet freed
+    align, numbers = pipeline.align_face, itertools.count()
+
+    def tracked(*args, **kwargs):
+        face = align(*args, **kwargs)
+        alive[next(numbers)] = face.crop
+        return face
+
+    class Counting(Darken):
+        most = 0
+
+        def restore(self, crops, generator=None):
+            gc.collect()
+            Counting.most = max(Counting.most, len(alive))
+            return super().restore(crops, generator)
+
+    monkeypatch.setattr(pipeline, "align_face", tracked)
+    monkeypatch.setattr(pipeline, "detect_faces", lambda image, detector, **kw: faces_at(*[(10 + 40 * i, 10) for i in range(7)], scale=0.07))
+    source = write_image(tmp_path / "class.png", photo())
+    method = Counting()
+    result = run_file(tmp_path, source, method, batch_size=2, upscale=1)
+    assert result.faces == 7 and method.batches == [2, 2, 2, 1] and Counting.most == 2
+    assert sorted(p.name for p in (tmp_path / "out" / "restored_faces").iterdir()) == [f"class_{i:02d}.png" for i in range(7)]
+
+
 def test_batching_does_not_change_results():
     crops = [np.random.default_rng(i).random((512, 512, 3), dtype=np.float32) for i in range(3)]
     together = restore_crops(Darken(), crops, batch_size=8, seed=3)

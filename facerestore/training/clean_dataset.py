@@ -319,7 +319,7 @@ def _clean_photo(path: Path, rel: str, out: Path, method, detector, options: Cle
         picture = read_image(path)
         tools = Tools(method=method, detector=detector)
         restore_options = RestoreOptions(output=out, upscale=1.0, aligned=False, batch_size=options.batch_size, seed=file_seed(options.seed, rel), save_faces=False)
-        photo, faces, _, _ = restore_picture(picture, tools, restore_options)
+        photo, faces, _ = restore_picture(picture, tools, restore_options)
         rgb = np.clip(photo, 0, 1)
         if faces:
             _write(out / rel, rgb, picture, inputs, options.jpeg_quality)
