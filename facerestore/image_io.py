@@ -58,11 +58,13 @@ class Picture:
     icc: bytes | None = None  # the source's colour profile (outputs carry it; the pixels are never converted)
     exif: bytes | None = None  # the source's EXIF, upright (image_meta.upright_exif)
     webp_lossless: bool = False  # a lossless WebP source gives lossless WebP outputs
+    full_chroma: bool = False  # a JPEG source without chroma subsampling (4:4:4) gives 4:4:4 JPEG outputs
 
     def encoding(self, *, exif: bool = True) -> dict:
         """write_image's keyword arguments that make an output like this source; `exif=False` for
         the face crops, whose camera data would describe another picture."""
-        return dict(bit_depth=self.bit_depth, gray=self.gray, icc=self.icc, exif=self.exif if exif else None, lossless=self.webp_lossless)
+        return dict(bit_depth=self.bit_depth, gray=self.gray, icc=self.icc, exif=self.exif if exif else None, lossless=self.webp_lossless,
+                    full_chroma=self.full_chroma)
 
     @property
     def height(self) -> int:
@@ -307,7 +309,13 @@ def _decode(img: Image.Image, data: bytes, path: Path, width: int, height: int, 
         alpha = arr[:, :, 3].astype(np.float32) / scale if channels == 4 else None
         gray = bool(np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 1], arr[:, :, 2]))
     return Picture(rgb=rgb, alpha=alpha, bit_depth=bit_depth, gray=gray, path=path, icc=icc, exif=read_exif(img),
-                   webp_lossless=img.format == "WEBP" and _webp_is_lossless(data))
+                   webp_lossless=img.format == "WEBP" and _webp_is_lossless(data), full_chroma=_jpeg_full_chroma(img))
+
+
+def _jpeg_full_chroma(img: Image.Image) -> bool:
+    from PIL import JpegImagePlugin
+
+    return img.format == "JPEG" and img.mode in ("RGB", "YCbCr") and JpegImagePlugin.get_sampling(img) == 0
 
 
 def _tiff_8bit_alpha(img: Image.Image) -> bool:
@@ -324,7 +332,8 @@ def _webp_is_lossless(data: bytes) -> bool:
 
 
 def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: int, gray: bool,
-            jpeg_quality: int, icc: bytes | None = None, exif: bytes | None = None, lossless: bool = False) -> bytes:
+            jpeg_quality: int, icc: bytes | None = None, exif: bytes | None = None, lossless: bool = False,
+            full_chroma: bool = False) -> bytes:
     ext = path.suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
         raise BadImage(f"cannot write {path}: unknown image extension {ext!r}",
@@ -370,6 +379,8 @@ def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: in
     params: list[int] = []
     if ext in (".jpg", ".jpeg"):
         params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+        if full_chroma:
+            params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
     elif ext == ".png":
         params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
     try:
@@ -439,17 +450,17 @@ def remove_stale_temps(targets: Iterable[Path]) -> int:
 
 def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None, bit_depth: int = 8,
                 gray: bool = False, jpeg_quality: int = 95, icc: bytes | None = None, exif: bytes | None = None,
-                lossless: bool = False) -> Path:
+                lossless: bool = False, full_chroma: bool = False) -> Path:
     """Encode by extension and write atomically; returns the path written.
 
     Formats that cannot hold alpha (JPEG, BMP) drop it; formats that cannot hold 16 bits write 8.
     `icc` and `exif` (a source's, `Picture.encoding()`) are embedded where the format holds them
-    (PNG, JPEG, WebP; TIFF the profile only); `lossless` applies to WebP.
+    (PNG, JPEG, WebP; TIFF the profile only); `lossless` applies to WebP, `full_chroma` (4:4:4) to JPEG.
     The file appears complete or not at all (encode, temp file in the same folder, fsync, rename).
     Writing over an input is NOT prevented here: callers check with `assert_not_input` first.
     """
     path = Path(path)
-    return write_bytes(path, _encode(path, rgb, alpha, bit_depth, gray, jpeg_quality, icc, exif, lossless))
+    return write_bytes(path, _encode(path, rgb, alpha, bit_depth, gray, jpeg_quality, icc, exif, lossless, full_chroma))
 
 
 def write_bytes(path: Path, payload: bytes) -> Path:

@@ -396,3 +396,15 @@ def test_tiff_alpha_is_marked_as_alpha_and_read_back_unpremultiplied(tmp_path):
         np.testing.assert_allclose(pic.rgb, rgb, atol=1 / 255)  # libtiff's RGBA reader would premultiply
     Image.fromarray(np.dstack([to_uint8(rgb), to_uint8(alpha)]), "RGBA").save(tmp_path / "pil.tif")  # as Photoshop writes
     np.testing.assert_allclose(read_image(tmp_path / "pil.tif").rgb, rgb, atol=1 / 255)
+
+
+def test_a_jpeg_without_chroma_subsampling_keeps_full_colour_resolution(tmp_path):
+    from PIL import JpegImagePlugin
+
+    for sampling in (0, 2):  # 4:4:4, 4:2:0
+        Image.fromarray(_raw(32, 32)).save(tmp_path / f"in{sampling}.jpg", quality=98, subsampling=sampling)
+        pic = read_image(tmp_path / f"in{sampling}.jpg")
+        assert pic.full_chroma == (sampling == 0)
+        out = write_image(tmp_path / f"out{sampling}.jpg", pic.rgb, **pic.encoding())
+        assert JpegImagePlugin.get_sampling(Image.open(out)) == sampling  # 4:4:4 stays 4:4:4; 4:2:0 is the default
+
