@@ -68,9 +68,14 @@ def summary(*args) -> dict:
 
 
 def manifest(out: Path) -> list[dict]:
+    """The manifests' records; a line still being written (read while the run appends) is not one yet."""
     lines = []
     for path in sorted((out / STATE_DIR).glob("done-rank*.jsonl")):
-        lines += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for line in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     return lines
 
 
