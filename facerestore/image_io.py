@@ -59,6 +59,7 @@ class Picture:
     exif: bytes | None = None  # the source's EXIF, upright (image_meta.upright_exif)
     webp_lossless: bool = False  # a lossless WebP source gives lossless WebP outputs
     full_chroma: bool = False  # a JPEG source without chroma subsampling (4:4:4) gives 4:4:4 JPEG outputs
+    frames: int = 1  # an animated GIF or WebP, or a multi-page TIFF: only the first frame is read
 
     def encoding(self, *, exif: bool = True) -> dict:
         """write_image's keyword arguments that make an output like this source; `exif=False` for
@@ -309,7 +310,8 @@ def _decode(img: Image.Image, data: bytes, path: Path, width: int, height: int, 
         alpha = arr[:, :, 3].astype(np.float32) / scale if channels == 4 else None
         gray = bool(np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 1], arr[:, :, 2]))
     return Picture(rgb=rgb, alpha=alpha, bit_depth=bit_depth, gray=gray, path=path, icc=icc, exif=read_exif(img),
-                   webp_lossless=img.format == "WEBP" and _webp_is_lossless(data), full_chroma=_jpeg_full_chroma(img))
+                   webp_lossless=img.format == "WEBP" and _webp_is_lossless(data), full_chroma=_jpeg_full_chroma(img),
+                   frames=int(getattr(img, "n_frames", 1) or 1))
 
 
 def _jpeg_full_chroma(img: Image.Image) -> bool:

@@ -89,6 +89,7 @@ class ImageResult:
     status: str = "ok"  # ok | no-face | failed
     faces: int = 0
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # restored, but the user should know (an animation's other frames)
     outputs: list[Path] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -98,6 +99,7 @@ class ImageResult:
             "status": self.status,
             "faces": self.faces,
             "error": self.error,
+            "warnings": self.warnings,
             "outputs": [str(p) for p in self.outputs],
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
         }
@@ -277,6 +279,8 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
             hint="use a smaller --upscale or raise --max-pixels",
         )
     result.seconds["read"] = time.perf_counter() - clock
+    if picture.frames > 1:
+        result.warnings.append(f"{path} holds {picture.frames} frames; only the first is restored, and written as one still image")
     keep = picture.encoding(exif=False)  # the faces: the photo's colour profile and depth, not its camera data
     # with --aligned the restored face is the result: it keeps the crop's transparency
     face_alpha = resize(picture.alpha, FACE_SIZE, FACE_SIZE) if options.aligned and picture.alpha is not None else None

@@ -92,6 +92,18 @@ def test_aligned_writes_the_restored_face_in_the_ext_format_and_refuses_upscale(
     assert not (tmp_path / "up").exists()
 
 
+def test_an_animation_is_restored_from_its_first_frame_with_a_warning(tmp_path, tiny_baseline):
+    from PIL import Image
+
+    frames = [Image.fromarray((smooth() * (0.5 + i / 4) * 255).clip(0, 255).astype(np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:])
+    result = run(tmp_path / "clip.gif", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--json")
+    assert result.exit_code == 0, result.output
+    assert "clip.gif holds 3 frames; only the first is restored" in json.loads(result.stdout)["results"][0]["warnings"][0]
+    first = read_image(tmp_path / "out" / "restored_imgs" / "clip.png").rgb
+    assert first.shape == (192, 256, 3) and abs(first.mean() - np.asarray(frames[0]).mean() / 255) < 0.02
+
+
 def test_no_face_still_writes_the_photo_and_exits_0(tmp_path, tiny_baseline):
     write_image(tmp_path / "in" / "wall.jpg", smooth())
     result = run(tmp_path / "in", "--out", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "2")

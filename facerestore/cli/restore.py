@@ -92,6 +92,8 @@ def restore_command(
         faces = progress.add_task("faces", total=None)
 
         def report(result) -> None:
+            for warning in result.warnings:
+                progress.console.print("warning: " + warning, markup=False)
             if result.error:
                 prefix = "warning: " if result.status == "no-face" else "error: "
                 progress.console.print(prefix + result.error, markup=False)
