@@ -207,6 +207,44 @@ def test_download_with_wrong_content_leaves_nothing(tiny_file, use_entry, server
     assert list(store.cache_dir().iterdir()) == []
 
 
+class ShortHandler(RangeHandler):
+    """Announces the whole payload, sends half of it and closes (a dropped connection)."""
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(self.payload[: len(self.payload) // 2])
+
+
+def test_a_cut_off_download_is_kept_to_resume_and_never_stored(tiny_file, use_entry, monkeypatch):
+    """With no published sha256 a cut-off file used to be stored and its hash trusted for good."""
+    ShortHandler.payload = tiny_file.read_bytes()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ShortHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        use_entry(entry_for(tiny_file, sha256="", urls=(f"http://127.0.0.1:{httpd.server_address[1]}/tiny.pth",)))
+        monkeypatch.setenv("FACERESTORE_OFFLINE", "0")
+        with pytest.raises(WeightsError, match="closed after"):
+            store.resolve("tiny")
+    finally:
+        httpd.shutdown()
+    assert not (store.cache_dir() / "tiny.pth").exists() and (store.cache_dir() / "tiny.pth.part").is_file()
+    assert store.expected_sha256(catalogue.get_entry("tiny")) == ""
+
+
+def test_an_error_page_for_an_unpublished_hash_is_never_stored_or_trusted(tiny_file, use_entry, server, monkeypatch):
+    RangeHandler.payload = b"<html>rate limited</html>"
+    RangeHandler.honour_range = True
+    use_entry(entry_for(tiny_file, sha256="", urls=(server,)))
+    monkeypatch.setenv("FACERESTORE_OFFLINE", "0")
+    with pytest.raises(WeightsError, match="is not a readable checkpoint"):
+        store.resolve("tiny")
+    assert list(store.cache_dir().iterdir()) == [] and store.expected_sha256(catalogue.get_entry("tiny")) == ""
+    RangeHandler.payload = tiny_file.read_bytes()  # the server works again: the right file is taken
+    assert store.resolve("tiny").is_file() and store.expected_sha256(catalogue.get_entry("tiny")) == sha(tiny_file)
+
+
 def test_download_unreachable_is_one_line(tiny_file, use_entry, monkeypatch):
     use_entry(entry_for(tiny_file, urls=("http://127.0.0.1:9/tiny.pth",)))
     monkeypatch.setenv("FACERESTORE_OFFLINE", "0")
@@ -255,6 +293,37 @@ def test_import_of_a_folder_or_a_missing_file_is_a_usage_error(tmp_path):
     assert folder.exit_code == 2 and f"{tmp_path} is a folder, not a checkpoint file" in folder.output
     missing = runner.invoke(app, ["weights", "import", str(tmp_path / "nope.pth")], catch_exceptions=False)
     assert missing.exit_code == 2 and "nope.pth does not exist" in missing.output
+
+
+def test_import_refuses_what_is_not_a_checkpoint(tiny_file, use_entry, tmp_path):
+    use_entry(entry_for(tiny_file, sha256=""))
+    page = tmp_path / "tiny.pth"
+    page.write_text("<html>not found</html>")
+    with pytest.raises(WeightsError, match="is not a readable checkpoint"):
+        store.import_file(page)  # trust on first use would have recorded this page's hash
+    with pytest.raises(WeightsError, match="is not a readable checkpoint"):
+        store.import_file(page, name="mine")
+    assert not store.cache_dir().exists() or list(store.cache_dir().iterdir()) == []
+
+
+def test_registered_names_survive_quotes_in_file_names_and_are_readable_by_others(tiny_file, tmp_path):
+    odd = tmp_path / 'my "best" \\ model.pth'
+    odd.write_bytes(tiny_file.read_bytes())
+    old = os.umask(0o022)
+    try:
+        target = store.import_file(odd, name="best")
+    finally:
+        os.umask(old)
+    assert load_catalogue()["best"].local and store.resolve("best").is_file()  # the registry still parses
+    assert target.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: a shared cache stays usable
+
+
+def test_safetensors_are_recognised_by_content_and_unwrapped(tmp_path):
+    path = save_safetensors({"module.weight": torch.ones(2, 3)}, tmp_path / "model.safetensors")
+    renamed = tmp_path / "model.PTH"
+    renamed.write_bytes(path.read_bytes())
+    for source in (path, renamed):
+        assert list(read_state_dict(source)) == ["weight"]
 
 
 def test_verify_reports_mismatch(tiny_file, use_entry):

@@ -39,17 +39,31 @@ def canonical_state_dict(obj: object, source: Path | str = "checkpoint") -> Stat
     return state
 
 
+def is_safetensors(path: Path | str) -> bool:
+    """By content, not by name: an 8-byte little-endian header length, then the JSON header."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
+
+
 def read_state_dict(path: Path | str) -> StateDict:
-    """A state dict on the CPU from a .safetensors or a (pickled) .pth/.pt/.pkl/.ckpt file."""
+    """A state dict on the CPU from a safetensors or a pickled (.pth/.pt/.pkl/.ckpt) file, whatever its
+    name says; wrappers and a `module.` prefix removed."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path} does not exist", hint="check the path or run `facerestore weights list`")
-    if path.suffix == ".safetensors":
+    if not os.access(path, os.R_OK):
+        raise WeightsError(f"{path} cannot be read (permission denied)", hint="ask its owner to make it readable, or copy it somewhere of yours")
+    if is_safetensors(path) or path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device="cpu")
+            return canonical_state_dict(load_file(str(path), device="cpu"), path)
         except (SafetensorError, OSError, ValueError) as exc:
             raise UnsupportedCheckpoint(f"{path} is not a readable safetensors file ({exc})", hint="delete it and pull or import it again") from None
     try:
@@ -70,7 +84,11 @@ def _load_failure(exc: Exception) -> str:
     if "WeightsUnpickler error:" in text:
         detail = next((line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()), "")
         return f"the safe unpickler refused it: {detail[:200]}" if detail else "the safe unpickler refused it"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    if isinstance(exc, EOFError) or not text:
+        return "it ends early: truncated" if isinstance(exc, EOFError) else type(exc).__name__
+    line = text.splitlines()[0]
+    line = line if len(line) <= 300 else line[:300] + "..."
+    return line if any(c.isalpha() for c in line) else f"{type(exc).__name__} {line}"  # "(101)" says nothing
 
 
 def describe_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> str:
@@ -98,7 +116,7 @@ def load_strict(net: torch.nn.Module, state: Mapping[str, torch.Tensor], source:
     return net
 
 
-def _new_file_mode() -> int:
+def new_file_mode() -> int:
     """The mode open() would give a new file under the current umask."""
     umask = os.umask(0)
     os.umask(umask)
@@ -124,7 +142,7 @@ def save_safetensors(state: Mapping[str, torch.Tensor], path: Path | str, metada
     os.close(fd)
     try:
         save_file(plain, tmp, metadata=metadata or {})
-        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; the result is a normal user file
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; the result is a normal user file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

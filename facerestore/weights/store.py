@@ -22,6 +22,7 @@ from pathlib import Path
 
 from facerestore.errors import ChecksumMismatch, UsageError, WeightsError
 from facerestore.weights.catalogue import WeightsEntry, entry_for_filename, get_entry, load_catalogue, local_registry_path
+from facerestore.weights.checkpoint import new_file_mode
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total or 0)
 CHUNK = 1 << 20
@@ -84,15 +85,18 @@ def sha256_file(path: Path, *, fresh: bool = False) -> str:
     `fresh` reads the bytes again (what `weights verify` is asked for: a file damaged in place keeps
     its size and mtime)."""
     path = Path(path).resolve()
-    stat = path.stat()
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    memo = _read_json(_memo_path())
-    if key in memo and not fresh:
-        return memo[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
+    try:
+        stat = path.stat()
+        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        memo = _read_json(_memo_path())
+        if key in memo and not fresh:
+            return memo[key]
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise WeightsError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions (or its disk)") from None
     memo = {k: v for k, v in memo.items() if not k.startswith(f"{path}|")}
     memo[key] = digest.hexdigest()
     _write_json(_memo_path(), memo)
@@ -228,13 +232,16 @@ def _fetch(url: str, part: Path, progress: Progress | None, timeout: float) -> N
     with response:
         if done and response.status != 206:
             done = 0  # the server sent the whole file
-        total = int(response.headers.get("Content-Length") or 0) + done
+        length = int(response.headers.get("Content-Length") or 0)
+        total = length + done
         with open(part, "ab" if done else "wb") as handle:
             while block := response.read(CHUNK):
                 handle.write(block)
                 done += len(block)
                 if progress:
                     progress(done, total)
+    if length and done < total:  # the connection closed early: keep the part, the next try resumes it
+        raise ValueError(f"the connection closed after {done} of {total} bytes")
 
 
 def download(entry: WeightsEntry, *, progress: Progress | None = None, timeout: float = 60.0) -> Path:
@@ -255,8 +262,15 @@ def download(entry: WeightsEntry, *, progress: Progress | None = None, timeout: 
             part.unlink(missing_ok=True)
             raise ChecksumMismatch(
                 f"downloaded {entry.filename} from {url} has sha256 {digest[:16]}..., expected {expected}",
-                hint=f"the download was corrupted or the file changed upstream; run `facerestore weights pull {entry.name}` again",
+                hint=f"the download was corrupted or the file changed upstream; run `facerestore weights pull {entry.name}` again"
+                + ("" if entry.sha256 else " (the expected sha256 was recorded from an earlier copy: if that copy was wrong, import this one with `facerestore weights import FILE --no-verify`)"),
             )
+        if not entry.sha256:
+            try:
+                _assert_checkpoint(part, f"downloaded {entry.filename} from {url}")
+            except WeightsError:
+                part.unlink(missing_ok=True)  # an error page or the like: never stored, never trusted
+                raise
         os.replace(part, target)
         _record_sha256(entry, digest)
         return target
@@ -302,14 +316,30 @@ def import_file(file: Path | str, name: str | None = None, *, verify: bool = Tru
             )
     expected = expected_sha256(entry)
     if expected and digest != expected and (verify or entry.sha256):  # a catalogued hash is checked at every use
+        recorded = "" if entry.sha256 else " (recorded from the first copy; if that copy was wrong and this one is right, add --no-verify)"
         raise ChecksumMismatch(
-            f"{source} has sha256 {digest[:16]}..., but {entry.name} ({entry.filename}) should be {expected}",
+            f"{source} has sha256 {digest[:16]}..., but {entry.name} ({entry.filename}) should be {expected}{recorded}",
             hint="download the official file again, or register it as your own weights with --name and a name of your own",
         )
+    if not entry.sha256:
+        _assert_checkpoint(source, str(source))
     target = cache_dir() / entry.filename
     _copy_atomic(source, target)
     _record_sha256(entry, digest)
     return target
+
+
+def _assert_checkpoint(path: Path, what: str) -> None:
+    """A file whose hash nobody published is trusted on first use, so it must at least be a checkpoint
+    (not an HTML error page, a cut-off download or the wrong file type) before it is stored."""
+    from facerestore.weights.checkpoint import read_state_dict
+
+    try:
+        read_state_dict(path)
+    except WeightsError as exc:
+        reason = str(exc).split(" (", 1)[1].rstrip(")") if " (" in str(exc) else str(exc)
+        raise WeightsError(f"{what} is not a readable checkpoint ({reason})",
+                           hint="nothing was stored; get the whole official file and try again") from None
 
 
 def _make_folder(folder: Path) -> None:
@@ -333,6 +363,7 @@ def _copy_atomic(source: Path, target: Path) -> None:
         raise WeightsError(f"cannot write into {target.parent} ({exc.strerror or exc})", hint="point FACERESTORE_HOME at a writable folder") from None
     try:
         shutil.copyfile(source, tmp)
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600: others sharing the cache could not read it
         os.replace(tmp, target)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -344,6 +375,7 @@ def _copy_atomic(source: Path, target: Path) -> None:
 def _register_local(source: Path, name: str, digest: str) -> Path:
     if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
+    _assert_checkpoint(source, str(source))
     target = cache_dir() / f"{name}{source.suffix}"
     taken = next((e for e in load_catalogue().values() if not e.local and e.filename.casefold() == target.name.casefold()), None)
     if taken is not None:
@@ -353,11 +385,17 @@ def _register_local(source: Path, name: str, digest: str) -> Path:
     registry = local_registry_path()
     lines = registry.read_text(encoding="utf-8").splitlines() if registry.is_file() else []
     lines = _drop_table(lines, name)
-    lines += [f'["{name}"]', f'file = "{target.name}"', f'sha256 = "{digest}"', f"size = {source.stat().st_size}",
-              'license = "your own weights"', f'note = "imported from {source.name}"', ""]
+    lines += [f'["{name}"]', f"file = {_toml_string(target.name)}", f'sha256 = "{digest}"', f"size = {source.stat().st_size}",
+              'license = "your own weights"', f"note = {_toml_string('imported from ' + source.name)}", ""]
     registry.parent.mkdir(parents=True, exist_ok=True)
     registry.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return target
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: JSON's escaping of quotes, backslashes and control characters is TOML's,
+    plus DEL, which TOML also wants escaped (a file named 'my "best".pth' broke the registry)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _drop_table(lines: list[str], name: str) -> list[str]:
