@@ -276,6 +276,7 @@ def test_missing_weights_offline_is_one_actionable_line(tmp_path):
 def test_weights_commands(tmp_path):
     listing = run("weights", "list")
     assert listing.exit_code == 0 and "codeformer" in listing.output and "Baidu" in listing.output
+    assert "\ndetection_mobilenet0.25_Final\tdetection_mobilenet0.25_Final.pth\t" in listing.output  # piped: whole names, one line each
     assert run("weights", "verify").exit_code == 0
     bogus = tmp_path / "codeformer.pth"
     bogus.write_bytes(b"not the real file")

@@ -227,6 +227,18 @@ def test_method_batch_equals_per_face_and_fidelity_matters(tmp_path):
         assert (results[a] - results[b]).abs().max() > 1e-3, (a, b)
 
 
+def test_a_model_of_another_size_restores_512_crops_at_its_own_scale(tmp_path):
+    """`facerestore finetune --size 256` makes such models; the pipeline hands every method 512 crops."""
+    method = _tiny_method(tmp_path, TINY_64, 0.5)
+    crops = F.interpolate(faces(TINY_64, batch=2), size=512, mode="bilinear", align_corners=False)
+    out = method.restore(crops)
+    assert out.shape == (2, 3, 512, 512) and out.min() >= 0 and out.max() <= 1
+    small = F.interpolate(crops * 2 - 1, size=64, mode="bicubic", antialias=True, align_corners=False)
+    with torch.no_grad():
+        up = F.interpolate(method.net(small, w=0.5, adain=True)[0], size=512, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(out, (up.clamp(-1, 1) + 1) / 2, rtol=0, atol=1e-5)  # its own output at 64, enlarged
+
+
 def test_fidelity_zero_skips_the_fusion_blocks():
     """w = 0 decodes from the codebook alone (upstream skips fuse_convs_dict); w > 0 uses them."""
     net, other = seeded_net(TINY_64, 0), seeded_net(TINY_64, 0)

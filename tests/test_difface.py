@@ -171,6 +171,11 @@ def test_wrong_or_truncated_checkpoints_are_one_line(tiny_states, tmp_path):
     with pytest.raises(UnsupportedCheckpoint) as info:
         DifFaceMethod(MethodOptions(weights=f"{tmp_path / 'short.pth'},swinir={paths['swinir']}"))
     assert "short.pth" in info.value.one_line() and "\n" not in info.value.one_line()
+    import dataclasses
+
+    torch.save(GuidedUNet(dataclasses.replace(TINY_PRIOR, resblock_updown=True)).state_dict(), tmp_path / "ddpm.pth")
+    with pytest.raises(UnsupportedCheckpoint, match="is it dr2_ddpm's file"):  # DR2's DDPM given as the prior
+        DifFaceMethod(MethodOptions(weights=f"prior={tmp_path / 'ddpm.pth'},swinir={paths['swinir']}"))
 
 
 # ------------------------------------------------------------------ end to end through the CLI

@@ -184,6 +184,11 @@ def test_wrong_or_truncated_checkpoints_are_one_line(tiny_states, tmp_path):
         DR2Method(MethodOptions(weights=f"ddpm={paths['ddpm']},enhancer={tmp_path / 'cut.pth'}"))
     line = info.value.one_line()
     assert "\n" not in line and "cut.pth" in line and "missing 3" in line and "res_layers.0.conv1.conv2d.weight_orig" in line
+    import dataclasses
+
+    torch.save(GuidedUNet(dataclasses.replace(TINY_DDPM, resblock_updown=False)).state_dict(), tmp_path / "prior.pth")
+    with pytest.raises(UnsupportedCheckpoint, match="is it difface_prior's file"):  # DifFace's prior, which would run and blur
+        DR2Method(MethodOptions(weights=f"ddpm={tmp_path / 'prior.pth'},enhancer={paths['enhancer']}"))
 
 
 def test_cli_end_to_end_with_catalogue_weights(tiny_states, tmp_path, monkeypatch):

@@ -18,25 +18,37 @@ app.add_typer(weights_app, name="weights")
 def weights_list() -> None:
     """Every catalogued checkpoint: file, size, license and where it is (or how to get it)."""
     from rich.table import Table
+    from rich.text import Text
 
     from facerestore.weights.catalogue import load_catalogue
     from facerestore.weights.store import cache_dir, find_local
 
-    table = Table("name", "file", "size", "license", "where")
-    manual = []
+    rows, manual = [], []
     for name, entry in load_catalogue().items():
         local = find_local(name)
         size = f"{entry.size / 1e6:.1f} MB" if entry.size else "?"
         if local:
-            where = f"[green]{local.parent}[/]"
+            where = str(local.parent)
         elif entry.urls:
             where = "downloads on first use"
         else:
-            where = "[yellow]manual download (below)[/]"
+            where = "manual download (below)"
             manual.append(f"{name}: {entry.note}; then `facerestore weights import {entry.filename}`")
-        license_text = entry.license.split(" (")[0] + ("" if entry.commercial_use else " [red]non-commercial[/]")
-        table.add_row(name, entry.filename, size, license_text, where)
-    out.print(table)
+        license_text = entry.license.split(" (")[0] + ("" if entry.commercial_use else " non-commercial")
+        rows.append((name, entry.filename, size, license_text, where))
+    header = ("name", "file", "size", "license", "where")
+    if not out.is_terminal:  # piped or redirected: one tab-separated line per checkpoint, nothing cut
+        for row in (header, *rows):
+            typer.echo("\t".join(row))  # rich would expand the tabs
+    else:
+        table = Table(*header)
+        for index, column in enumerate(table.columns):
+            if index < 2:  # the names to type (`weights pull NAME`, `--weights NAME`) are never cut
+                column.min_width = max(len(row[index]) for row in rows)
+            column.overflow = "fold"
+        for row in rows:
+            table.add_row(*(Text(value) for value in row))
+        out.print(table)
     for line in manual:
         out.print(line, markup=False)
     out.print(f"cache: {cache_dir()} (FACERESTORE_HOME moves it; FACERESTORE_WEIGHTS adds folders to search first)", markup=False)

@@ -24,12 +24,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from facerestore.devices import autocast, autocast_dtype
 from facerestore.errors import UnsupportedCheckpoint, UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.codeformer import HINT, CodeFormer, infer_config
-from facerestore.weights.checkpoint import load_strict, read_state_dict
+from facerestore.weights.checkpoint import display_name, load_strict, read_state_dict
 from facerestore.weights.store import resolve
 
 INFO = MethodInfo(
@@ -52,15 +53,16 @@ def load_codeformer(path: Path | str, device: torch.device | str = "cpu") -> Cod
     parameters); `load_strict` then fills every tensor or raises before anything is used.
     """
     state = read_state_dict(path)
+    name = display_name(path)
     try:
         config = infer_config(state)
     except UnsupportedCheckpoint as exc:
         first = ", ".join(list(state)[:3])
-        raise UnsupportedCheckpoint(f"{path} is not a CodeFormer checkpoint ({exc}; its first keys: {first})", hint=HINT) from None
+        raise UnsupportedCheckpoint(f"{name} is not a CodeFormer checkpoint ({exc}; its first keys: {first})", hint=HINT) from None
     with torch.device("meta"):
         net = CodeFormer(config)
     net = net.to_empty(device=device)
-    load_strict(net, state, path)
+    load_strict(net, state, name)
     return net.eval().requires_grad_(False)
 
 
@@ -85,6 +87,11 @@ class CodeFormerMethod:
     def restore(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Deterministic: `generator` is unused. [0,1] -> [-1,1] -> net(x, w, adain=True) -> clamp -> [0,1]."""
         x = crops.to(self.device, torch.float32) * 2.0 - 1.0
+        side, size = self.net.config.img_size, crops.shape[-1]
+        if side != size:  # a model fine-tuned at another --size: its own scale, then back to the crop's
+            x = F.interpolate(x, size=(side, side), mode="bicubic", antialias=side < size, align_corners=False)
         with autocast(self.device, self.autocast):
             out = self.net(x, w=self.fidelity, adain=True)[0].float()
+        if side != size:
+            out = F.interpolate(out, size=(size, size), mode="bicubic", antialias=size < side, align_corners=False)
         return ((out.clamp(-1.0, 1.0) + 1.0) / 2.0).to(device=crops.device, dtype=crops.dtype)

@@ -298,13 +298,10 @@ def load_net(
     (`load_strict`). With `meta`, the net is built on the meta device and allocated uninitialised,
     so a 160M-parameter net is not randomly initialised only to be overwritten.
     """
-    from facerestore.weights.checkpoint import load_strict, read_state_dict, safetensors_metadata
+    from facerestore.weights.checkpoint import display_name, load_strict, read_state_dict
 
     state = read_state_dict(path)
-    name = str(path)
-    if path.suffix == ".safetensors":  # the cache's conversion of a .pth: name the file the user knows
-        source = safetensors_metadata(path).get("source")
-        name = f"{path} (converted from {source})" if source else name
+    name = display_name(path)  # the cache's conversion of a .pth: name the file the user knows
     try:
         config = infer(state)
     except (UnsupportedCheckpoint, KeyError, IndexError, ValueError) as exc:  # keys or shapes of something else
@@ -364,6 +361,8 @@ def load_difface_prior(path: Path) -> torch.nn.Module:
     def unet_check(c) -> str:
         if c.in_channels != 3 or c.out_channels != 6:
             return f"its UNet maps {c.in_channels} -> {c.out_channels} channels; the DifFace prior maps an RGB x_t to eps and v (3 -> 6)"
+        if c.resblock_updown:  # the one trace that tells the two official diffusion UNets apart at any size
+            return "its UNet resamples inside residual blocks, as DR2's DDPM does (is it dr2_ddpm's file?); the DifFace prior does not"
         return ""
 
     return load_net(Path(path), "DifFace prior (guided-diffusion UNet)", infer_unet, GuidedUNet, unet_check, hint=HINT)

@@ -306,6 +306,8 @@ def load_dr2_nets(options: MethodOptions) -> DR2Nets:
     def unet_check(c) -> str:
         if c.in_channels != 3 or c.out_channels != 6:
             return f"its UNet maps {c.in_channels} -> {c.out_channels} channels; DR2's DDPM maps an RGB x_t to eps and v (3 -> 6)"
+        if not c.resblock_updown:  # the one trace that tells the two official diffusion UNets apart at any size
+            return "its UNet resamples outside residual blocks, as DifFace's prior does (is it difface_prior's file?); DR2's DDPM resamples inside them"
         return ""
 
     def sparnet_check(c) -> str:

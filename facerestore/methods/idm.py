@@ -86,8 +86,8 @@ INFO = MethodInfo(
     name="idm",
     summary="IDM (Zhao et al. 2023): conditional diffusion, x_t concatenated with the degraded face, x0 regression, 10 DDPM steps",
     paper="Towards Authentic Face Restoration with Iterative Diffusion Models and Beyond, ICCV 2023 (arXiv 2307.08996)",
-    license="MIT code (no official code or weights exist); a model you train carries your data's license",
-    commercial_use=True,
+    license="MIT code (no official code or weights exist); bundled weights trained on FFHQ (CC BY-NC-SA 4.0 data); a model you train carries your data's license",
+    commercial_use=False,  # as used by default: the bundled FFHQ-trained weights
     weights=("bundled: facerestore's compact IDM (4.5M params, docs/idm-model.md)", "--weights FILE: a model from `facerestore train`"),
     knobs={
         "steps": "DDPM steps, default 10 (the paper's choice; 5 is much worse, 15-20 no better); 1..1000",
