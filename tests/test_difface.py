@@ -125,6 +125,13 @@ def test_parse_weights_roles():
     assert parse_weights("difface_swinir=s.pth", roles, "prior") == {"swinir": "s.pth"}
     with pytest.raises(UsageError, match="twice"):
         parse_weights("a.pth,prior=b.pth", roles, "prior")
+    # a folder name holding a comma stays one path: what follows a comma is a new item only as ROLE=
+    assert parse_weights("prior=runs/a,b/prior.pth,swinir=s.pth", roles, "prior") == {"prior": "runs/a,b/prior.pth", "swinir": "s.pth"}
+    with pytest.raises(UsageError, match="unknown role 'prio'"):
+        parse_weights("p.pth,prio=x.pth", roles, "prior")
+    for empty in ("", " , "):  # was silently the default weights
+        with pytest.raises(UsageError, match="--weights is empty"):
+            parse_weights(empty, roles, "prior")
 
 
 # ------------------------------------------------------------------ loading the official formats

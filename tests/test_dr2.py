@@ -125,6 +125,7 @@ def test_missing_baidu_weights_offline_is_one_actionable_line(tmp_path):
     assert result.exit_code == 1
     line = result.output.strip()
     assert "\n" not in line and "DR2_FFHQ.pkl" in line and "Baidu" in line and "facerestore weights import" in line
+    assert "it is only on a Baidu Cloud share" in line  # was "get it from only on a ..."
 
 
 # ------------------------------------------------------------------ resizing

@@ -257,11 +257,20 @@ def parse_weights(value: Path | str | None, roles: Mapping[str, str], primary: s
     """
     if value is None:
         return {}
+    if not str(value).strip(" ,"):
+        raise UsageError("--weights is empty", hint=f"pass FILE or {','.join(f'{r}=FILE' for r in roles)}, or leave it out for the default weights")
     if isinstance(value, Path) or Path(str(value)).expanduser().is_file():
         return {primary: value}
     aliases = {**{r: r for r in roles}, **{name: r for r, name in roles.items()}}
+    items: list[str] = []
+    for part in str(value).split(","):  # a piece that does not start ROLE= continues a path holding a comma
+        head = part.partition("=")[0].strip()
+        if items and not ("=" in part and head and all(c.isalnum() or c in "_-." for c in head)):
+            items[-1] += "," + part
+        else:
+            items.append(part)
     chosen: dict[str, Path | str] = {}
-    for item in (part.strip() for part in str(value).split(",")):
+    for item in (part.strip() for part in items):
         if not item:
             continue
         if "=" in item:

@@ -168,10 +168,10 @@ def loadable(entry: WeightsEntry, path: Path) -> Path:
 
 def missing_message(entry: WeightsEntry, reason: str) -> WeightsError:
     sha = expected_sha256(entry) or "not published"
-    where = entry.urls[0] if entry.urls else (entry.note or "no public URL")
+    where = f"get it from {entry.urls[0]}" if entry.urls else (f"it is {entry.note}" if entry.note else "it has no public URL")
     return WeightsError(
         f"{entry.filename} (weights '{entry.name}') is not on this machine and {reason}; "
-        f"get it from {where} (sha256 {sha})",
+        f"{where} (sha256 {sha})",
         hint=f"then run `facerestore weights import {entry.filename}` or put it in a folder named by FACERESTORE_WEIGHTS",
     )
 
@@ -200,6 +200,8 @@ def resolve_explicit(value: Path | str, *, offline: bool | None = None, progress
     path = Path(value).expanduser()
     if path.is_file():
         return path
+    if str(value).strip() and path.is_dir():
+        raise WeightsError(f"--weights {value} is a folder, not a checkpoint file", hint="name the checkpoint file inside it")
     if str(value) in load_catalogue():
         return resolve(str(value), offline=offline, progress=progress)
     raise WeightsError(f"--weights {value}: no such file and no weights registered under that name", hint="pass an existing checkpoint file or a name from `facerestore weights list`")
