@@ -190,10 +190,11 @@ def scale_background(rgb: np.ndarray, alpha: np.ndarray | None, size: tuple[int,
     if alpha is None:
         return lanczos
     tiny = 1 / 1024
-    weighted = cv2.resize(rgb * alpha[:, :, None], size, interpolation=cv2.INTER_LANCZOS4)
+    premultiplied = rgb * alpha[:, :, None]
+    weighted = cv2.resize(premultiplied, size, interpolation=cv2.INTER_LANCZOS4)
     weight = cv2.resize(alpha, size, interpolation=cv2.INTER_LANCZOS4)[:, :, None]
     # where Lanczos's weights undershoot at an edge, the bilinear ones (never negative) decide
-    weighted_linear = cv2.resize(rgb * alpha[:, :, None], size, interpolation=cv2.INTER_LINEAR)
+    weighted_linear = cv2.resize(premultiplied, size, interpolation=cv2.INTER_LINEAR)
     weight_linear = scale_alpha(alpha, size)[:, :, None]
     fallback = np.where(weight_linear > tiny, weighted_linear / np.maximum(weight_linear, tiny), lanczos)
     return np.where(weight > tiny, weighted / np.maximum(weight, tiny), fallback).astype(np.float32)
