@@ -240,6 +240,8 @@ def test_inputs_are_never_overwritten(tmp_path, tiny_baseline):
         (["--ext", "gif"], "--ext"),
         (["--device", "tpu"], "--device"),
         (["--fidelity", "2", "--method", "codeformer"], "fidelity"),
+        (["--fidelity", "2"], "--fidelity is not used by method 'baseline'; it is an option of codeformer"),
+        (["--fidelity", "0.7", "--method", "idm"], "--fidelity is not used by method 'idm'"),
         (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
         (["--precision", "half"], "not a precision"),
         (["--seed", "99999999999999999999"], "--seed must be between 0 and 2^63-1"),

@@ -230,6 +230,8 @@ def test_a_rerun_removes_what_killed_runs_left_and_nothing_of_a_live_one(hq, tmp
         (["--hq", "{hq}", "-m", "identity", "--limit", "0"], "--limit must be at least 1"),
         (["--hq", "{hq}", "-m", "identity", "--authenticity", "--restored", "x={hq}"], "no --degrade preset is evaluated"),
         (["--hq", "{hq}", "-m", "identity", "--restored", "identity={hq}"], "already used"),
+        (["--hq", "{hq}", "-m", "baseline", "-m", "idm", "--fidelity", "0.7"], "--fidelity is not used by baseline, idm"),
+        (["--hq", "{hq}", "-m", "baseline", "--steps", "5"], "--steps is not used by baseline"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(hq, tmp_path, args, message):

@@ -33,24 +33,23 @@ def method_weights(methods: list[str], values: list[str]) -> dict[str, str]:
     return chosen
 
 
-def build_methods(names: list[str], *, device: str, weights: dict[str, str], offline: bool | None, steps: int | None, fidelity: float,
-                  precision: str = "auto") -> dict:
+def build_methods(names: list[str], *, device: str, weights: dict[str, str], offline: bool | None, steps: int | None,
+                  fidelity: float | None = None, precision: str = "auto") -> dict:
     """Every method built before any image is touched (a missing checkpoint stops the run at once).
 
-    --steps goes to the methods that have that knob; it is an error if none of them has it.
+    --steps and --fidelity go to the methods that have that knob; it is an error if none of them has it.
     """
     from facerestore.methods import registry
     from facerestore.methods.base import MethodOptions
 
-    if steps is not None:
-        users = [n for n in names if "steps" in registry.method_info(n).knobs]
-        if not users:
-            raise UsageError(f"--steps is not used by {', '.join(names)}", hint="drop --steps (it sets the number of diffusion steps of difface and idm)")
+    knobs = {"steps": (steps, "it sets the number of diffusion steps of difface and idm"), "fidelity": (fidelity, "it is codeformer's fidelity weight w")}
+    for knob, (value, what) in knobs.items():
+        if value is not None and not any(knob in registry.method_info(n).knobs for n in names):
+            raise UsageError(f"--{knob} is not used by {', '.join(names)}", hint=f"drop --{knob} ({what})")
     built = {}
     for name in names:
-        takes_steps = steps is not None and "steps" in registry.method_info(name).knobs
-        options = MethodOptions(device=device, weights=weights.get(name), offline=offline, steps=steps if takes_steps else None, fidelity=fidelity,
-                                precision=precision)
+        given = {knob: value for knob, (value, _) in knobs.items() if value is not None and knob in registry.method_info(name).knobs}
+        options = MethodOptions(device=device, weights=weights.get(name), offline=offline, precision=precision, **given)
         built[name] = registry.build_method(name, options)
     return built
 
@@ -83,7 +82,7 @@ def evaluate_command(
     authenticity: Annotated[bool, typer.Option("--authenticity", help="Also run the IDM authenticity test on the --hq references: f(x) vs x and f(f(x)) vs f(x) (and f(f(x)) vs x) per method.")] = False,
     restored: Annotated[Optional[list[str]], typer.Option("--restored", help="Score another tool's results as an extra row: LABEL=DIR with files named after the inputs (DIR/SET/NAME.png with several --degrade; run that tool on OUT/inputs/).", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Diffusion steps for the methods that have this knob (difface, idm).", show_default=False)] = None,
-    fidelity: Annotated[float, typer.Option("-w", "--fidelity", help="CodeFormer fidelity weight w in [0,1] (used by codeformer only).")] = 0.5,
+    fidelity: Annotated[Optional[float], typer.Option("-w", "--fidelity", help="codeformer: fidelity weight w in [0,1] (default 0.5); other methods do not take it.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="Faces restored together in one batch.")] = 8,
     grid_images: Annotated[int, typer.Option("--grid-images", help="Images shown in the comparison grids of each table (4 per PNG); 0 for none.")] = 8,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights: missing method weights are an error, missing metric weights make the metric unavailable.")] = False,

@@ -31,7 +31,7 @@ class MethodOptions:
     offline: bool | None = None
     steps: int | None = None  # difface: UNet calls (None = the method's default)
     precision: str = "auto"  # every method: the networks' autocast dtype (devices.autocast_dtype)
-    fidelity: float = 0.5  # codeformer
+    fidelity: float | None = None  # codeformer's w (None: its default 0.5)
     # Method-specific knobs: None / False means "not given". A method refuses those it does not use
     # (registry.check_method_options), so a knob is never silently ignored.
     eta: float | None = None  # difface: DDIM eta

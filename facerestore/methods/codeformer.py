@@ -33,6 +33,8 @@ from facerestore.nets.codeformer import HINT, CodeFormer, infer_config
 from facerestore.weights.checkpoint import display_name, load_strict, read_state_dict
 from facerestore.weights.store import resolve
 
+DEFAULT_FIDELITY = 0.5  # the official inference scripts' w
+
 INFO = MethodInfo(
     name="codeformer",
     summary="CodeFormer (Zhou et al. 2022): codebook lookup transformer, one forward pass",
@@ -45,6 +47,7 @@ INFO = MethodInfo(
         "weights": "FILE or registered name of a CodeFormer checkpoint (e.g. fine-tuned); default the official codeformer.pth",
     },
 )
+
 
 def load_codeformer(path: Path | str, device: torch.device | str = "cpu") -> CodeFormer:
     """A CodeFormer in eval mode with every tensor of the checkpoint at `path` loaded strictly.
@@ -75,13 +78,14 @@ class CodeFormerMethod:
     info = INFO
 
     def __init__(self, options: MethodOptions) -> None:
-        if not 0.0 <= options.fidelity <= 1.0:  # also rejects NaN
-            raise UsageError(f"--fidelity must be in [0,1], got {options.fidelity}", hint="0 favours quality, 1 fidelity to the input; 0.5 is the default")
+        fidelity = DEFAULT_FIDELITY if options.fidelity is None else options.fidelity
+        if not 0.0 <= fidelity <= 1.0:  # also rejects NaN
+            raise UsageError(f"--fidelity must be in [0,1], got {fidelity}", hint="0 favours quality, 1 fidelity to the input; 0.5 is the default")
         self.device = torch.device(options.device)
         self.autocast = autocast_dtype(self.device, options.precision, auto_on_cuda=False)  # before reading weights
         path = resolve("codeformer", explicit=options.weights, offline=options.offline)
         self.net = load_codeformer(path, self.device)
-        self.fidelity = float(options.fidelity)
+        self.fidelity = float(fidelity)
 
     @torch.inference_mode()
     def restore(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -4,8 +4,7 @@ Method-specific options (`--steps`, `--eta`, `--start`, `--dr2-*`, `--no-enhance
 not ignored, by a method that does not use them: `check_method_options` compares the options a user
 set with the knobs the method's `MethodInfo` lists, and raises a UsageError (exit 2) before any
 weights are read. `build_method` runs it for every method; the diffusion methods run it themselves
-too, so library callers get the same answer. (`--fidelity` has a default value, so it cannot tell
-"given" from "not given"; only codeformer reads it.)
+too, so library callers get the same answer.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ _BACKENDS = {
 
 # MethodOptions field -> the CLI flag that sets it; "set" means different from the field's default.
 METHOD_SPECIFIC = {
+    "fidelity": "--fidelity",
     "steps": "--steps",
     "eta": "--eta",
     "start": "--start",

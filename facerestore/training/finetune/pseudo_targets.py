@@ -238,7 +238,7 @@ class BaseSpec:
         from facerestore.methods.registry import build_method
 
         self.check()
-        method = build_method(self.name, MethodOptions(device=device, weights=self.weights, offline=offline, fidelity=self.effective_fidelity()))
+        method = build_method(self.name, MethodOptions(device=device, weights=self.weights, offline=offline, fidelity=self.fidelity))
         net = getattr(method, "net", None)
         native = getattr(getattr(net, "config", None), "img_size", None)
         if self.name == "codeformer" and native != size:

@@ -328,7 +328,7 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
 
         device = str(d.device)
         base_method = base.build(device, config.offline, config.size)
-        tuned = build_method(config.base, MethodOptions(device=device, weights=outcome.model, offline=config.offline, fidelity=base.effective_fidelity()))
+        tuned = build_method(config.base, MethodOptions(device=device, weights=outcome.model, offline=config.offline, fidelity=base.fidelity))
         settings_note = {"base": config.base, "base_fidelity": base.effective_fidelity() if config.base == "codeformer" else None,
                          "pseudo_targets": plan.describe(), "steps": outcome.step, "train_faces": len(train), "size": config.size}
         report = write_report(run / "report", held, base_method, tuned, size=config.size, seed=config.seed, batch_size=config.pseudo_batch,
