@@ -280,6 +280,11 @@ def test_import_checks_hash_and_registers_own_weights(tiny_file, use_entry, tmp_
     assert store.resolve_explicit("my-model") == store.resolve("my-model")
     with pytest.raises(WeightsError, match="no such file"):
         store.resolve_explicit("nope")
+    stored = store.cache_dir() / load_catalogue()["my-model"].filename
+    stored.write_bytes(stored.read_bytes()[:-8])  # damaged in the cache
+    with pytest.raises(ChecksumMismatch) as damaged:
+        store.resolve("my-model")
+    assert "facerestore weights import FILE --name my-model" in damaged.value.one_line() and "pull" not in damaged.value.one_line()
 
 
 def test_import_of_a_folder_or_a_missing_file_is_a_usage_error(tmp_path):

@@ -124,10 +124,8 @@ def check_file(entry: WeightsEntry, path: Path) -> None:
     if expected:
         actual = sha256_file(path)
         if actual != expected:
-            raise ChecksumMismatch(
-                f"{path} has sha256 {actual[:16]}..., but {entry.name} should be {expected}",
-                hint=f"the file is corrupt or another version: delete it and run `facerestore weights pull {entry.name}`",
-            )
+            fix = f"import a good copy again with `facerestore weights import FILE --name {entry.name}`" if entry.local else f"delete it and run `facerestore weights pull {entry.name}`"
+            raise ChecksumMismatch(f"{path} has sha256 {actual[:16]}..., but {entry.name} should be {expected}", hint=f"the file is corrupt or another version: {fix}")
 
 
 # ---------------------------------------------------------------- finding, converting, resolving
