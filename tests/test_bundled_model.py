@@ -63,6 +63,19 @@ def test_bundled_model_is_shipped_and_matches_its_card():
     check_shipped(method, method.net, path, card, faces=2)
 
 
+def test_baseline_runs_one_face_per_forward_on_the_cpu_with_the_batched_result(tiny_baseline):
+    method = BaselineMethod(MethodOptions(weights=tiny_baseline))
+    crops = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        batched = ((method.net(crops * 2 - 1).clamp(-1, 1) + 1) / 2)
+    sizes = []
+    method.net.register_forward_hook(lambda module, args, output: sizes.append(len(args[0])))
+    out = method.restore(crops)
+    assert sizes == [1, 1, 1]
+    torch.testing.assert_close(out, batched, rtol=0, atol=1e-6)
+    assert method.restore(crops[:0]).shape == (0, 3, 64, 64)
+
+
 def test_bundled_model_restores_held_out_faces(shared_data):
     """Four CelebA-HQ faces (never trained on): medium eq. 11 damage gets better, clean faces stay."""
     before, after, clean = held_out_psnr(BaselineMethod(MethodOptions()), shared_data, 4)

@@ -64,6 +64,12 @@ class BaselineMethod:
 
     @torch.inference_mode()
     def restore(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """On the CPU one face per forward pass: a batch of 8 512-px faces has activations far beyond
+        the caches and ran 27% slower per face in fp32, 20% in bf16 (bench/bench_pipeline.py); the
+        result is the same bit for bit. A GPU gets the whole batch."""
+        if not len(crops):
+            return crops.clone()
+        net = Autocast(self.net, self.autocast)
         x = crops.to(self.device) * 2.0 - 1.0
-        out = Autocast(self.net, self.autocast)(x)
+        out = torch.cat([net(part) for part in x.split(1 if self.device.type == "cpu" else len(x))])
         return ((out.clamp(-1.0, 1.0) + 1.0) / 2.0).to(crops.device)
