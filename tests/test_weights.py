@@ -264,6 +264,19 @@ def test_unpublished_hash_is_recorded_on_first_fetch(tiny_file, use_entry):
         store.import_file(other)
 
 
+def test_a_name_of_another_models_published_checkpoint_is_refused_before_any_download(tiny_file, use_entry, monkeypatch):
+    use_entry(entry_for(tiny_file), entry_for(tiny_file, name="other", filename="other.pth"))
+    monkeypatch.setattr(store, "download", lambda *a, **k: pytest.fail("nothing may be downloaded"))
+    with pytest.raises(WeightsError, match="--weights other names the published checkpoint of another model") as info:
+        store.resolve("tiny", explicit="other")
+    assert "the catalogued tiny" in info.value.one_line()
+    with pytest.raises(WeightsError, match="published checkpoint of another model"):
+        store.resolve_explicit("tiny", catalogued=())  # baseline and idm have no published checkpoint
+    store.import_file(tiny_file)
+    assert store.resolve("tiny", explicit="tiny") == store.resolve("tiny")
+    assert store.resolve_explicit("tiny") == store.resolve("tiny")  # metrics take any catalogued name
+
+
 def test_import_checks_hash_and_registers_own_weights(tiny_file, use_entry, tmp_path):
     use_entry(entry_for(tiny_file))
     target = store.import_file(tiny_file)

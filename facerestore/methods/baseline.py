@@ -47,7 +47,7 @@ class BaselineMethod:
     def __init__(self, options: MethodOptions) -> None:
         self.autocast = autocast_dtype(options.device, options.precision, auto_on_cuda=False)  # before reading weights
         if options.weights is not None:
-            path = resolve_explicit(options.weights, offline=options.offline)
+            path = resolve_explicit(options.weights, offline=options.offline, catalogued=())
         else:
             path = bundled_weights()
             if not path.is_file():

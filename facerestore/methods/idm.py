@@ -250,7 +250,7 @@ class IDMMethod:
         if options.weights is not None:
             from facerestore.weights.store import resolve_explicit
 
-            path = resolve_explicit(model_path(options.weights), offline=options.offline)
+            path = resolve_explicit(model_path(options.weights), offline=options.offline, catalogued=())
         else:
             path = bundled_weights()
             if not path.is_file():

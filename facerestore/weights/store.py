@@ -177,7 +177,7 @@ def missing_message(entry: WeightsEntry, reason: str) -> WeightsError:
 def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | None = None, progress: Progress | None = None) -> Path:
     """A verified, loadable file for catalogue entry `name` (downloading it if allowed)."""
     if explicit is not None:
-        return resolve_explicit(explicit, offline=offline, progress=progress)
+        return resolve_explicit(explicit, offline=offline, progress=progress, catalogued=(name,))
     entry = get_entry(name)
     found = find_local(name)
     if found is None:
@@ -193,14 +193,24 @@ def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | No
     return loadable(entry, found)
 
 
-def resolve_explicit(value: Path | str, *, offline: bool | None = None, progress: Progress | None = None) -> Path:
-    """--weights accepts a file path or a catalogue / registered name."""
+def resolve_explicit(value: Path | str, *, offline: bool | None = None, progress: Progress | None = None,
+                     catalogued: tuple[str, ...] | None = None) -> Path:
+    """--weights accepts a file path or a catalogue / registered name.
+
+    `catalogued` lists the published checkpoints the caller can use (None: any): `-m baseline
+    --weights codeformer` must not download 377 MB of another model only to fail on its keys.
+    """
     path = Path(value).expanduser()
     if path.is_file():
         return path
     if str(value).strip() and path.is_dir():
         raise WeightsError(f"--weights {value} is a folder, not a checkpoint file", hint="name the checkpoint file inside it")
-    if str(value) in load_catalogue():
+    entries = load_catalogue()
+    if str(value) in entries:
+        if catalogued is not None and not entries[str(value)].local and str(value) not in catalogued:
+            usable = f"the catalogued {' or '.join(catalogued)}, " if catalogued else ""
+            raise WeightsError(f"--weights {value} names the published checkpoint of another model",
+                               hint=f"pass {usable}a checkpoint file, or a name registered with `facerestore weights import FILE --name NAME`")
         return resolve(str(value), offline=offline, progress=progress)
     raise WeightsError(f"--weights {value}: no such file and no weights registered under that name", hint="pass an existing checkpoint file or a name from `facerestore weights list`")
 

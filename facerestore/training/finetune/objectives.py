@@ -80,7 +80,7 @@ def resolve_base_weights(base: str, weights: str | Path | None, offline: bool | 
         return resolve("codeformer", explicit=weights, offline=offline)
     if base == "baseline":
         if weights is not None:
-            return resolve_explicit(weights, offline=offline)
+            return resolve_explicit(weights, offline=offline, catalogued=())
         from facerestore.methods.baseline import bundled_weights
 
         path = bundled_weights()
