@@ -258,18 +258,56 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
                 Image.MAX_IMAGE_PIXELS = old_limit
         width, height = img.size
     except Exception:
+        if data[:4] in (b"II*\0", b"MM\0*"):
+            return _read_tiff_pillow_cannot(data, path, max_pixels, not_image)
         raise not_image from None
+    _check_pixels(path, width, height, max_pixels)
+    if img.format == "PNG" and not _png_reaches_iend(data):  # said here rather than by libpng on stderr
+        raise BadImage(f"{path} is truncated (the PNG ends before its last chunk)", hint="re-copy or re-export the file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about damaged metadata; the pixels decide
+        return _decode(img, data, path, width, height, not_image)
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise BadImage(
             f"{path} is {width}x{height} = {megapixels(width * height)}, "
             f"over the {megapixels(max_pixels)} limit",
             hint="downscale it or pass --max-pixels",
         )
-    if img.format == "PNG" and not _png_reaches_iend(data):  # said here rather than by libpng on stderr
-        raise BadImage(f"{path} is truncated (the PNG ends before its last chunk)", hint="re-copy or re-export the file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow warns about damaged metadata; the pixels decide
-        return _decode(img, data, path, width, height, not_image)
+
+
+def _read_tiff_pillow_cannot(data: bytes, path: Path, max_pixels: int, not_image: BadImage) -> Picture:
+    """Float (16/32/64-bit) colour TIFFs, as HDR and scientific tools write them, and 32-bit integer
+    ones: Pillow has no mode for them, tifffile reads them. Floats in 0..1 (or integers above 16 bits)
+    become 16-bit samples, as Pillow's float gray mode "F" does; EXIF is not read from these."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            _check_pixels(path, int(page.imagewidth), int(page.imagelength), max_pixels)
+            arr = page.asarray()
+            if page.axes.startswith("S"):  # planar: one plane per sample
+                arr = np.moveaxis(arr, 0, -1)
+            icc_tag, orientation_tag = page.tags.get(34675), page.tags.get(_ORIENTATION_TAG)
+            icc = bytes(icc_tag.value) if icc_tag is not None else None
+            orientation = int(orientation_tag.value) if orientation_tag is not None else 1
+            frames = len(tif.pages)
+    except BadImage:
+        raise
+    except Exception:
+        raise not_image from None
+    if arr.dtype.kind == "f":
+        values = np.nan_to_num(arr.astype(np.float64))
+        scale = 65535.0 if values.size and values.max() <= 1.0 else 1.0
+        arr = np.clip(np.round(values * scale), 0, 65535).astype(np.uint16)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype not in (np.uint8, np.uint16):
+        arr = np.clip(arr, 0, 65535).astype(np.uint16)
+    return _to_picture(arr, path=path, orientation=orientation, icc=icc, frames=frames, not_image=not_image)
 
 
 def _decode(img: Image.Image, data: bytes, path: Path, width: int, height: int, not_image: BadImage) -> Picture:
@@ -291,11 +329,19 @@ def _decode(img: Image.Image, data: bytes, path: Path, width: int, height: int, 
             arr = _decode_pil(img)
         except Exception:
             raise not_image from None
-    if arr.ndim not in (2, 3) or arr.size == 0:
-        raise not_image
     if img.format == "TIFF" and orientation != 1 and _tiff_decoders_orient()[decoder]:
         orientation = 1  # the decoder has turned it already
+    return _to_picture(arr, path=path, orientation=orientation, icc=icc, exif=read_exif(img), not_image=not_image,
+                       webp_lossless=img.format == "WEBP" and _webp_is_lossless(data), full_chroma=_jpeg_full_chroma(img),
+                       frames=int(getattr(img, "n_frames", 1) or 1))
 
+
+def _to_picture(arr: np.ndarray, *, path: Path, orientation: int, not_image: BadImage, **meta) -> Picture:
+    """Decoded 8/16-bit samples (gray, gray+alpha, RGB, RGBA) -> an upright float Picture."""
+    if arr.ndim not in (2, 3) or arr.size == 0 or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
+        raise not_image
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
     arr = _orient(arr, orientation)
     bit_depth = 16 if arr.dtype == np.uint16 else 8
     scale = np.float32(65535.0 if bit_depth == 16 else 255.0)  # divide: x / 255 is what callers expect
@@ -309,9 +355,7 @@ def _decode(img: Image.Image, data: bytes, path: Path, width: int, height: int, 
         rgb = arr[:, :, :3].astype(np.float32) / scale
         alpha = arr[:, :, 3].astype(np.float32) / scale if channels == 4 else None
         gray = bool(np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 1], arr[:, :, 2]))
-    return Picture(rgb=rgb, alpha=alpha, bit_depth=bit_depth, gray=gray, path=path, icc=icc, exif=read_exif(img),
-                   webp_lossless=img.format == "WEBP" and _webp_is_lossless(data), full_chroma=_jpeg_full_chroma(img),
-                   frames=int(getattr(img, "n_frames", 1) or 1))
+    return Picture(rgb=rgb, alpha=alpha, bit_depth=bit_depth, gray=gray, path=path, **meta)
 
 
 def _jpeg_full_chroma(img: Image.Image) -> bool:

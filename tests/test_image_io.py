@@ -307,6 +307,31 @@ def test_lab_tiff_gains_no_alpha_and_float_tiff_keeps_its_values(tmp_path):
     assert np.abs(picture.rgb[..., 0] - values).max() < 1e-4
 
 
+def test_float_and_32_bit_colour_tiffs_that_pillow_cannot_open_are_read(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    rgba = rng.random((20, 30, 4)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "f32.tif", rgba[..., :3], photometric="rgb", iccprofile=b"fake-icc")
+    tifffile.imwrite(tmp_path / "f16a.tif", rgba.astype(np.float16), photometric="rgb", extrasamples=[2])
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgba[..., :3], -1, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "u32.tif", (rgba[..., :3] * 65535).astype(np.uint32), photometric="rgb")
+    tifffile.imwrite(tmp_path / "rot.tif", rgba[..., :3], photometric="rgb", extratags=[(274, 3, 1, 6, True)])  # 90 degrees clockwise
+    f32 = read_image(tmp_path / "f32.tif")
+    assert f32.bit_depth == 16 and f32.alpha is None and not f32.gray and f32.icc == b"fake-icc"
+    assert np.abs(f32.rgb - rgba[..., :3]).max() <= 0.5 / 65535 + 1e-6
+    f16a = read_image(tmp_path / "f16a.tif")
+    assert np.abs(f16a.rgb - rgba[..., :3]).max() < 1e-3 and np.abs(f16a.alpha - rgba[..., 3]).max() < 1e-3
+    assert np.array_equal(read_image(tmp_path / "planar.tif").rgb, f32.rgb)
+    assert np.abs(read_image(tmp_path / "u32.tif").rgb - rgba[..., :3]).max() <= 1 / 65535 + 1e-6
+    assert np.array_equal(read_image(tmp_path / "rot.tif").rgb, np.rot90(f32.rgb, -1))
+    with pytest.raises(BadImage, match="over the"):
+        read_image(tmp_path / "f32.tif", max_pixels=599)
+    (tmp_path / "bad.tif").write_bytes((tmp_path / "f32.tif").read_bytes()[:200])
+    with pytest.raises(BadImage, match="is not an image file"):
+        read_image(tmp_path / "bad.tif")
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_a_named_pipe_is_not_a_regular_file_rather_than_missing(tmp_path):
     os.mkfifo(tmp_path / "pipe.jpg")
