@@ -122,6 +122,34 @@ def test_resolve_from_weights_dir_converts_once(tiny_file, use_entry, monkeypatc
     assert store.resolve("tiny") == path and path.stat().st_mtime_ns == stamp  # converted once
 
 
+def test_a_conversion_cut_short_is_made_again(tiny_file, use_entry, monkeypatch, isolated_home):
+    use_entry(entry_for(tiny_file))
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tiny_file.parent))
+    path = store.resolve("tiny")
+    whole = path.read_bytes()
+    assert store.safetensors_complete(path)
+    for damaged in (whole[:-4], whole[:6], b"<html>" * 10):
+        path.write_bytes(damaged)
+        assert not store.safetensors_complete(path)
+        assert store.resolve("tiny") == path and store.safetensors_complete(path)
+        assert torch.equal(read_state_dict(path)["bias"], tiny_state()["bias"])
+
+
+def test_a_damaged_copy_in_a_weights_folder_does_not_hide_a_good_one(tiny_file, use_entry, monkeypatch, tmp_path):
+    use_entry(entry_for(tiny_file))
+    store.import_file(tiny_file)  # the good copy, in the cache (searched last)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "tiny.pth").write_bytes(tiny_file.read_bytes()[:-10])
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared))
+    assert torch.equal(read_state_dict(store.resolve("tiny"))["bias"], tiny_state()["bias"])
+    assert list(store.verify_all()) == [("tiny", store.cache_dir() / "tiny.pth", "ok")]
+    (store.cache_dir() / "tiny.pth").write_bytes(b"damaged too")
+    with pytest.raises(ChecksumMismatch, match="shared/tiny.pth has sha256"):  # none good: the first copy's error
+        store.resolve("tiny")
+    assert list(store.verify_all()) == [("tiny", shared / "tiny.pth", "mismatch")]
+
+
 def test_wrong_hash_is_refused(tiny_file, use_entry, monkeypatch):
     use_entry(entry_for(tiny_file, sha256="0" * 64))
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tiny_file.parent))

@@ -133,15 +133,28 @@ def check_file(entry: WeightsEntry, path: Path) -> None:
 
 def find_local(name: str) -> Path | None:
     """The first existing file for this entry in the search folders (no hashing, no download)."""
+    found = local_copies(name)
+    return found[0] if found else None
+
+
+def local_copies(name: str) -> list[Path]:
+    """Every existing file for this entry, in search order."""
     entry = get_entry(name)
-    if entry.local:
-        path = cache_dir() / entry.filename
-        return path if path.is_file() else None
-    for directory in search_dirs():
-        candidate = directory / entry.filename
-        if candidate.is_file():
-            return candidate
-    return None
+    folders = [cache_dir()] if entry.local else search_dirs()
+    return [folder / entry.filename for folder in folders if (folder / entry.filename).is_file()]
+
+
+def first_good_copy(entry: WeightsEntry, copies: list[Path]) -> Path:
+    """The first copy that passes `check_file`: a damaged file in the first FACERESTORE_WEIGHTS folder
+    must not hide a good one in the cache. With none good, the first copy's error."""
+    first_error = None
+    for path in copies:
+        try:
+            check_file(entry, path)
+            return path
+        except ChecksumMismatch as exc:
+            first_error = first_error or exc
+    raise first_error
 
 
 def _converted_path(entry: WeightsEntry, digest: str) -> Path:
@@ -155,13 +168,28 @@ def loadable(entry: WeightsEntry, path: Path) -> Path:
     from facerestore.weights.checkpoint import read_state_dict, save_safetensors
 
     target = _converted_path(entry, sha256_file(path))
-    if target.is_file():
+    if target.is_file() and safetensors_complete(target):
         return target
     state = read_state_dict(path)
     try:
         return save_safetensors(state, target, {"source": entry.filename, "source_sha256": sha256_file(path), "name": entry.name})
     except OSError:
         return path  # no room or read-only cache: load the original every time
+
+
+def safetensors_complete(path: Path) -> bool:
+    """Whether the header parses and the file is as long as its tensors say: a conversion cut short
+    (disk full, a killed process) is made again instead of failing every later run."""
+    try:
+        with path.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 2 <= length <= 100_000_000:
+                return False
+            header = json.loads(f.read(length))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size == 8 + length + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
 
 
 def missing_message(entry: WeightsEntry, reason: str) -> WeightsError:
@@ -179,8 +207,8 @@ def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | No
     if explicit is not None:
         return resolve_explicit(explicit, offline=offline, progress=progress, catalogued=(name,))
     entry = get_entry(name)
-    found = find_local(name)
-    if found is None:
+    copies = local_copies(name)
+    if not copies:
         if entry.local:
             raise WeightsError(f"{entry.filename} (your weights '{name}') is missing from {cache_dir()}", hint=f"import it again with `facerestore weights import FILE --name {name}`")
         if is_offline(offline):
@@ -189,7 +217,7 @@ def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | No
             raise missing_message(entry, "it has no direct download URL")
         found = download(entry, progress=progress)
     else:
-        check_file(entry, found)
+        found = first_good_copy(entry, copies)
     return loadable(entry, found)
 
 
@@ -293,15 +321,16 @@ def download(entry: WeightsEntry, *, progress: Progress | None = None, timeout: 
 def verify_all() -> Iterator[tuple[str, Path | None, str]]:
     """(name, path, status) for every entry: ok, mismatch, unchecked (no hash known) or missing."""
     for name, entry in load_catalogue().items():
-        path = find_local(name)
-        if path is None:
+        copies = local_copies(name)
+        if not copies:
             yield name, None, "missing"
             continue
         expected = expected_sha256(entry)
         if not expected:
-            yield name, path, "unchecked"
-        else:
-            yield name, path, "ok" if sha256_file(path, fresh=True) == expected else "mismatch"
+            yield name, copies[0], "unchecked"
+        else:  # the copy a run would use: the first good one
+            good = next((path for path in copies if sha256_file(path, fresh=True) == expected), None)
+            yield name, good or copies[0], "ok" if good else "mismatch"
 
 
 def import_file(file: Path | str, name: str | None = None, *, verify: bool = True) -> Path:
