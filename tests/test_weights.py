@@ -442,3 +442,22 @@ def test_weights_pull_honours_offline_from_the_environment(tiny_file, use_entry)
     result = CliRunner().invoke(app, ["weights", "pull", "tiny"])
     assert result.exit_code == 1, result.output
     assert "offline" in result.output and "Traceback" not in result.output
+
+
+def test_weights_pull_leaves_no_empty_bar_behind_a_failed_name(tiny_file, use_entry, monkeypatch):
+    import io
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from facerestore.cli import weights as weights_cli
+    from facerestore.cli.app import app, register
+
+    register()
+    use_entry(entry_for(tiny_file))
+    screen = io.StringIO()
+    monkeypatch.setattr(weights_cli, "err", Console(file=screen, force_terminal=True, width=200))
+    assert CliRunner().invoke(app, ["weights", "pull", "tiny"]).exit_code == 1
+    shown = screen.getvalue()
+    last_frame = shown.rpartition("\x1b[2K")[2]  # what stays on the screen once the live display stops
+    assert "offline" in shown and "0/?" not in last_frame  # it was "tiny ━━━ 0/? bytes ?"

@@ -73,6 +73,7 @@ def weights_pull(
             except FaceRestoreError as exc:
                 failed = True
                 progress.console.print(f"error: {exc.one_line()}", markup=False)
+            progress.remove_task(task)  # the line above says how it ended; no stale "0/?" bar
     raise typer.Exit(1 if failed else 0)
 
 
