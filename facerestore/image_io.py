@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from facerestore.errors import BadImage, UsageError
+from facerestore.file_modes import new_file_mode
 from facerestore.image_meta import EXIF_HEADER, embed_jpeg, embed_png, icc_colour_space, read_exif, read_icc
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -42,8 +43,6 @@ _CV2_FORMATS = frozenset({"PNG", "TIFF"})  # the formats where 16-bit matters
 _ALPHA_EXTS = frozenset({".png", ".tif", ".tiff", ".webp"})
 _DEEP_EXTS = frozenset({".png", ".tif", ".tiff"})
 _PIL_LIMIT_LOCK = threading.Lock()
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True, eq=False)
@@ -522,7 +521,7 @@ def write_bytes(path: Path, payload: bytes) -> Path:
             tmp.write(payload)
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.chmod(tmp.name, 0o666 & ~_UMASK)  # NamedTemporaryFile makes 0600 files
+        os.chmod(tmp.name, new_file_mode())  # NamedTemporaryFile makes 0600 files
         os.replace(tmp.name, path)
     except BaseException as e:
         try:

@@ -36,6 +36,7 @@ import numpy as np
 
 from facerestore import __version__
 from facerestore.errors import UsageError
+from facerestore.file_modes import new_file_mode, new_folder_mode
 from facerestore.evaluation.runner import INPUT, EvalResult, SetResult, Summary, finite_or_text
 from facerestore.image_io import assert_output_folder, write_image
 from facerestore.metrics import METRICS, MetricResult
@@ -74,7 +75,7 @@ def prepare_output(out: Path, inputs: Sequence[Path | None] = ()) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(out)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700 folders; a report is an ordinary folder
+        staging.chmod(new_folder_mode())  # mkdtemp makes 0700 folders; a report is an ordinary folder
         return staging
     except OSError as exc:
         raise UsageError(f"cannot write the report beside {out} ({exc.strerror or exc})", hint="check the folder's permissions") from None
@@ -106,12 +107,6 @@ def remove_stale_staging(out: Path) -> int:
     return removed
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def publish(staging: Path, out: Path) -> Path:
     """Replace `out` by the finished staging folder (the old report is removed only after the swap)."""
     out = Path(out)
@@ -137,7 +132,7 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write(text)
         tmp.flush()
         os.fsync(tmp.fileno())
-    os.chmod(tmp.name, 0o644)
+    os.chmod(tmp.name, new_file_mode())
     os.replace(tmp.name, path)
 
 

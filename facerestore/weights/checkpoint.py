@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from facerestore.errors import UnsupportedCheckpoint, WeightsError
+from facerestore.file_modes import new_file_mode
 
 StateDict = dict[str, torch.Tensor]
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
@@ -114,13 +115,6 @@ def load_strict(net: torch.nn.Module, state: Mapping[str, torch.Tensor], source:
         )
     net.load_state_dict(state, strict=True)
     return net
-
-
-def new_file_mode() -> int:
-    """The mode open() would give a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: Path | str, metadata: dict[str, str] | None = None) -> Path:

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from facerestore.errors import ChecksumMismatch, UsageError, WeightsError
+from facerestore.file_modes import new_file_mode
 from facerestore.weights.catalogue import WeightsEntry, entry_for_filename, get_entry, load_catalogue, local_registry_path
-from facerestore.weights.checkpoint import new_file_mode
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total or 0)
 CHUNK = 1 << 20
