@@ -408,9 +408,9 @@ def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: in
         samples = quantize(rgb)
     if alpha is not None:
         samples = np.dstack([samples, quantize(alpha)])
-    if gray and (ext == ".webp" or alpha is not None):
-        # WebP has no gray; OpenCV writes no gray+alpha PNG, and a 16-bit gray+alpha TIFF is one that
-        # Pillow and OpenCV cannot read: equal colour channels
+    if gray and (ext == ".webp" or (alpha is not None and deep)):
+        # WebP has no gray; 16-bit gray+alpha is a PNG Pillow and OpenCV cannot write and a TIFF they
+        # cannot read: equal colour channels
         samples = samples[:, :, [0, 0, 0, 1] if alpha is not None else [0, 0, 0]]
     samples = np.ascontiguousarray(samples)
     space = "GRAY" if samples.shape[2] in (1, 2) else "RGB"
@@ -420,6 +420,10 @@ def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: in
         return _encode_pillow_webp(samples, jpeg_quality, lossless, icc, exif)
     if ext in (".tif", ".tiff"):
         return _encode_tiff(samples, icc)
+    if samples.shape[2] == 2:  # 8-bit gray + alpha PNG (JPEG and BMP have dropped alpha): OpenCV has no such PNG
+        buffer = io.BytesIO()
+        Image.fromarray(samples, "LA").save(buffer, "PNG", compress_level=3)
+        return embed_png(buffer.getvalue(), icc, exif)
     bgr = samples[:, :, 0] if samples.shape[2] == 1 else samples[:, :, [2, 1, 0, 3][: samples.shape[2]]]
     params: list[int] = []
     if ext in (".jpg", ".jpeg"):

@@ -60,9 +60,17 @@ def test_gray_png_in_gives_gray_flag_and_single_channel_out(tmp_path):
     out = write_image(tmp_path / "out.png", pic.rgb, gray=True)
     assert cv2.imread(str(out), cv2.IMREAD_UNCHANGED).ndim == 2
     assert np.array_equal(read_image(out).rgb, pic.rgb)
-    # gray + alpha becomes 4 channels with equal color, still read back as gray
-    pic2 = read_image(write_image(tmp_path / "ga.png", pic.rgb, gray=True, alpha=np.ones((24, 40))))
-    assert pic2.gray and pic2.alpha is not None
+    # 8-bit gray + alpha stays a gray+alpha (LA) PNG and TIFF; 16-bit becomes 4 equal-colour channels
+    alpha = np.linspace(0, 1, 24 * 40, dtype=np.float32).reshape(24, 40)
+    gray_icc = _profile("sRGB")[:16] + b"GRAY" + _profile("sRGB")[20:]  # header says GRAY
+    for name in ("ga.png", "ga.tif"):
+        written = write_image(tmp_path / name, pic.rgb, gray=True, alpha=alpha, icc=gray_icc if name == "ga.png" else None)
+        assert Image.open(written).mode == "LA"
+        pic2 = read_image(written)
+        assert pic2.gray and np.array_equal(pic2.rgb, pic.rgb) and np.abs(pic2.alpha - alpha).max() <= 0.5 / 255 + 1e-6
+    assert read_image(tmp_path / "ga.png").icc == gray_icc
+    deep = read_image(write_image(tmp_path / "ga16.png", pic.rgb, gray=True, alpha=alpha, bit_depth=16))
+    assert Image.open(tmp_path / "ga16.png").mode == "RGBA" and deep.gray and deep.bit_depth == 16
     # identical RGB channels count as gray; one differing pixel does not
     rgb = np.repeat(pic.rgb[:, :, :1], 3, axis=2)
     assert read_image(write_image(tmp_path / "eq.png", rgb)).gray
