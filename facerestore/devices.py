@@ -53,6 +53,28 @@ def for_inference(net: torch.nn.Module, device: torch.device | str) -> torch.nn.
     return net
 
 
+def fold_batch_norms(net: torch.nn.Module) -> int:
+    """Fold each BatchNorm2d that follows a Conv2d in an nn.Sequential into that convolution (the
+    BatchNorm becomes an Identity); returns how many. For eval-only copies of checkpoints loaded
+    strictly: the state dict no longer has the BatchNorm keys afterwards. A BatchNorm is a separate
+    pass over the whole activation on the CPU (14% of RetinaFace mobile0.25's time)."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for module in net.modules():
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = module._modules[first], module._modules[second]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d) and norm.track_running_stats:
+                module._modules[first] = fuse_conv_bn_eval(conv.eval(), norm.eval())
+                module._modules[second] = torch.nn.Identity()
+                folded += 1
+    return folded
+
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 

@@ -126,3 +126,29 @@ def test_the_bf16_tip_is_for_auto_on_a_native_cpu_and_measured_methods_only(monk
     assert cpu_bf16_tip("cuda", "auto", "idm") is None  # auto already uses bf16 there
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     assert cpu_bf16_tip("cpu", "auto", "baseline") is None  # emulated bf16 is slower
+
+
+def test_folding_batch_norms_keeps_the_output_of_a_retinaface():
+    """facexlib's mobile0.25 RetinaFace, random weights and running statistics: every one of its 47
+    BatchNorms follows a convolution, and folding them changes the outputs by float rounding only."""
+    import torch
+    from facexlib.detection.retinaface import RetinaFace
+
+    from facerestore.devices import fold_batch_norms
+
+    torch.manual_seed(0)
+    net = RetinaFace(network_name="mobile0.25", half=False, phase="test", device="cpu").eval()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    x = torch.rand(1, 3, 96, 128) * 255 - 110
+    with torch.inference_mode():
+        before = net(x)
+        assert fold_batch_norms(net) == 47
+        after = net(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    for a, b in zip(before, after, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)

@@ -109,13 +109,15 @@ class TorchRetinaFace:
         import torch
         from facexlib.detection.retinaface import RetinaFace
 
+        from facerestore.devices import fold_batch_norms, for_inference
         from facerestore.weights.checkpoint import load_strict, read_state_dict
 
         self.torch = torch
         self.device = torch.device(device)
         self.net = RetinaFace(network_name=network, half=False, phase="test", device=self.device)
         load_strict(self.net, read_state_dict(weights), weights)
-        self.net.eval()
+        fold_batch_norms(self.net.eval())
+        for_inference(self.net, self.device)
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with self.torch.inference_mode():
