@@ -286,6 +286,9 @@ def _read_tiff_pillow_cannot(data: bytes, path: Path, max_pixels: int, not_image
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages[0]
+            if int(page.photometric) not in (1, 2):  # gray (min-is-black) and RGB; not CMYK, Lab, YCbCr...
+                raise BadImage(f"{path} is a {page.photometric.name} TIFF with {page.dtype} samples, which cannot be read",
+                               hint="export it as 8- or 16-bit RGB")
             _check_pixels(path, int(page.imagewidth), int(page.imagelength), max_pixels)
             arr = page.asarray()
             if page.axes.startswith("S"):  # planar: one plane per sample

@@ -335,6 +335,9 @@ def test_float_and_32_bit_colour_tiffs_that_pillow_cannot_open_are_read(tmp_path
     assert np.array_equal(read_image(tmp_path / "rot.tif").rgb, np.rot90(f32.rgb, -1))
     with pytest.raises(BadImage, match="over the"):
         read_image(tmp_path / "f32.tif", max_pixels=599)
+    tifffile.imwrite(tmp_path / "cmyk.tif", rgba, photometric="separated")  # float CMYK: not guessed as RGBA
+    with pytest.raises(BadImage, match="cmyk.tif is a SEPARATED TIFF with float32 samples, which cannot be read"):
+        read_image(tmp_path / "cmyk.tif")
     (tmp_path / "bad.tif").write_bytes((tmp_path / "f32.tif").read_bytes()[:200])
     with pytest.raises(BadImage, match="is not an image file"):
         read_image(tmp_path / "bad.tif")
