@@ -225,9 +225,14 @@ def _png_reaches_iend(data: bytes) -> bool:
     return False
 
 
-def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
-    """Read any supported image into a `Picture`; every failure is a one-line `BadImage`."""
+def read_image(path: Path, *, max_pixels: int | None = None) -> Picture:
+    """Read any supported image into a `Picture`; every failure is a one-line `BadImage`.
+
+    `max_pixels`: the command's --max-pixels; None: the default limit, for commands without that
+    option (their message does not offer it)."""
     path = Path(path)
+    limit_option = max_pixels is not None
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
         size = path.stat().st_size
         data = path.read_bytes() if size else b""
@@ -258,9 +263,9 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
         width, height = img.size
     except Exception:
         if data[:4] in (b"II*\0", b"MM\0*"):
-            return _read_tiff_pillow_cannot(data, path, max_pixels, not_image)
+            return _read_tiff_pillow_cannot(data, path, max_pixels, not_image, limit_option)
         raise not_image from None
-    _check_pixels(path, width, height, max_pixels)
+    _check_pixels(path, width, height, max_pixels, limit_option)
     if img.format == "PNG" and not _png_reaches_iend(data):  # said here rather than by libpng on stderr
         raise BadImage(f"{path} is truncated (the PNG ends before its last chunk)", hint="re-copy or re-export the file")
     with warnings.catch_warnings():
@@ -268,16 +273,16 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
         return _decode(img, data, path, width, height, not_image)
 
 
-def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int, limit_option: bool) -> None:
     if width * height > max_pixels:
         raise BadImage(
             f"{path} is {width}x{height} = {megapixels(width * height)}, "
             f"over the {megapixels(max_pixels)} limit",
-            hint="downscale it or pass --max-pixels",
+            hint="downscale it or pass --max-pixels" if limit_option else "downscale it",
         )
 
 
-def _read_tiff_pillow_cannot(data: bytes, path: Path, max_pixels: int, not_image: BadImage) -> Picture:
+def _read_tiff_pillow_cannot(data: bytes, path: Path, max_pixels: int, not_image: BadImage, limit_option: bool) -> Picture:
     """Float (16/32/64-bit) colour TIFFs, as HDR and scientific tools write them, and 32-bit integer
     ones: Pillow has no mode for them, tifffile reads them. Floats in 0..1 (or integers above 16 bits)
     become 16-bit samples, as Pillow's float gray mode "F" does; EXIF is not read from these."""
@@ -289,7 +294,7 @@ def _read_tiff_pillow_cannot(data: bytes, path: Path, max_pixels: int, not_image
             if int(page.photometric) not in (1, 2):  # gray (min-is-black) and RGB; not CMYK, Lab, YCbCr...
                 raise BadImage(f"{path} is a {page.photometric.name} TIFF with {page.dtype} samples, which cannot be read",
                                hint="export it as 8- or 16-bit RGB")
-            _check_pixels(path, int(page.imagewidth), int(page.imagelength), max_pixels)
+            _check_pixels(path, int(page.imagewidth), int(page.imagelength), max_pixels, limit_option)
             arr = page.asarray()
             if page.axes.startswith("S"):  # planar: one plane per sample
                 arr = np.moveaxis(arr, 0, -1)
@@ -500,6 +505,21 @@ def remove_stale_temps(targets: Iterable[Path]) -> int:
     return removed
 
 
+# The largest side each format can store (libjpeg: 16-bit sizes; libwebp: 14-bit sizes)
+MAX_SIDE = {".jpg": 65535, ".jpeg": 65535, ".webp": 16383}
+
+
+def check_encodable(path: Path, width: int, height: int) -> None:
+    """BadImage when an image of this size cannot be stored in `path`'s format; cheap, so callers
+    run it before the work that makes the image."""
+    ext = Path(path).suffix.lower()
+    limit = MAX_SIDE.get(ext)
+    if limit and max(width, height) > limit:
+        name = "JPEG" if ext in (".jpg", ".jpeg") else "WebP"
+        raise BadImage(f"{path} would be {width}x{height}, over {name}'s limit of {limit} px per side",
+                       hint="use --ext png or tif, or a smaller --upscale")
+
+
 def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None, bit_depth: int = 8,
                 gray: bool = False, jpeg_quality: int = 95, icc: bytes | None = None, exif: bytes | None = None,
                 lossless: bool = False, full_chroma: bool = False) -> Path:
@@ -512,7 +532,16 @@ def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None,
     Writing over an input is NOT prevented here: callers check with `assert_not_input` first.
     """
     path = Path(path)
-    return write_bytes(path, _encode(path, rgb, alpha, bit_depth, gray, jpeg_quality, icc, exif, lossless, full_chroma))
+    height, width = np.shape(rgb)[:2]
+    check_encodable(path, width, height)
+    try:
+        payload = _encode(path, rgb, alpha, bit_depth, gray, jpeg_quality, icc, exif, lossless, full_chroma)
+    except BadImage:
+        raise
+    except (ValueError, OSError, MemoryError) as e:  # Pillow's and tifffile's encoders
+        raise BadImage(f"cannot encode {path} ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})",
+                       hint="try another --ext") from None
+    return write_bytes(path, payload)
 
 
 def write_bytes(path: Path, payload: bytes) -> Path:

@@ -29,7 +29,7 @@ from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
-from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, megapixels, output_format, read_image, resize, write_image
+from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, check_encodable, megapixels, output_format, read_image, resize, write_image
 from facerestore.methods.base import RestorationMethod
 
 FACE_SIZE = 512
@@ -280,6 +280,10 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
             hint="use a smaller --upscale or raise --max-pixels",
         )
     result.seconds["read"] = time.perf_counter() - clock
+    target = None
+    if not options.aligned:  # refused before any work: an output over an input, or one its format cannot hold
+        target = namer.image(name, path)
+        check_encodable(target, round(picture.width * upscale), round(picture.height * upscale))
     if picture.frames > 1:
         result.warnings.append(f"{path} holds {picture.frames} frames; only the first is restored, and written as one still image")
     keep = picture.encoding(exif=False)  # the faces: the photo's colour profile and depth, not its camera data
@@ -298,14 +302,19 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
             result.outputs.append(write_image(namer.face("cmp", name, tag), _side_by_side(face.crop, out), **keep))
         writing += time.perf_counter() - clock
 
-    photo, result.faces, timings = restore_picture(picture, tools, options, on_faces=write_faces if options.save_faces else None)
-    result.seconds.update(timings)
-    clock = time.perf_counter()
-    if photo is not None:
-        alpha = picture.alpha
-        if alpha is not None and upscale != 1:
-            alpha = scale_alpha(alpha, (photo.shape[1], photo.shape[0]))
-        result.outputs.append(write_image(namer.image(name, path), photo, alpha=alpha, **picture.encoding()))
+    try:
+        photo, result.faces, timings = restore_picture(picture, tools, options, on_faces=write_faces if options.save_faces else None)
+        result.seconds.update(timings)
+        clock = time.perf_counter()
+        if photo is not None:
+            alpha = picture.alpha
+            if alpha is not None and upscale != 1:
+                alpha = scale_alpha(alpha, (photo.shape[1], photo.shape[0]))
+            result.outputs.append(write_image(target, photo, alpha=alpha, **picture.encoding()))
+    except BaseException:  # a failed photo (or Ctrl-C) leaves none of its face files behind
+        for written in result.outputs:
+            Path(written).unlink(missing_ok=True)
+        raise
     result.seconds["write"] = writing + time.perf_counter() - clock
     if not result.faces:
         result.status = "no-face"

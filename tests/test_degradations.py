@@ -330,3 +330,17 @@ def test_degrade_never_writes_one_file_over_another(tree, tmp_path):
     beside = run("degrade", tree / "a.jpg", "--out", tree, "--ext", "png")
     assert beside.exit_code == 2 and "is the folder of" in beside.output
     assert (tree / "a.png").read_bytes() == before and not (tree / "degradations.json").exists()
+    mine = write_image(tmp_path / "a.png", face_like(48, 48))  # a file of the user's beside the source folder
+    mine_before = mine.read_bytes()
+    parent = run("degrade", tree, "--out", tmp_path)
+    assert parent.exit_code == 2 and "holds the source folder" in parent.output
+    assert mine.read_bytes() == mine_before
+
+
+def test_degrade_goes_on_after_an_image_its_output_format_cannot_hold(tree, tmp_path):
+    write_image(tree / "wide.png", np.full((4, 17000, 3), 0.5, np.float32))
+    result = run("degrade", tree, "--out", tmp_path / "out", "--ext", "webp", "--preset", "none")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "over WebP's limit of 16383 px per side" in errors[0]
+    assert (tmp_path / "out" / "a.webp").is_file() and (tmp_path / "out" / "degradations.json").is_file()

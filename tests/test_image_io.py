@@ -189,6 +189,8 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(image_io, "_decode_pil", boom)
     err = _bad(src, "40x24 = 960 pixels, over the 100 pixels limit", max_pixels=100)
     assert "--max-pixels" in err.one_line()
+    monkeypatch.setattr(image_io, "DEFAULT_MAX_PIXELS", 100)  # degrade, evaluate, clean-dataset: no such option
+    assert "--max-pixels" not in _bad(src, "over the 100 pixels limit").one_line()
 
 
 def test_bad_files(tmp_path, capfd):

@@ -11,6 +11,7 @@ import torch
 from facerestore import pipeline
 from facerestore.faces.align import FFHQ_TEMPLATE_512
 from facerestore.faces.detect import DetectedFace
+from facerestore.errors import BadImage, FaceRestoreError
 from facerestore.image_io import read_image, write_image
 from facerestore.methods.base import MethodInfo
 from facerestore.pipeline import OutputNamer, RestoreOptions, Tools, restore_crops, restore_file
@@ -173,6 +174,33 @@ def test_oversized_output_is_refused_before_work(tmp_path):
     source = write_image(tmp_path / "p.png", photo())
     with pytest.raises(Exception, match="over the"):
         run_file(tmp_path, source, Darken(), upscale=4, max_pixels=200 * 440 * 4)
+
+
+def test_an_output_its_format_cannot_hold_or_over_an_input_is_refused_before_any_face_is_restored(tmp_path, three_faces):
+    method = Darken()
+    source = write_image(tmp_path / "p.png", photo(200, 4400))
+    with pytest.raises(BadImage, match="p.webp would be 17600x800, over WebP's limit of 16383 px per side"):
+        run_file(tmp_path, source, method, upscale=4, ext="webp")
+    opts = RestoreOptions(output=tmp_path, upscale=1)  # restored_imgs/p.png would be the input itself
+    inside = write_image(tmp_path / "restored_imgs" / "p.png", photo())
+    with pytest.raises(FaceRestoreError, match="would overwrite the input"):
+        restore_file(inside, "p", Tools(method=method, detector=object()), opts, OutputNamer(opts, {inside}))
+    assert method.batches == [] and not (tmp_path / "out").exists() and not (tmp_path / "restored_faces").exists()
+
+
+def test_a_photo_that_fails_late_leaves_none_of_its_face_files(tmp_path, three_faces, monkeypatch):
+    source = write_image(tmp_path / "p.png", photo())
+    real = pipeline.write_image
+
+    def photo_write_fails(path, *args, **kwargs):
+        if "restored_imgs" in str(path):
+            raise BadImage(f"cannot write {path} (disk full)")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_image", photo_write_fails)
+    with pytest.raises(BadImage, match="disk full"):
+        run_file(tmp_path, source, Darken(), upscale=1)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
 def test_default_upscale_is_2_up_to_1500_px_and_1_above(tmp_path):

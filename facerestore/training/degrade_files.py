@@ -55,6 +55,8 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     root = src if src.is_dir() else src.parent
     if src.is_dir():
         assert_outside(dst, src, str(src), hint="write the degraded copies outside the source folder")
+        if src.resolve().is_relative_to(dst.resolve()):  # the copies would land among the user's files beside src
+            raise UsageError(f"--out {dst} holds the source folder {src}", hint="write the degraded copies to a folder of their own")
     if not src.is_dir() and dst.resolve() == root.resolve():  # the copy would land among the user's files
         raise UsageError(f"--out {dst} is the folder of {src}", hint="write the degraded copy to another folder")
     rels = [path.relative_to(root) for path in paths]
