@@ -253,6 +253,9 @@ def test_bad_files_fail_alone_and_exit_1(hq, tmp_path):
     assert result.exit_code == 1
     assert "broken.png is not an image file" in result.output and "not a square aligned face crop" in result.output
     assert "has the same name" in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3 and len(set(errors)) == 3, result.output  # each failure once, its path once
+    assert all(line.count(str(hq)) == 1 for line in errors), result.output
     data = results(out)
     failed = {f["what"] for f in data["failures"]}
     assert {str(hq / "broken.png"), str(hq / "wide.png"), str(hq / "face0.png")} <= failed
@@ -272,6 +275,17 @@ def test_a_failing_method_fails_only_its_rows(hq, tmp_path):
     assert broken["status"] == "failed" and broken["count"] == 0 and "CUDA out of memory" in broken["reason"]
     assert "| broken | failed [1] |" in (out / "index.md").read_text()
     assert all("broken" in i["row_errors"] for i in data["sets"][0]["images"])
+
+
+def test_a_missing_result_names_the_folder_that_was_searched(hq, tmp_path):
+    theirs = tmp_path / "theirs"
+    for key in ("face0", "face1"):
+        write_image(theirs / "mild" / f"{key}.png", pattern(0))
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "--degrade", "mild,medium", "--restored", f"t={theirs}", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 1
+    medium = next(s for s in results(out)["sets"] if s["name"] == "medium")
+    assert medium["images"][0]["row_errors"]["t"] == f"t: no restored image named face0.<ext> in {theirs / 'medium'}"
 
 
 def test_restored_folder_with_wrong_sizes_and_names(hq, tmp_path):

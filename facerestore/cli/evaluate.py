@@ -122,11 +122,13 @@ def evaluate_command(
         fail(exc, debug)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=quiet or as_json)
+    told: list[str] = []  # the lines printed during the run
     try:
         with progress:
             task = progress.add_task("images", total=None)
 
             def message(line: str) -> None:
+                told.append(line)
                 progress.console.print(line, markup=False)
 
             evaluator = Evaluator(
@@ -150,11 +152,17 @@ def evaluate_command(
         print_tables(result)
         err.print(f"report: {output / 'index.html'} (also index.md, results.json){f'; {len(failures)} failures' if failures else ''}", markup=False)
     elif failures:  # -q keeps errors: the exit status alone would not say what failed
-        for what, why in failures[:3]:
-            err.print(f"error: {what}: {why}", markup=False)
-        more = f" ({len(failures) - 3} more listed there)" if len(failures) > 3 else ""
+        unsaid = [line for line in (failure_line(what, why) for what, why in failures) if not any(line[len("error: "):] in said for said in told)]
+        for line in unsaid[:3]:
+            err.print(line, markup=False)
+        more = f" ({len(unsaid) - 3} more listed there)" if len(unsaid) > 3 else ""
         err.print(f"{len(failures)} failures; report: {output / 'index.html'}{more}", markup=False)
     raise typer.Exit(1 if failures else 0)
+
+
+def failure_line(what: str, why: str) -> str:
+    """One error line; most reasons already start with the path they are about."""
+    return f"error: {why}" if why.startswith(what) else f"error: {what}: {why}"
 
 
 def print_tables(result) -> None:

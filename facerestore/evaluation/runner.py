@@ -203,11 +203,15 @@ def load_face(path: Path) -> tuple[np.ndarray, str]:
     return to_face_size(picture.rgb, path)
 
 
+def restored_folder(folder: Path, set_name: str, several_sets: bool) -> Path:
+    """Where another tool's results for one set are looked for: FOLDER[/SET][/restored_faces]."""
+    base = folder / set_name if several_sets or (folder / set_name).is_dir() else folder
+    return base / "restored_faces" if (base / "restored_faces").is_dir() else base
+
+
 def find_restored(folder: Path, set_name: str, key: str, several_sets: bool) -> Path | None:
     """The file of another tool's results for this input: FOLDER[/SET][/restored_faces]/KEY.<image ext>."""
-    base = folder / set_name if several_sets or (folder / set_name).is_dir() else folder
-    if (base / "restored_faces").is_dir():
-        base = base / "restored_faces"
+    base = restored_folder(folder, set_name, several_sets)
     for ext in IMAGE_EXTENSIONS:
         for candidate in (base / f"{key}{ext}", base / f"{key}{ext.upper()}"):
             if candidate.is_file():
@@ -520,7 +524,8 @@ class Evaluator:
         folder = Path(self.external[label])
         path = find_restored(folder, set_name, key, len(self.spec.degradations) > 1)
         if path is None:
-            record.row_errors[label] = f"{label}: no restored image named {key}.<ext> in {folder}"
+            searched = restored_folder(folder, set_name, len(self.spec.degradations) > 1)
+            record.row_errors[label] = f"{label}: no restored image named {key}.<ext> in {searched}"
             return None
         record.files[label] = str(path.resolve())
         try:
@@ -531,7 +536,7 @@ class Evaluator:
         if image.shape[:2] != (FACE, FACE):
             record.row_errors[label] = (
                 f"{label}: {path} is {image.shape[1]}x{image.shape[0]} but the input and reference are {FACE}x{FACE}; "
-                "restore the 512 crops (report/inputs/) or resize the results to 512"
+                "restore the 512 crops (the report's inputs/ folder) or resize the results to 512"
             )
             return None
         return image
