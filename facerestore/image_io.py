@@ -21,7 +21,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -571,12 +571,28 @@ def write_bytes(path: Path, payload: bytes) -> Path:
     return path
 
 
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every file below `folder`, following linked folders (a dataset assembled from links) but each
+    real folder once, so a link to an ancestor cannot loop; hidden names (".git", macOS "._x.jpg",
+    our own temp files) and everything below them are left out."""
+    visited: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield from (Path(root) / name for name in names if not name.startswith("."))
+
+
 def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = ()) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand inputs into image files: (found, [(input, reason)] for inputs that yield nothing).
 
     Files named explicitly are kept whatever their extension (reading them gives the clear error).
-    Folders are walked recursively in sorted order, keeping image extensions in any case and skipping
-    hidden names (".git", macOS "._x.jpg", our own temp files). A file reached twice is listed once.
+    Folders are walked recursively (into linked folders too) in sorted order, keeping image extensions
+    in any case and skipping hidden names; a link to a missing image is a problem, not silence. A file
+    reached twice is listed once.
     A walk skips everything under the `exclude` folders that lie inside the folder walked: the
     command's own output folders would otherwise feed a rerun its earlier results. A folder named as
     an input is always read, even an excluded one (the user asked for it).
@@ -598,12 +614,16 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = ()) -> tuple[l
     for item in map(Path, inputs):
         if item.is_dir():
             inside = [e for e in skipped if not item.resolve().is_relative_to(e)]
-            files = [
-                p for p in item.rglob("*")
-                if not any(part.startswith(".") for part in p.relative_to(item).parts)
-                and is_image_path(p) and p.is_file() and not excluded(p, inside)
-            ]
-            if not files:
+            files, broken = [], []
+            for p in _walk(item):
+                if not is_image_path(p) or excluded(p, inside):
+                    continue
+                if p.is_file():
+                    files.append(p)
+                elif p.is_symlink() and not p.exists():
+                    broken.append((p, "is a broken link (its target does not exist)"))
+            problems += sorted(broken)
+            if not files and not broken:
                 problems.append((item, f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"))
             for p in sorted(files, key=lambda p: p.relative_to(item).parts):
                 add(p)

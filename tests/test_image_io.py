@@ -285,6 +285,19 @@ def test_reads_shared_photos():
         assert pic.rgb.ndim == 3 and 0 <= pic.rgb.min() and pic.rgb.max() <= 1
 
 
+def test_list_images_follows_linked_folders_once_and_reports_broken_links(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    write_image(elsewhere / "b.png", np.zeros((4, 4, 3), np.float32))
+    root = tmp_path / "data"
+    write_image(root / "a.png", np.zeros((4, 4, 3), np.float32))
+    (root / "linked").symlink_to(elsewhere)
+    (root / "loop").symlink_to(root)  # a link to an ancestor: walked once, not forever
+    (root / "gone.png").symlink_to(tmp_path / "missing.png")
+    found, problems = list_images([root])
+    assert found == [root / "a.png", root / "linked" / "b.png"]
+    assert problems == [(root / "gone.png", "is a broken link (its target does not exist)")]
+
+
 def test_list_images_skips_excluded_folders_inside_a_walk_but_not_named_ones(tmp_path):
     for rel in ["a.png", "out/cmp/a.png", "out/keep.png", "cmp/b.png"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
