@@ -222,6 +222,19 @@ def test_json_summary(tmp_path, tiny_baseline):
     assert [r["status"] for r in summary["results"]] == ["no-face", "failed"]
 
 
+def test_json_stays_valid_utf8_for_file_names_that_are_not(tmp_path, tiny_baseline):
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"\xff\xfe.png")  # a Latin-1 name from an old disk
+    write_image(folder / name, smooth())
+    result = runner.invoke(app, [str(folder), "-o", str(tmp_path / "out"), "-m", "baseline", "--weights", str(tiny_baseline), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout_bytes.decode("utf-8"))
+    assert summary["results"][0]["path"] == str(folder / name)
+
+
 def test_inputs_are_never_overwritten(tmp_path, tiny_baseline):
     folder = tmp_path / "restored_imgs"
     source = write_image(folder / "x.png", smooth())

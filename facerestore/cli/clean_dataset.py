@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out
+from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail
 from facerestore.errors import FaceRestoreError
 
 
@@ -71,7 +71,7 @@ def clean_dataset_command(
     if not main_rank:
         raise typer.Exit(1 if summary.failed else 0)
     if as_json:
-        out.print_json(json.dumps(summary.to_json()))
+        typer.echo(json.dumps(summary.to_json(), indent=2))  # ASCII: names that are not UTF-8 stay valid JSON
     elif not quiet or summary.failed:
         line = (f"{summary.done} restored, {summary.failed} failed, {summary.skipped} already done; "
                 f"{summary.complete} of {summary.total} complete in {dst}; {summary.seconds_per_image:.2f} s per image")

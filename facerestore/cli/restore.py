@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out
+from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import DEFAULT_MAX_PIXELS, assert_output_folder
 
@@ -109,7 +109,7 @@ def restore_command(
             "faces": total_faces, "results": [r.to_json() for r in results],
             "missing": [{"path": str(p), "error": reason} for p, reason in missing],
         }
-        out.print_json(json.dumps(summary))
+        typer.echo(json.dumps(summary, indent=2))  # ASCII: names that are not UTF-8 stay valid JSON
     elif not quiet:
         err.print(f"{len(results) + len(missing) - failed} of {len(results) + len(missing)} images restored, {total_faces} faces -> {output}", markup=False)
         tip = cpu_bf16_tip(dev, precision, method)
