@@ -128,6 +128,18 @@ def test_bad_files_fail_one_line_each_and_are_retried(dataset, tmp_path, model):
     assert "5 restored, 1 failed" in result.output
     again = clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", check_exit=1)
     assert "0 restored, 1 failed, 5 already done" in again.output
+    done = sorted(p for p in out.rglob("*.png"))[0]
+    done.unlink()  # listed as done, deleted since: redone, not counted as complete
+    third = clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", check_exit=1)
+    assert "1 restored, 1 failed, 4 already done" in third.output and done.is_file()
+
+
+def test_a_mistyped_option_does_not_lock_the_folder_to_its_settings(dataset, tmp_path, model):
+    out = tmp_path / "out"
+    assert "unknown method" in clean(dataset, "--out", out, "--method", "nope", check_exit=2).output
+    clean(dataset, "--out", out, "--weights", tmp_path / "typo.safetensors", "--steps", "2", check_exit=1)
+    clean(dataset, "--out", out, "--weights", model, "--steps", "0", check_exit=2)
+    clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", "--limit", "1", "-q")  # the corrected run
 
 
 def test_a_non_square_image_is_not_an_aligned_face(dataset, tmp_path, model):

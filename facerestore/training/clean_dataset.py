@@ -193,20 +193,8 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     if options.limit is not None:
         paths = paths[: options.limit]
     rels = [p.relative_to(src).as_posix() for p in paths]
-    state = out / STATE_DIR
-    check_settings(state, _settings(options), d.main, "a cleaning run")
-    distributed.barrier(d)
-    state.mkdir(parents=True, exist_ok=True)
-
-    entries = _read_manifests(state)
-    done_before = {p for p, e in entries.items() if e.get("status") in ("ok", "no-face")}
-    mine = [i for i in range(len(rels)) if i % d.world == d.rank]
-    todo = [i for i in mine if rels[i] not in done_before]
-    skipped_here = len(mine) - len(todo)
-    removed = remove_stale_temps(out / rels[i] for i in todo)
-    if removed:
-        message(f"removed {removed} unfinished temporary files of an earlier run")
-
+    # the method and detector first: a mistyped option must fail before the settings are recorded,
+    # or the folder would refuse the corrected rerun
     from facerestore.devices import resolve_device
     from facerestore.methods.base import MethodOptions
     from facerestore.methods.registry import build_method
@@ -219,6 +207,21 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
         from facerestore.faces.detect import load_detector
 
         detector = load_detector(options.detector, device, None, options.offline)
+
+    state = out / STATE_DIR
+    check_settings(state, _settings(options), d.main, "a cleaning run")
+    distributed.barrier(d)
+    state.mkdir(parents=True, exist_ok=True)
+
+    entries = _read_manifests(state)
+    # listed as done AND still there: an output deleted since (by hand, or a tree copied without it) is redone
+    done_before = {p for p, e in entries.items() if e.get("status") in ("ok", "no-face") and (out / p).is_file()}
+    mine = [i for i in range(len(rels)) if i % d.world == d.rank]
+    todo = [i for i in mine if rels[i] not in done_before]
+    skipped_here = len(mine) - len(todo)
+    removed = remove_stale_temps(out / rels[i] for i in todo)
+    if removed:
+        message(f"removed {removed} unfinished temporary files of an earlier run")
 
     if on_start is not None:
         on_start(len(todo))
@@ -258,7 +261,7 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     distributed.barrier(d)
     entries = _read_manifests(state)
     wanted = set(rels)
-    complete = sum(1 for p, e in entries.items() if p in wanted and e.get("status") in ("ok", "no-face"))
+    complete = sum(1 for p, e in entries.items() if p in wanted and e.get("status") in ("ok", "no-face") and (out / p).is_file())
     check = None
     if options.check:
         scores = [(float(e["psnr"]) if e["psnr"] != "inf" else math.inf, p) for p, e in entries.items()
