@@ -206,6 +206,27 @@ def test_checkpoint_folder_holds_only_safetensors_and_json(faces, tmp_path):
     assert latest_checkpoint(run) == ckpt
 
 
+def test_a_checkpoint_that_cannot_be_written_or_read_is_one_line_with_the_way_on(faces, tmp_path, monkeypatch):
+    from facerestore.training import checkpoints
+
+    run = tmp_path / "run"
+    train(config(faces, run, steps=2), unet=MICRO)
+    ckpt = latest_checkpoint(run)
+    (ckpt / "ema.safetensors").write_bytes((ckpt / "ema.safetensors").read_bytes()[:100])
+    with pytest.raises(UnsupportedCheckpoint) as damaged:
+        checkpoints.load_checkpoint(ckpt)
+    assert "ema.safetensors" in str(damaged.value) and damaged.value.hint == "delete this checkpoint folder to resume from the one before"
+
+    def disk_full(state, path, metadata=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "save_safetensors", disk_full)
+    with pytest.raises(FaceRestoreError, match="cannot write checkpoint .*step_0000002 \\(No space left on device\\)") as full:
+        train(config(faces, tmp_path / "run2", steps=3), unet=MICRO)
+    assert "--resume" in full.value.hint
+    assert not list((tmp_path / "run2" / "checkpoints").glob(".tmp-*"))
+
+
 def test_optimizer_state_round_trips_through_tensors():
     torch.manual_seed(0)
     net = IDMUNet(MICRO)

@@ -83,6 +83,11 @@ def train_command(
     except FaceRestoreError as exc:
         _stop(progress)
         fail(exc, debug)
+    except OSError as exc:  # a full disk or a lost mount while writing the log, the model or a grid
+        _stop(progress)
+        where = f" {exc.filename}" if exc.filename else ""
+        fail(FaceRestoreError(f"cannot write{where} ({exc.strerror or exc})",
+                              hint=f"free some space (or fix the folder), then continue with: facerestore train --out {run_dir} --resume"), debug)
     _stop(progress)
     if main_rank:
         last = f", last loss {result.losses[-1][1]:.4f}" if result.losses else ""

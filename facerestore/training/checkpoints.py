@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from facerestore.errors import UnsupportedCheckpoint
+from facerestore.errors import FaceRestoreError, UnsupportedCheckpoint
 from facerestore.weights.checkpoint import read_state_dict, save_safetensors
 
 CHECKPOINTS = "checkpoints"
@@ -133,20 +133,29 @@ def save_checkpoint(run: Path, step: int, *, model: dict[str, torch.Tensor], ema
     """
     final = step_dir(run, step)
     tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_safetensors(model, tmp / "model.safetensors", metadata)
-    save_safetensors(ema, tmp / "ema.safetensors", metadata)
-    for name, tensors in (extra or {}).items():
+    for name in extra or {}:
         if name in CORE_FILES or not name.replace("_", "").isalnum():
             raise ValueError(f"extra checkpoint file name {name!r} is reserved or not a plain name")
-        save_safetensors(dict(tensors), tmp / f"{name}.safetensors")
-    tensors, opt_data = optimizer_to_tensors(optimizer, names)
-    save_safetensors(tensors, tmp / "optimizer.safetensors")
-    write_json(tmp / "state.json", {**state, "step": step, "optimizer": opt_data})
-    if final.exists():  # the same step saved again after a resume
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_safetensors(model, tmp / "model.safetensors", metadata)
+        save_safetensors(ema, tmp / "ema.safetensors", metadata)
+        for name, tensors in (extra or {}).items():
+            save_safetensors(dict(tensors), tmp / f"{name}.safetensors")
+        tensors, opt_data = optimizer_to_tensors(optimizer, names)
+        save_safetensors(tensors, tmp / "optimizer.safetensors")
+        write_json(tmp / "state.json", {**state, "step": step, "optimizer": opt_data})
+        if final.exists():  # the same step saved again after a resume
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except Exception as exc:  # OSError, or safetensors' own error for a full disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, FaceRestoreError):
+            raise
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+        raise FaceRestoreError(f"cannot write checkpoint {final} ({reason})",
+                               hint="free some space (or fix the permissions), then continue with --resume from the last checkpoint") from None
     if keep > 0:
         done = sorted((p for p in (run / CHECKPOINTS).iterdir() if p.is_dir() and p.name.startswith(PREFIX)), key=lambda p: p.name)
         for old in done[:-keep]:
@@ -159,13 +168,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
         state = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UnsupportedCheckpoint(f"{path}/state.json cannot be read ({exc})", hint="delete this checkpoint folder to resume from the one before") from None
-    extra = {p.stem: read_state_dict(p) for p in sorted(path.glob("*.safetensors")) if p.stem not in CORE_FILES}
-    return Checkpoint(
-        path=path,
-        step=int(state["step"]),
-        model=read_state_dict(path / "model.safetensors"),
-        ema=read_state_dict(path / "ema.safetensors"),
-        optimizer=read_state_dict(path / "optimizer.safetensors"),
-        state=state,
-        extra=extra,
-    )
+    try:
+        extra = {p.stem: read_state_dict(p) for p in sorted(path.glob("*.safetensors")) if p.stem not in CORE_FILES}
+        tensors = {name: read_state_dict(path / f"{name}.safetensors") for name in ("model", "ema", "optimizer")}
+    except FaceRestoreError as exc:  # its hint is for downloaded weights
+        raise UnsupportedCheckpoint(str(exc), hint="delete this checkpoint folder to resume from the one before") from None
+    return Checkpoint(path=path, step=int(state["step"]), state=state, extra=extra, **tensors)
