@@ -264,6 +264,23 @@ def test_a_run_is_not_overwritten_and_resume_keeps_the_recipe(faces, tmp_path):
     assert result.step == 3 and log_losses(run) == [loss for _, loss in reference.losses]
     with pytest.raises(UsageError, match="beyond --steps"):
         train(resolve_config(run, resume=True, steps=2), resume=True)
+    data = json.loads((run / "config.json").read_text())
+    data["train"]["model"] = None  # a run started without --model
+    (run / "config.json").write_text(json.dumps(data))
+    assert resolve_config(run, resume=True, model="base").model == "base"  # naming the default is no change
+    with pytest.raises(UsageError, match="--model 'small'"):
+        resolve_config(run, resume=True, model="small")
+
+
+def test_init_from_is_stored_absolute_and_a_run_inside_val_is_refused(faces, tmp_path, monkeypatch):
+    first = tmp_path / "first"
+    train(config(faces, first, steps=1), unet=MICRO)
+    monkeypatch.chdir(tmp_path)
+    stored = resolve_config(tmp_path / "second", resume=False, data=(str(faces),), init_from="first")
+    assert stored.init_from == str(first.resolve())
+    assert resolve_config(tmp_path / "second", resume=False, data=(str(faces),), init_from="my-registered-name").init_from == "my-registered-name"
+    with pytest.raises(UsageError, match="lies inside the validation faces"):
+        train(config(faces, faces.parent / "val" / "run", val=str(faces.parent / "val")), unet=MICRO)
 
 
 def test_a_folder_with_a_config_or_inside_the_data_is_not_a_new_run(faces, tmp_path):
@@ -507,7 +524,7 @@ def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline)
     assert "--val-identity needs --val" in one_error(r := cli(faces, "--out", tmp_path / "r8", "--val-identity", "arcface_w600k_mbf")) and r.exit_code == 2
     line = one_error(r := cli(faces, "--out", tmp_path / "r9", "--size", "32", "--model", "tiny", "--workers", "0", "--val", faces / "a",
                               "--val-identity", tmp_path / "missing.onnx"))
-    assert r.exit_code == 1 and "missing.onnx" in line and not (tmp_path / "r9" / "log.jsonl").is_file()
+    assert r.exit_code == 2 and "--val-identity" in line and "missing.onnx" in line and not (tmp_path / "r9" / "log.jsonl").is_file()
 
 
 def test_every_train_option_has_help_text():
@@ -543,3 +560,16 @@ def test_cli_warns_about_files_that_failed_to_decode(faces, tmp_path):
     substituted = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])["substituted"]
     assert 0 < substituted < 4
     assert f"warning: {substituted} samples came from a file that failed to decode" in result.output
+
+
+def test_a_missing_init_from_or_val_identity_is_a_usage_error_naming_its_option(faces, tmp_path):
+    missing = cli(faces, "--out", tmp_path / "a", "--size", "32", "--init-from", tmp_path / "nowhere")
+    assert missing.exit_code == 2 and one_error(missing).startswith(f"error: --init-from {tmp_path / 'nowhere'} does not exist")
+    (tmp_path / "picture.txt").write_text("not a model")
+    wrong = cli(faces, "--out", tmp_path / "b", "--size", "32", "--init-from", tmp_path / "picture.txt")
+    assert wrong.exit_code == 1 and one_error(wrong).startswith("error: --init-from: ")
+    arcface = cli(faces, "--out", tmp_path / "c", "--size", "32", "--val", faces, "--val-identity", tmp_path / "none.onnx")
+    assert arcface.exit_code == 2 and "--val-identity" in one_error(arcface) and "--weights" not in arcface.output
+    targets = cli(faces, "--out", tmp_path / "d", "--size", "32", "--targets", tmp_path / "cleaned")
+    assert targets.exit_code == 2 and f"--targets folder {tmp_path / 'cleaned'} does not exist" in one_error(targets)
+    assert not any((tmp_path / name).exists() for name in "abcd")

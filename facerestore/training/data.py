@@ -84,6 +84,10 @@ def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: 
     """Every usable image under `data` (sorted per folder), paired with its target."""
     if targets and len(targets) != len(data):
         raise UsageError(f"{len(targets)} --targets folders for {len(data)} data folders", hint="give one cleaned folder per DATA_DIR, in the same order")
+    for folder in map(Path, targets):
+        if not folder.is_dir():
+            raise UsageError(f"--targets folder {folder} does not exist" if not folder.exists() else f"--targets {folder} is not a folder",
+                             hint="pass the folder `facerestore clean-dataset` wrote for that DATA_DIR")
     result = ScanResult(files=[], unreadable=[], tiny=[], missing_targets=[])
     for i, folder in enumerate(data):
         folder = Path(folder)

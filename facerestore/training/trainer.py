@@ -47,7 +47,7 @@ from facerestore.devices import training_amp_dtype
 from facerestore.diffusion.losses import x0_regression_loss
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.diffusion.denoiser import ConcatCondition
-from facerestore.errors import UsageError
+from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import assert_output_folder, assert_outside
 from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import IDMUNet, PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, idm_unet_config
@@ -160,8 +160,9 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
     for key in ("data", "targets"):
         if key in given:
             given[key] = _absolute(given[key])
-    if "init_from" in given:
-        given["init_from"] = str(Path(given["init_from"]).expanduser())
+    if "init_from" in given:  # a path is stored absolute, so --resume works from any folder; a registered name stays a name
+        init = Path(given["init_from"]).expanduser()
+        given["init_from"] = str(init.resolve() if init.exists() else init)
     if "val" in given:
         given["val"] = str(Path(given["val"]).expanduser().resolve())
     if "val_identity" in given:
@@ -177,6 +178,8 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
             stored.setdefault(f.name, f.default)
     for key in ("data", "targets", "val_degrade"):
         stored[key] = tuple(stored.get(key) or ())
+    if given.get("model") is not None and stored.get("model") is None and not stored.get("init_from"):
+        stored["model"] = "base"  # the run used the default; naming it is no change
     differ = [k for k in RECIPE if k in given and given[k] != stored.get(k) and not (k in ("data", "targets") and not given[k])]
     if differ:
         shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {stored.get(k)!r})" for k in differ)
@@ -245,7 +248,12 @@ def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[s
     if config.init_from:
         from facerestore.methods.idm import load_model, model_path
 
-        loaded = load_model(model_path(config.init_from))
+        if not Path(config.init_from).exists():
+            raise UsageError(f"--init-from {config.init_from} does not exist", hint="pass a `facerestore train` run folder or the idm.safetensors it wrote")
+        try:
+            loaded = load_model(model_path(config.init_from))
+        except FaceRestoreError as exc:
+            raise type(exc)(f"--init-from: {exc}", hint=exc.hint) from None
         if unet is not None and unet != loaded.net.config:
             raise UsageError(f"--init-from {config.init_from} has another architecture than --model {config.model}",
                              hint="drop --model: the architecture comes from the checkpoint")
@@ -297,6 +305,8 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         raise UsageError(f"{run} already holds a config.json", hint="pass --resume to continue that run, or choose another --out")
     for folder in (*config.data, *config.targets):
         assert_outside(run, Path(folder), f"the training data {folder}", hint="write the run to a folder outside the data")
+    if config.val:  # its validation grids would become validation faces on the next --resume
+        assert_outside(run, Path(config.val), f"the validation faces {config.val}", hint="write the run to a folder outside --val")
     if resume and existing is None and not (run / "config.json").is_file():
         raise UsageError(f"nothing to resume in {run}: no checkpoint and no config.json", hint="start the run without --resume")
 
@@ -504,7 +514,12 @@ def val_identity(config: TrainConfig) -> Callable[[np.ndarray, np.ndarray], floa
         return None
     from facerestore.metrics.identity import ReferenceIdentity, load_arcface
 
-    load_arcface(config.val_identity)
+    if not Path(config.val_identity).exists() and "." in Path(config.val_identity).name:  # a file name, not a catalogue name
+        raise UsageError(f"--val-identity {config.val_identity} does not exist", hint="pass an ArcFace ONNX file, or the catalogue name arcface_w600k_mbf")
+    try:
+        load_arcface(config.val_identity)
+    except FaceRestoreError as exc:
+        raise type(exc)(f"--val-identity: {exc}", hint=exc.hint) from None
     return ReferenceIdentity(config.val_identity)
 
 
