@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from facerestore.training.seeds import check_seed
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
@@ -60,8 +61,7 @@ class RestoreOptions:
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         object.__setattr__(self, "ext", output_format(self.ext))  # frozen: normalised once, here
-        if not 0 <= self.seed < 2**63:  # torch and numpy generators take no more
-            raise UsageError(f"--seed must be between 0 and 2^63-1, got {self.seed}")
+        check_seed(self.seed)
         if self.max_pixels < 1:
             raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}")
         if not 0.0 <= self.detection_threshold <= 1.0:

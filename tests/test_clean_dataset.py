@@ -166,6 +166,7 @@ def test_usage_errors(dataset, tmp_path, model, monkeypatch):
     mixed = clean(dataset, "--out", tmp_path / "r", "--weights", retrained, "--steps", "2", "--device", "cpu", check_exit=2)
     assert "other settings" in mixed.output
     assert "inside" in clean(dataset, "--out", dataset / "clean", "--weights", model, check_exit=2).output
+    assert "is used only with --detect" in clean(dataset, "--out", tmp_path / "d", "--detector", "bundled", check_exit=2).output
     assert "does not exist" in clean(tmp_path / "nowhere", "--out", out, check_exit=2).output
     (tmp_path / "empty").mkdir()
     assert "holds no images" in clean(tmp_path / "empty", "--out", tmp_path / "o", check_exit=2).output
@@ -183,6 +184,19 @@ def test_detect_mode_copies_photos_without_faces_through(tmp_path, tiny_baseline
     assert (tmp_path / "out" / "wall.jpg").read_bytes() == (src / "wall.jpg").read_bytes()  # copied, not re-encoded
     assert manifest(tmp_path / "out")[0]["status"] == "no-face"
     assert s["check"] is None or s["check"]["count"] == s["done"] - s["no_face"]  # a photo copied through is not scored
+    line = clean(src, "--out", tmp_path / "again", "--detect", "--method", "baseline", "--weights", tiny_baseline, "--device", "cpu").output
+    assert "0 restored, 0 failed" in line and "1 photos without a face copied through" in line
+
+
+def test_ctrl_c_says_how_to_go_on(dataset, tmp_path, monkeypatch):
+    from facerestore.training import clean_dataset as module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "clean_dataset", interrupted)
+    result = clean(dataset, "--out", tmp_path / "out", check_exit=130)
+    assert result.output.strip() == "interrupted; the files finished so far are kept: rerun the same command to do the rest"
 
 
 def run_cli(args: list[str], **kw) -> subprocess.Popen:

@@ -90,6 +90,9 @@ def test_aligned_writes_the_restored_face_in_the_ext_format_and_refuses_upscale(
     result = run(crops, "--aligned", "-o", tmp_path / "up", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "2")
     assert result.exit_code == 2 and "--upscale does nothing with --aligned" in result.output
     assert not (tmp_path / "up").exists()
+    result = run(crops, "--aligned", "-o", tmp_path / "up", "--parse", "--only-center-face")
+    assert result.exit_code == 2 and "--parse, --only-center-face do nothing with --aligned" in result.output
+    assert not (tmp_path / "up").exists()
 
 
 def test_an_animation_is_restored_from_its_first_frame_with_a_warning(tmp_path, tiny_baseline):
@@ -102,6 +105,8 @@ def test_an_animation_is_restored_from_its_first_frame_with_a_warning(tmp_path, 
     assert "clip.gif holds 3 frames; only the first is restored" in json.loads(result.stdout)["results"][0]["warnings"][0]
     first = read_image(tmp_path / "out" / "restored_imgs" / "clip.png").rgb
     assert first.shape == (192, 256, 3) and abs(first.mean() - np.asarray(frames[0]).mean() / 255) < 0.02
+    degraded = run("degrade", tmp_path / "clip.gif", "-o", tmp_path / "deg", "-q")
+    assert degraded.exit_code == 0 and "warning: " in degraded.output and "holds 3 frames; only the first is degraded" in degraded.output
 
 
 def test_no_face_still_writes_the_photo_and_exits_0(tmp_path, tiny_baseline):

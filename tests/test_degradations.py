@@ -315,6 +315,8 @@ def test_degrade_command_errors_are_one_line(tree, tmp_path):
     assert (tmp_path / "out" / "a.png").is_file()  # the others went on
     bad = run("degrade", tree, "--out", tmp_path / "x", "--preset", "nonsense")
     assert bad.exit_code == 2 and "unknown degradation preset" in bad.output
+    negative = run("degrade", tree, "--out", tmp_path / "x", "--seed", "-1")
+    assert negative.exit_code == 2 and "--seed must be between 0 and 2^63-1" in negative.output
     inside = run("degrade", tree, "--out", tree / "degraded")
     assert inside.exit_code == 2 and "inside" in inside.output
 

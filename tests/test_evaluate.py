@@ -232,6 +232,7 @@ def test_a_rerun_removes_what_killed_runs_left_and_nothing_of_a_live_one(hq, tmp
         (["--hq", "{hq}", "-m", "identity", "--restored", "identity={hq}"], "already used"),
         (["--hq", "{hq}", "-m", "baseline", "-m", "idm", "--fidelity", "0.7"], "--fidelity is not used by baseline, idm"),
         (["--hq", "{hq}", "-m", "baseline", "--steps", "5"], "--steps is not used by baseline"),
+        (["--hq", "{hq}", "-m", "identity", "--seed", "-1"], "--seed must be between 0 and 2^63-1"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(hq, tmp_path, args, message):

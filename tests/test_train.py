@@ -522,6 +522,7 @@ def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline)
     assert r.exit_code == 1 and "not an IDM model" in line
     assert "not a duration" in one_error(r := cli(faces, "--out", tmp_path / "r10", "--time-limit", "8")) and r.exit_code == 2
     assert "--val-identity needs --val" in one_error(r := cli(faces, "--out", tmp_path / "r8", "--val-identity", "arcface_w600k_mbf")) and r.exit_code == 2
+    assert "--val-degrade ',,' names no preset" in one_error(r := cli(faces, "--out", tmp_path / "r11", "--val-degrade", ",,")) and r.exit_code == 2
     line = one_error(r := cli(faces, "--out", tmp_path / "r9", "--size", "32", "--model", "tiny", "--workers", "0", "--val", faces / "a",
                               "--val-identity", tmp_path / "missing.onnx"))
     assert r.exit_code == 2 and "--val-identity" in line and "missing.onnx" in line and not (tmp_path / "r9" / "log.jsonl").is_file()

@@ -64,6 +64,11 @@ def clean_dataset_command(
                                batch_size=batch_size, seed=seed, device=device, precision=precision, offline=True if offline else None,
                                detector=detector, jpeg_quality=jpeg_quality, limit=limit)
         summary = clean_dataset(options, on_file=on_file, on_message=on_message, on_start=on_start)
+    except KeyboardInterrupt:
+        _stop(progress)
+        if main_rank:
+            err.print("interrupted; the files finished so far are kept: rerun the same command to do the rest", markup=False)
+        raise typer.Exit(130) from None
     except FaceRestoreError as exc:
         _stop(progress)
         fail(exc, debug)
@@ -73,7 +78,7 @@ def clean_dataset_command(
     if as_json:
         typer.echo(json.dumps(summary.to_json(), indent=2))  # ASCII: names that are not UTF-8 stay valid JSON
     elif not quiet or summary.failed:
-        line = (f"{summary.done} restored, {summary.failed} failed, {summary.skipped} already done; "
+        line = (f"{summary.done - summary.no_face} restored, {summary.failed} failed, {summary.skipped} already done; "
                 f"{summary.complete} of {summary.total} complete in {dst}; {summary.seconds_per_image:.2f} s per image")
         if summary.no_face:
             line += f"; {summary.no_face} photos without a face copied through"

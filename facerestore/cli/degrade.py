@@ -18,7 +18,7 @@ def degrade_command(
     preset: Annotated[str, typer.Option("--preset", "-p", help="eq11 (IDM/GFPGAN training ranges, drawn per image); mild, medium, severe (eq. 11 at the fixed severities of `facerestore evaluate`); dr2-mild, dr2-medium, dr2-severe (DR2's test splits, r = 4/8/16, Gaussian/Laplace/Poisson noise); motion; camera; gray; mixed; none.")] = "eq11",
     seed: Annotated[int, typer.Option("--seed", help="Seed; each image's parameters are keyed by (seed, its relative path), so reruns and subsets agree.")] = 0,
     ext: Annotated[str, typer.Option("--ext", help="Output format: auto (the input's) or png, jpg, webp, tif, bmp. PNG keeps the degradation exactly; JPEG re-encodes it.")] = "auto",
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors and the final line.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors (and the final line when some failed).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Degrade images with a named preset; every image's parameters go to DST/degradations.json and .csv."""
@@ -26,7 +26,8 @@ def degrade_command(
 
     try:
         report = degrade_tree(src, dst, preset=preset, seed=seed, ext=ext,
-                              on_error=lambda line: err.print(f"error: {line}", markup=False))
+                              on_error=lambda line: err.print(f"error: {line}", markup=False),
+                              on_warning=lambda line: err.print(f"warning: {line}", markup=False))
     except FaceRestoreError as exc:
         fail(exc, debug)
     if not quiet or report.failed:

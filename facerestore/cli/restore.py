@@ -43,7 +43,7 @@ def restore_command(
     ext: Annotated[str, typer.Option("--ext", help="Output image format: auto (same as input), png, jpg, webp, tif, bmp (any case).")] = "auto",
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images (input or output) larger than this many pixels.")] = DEFAULT_MAX_PIXELS,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights; a missing file is an error naming what to import.")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or summary; only errors.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or summary; only warnings and errors.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end (for scripts).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -57,6 +57,11 @@ def restore_command(
     from facerestore.pipeline import RestoreOptions, Tools, output_folders, restore_paths
 
     try:
+        if aligned:  # these act on detection and paste-back, which --aligned skips
+            ignored = [flag for flag, used in (("--parse", parse), ("--detector", detector != "auto"), ("--only-center-face", only_center_face)) if used]
+            if ignored:
+                raise UsageError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} nothing with --aligned: there is no photo to detect faces in or paste them into",
+                                 hint=f"drop {', '.join(ignored)}, or drop --aligned")
         assert_output_folder(output)
         options = RestoreOptions(
             output=output, upscale=upscale, aligned=aligned, only_center_face=only_center_face,

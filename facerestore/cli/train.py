@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from facerestore.cli.app import CONTEXT, app, err, fail, out
-from facerestore.errors import FaceRestoreError
+from facerestore.errors import FaceRestoreError, UsageError
 
 
 @app.command("train", context_settings=CONTEXT)
@@ -55,7 +55,7 @@ def train_command(
             run_dir, resume=resume, data=data or None, targets=targets or None, size=size, model=model, steps=steps,
             batch_size=batch_size, lr=lr, ema=ema, amp=amp, grad_clip=grad_clip, degradation=degradation,
             input_perturbation=input_perturbation, val=val,
-            val_every=val_every, val_degrade=None if val_degrade is None else tuple(n.strip() for n in val_degrade.split(",") if n.strip()), val_count=val_count, val_identity=val_identity, save_every=save_every, keep=keep, init_from=init_from, seed=seed,
+            val_every=val_every, val_degrade=_presets(val_degrade), val_count=val_count, val_identity=val_identity, save_every=save_every, keep=keep, init_from=init_from, seed=seed,
             device=device, workers=workers, time_limit=None if time_limit is None else parse_duration(time_limit),
         )
     except FaceRestoreError as exc:
@@ -102,3 +102,13 @@ def train_command(
 def _stop(progress) -> None:
     if progress.live.is_started:
         progress.stop()
+
+
+def _presets(value: str | None) -> tuple[str, ...] | None:
+    """--val-degrade mild,severe -> ("mild", "severe"); a value that names no preset is an error, not the default."""
+    if value is None:
+        return None
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not names:
+        raise UsageError(f"--val-degrade {value!r} names no preset", hint="e.g. --val-degrade mild,medium,severe, or leave it out for the default")
+    return names

@@ -35,6 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from facerestore.training.seeds import check_seed
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.evaluation import presets
 from facerestore.faces.align import check_aligned_crop
@@ -118,6 +119,7 @@ def resolve_spec(spec: EvalSpec) -> EvalSpec:
         raise UsageError("--restored results are scored against degraded inputs, but no --degrade preset is evaluated", hint="add --degrade PRESET (the preset the results were made from)")
     if spec.limit is not None and spec.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {spec.limit}")
+    check_seed(spec.seed)
     if spec.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {spec.batch_size}")
     if spec.grid_images < 0 or spec.grid_rows < 1:

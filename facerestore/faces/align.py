@@ -33,7 +33,7 @@ BORDER_RGB = (132 / 255.0, 133 / 255.0, 135 / 255.0)
 SQUARE_TOLERANCE = 0.02
 
 
-ALIGNED_HINT = "aligned crops are square (FFHQ alignment, e.g. 512x512); for other photos drop --aligned (clean-dataset: use --detect)"
+ALIGNED_HINT = "aligned crops are square (FFHQ alignment, e.g. 512x512); for other photos drop --aligned"
 
 
 def check_aligned_crop(height: int, width: int, source: object, hint: str = ALIGNED_HINT) -> None:

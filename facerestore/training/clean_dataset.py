@@ -43,7 +43,7 @@ from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import Picture, remove_stale_temps, resize, write_bytes, assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
-from facerestore.training.seeds import stable_seed
+from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.weights.store import sha256_file
 
 STATE_DIR = ".facerestore-clean"
@@ -75,6 +75,9 @@ class CleanOptions:
             raise UsageError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be at least 1, got {self.limit}")
+        check_seed(self.seed)
+        if self.detector != "auto" and not self.detect:
+            raise UsageError(f"--detector {self.detector} is used only with --detect", hint="add --detect to restore whole photos, or drop --detector")
 
 
 @dataclass
@@ -288,7 +291,7 @@ def _clean_faces(paths: list[Path], rels: list[str], chunk: list[int], out: Path
         clock = time.perf_counter()
         try:
             picture = read_image(paths[i])
-            check_aligned_crop(picture.height, picture.width, paths[i])
+            check_aligned_crop(picture.height, picture.width, paths[i], hint="aligned crops are square (FFHQ alignment, e.g. 512x512); for a folder of photos use --detect")
             pictures.append((i, picture, time.perf_counter() - clock))
         except FaceRestoreError as exc:
             results.append(FileResult(rels[i], "failed", time.perf_counter() - clock, error=exc.one_line()))

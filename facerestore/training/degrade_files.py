@@ -22,7 +22,7 @@ from pathlib import Path
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import IMAGE_EXTENSIONS, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image, write_image
 from facerestore.training.degradations import DegradationParams, apply_degradation, preset as get_preset, sample_params
-from facerestore.training.seeds import numpy_rng
+from facerestore.training.seeds import check_seed, numpy_rng
 
 FIELDS = [f.name for f in dataclasses.fields(DegradationParams)]
 
@@ -43,8 +43,9 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, ext: str = "auto",
-                 on_error: Callable[[str], None] | None = None) -> DegradeReport:
+                 on_error: Callable[[str], None] | None = None, on_warning: Callable[[str], None] | None = None) -> DegradeReport:
     spec = get_preset(preset)
+    check_seed(seed)
     ext = output_format(ext)
     src, dst = Path(src), Path(dst)
     assert_output_folder(dst)
@@ -76,6 +77,8 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     for path, rel, target in zip(paths, rels, targets):
         try:
             picture = read_image(path)
+            if picture.frames > 1 and on_warning is not None:
+                on_warning(f"{path} holds {picture.frames} frames; only the first is degraded, and written as one still image")
             rng = numpy_rng(seed, "degrade", rel.as_posix())
             params = sample_params(rng, spec)
             degraded = apply_degradation(picture.rgb, params, rng)

@@ -12,6 +12,14 @@ import hashlib
 
 import numpy as np
 
+from facerestore.errors import UsageError
+
+
+def check_seed(seed: int) -> None:
+    """Every command takes the same --seed range: torch's and numpy's generators take no more."""
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be between 0 and 2^63-1, got {seed}")
+
 
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (ints, strings): BLAKE2b of their reprs, stable across runs and machines."""

@@ -62,7 +62,7 @@ from facerestore.training.checkpoints import (
 from facerestore.training.data import FaceDataset, StepBatches, load_file_list, min_side_for, save_file_list, scan_faces
 from facerestore.training.degradations import PRESETS as DEGRADATIONS, preset
 from facerestore.training.loop import StopAtStepEnd, reseed, truncate_log
-from facerestore.training.seeds import stable_seed
+from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.training.validation import ValFace, describe, load_val_faces, validate
 from facerestore.weights.checkpoint import load_strict
 
@@ -103,6 +103,7 @@ class TrainConfig:
     time_limit: float | None = None  # seconds; this invocation only (not kept for --resume)
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         checks = [
             (self.size >= 8, f"--size must be at least 8, got {self.size}"),
             (self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),

@@ -50,7 +50,7 @@ from facerestore.training.finetune.pseudo_targets import (
 )
 from facerestore.training.finetune.report import ReportResult, write_report
 from facerestore.training.finetune.trainer import StepReport, TrainSettings, train_pairs
-from facerestore.training.seeds import stable_seed
+from facerestore.training.seeds import check_seed, stable_seed
 
 CONFIG_VERSION = 1
 DEFAULT_LR = {"code": 1e-4, "image": 2e-5}  # DT-BFR: CodeFormer Adam 1e-4; SwinIR AdamW 2e-5
@@ -91,6 +91,7 @@ class FinetuneConfig:
     offline: bool | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         checks = [
             (self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
