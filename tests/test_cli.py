@@ -306,9 +306,24 @@ def test_weights_commands(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
-def test_methods_lists_licenses():
-    result = run("methods")
-    assert result.exit_code == 0 and "codeformer" in result.output and "non-commercial" in result.output
+def test_methods_lists_licenses_uncut(monkeypatch):
+    result = run("methods")  # piped: tab-separated, whole
+    assert result.exit_code == 0 and "codeformer" in result.output and "…" not in result.output
+    rows = {line.split("\t")[0]: line.split("\t") for line in result.output.splitlines()}
+    assert rows["codeformer"][4] == "no" and "docs/baseline-model.md" in rows["baseline (default)"][2]
+    from rich.console import Console
+
+    from facerestore.cli import methods as methods_cli
+
+    monkeypatch.setattr(methods_cli, "out", Console(force_terminal=True, width=80, record=True))
+    assert run("methods").exit_code == 0
+    table = methods_cli.out.export_text()
+    assert "…" not in table and "(non-commercial)" in table
+
+
+def test_weights_list_says_non_commercial_once():
+    line = next(line for line in run("weights", "list").output.splitlines() if line.startswith("arcface_w600k_mbf"))
+    assert line.lower().count("non-commercial") == 1
 
 
 def test_detection_on_a_real_photo(shared_data, tmp_path, tiny_baseline):

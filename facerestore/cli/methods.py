@@ -12,10 +12,23 @@ def methods_command() -> None:
 
     from facerestore.methods.registry import DEFAULT_METHOD, method_info, method_names
 
-    table = Table("method", "what", "license", "weights")
+    import typer
+    from rich.markup import escape
+
+    rows = []
     for name in method_names():
         info = method_info(name)
         label = f"{name} (default)" if name == DEFAULT_METHOD else name
-        license_text = info.license + ("" if info.commercial_use else " [red](non-commercial)[/]")
-        table.add_row(label, f"{info.summary}\n{info.paper}", license_text, ", ".join(info.weights) or "bundled with facerestore")
+        rows.append((label, info.summary, info.paper, info.license, info.commercial_use, ", ".join(info.weights) or "bundled with facerestore"))
+    if not out.is_terminal:  # piped: one tab-separated line per method, nothing cut
+        typer.echo("\t".join(("method", "what", "paper", "license", "commercial use", "weights")))
+        for label, summary, paper, license_text, commercial, weights in rows:
+            typer.echo("\t".join((label, summary, paper, license_text, "yes" if commercial else "no", weights)))
+        return
+    table = Table("method", "what", "license", "weights")
+    for column in table.columns:
+        column.overflow = "fold"  # long paths (docs/baseline-model.md) are wrapped, never cut with an ellipsis
+    for label, summary, paper, license_text, commercial, weights in rows:
+        shown = escape(license_text) + ("" if commercial else " [red](non-commercial)[/]")
+        table.add_row(escape(label), escape(f"{summary}\n{paper}"), shown, escape(weights))
     out.print(table)

@@ -34,7 +34,9 @@ def weights_list() -> None:
         else:
             where = "manual download (below)"
             manual.append(f"{name}: {entry.note}; then `facerestore weights import {entry.filename}`")
-        license_text = entry.license.split(" (")[0] + ("" if entry.commercial_use else " non-commercial")
+        license_text = entry.license.split(" (")[0]
+        if not entry.commercial_use and "commercial" not in license_text.lower():  # "non-commercial research only" says it already
+            license_text += " non-commercial"
         rows.append((name, entry.filename, size, license_text, where))
     header = ("name", "file", "size", "license", "where")
     if not out.is_terminal:  # piped or redirected: one tab-separated line per checkpoint, nothing cut
