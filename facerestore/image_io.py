@@ -648,9 +648,15 @@ def assert_output_folder(path: Path, option: str = "--out") -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UsageError(f"{option} {path} cannot be made: {existing} is a file, not a folder", hint="pass a folder under an existing folder")
+    where = "" if existing == path else f" ({existing} is not writable)"
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == path else f" ({existing} is not writable)"
         raise UsageError(f"{option} {path} cannot be written{where}", hint="choose a folder you can write to")
+    try:  # root passes access(); /proc, /sys and read-only mounts still refuse: ask the file system itself
+        handle, probe = tempfile.mkstemp(prefix=".facerestore-probe-", dir=existing)
+    except OSError as exc:
+        raise UsageError(f"{option} {path} cannot be written{where} ({exc.strerror or exc})", hint="choose a folder you can write to") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def assert_outside(out: Path, folder: Path, where: str, hint: str) -> None:

@@ -161,6 +161,24 @@ def test_an_output_folder_that_cannot_be_written_is_a_usage_error_before_any_wor
     assert f"{tmp_path / 'ro'} is not writable" in result.output and not (tmp_path / "ro" / "out").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_an_output_folder_the_file_system_refuses_is_a_usage_error_even_for_root(tmp_path, command):
+    """/proc passes access() for root, yet nothing can be made there: the folder is probed with a real file."""
+    write_image(tmp_path / "in" / "face.png", cv2.resize(smooth(), (64, 64)))
+    result = run(*[str(tmp_path / "in") if part == "IN" else part for part in command], "/proc/facerestore-out")
+    assert result.exit_code == 2, result.output
+    assert "/proc/facerestore-out cannot be written (/proc is not writable" in result.output and "Traceback" not in result.output
+
+
+def test_the_output_probe_leaves_nothing_behind(tmp_path):
+    from facerestore.image_io import assert_output_folder
+
+    assert_output_folder(tmp_path / "new" / "out")
+    assert_output_folder(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _library_entry_points():
     from facerestore.training.clean_dataset import CleanOptions, clean_dataset
     from facerestore.training.degrade_files import degrade_tree
