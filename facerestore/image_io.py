@@ -654,7 +654,7 @@ def assert_output_folder(path: Path, option: str = "--out") -> None:
     try:  # root passes access(); /proc, /sys and read-only mounts still refuse: ask the file system itself
         handle, probe = tempfile.mkstemp(prefix=".facerestore-probe-", dir=existing)
     except OSError as exc:
-        raise UsageError(f"{option} {path} cannot be written{where} ({exc.strerror or exc})", hint="choose a folder you can write to") from None
+        raise UsageError(f"{option} {path} cannot be written ({existing} refuses new files: {exc.strerror or exc})", hint="choose a folder you can write to") from None
     os.close(handle)
     os.unlink(probe)
 
