@@ -300,7 +300,18 @@ def test_usage_errors_exit_2_before_any_work(tmp_path, args, message, tiny_basel
 def test_nothing_to_do_is_a_usage_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run(tmp_path / "empty", "-o", tmp_path / "out")
-    assert result.exit_code == 2 and "no images found" in result.output
+    assert result.exit_code == 2 and "folder has no images" in result.output
+
+
+def test_a_missing_input_alone_is_one_line(tmp_path):
+    result = run(tmp_path / "nope.png", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output
+    assert "nope.png: does not exist" in result.output and "pass image files" in result.output
+    both = run(tmp_path / "nope.png", tmp_path / "gone.jpg", "-o", tmp_path / "out")
+    lines = both.output.strip().splitlines()
+    assert both.exit_code == 2 and len(lines) == 2, both.output
+    assert lines[0] == f"error: {tmp_path / 'nope.png'}: does not exist"
+    assert lines[1].startswith(f"error: {tmp_path / 'gone.jpg'}: does not exist; pass image files")
 
 
 def test_missing_weights_offline_is_one_actionable_line(tmp_path):

@@ -69,10 +69,14 @@ def restore_command(
             seed=seed, suffix=suffix, ext=ext, max_pixels=max_pixels,
         )
         paths, missing = list_images(inputs, exclude=output_folders(output))
+        hint = "pass image files (jpg, png, webp, tif, bmp) or folders holding them"
+        last = None
+        if not paths and missing:  # one line per bad input; the last one ends the run, with no extra summary line
+            *missing, last = missing
         for path, reason in missing:
             err.print(f"error: {path}: {reason}", markup=False)
         if not paths:
-            raise UsageError("no images found in the given inputs", hint="pass image files (jpg, png, webp, tif, bmp) or folders holding them")
+            raise UsageError(f"{last[0]}: {last[1]}" if last else "no images found in the given inputs", hint=hint)
         dev = resolve_device(device)
         offline_flag = True if offline else None
         method_impl = build_method(method, MethodOptions(
