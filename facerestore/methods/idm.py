@@ -134,7 +134,7 @@ def save_model(net: torch.nn.Module, path: Path | str, image_size: int, *, dtype
     side = {"format": FORMAT, "format_version": FORMAT_VERSION, "unet": config_to_dict(config), "image_size": int(image_size),
             "schedule": SCHEDULE_NAME, "timesteps": T, "objective": "x0", **(card or {})}
     tmp = path.with_name(f".{path.stem}.json.tmp")
-    tmp.write_text(json.dumps(side, indent=1) + "\n")
+    tmp.write_text(json.dumps(side, indent=1, allow_nan=False) + "\n")  # a card with Infinity would not be JSON
     tmp.replace(path.with_suffix(".json"))
     return path
 

@@ -105,6 +105,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
+def mean_psnr(values: list[float]) -> float | str:
+    """Rounded mean, or "inf" where a face came back identical: cards are JSON, which has no infinity
+    (the convention of `facerestore evaluate`, docs/evaluation.md)."""
+    mean = float(np.mean(values))
+    return round(mean, 3) if math.isfinite(mean) else "inf"
+
+
 @torch.inference_mode()
 def validate(restore: Callable[[torch.Tensor], torch.Tensor], faces: list[np.ndarray],
              identity: Callable[[np.ndarray, np.ndarray], float] | None = None) -> dict[str, dict[str, float]]:
@@ -122,8 +129,8 @@ def validate(restore: Callable[[torch.Tensor], torch.Tensor], faces: list[np.nda
         x = torch.from_numpy(np.stack(degraded)).permute(0, 3, 1, 2) * 2 - 1
         restored = ((restore(x).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
         report[name] = {
-            "input_psnr": None if params is None else round(float(np.mean([psnr(d, c) for d, c in zip(degraded, clean)])), 3),
-            "output_psnr": round(float(np.mean([psnr(r, c) for r, c in zip(restored, clean)])), 3),
+            "input_psnr": None if params is None else mean_psnr([psnr(d, c) for d, c in zip(degraded, clean)]),
+            "output_psnr": mean_psnr([psnr(r, c) for r, c in zip(restored, clean)]),
         }
         if identity is not None:
             if params is not None:
@@ -170,7 +177,7 @@ def write_model(ema: BaselineUNet, step: int, seconds: float, faces: list, val_f
         **recipe_card(args, step, seconds, faces, val_faces, history),
         "sha256": hashlib.sha256((args.out / "baseline.safetensors").read_bytes()).hexdigest(),
     }
-    (args.out / "baseline.json").write_text(json.dumps(card, indent=1) + "\n")
+    (args.out / "baseline.json").write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
     print(f"wrote {args.out / 'baseline.safetensors'} (step {step})", flush=True)
 
 
@@ -230,7 +237,7 @@ def train_on_crops(net: torch.nn.Module, ema: torch.nn.Module, args: argparse.Na
         if step % args.val_every == 0 or step == args.steps:
             report = validate(partial(restore, ema.eval()), val_faces, identity)
             history.append({"step": step, "loss": round(loss.item(), 5), **report})
-            print(json.dumps(history[-1]), flush=True)
+            print(json.dumps(history[-1], allow_nan=False), flush=True)
             write(ema, step, time.time() - train_start, faces, val_faces, history)
     stop.set()
 

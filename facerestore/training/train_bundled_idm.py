@@ -51,7 +51,7 @@ def write_model(ema: IDMUNet, step: int, seconds: float, faces: list, val_faces:
     save_model(ema, args.out / "steps" / f"idm-step{step}.safetensors", SIZE, dtype=torch.float16, card=card)
     card["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     side = path.with_suffix(".json")
-    side.write_text(json.dumps({**json.loads(side.read_text()), "sha256": card["sha256"]}, indent=1) + "\n")
+    side.write_text(json.dumps({**json.loads(side.read_text()), "sha256": card["sha256"]}, indent=1, allow_nan=False) + "\n")
     print(f"wrote {path} (step {step})", flush=True)
 
 
