@@ -461,3 +461,27 @@ def test_weights_pull_leaves_no_empty_bar_behind_a_failed_name(tiny_file, use_en
     shown = screen.getvalue()
     last_frame = shown.rpartition("\x1b[2K")[2]  # what stays on the screen once the live display stops
     assert "offline" in shown and "0/?" not in last_frame  # it was "tiny ━━━ 0/? bytes ?"
+
+
+def test_saved_safetensors_are_byte_identical_whatever_the_process(tmp_path):
+    """safetensors writes its metadata in hash-map order, random per process: the same model shipped
+    twice had two sha256s. The header is rewritten sorted; the tensors still load."""
+    import json
+    import struct
+
+    from safetensors.torch import load_file
+
+    from facerestore.weights.checkpoint import save_safetensors
+
+    metadata = {name: str(i) for i, name in enumerate("hgfedcba")} | {"unet": json.dumps({"é": 1})}
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3, dtype=torch.float16)}
+    path = save_safetensors(state, tmp_path / "m.safetensors", metadata)
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    assert length % 8 == 0
+    header = json.loads(raw[8 : 8 + length], object_pairs_hook=lambda pairs: [k for k, _ in pairs])
+    assert header[0] == "__metadata__"
+    meta_keys = json.loads(raw[8 : 8 + length])["__metadata__"]
+    assert list(json.loads(raw[8 : 8 + length], object_pairs_hook=dict)["__metadata__"]) == sorted(meta_keys)
+    loaded = load_file(path)
+    assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"])

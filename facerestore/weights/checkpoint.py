@@ -136,12 +136,36 @@ def save_safetensors(state: Mapping[str, torch.Tensor], path: Path | str, metada
     os.close(fd)
     try:
         save_file(plain, tmp, metadata=metadata or {})
+        _sort_metadata(Path(tmp))
         os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; the result is a normal user file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _sort_metadata(path: Path) -> None:
+    """safetensors writes `__metadata__` in hash-map order, which changes with every process: the same
+    model saved twice had two sha256s. Rewrite the header with the metadata keys sorted. The header
+    keeps its length (same keys and values, compact JSON as safetensors writes it), so the tensor
+    bytes after it stay where they are and only the header is rewritten in place."""
+    import json
+    import struct
+
+    with open(path, "r+b") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        raw = handle.read(length)
+        header = json.loads(raw, object_pairs_hook=dict)
+        meta = header.get("__metadata__")
+        if not meta:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:  # not the compact form expected: leave the file as written, still valid
+            return
+        handle.seek(8)
+        handle.write(text.ljust(length, b" "))  # safetensors pads its header with spaces too
 
 
 def display_name(path: Path | str) -> str:
