@@ -22,8 +22,9 @@ For each method and precision it measures, in milliseconds:
                estimated from the measurements unless --full runs one whole face and reports that.
 
 Times are the MINIMUM of --repeat timings after one warm-up (the least disturbed run), the loop
-overhead the median of 19 intervals. CPU rows run fp32 only (the methods never autocast on CPU);
-with CUDA, fp32 and bf16 rows are printed. The load average is printed: other processes on the
+overhead the median of 19 intervals. CPU rows here are fp32 only (`--precision auto` keeps fp32 on a
+CPU; bench/bench_methods.py --precision fp32,bf16 times bf16 autocast there); with CUDA, fp32 and
+bf16 rows are printed. The load average is printed: other processes on the
 machine inflate every absolute number. Nothing is written.
 """
 
