@@ -225,6 +225,21 @@ def test_download_resumes_checks_and_renames(tiny_file, use_entry, server, isola
     assert seen[-1] == (len(RangeHandler.payload), len(RangeHandler.payload))
 
 
+@pytest.mark.parametrize("published", [True, False])
+def test_a_download_is_read_once_to_hash_it(tiny_file, use_entry, server, isolated_home, monkeypatch, published):
+    """The `.part` is hashed, then renamed: its first use (the check, the safetensors conversion's
+    source hash) reuses that hash instead of reading a multi-GB file again."""
+    RangeHandler.payload = tiny_file.read_bytes()
+    RangeHandler.honour_range = True
+    use_entry(entry_for(tiny_file, urls=(server,), sha256=sha(tiny_file) if published else ""))
+    monkeypatch.setenv("FACERESTORE_OFFLINE", "0")
+    hashes = []
+    real_sha256 = store.hashlib.sha256
+    monkeypatch.setattr(store.hashlib, "sha256", lambda *a: hashes.append(1) or real_sha256(*a))
+    store.resolve("tiny")
+    assert len(hashes) == 1
+
+
 def test_download_with_wrong_content_leaves_nothing(tiny_file, use_entry, server, monkeypatch):
     RangeHandler.payload = b"not the checkpoint"
     RangeHandler.honour_range = True

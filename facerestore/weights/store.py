@@ -97,10 +97,21 @@ def sha256_file(path: Path, *, fresh: bool = False) -> str:
                 digest.update(block)
     except OSError as exc:
         raise WeightsError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions (or its disk)") from None
+    return _remember_sha256(path, digest.hexdigest(), memo, key)
+
+
+def _remember_sha256(path: Path, digest: str, memo: dict | None = None, key: str | None = None) -> str:
+    """Memoise a hash already computed (a download is hashed as `.part`, then renamed: the rename
+    keeps size and mtime, so its first use need not read the whole file again)."""
+    path = Path(path).resolve()
+    if key is None:
+        stat = path.stat()
+        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = _read_json(_memo_path()) if memo is None else memo
     memo = {k: v for k, v in memo.items() if not k.startswith(f"{path}|")}
-    memo[key] = digest.hexdigest()
+    memo[key] = digest
     _write_json(_memo_path(), memo)
-    return memo[key]
+    return digest
 
 
 def _recorded_path() -> Path:
@@ -310,6 +321,7 @@ def download(entry: WeightsEntry, *, progress: Progress | None = None, timeout: 
                 part.unlink(missing_ok=True)  # an error page or the like: never stored, never trusted
                 raise
         os.replace(part, target)
+        _remember_sha256(target, digest)
         _record_sha256(entry, digest)
         return target
     raise missing_message(entry, f"could not be downloaded ({'; '.join(errors) or 'no URL'})")
