@@ -134,6 +134,41 @@ def test_bad_files_fail_one_line_each_and_are_retried(dataset, tmp_path, model):
     assert "1 restored, 1 failed, 4 already done" in third.output and done.is_file()
 
 
+def write_manifest(path: Path, entries: list[dict], torn: str = "") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries) + torn)
+
+
+def test_manifests_merge_by_recency_not_by_rank_file(tmp_path):
+    """Rank files are read in rank order, which says nothing about which entry is newer."""
+    from facerestore.training.clean_dataset import _read_manifests
+
+    write_manifest(tmp_path / "done-rank0.jsonl", [
+        {"path": "old", "status": "ok"}, {"path": "old-retry", "status": "failed"},  # written before runs were numbered
+        {"path": "newer-here", "status": "ok", "run": 2}, {"path": "older-here", "status": "ok", "run": 1},
+        {"path": "same-file", "status": "ok", "run": 1}, {"path": "same-file", "status": "failed", "run": 1},
+    ])
+    write_manifest(tmp_path / "done-rank1.jsonl", [
+        {"path": "old", "status": "failed"}, {"path": "old-retry", "status": "ok"},
+        {"path": "newer-here", "status": "failed", "run": 1}, {"path": "older-here", "status": "failed", "run": 2},
+    ], torn='{"path": "old", "stat')
+    merged = {p: e["status"] for p, e in _read_manifests(tmp_path).items()}
+    assert merged == {"old": "ok", "old-retry": "ok", "newer-here": "ok", "older-here": "failed", "same-file": "failed"}
+
+
+def test_a_file_failed_on_another_rank_and_restored_by_a_rerun_stays_done(dataset, tmp_path, model):
+    """A 2-process run failed sub/b.jpg on rank 1; the rerun with 1 process restores it into rank 0's
+    manifest, which is read before rank 1's: the file must count as done, and not be redone again."""
+    out = tmp_path / "out"
+    write_manifest(out / STATE_DIR / "done-rank1.jsonl", [{"path": "sub/b.jpg", "status": "failed", "seconds": 0.1, "error": "cut file"}])
+    args = (dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu")
+    first = summary(*args)
+    assert (first["done"], first["skipped"], first["complete"]) == (5, 0, 5)
+    again = summary(*args)
+    assert (again["done"], again["skipped"], again["complete"]) == (0, 5, 5)
+    assert [e["run"] for e in manifest(out) if "run" in e] == [1] * 5  # each entry says which run wrote it
+
+
 def test_a_mistyped_option_does_not_lock_the_folder_to_its_settings(dataset, tmp_path, model):
     out = tmp_path / "out"
     assert "unknown method" in clean(dataset, "--out", out, "--method", "nope", check_exit=2).output

@@ -12,6 +12,9 @@ Resumable. Every finished file is appended to DST/.facerestore-clean/done-rank<R
 fsynced) after its image was written atomically (image_io.write_image: temp file + rename). After a
 kill -9 every visible file in DST is complete; a rerun reads all manifests and does only the files
 not listed (a file written but not yet listed is simply redone). Stale temp files are removed.
+Each entry carries the number of the run that wrote it, so the manifests merge by recency however
+the ranks were numbered: a file failed by rank 1 of a 2-process run and restored by a 1-process
+rerun is done, whichever rank's manifest is read last (see `_read_manifests`).
 The first run records its settings (method, weights, steps, seed, mode); a rerun with other
 settings is refused, so one tree never mixes two models.
 
@@ -127,16 +130,36 @@ def _settings(options: CleanOptions) -> dict:
 
 
 def _read_manifests(state: Path) -> dict[str, dict]:
-    """path -> its last manifest entry, over every rank's file (lines cut by a kill are ignored)."""
-    entries: dict[str, dict] = {}
-    for manifest in sorted(state.glob("done-rank*.jsonl")):
+    """path -> its newest manifest entry, over every rank's file (lines cut by a kill are ignored).
+
+    Newest: from the highest run number; within one run a file has one owner, so its entries are in
+    one manifest, in order. Across rank files the file order says nothing (a rerun with fewer ranks
+    writes into a lower rank's file). Entries written before runs were numbered count as run 0; among
+    those, a done entry beats a failed one from another rank's file: a failed retry writes no output,
+    so a done entry whose output is there (what callers check) is the later truth.
+    """
+    newest: dict[str, tuple[int, int, dict]] = {}  # path -> (run, manifest index, entry)
+    for index, manifest in enumerate(sorted(state.glob("done-rank*.jsonl"))):
         for line in manifest.read_text().splitlines():
             try:
                 entry = json.loads(line)
-                entries[str(entry["path"])] = entry
-            except (json.JSONDecodeError, KeyError, TypeError):
+                path, run = str(entry["path"]), int(entry.get("run", 0))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 continue
-    return entries
+            seen = newest.get(path)
+            if seen is not None and (run < seen[0] or (run == seen[0] and index != seen[1] and _is_done(seen[2]) and not _is_done(entry))):
+                continue
+            newest[path] = (run, index, entry)
+    return {path: entry for path, (_, _, entry) in newest.items()}
+
+
+def _is_done(entry: dict) -> bool:
+    return entry.get("status") in ("ok", "no-face")
+
+
+def _next_run(entries: dict[str, dict]) -> int:
+    """This run's number: one above every run the manifests hold (0 for entries written before runs were numbered)."""
+    return 1 + max((int(e.get("run", 0)) for e in entries.values()), default=0)
 
 
 def file_seed(seed: int, rel: str) -> int:
@@ -217,8 +240,10 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     state.mkdir(parents=True, exist_ok=True)
 
     entries = _read_manifests(state)
+    run = _next_run(entries)
+    distributed.barrier(d)  # every rank has read the manifests (and so numbered this run alike) before any writes to them
     # listed as done AND still there: an output deleted since (by hand, or a tree copied without it) is redone
-    done_before = {p for p, e in entries.items() if e.get("status") in ("ok", "no-face") and (out / p).is_file()}
+    done_before = {p for p, e in entries.items() if _is_done(e) and (out / p).is_file()}
     mine = [i for i in range(len(rels)) if i % d.world == d.rank]
     todo = [i for i in mine if rels[i] not in done_before]
     skipped_here = len(mine) - len(todo)
@@ -236,7 +261,7 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
 
     def record(result: FileResult) -> None:
         nonlocal done, failed, no_face, busy
-        manifest.write(json.dumps(result.to_json()) + "\n")
+        manifest.write(json.dumps({**result.to_json(), "run": run}) + "\n")
         manifest.flush()
         os.fsync(manifest.fileno())
         busy += result.seconds
@@ -264,7 +289,7 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     distributed.barrier(d)
     entries = _read_manifests(state)
     wanted = set(rels)
-    complete = sum(1 for p, e in entries.items() if p in wanted and e.get("status") in ("ok", "no-face") and (out / p).is_file())
+    complete = sum(1 for p, e in entries.items() if p in wanted and _is_done(e) and (out / p).is_file())
     check = None
     if options.check:
         scores = [(float(e["psnr"]) if e["psnr"] != "inf" else math.inf, p) for p, e in entries.items()
