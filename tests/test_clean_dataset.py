@@ -287,3 +287,28 @@ def test_torchrun_ranks_share_the_files_and_match_one_process(tmp_path, model):
     for rel in visible_files(src):
         a, b = read_image(tmp_path / "ddp" / rel).rgb, read_image(tmp_path / "single" / rel).rgb
         assert np.abs(a - b).max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.slow
+def test_torchrun_json_lists_every_ranks_failures_and_a_rerun_with_one_process_completes(tmp_path, model):
+    src, out = tmp_path / "src", tmp_path / "out"
+    for i in range(5):
+        write_image(src / f"{i}.png", face(i, 32))
+    for name in ("1.png", "2.png"):  # one file of each rank fails
+        (src / name).write_bytes(b"junk")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = ["--out", str(out), "--weights", str(model), "--steps", "2", "--device", "cpu"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facerestore",
+                           "clean-dataset", str(src), *args, "--json"], env=env, capture_output=True, text=True, timeout=300)
+    s = json.loads(done.stdout)  # rank 0 alone prints the summary
+    assert (s["done"], s["failed"], s["complete"]) == (3, 2, 3)
+    assert [path for path, _ in s["failures"]] == ["1.png", "2.png"], s["failures"]
+    assert all("1.png" in error or "2.png" in error for _, error in s["failures"])
+
+    # fixed, and redone by one process: rank 1's failure of 1.png is older than rank 0's success
+    for name in ("1.png", "2.png"):
+        write_image(src / name, face(int(name[0]), 32))
+    s = summary(src, *args)
+    assert (s["done"], s["skipped"], s["failed"], s["complete"]) == (2, 3, 0, 5)
+    s = summary(src, *args)
+    assert (s["done"], s["skipped"], s["failures"]) == (0, 5, [])

@@ -111,7 +111,7 @@ class CleanSummary:
     seconds_per_image: float  # restore + I/O time per image, summed over ranks / images
     complete: int  # files of SRC listed as done after this run
     check: dict | None = None  # with --check: mean, worst, worst_path, count (over every done file)
-    failures: list[tuple[str, str]] = field(default_factory=list)  # this rank's failures
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, error) of every rank's failures, by path
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "failures"} | {"failures": [list(f) for f in self.failures]}
@@ -286,6 +286,7 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
         manifest.close()
 
     counts = distributed.total(d, [done, failed, no_face, busy, skipped_here])
+    failures = sorted(tuple(f) for f in distributed.gather(d, failures))  # by path: the same list whatever the number of ranks
     distributed.barrier(d)
     entries = _read_manifests(state)
     wanted = set(rels)

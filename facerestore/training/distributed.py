@@ -82,6 +82,15 @@ def total(d: Dist, values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def gather(d: Dist, items: list) -> list:
+    """Every process's list (picklable items), concatenated in rank order (the list itself in a single process)."""
+    if not d.active:
+        return list(items)
+    parts: list[list | None] = [None] * d.world
+    dist.all_gather_object(parts, list(items))
+    return [item for part in parts for item in part or []]
+
+
 def teardown(d: Dist) -> None:
     if d.active and dist.is_initialized():
         dist.destroy_process_group()
