@@ -528,6 +528,28 @@ def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline)
     assert r.exit_code == 2 and "--val-identity" in line and "missing.onnx" in line and not (tmp_path / "r9" / "log.jsonl").is_file()
 
 
+def test_a_batch_the_processes_cannot_split_is_refused_before_the_run_is_written(faces, tmp_path, monkeypatch):
+    """Found only when the data loader starts, the run folder would already hold -b 3 and refuse the corrected -b 4."""
+    import torch.distributed
+
+    def no_group(*args, **kwargs):
+        raise AssertionError("checked before the process group starts")
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", no_group)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):  # rank 0 of `torchrun --nproc_per_node 2`
+        monkeypatch.setenv(name, value)
+    run = tmp_path / "run"
+    args = ("--out", run, "--size", "32", "--model", "tiny", "--steps", "1", "--workers", "0", "--device", "cpu", "-q")
+    line = one_error(r := cli(faces, *args, "-b", "3"))
+    assert r.exit_code == 2 and "--batch-size 3 is the global batch and must be divisible by the 2 processes" in line and "--batch-size 4" in line
+    assert not run.exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert cli(faces, *args, "-b", "4").exit_code == 0  # the corrected run starts in the same folder
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    line = one_error(r := cli(*args, "--resume", "--steps", "2"))
+    assert r.exit_code == 2 and "divisible by the 3 processes" in line and "resume with a number of processes that divides 4" in line
+
+
 def test_every_train_option_has_help_text():
     import inspect
     from typing import get_type_hints

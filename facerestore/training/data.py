@@ -196,6 +196,12 @@ class FaceDataset(torch.utils.data.Dataset):
                 "sample": torch.tensor(n), "substituted": torch.tensor(substituted > 0)}
 
 
+def check_global_batch(batch: int, world: int, hint: str = "") -> None:
+    """Each of the `world` processes takes batch / world samples of every step: refuse a remainder."""
+    if batch % world:
+        raise UsageError(f"--batch-size {batch} is the global batch and must be divisible by the {world} processes", hint=hint)
+
+
 class StepBatches(torch.utils.data.Sampler):
     """Sample numbers for this process, one list per step, from `start_step` to `steps`.
 
@@ -204,8 +210,7 @@ class StepBatches(torch.utils.data.Sampler):
     """
 
     def __init__(self, *, start_step: int, steps: int, global_batch: int, rank: int = 0, world: int = 1) -> None:
-        if global_batch % world:
-            raise UsageError(f"--batch-size {global_batch} is the global batch and must be divisible by the {world} processes")
+        check_global_batch(global_batch, world)
         self.start, self.steps, self.batch = start_step, steps, global_batch
         self.local = global_batch // world
         self.offset = rank * self.local

@@ -41,9 +41,14 @@ def _env_int(name: str, default: int) -> int:
         raise UsageError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
 
 
+def world_size() -> int:
+    """The number of processes torchrun starts (1 without it), known before the process group is joined."""
+    return _env_int("WORLD_SIZE", 1)
+
+
 def setup(device: str = "auto") -> Dist:
     """Join the process group torchrun describes (if any) and pick this process's device."""
-    world = _env_int("WORLD_SIZE", 1)
+    world = world_size()
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     name = resolve_device(device)
     if name == "cuda" or name.startswith("cuda:"):

@@ -59,7 +59,7 @@ from facerestore.training.checkpoints import (
     save_checkpoint,
     write_json,
 )
-from facerestore.training.data import FaceDataset, StepBatches, load_file_list, min_side_for, save_file_list, scan_faces
+from facerestore.training.data import FaceDataset, StepBatches, check_global_batch, load_file_list, min_side_for, save_file_list, scan_faces
 from facerestore.training.degradations import PRESETS as DEGRADATIONS, preset
 from facerestore.training.loop import StopAtStepEnd, reseed, truncate_log
 from facerestore.training.seeds import check_seed, stable_seed
@@ -284,6 +284,10 @@ def train(
     `unet` overrides the --model preset (tests and library users); `on_step` is called after every
     step on rank 0 and may raise to stop (a simulated crash); `on_message` gets one-line notes.
     """
+    # before anything is written: a run folder records its batch size, and a resume keeps it
+    world = distributed.world_size()
+    check_global_batch(config.batch_size, world, hint=f"resume with a number of processes that divides {config.batch_size}" if resume else
+                       f"use a multiple of {world} (e.g. --batch-size {(config.batch_size // world + 1) * world}), or a number of processes that divides it")
     d = distributed.setup(config.device)
     try:
         return _train(config, d, resume=resume, unet=unet, on_step=on_step, on_message=on_message)
