@@ -227,6 +227,34 @@ def test_a_checkpoint_that_cannot_be_written_or_read_is_one_line_with_the_way_on
     assert not list((tmp_path / "run2" / "checkpoints").glob(".tmp-*"))
 
 
+def test_a_save_cut_short_by_a_kill_leaves_no_temporary_folder_after_resume(faces, tmp_path):
+    run = tmp_path / "run"
+    train(config(faces, run, steps=2), unet=MICRO)
+    folder = run / "checkpoints"
+    cut = folder / ".tmp-step_0000003"  # kill -9 while step 3 was being written
+    cut.mkdir()
+    (cut / "model.safetensors").write_bytes(b"half a file")
+    (folder / ".tmp-notes").mkdir()  # not a checkpoint's temporary folder: left alone
+    notes: list[str] = []
+    train(config(faces, run, steps=3, save_every=100), unet=MICRO, resume=True, on_message=notes.append)
+    assert not cut.exists() and "removed 1 unfinished checkpoint folder of a save cut short" in notes
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-notes", "step_0000002", "step_0000003"]
+
+
+def test_saving_a_checkpoint_removes_temporary_folders_of_saves_cut_short(tmp_path):
+    from facerestore.training.checkpoints import save_checkpoint
+
+    net = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(net.parameters())
+    folder = tmp_path / "checkpoints"
+    for name in (".tmp-step_0000001", ".tmp-step_x", "step_0000001"):
+        (folder / name).mkdir(parents=True)
+    (folder / "step_0000001" / "state.json").write_text("{}")
+    save_checkpoint(tmp_path, 2, model=net.state_dict(), ema=net.state_dict(), optimizer=optimizer, names=["weight", "bias"], state={},
+                    metadata={}, keep=0)
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-step_x", "step_0000001", "step_0000002"]
+
+
 def test_optimizer_state_round_trips_through_tensors():
     torch.manual_seed(0)
     net = IDMUNet(MICRO)

@@ -15,7 +15,9 @@
 
 Safetensors holds only tensors and JSON holds only data, so loading a checkpoint never unpickles.
 A checkpoint is written into a hidden temporary folder and renamed when complete, so a crash while
-saving leaves the previous one intact; `latest_checkpoint` takes the highest complete step.
+saving leaves the previous one intact; `latest_checkpoint` takes the highest complete step. The
+temporary folder a kill -9 leaves behind (`checkpoints/.tmp-step_N`) is removed at the next save
+and on resume (`remove_checkpoint_temps`).
 
 No generator state is saved because none exists: all randomness is keyed by (seed, sample or step)
 (`training.seeds`), so the step counter restores the data order, the degradations, the diffusion
@@ -38,6 +40,7 @@ from facerestore.weights.checkpoint import read_state_dict, save_safetensors
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step_"
+TEMP = ".tmp-"  # + the checkpoint's folder name, while it is being written
 
 
 def step_dir(run: Path, step: int) -> Path:
@@ -52,6 +55,18 @@ def latest_checkpoint(run: Path) -> Path | None:
     found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()]
     found = [p for p in found if (p / "state.json").is_file()]
     return max(found, key=lambda p: int(p.name[len(PREFIX) :]), default=None)
+
+
+def remove_checkpoint_temps(run: Path) -> int:
+    """Delete the temporary folders of saves cut short by a kill (only `.tmp-step_N`, never a checkpoint); returns how many."""
+    folder = run / CHECKPOINTS
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.iterdir() if p.name.startswith(TEMP + PREFIX) and p.name[len(TEMP + PREFIX) :].isdigit()
+             and p.is_dir() and not p.is_symlink()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
 
 
 def write_json(path: Path, data: object) -> None:
@@ -132,7 +147,7 @@ def save_checkpoint(run: Path, step: int, *, model: dict[str, torch.Tensor], ema
     tensors, `unpaired fine-tuning`): name -> state, written as `<name>.safetensors`.
     """
     final = step_dir(run, step)
-    tmp = final.with_name(f".tmp-{final.name}")
+    tmp = final.with_name(f"{TEMP}{final.name}")
     for name in extra or {}:
         if name in CORE_FILES or not name.replace("_", "").isalnum():
             raise ValueError(f"extra checkpoint file name {name!r} is reserved or not a plain name")
@@ -156,6 +171,7 @@ def save_checkpoint(run: Path, step: int, *, model: dict[str, torch.Tensor], ema
         reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
         raise FaceRestoreError(f"cannot write checkpoint {final} ({reason})",
                                hint="free some space (or fix the permissions), then continue with --resume from the last checkpoint") from None
+    remove_checkpoint_temps(run)  # of earlier saves a kill cut short
     if keep > 0:
         done = sorted((p for p in (run / CHECKPOINTS).iterdir() if p.is_dir() and p.name.startswith(PREFIX)), key=lambda p: p.name)
         for old in done[:-keep]:

@@ -56,6 +56,7 @@ from facerestore.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
+    remove_checkpoint_temps,
     save_checkpoint,
     write_json,
 )
@@ -380,6 +381,8 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     if d.main:  # lines beyond the checkpoint (a crashed run's last steps, or an earlier unsaved start) are redone
         truncate_log(run / "log.jsonl", start)
         truncate_log(run / "metrics.jsonl", start)
+        if resume and (removed := remove_checkpoint_temps(run)):
+            message(f"removed {removed} unfinished checkpoint {'folders' if removed > 1 else 'folder'} of a save cut short")
     distributed.barrier(d)
 
     net: torch.nn.Module = model
