@@ -7,6 +7,7 @@ class FaceRestoreError(Exception):
     """Base of every error the user should see as a single line (exit code 1)."""
 
     hint: str = ""
+    exit_code: int = 1  # of the command line
 
     def __init__(self, message: str, *, hint: str = "") -> None:
         super().__init__(message)
@@ -20,6 +21,8 @@ class FaceRestoreError(Exception):
 
 class UsageError(FaceRestoreError):
     """Invalid option values or combinations, found before any work (exit code 2)."""
+
+    exit_code = 2
 
 
 class BadImage(FaceRestoreError):

@@ -297,6 +297,19 @@ def test_usage_errors_exit_2_before_any_work(tmp_path, args, message, tiny_basel
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("env", "printed"), [({}, True), ({"RANK": "0", "LOCAL_RANK": "0"}, True), ({"RANK": "1", "LOCAL_RANK": "1"}, False),
+                                             ({"RANK": "2", "LOCAL_RANK": "0"}, False), ({"LOCAL_RANK": "1"}, False), ({"RANK": "x"}, True)])
+def test_under_torchrun_the_main_rank_alone_prints_an_error_and_every_rank_exits_with_its_code(tmp_path, monkeypatch, env, printed):
+    """Each rank meets the same usage error: printed once per rank it would repeat itself N times."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = run("train", "--out", tmp_path / "run")  # a command torchrun starts, here without its DATA_DIR
+    assert result.exit_code == 2
+    assert result.output == ("error: no DATA_DIR given; pass one or more folders of aligned face images\n" if printed else "")
+
+
 def test_nothing_to_do_is_a_usage_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run(tmp_path / "empty", "-o", tmp_path / "out")

@@ -1,7 +1,8 @@
 """The `facerestore` command: restoring photos is the default command, next to subcommands.
 
 Commands are thin: they parse options, call one library function, and turn `FaceRestoreError` into
-one line on stderr with exit code 1 (2 for usage errors); tracebacks only with --debug.
+one line on stderr with exit code 1 (2 for usage errors); tracebacks only with --debug. Under
+torchrun the line comes from rank 0 alone; every rank exits with the code.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from facerestore import __version__
-from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.errors import FaceRestoreError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -48,12 +49,26 @@ app = typer.Typer(
 )
 
 
+def main_rank() -> bool:
+    """True without torchrun and in its rank 0 (RANK, else LOCAL_RANK): the process that speaks for all.
+
+    Every rank checks the same options and meets the same error; printing it once per rank would only
+    repeat it. A value that is not a number counts as main, so the error about it is seen.
+    """
+    value = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    try:
+        return int(value) == 0
+    except ValueError:
+        return True
+
+
 def fail(error: FaceRestoreError, debug: bool = False) -> NoReturn:
-    """One line on stderr; exit 2 for usage errors and 1 otherwise."""
+    """One line on stderr (from the main torchrun rank only); exit 2 for usage errors and 1 otherwise, on every rank."""
     if debug:
         err.print_exception()
-    err.print(f"error: {error.one_line()}", markup=False)
-    raise typer.Exit(2 if isinstance(error, UsageError) else 1)
+    if main_rank():
+        err.print(f"error: {error.one_line()}", markup=False)
+    raise typer.Exit(error.exit_code)
 
 
 def _version(value: bool) -> None:
@@ -82,5 +97,6 @@ def main() -> None:
     try:
         app()
     except FaceRestoreError as exc:  # a command that forgot to catch: still one line
-        err.print(f"error: {exc.one_line()}", markup=False)
-        sys.exit(2 if isinstance(exc, UsageError) else 1)
+        if main_rank():
+            err.print(f"error: {exc.one_line()}", markup=False)
+        sys.exit(exc.exit_code)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail
+from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, main_rank
 from facerestore.errors import FaceRestoreError
 
 
@@ -34,16 +34,14 @@ def clean_dataset_command(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Restore every image of SRC into DST (resumable: a rerun does only what is missing; shards over torchrun ranks)."""
-    import os
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from facerestore.devices import cpu_bf16_tip, resolve_device
     from facerestore.training.clean_dataset import CleanOptions, clean_dataset
 
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main = main_rank()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=err, disable=quiet or as_json or not main_rank)
+                        console=err, disable=quiet or as_json or not main)
     task = progress.add_task("clean", total=None)
 
     def on_start(count: int) -> None:  # the bar appears once setup went through, so setup errors print alone
@@ -66,14 +64,14 @@ def clean_dataset_command(
         summary = clean_dataset(options, on_file=on_file, on_message=on_message, on_start=on_start)
     except KeyboardInterrupt:
         _stop(progress)
-        if main_rank:
+        if main:
             err.print("interrupted; the files finished so far are kept: rerun the same command to do the rest", markup=False)
         raise typer.Exit(130) from None
     except FaceRestoreError as exc:
         _stop(progress)
         fail(exc, debug)
     _stop(progress)
-    if not main_rank:
+    if not main:
         raise typer.Exit(1 if summary.failed else 0)
     if as_json:
         typer.echo(json.dumps(summary.to_json(), indent=2))  # ASCII: names that are not UTF-8 stay valid JSON

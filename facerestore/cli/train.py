@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, app, err, fail, out
+from facerestore.cli.app import CONTEXT, app, err, fail, main_rank, out
 from facerestore.errors import FaceRestoreError, UsageError
 
 
@@ -43,13 +43,11 @@ def train_command(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Train IDM (x0 regression of a conditional UNet on degraded faces); resumable; runs under torchrun."""
-    import os
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from facerestore.training.trainer import parse_duration, resolve_config, train
 
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main = main_rank()
     try:
         config = resolve_config(
             run_dir, resume=resume, data=data or None, targets=targets or None, size=size, model=model, steps=steps,
@@ -62,7 +60,7 @@ def train_command(
         fail(exc, debug)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet or not main_rank)
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet or not main)
     task = progress.add_task("train", total=config.steps, info="")
 
     def on_step(report) -> None:
@@ -89,7 +87,7 @@ def train_command(
         fail(FaceRestoreError(f"cannot write{where} ({exc.strerror or exc})",
                               hint=f"free some space (or fix the folder), then continue with: facerestore train --out {run_dir} --resume"), debug)
     _stop(progress)
-    if main_rank:
+    if main:
         last = f", last loss {result.losses[-1][1]:.4f}" if result.losses else ""
         out.print(f"step {result.step} of {config.steps}{last}; model: {result.model} (use --weights {run_dir} --method idm)", markup=False)
         if result.stopped_at_time_limit:
