@@ -578,6 +578,25 @@ def test_a_batch_the_processes_cannot_split_is_refused_before_the_run_is_written
     assert r.exit_code == 2 and "divisible by the 3 processes" in line and "resume with a number of processes that divides 4" in line
 
 
+@pytest.mark.parametrize(("rank", "printed"), [(None, True), ("0", True), ("1", False)])
+def test_ctrl_c_says_how_to_go_on_once(faces, tmp_path, monkeypatch, rank, printed):
+    """Ctrl-C reaches every torchrun process; the way on is said by the main one."""
+    from facerestore.training import trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    result = cli(faces, "--out", tmp_path / "run", "--size", "32")
+    assert result.exit_code == 130
+    assert result.output == (f"interrupted; continue with: facerestore train --out {tmp_path / 'run'} --resume\n" if printed else "")
+
+
 def test_every_train_option_has_help_text():
     import inspect
     from typing import get_type_hints

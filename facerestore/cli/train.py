@@ -74,9 +74,10 @@ def train_command(
 
     try:
         result = train(config, resume=resume, on_step=on_step, on_message=on_message)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C reaches every process torchrun started: one says so
         _stop(progress)
-        err.print(f"interrupted; continue with: facerestore train --out {run_dir} --resume", markup=False)
+        if main:
+            err.print(f"interrupted; continue with: facerestore train --out {run_dir} --resume", markup=False)
         raise typer.Exit(130) from None
     except FaceRestoreError as exc:
         _stop(progress)
