@@ -25,6 +25,19 @@ class UsageError(FaceRestoreError):
     exit_code = 2
 
 
+class PeerFailed(FaceRestoreError):
+    """Another torchrun process stopped with an error, which broke this one's next collective call.
+
+    It carries that process's line and exit code, so the ranks exit alike and the main rank can say
+    what happened; `training.distributed.process_group` raises it.
+    """
+
+    def __init__(self, rank: int, exit_code: int, message: str) -> None:
+        super().__init__(f"rank {rank}: {message}")
+        self.rank = rank
+        self.exit_code = exit_code
+
+
 class BadImage(FaceRestoreError):
     """An input file that is not a readable image, or is too large to process."""
 

@@ -597,6 +597,38 @@ def test_ctrl_c_says_how_to_go_on_once(faces, tmp_path, monkeypatch, rank, print
     assert result.output == (f"interrupted; continue with: facerestore train --out {tmp_path / 'run'} --resume\n" if printed else "")
 
 
+def test_a_rank_that_fails_leaves_its_code_and_line_for_the_others():
+    """What process_group does when one rank fails: the others read it from the group's store."""
+    from facerestore.errors import PeerFailed
+    from facerestore.training.distributed import Dist, peer_failure, record_failure
+
+    store = torch.distributed.HashStore()
+    ranks = [Dist(rank=r, world=3) for r in range(3)]
+    assert peer_failure(store, ranks[1]) is None  # nobody failed: the broken collective is the rank's own error
+    record_failure(store, ranks[2], RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB"))
+    record_failure(store, ranks[0], UsageError("--val v holds no readable image", hint="pass a folder of aligned face images"))
+    peer = peer_failure(store, ranks[1])
+    assert isinstance(peer, PeerFailed) and (peer.rank, peer.exit_code) == (0, 2)  # the lowest failed rank
+    assert peer.one_line() == "rank 0: --val v holds no readable image; pass a folder of aligned face images"
+    peer = peer_failure(store, ranks[0])  # its own record is not a peer's
+    assert (peer.rank, peer.exit_code, str(peer)) == (2, 1, "rank 2: CUDA out of memory.")
+    assert peer_failure(None, ranks[1]) is None  # no store (torch without it): the rank's own error stands
+
+
+@pytest.mark.parametrize(("rank", "output"), [("1", ""), ("0", "error: rank 1: cannot write x (No space left on device)\n")])
+def test_a_peers_failure_ends_this_rank_quietly_with_the_peers_code(faces, tmp_path, monkeypatch, rank, output):
+    from facerestore.errors import PeerFailed
+    from facerestore.training import trainer
+
+    def peer_failed(*args, **kwargs):
+        raise PeerFailed(1, 2, "cannot write x (No space left on device)")
+
+    monkeypatch.setattr(trainer, "train", peer_failed)
+    monkeypatch.setenv("RANK", rank)
+    result = cli(faces, "--out", tmp_path / "run", "--size", "32")
+    assert (result.exit_code, result.output) == (2, output)
+
+
 def test_every_train_option_has_help_text():
     import inspect
     from typing import get_type_hints

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,49 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("step 4 of 6") == 1 and len(losses(ddp)) == 4
     assert (ddp / "checkpoints" / "step_0000004").is_dir()
+
+
+def torchrun(args: list, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facerestore", *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_all_ranks_stopped_with(done: subprocess.CompletedProcess, code: int, message: str) -> None:
+    """One error line, no worker traceback, and every rank's exit code is `code` (torchrun itself exits 1
+    whenever a worker fails; a rank it stopped with SIGTERM after the first exit shows -15)."""
+    output = done.stdout + done.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], output
+    assert "[rank" not in done.stderr and "RuntimeError" not in done.stderr, output  # a worker's traceback (gloo's, at a barrier)
+    codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", done.stderr)]
+    root = int(re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", done.stderr, re.S).group(1))
+    assert done.returncode != 0 and root == code and set(codes) <= {code, -15}, done.stderr
+
+
+@pytest.mark.slow
+def test_an_error_on_every_rank_or_on_rank_0_alone_stops_all_ranks_with_its_code_and_one_line(tmp_path):
+    data, empty = tmp_path / "faces", tmp_path / "no-faces"
+    for i in range(4):
+        write_image(data / f"{i}.png", face(i))
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a face")
+
+    # every rank checks --val (rank 0 alone used to, and rank 1 died at the first barrier with gloo's traceback)
+    done = torchrun(["train", data, "--out", tmp_path / "r1", *ARGS, "--val", empty], tmp_path)
+    assert_all_ranks_stopped_with(done, 2, f"--val {empty}")
+    assert not (tmp_path / "r1").exists()
+
+    # a global batch the 2 processes cannot split: refused before the run folder is written
+    done = torchrun(["train", data, "--out", tmp_path / "r2", *ARGS, "--batch-size", "3"], tmp_path)
+    assert_all_ranks_stopped_with(done, 2, "--batch-size 3 is the global batch and must be divisible by the 2 processes")
+    assert not (tmp_path / "r2").exists()
+
+    # rank 0 alone fails while rank 1 waits at a barrier: rank 1 leaves quietly, with rank 0's code
+    (tmp_path / "r3" / "files.json").mkdir(parents=True)  # the run's file list cannot be written
+    done = torchrun(["train", data, "--out", tmp_path / "r3", *ARGS], tmp_path)
+    assert_all_ranks_stopped_with(done, 1, "cannot write")
+    (tmp_path / "r4").mkdir()
+    (tmp_path / "r4" / "checkpoints").write_text("a file where the checkpoints folder goes")  # as a full disk at the first save
+    done = torchrun(["train", data, "--out", tmp_path / "r4", *ARGS], tmp_path)
+    assert_all_ranks_stopped_with(done, 1, "cannot write checkpoint")

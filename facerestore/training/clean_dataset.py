@@ -196,11 +196,8 @@ def clean_dataset(
 ) -> CleanSummary:
     """Run (or continue) the cleaning described in the module docstring; returns the summary."""
     assert_output_folder(Path(options.out))
-    d = distributed.setup(options.device)
-    try:
+    with distributed.process_group(options.device) as d:
         return _clean(options, d, on_file, on_message, on_start)
-    finally:
-        distributed.teardown(d)
 
 
 def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_start) -> CleanSummary:

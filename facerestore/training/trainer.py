@@ -289,11 +289,8 @@ def train(
     world = distributed.world_size()
     check_global_batch(config.batch_size, world, hint=f"resume with a number of processes that divides {config.batch_size}" if resume else
                        f"use a multiple of {world} (e.g. --batch-size {(config.batch_size // world + 1) * world}), or a number of processes that divides it")
-    d = distributed.setup(config.device)
-    try:
+    with distributed.process_group(config.device) as d:
         return _train(config, d, resume=resume, unet=unet, on_step=on_step, on_message=on_message)
-    finally:
-        distributed.teardown(d)
 
 
 def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNetConfig | None,
@@ -316,11 +313,14 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     if resume and existing is None and not (run / "config.json").is_file():
         raise UsageError(f"nothing to resume in {run}: no checkpoint and no config.json", hint="start the run without --resume")
 
-    # ---- validation first: a bad --val must stop the run before it writes anything
+    # ---- validation first: a bad --val must stop the run before it writes anything, and on every rank
+    # (a few images): on rank 0 alone, the others would wait for it at the first barrier
     val_faces: list[ValFace] = []
-    if config.val and d.main:
+    if config.val:
         val_faces = load_val_faces(Path(config.val), config.val_count, config.size, {name: preset(name) for name in config.val_presets}, config.seed)
         message(f"{len(val_faces)} validation faces from {config.val} ({', '.join(config.val_presets)})")
+        if not d.main:  # rank 0 validates
+            val_faces = []
     identity = val_identity(config)  # on every rank: a missing file stops them all, not rank 0 alone
 
     # ---- files and architecture
