@@ -89,6 +89,24 @@ def lq(tmp_path_factory) -> Path:
     return root
 
 
+def truncate(path: Path) -> Path:
+    """Cut a written image in half: the header (all a header-only scan reads) survives, the pixels do not."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture(scope="module")
+def lq_cut(tmp_path_factory) -> Path:
+    """The six faces of `lq` plus two truncated ones; with --holdout 2 (seed 0) c/cut1 is held out, c/cut2 trained on."""
+    root = tmp_path_factory.mktemp("lq_cut")
+    for i in range(6):
+        write_image(root / ("a" if i < 4 else "b") / f"{i:02d}.{'png' if i % 2 else 'jpg'}", face(i, 64 + 8 * (i % 2)))
+    for name in ("cut1", "cut2"):
+        truncate(write_image(root / "c" / f"{name}.png", face(7, 64)))
+    return root
+
+
 # ====================================================================== the plan
 
 
@@ -276,3 +294,55 @@ def test_pseudo_targets_come_from_the_base_output_through_the_prior(lq, weights,
     free = generate_pseudo_targets(_pseudo_options(lq, tmp_path / "f", weights, k=40, l=40, limit=2))
     assert constrained.done == free.done == 2
     assert low_band_gap(tmp_path / "c") < 0.5 * low_band_gap(tmp_path / "f")
+
+
+def test_a_truncated_input_is_skipped_counted_and_retried_not_a_crash(lq_cut, weights, tmp_path):
+    """Both cut files pass the header-only scan; decoding them fails: each run skips and counts them,
+    makes every other target and a contact sheet, and a rerun tries them again (made once repaired)."""
+    out = tmp_path / "pt"
+    notes: list[str] = []
+    first = generate_pseudo_targets(_pseudo_options(lq_cut, out, weights), reporter=Reporter(on_message=notes.append))
+    assert "8 faces" in first.scan  # the scan could not tell
+    assert (first.total, first.done, first.skipped, first.unreadable) == (8, 6, 0, 2)
+    assert "c/cut1.png" in first.unreadable_first and "truncated" in first.unreadable_first
+    warnings = [n for n in notes if n.startswith("warning:")]
+    assert len(warnings) == 1 and "2 faces could not be decoded" in warnings[0] and "\n" not in warnings[0]
+    assert not (out / "targets" / "c").exists() and not (out / "base" / "c").exists()
+    assert first.sheet is not None and first.sheet.is_file()
+    again = generate_pseudo_targets(_pseudo_options(lq_cut, out, weights))
+    assert (again.done, again.skipped, again.unreadable) == (0, 6, 2)  # --resume is not stuck on them either
+
+    repaired = tmp_path / "repaired"
+    import shutil
+
+    shutil.copytree(lq_cut, repaired)
+    write_image(repaired / "c" / "cut2.png", face(7, 64))
+    shutil.copytree(out, tmp_path / "pt2")
+    fixed = generate_pseudo_targets(_pseudo_options(repaired, tmp_path / "pt2", weights))
+    assert (fixed.done, fixed.skipped, fixed.unreadable) == (1, 6, 1)
+    assert (tmp_path / "pt2" / "targets" / "c" / "cut2.png").is_file()
+
+
+class Identity:
+    """A stand-in restorer that returns its input: the report's geometry is then visible exactly."""
+
+    info = None
+
+    def restore(self, crops, generator=None):
+        return crops
+
+
+def test_report_skips_a_held_out_face_that_fails_to_decode(lq_cut, tmp_path):
+    from facerestore.training.finetune.pseudo_targets import InputFace
+    from facerestore.training.finetune.report import write_report
+
+    faces = [InputFace(rel, lq_cut / rel) for rel in ("a/01.png", "c/cut1.png", "b/05.png")]
+    notes: list[str] = []
+    result = write_report(tmp_path / "report", faces, Identity(), Identity(), size=64, seed=0, batch_size=2, reporter=Reporter(on_message=notes.append))
+    assert result.faces == 2 and result.skipped == 1
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [p["path"] for p in report["per_face"]] == ["a/01.png", "b/05.png"]
+    assert [s["path"] for s in report["skipped"]] == ["c/cut1.png"] and "truncated" in report["skipped"][0]["reason"]
+    assert "Skipped (could not be decoded): c/cut1.png" in (tmp_path / "report" / "report.md").read_text()
+    assert len(notes) == 1 and notes[0].startswith("warning: 1 held-out faces could not be decoded")
+    assert not (tmp_path / "report" / "base" / "c").exists()

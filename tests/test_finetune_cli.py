@@ -164,6 +164,46 @@ def test_run_resume_and_register(tmp_path, weights, lq):
     assert all(torch.equal(v, exported[k]) for k, v in method.net.state_dict().items())
 
 
+def test_run_with_truncated_faces_skips_them_in_every_stage(tmp_path, weights):
+    """c/cut2.png (trained on) and c/cut1.png (held out) pass the header-only scan but cannot be decoded:
+    no pseudo-target and no pair for the first, no report row for the second, a warning line for each,
+    exit 0; --resume tries the cut one again instead of crashing."""
+    cut = shared.lq_cut.__wrapped__(tmp_path_factory=_Factory(tmp_path))
+    out = tmp_path / "run"
+    result = run(*tiny_run_args(cut, out, weights))
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 faces could not be decoded and get no pseudo-target (first: " in result.output
+    assert "warning: 1 held-out faces could not be decoded" in result.output
+    split = json.loads((out / "files.json").read_text())
+    assert "c/cut2.png" in split["train"] and "c/cut1.png" in split["holdout"]
+    assert not (out / "pseudo" / "targets" / "c").exists()
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["faces"] == 1 and [s["path"] for s in report["skipped"]] == ["c/cut1.png"]
+    resumed = run("finetune", "--out", out, "--resume", "--steps", "3", "--workers", "0", "--device", "cpu", "-q")
+    assert resumed.exit_code == 0, resumed.output
+    assert "fine-tuned codeformer: step 3 of 3" in resumed.output
+
+
+def test_pseudo_targets_command_counts_a_truncated_face(tmp_path, weights):
+    cut = shared.lq_cut.__wrapped__(tmp_path_factory=_Factory(tmp_path))
+    result = run("finetune", "pseudo-targets", cut, "--out", tmp_path / "pt", "--base-weights", weights["codeformer"], "--prior-weights", weights["prior"],
+                 "--size", "64", *FAST, "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    assert "6 pseudo-targets made, 0 already done, 2 could not be decoded (skipped), 8 in all" in result.output
+
+
+class _Factory:
+    """What a module-scoped fixture function needs from tmp_path_factory, to call it inside one test."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def mktemp(self, name: str) -> Path:
+        folder = self.root / name
+        folder.mkdir()
+        return folder
+
+
 def test_pseudo_targets_command_resumes(tmp_path, weights, lq):
     out = tmp_path / "pt"
     common = ["finetune", "pseudo-targets", lq, "--out", out, "--base-weights", weights["codeformer"], "--prior-weights", weights["prior"],

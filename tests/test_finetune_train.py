@@ -14,7 +14,7 @@ import test_finetune as shared
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from test_finetune import face
+from test_finetune import face, truncate
 
 from facerestore.errors import UsageError
 from facerestore.image_io import write_image
@@ -307,3 +307,49 @@ def test_pairs_are_a_function_of_the_sample_number(pairs, real_faces):
         flipped = torch.equal(item["lq"], direct["lq"].flip(-1))
         assert flipped or torch.equal(item["lq"], direct["lq"])
         assert torch.equal(item["target"], direct["target"].flip(-1) if flipped else direct["target"])
+
+
+def test_a_pair_or_real_face_that_fails_to_decode_is_replaced_by_the_next_and_flagged(pairs, real_faces, tmp_path):
+    """A truncated input, pseudo-target or --real face passes the header-only scans; the sample that
+    draws it takes the next pair (real face) of the same epoch's order instead, still a function of n."""
+    import shutil
+
+    cut = []
+    for i, pair in enumerate(pairs):
+        lq, target = tmp_path / f"lq{i}.png", tmp_path / f"t{i}.png"
+        shutil.copy(pair.lq, lq)
+        shutil.copy(pair.target, target)
+        cut.append(Pair(str(lq), str(target)))
+    truncate(Path(cut[1].lq))
+    truncate(Path(cut[2].target))
+    reals = [str(shutil.copy(r, tmp_path / f"real{i}.png")) for i, r in enumerate(real_faces)]
+    truncate(Path(reals[0]))
+    damaged = PairDataset(cut, size=64, seed=3, flip=False, real=reals)
+    intact = PairDataset(pairs, size=64, seed=3, flip=False, real=real_faces)
+    flags = []
+    for n in range(8):  # two epochs of pairs
+        item, reference = damaged[n], intact[n]
+        flags.append(bool(item["substituted"]))
+        for key in ("lq", "target", "real"):
+            matches = [m for m in range(12) if torch.equal(item[key], intact[m][key])]
+            assert matches, (n, key)  # always a real sample of the intact set, never a crash
+        replaced = not torch.equal(item["lq"], reference["lq"]) or not torch.equal(item["real"], reference["real"])
+        assert bool(item["substituted"]) == replaced, n
+        assert torch.equal(item["lq"], damaged[n]["lq"])  # deterministic
+    assert 0 < sum(flags) < 8
+
+
+def test_training_on_pairs_with_a_truncated_file_runs_and_counts_the_replacements(weights, pairs, tmp_path):
+    import shutil
+
+    root = tmp_path / "pairs"
+    root.mkdir()
+    cut = []
+    for i, pair in enumerate(pairs):
+        cut.append(Pair(str(shutil.copy(pair.lq, root / f"lq{i}.png")), str(shutil.copy(pair.target, root / f"t{i}.png"))))
+    truncate(Path(cut[0].lq))
+    run = tmp_path / "run"
+    run.mkdir()
+    result = train_pairs(run, code_settings(steps=2, save_every=2), cut, weights["codeformer"], CPU)  # one epoch: 4 samples
+    assert result.step == 2 and result.substituted == 1
+    assert sum(r.get("substituted", 0) for r in log(run)) == 1

@@ -11,17 +11,21 @@ Sample number n of a run (n = step * global batch + i) is a pure function of (se
 so resuming at step s starts at sample s * batch with nothing else to restore, and any number of
 workers or torchrun processes draws the same samples. Images are centre-cropped to a square if
 needed, resized to the working size and mapped to [-1, 1] (mean 0.5, std 0.5, as DT-BFR).
+
+The folders were scanned by header only, so a truncated file shows up here: like `training.data`,
+a pair (or real face) that fails to decode is replaced by the next one of the same epoch's order
+(still a pure function of n) and the sample is flagged "substituted", so one bad file never stops a run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from facerestore.errors import UsageError
+from facerestore.errors import BadImage, UsageError
 from facerestore.training.data import load_face, to_tensor
 from facerestore.training.seeds import permutation, stable_seed
 
@@ -47,18 +51,34 @@ class PairDataset(torch.utils.data.Dataset):
     def _flip(self, n: int, what: str) -> bool:
         return self.flip and np.random.default_rng(stable_seed(self.seed, what, n)).random() < 0.5
 
+    def _readable(self, order: np.ndarray, k: int, load: Callable[[int], object], what: str) -> tuple[object, int]:
+        """(load(order[k]) or that of the next index that decodes, how many were passed over)."""
+        for tries in range(len(order)):
+            try:
+                return load(int(order[(k + tries) % len(order)])), tries
+            except BadImage:
+                continue
+        raise UsageError(f"none of the {len(order)} {what} can be decoded", hint="re-copy or re-export them")
+
+    def _load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.pairs[i]
+        return load_face(pair.lq, self.size), load_face(pair.target, self.size)
+
     def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
         n = int(n)
         epoch, k = divmod(n, len(self.pairs))
-        pair = self.pairs[int(permutation(len(self.pairs), self.seed, "pairs", epoch)[k])]
-        lq, target = load_face(pair.lq, self.size), load_face(pair.target, self.size)
+        order = permutation(len(self.pairs), self.seed, "pairs", epoch)
+        (lq, target), passed = self._readable(order, k, self._load_pair, "(input, pseudo-target) pairs")
         if self._flip(n, "flip"):
             lq, target = lq[:, ::-1], target[:, ::-1]
         item = {"lq": to_tensor(np.ascontiguousarray(lq)), "target": to_tensor(np.ascontiguousarray(target)), "sample": torch.tensor(n)}
         if self.real:
             epoch, k = divmod(n, len(self.real))
-            real = load_face(self.real[int(permutation(len(self.real), self.seed, "real", epoch)[k])], self.size)
+            order = permutation(len(self.real), self.seed, "real", epoch)
+            real, passed_real = self._readable(order, k, lambda i: load_face(self.real[i], self.size), "--real faces")
+            passed += passed_real
             if self._flip(n, "real-flip"):
                 real = real[:, ::-1]
             item["real"] = to_tensor(np.ascontiguousarray(real))
+        item["substituted"] = torch.tensor(passed > 0)
         return item

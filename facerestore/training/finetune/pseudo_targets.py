@@ -45,7 +45,9 @@ Files (`OUT` is the `--out` folder, or `RUN/pseudo` for `facerestore finetune --
     OUT/.facerestore-pseudo/    settings.json (a rerun with other settings is refused) and
                                 done-rank<R>.jsonl (one line per finished target, fsynced)
 
-Every image is written atomically; a rerun skips every target listed as done.
+Every image is written atomically; a rerun skips every target listed as done. An input that
+passed the header-only scan but fails to decode (a truncated file) is skipped and counted, never
+listed as done, so a rerun tries it again (after the user re-copied it, say).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ from facerestore.diffusion import (
     sample,
     space_timesteps,
 )
-from facerestore.errors import UsageError
+from facerestore.errors import BadImage, UsageError
 from facerestore.image_io import assert_output_folder, assert_outside, remove_stale_temps, resize
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
@@ -370,6 +372,8 @@ class PseudoTargetSummary:
     out: Path
     sheet: Path | None = None
     scan: str = ""
+    unreadable: int = 0  # inputs that failed to decode: skipped (all ranks), tried again on a rerun
+    unreadable_first: str = ""  # why the first of them on this rank failed
 
 
 @dataclass
@@ -526,17 +530,30 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
     skipped_here = len(mine) - len(todo)
     remove_stale_temps(out / sub / target_name(f.rel) for sub in ("base", "targets") for f in todo)
 
-    # phase A: base outputs y0 (8-bit PNG, reused on resume)
+    # phase A: base outputs y0 (8-bit PNG, reused on resume). The scan read only headers: an input
+    # that fails to decode here is skipped and counted, not a crash of the whole stage
+    unreadable: dict[str, str] = {}  # relative path -> why it failed to decode
     missing_base = [f for f in todo if not (out / "base" / target_name(f.rel)).is_file()]
     if missing_base:
         reporter.stage(f"base outputs ({options.base.name})", len(missing_base))
         for start in range(0, len(missing_base), options.batch_size):
-            chunk = missing_base[start : start + options.batch_size]
-            crops = to_batch([load_input(f.path, options.size) for f in chunk])
-            restored = restore_with_seeds(prepared.base_method, crops, [base_seed(options.seed, f.rel) for f in chunk])
-            for f, img in zip(chunk, to_images(restored)):
-                _write_png(out / "base" / target_name(f.rel), img)
-            reporter.advance(len(chunk))
+            batch = missing_base[start : start + options.batch_size]
+            chunk, crops = [], []
+            for f in batch:
+                try:
+                    crops.append(load_input(f.path, options.size))
+                    chunk.append(f)
+                except BadImage as exc:
+                    unreadable[f.rel] = str(exc)
+            if chunk:
+                restored = restore_with_seeds(prepared.base_method, to_batch(crops), [base_seed(options.seed, f.rel) for f in chunk])
+                for f, img in zip(chunk, to_images(restored)):
+                    _write_png(out / "base" / target_name(f.rel), img)
+            reporter.advance(len(batch))
+    if unreadable:
+        todo = [f for f in todo if f.rel not in unreadable]
+        reporter.message(f"warning: {len(unreadable)} faces could not be decoded and get no pseudo-target (first: {next(iter(unreadable.values()))}); "
+                         "re-copy or re-export them and rerun to make theirs")
 
     # phase B: the prior with the low-frequency constraint
     from facerestore.image_io import read_image
@@ -571,7 +588,7 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
         finally:
             manifest.close()
 
-    counts = distributed.total(d, [done, skipped_here, busy])
+    counts = distributed.total(d, [done, skipped_here, busy, len(unreadable)])
     distributed.barrier(d)
     sheet = None
     if d.main:
@@ -579,6 +596,7 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
     return PseudoTargetSummary(
         total=len(faces), skipped=int(counts[1]), done=int(counts[0]), seconds=time.perf_counter() - clock,
         seconds_per_face=counts[2] / counts[0] if counts[0] else 0.0, plan=plan.describe(), out=out, sheet=sheet, scan=prepared.scan,
+        unreadable=int(counts[3]), unreadable_first=next(iter(unreadable.values()), ""),
     )
 
 
@@ -595,14 +613,22 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def write_contact_sheet(out: Path, faces: Sequence[InputFace], size: int, done: set[str], rows: int = SHEET_ROWS) -> Path | None:
-    """OUT/contact_sheet.png: input | base output | pseudo-target for the first `rows` finished faces."""
+    """OUT/contact_sheet.png: input | base output | pseudo-target for the first `rows` finished faces
+    (a face whose input no longer decodes is left out: the sheet is for looking, not a reason to fail)."""
     from facerestore.image_io import read_image, write_image
 
-    chosen = [f for f in faces if f.rel in done][:rows]
-    if not chosen:
+    lines = []
+    for f in faces:
+        if len(lines) == rows:
+            break
+        if f.rel in done:
+            try:
+                lines.append([load_input(f.path, size), read_image(out / "base" / target_name(f.rel)).rgb,
+                              read_image(out / "targets" / target_name(f.rel)).rgb])
+            except BadImage:
+                continue
+    if not lines:
         return None
-    lines = [[load_input(f.path, size), read_image(out / "base" / target_name(f.rel)).rgb, read_image(out / "targets" / target_name(f.rel)).rgb]
-             for f in chosen]
     path = out / "contact_sheet.png"
     write_image(path, contact_sheet(lines, thumb=min(size, SHEET_THUMB)))
     return path

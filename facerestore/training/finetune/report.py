@@ -14,6 +14,9 @@ a handful of faces is noisy and is not the paper's MANIQA / MUSIQ / FID: look at
     RUN/report/report.md, report.json      the table (mean and per face)
     RUN/report/contact_sheet.png           input | base | fine-tuned, one row per face (first 8)
     RUN/report/base/<rel>.png, finetuned/<rel>.png
+
+A held-out face that fails to decode (a truncated file passes the header-only scan) is skipped and
+listed under "skipped" in report.json and report.md; the other faces are still reported.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facerestore.errors import BadImage
 from facerestore.image_io import resize
 from facerestore.training.finetune.pseudo_targets import (
     InputFace,
@@ -48,6 +52,7 @@ class ReportResult:
     faces: int
     niqe: dict  # {"input": mean or None, "base": ..., "finetuned": ...}
     sheet: Path | None
+    skipped: int = 0  # held-out faces that failed to decode
 
 
 def _native(img: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -74,12 +79,24 @@ def write_report(out: Path, faces: Sequence[InputFace], base_method, tuned_metho
 
     reporter = reporter or Reporter()
     out.mkdir(parents=True, exist_ok=True)
-    rows, per_face, reasons = [], [], set()
+    rows, per_face, reasons, skipped = [], [], set(), []
     reporter.stage("report (held-out faces)", len(faces))
     for start in range(0, len(faces), batch_size):
-        chunk = faces[start : start + batch_size]
-        originals = [read_image(f.path).rgb for f in chunk]
-        crops = to_batch([load_input(f.path, size) for f in chunk])
+        batch = faces[start : start + batch_size]
+        chunk, originals, inputs = [], [], []
+        for f in batch:
+            try:
+                original = read_image(f.path).rgb
+                inputs.append(load_input(f.path, size))
+            except BadImage as exc:
+                skipped.append({"path": f.rel, "reason": str(exc)})
+                continue
+            chunk.append(f)
+            originals.append(original)
+        if not chunk:
+            reporter.advance(len(batch))
+            continue
+        crops = to_batch(inputs)
         seeds = [base_seed(seed, f.rel) for f in chunk]
         base = to_images(restore_with_seeds(base_method, crops, seeds))
         tuned = to_images(restore_with_seeds(tuned_method, crops, seeds))
@@ -97,7 +114,9 @@ def write_report(out: Path, faces: Sequence[InputFace], base_method, tuned_metho
             per_face.append({"path": f.rel, "niqe": scores, "psnr_finetuned_vs_base": round(change, 3) if math.isfinite(change) else "inf"})
             if len(rows) < SHEET_ROWS:
                 rows.append([original, b, t])
-        reporter.advance(len(chunk))
+        reporter.advance(len(batch))
+    if skipped:
+        reporter.message(f"warning: {len(skipped)} held-out faces could not be decoded and are left out of the report (first: {skipped[0]['reason']}); re-copy or re-export them")
     niqe = {k: _mean([p["niqe"][k] for p in per_face]) for k in ("input", "base", "finetuned")}
     changes = [p["psnr_finetuned_vs_base"] for p in per_face if p["psnr_finetuned_vs_base"] != "inf"]
     summary = {
@@ -108,6 +127,7 @@ def write_report(out: Path, faces: Sequence[InputFace], base_method, tuned_metho
         "psnr_finetuned_vs_base_mean": round(float(np.mean(changes)), 3) if changes else None,
         "settings": settings or {},
         "per_face": per_face,
+        "skipped": skipped,
     }
     (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
     sheet = None
@@ -116,7 +136,7 @@ def write_report(out: Path, faces: Sequence[InputFace], base_method, tuned_metho
         thumb = min(256, max(r[0].shape[0] for r in rows))
         write_image(sheet, contact_sheet(rows, thumb=thumb))
     (out / "report.md").write_text(_markdown(summary, sheet))
-    return ReportResult(path=out / "report.md", faces=len(per_face), niqe=niqe, sheet=sheet)
+    return ReportResult(path=out / "report.md", faces=len(per_face), niqe=niqe, sheet=sheet, skipped=len(skipped))
 
 
 def _fmt(value) -> str:
@@ -140,6 +160,8 @@ def _markdown(summary: dict, sheet: Path | None) -> str:
     ]
     if summary["niqe_unavailable"]:
         lines += [f"NIQE unavailable: {r}" for r in summary["niqe_unavailable"]] + [""]
+    if summary["skipped"]:
+        lines += [f"Skipped (could not be decoded): {s['path']}: {s['reason']}" for s in summary["skipped"]] + [""]
     if sheet is not None:
         lines += [f"Contact sheet (input | base | fine-tuned): `{sheet.name}`", "", f"![contact sheet]({sheet.name})", ""]
     lines += ["| face | NIQE input | NIQE base | NIQE fine-tuned | PSNR ft vs base |", "|---|---|---|---|---|"]

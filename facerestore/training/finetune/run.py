@@ -11,6 +11,8 @@ Every check that can fail on bad input runs before anything is computed: option 
 combinations, the input folder (usable faces), the base model's weights, the prior's weights.
 An interrupted run continues with `--resume`: finished pseudo-targets are skipped (per-face
 manifest), training continues from its newest checkpoint exactly, and the report is redone.
+A face that passed the header-only scan but fails to decode (a truncated file) is skipped and
+counted in every stage: it gets no pseudo-target and no pair, and the report leaves it out.
 
 The held-out faces are chosen by a keyed hash of their relative paths (`--seed`), so the split does
 not depend on file order, and they never reach stage 1 or 2.
@@ -300,13 +302,21 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
         pseudo = generate_pseudo_targets(pseudo_options, reporter=reporter if d.main else Reporter(), dist=d, prepared=prepared)
         del prepared
         _free(d.device)
-        message(f"pseudo-targets: {pseudo.done} made, {pseudo.skipped} already done; {pseudo.seconds_per_face:.2f} s per face; "
+        unreadable = f", {pseudo.unreadable} could not be decoded (skipped)" if pseudo.unreadable else ""
+        message(f"pseudo-targets: {pseudo.done} made, {pseudo.skipped} already done{unreadable}; {pseudo.seconds_per_face:.2f} s per face; "
                 f"contact sheet {pseudo.sheet}")
     else:
         message(f"pseudo-targets: all {len(train)} done already ({pseudo_dir})")
 
-    # ---- stage 2: fine-tuning
-    pairs = [Pair(lq=str(f.path), target=str(pseudo_dir / "targets" / target_name(f.rel))) for f in train]
+    # ---- stage 2: fine-tuning, on the faces that have a pseudo-target (stage 1 skips an input that
+    # fails to decode; it is counted above and tried again on the next --resume)
+    if pseudo is not None:
+        done = read_done(pseudo_dir / STATE_DIR)
+    usable = [f for f in train if f.rel in done]
+    if not usable:
+        raise UsageError(f"none of the {len(train)} faces to fine-tune on could be decoded, so there are no pseudo-targets",
+                         hint=f"re-copy or re-export the faces in {config.lq}, then continue with --resume")
+    pairs = [Pair(lq=str(f.path), target=str(pseudo_dir / "targets" / target_name(f.rel))) for f in usable]
     absent = [p.target for p in pairs if not Path(p.target).is_file()]
     if absent:
         raise UsageError(f"{len(absent)} pseudo-targets are missing (first: {absent[0]})", hint=f"delete {pseudo_dir} and rerun with --resume to make them again")
@@ -320,6 +330,9 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
     outcome = train_pairs(run, settings, pairs, base_path, d, real=real, offline=config.offline, metadata=metadata, on_step=on_step,
                           on_message=reporter.message if d.main else None)
     _free(d.device)
+    if outcome.substituted:
+        message(f"warning: {outcome.substituted} fine-tuning samples came from a file that failed to decode and were replaced by the next "
+                f"readable one (the per-step counts are in {run / 'log.jsonl'}); re-export or remove those files")
 
     # ---- stage 3: report on the held-out faces
     report = None

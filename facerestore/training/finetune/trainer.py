@@ -108,6 +108,7 @@ class TrainOutcome:
     model: Path | None = None
     seconds_per_step: float = 0.0
     lpips_used: bool = False
+    substituted: int = 0  # samples whose file failed to decode and was replaced (`finetune.data`)
 
 
 def _autocast(device: torch.device, amp: bool, message: Callable[[str], None]) -> Callable:
@@ -221,7 +222,8 @@ def train_pairs(
             for optimizer in objective.optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-            batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items() if k != "sample"}
+            substituted = float(batch["substituted"].sum())
+            batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items() if k not in ("sample", "substituted")}
             parts = objective.step(batch, autocast)
             if ema is not None:
                 with torch.no_grad():
@@ -229,14 +231,17 @@ def train_pairs(
                         ema_params[name].lerp_(p.detach(), 1.0 - settings.ema)
             step += 1
             names = sorted(parts)
-            averaged = dict(zip(names, (v / d.world for v in distributed.total(d, [parts[k] for k in names]))))
+            *sums, substituted = distributed.total(d, [parts[k] for k in names] + [substituted])
+            averaged = dict(zip(names, (v / d.world for v in sums)))
+            outcome.substituted += int(substituted)
             now = time.perf_counter()
             seconds, clock = now - clock, now
             step_times.append(seconds)
             outcome.step = step
             outcome.losses.append((step, averaged["loss"]))
             if log is not None:
-                log.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in averaged.items()}, "lr": lr, "seconds": round(seconds, 4)}) + "\n")
+                log.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in averaged.items()}, "lr": lr, "seconds": round(seconds, 4),
+                                      **({"substituted": int(substituted)} if substituted else {})}) + "\n")
                 log.flush()
             if d.main and on_step is not None:
                 on_step(StepReport(step=step, steps=settings.steps, loss=averaged["loss"], parts=averaged, lr=lr, seconds=seconds))
