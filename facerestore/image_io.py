@@ -666,6 +666,14 @@ def assert_outside(out: Path, folder: Path, where: str, hint: str) -> None:
         raise UsageError(f"--out {out} lies inside {where}", hint=hint)
 
 
+def assert_apart(out: Path, folder: Path, where: str, hint: str) -> None:
+    """`assert_outside`, and also refuse an output folder that holds an input folder: outputs written
+    under relative paths (OUT/targets/<rel>) could then overwrite the inputs (LQ_DIR = OUT/targets)."""
+    assert_outside(out, folder, where, hint)
+    if Path(folder).resolve().is_relative_to(Path(out).resolve()):
+        raise UsageError(f"--out {out} holds {where}: the outputs could overwrite it", hint=hint)
+
+
 def assert_not_input(path: Path, inputs: set[Path]) -> None:
     """Refuse an output path that is one of the inputs (after resolving links and `..`)."""
     target = Path(path).resolve()

@@ -276,6 +276,8 @@ def test_contact_sheet_and_settings(lq, weights, tmp_path):
         generate_pseudo_targets(_pseudo_options(lq, out, weights, n=4))
     with pytest.raises(UsageError, match="lies inside the input folder"):
         generate_pseudo_targets(_pseudo_options(lq, lq / "out", weights))
+    with pytest.raises(UsageError, match="holds the input folder"):  # the other way round: LQ_DIR = OUT/targets
+        generate_pseudo_targets(_pseudo_options(out / "targets", out, weights))
 
 
 def test_pseudo_targets_come_from_the_base_output_through_the_prior(lq, weights, tmp_path):

@@ -112,6 +112,31 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
     assert not pt_out.exists()
 
 
+def test_an_out_folder_holding_an_input_folder_is_refused_before_any_work(tmp_path, weights, lq):
+    """`pseudo-targets OUT/targets --out OUT` would write each target over its input; LQ_DIR (or --real)
+    inside the run folder likewise. Refused in one line, exit 2, before the weights are even looked
+    for (no --prior-weights here: a later check would fail on the missing prior, exit 1), nothing written."""
+    import shutil
+
+    out = tmp_path / "pt"
+    shutil.copytree(lq, out / "targets")
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    pt = ["finetune", "pseudo-targets", "--size", "64", *FAST, "--device", "cpu", "-q"]
+    one_line_error(run(*pt, out / "targets", "--out", out), 2, f"--out {out} holds the input folder {out / 'targets'}")
+    one_line_error(run(*pt, out / "targets" / "a", "--out", out / "targets"), 2, "holds the input folder")
+    one_line_error(run(*pt, out, "--out", out), 2, "lies inside the input folder")  # equality, as before
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+
+    args = tiny_run_args(out / "targets", out, weights)
+    one_line_error(run(*args), 2, f"--out {out} holds the input folder")
+    real = tmp_path / "real"
+    shutil.copytree(lq / "a", real)
+    one_line_error(run(*tiny_run_args(lq, real / "run", weights, "--base", "baseline", "--real", real)), 2, "lies inside the --real folder")
+    one_line_error(run(*tiny_run_args(lq, tmp_path, weights, "--base", "baseline", "--real", real)), 2, f"--out {tmp_path} holds the --real folder")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+    assert not (real / "run").exists() and not (tmp_path / "config.json").exists()
+
+
 # ----------------------------------------------------------------- whole runs
 
 

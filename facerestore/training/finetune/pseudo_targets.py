@@ -73,7 +73,7 @@ from facerestore.diffusion import (
     space_timesteps,
 )
 from facerestore.errors import BadImage, UsageError
-from facerestore.image_io import assert_output_folder, assert_outside, remove_stale_temps, resize
+from facerestore.image_io import assert_apart, assert_output_folder, remove_stale_temps, resize
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import stable_seed
@@ -499,6 +499,8 @@ def generate_pseudo_targets(options: PseudoTargetOptions, *, reporter: Reporter 
     Under torchrun (or with `dist` given) face i of the sorted list belongs to rank i % WORLD_SIZE.
     """
     assert_output_folder(Path(options.out))
+    assert_apart(Path(options.out), Path(options.lq), f"the input folder {options.lq}",
+                 hint="write the pseudo-targets to a folder that neither is, lies inside nor holds LQ_DIR")
     own = dist is None
     d = distributed.setup(options.device) if own else dist
     try:
@@ -517,7 +519,6 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
         prepared = prepare(options, str(device))
     plan, faces = prepared.plan, prepared.faces
     out = Path(options.out)
-    assert_outside(out, Path(options.lq), f"the input folder {options.lq}", hint="write the pseudo-targets to a folder outside LQ_DIR")
     state = out / STATE_DIR
     check_settings(state, _settings(options, plan, prepared.prior_path), d.main, "pseudo-targets")
     distributed.barrier(d)

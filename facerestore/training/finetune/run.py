@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from facerestore.errors import UsageError
-from facerestore.image_io import assert_output_folder, assert_outside
+from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.training import distributed
 from facerestore.training.checkpoints import write_json
 from facerestore.training.finetune.data import Pair
@@ -258,7 +258,9 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
             reporter.message(text)
 
     run = Path(config.out)
-    assert_outside(run, Path(config.lq), f"the input folder {config.lq}", hint="write the run to a folder outside the --unpaired folder")
+    assert_apart(run, Path(config.lq), f"the input folder {config.lq}", hint="write the run to a folder that neither is, lies inside nor holds the --unpaired folder")
+    if config.real:
+        assert_apart(run, Path(config.real), f"the --real folder {config.real}", hint="write the run to a folder that neither is, lies inside nor holds --real")
     plan, base, real = _check_options(config)
     files_path = run / "files.json"
     if resume and files_path.is_file():
