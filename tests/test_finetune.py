@@ -348,3 +348,29 @@ def test_report_skips_a_held_out_face_that_fails_to_decode(lq_cut, tmp_path):
     assert "Skipped (could not be decoded): c/cut1.png" in (tmp_path / "report" / "report.md").read_text()
     assert len(notes) == 1 and notes[0].startswith("warning: 1 held-out faces could not be decoded")
     assert not (tmp_path / "report" / "base" / "c").exists()
+
+
+def test_a_deleted_or_replaced_target_is_made_again_on_a_rerun(lq, weights, tmp_path):
+    """The manifest lists a face as done only while its target file is there with the listed size."""
+    out = tmp_path / "pt"
+    generate_pseudo_targets(_pseudo_options(lq, out, weights, limit=4))
+    lines = (out / ".facerestore-pseudo" / "done-rank0.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["bytes"] == (out / "targets" / json.loads(line)["target"]).stat().st_size for line in lines)
+    original = {rel: (out / "targets" / rel).read_bytes() for rel in ("a/00.png", "a/01.png")}
+    (out / "targets" / "a" / "00.png").unlink()
+    write_image(out / "targets" / "a" / "01.png", face(9))  # another image in its place: another size
+    stages = []
+    again = generate_pseudo_targets(_pseudo_options(lq, out, weights, limit=4), reporter=Reporter(on_stage=lambda name, total: stages.append((name, total))))
+    assert (again.done, again.skipped) == (2, 2)
+    assert stages == [("pseudo-targets (diffusion prior)", 2)]  # from the kept base outputs
+    for rel, data in original.items():
+        assert (out / "targets" / rel).read_bytes() == data, rel
+    assert again.sheet is not None and again.sheet.is_file()
+
+    # a manifest written before sizes were recorded still reads: a present file counts as done
+    state = out / ".facerestore-pseudo"
+    old = [json.dumps({k: v for k, v in json.loads(line).items() if k != "bytes"}) for line in (state / "done-rank0.jsonl").read_text().splitlines()]
+    (state / "done-rank0.jsonl").write_text("\n".join(old) + "\n")
+    (out / "targets" / "a" / "02.png").unlink()
+    third = generate_pseudo_targets(_pseudo_options(lq, out, weights, limit=4))
+    assert (third.done, third.skipped) == (1, 3)

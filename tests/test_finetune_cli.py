@@ -209,6 +209,18 @@ def test_run_with_truncated_faces_skips_them_in_every_stage(tmp_path, weights):
     assert "fine-tuned codeformer: step 3 of 3" in resumed.output
 
 
+def test_resume_remakes_a_deleted_pseudo_target(tmp_path, weights, lq):
+    out = tmp_path / "run"
+    assert run(*tiny_run_args(lq, out, weights)).exit_code == 0
+    target = sorted((out / "pseudo" / "targets").rglob("*.png"))[0]
+    data = target.read_bytes()
+    target.unlink()
+    resumed = run("finetune", "--out", out, "--resume", "--steps", "3", "--workers", "0", "--device", "cpu")
+    assert resumed.exit_code == 0, resumed.output
+    assert "pseudo-targets: 1 made, 3 already done" in resumed.output
+    assert target.read_bytes() == data
+
+
 def test_pseudo_targets_command_counts_a_truncated_face(tmp_path, weights):
     cut = shared.lq_cut.__wrapped__(tmp_path_factory=_Factory(tmp_path))
     result = run("finetune", "pseudo-targets", cut, "--out", tmp_path / "pt", "--base-weights", weights["codeformer"], "--prior-weights", weights["prior"],

@@ -43,9 +43,10 @@ Files (`OUT` is the `--out` folder, or `RUN/pseudo` for `facerestore finetune --
     OUT/base/<rel>.png          the base model's outputs y0 (8-bit PNG at S), reused on resume
     OUT/contact_sheet.png       input | base output | pseudo-target, one row per face (first rows)
     OUT/.facerestore-pseudo/    settings.json (a rerun with other settings is refused) and
-                                done-rank<R>.jsonl (one line per finished target, fsynced)
+                                done-rank<R>.jsonl (one line per finished target with its size, fsynced)
 
-Every image is written atomically; a rerun skips every target listed as done. An input that
+Every image is written atomically; a rerun skips every target listed as done whose file is still
+there with the size listed (a deleted or replaced target is made again). An input that
 passed the header-only scan but fails to decode (a truncated file) is skipped and counted, never
 listed as done, so a rerun tries it again (after the user re-copied it, say).
 """
@@ -446,14 +447,28 @@ def _settings(options: PseudoTargetOptions, plan: PseudoTargetPlan, prior: Path)
 
 
 def read_done(state: Path) -> set[str]:
-    """Relative input paths listed as done, over every rank's manifest (lines cut by a kill ignored)."""
-    done: set[str] = set()
+    """Relative input paths listed as done, over every rank's manifest (lines cut by a kill ignored),
+    whose target file is still in OUT/targets with the size the line records (manifests written
+    before sizes were recorded: present is enough). The manifest alone is not trusted: a target
+    deleted or replaced since would otherwise never be remade, and the contact sheet would fail on it."""
+    listed: dict[str, list[tuple[str, int | None]]] = {}
     for manifest in sorted(state.glob("done-rank*.jsonl")):
         for line in manifest.read_text().splitlines():
             try:
-                done.add(str(json.loads(line)["path"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
+                entry = json.loads(line)
+                rel = str(entry["path"])
+                size = entry.get("bytes")
+                listed.setdefault(rel, []).append((str(entry.get("target") or target_name(rel)), None if size is None else int(size)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 continue
+    targets = state.parent / "targets"
+    done: set[str] = set()
+    for rel, entries in listed.items():
+        for name, size in entries:  # a face redone after a deletion has two lines; either may match
+            path = targets / name
+            if path.is_file() and (size is None or path.stat().st_size == size):
+                done.add(rel)
+                break
     return done
 
 
@@ -580,8 +595,10 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
                 seconds = time.perf_counter() - tick
                 busy += seconds
                 for f, img in zip(chunk, targets):
-                    _write_png(out / "targets" / target_name(f.rel), img)
-                    manifest.write(json.dumps({"path": f.rel, "target": target_name(f.rel), "seconds": round(seconds / len(chunk), 3)}) + "\n")
+                    path = out / "targets" / target_name(f.rel)
+                    _write_png(path, img)
+                    manifest.write(json.dumps({"path": f.rel, "target": target_name(f.rel), "bytes": path.stat().st_size,
+                                               "seconds": round(seconds / len(chunk), 3)}) + "\n")
                 manifest.flush()
                 os.fsync(manifest.fileno())
                 done += len(chunk)
