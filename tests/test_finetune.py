@@ -374,3 +374,39 @@ def test_a_deleted_or_replaced_target_is_made_again_on_a_rerun(lq, weights, tmp_
     (out / "targets" / "a" / "02.png").unlink()
     third = generate_pseudo_targets(_pseudo_options(lq, out, weights, limit=4))
     assert (third.done, third.skipped) == (1, 3)
+
+
+def test_a_weights_file_changed_in_place_with_the_same_size_is_not_mixed_into_the_targets(lq, weights, tmp_path):
+    """settings.json records each weights file's sha256: another checkpoint of the same size under the
+    same path is refused; a settings.json from before (no sha256) is still resumable."""
+    import hashlib
+    import os
+    import shutil
+
+    base = tmp_path / "w" / "codeformer.pth"
+    base.parent.mkdir()
+    shutil.copy(weights["codeformer"], base)
+    options = _pseudo_options(lq, tmp_path / "pt", weights, limit=2, base=BaseSpec(name="codeformer", weights=str(base)))
+    generate_pseudo_targets(options)
+    state = tmp_path / "pt" / ".facerestore-pseudo"
+    settings = json.loads((state / "settings.json").read_text())
+    assert settings["base"]["weights"]["sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
+    assert settings["prior"]["sha256"] == hashlib.sha256(weights["prior"].read_bytes()).hexdigest()
+
+    original, stat = base.read_bytes(), base.stat()
+    other = CodeFormer(TINY_CF)
+    load_strict(other, seeded_state(other, 5))
+    torch.save({"params_ema": other.state_dict()}, base)
+    os.utime(base, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert base.stat().st_size == stat.st_size and base.read_bytes() != original
+    with pytest.raises(UsageError, match=f"the base weights file {base} changed since the pseudo-targets in .* were made") as info:
+        generate_pseudo_targets(options)
+    assert "\n" not in info.value.one_line() and "put the original file back" in info.value.one_line()
+
+    base.write_bytes(original)
+    for entry in (settings["base"]["weights"], settings["prior"]):  # as written before hashing
+        del entry["sha256"]
+    (state / "settings.json").write_text(json.dumps(settings))
+    again = generate_pseudo_targets(options)
+    assert (again.done, again.skipped) == (0, 2)
+    assert "sha256" not in json.loads((state / "settings.json").read_text())["prior"]  # left as it was

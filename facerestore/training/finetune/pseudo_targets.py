@@ -42,7 +42,8 @@ Files (`OUT` is the `--out` folder, or `RUN/pseudo` for `facerestore finetune --
     OUT/targets/<rel>.png       the pseudo-targets, 8-bit PNG at S, under the inputs' relative paths
     OUT/base/<rel>.png          the base model's outputs y0 (8-bit PNG at S), reused on resume
     OUT/contact_sheet.png       input | base output | pseudo-target, one row per face (first rows)
-    OUT/.facerestore-pseudo/    settings.json (a rerun with other settings is refused) and
+    OUT/.facerestore-pseudo/    settings.json (a rerun with other settings, or other weights files by
+                                sha256, is refused) and
                                 done-rank<R>.jsonl (one line per finished target with its size, fsynced)
 
 Every image is written atomically; a rerun skips every target listed as done whose file is still
@@ -256,12 +257,15 @@ class BaseSpec:
 
 
 def describe_file(value: str | Path | None) -> dict | None:
-    """What a settings file records about a weights option: the file (path and size) or the name."""
+    """What a settings file records about a weights option: the file (path, size and sha256, so a
+    file replaced by another of the same size is not mixed into a resumed set) or the name."""
+    from facerestore.weights.store import sha256_file
+
     if value is None:
         return None
     path = Path(value).expanduser()
     if path.is_file():
-        return {"path": str(path.resolve()), "bytes": path.stat().st_size}
+        return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
     return {"name": str(value)}
 
 
@@ -439,11 +443,39 @@ def scan_inputs(lq: Path, size: int, *, limit: int | None = None) -> tuple[list[
 
 
 def _settings(options: PseudoTargetOptions, plan: PseudoTargetPlan, prior: Path) -> dict:
+    """What settings.json records; weights files by sha256 (`weights.store.sha256_file`, remembered
+    per path, size and mtime, so a rerun does not hash hundreds of MB again)."""
     return {
         "base": options.base.describe(),
-        "prior": {"path": str(prior.resolve()), "bytes": prior.stat().st_size},
+        "prior": describe_file(prior),
         "k": plan.k, "l": plan.l, "n": plan.n, "respacing": RESPACING, "size": options.size, "seed": options.seed,
     }
+
+
+def as_recorded(settings: dict, state: Path) -> dict:
+    """The settings to compare with the recorded settings.json (`check_settings`). A weights file whose
+    sha256 changed is a one-line error of its own; a settings.json written before weights files were
+    hashed has no sha256, and is compared on path and size as then (such a run stays resumable)."""
+    try:
+        recorded = json.loads((state / "settings.json").read_text())
+    except (OSError, ValueError):
+        return settings
+    if not isinstance(recorded, dict):
+        return settings
+    for what, mine, theirs in (("base weights", (settings.get("base") or {}).get("weights"), (recorded.get("base") or {}).get("weights")),
+                               ("prior", settings.get("prior"), recorded.get("prior"))):
+        if isinstance(mine, dict) and isinstance(theirs, dict) and mine.get("path") == theirs.get("path") \
+                and theirs.get("sha256") and theirs.get("sha256") != mine.get("sha256"):
+            raise UsageError(f"the {what} file {mine['path']} changed since the pseudo-targets in {state.parent} were made "
+                             f"(sha256 {theirs['sha256'][:16]}... then, {str(mine.get('sha256'))[:16]}... now)",
+                             hint=f"put the original file back, choose another --out, or delete {state} to start over")
+
+    def strip(mine, theirs):
+        if not isinstance(mine, dict) or not isinstance(theirs, dict):
+            return mine
+        return {k: strip(v, theirs.get(k)) for k, v in mine.items() if k != "sha256" or k in theirs}
+
+    return strip(settings, recorded)
 
 
 def read_done(state: Path) -> set[str]:
@@ -535,7 +567,7 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
     plan, faces = prepared.plan, prepared.faces
     out = Path(options.out)
     state = out / STATE_DIR
-    check_settings(state, _settings(options, plan, prepared.prior_path), d.main, "pseudo-targets")
+    check_settings(state, as_recorded(_settings(options, plan, prepared.prior_path), state), d.main, "pseudo-targets")
     distributed.barrier(d)
     state.mkdir(parents=True, exist_ok=True)
     reporter.message(f"pseudo-targets: {plan.describe()}")
