@@ -410,3 +410,27 @@ def test_a_weights_file_changed_in_place_with_the_same_size_is_not_mixed_into_th
     again = generate_pseudo_targets(options)
     assert (again.done, again.skipped) == (0, 2)
     assert "sha256" not in json.loads((state / "settings.json").read_text())["prior"]  # left as it was
+
+
+def test_report_keeps_a_non_square_face_unstretched(tmp_path):
+    """The models see a face's centred square (load_input); the report's outputs are that square at its
+    own size, and the input column is the same square: with an identity restorer, output == input crop."""
+    from facerestore.training.finetune.pseudo_targets import InputFace
+    from facerestore.training.finetune.report import write_report
+
+    wide = np.concatenate([face(1, 64)[:, :16] * 0.2, face(2, 64), face(3, 64)[:, :16] * 0.2 + 0.8], axis=1)  # 96 x 64
+    write_image(tmp_path / "in" / "wide.png", wide)
+    write_image(tmp_path / "in" / "tall.png", np.concatenate([face(4, 80)[:8], face(5, 80), face(6, 80)[:8]], axis=0)[:, :80])  # 80 x 96
+    faces = [InputFace(rel, tmp_path / "in" / rel) for rel in ("wide.png", "tall.png")]
+    result = write_report(tmp_path / "report", faces, Identity(), Identity(), size=64, seed=0)
+    assert result.faces == 2
+    crop = read_image(tmp_path / "in" / "wide.png").rgb[:, 16:80]
+    for column in ("base", "finetuned"):
+        out = read_image(tmp_path / "report" / column / "wide.png").rgb
+        assert out.shape == (64, 64, 3)
+        np.testing.assert_array_equal(out, crop)  # not the 96-wide input squeezed into 64 and stretched back
+        assert read_image(tmp_path / "report" / column / "tall.png").rgb.shape == (80, 80, 3)
+    from facerestore.image_io import resize
+
+    sheet = read_image(result.sheet).rgb  # cells at the largest input square (80), below 256
+    np.testing.assert_allclose(sheet[:80, :80], resize(crop, 80, 80), atol=1 / 255 + 1e-6)  # the input cell is the same square

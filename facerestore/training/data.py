@@ -122,14 +122,20 @@ def load_file_list(path: Path) -> list[FaceFile]:
     return [FaceFile(source=s, target=t) for s, t in json.loads(path.read_text())]
 
 
+def centre_square(rgb: np.ndarray) -> np.ndarray:
+    """The centred square of side min(H, W): the part of a face image the networks see (aligned faces
+    already are square); the fine-tuning report compares outputs with this part of the input."""
+    height, width = rgb.shape[:2]
+    if height == width:
+        return rgb
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return rgb[top : top + side, left : left + side]
+
+
 def to_square(rgb: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop to a square (aligned faces already are), then resize to size x size."""
-    height, width = rgb.shape[:2]
-    if height != width:
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        rgb = rgb[top : top + side, left : left + side]
-    return np.clip(resize(rgb, size, size), 0.0, 1.0).astype(np.float32)
+    return np.clip(resize(centre_square(rgb), size, size), 0.0, 1.0).astype(np.float32)
 
 
 def load_face(path: str, size: int) -> np.ndarray:

@@ -5,8 +5,9 @@ For each held-out face y (never used for pseudo-targets or training):
     base       = R(y)         the pre-trained model, with the run's --base-fidelity
     fine-tuned = R'(y)        the exported EMA weights, same method and fidelity
 
-Both are computed at the working size and resized back to the input's own size (what `restore
---aligned` would write). Scores are no-reference: NIQE (Mittal et al. 2013, basicsr's
+Both see the face as stage 1 does (`load_input`: its centred square, resized to the working
+size) and are resized back to that square's own size; the input is shown and scored on the same
+square, so a non-square face is compared on the part the models saw, never stretched. Scores are no-reference: NIQE (Mittal et al. 2013, basicsr's
 implementation with the MATLAB pristine model, lower is better) of the input, the base output and
 the fine-tuned output; plus PSNR(fine-tuned, base), how far fine-tuning moved the outputs. NIQE on
 a handful of faces is noisy and is not the paper's MANIQA / MUSIQ / FID: look at the contact sheet.
@@ -36,12 +37,12 @@ from facerestore.training.finetune.pseudo_targets import (
     Reporter,
     base_seed,
     contact_sheet,
-    load_input,
     restore_with_seeds,
     target_name,
     to_batch,
     to_images,
 )
+from facerestore.training.data import centre_square, to_square
 
 SHEET_ROWS = 8
 
@@ -55,8 +56,9 @@ class ReportResult:
     skipped: int = 0  # held-out faces that failed to decode
 
 
-def _native(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    return resize(img, width, height)
+def _native(img: np.ndarray, side: int) -> np.ndarray:
+    """An output at the working size back at the size of the square of the input it was made from."""
+    return resize(img, side, side)
 
 
 def _niqe(img: np.ndarray) -> tuple[float | None, str]:
@@ -86,8 +88,8 @@ def write_report(out: Path, faces: Sequence[InputFace], base_method, tuned_metho
         chunk, originals, inputs = [], [], []
         for f in batch:
             try:
-                original = read_image(f.path).rgb
-                inputs.append(load_input(f.path, size))
+                original = centre_square(read_image(f.path).rgb)  # what load_input crops before resizing
+                inputs.append(to_square(original, size))
             except BadImage as exc:
                 skipped.append({"path": f.rel, "reason": str(exc)})
                 continue
@@ -101,8 +103,7 @@ def write_report(out: Path, faces: Sequence[InputFace], base_method, tuned_metho
         base = to_images(restore_with_seeds(base_method, crops, seeds))
         tuned = to_images(restore_with_seeds(tuned_method, crops, seeds))
         for f, original, b, t in zip(chunk, originals, base, tuned):
-            h, w = original.shape[:2]
-            b, t = _native(b, h, w), _native(t, h, w)
+            b, t = _native(b, original.shape[0]), _native(t, original.shape[0])
             write_image(out / "base" / target_name(f.rel), b)
             write_image(out / "finetuned" / target_name(f.rel), t)
             scores = {}
