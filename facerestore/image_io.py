@@ -586,13 +586,17 @@ def _walk(folder: Path) -> Iterator[Path]:
         yield from (Path(root) / name for name in names if not name.startswith("."))
 
 
-def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = ()) -> tuple[list[Path], list[tuple[Path, str]]]:
+BROKEN_LINK = "is a broken link (its target does not exist)"
+
+
+def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplicates: list[Path] | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand inputs into image files: (found, [(input, reason)] for inputs that yield nothing).
 
     Files named explicitly are kept whatever their extension (reading them gives the clear error).
     Folders are walked recursively (into linked folders too) in sorted order, keeping image extensions
     in any case and skipping hidden names; a link to a missing image is a problem, not silence. A file
-    reached twice is listed once.
+    reached twice is listed once; `duplicates`, when given, receives the paths left out for that, so
+    a caller can count them.
     A walk skips everything under the `exclude` folders that lie inside the folder walked: the
     command's own output folders would otherwise feed a rerun its earlier results. A folder named as
     an input is always read, even an excluded one (the user asked for it).
@@ -610,6 +614,8 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = ()) -> tuple[l
         if key not in seen:
             seen.add(key)
             found.append(p)
+        elif duplicates is not None:
+            duplicates.append(p)
 
     for item in map(Path, inputs):
         if item.is_dir():
@@ -621,7 +627,7 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = ()) -> tuple[l
                 if p.is_file():
                     files.append(p)
                 elif p.is_symlink() and not p.exists():
-                    broken.append((p, "is a broken link (its target does not exist)"))
+                    broken.append((p, BROKEN_LINK))
             problems += sorted(broken)
             if not files and not broken:
                 problems.append((item, f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"))

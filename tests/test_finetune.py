@@ -434,3 +434,18 @@ def test_report_keeps_a_non_square_face_unstretched(tmp_path):
 
     sheet = read_image(result.sheet).rgb  # cells at the largest input square (80), below 256
     np.testing.assert_allclose(sheet[:80, :80], resize(crop, 80, 80), atol=1 / 255 + 1e-6)  # the input cell is the same square
+
+
+def test_scan_inputs_counts_broken_links_and_duplicates(tmp_path):
+    from facerestore.training.finetune.pseudo_targets import scan_inputs
+
+    root = tmp_path / "lq"
+    write_image(root / "a.png", face(0))
+    (root / "b.png").symlink_to(root / "a.png")
+    (root / "c.png").symlink_to(tmp_path / "gone.png")
+    faces, summary = scan_inputs(root, 64)
+    assert [f.rel for f in faces] == ["a.png"]
+    assert summary == "1 faces, 1 broken link skipped, 1 duplicate (links to a file already listed) skipped"
+    (root / "a.png").unlink()  # now b.png is a broken link too
+    with pytest.raises(UsageError, match=r"no usable faces in .* \(0 images, 2 broken links skipped\)"):
+        scan_inputs(root, 64)

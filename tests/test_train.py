@@ -434,6 +434,21 @@ def test_scan_skips_unreadable_and_tiny_files_and_pairs_targets(faces, tmp_path)
         scan_faces([tmp_path / "nowhere"])
 
 
+def test_scan_counts_broken_links_and_second_paths_to_a_file(tmp_path):
+    """A link to a missing image and a link to an image already listed were left out silently."""
+    root = tmp_path / "faces"
+    for name in ("a.png", "b.png"):
+        write_image(root / name, face(0, 32))
+    (root / "c.png").symlink_to(root / "a.png")  # the same file again
+    (root / "d.png").symlink_to(tmp_path / "gone.png")
+    (root / "e.png").symlink_to(tmp_path / "gone2.png")
+    scan = scan_faces([root], min_side=16)
+    assert [Path(f.source).name for f in scan.files] == ["a.png", "b.png"]
+    assert scan.duplicates == [str(root / "c.png")] and scan.broken_links == [str(root / "d.png"), str(root / "e.png")]
+    assert scan.skipped == 3
+    assert scan.summary() == "2 training images, 2 broken links skipped, 1 duplicate (links to a file already listed) skipped"
+
+
 def test_targets_are_the_cleaned_images_and_inputs_the_originals(tmp_path):
     """Extrinsic iteration: x_d = d(x) from the original, the target is x* from --targets."""
     originals, cleaned = tmp_path / "orig", tmp_path / "clean"

@@ -1,7 +1,8 @@
 """Training data: folders of aligned faces -> (degraded, clean, noise level, noise) samples.
 
 Files. `scan_faces` lists every image under the data folders (recursively, sorted), reads only each
-header, and skips unreadable files and images whose short side is below `min_side` with a count.
+header, and skips unreadable files, images whose short side is below `min_side`, broken links and
+second paths to a file already listed (a link to it) with a count.
 For the extrinsic iteration (IDM sec. 3.3) a folder of cleaned targets x* = f(x) can stand beside
 each data folder: the input is still degraded from the original x, the target is x* with the same
 relative path (what `facerestore clean-dataset` writes).
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from PIL import Image
 from facerestore.diffusion.losses import NoiseLevels, perturbed_noise, sample_noise_levels
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import list_images, read_image, resize
+from facerestore.image_io import BROKEN_LINK, list_images, read_image, resize
 from facerestore.training.degradations import DegradationSpec, sample_params, apply_degradation, to_gray
 from facerestore.training.seeds import permutation, stable_seed
 
@@ -51,10 +52,12 @@ class ScanResult:
     unreadable: list[str]
     tiny: list[str]
     missing_targets: list[str]
+    broken_links: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # another path to a file already listed
 
     @property
     def skipped(self) -> int:
-        return len(self.unreadable) + len(self.tiny) + len(self.missing_targets)
+        return len(self.unreadable) + len(self.tiny) + len(self.missing_targets) + len(self.broken_links) + len(self.duplicates)
 
     def summary(self) -> str:
         parts = [f"{len(self.files)} training images"]
@@ -64,6 +67,10 @@ class ScanResult:
             parts.append(f"{len(self.tiny)} too small skipped")
         if self.missing_targets:
             parts.append(f"{len(self.missing_targets)} without a cleaned target skipped")
+        if self.broken_links:
+            parts.append(f"{len(self.broken_links)} broken link{'s' if len(self.broken_links) > 1 else ''} skipped")
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} duplicate{'s' if len(self.duplicates) > 1 else ''} (links to a file already listed) skipped")
         return ", ".join(parts)
 
 
@@ -93,7 +100,10 @@ def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: 
         folder = Path(folder)
         if not folder.is_dir():
             raise UsageError(f"data folder {folder} does not exist" if not folder.exists() else f"{folder} is not a folder", hint="pass folders of aligned face images")
-        paths, _ = list_images([folder])
+        duplicates: list[Path] = []
+        paths, problems = list_images([folder], duplicates=duplicates)
+        result.broken_links += [str(p) for p, reason in problems if reason == BROKEN_LINK]
+        result.duplicates += [str(p) for p in duplicates]
         for path in paths:
             size = _header_size(path)
             if size is None:
