@@ -137,6 +137,28 @@ def test_an_out_folder_holding_an_input_folder_is_refused_before_any_work(tmp_pa
     assert not (real / "run").exists() and not (tmp_path / "config.json").exists()
 
 
+def test_resume_accepts_the_defaults_the_run_used_and_refuses_other_values(tmp_path, lq):
+    """--lr and --base-fidelity are stored resolved: naming the default on --resume is no change, also for a
+    config.json written with None (before the defaults were stored); another value is refused, naming both."""
+    from facerestore.errors import UsageError
+    from facerestore.training.checkpoints import write_json
+    from facerestore.training.finetune.run import CONFIG_VERSION, resolve_config
+
+    out = tmp_path / "run"
+    config = resolve_config(out, resume=False, lq=lq)
+    assert (config.lr, config.base_fidelity) == (1e-4, 0.5)
+    baseline = resolve_config(tmp_path / "other", resume=False, lq=lq, base="baseline")
+    assert (baseline.lr, baseline.base_fidelity) == (2e-5, None)  # no fidelity knob: nothing to store
+    out.mkdir()
+    for stored in (config.to_dict(), {**config.to_dict(), "lr": None, "base_fidelity": None}):
+        write_json(out / "config.json", {"version": CONFIG_VERSION, "finetune": stored})
+        resumed = resolve_config(out, resume=True, lr=1e-4, base_fidelity=0.5)
+        assert (resumed.lr, resumed.base_fidelity) == (1e-4, 0.5)
+        with pytest.raises(UsageError, match=r"--base-fidelity 0\.7 \(run: 0\.5\)"):
+            resolve_config(out, resume=True, base_fidelity=0.7)
+        one_line_error(run("finetune", "--out", out, "--resume", "--lr", "2e-4"), 2, "--resume keeps the run's recipe, but --lr 0.0002 (run: 0.0001)")
+
+
 # ----------------------------------------------------------------- whole runs
 
 

@@ -134,6 +134,18 @@ def _weights_value(value: str | Path | None) -> str | None:
     return str(path.resolve()) if path.is_file() else str(value)
 
 
+def _with_defaults(values: dict) -> dict:
+    """--lr and --base-fidelity default by --base: stored resolved, so --resume compares values (an
+    explicit default is no change) and a run never follows a later change of the defaults."""
+    base = values.get("base", "codeformer")
+    filled = dict(values)
+    if filled.get("lr") is None:
+        filled["lr"] = DEFAULT_LR[adapter_for(base).objective]
+    if filled.get("base_fidelity") is None and base == "codeformer":
+        filled["base_fidelity"] = BaseSpec(name=base).effective_fidelity()
+    return filled
+
+
 def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
     """The run's config from the options given (None = not given); `--resume` starts from RUN/config.json."""
     out = Path(out)
@@ -153,13 +165,14 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
             raise UsageError(f"{out} already holds a fine-tuning run", hint="pass --resume to continue it, or choose another --out")
         if not given.get("lq"):
             raise UsageError("no input folder given", hint="pass --unpaired LQ_DIR, the folder of your low-quality aligned faces")
-        return FinetuneConfig(out=str(out), **given)
+        return FinetuneConfig(out=str(out), **_with_defaults(given))
     if not config_path.is_file():
         raise UsageError(f"nothing to resume: {config_path} does not exist", hint="start the run without --resume")
     try:
         stored = json.loads(config_path.read_text())["finetune"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UsageError(f"{config_path} is not a facerestore fine-tuning config ({exc})") from None
+    stored = _with_defaults(stored)  # runs started before the defaults were stored hold None
     differ = [k for k in RECIPE if k in given and given[k] != stored.get(k)]
     if differ:
         shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {stored.get(k)!r})" for k in differ)
