@@ -109,6 +109,8 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
                    1, "iddpm_ffhq512_ema500000.pth")
     one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--prior-weights", weights["prior"], "--base", "codeformer",
                        "--base-fidelity", "2", "--device", "cpu"), 2, "--base-fidelity must be in [0,1]")
+    for seed in ("-1", str(2**63)):  # the range every command takes (training.seeds.check_seed)
+        one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--seed", seed), 2, f"--seed must be between 0 and 2^63-1, got {seed}")
     assert not pt_out.exists()
 
 

@@ -78,7 +78,7 @@ from facerestore.errors import BadImage, UsageError
 from facerestore.image_io import assert_apart, assert_output_folder, remove_stale_temps, resize
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
-from facerestore.training.seeds import stable_seed
+from facerestore.training.seeds import check_seed, stable_seed
 
 T = 1000
 RESPACING = "250"
@@ -358,6 +358,7 @@ class PseudoTargetOptions:
     files: tuple[str, ...] | None = None  # only these relative paths (the run's training split)
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
