@@ -320,6 +320,20 @@ def test_a_name_of_another_models_published_checkpoint_is_refused_before_any_dow
     assert store.resolve_explicit("tiny") == store.resolve("tiny")  # metrics take any catalogued name
 
 
+def test_explicit_weights_errors_name_the_option_they_came_from(tiny_file, use_entry, tmp_path):
+    """`finetune --base-weights/--prior-weights` pass their option's name; everything else says --weights."""
+    use_entry(entry_for(tiny_file), entry_for(tiny_file, name="other", filename="other.pth"))
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(WeightsError, match=f"^--weights {missing}: no such file"):
+        store.resolve("tiny", explicit=missing)
+    with pytest.raises(WeightsError, match=f"^--prior-weights {missing}: no such file"):
+        store.resolve("tiny", explicit=missing, option="--prior-weights")
+    with pytest.raises(WeightsError, match=f"^--base-weights {tmp_path} is a folder"):
+        store.resolve_explicit(tmp_path, option="--base-weights")
+    with pytest.raises(WeightsError, match="^--base-weights other names the published checkpoint of another model"):
+        store.resolve("tiny", explicit="other", option="--base-weights")
+
+
 def test_import_checks_hash_and_registers_own_weights(tiny_file, use_entry, tmp_path):
     use_entry(entry_for(tiny_file))
     target = store.import_file(tiny_file)

@@ -213,10 +213,12 @@ def missing_message(entry: WeightsEntry, reason: str) -> WeightsError:
     )
 
 
-def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | None = None, progress: Progress | None = None) -> Path:
-    """A verified, loadable file for catalogue entry `name` (downloading it if allowed)."""
+def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | None = None, progress: Progress | None = None,
+            option: str = "--weights") -> Path:
+    """A verified, loadable file for catalogue entry `name` (downloading it if allowed); `option` is
+    the command-line option `explicit` came from, named in its errors."""
     if explicit is not None:
-        return resolve_explicit(explicit, offline=offline, progress=progress, catalogued=(name,))
+        return resolve_explicit(explicit, offline=offline, progress=progress, catalogued=(name,), option=option)
     entry = get_entry(name)
     copies = local_copies(name)
     if not copies:
@@ -233,25 +235,26 @@ def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | No
 
 
 def resolve_explicit(value: Path | str, *, offline: bool | None = None, progress: Progress | None = None,
-                     catalogued: tuple[str, ...] | None = None) -> Path:
+                     catalogued: tuple[str, ...] | None = None, option: str = "--weights") -> Path:
     """--weights accepts a file path or a catalogue / registered name.
 
     `catalogued` lists the published checkpoints the caller can use (None: any): `-m baseline
     --weights codeformer` must not download 377 MB of another model only to fail on its keys.
+    `option` is the option the value came from (--base-weights, --prior-weights...), named in errors.
     """
     path = Path(value).expanduser()
     if path.is_file():
         return path
     if str(value).strip() and path.is_dir():
-        raise WeightsError(f"--weights {value} is a folder, not a checkpoint file", hint="name the checkpoint file inside it")
+        raise WeightsError(f"{option} {value} is a folder, not a checkpoint file", hint="name the checkpoint file inside it")
     entries = load_catalogue()
     if str(value) in entries:
         if catalogued is not None and not entries[str(value)].local and str(value) not in catalogued:
             usable = f"the catalogued {' or '.join(catalogued)}, " if catalogued else ""
-            raise WeightsError(f"--weights {value} names the published checkpoint of another model",
+            raise WeightsError(f"{option} {value} names the published checkpoint of another model",
                                hint=f"pass {usable}a checkpoint file, or a name registered with `facerestore weights import FILE --name NAME`")
         return resolve(str(value), offline=offline, progress=progress)
-    raise WeightsError(f"--weights {value}: no such file and no weights registered under that name", hint="pass an existing checkpoint file or a name from `facerestore weights list`")
+    raise WeightsError(f"{option} {value}: no such file and no weights registered under that name", hint="pass an existing checkpoint file or a name from `facerestore weights list`")
 
 
 # ---------------------------------------------------------------- downloading

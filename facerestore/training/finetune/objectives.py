@@ -77,10 +77,10 @@ def resolve_base_weights(base: str, weights: str | Path | None, offline: bool | 
     from facerestore.weights.store import resolve, resolve_explicit
 
     if base == "codeformer":
-        return resolve("codeformer", explicit=weights, offline=offline)
+        return resolve("codeformer", explicit=weights, offline=offline, option="--base-weights")
     if base == "baseline":
         if weights is not None:
-            return resolve_explicit(weights, offline=offline, catalogued=())
+            return resolve_explicit(weights, offline=offline, catalogued=(), option="--base-weights")
         from facerestore.methods.baseline import bundled_weights
 
         path = bundled_weights()

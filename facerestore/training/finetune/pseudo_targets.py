@@ -242,7 +242,12 @@ class BaseSpec:
         from facerestore.methods.registry import build_method
 
         self.check()
-        method = build_method(self.name, MethodOptions(device=device, weights=self.weights, offline=offline, fidelity=self.fidelity))
+        weights = self.weights
+        if weights is not None and self.name in ("codeformer", "baseline"):
+            from facerestore.training.finetune.objectives import resolve_base_weights
+
+            weights = resolve_base_weights(self.name, weights, offline)  # first: its errors name --base-weights, not the method's --weights
+        method = build_method(self.name, MethodOptions(device=device, weights=weights, offline=offline, fidelity=self.fidelity))
         net = getattr(method, "net", None)
         native = getattr(getattr(net, "config", None), "img_size", None)
         if self.name == "codeformer" and native != size:
@@ -273,7 +278,7 @@ def resolve_prior(weights: str | Path | None, offline: bool | None) -> Path:
     """The DifFace 512 prior file (`difface_prior`; `--prior-weights` FILE or registered name)."""
     from facerestore.weights.store import resolve
 
-    return resolve("difface_prior", explicit=weights, offline=offline)
+    return resolve("difface_prior", explicit=weights, offline=offline, option="--prior-weights")
 
 
 def load_prior(path: Path, device: torch.device) -> LearnedRangeDenoiser:
