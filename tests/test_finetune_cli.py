@@ -99,6 +99,8 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
     one_line_error(run(*tiny_run_args(lq, out, weights, "--l", "20", "--k", "16")), 2, "--l 20 must be in 0..K=16")
     one_line_error(run(*tiny_run_args(lq, out, weights, "--n", "3")), 2, "--n 3 does not divide the working size 64 px")
     one_line_error(run(*tiny_run_args(lq, out, weights, "--base", "difface")), 2, "--base difface cannot be fine-tuned")
+    unknown = one_line_error(run(*tiny_run_args(lq, out, weights, "--base", "codefromer")), 2, "unknown --base 'codefromer'", "codeformer", "baseline")
+    assert "pseudo-targets" not in unknown  # no advice to make pseudo-targets with a method that does not exist
     one_line_error(run(*tiny_run_args(lq, out, weights, "--base", "baseline")), 2, "uses a GAN against real faces", "--real DIR")
     one_line_error(run(*tiny_run_args(lq, out, weights, "--holdout", "6")), 2, "would hold out 6 of 6 faces")
     one_line_error(run(*tiny_run_args(lq, out, weights, "--holdout", "1.5")), 2, "--holdout 1.5")

@@ -40,6 +40,7 @@ from torch import nn
 
 from facerestore.errors import (
     FaceRestoreError,
+    UnknownMethod,
     UnsupportedCheckpoint,
     UsageError,
     WeightsError,
@@ -65,6 +66,10 @@ def adapter_for(base: str) -> Adapter:
         return Adapter("codeformer", "code", "codeformer-finetuned.safetensors")
     if base == "baseline":
         return Adapter("baseline", "image", "baseline-finetuned.safetensors")
+    from facerestore.methods.registry import method_names
+
+    if base not in method_names():  # before the advice below, which suggests pseudo-targets from it
+        raise UnknownMethod(f"unknown --base {base!r}", hint="fine-tune codeformer (code-level, as DT-BFR) or baseline (L1 + LPIPS + GAN)")
     raise UsageError(
         f"--base {base} cannot be fine-tuned: it has no one-step restorer network to train",
         hint="fine-tune codeformer (code-level, as DT-BFR) or baseline (L1 + LPIPS + GAN); "
