@@ -143,6 +143,29 @@ def test_invalid_k_l_n_are_usage_errors(options, message):
         PseudoTargetPlan.from_options(**options, size=512)
 
 
+@pytest.mark.parametrize("options, suggested", [
+    ({"k": 601}, "use 600 or 604"),
+    ({"k": 2}, "use 4;"),  # not 0: K starts at 4
+    ({"k": 998}, "use 996;"),  # not 1000: the grid ends at 996
+    ({"k": 5001}, "use 996;"),
+    ({"l": 2, "k": 16}, "use 0 or 4"),
+    ({"l": -2}, "use 0;"),  # not -4
+    ({"l": 18, "k": 16}, "use 16;"),  # not 20 > K
+    ({"l": 1001, "k": 996}, "use 996;"),
+])
+def test_off_grid_hints_suggest_only_values_in_range(options, suggested):
+    with pytest.raises(UsageError) as info:
+        PseudoTargetPlan.from_options(**options, size=512)
+    line = info.value.one_line()
+    assert suggested in line, line
+    hinted = [int(v) for v in line.split("; use ", 1)[1].split(";")[0].split(" or ")]
+    for value in hinted:  # each suggestion passes the checks when put in place of the bad value
+        if "l" in options:
+            PseudoTargetPlan.from_options(options.get("k", 600), value, size=512)
+        else:
+            PseudoTargetPlan.from_options(value, 0, size=512)
+
+
 # ====================================================================== Algorithm 1, step by step
 
 

@@ -149,11 +149,12 @@ class PseudoTargetPlan:
         l = DEFAULT_L if l is None else int(l)
         n = DEFAULT_N if n is None else int(n)
         top = STRIDE * (len(space_timesteps(T, RESPACING)) - 1)
-        for name, value in (("--k", k), ("--l", l)):
+        for name, value, lowest, highest in (("--k", k, STRIDE, top), ("--l", l, 0, min(max(k, 0), top))):
             if value % STRIDE:
                 low = value - value % STRIDE
+                near = sorted({min(max(v, lowest), highest) for v in (low, low + STRIDE)})  # only values the range checks accept
                 raise UsageError(f"{name} {value} is not on the '250' grid: it must be a multiple of {STRIDE} (grid index = value / {STRIDE})",
-                                 hint=f"use {low} or {low + STRIDE}; the paper's K=600, L=360 are indices 150 and 90")
+                                 hint=f"use {' or '.join(map(str, near))}; the paper's K=600, L=360 are indices 150 and 90")
         if not STRIDE <= k <= top:
             raise UsageError(f"--k {k} is out of range: the start must be in {STRIDE}..{top} (grid index 1..{top // STRIDE})", hint="the paper uses K=600")
         if not 0 <= l <= k:
