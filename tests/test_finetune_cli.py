@@ -176,6 +176,30 @@ def test_resume_accepts_the_defaults_the_run_used_and_refuses_other_values(tmp_p
         one_line_error(run("finetune", "--out", out, "--resume", "--lr", "2e-4"), 2, "--resume keeps the run's recipe, but --lr 0.0002 (run: 0.0001)")
 
 
+def test_printed_commands_quote_paths_with_spaces(tmp_path, lq, monkeypatch):
+    """"register it:" and "interrupted; continue with:" can be pasted into a shell as they are."""
+    import shlex
+
+    from facerestore.training.finetune import run as run_module
+
+    model = tmp_path / "my runs" / "codeformer-finetuned.safetensors"
+    result = run_module.FinetuneResult(run=model.parent, model=model, step=1, losses=[], pseudo=None, report=None, train_faces=1,
+                                       holdout_faces=0, name="codeformer-ft-my-runs")
+    assert shlex.split(result.import_command) == ["facerestore", "weights", "import", str(model), "--name", "codeformer-ft-my-runs"]
+
+    def interrupted(config, **_):
+        Path(config.out).mkdir(parents=True)
+        (Path(config.out) / "config.json").write_text("{}")  # what a run writes before its first stage
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "finetune_unpaired", interrupted)
+    out = tmp_path / "my runs" / "ft 1"
+    result = run("finetune", "--unpaired", lq, "--out", out, "-q")
+    assert result.exit_code == 130, result.output
+    advice = result.output.strip().split("interrupted; continue with: ", 1)[1]
+    assert shlex.split(advice) == ["facerestore", "finetune", "--out", str(out), "--resume"]
+
+
 # ----------------------------------------------------------------- whole runs
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -142,7 +143,7 @@ def run_command(
         result = finetune_unpaired(config, resume=resume, reporter=reporter, on_step=bars.step)
     except KeyboardInterrupt:
         bars.stop()
-        err.print(f"interrupted; continue with: facerestore finetune --out {run_dir} --resume", markup=False)
+        err.print(f"interrupted; continue with: facerestore finetune --out {shlex.quote(str(run_dir))} --resume", markup=False)
         raise typer.Exit(130) from None
     except FaceRestoreError as exc:
         bars.stop()
@@ -157,7 +158,7 @@ def run_command(
         shown = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in niqe.items())
         out.print(f"report: {result.report.path} ({result.report.faces} held-out faces; NIQE {shown}; lower is better)", markup=False)
     out.print(f"register it: {result.import_command}", markup=False)
-    out.print(f"then:        facerestore PHOTO --method {config.base} --weights {result.name}", markup=False)
+    out.print(f"then:        facerestore PHOTO --method {config.base} --weights {shlex.quote(result.name)}", markup=False)
 
 
 @finetune_app.command("pseudo-targets", context_settings=CONTEXT)

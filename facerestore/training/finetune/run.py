@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,7 +227,7 @@ class FinetuneResult:
 
     @property
     def import_command(self) -> str:
-        return f"facerestore weights import {self.model} --name {self.name}"
+        return f"facerestore weights import {shlex.quote(str(self.model))} --name {shlex.quote(self.name)}"  # pasteable with spaces
 
 
 def finetune_unpaired(config: FinetuneConfig, *, resume: bool = False, reporter: Reporter | None = None,
