@@ -200,6 +200,21 @@ def test_printed_commands_quote_paths_with_spaces(tmp_path, lq, monkeypatch):
     assert shlex.split(advice) == ["facerestore", "finetune", "--out", str(out), "--resume"]
 
 
+def test_ctrl_c_before_the_run_is_written_does_not_advise_resume(tmp_path, lq, monkeypatch):
+    """--resume needs RUN/config.json: an interrupt while the inputs are scanned or the models load leaves none."""
+    from facerestore.training.finetune import run as run_module
+
+    def interrupted(config, **_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "finetune_unpaired", interrupted)
+    out = tmp_path / "run"
+    result = run("finetune", "--unpaired", lq, "--out", out, "-q")
+    assert result.exit_code == 130, result.output
+    assert "--resume" not in result.output and "nothing to resume" in result.output and "run the same command again" in result.output
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------- whole runs
 
 

@@ -143,7 +143,10 @@ def run_command(
         result = finetune_unpaired(config, resume=resume, reporter=reporter, on_step=bars.step)
     except KeyboardInterrupt:
         bars.stop()
-        err.print(f"interrupted; continue with: facerestore finetune --out {shlex.quote(str(run_dir))} --resume", markup=False)
+        if (run_dir / "config.json").is_file():  # written once the checks pass and the models load: --resume needs it
+            err.print(f"interrupted; continue with: facerestore finetune --out {shlex.quote(str(run_dir))} --resume", markup=False)
+        else:
+            err.print("interrupted before the run started (nothing to resume); run the same command again to start it", markup=False)
         raise typer.Exit(130) from None
     except FaceRestoreError as exc:
         bars.stop()
