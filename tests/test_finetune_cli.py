@@ -176,6 +176,24 @@ def test_resume_accepts_the_defaults_the_run_used_and_refuses_other_values(tmp_p
         one_line_error(run("finetune", "--out", out, "--resume", "--lr", "2e-4"), 2, "--resume keeps the run's recipe, but --lr 0.0002 (run: 0.0001)")
 
 
+def test_resume_with_more_steps_keeps_the_lr_milestones_of_the_first_steps(tmp_path, lq):
+    """config.json holds the milestones of the run's first --steps; configs written before they were
+    stored get those of their (first) steps, never those of the new --steps."""
+    from facerestore.training.checkpoints import write_json
+    from facerestore.training.finetune.run import CONFIG_VERSION, resolve_config
+    from facerestore.training.finetune.trainer import milestones_for
+
+    out = tmp_path / "run"
+    config = resolve_config(out, resume=False, lq=lq, steps=40_000)
+    assert config.lr_milestones == (35_000, 38_000)
+    out.mkdir()
+    stored = config.to_dict()
+    for written in (stored, {k: v for k, v in stored.items() if k != "lr_milestones"}):
+        write_json(out / "config.json", {"version": CONFIG_VERSION, "finetune": written})
+        resumed = resolve_config(out, resume=True, steps=60_000)
+        assert resumed.steps == 60_000 and resumed.lr_milestones == (35_000, 38_000) != milestones_for(60_000)
+
+
 def test_printed_commands_quote_paths_with_spaces(tmp_path, lq, monkeypatch):
     """"register it:" and "interrupted; continue with:" can be pasted into a shell as they are."""
     import shlex
@@ -253,6 +271,8 @@ def test_run_resume_and_register(tmp_path, weights, lq):
     assert "pseudo-targets: all 4 done already" in resumed.output and "resumed fine-tuning from" in resumed.output
     assert "fine-tuned codeformer: step 4 of 4" in resumed.output
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    # the LR schedule of the first --steps 2 (both halvings at step 2) holds for the extra steps: not moved to step 4
+    assert [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()] == [1e-4, 1e-4, 2.5e-5, 2.5e-5]
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # no pseudo-target redone
 
     registered = run("weights", "import", model, "--name", "codeformer-ft-run")

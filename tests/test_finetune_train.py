@@ -204,6 +204,32 @@ def test_exact_resume_code_level(weights, pairs, tmp_path):
     _same_files(a, b)
 
 
+def test_extending_a_run_keeps_the_lr_of_its_original_length(weights, pairs, tmp_path):
+    """A 5-step run interrupted at step 3 and resumed with steps=8 (as `--resume --steps 8`, which passes the
+    milestones the run config keeps): steps 1-5 get the rates and losses of the uninterrupted 5-step run, the
+    extra steps its last rate. milestones_for(8) = (7, 8) would have left step 5 undecayed."""
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    train_pairs(straight, code_settings(), pairs, weights["codeformer"], CPU)
+
+    def crash_at_3(report):
+        if report.step == 3:
+            raise Crash
+
+    extended = tmp_path / "extended"
+    extended.mkdir()
+    with pytest.raises(Crash):
+        train_pairs(extended, code_settings(), pairs, weights["codeformer"], CPU, on_step=crash_at_3)
+    original = milestones_for(5)
+    assert original == (4, 5)
+    resumed = train_pairs(extended, code_settings(steps=8, milestones=original), pairs, weights["codeformer"], CPU)
+    assert resumed.step == 8
+    rows, reference = log(extended), log(straight)
+    assert [r["lr"] for r in rows[:5]] == [r["lr"] for r in reference] == [1e-3, 1e-3, 1e-3, 1e-3, 5e-4]
+    assert [r["loss"] for r in rows[:5]] == [r["loss"] for r in reference]
+    assert [r["lr"] for r in rows[5:]] == [2.5e-4] * 3
+
+
 def _same_checkpoints(a: Path, b: Path, step: int, names) -> None:
     for name in names:
         with safe_open(str(a / "checkpoints" / f"step_{step:07d}" / f"{name}.safetensors"), "pt") as x, \

@@ -103,7 +103,7 @@ def run_command(
     real: Annotated[Path | None, typer.Option("--real", help="Folder of real high-quality aligned faces (e.g. FFHQ) for the discriminator of image-level fine-tuning (--base baseline).", show_default=False)] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Fine-tuning steps (default 40000, DT-BFR's); may be raised when resuming.", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="GLOBAL batch per step, split across torchrun processes (default 8, DT-BFR's).", show_default=False)] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate (default 1e-4 for CodeFormer, 2e-5 for image-level); halved at 87.5% and 95% of --steps (MultiStepLR).", show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate (default 1e-4 for CodeFormer, 2e-5 for image-level); halved at 87.5% and 95% of --steps (MultiStepLR; of the first --steps when --resume raises it).", show_default=False)] = None,
     ema: Annotated[float | None, typer.Option("--ema", help="EMA decay of the exported weights, from the pre-trained weights, no warm-up (default 0.995, DT-BFR's).", show_default=False)] = None,
     lpips_weight: Annotated[float | None, typer.Option("--lpips-weight", help="Image-level fine-tuning: weight of LPIPS (default 0.1, the paper's lambda).", show_default=False)] = None,
     gan_weight: Annotated[float | None, typer.Option("--gan-weight", help="Image-level fine-tuning: weight of the GAN term (default 0.1, the paper's lambda; 0 = no discriminator).", show_default=False)] = None,

@@ -52,7 +52,7 @@ from facerestore.training.finetune.pseudo_targets import (
     target_name,
 )
 from facerestore.training.finetune.report import ReportResult, write_report
-from facerestore.training.finetune.trainer import StepReport, TrainSettings, train_pairs
+from facerestore.training.finetune.trainer import StepReport, TrainSettings, milestones_for, train_pairs
 from facerestore.training.seeds import check_seed, stable_seed
 
 CONFIG_VERSION = 1
@@ -92,8 +92,12 @@ class FinetuneConfig:
     workers: int = 2
     pseudo_batch: int = 4
     offline: bool | None = None
+    lr_milestones: tuple[int, ...] | None = None  # None: those of --steps; kept when --resume raises --steps
 
     def __post_init__(self) -> None:
+        # the LR schedule is fixed when the run starts: extending it must not move decays already taken (or skipped)
+        milestones = milestones_for(self.steps) if self.lr_milestones is None else tuple(int(m) for m in self.lr_milestones)
+        object.__setattr__(self, "lr_milestones", milestones)
         check_seed(self.seed)
         checks = [
             (self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
@@ -174,6 +178,8 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UsageError(f"{config_path} is not a facerestore fine-tuning config ({exc})") from None
     stored = _with_defaults(stored)  # runs started before the defaults were stored hold None
+    if stored.get("lr_milestones") is None:  # likewise: config.json is written once, so its steps are the first --steps
+        stored["lr_milestones"] = milestones_for(int(stored.get("steps", FinetuneConfig.steps)))
     differ = [k for k in RECIPE if k in given and given[k] != stored.get(k)]
     if differ:
         shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {stored.get(k)!r})" for k in differ)
@@ -339,7 +345,7 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
     settings = TrainSettings(base=config.base, steps=config.steps, batch_size=config.batch_size, lr=config.effective_lr, ema=config.ema,
                              size=config.size, seed=config.seed, feat_weight=config.feat_weight, ce_weight=config.ce_weight,
                              lpips_weight=config.lpips_weight, gan_weight=config.gan_weight, disc_channels=config.disc_width, amp=config.amp, save_every=config.save_every,
-                             keep=config.keep, workers=config.workers)
+                             keep=config.keep, workers=config.workers, milestones=config.lr_milestones)
     if d.main:
         reporter.stage("fine-tune", config.steps)
     metadata = {"pseudo_targets": plan.describe(), "base_weights": str(base_path)}

@@ -3,7 +3,8 @@
 One step (global batch B, split over torchrun processes; `objectives.py` computes the losses):
 
     lr       = lr0 * gamma ** #{m in milestones : m <= step}      MultiStepLR, gamma 0.5; the
-               milestones default to 87.5% and 95% of --steps (DT-BFR: 35k and 38k of 40k)
+               milestones default to 87.5% and 95% of --steps (DT-BFR: 35k and 38k of 40k); a run
+               extended with a larger --steps keeps those of its first --steps (`milestones`)
     batch    = samples step*B .. step*B + B - 1 (`finetune.data`: pair order, flips, real faces)
     losses   -> Adam(betas 0.9, 0.99) step (and the discriminator's, for the image objective)
     EMA      e <- decay e + (1 - decay) p, decay 0.995, starting from the PRE-TRAINED weights and
@@ -89,6 +90,7 @@ class TrainSettings:
     save_every: int = 2000
     keep: int = 2
     workers: int = 2
+    milestones: tuple[int, ...] | None = None  # None: milestones_for(steps); a run extended on resume passes its original ones
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def train_pairs(
         truncate_log(run / "log.jsonl", start)
     distributed.barrier(d)
 
-    milestones = milestones_for(settings.steps)
+    milestones = tuple(settings.milestones) if settings.milestones is not None else milestones_for(settings.steps)
     dataset = PairDataset(pairs, size=settings.size, seed=settings.seed, flip=settings.flip, real=real if adapter.objective == "image" and settings.gan_weight > 0 else ())
     sampler = StepBatches(start_step=start, steps=settings.steps, global_batch=settings.batch_size, rank=d.rank, world=d.world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=settings.workers, pin_memory=d.device.type == "cuda",
