@@ -104,6 +104,8 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
     one_line_error(run(*tiny_run_args(lq, out, weights, "--base", "baseline")), 2, "uses a GAN against real faces", "--real DIR")
     one_line_error(run(*tiny_run_args(lq, out, weights, "--holdout", "6")), 2, "would hold out 6 of 6 faces")
     one_line_error(run(*tiny_run_args(lq, out, weights, "--holdout", "1.5")), 2, "--holdout 1.5")
+    for option in ("--lpips-weight", "--gan-weight"):
+        one_line_error(run(*tiny_run_args(lq, out, weights, option, "-0.5")), 2, f"{option} must be a finite number >= 0", "got -0.5")
     one_line_error(run(*tiny_run_args(lq, out, weights, "--size", "32")), 2, "works on 64 px faces", "--size 64")
     one_line_error(run("finetune", "--out", out, "--resume"), 2, "nothing to resume")
     one_line_error(run("finetune", "--out", out), 2, "no input folder given", "--unpaired LQ_DIR")

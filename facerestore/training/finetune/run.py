@@ -99,13 +99,16 @@ class FinetuneConfig:
         milestones = milestones_for(self.steps) if self.lr_milestones is None else tuple(int(m) for m in self.lr_milestones)
         object.__setattr__(self, "lr_milestones", milestones)
         check_seed(self.seed)
+        for name in ("lpips_weight", "gan_weight", "feat_weight", "ce_weight"):  # the last two are config fields, not options
+            weight = getattr(self, name)
+            if not (weight >= 0 and math.isfinite(weight)):
+                shown = f"--{name.replace('_', '-')}" if name in ("lpips_weight", "gan_weight") else name
+                raise UsageError(f"{shown} must be a finite number >= 0 (0 turns the term off), got {weight}")
         checks = [
             (self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), f"--lr must be positive, got {self.lr}"),
             (0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}"),
-            (all(w >= 0 and math.isfinite(w) for w in (self.feat_weight, self.ce_weight, self.lpips_weight, self.gan_weight)),
-             "loss weights must be >= 0"),
             (self.holdout >= 0 and (self.holdout < 1 or float(self.holdout).is_integer()),
              f"--holdout {self.holdout}: give a fraction below 1 (e.g. 0.1) or a whole number of faces (e.g. 4)"),
             (self.size >= 16, f"--size must be at least 16, got {self.size}"),
