@@ -103,6 +103,8 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
     assert "pseudo-targets" not in unknown  # no advice to make pseudo-targets with a method that does not exist
     one_line_error(run(*tiny_run_args(lq, out, weights, "--base", "baseline")), 2, "uses a GAN against real faces", "--real DIR")
     one_line_error(run(*tiny_run_args(lq, out, weights, "--holdout", "6")), 2, "would hold out 6 of 6 faces")
+    huge = one_line_error(run(*tiny_run_args(lq, out, weights, "--holdout", "1e300")), 2, "--holdout 1e+300 would hold out 6 of 6 faces")
+    assert len(huge) < 300, huge
     one_line_error(run(*tiny_run_args(lq, out, weights, "--holdout", "1.5")), 2, "--holdout 1.5")
     for option in ("--lpips-weight", "--gan-weight"):
         one_line_error(run(*tiny_run_args(lq, out, weights, option, "-0.5")), 2, f"{option} must be a finite number >= 0", "got -0.5")

@@ -209,7 +209,7 @@ def split_holdout(faces: list[InputFace], holdout: float, seed: int) -> tuple[li
     if 0 < holdout < 1 and len(faces) >= 2:
         count = max(1, count)
     if count >= len(faces):
-        raise UsageError(f"--holdout {holdout:g} would hold out {count} of {len(faces)} faces and leave none to fine-tune on",
+        raise UsageError(f"--holdout {holdout:g} would hold out {min(count, len(faces))} of {len(faces)} faces and leave none to fine-tune on",  # 1e300: not 301 digits
                          hint="hold out fewer faces (or --holdout 0 to skip the report)")
     ranked = sorted(faces, key=lambda f: stable_seed(seed, "holdout", f.rel))
     held = {f.rel for f in ranked[:count]}
