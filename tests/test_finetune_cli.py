@@ -60,6 +60,15 @@ def test_help(command):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_a_word_that_is_no_stage_lists_the_stages():
+    """`finetune lq --out X` (no --unpaired, or a typo of a stage): one line naming the stages, not click's
+    "unexpected extra argument" of the default `run` command."""
+    text = one_line_error(run("finetune", "lq", "--out", "X"), 2, "finetune has no stage 'lq'", "run, pseudo-targets", "--unpaired lq")
+    assert "Usage" not in text
+    one_line_error(run("finetune", "pseudo-target", "lq", "--out", "X"), 2, "no stage 'pseudo-target'", "did you mean pseudo-targets?")
+    one_line_error(run("finetune", "my faces", "--out", "X"), 2, "--unpaired 'my faces'")
+
+
 def test_every_option_has_help_text():
     from facerestore.cli.finetune import pseudo_targets_command, run_command
 

@@ -7,16 +7,29 @@ import shlex
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from facerestore.cli.app import CONTEXT, DefaultCommandGroup, app, err, fail, out
-from facerestore.errors import FaceRestoreError
+from facerestore.errors import FaceRestoreError, UsageError
 
 
 class FinetuneGroup(DefaultCommandGroup):
     """`facerestore finetune --unpaired ...` means `facerestore finetune run --unpaired ...`."""
 
     default_command = "run"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # `run` takes no arguments: a first word that is no stage is a typo or a folder without --unpaired,
+        # which click would only report as an "unexpected extra argument" of `run`
+        if args and not args[0].startswith("-") and args[0] not in self.commands and not ctx.resilient_parsing:
+            import difflib
+
+            word = args[0]
+            close = difflib.get_close_matches(word, list(self.commands), n=1)
+            advice = f"did you mean {close[0]}?" if close else f"a folder of faces is passed as --unpaired {shlex.quote(word)}"
+            fail(UsageError(f"finetune has no stage {word!r}", hint=f"the stages are {', '.join(self.commands)} (run is the default); {advice}"))
+        return super().parse_args(ctx, args)
 
 
 finetune_app = typer.Typer(
