@@ -199,6 +199,25 @@ def replay(denoiser, ref: torch.Tensor, plan: PseudoTargetPlan, seed: int) -> li
     return steps
 
 
+@pytest.mark.parametrize("k, l", [(16, 16), (4, 0), (16, 8), (16, 0), (16, 12)])
+def test_plan_text_says_what_the_sampler_guides(k, l, monkeypatch):
+    """describe() counts the low-frequency replacements the sampler really makes, and names a "guided down
+    to" timestep only when there is one (L=K=16 used to print "guided down to t=12" with 0 constrained)."""
+    from facerestore.diffusion import guidance
+
+    plan = PseudoTargetPlan.from_options(k, l, 1)
+    landings: list[int] = []
+    replace = guidance.replace_low_frequencies
+    monkeypatch.setattr(guidance, "replace_low_frequencies", lambda x, y, n: landings.append(1) or replace(x, y, n))
+    ref = torch.zeros(1, 3, 8, 8)
+    constrained_denoise(LearnedRangeDenoiser(StandInPrior(), SCHEDULE), ref, plan, [torch.Generator().manual_seed(0)], schedule=SCHEDULE)
+    text = plan.describe()
+    assert len(landings) == plan.constrained and f"{plan.constrained} constrained" in text
+    assert ("guided down to" in text) == (plan.constrained > 0), text
+    if not plan.constrained:
+        assert "no step guided" in text
+
+
 def test_sampler_is_algorithm_1_with_the_default_plan():
     """150 UNet calls from t=598, 60 guided landings t=594..357; above L the low band is the noisy
     reference's (in the engine's sense: x - Phi(y_t) keeps exactly the step's high band, and the

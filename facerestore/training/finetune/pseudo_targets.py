@@ -139,7 +139,9 @@ class PseudoTargetPlan:
         return self.start_index - max(self.stop_index, 1) if self.stop_index < self.start_index else 0
 
     def describe(self) -> str:
-        return (f"K={self.k} (q_sample at index {self.start_index}, t={self.noise_t}), L={self.l} (guided down to t={self.until_t}), "
+        # until_t is only where guidance WOULD stop: with no constrained step (L = K, or K = 4) nothing is guided
+        guided = f"guided down to t={self.until_t}" if self.constrained else "no step guided"
+        return (f"K={self.k} (q_sample at index {self.start_index}, t={self.noise_t}), L={self.l} ({guided}), "
                 f"N={self.n}: {self.calls} UNet calls, {self.constrained} constrained")
 
     @classmethod
