@@ -514,3 +514,14 @@ def test_saved_safetensors_are_byte_identical_whatever_the_process(tmp_path):
     assert list(json.loads(raw[8 : 8 + length], object_pairs_hook=dict)["__metadata__"]) == sorted(meta_keys)
     loaded = load_file(path)
     assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"])
+
+
+@pytest.mark.parametrize("metadata", [None, {}, {"a": "b"}])
+def test_an_empty_state_saves_and_loads(tmp_path, metadata):
+    """An optimizer before its first step has no tensors; safetensors 0.8 writes {} tensors with {}
+    metadata as a header that it cannot read back."""
+    from safetensors.torch import load_file
+
+    from facerestore.weights.checkpoint import save_safetensors
+
+    assert load_file(save_safetensors({}, tmp_path / "empty.safetensors", metadata)) == {}

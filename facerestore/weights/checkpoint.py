@@ -135,7 +135,7 @@ def save_safetensors(state: Mapping[str, torch.Tensor], path: Path | str, metada
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(plain, tmp, metadata=metadata or {})
+        save_file(plain, tmp, metadata=metadata or None)  # safetensors 0.8 writes no tensors + {} as broken JSON
         _sort_metadata(Path(tmp))
         os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; the result is a normal user file
         os.replace(tmp, path)
