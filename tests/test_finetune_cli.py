@@ -207,6 +207,40 @@ def test_resume_with_more_steps_keeps_the_lr_milestones_of_the_first_steps(tmp_p
         assert resumed.steps == 60_000 and resumed.lr_milestones == (35_000, 38_000) != milestones_for(60_000)
 
 
+def test_resume_goes_on_to_the_steps_of_the_latest_extension(tmp_path, lq):
+    """RUN/steps.json (written when --resume --steps changes the length) is the target of a plain --resume;
+    config.json keeps the first --steps and its milestones. Without steps.json a run has config.json's steps,
+    and a --steps (given or recorded) below the newest checkpoint's step is one line before any work."""
+    from facerestore.errors import UsageError
+    from facerestore.training.checkpoints import step_dir, write_json
+    from facerestore.training.finetune.run import CONFIG_VERSION, record_target_steps, resolve_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = resolve_config(out, resume=False, lq=lq, steps=40_000)
+    write_json(out / "config.json", {"version": CONFIG_VERSION, "finetune": config.to_dict()})
+    record_target_steps(out, 40_000)  # no change: nothing to record
+    assert not (out / "steps.json").exists() and resolve_config(out, resume=True).steps == 40_000
+    record_target_steps(out, 60_000)
+    assert resolve_config(out, resume=True).steps == 60_000
+    assert resolve_config(out, resume=True).lr_milestones == (35_000, 38_000)
+    assert resolve_config(out, resume=True, steps=50_000).steps == 50_000
+    assert json.loads((out / "config.json").read_text())["finetune"]["steps"] == 40_000
+
+    (step_dir(out, 45_000)).mkdir(parents=True)
+    (step_dir(out, 45_000) / "state.json").write_text("{}")
+    assert resolve_config(out, resume=True).steps == 60_000
+    with pytest.raises(UsageError, match=r"already at step 45000, beyond --steps 44000") as refused:
+        resolve_config(out, resume=True, steps=44_000)
+    assert "pass --steps 45000 or more, or leave --steps out to continue to 60000" in refused.value.one_line()
+    (out / "steps.json").unlink()  # a run extended before steps.json existed
+    with pytest.raises(UsageError, match=r"already at step 45000, beyond its recorded --steps 40000"):
+        resolve_config(out, resume=True)
+    (out / "steps.json").write_text("{")
+    with pytest.raises(UsageError, match=r"steps\.json is not a fine-tuning step count"):
+        resolve_config(out, resume=True)
+
+
 def test_printed_commands_quote_paths_with_spaces(tmp_path, lq, monkeypatch):
     """"register it:" and "interrupted; continue with:" can be pasted into a shell as they are."""
     import shlex
@@ -287,6 +321,18 @@ def test_run_resume_and_register(tmp_path, weights, lq):
     # the LR schedule of the first --steps 2 (both halvings at step 2) holds for the extra steps: not moved to step 4
     assert [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()] == [1e-4, 1e-4, 2.5e-5, 2.5e-5]
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # no pseudo-target redone
+
+    # the extension is the run's length from now on: a plain --resume goes on to step 4, not back to the first --steps 2
+    again = run("finetune", "--out", out, "--resume", "--workers", "0", "--device", "cpu", "-q")
+    assert again.exit_code == 0, again.output
+    assert "fine-tuned codeformer: step 4 of 4" in again.output
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert json.loads((out / "config.json").read_text())["finetune"]["steps"] == 2  # written once, as the run started
+    assert json.loads((out / "steps.json").read_text()) == {"steps": 4}
+    # a --steps below the step reached stays an error, found before any work
+    shorter = one_line_error(run("finetune", "--out", out, "--resume", "--steps", "3"), 2, "the run is already at step 4, beyond --steps 3")
+    assert "pass --steps 4 or more, or leave --steps out to continue to 4" in shorter
+    assert json.loads((out / "steps.json").read_text()) == {"steps": 4}
 
     registered = run("weights", "import", model, "--name", "codeformer-ft-run")
     assert registered.exit_code == 0, registered.output

@@ -114,7 +114,7 @@ def run_command(
     size: Annotated[int | None, typer.Option("--size", help=SIZE_HELP, show_default=False)] = None,
     holdout: Annotated[str | None, typer.Option("--holdout", help="Faces kept out of pseudo-targets and training for the final report: a fraction (0.1, default) or a count (4); 0 = no report.", show_default=False)] = None,
     real: Annotated[Path | None, typer.Option("--real", help="Folder of real high-quality aligned faces (e.g. FFHQ) for the discriminator of image-level fine-tuning (--base baseline).", show_default=False)] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Fine-tuning steps (default 40000, DT-BFR's); may be raised when resuming.", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Fine-tuning steps (default 40000, DT-BFR's); may be raised when resuming, and a later --resume goes on to the new count.", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="GLOBAL batch per step, split across torchrun processes (default 8, DT-BFR's).", show_default=False)] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate (default 1e-4 for CodeFormer, 2e-5 for image-level); halved at 87.5% and 95% of --steps (MultiStepLR; of the first --steps when --resume raises it).", show_default=False)] = None,
     ema: Annotated[float | None, typer.Option("--ema", help="EMA decay of the exported weights, from the pre-trained weights, no warm-up (default 0.995, DT-BFR's).", show_default=False)] = None,

@@ -1,6 +1,8 @@
 """`facerestore finetune --unpaired LQ_DIR --out RUN`: the three stages, resumable as a whole.
 
-    RUN/config.json                the recipe (FinetuneConfig); --resume refuses to change it
+    RUN/config.json                the recipe (FinetuneConfig), written once; --resume refuses to change it
+    RUN/steps.json                 the run's current --steps, once `--resume --steps N` has changed it
+                                   (a plain --resume goes on to it; absent: config.json's steps)
     RUN/files.json                 the faces, split once into "train" and "holdout" (frozen)
     RUN/pseudo/                    stage 1 (`pseudo_targets.py`): targets/, base/, contact_sheet.png
     RUN/checkpoints/, log.jsonl    stage 2 (`trainer.py`)
@@ -34,7 +36,7 @@ import torch
 from facerestore.errors import UsageError
 from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.training import distributed
-from facerestore.training.checkpoints import write_json
+from facerestore.training.checkpoints import PREFIX, latest_checkpoint, write_json
 from facerestore.training.finetune.data import Pair
 from facerestore.training.finetune.objectives import adapter_for, resolve_base_weights
 from facerestore.training.finetune.pseudo_targets import (
@@ -56,6 +58,7 @@ from facerestore.training.finetune.trainer import StepReport, TrainSettings, mil
 from facerestore.training.seeds import check_seed, stable_seed
 
 CONFIG_VERSION = 1
+STEPS_FILE = "steps.json"  # {"steps": N}: the target length, when --resume --steps has moved it from config.json's
 DEFAULT_LR = {"code": 1e-4, "image": 2e-5}  # DT-BFR: CodeFormer Adam 1e-4; SwinIR AdamW 2e-5
 
 
@@ -183,13 +186,54 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
     stored = _with_defaults(stored)  # runs started before the defaults were stored hold None
     if stored.get("lr_milestones") is None:  # likewise: config.json is written once, so its steps are the first --steps
         stored["lr_milestones"] = milestones_for(int(stored.get("steps", FinetuneConfig.steps)))
+    target = read_target_steps(out)
+    if target is not None:  # extended (or shortened) by an earlier --resume --steps: a plain --resume goes on to it
+        stored["steps"] = target
     differ = [k for k in RECIPE if k in given and given[k] != stored.get(k)]
     if differ:
         shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {stored.get(k)!r})" for k in differ)
         raise UsageError(f"--resume keeps the run's recipe, but {shown}", hint="drop these options, or start a new run with another --out")
+    _check_steps_reached(out, given.get("steps"), int(stored.get("steps", FinetuneConfig.steps)))
     merged = {**stored, **{k: v for k, v in given.items() if k not in RECIPE}, "out": str(out)}
     known = {f.name for f in dataclasses.fields(FinetuneConfig)}
     return FinetuneConfig(**{k: v for k, v in merged.items() if k in known})
+
+
+def read_target_steps(run: Path) -> int | None:
+    """The steps RUN/steps.json records (None without one: the run still has config.json's steps)."""
+    path = Path(run) / STEPS_FILE
+    if not path.is_file():
+        return None
+    try:
+        steps = json.loads(path.read_text())["steps"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path} is not a fine-tuning step count ({exc})", hint="delete it and resume with --steps N") from None
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise UsageError(f"{path} holds no step count >= 1 ({steps!r})", hint="delete it and resume with --steps N")
+    return steps
+
+
+def record_target_steps(run: Path, steps: int) -> None:
+    """Keep config.json as the run was started; a changed --steps goes to RUN/steps.json (atomic write)."""
+    run = Path(run)
+    current = read_target_steps(run)
+    if current is None:
+        current = json.loads((run / "config.json").read_text())["finetune"].get("steps")
+    if current != steps:
+        write_json(run / STEPS_FILE, {"steps": steps})
+
+
+def _check_steps_reached(run: Path, given: int | None, target: int) -> None:
+    """A --steps below the step the newest checkpoint holds is refused before any work."""
+    latest = latest_checkpoint(run)
+    reached = None if latest is None else int(latest.name[len(PREFIX):])
+    if reached is None or (given if given is not None else target) >= reached:
+        return
+    if given is not None:
+        keep = f", or leave --steps out to continue to {target}" if target >= reached else ""
+        raise UsageError(f"the run is already at step {reached}, beyond --steps {given}", hint=f"pass --steps {reached} or more{keep}")
+    # a run extended before RUN/steps.json existed: config.json has only its first --steps
+    raise UsageError(f"the run is already at step {reached}, beyond its recorded --steps {target}", hint=f"pass --steps {reached} or more")
 
 
 def parse_holdout(value: str | float) -> float:
@@ -316,6 +360,8 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
         run.mkdir(parents=True, exist_ok=True)
         if not (run / "config.json").is_file():
             write_json(run / "config.json", {"version": CONFIG_VERSION, "finetune": config.to_dict()})
+        elif resume:
+            record_target_steps(run, config.steps)
         if not files_path.is_file():
             write_json(files_path, {"train": [f.rel for f in train], "holdout": [f.rel for f in held]})
     distributed.barrier(d)
