@@ -23,6 +23,7 @@ from test_finetune import FAST, face
 from typer.testing import CliRunner
 
 from facerestore.cli.app import app, register
+from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import read_image, write_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -211,7 +212,6 @@ def test_resume_goes_on_to_the_steps_of_the_latest_extension(tmp_path, lq):
     """RUN/steps.json (written when --resume --steps changes the length) is the target of a plain --resume;
     config.json keeps the first --steps and its milestones. Without steps.json a run has config.json's steps,
     and a --steps (given or recorded) below the newest checkpoint's step is one line before any work."""
-    from facerestore.errors import UsageError
     from facerestore.training.checkpoints import step_dir, write_json
     from facerestore.training.finetune.run import CONFIG_VERSION, record_target_steps, resolve_config
 
@@ -278,6 +278,99 @@ def test_ctrl_c_before_the_run_is_written_does_not_advise_resume(tmp_path, lq, m
     assert result.exit_code == 130, result.output
     assert "--resume" not in result.output and "nothing to resume" in result.output and "run the same command again" in result.output
     assert not out.exists()
+
+
+# ----------------------------------------------------------------- torchrun, with the process group patched out
+
+
+def as_rank(monkeypatch, rank: int, world: int = 2) -> None:
+    """This process as rank `rank` of `torchrun --nproc_per_node world`."""
+    for name, value in (("WORLD_SIZE", world), ("RANK", rank), ("LOCAL_RANK", rank)):
+        monkeypatch.setenv(name, str(value))
+
+
+def test_a_batch_the_processes_cannot_split_is_refused_before_the_run_is_written(tmp_path, weights, lq, monkeypatch):
+    """Found only when the data loader starts, after stage 1, the run folder would already hold -b 3 and
+    refuse the corrected -b 4: the check runs before the process group and before anything is written."""
+    import torch.distributed
+
+    from facerestore.training.checkpoints import write_json
+    from facerestore.training.finetune.run import CONFIG_VERSION, resolve_config
+
+    def no_group(*args, **kwargs):
+        raise AssertionError("checked before the process group starts")
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", no_group)
+    as_rank(monkeypatch, 0)
+    out = tmp_path / "run"
+    one_line_error(run(*tiny_run_args(lq, out, weights, "--batch-size", "3")), 2,
+                   "--batch-size 3 is the global batch and must be divisible by the 2 processes", "e.g. --batch-size 4")
+    assert not out.exists()
+    # on resume the batch is part of the recipe: the way out is another number of processes
+    out.mkdir()
+    config = resolve_config(out, resume=False, lq=lq, batch_size=2)
+    write_json(out / "config.json", {"version": CONFIG_VERSION, "finetune": config.to_dict()})
+    as_rank(monkeypatch, 0, world=3)
+    one_line_error(run("finetune", "--out", out, "--resume", "--steps", "3"), 2, "divisible by the 3 processes",
+                   "resume with a number of processes that divides 2")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+
+
+@pytest.mark.parametrize("stage", ["run", "pseudo-targets"])
+@pytest.mark.parametrize(("rank", "output"), [(1, ""), (0, "error: rank 1: cannot write x (No space left on device)\n")])
+def test_a_peers_failure_ends_this_rank_quietly_with_the_peers_code(tmp_path, weights, lq, monkeypatch, stage, rank, output):
+    """A peer that failed left its code and line in the group's store; this rank's collective call then
+    breaks (a RuntimeError from gloo): it exits with the peer's code, and only rank 0 prints the peer's line."""
+    import torch.distributed
+
+    from facerestore.training import distributed
+    from facerestore.training.finetune import pseudo_targets
+    from facerestore.training.finetune import run as run_module
+
+    store = torch.distributed.HashStore()
+    distributed.record_failure(store, distributed.Dist(rank=1 - rank, world=2), FaceRestoreError("cannot write x (No space left on device)"))
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *args, **kwargs: None)
+    monkeypatch.setattr(distributed, "_store", lambda: store)
+    as_rank(monkeypatch, rank)
+
+    def broken_barrier(*args, **kwargs):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")
+
+    monkeypatch.setattr(run_module, "_run", broken_barrier)
+    monkeypatch.setattr(pseudo_targets, "_generate", broken_barrier)
+    if stage == "run":
+        result = run(*tiny_run_args(lq, tmp_path / "run", weights))
+    else:
+        result = run("finetune", "pseudo-targets", lq, "--out", tmp_path / "pt", "--size", "64", "--device", "cpu", "-q")
+    assert (result.exit_code, result.output) == (1, output)
+
+
+@pytest.mark.parametrize("stage", ["run", "pseudo-targets"])
+def test_a_ranks_own_error_is_left_for_its_peers(tmp_path, weights, lq, monkeypatch, stage):
+    """The failing rank records its code and line before it leaves the group, so its peers can stop alike."""
+    import torch.distributed
+
+    from facerestore.training import distributed
+    from facerestore.training.finetune import pseudo_targets
+    from facerestore.training.finetune import run as run_module
+
+    store = torch.distributed.HashStore()
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *args, **kwargs: None)
+    monkeypatch.setattr(distributed, "_store", lambda: store)
+    as_rank(monkeypatch, 0)
+
+    def full_disk(*args, **kwargs):
+        raise UsageError("cannot write RUN/files.json (No space left on device)")
+
+    monkeypatch.setattr(run_module, "_run", full_disk)
+    monkeypatch.setattr(pseudo_targets, "_generate", full_disk)
+    if stage == "run":
+        result = run(*tiny_run_args(lq, tmp_path / "run", weights))
+    else:
+        result = run("finetune", "pseudo-targets", lq, "--out", tmp_path / "pt", "--size", "64", "--device", "cpu", "-q")
+    one_line_error(result, 2, "cannot write RUN/files.json")
+    peer = distributed.peer_failure(store, distributed.Dist(rank=1, world=2))
+    assert peer is not None and (peer.rank, peer.exit_code, str(peer)) == (0, 2, "rank 0: cannot write RUN/files.json (No space left on device)")
 
 
 # ----------------------------------------------------------------- whole runs
@@ -487,3 +580,23 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, weights, lq):
     assert len(list((ddp / "pseudo" / ".facerestore-pseudo").glob("done-rank*.jsonl"))) == 2
     files = lambda run: sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file() and "done-rank" not in p.name)
     assert files(ddp) == files(single)
+
+
+@pytest.mark.slow
+def test_an_error_on_every_rank_or_on_rank_0_alone_stops_all_ranks_with_its_code_and_one_line(tmp_path, weights, lq):
+    """torchrun with 2 CPU processes (as tests/test_train_ddp.py does for `train`)."""
+    from test_train_ddp import assert_all_ranks_stopped_with, torchrun
+
+    plan = ["--prior-start", "16", "--prior-until", "8", "--prior-lowpass", "8"]  # torchrun would read --l / --n as its own options
+    args = ["finetune", "--unpaired", lq, "--base-weights", weights["codeformer"], "--prior-weights", weights["prior"], "--size", "64", *plan,
+            "--holdout", "2", "--steps", "2", "--batch-size", "2", "--save-every", "1", "--workers", "0", "--device", "cpu", "-q"]
+    # a global batch the 2 processes cannot split: refused before the run folder is written
+    done = torchrun([*args, "--batch-size", "3", "--out", tmp_path / "r1"], tmp_path)
+    assert_all_ranks_stopped_with(done, 2, "--batch-size 3 is the global batch and must be divisible by the 2 processes")
+    assert not (tmp_path / "r1").exists()
+    # rank 0 alone fails at its first save while rank 1 waits at a barrier: rank 1 leaves quietly, with rank 0's code
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / "checkpoints").write_text("a file where the checkpoints folder goes")  # as a full disk at the first save
+    done = torchrun([*args, "--out", tmp_path / "r2"], tmp_path)
+    assert_all_ranks_stopped_with(done, 1, "cannot write checkpoint")
+

@@ -1,4 +1,4 @@
-"""torch.distributed for `train` and `clean-dataset` under `torchrun`: one process per device.
+"""torch.distributed for `train`, `finetune` and `clean-dataset` under `torchrun`: one process per device.
 
 `torchrun --nproc_per_node N -m facerestore train ...` sets RANK, WORLD_SIZE and LOCAL_RANK; without
 them everything runs as a single process and no process group is created. GPUs use NCCL (one GPU

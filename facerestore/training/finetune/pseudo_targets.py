@@ -557,13 +557,10 @@ def generate_pseudo_targets(options: PseudoTargetOptions, *, reporter: Reporter 
     assert_output_folder(Path(options.out))
     assert_apart(Path(options.out), Path(options.lq), f"the input folder {options.lq}",
                  hint="write the pseudo-targets to a folder that neither is, lies inside nor holds LQ_DIR")
-    own = dist is None
-    d = distributed.setup(options.device) if own else dist
-    try:
+    if dist is not None:  # the caller's group (`finetune` runs this stage inside its own)
+        return _generate(options, dist, reporter or Reporter(), prepared)
+    with distributed.process_group(options.device) as d:  # one rank's error stops the others quietly with its code
         return _generate(options, d, reporter or Reporter(), prepared)
-    finally:
-        if own:
-            distributed.teardown(d)
 
 
 def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Reporter, prepared: PreparedStage | None) -> PseudoTargetSummary:

@@ -37,6 +37,7 @@ from facerestore.errors import UsageError
 from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.training import distributed
 from facerestore.training.checkpoints import PREFIX, latest_checkpoint, write_json
+from facerestore.training.data import check_global_batch
 from facerestore.training.finetune.data import Pair
 from facerestore.training.finetune.objectives import adapter_for, resolve_base_weights
 from facerestore.training.finetune.pseudo_targets import (
@@ -285,12 +286,16 @@ class FinetuneResult:
 
 def finetune_unpaired(config: FinetuneConfig, *, resume: bool = False, reporter: Reporter | None = None,
                       on_step: Callable[[StepReport], None] | None = None) -> FinetuneResult:
-    """Run (or continue) the three stages as the module docstring describes."""
-    d = distributed.setup(config.device)
-    try:
+    """Run (or continue) the three stages as the module docstring describes.
+
+    Under torchrun one rank's error stops the others quietly with its code (`distributed.process_group`).
+    """
+    # before anything is written: the run folder records its batch size, and a resume keeps it
+    world = distributed.world_size()
+    check_global_batch(config.batch_size, world, hint=f"resume with a number of processes that divides {config.batch_size}" if resume else
+                       f"use a multiple of {world} (e.g. --batch-size {(config.batch_size // world + 1) * world}), or a number of processes that divides it")
+    with distributed.process_group(config.device) as d:
         return _run(config, d, resume, reporter or Reporter(), on_step)
-    finally:
-        distributed.teardown(d)
 
 
 def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, list[str]]:
