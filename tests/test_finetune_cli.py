@@ -133,9 +133,11 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
                    1, "iddpm_ffhq512_ema500000.pth")
     one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--prior-weights", weights["prior"], "--base", "codeformer",
                        "--base-fidelity", "2", "--device", "cpu"), 2, "--base-fidelity must be in [0,1]")
-    for base in ("codeformer", "baseline"):
+    for base in ("codeformer", "baseline", "difface", "dr2", "idm"):  # the last three resolve their own files
         one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--base", base, "--base-weights", absent, "--prior-weights", weights["prior"],
                            "--size", "64", "--device", "cpu"), 1, f"--base-weights {absent}: no such file")
+    one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--base", "difface", "--base-weights", "prio=x.pth", "--prior-weights",
+                       weights["prior"], "--size", "64", "--device", "cpu"), 2, "--base-weights 'prio=x.pth': unknown role 'prio'")
     one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--base-weights", weights["codeformer"], "--prior-weights", absent,
                        "--size", "64", "--device", "cpu"), 1, f"--prior-weights {absent}: no such file")
     for seed in ("-1", str(2**63)):  # the range every command takes (training.seeds.check_seed)

@@ -334,6 +334,25 @@ def test_explicit_weights_errors_name_the_option_they_came_from(tiny_file, use_e
         store.resolve("tiny", explicit="other", option="--base-weights")
 
 
+@pytest.mark.parametrize("method", ["baseline", "codeformer", "difface", "dr2", "idm"])
+def test_a_methods_own_weights_errors_name_the_option_its_caller_gives(tmp_path, method):
+    """restore, evaluate and clean-dataset leave MethodOptions.weights_option at --weights; `finetune
+    pseudo-targets --base METHOD` passes --base-weights, also to the methods that resolve several files."""
+    import re
+
+    from facerestore.methods.base import MethodOptions
+    from facerestore.methods.registry import build_method
+
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(WeightsError, match=f"^--weights {re.escape(str(missing))}: no such file"):
+        build_method(method, MethodOptions(weights=missing))
+    with pytest.raises(WeightsError, match=f"^--base-weights {re.escape(str(missing))}: no such file"):
+        build_method(method, MethodOptions(weights=missing, weights_option="--base-weights"))
+    if method in ("difface", "dr2"):  # their ROLE=FILE syntax
+        with pytest.raises(UsageError, match=r"^--base-weights 'nope=x\.pth': unknown role 'nope'"):
+            build_method(method, MethodOptions(weights="nope=x.pth", weights_option="--base-weights"))
+
+
 def test_import_checks_hash_and_registers_own_weights(tiny_file, use_entry, tmp_path):
     use_entry(entry_for(tiny_file))
     target = store.import_file(tiny_file)

@@ -46,7 +46,7 @@ K_HELP = "Start timestep K of the prior, 4..996, a multiple of 4 (grid index K/4
 L_HELP = "The low-frequency constraint applies while t > L, i.e. after steps from grid indices >= L/4 (360 -> down to t=357): K/4 - L/4 constrained steps. 0 <= L <= K, a multiple of 4. Default 360. Under torchrun write --prior-until (torchrun reads --l as its own --log-dir...)."
 N_HELP = "Low-pass factor N of Phi_N (cubic down/up-sampling by N); must divide --size. Default 16 (the paper's best balance; 8 keeps more of the base output). Under torchrun write --prior-lowpass (torchrun reads --n as its own --nnodes...)."
 BASE_HELP = "Pre-trained restorer R to improve (`facerestore methods`): codeformer (default; fine-tuned with code-level losses like DT-BFR) or baseline (L1 + LPIPS + GAN); any method can make pseudo-targets."
-BASE_WEIGHTS_HELP = "Base model weights: a file or a registered name (default: the method's catalogue weights, e.g. codeformer.pth)."
+BASE_WEIGHTS_HELP = "Base model weights: a file or a registered name, or for difface and dr2 ROLE=FILE items as their --weights (default: the method's catalogue weights, e.g. codeformer.pth)."
 FIDELITY_HELP = "CodeFormer's w for the base outputs and the report (default 0.5, as the official scripts)."
 PRIOR_HELP = "DifFace 512 prior (iddpm_ffhq512_ema500000.pth): a file or a registered name (default: the catalogue's difface_prior)."
 SIZE_HELP = "Working size in pixels: faces are resized to it; the prior, the base and the targets run at it (default 512, the prior's)."

@@ -47,11 +47,11 @@ class BaselineMethod:
     def __init__(self, options: MethodOptions) -> None:
         self.autocast = autocast_dtype(options.device, options.precision, auto_on_cuda=False)  # before reading weights
         if options.weights is not None:
-            path = resolve_explicit(options.weights, offline=options.offline, catalogued=())
+            path = resolve_explicit(options.weights, offline=options.offline, catalogued=(), option=options.weights_option)
         else:
             path = bundled_weights()
             if not path.is_file():
-                raise WeightsError(f"the bundled model {path} is missing from this installation", hint="reinstall facerestore, or pass --weights FILE")
+                raise WeightsError(f"the bundled model {path} is missing from this installation", hint=f"reinstall facerestore, or pass {options.weights_option} FILE")
         state = {k: v.float() for k, v in read_state_dict(path).items()}
         try:
             config = infer_config(state)

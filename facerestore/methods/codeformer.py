@@ -83,7 +83,7 @@ class CodeFormerMethod:
             raise UsageError(f"--fidelity must be in [0,1], got {fidelity}", hint="0 favours quality, 1 fidelity to the input; 0.5 is the default")
         self.device = torch.device(options.device)
         self.autocast = autocast_dtype(self.device, options.precision, auto_on_cuda=False)  # before reading weights
-        path = resolve("codeformer", explicit=options.weights, offline=options.offline)
+        path = resolve("codeformer", explicit=options.weights, offline=options.offline, option=options.weights_option)
         self.net = load_codeformer(path, self.device)
         self.fidelity = float(fidelity)
 

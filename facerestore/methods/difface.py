@@ -247,8 +247,8 @@ def resize(x: torch.Tensor, size: int, *, antialias: bool = True) -> torch.Tenso
     return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=antialias)
 
 
-def parse_weights(value: Path | str | None, roles: Mapping[str, str], primary: str) -> dict[str, Path | str]:
-    """`--weights` for a method with several files -> {role: file or registered name}.
+def parse_weights(value: Path | str | None, roles: Mapping[str, str], primary: str, option: str = "--weights") -> dict[str, Path | str]:
+    """`--weights` (or `option`, the flag named in errors) for a method with several files -> {role: file or registered name}.
 
     value:   "FILE" (the primary role), or comma-separated "ROLE=FILE" items; the role may also be
              written as its catalogue name (e.g. difface_prior=FILE). An existing file path is
@@ -258,7 +258,7 @@ def parse_weights(value: Path | str | None, roles: Mapping[str, str], primary: s
     if value is None:
         return {}
     if not str(value).strip(" ,"):
-        raise UsageError("--weights is empty", hint=f"pass FILE or {','.join(f'{r}=FILE' for r in roles)}, or leave it out for the default weights")
+        raise UsageError(f"{option} is empty", hint=f"pass FILE or {','.join(f'{r}=FILE' for r in roles)}, or leave it out for the default weights")
     if isinstance(value, Path) or Path(str(value)).expanduser().is_file():
         return {primary: value}
     aliases = {**{r: r for r in roles}, **{name: r for r, name in roles.items()}}
@@ -277,14 +277,14 @@ def parse_weights(value: Path | str | None, roles: Mapping[str, str], primary: s
             role, _, target = item.partition("=")
             role = role.strip()
             if role not in aliases:
-                raise UsageError(f"--weights {item!r}: unknown role {role!r}", hint=f"use {', '.join(f'{r}=FILE' for r in roles)}")
+                raise UsageError(f"{option} {item!r}: unknown role {role!r}", hint=f"use {', '.join(f'{r}=FILE' for r in roles)}")
             role = aliases[role]
         else:
             role, target = primary, item
         if role in chosen:
-            raise UsageError(f"--weights names the {role} twice")
+            raise UsageError(f"{option} names the {role} twice")
         if not target.strip():
-            raise UsageError(f"--weights {item!r}: no file after '='")
+            raise UsageError(f"{option} {item!r}: no file after '='")
         chosen[role] = target.strip()
     return chosen
 
@@ -332,11 +332,12 @@ def load_net(
     return load_strict(net, state, name).eval()
 
 
-def resolve_weights(roles: Mapping[str, str], chosen: Mapping[str, Path | str], offline: bool | None) -> dict[str, Path]:
-    """role -> a loadable file: the explicit one when given, else the catalogue entry."""
+def resolve_weights(roles: Mapping[str, str], chosen: Mapping[str, Path | str], offline: bool | None,
+                    option: str = "--weights") -> dict[str, Path]:
+    """role -> a loadable file: the explicit one when given (its errors name `option`), else the catalogue entry."""
     from facerestore.weights.store import resolve
 
-    return {role: resolve(name, explicit=chosen.get(role), offline=offline) for role, name in roles.items()}
+    return {role: resolve(name, explicit=chosen.get(role), offline=offline, option=option) for role, name in roles.items()}
 
 
 # ------------------------------------------------------------------ the method
@@ -381,8 +382,8 @@ def load_difface_nets(options: MethodOptions) -> DifFaceNets:
     from facerestore.nets.swinir import build_swinir
     from facerestore.nets.swinir import infer_config as infer_swinir
 
-    chosen = parse_weights(options.weights, WEIGHT_ROLES, "prior")
-    paths = resolve_weights(WEIGHT_ROLES, chosen, options.offline)
+    chosen = parse_weights(options.weights, WEIGHT_ROLES, "prior", options.weights_option)
+    paths = resolve_weights(WEIGHT_ROLES, chosen, options.offline, options.weights_option)
 
     def swinir_check(c) -> str:
         if c.in_channels != 3 or c.upscale != c.unshuffle:

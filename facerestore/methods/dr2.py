@@ -296,12 +296,12 @@ def load_dr2_nets(options: MethodOptions) -> DR2Nets:
     from facerestore.nets.sparnet import infer_config as infer_sparnet
 
     roles = dict(WEIGHT_ROLES)
-    chosen = parse_weights(options.weights, roles, "ddpm")
+    chosen = parse_weights(options.weights, roles, "ddpm", options.weights_option)
     if options.no_enhancer:
         if "enhancer" in chosen:
-            raise UsageError("--weights names an enhancer= file, but --no-enhancer skips the enhancer")
+            raise UsageError(f"{options.weights_option} names an enhancer= file, but --no-enhancer skips the enhancer")
         del roles["enhancer"]
-    paths = resolve_weights(roles, chosen, options.offline)
+    paths = resolve_weights(roles, chosen, options.offline, options.weights_option)
 
     def unet_check(c) -> str:
         if c.in_channels != 3 or c.out_channels != 6:

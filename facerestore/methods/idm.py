@@ -250,13 +250,13 @@ class IDMMethod:
         if options.weights is not None:
             from facerestore.weights.store import resolve_explicit
 
-            path = resolve_explicit(model_path(options.weights), offline=options.offline, catalogued=())
+            path = resolve_explicit(model_path(options.weights), offline=options.offline, catalogued=(), option=options.weights_option)
         else:
             path = bundled_weights()
             if not path.is_file():
                 raise WeightsError(
                     f"idm's bundled model {path} is missing from this installation",
-                    hint="reinstall facerestore, or train one with `facerestore train FACES_DIR --out runs/idm` and pass `--weights runs/idm` (docs/training.md)",
+                    hint=f"reinstall facerestore, or train one with `facerestore train FACES_DIR --out runs/idm` and pass `{options.weights_option} runs/idm` (docs/training.md)",
                 )
         self.device = torch.device(options.device)
         self.model = load_model(path, self.device)

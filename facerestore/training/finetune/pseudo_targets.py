@@ -245,12 +245,8 @@ class BaseSpec:
         from facerestore.methods.registry import build_method
 
         self.check()
-        weights = self.weights
-        if weights is not None and self.name in ("codeformer", "baseline"):
-            from facerestore.training.finetune.objectives import resolve_base_weights
-
-            weights = resolve_base_weights(self.name, weights, offline)  # first: its errors name --base-weights, not the method's --weights
-        method = build_method(self.name, MethodOptions(device=device, weights=weights, offline=offline, fidelity=self.fidelity))
+        options = MethodOptions(device=device, weights=self.weights, weights_option="--base-weights", offline=offline, fidelity=self.fidelity)
+        method = build_method(self.name, options)
         net = getattr(method, "net", None)
         native = getattr(getattr(net, "config", None), "img_size", None)
         if self.name == "codeformer" and native != size:
