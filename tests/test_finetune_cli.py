@@ -214,16 +214,16 @@ def test_resume_goes_on_to_the_steps_of_the_latest_extension(tmp_path, lq):
     """RUN/steps.json (written when --resume --steps changes the length) is the target of a plain --resume;
     config.json keeps the first --steps and its milestones. Without steps.json a run has config.json's steps,
     and a --steps (given or recorded) below the newest checkpoint's step is one line before any work."""
-    from facerestore.training.checkpoints import step_dir, write_json
-    from facerestore.training.finetune.run import CONFIG_VERSION, record_target_steps, resolve_config
+    from facerestore.training.checkpoints import record_target_steps, step_dir, write_json
+    from facerestore.training.finetune.run import CONFIG_VERSION, resolve_config
 
     out = tmp_path / "run"
     out.mkdir()
     config = resolve_config(out, resume=False, lq=lq, steps=40_000)
     write_json(out / "config.json", {"version": CONFIG_VERSION, "finetune": config.to_dict()})
-    record_target_steps(out, 40_000)  # no change: nothing to record
+    record_target_steps(out, 40_000, section="finetune")  # no change: nothing to record
     assert not (out / "steps.json").exists() and resolve_config(out, resume=True).steps == 40_000
-    record_target_steps(out, 60_000)
+    record_target_steps(out, 60_000, section="finetune")
     assert resolve_config(out, resume=True).steps == 60_000
     assert resolve_config(out, resume=True).lr_milestones == (35_000, 38_000)
     assert resolve_config(out, resume=True, steps=50_000).steps == 50_000
@@ -239,7 +239,7 @@ def test_resume_goes_on_to_the_steps_of_the_latest_extension(tmp_path, lq):
     with pytest.raises(UsageError, match=r"already at step 45000, beyond its recorded --steps 40000"):
         resolve_config(out, resume=True)
     (out / "steps.json").write_text("{")
-    with pytest.raises(UsageError, match=r"steps\.json is not a fine-tuning step count"):
+    with pytest.raises(UsageError, match=r"steps\.json is not a step count"):
         resolve_config(out, resume=True)
 
 

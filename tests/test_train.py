@@ -547,6 +547,12 @@ def test_cli_trains_and_resumes(faces, tmp_path):
     leased = cli("--out", run, "--resume", "--steps", "4", "--workers", "0", "-q", "--time-limit", "0.001s")
     assert leased.exit_code == 0, leased.output
     assert "step 3 of 4" in leased.output and "stopped at the time limit; continue with" in leased.output
+    plain = cli("--out", run, "--resume", "--workers", "0", "-q")  # goes on to the 4 of the last --steps, not config.json's 1
+    assert plain.exit_code == 0, plain.output
+    assert "step 4 of 4" in plain.output and len(log_losses(run)) == 4
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 1 and json.loads((run / "steps.json").read_text()) == {"steps": 4}
+    short = cli("--out", run, "--resume", "--steps", "3", "--workers", "0", "-q")
+    assert short.exit_code == 2 and "already at step 4, beyond --steps 3" in short.output
 
 
 def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from facerestore.errors import FaceRestoreError, UnsupportedCheckpoint
+from facerestore.errors import FaceRestoreError, UnsupportedCheckpoint, UsageError
 from facerestore.weights.checkpoint import read_state_dict, save_safetensors
 
 CHECKPOINTS = "checkpoints"
@@ -190,3 +190,33 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except FaceRestoreError as exc:  # its hint is for downloaded weights
         raise UnsupportedCheckpoint(str(exc), hint="delete this checkpoint folder to resume from the one before") from None
     return Checkpoint(path=path, step=int(state["step"]), state=state, extra=extra, **tensors)
+
+
+STEPS_FILE = "steps.json"  # {"steps": N}: a run's target length once `--resume --steps N` moved it from config.json's
+
+
+def read_target_steps(run: Path | str) -> int | None:
+    """The steps RUN/steps.json records (None without one: the run still has config.json's steps).
+
+    config.json stays as the run was started; a later `--resume --steps N` records N here so that a
+    plain `--resume` after it goes on to N instead of stopping at the first --steps."""
+    path = Path(run) / STEPS_FILE
+    if not path.is_file():
+        return None
+    try:
+        steps = json.loads(path.read_text())["steps"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path} is not a step count ({exc})", hint="delete it and resume with --steps N") from None
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise UsageError(f"{path} holds no step count >= 1 ({steps!r})", hint="delete it and resume with --steps N")
+    return steps
+
+
+def record_target_steps(run: Path | str, steps: int, *, section: str) -> None:
+    """Record a changed --steps in RUN/steps.json (atomic write); `section` is config.json's key for the run."""
+    run = Path(run)
+    current = read_target_steps(run)
+    if current is None:
+        current = json.loads((run / "config.json").read_text())[section].get("steps")
+    if current != steps:
+        write_json(run / STEPS_FILE, {"steps": steps})

@@ -56,6 +56,8 @@ from facerestore.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
+    read_target_steps,
+    record_target_steps,
     remove_checkpoint_temps,
     save_checkpoint,
     write_json,
@@ -188,6 +190,8 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
         raise UsageError(f"--resume keeps the run's recipe, but {shown}", hint="drop these options, or start a new run with another --out")
     merged = {**stored, **{k: v for k, v in given.items() if k not in RECIPE}}
     merged["out"] = str(out)
+    if "steps" not in given and (target := read_target_steps(out)) is not None:
+        merged["steps"] = target  # an earlier --resume --steps N moved the end: a plain --resume goes on to N
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in merged.items() if k in known})
 
@@ -376,8 +380,10 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
             scaler.load_state_dict(ckpt.state["scaler"])
         start = ckpt.step
         if start > config.steps:
-            raise UsageError(f"the run is already at step {start}, beyond --steps {config.steps}", hint=f"pass --steps above {start} to train longer")
+            raise UsageError(f"the run is already at step {start}, beyond --steps {config.steps}", hint=f"pass --steps {start} or more to train on")
         message(f"resumed from {existing} (step {start})")
+    if resume and d.main and (run / "config.json").is_file():
+        record_target_steps(run, config.steps, section="train")
     if d.main:  # lines beyond the checkpoint (a crashed run's last steps, or an earlier unsaved start) are redone
         truncate_log(run / "log.jsonl", start)
         truncate_log(run / "metrics.jsonl", start)

@@ -36,7 +36,7 @@ import torch
 from facerestore.errors import UsageError
 from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.training import distributed
-from facerestore.training.checkpoints import PREFIX, latest_checkpoint, write_json
+from facerestore.training.checkpoints import PREFIX, latest_checkpoint, read_target_steps, record_target_steps, write_json
 from facerestore.training.data import check_global_batch
 from facerestore.training.finetune.data import Pair
 from facerestore.training.finetune.objectives import adapter_for, resolve_base_weights
@@ -59,7 +59,6 @@ from facerestore.training.finetune.trainer import StepReport, TrainSettings, mil
 from facerestore.training.seeds import check_seed, stable_seed
 
 CONFIG_VERSION = 1
-STEPS_FILE = "steps.json"  # {"steps": N}: the target length, when --resume --steps has moved it from config.json's
 DEFAULT_LR = {"code": 1e-4, "image": 2e-5}  # DT-BFR: CodeFormer Adam 1e-4; SwinIR AdamW 2e-5
 
 
@@ -198,30 +197,6 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
     merged = {**stored, **{k: v for k, v in given.items() if k not in RECIPE}, "out": str(out)}
     known = {f.name for f in dataclasses.fields(FinetuneConfig)}
     return FinetuneConfig(**{k: v for k, v in merged.items() if k in known})
-
-
-def read_target_steps(run: Path) -> int | None:
-    """The steps RUN/steps.json records (None without one: the run still has config.json's steps)."""
-    path = Path(run) / STEPS_FILE
-    if not path.is_file():
-        return None
-    try:
-        steps = json.loads(path.read_text())["steps"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UsageError(f"{path} is not a fine-tuning step count ({exc})", hint="delete it and resume with --steps N") from None
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise UsageError(f"{path} holds no step count >= 1 ({steps!r})", hint="delete it and resume with --steps N")
-    return steps
-
-
-def record_target_steps(run: Path, steps: int) -> None:
-    """Keep config.json as the run was started; a changed --steps goes to RUN/steps.json (atomic write)."""
-    run = Path(run)
-    current = read_target_steps(run)
-    if current is None:
-        current = json.loads((run / "config.json").read_text())["finetune"].get("steps")
-    if current != steps:
-        write_json(run / STEPS_FILE, {"steps": steps})
 
 
 def _check_steps_reached(run: Path, given: int | None, target: int) -> None:
@@ -366,7 +341,7 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
         if not (run / "config.json").is_file():
             write_json(run / "config.json", {"version": CONFIG_VERSION, "finetune": config.to_dict()})
         elif resume:
-            record_target_steps(run, config.steps)
+            record_target_steps(run, config.steps, section="finetune")
         if not files_path.is_file():
             write_json(files_path, {"train": [f.rel for f in train], "holdout": [f.rel for f in held]})
     distributed.barrier(d)
