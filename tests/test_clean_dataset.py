@@ -210,6 +210,17 @@ def test_usage_errors(dataset, tmp_path, model, monkeypatch):
     assert "facerestore train" in missing.output and len([l for l in missing.output.splitlines() if l.startswith("error:")]) == 1
 
 
+def test_an_out_that_holds_the_dataset_is_refused_before_the_model_loads(dataset, tmp_path):
+    """DST/<relative path> with DST above SRC lands beside SRC: SRC/a.png would replace the user's
+    own a.png there. One line, exit 2, before the (missing) weights are even looked at."""
+    mine = write_image(tmp_path / "a.png", face(9, 48))
+    before = mine.read_bytes()
+    refused = clean(dataset, "--out", tmp_path, "--weights", tmp_path / "nosuch.safetensors", check_exit=2)
+    assert f"--out {tmp_path} holds the dataset {dataset}" in refused.output
+    assert len([line for line in refused.output.splitlines() if line.strip()]) == 1
+    assert mine.read_bytes() == before and not (tmp_path / STATE_DIR).exists() and not (tmp_path / "sub").exists()
+
+
 def test_detect_mode_copies_photos_without_faces_through(tmp_path, tiny_baseline):
     src = tmp_path / "photos"
     wall = face(5, 96, 128)

@@ -43,7 +43,7 @@ import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import check_aligned_crop
-from facerestore.image_io import Picture, remove_stale_temps, resize, write_bytes, assert_not_input, assert_output_folder, assert_outside, list_images, read_image, write_image
+from facerestore.image_io import Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, list_images, read_image, write_image
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import check_seed, stable_seed
@@ -209,7 +209,9 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     src, out = Path(options.src), Path(options.out)
     if not src.is_dir():
         raise UsageError(f"{src} is not a folder" if src.exists() else f"{src} does not exist", hint="pass the folder of the dataset to clean")
-    assert_outside(out, src, f"the dataset {src}", hint="write the cleaned copy to a folder outside SRC")
+    # DST/<rel> for every file: a DST above SRC would write over the user's files beside SRC (and over SRC's
+    # own files where a sub-folder repeats SRC's name), and a DST inside SRC would be read back by a rerun
+    assert_apart(out, src, f"the dataset {src}", hint="write the cleaned copy to a folder that neither is, lies inside nor holds SRC")
     paths, _ = list_images([src])
     if not paths:
         raise UsageError(f"{src} holds no images", hint="pass a folder of jpg, png, webp, tif or bmp images")
