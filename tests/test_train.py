@@ -311,6 +311,24 @@ def test_init_from_is_stored_absolute_and_a_run_inside_val_is_refused(faces, tmp
         train(config(faces, faces.parent / "val" / "run", val=str(faces.parent / "val")), unet=MICRO)
 
 
+def test_a_run_folder_that_holds_its_data_or_val_folder_is_refused_before_writing(faces, tmp_path):
+    """The run writes RUN/val/step_N.png: with --val RUN/val the grids would become validation faces on
+    the next --resume, and a run folder above a data folder puts its files beside the user's. Refused
+    like a run folder inside the data, before anything is written."""
+    project = tmp_path / "project"
+    for i in range(2):
+        write_image(project / "faces" / f"{i}.png", face(i, 40))
+    with pytest.raises(UsageError, match=f"--out {project} holds the training data {project / 'faces'}"):
+        train(config(project / "faces", project), unet=MICRO)
+    assert sorted(p.relative_to(project).as_posix() for p in project.rglob("*")) == ["faces", "faces/0.png", "faces/1.png"]
+    run = tmp_path / "run"
+    for i in range(2):
+        write_image(run / "val" / f"{i}.png", face(i, 40))
+    with pytest.raises(UsageError, match=f"--out {run} holds the validation faces {run / 'val'}"):
+        train(config(faces, run, val=str(run / "val"), val_every=2), unet=MICRO)
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == ["val", "val/0.png", "val/1.png"]
+
+
 def test_a_folder_with_a_config_or_inside_the_data_is_not_a_new_run(faces, tmp_path):
     """A run stopped before its first checkpoint, a user's own config.json, or the data folder
     itself: a new run refuses before writing, so nothing of theirs is replaced."""

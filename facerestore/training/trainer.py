@@ -48,7 +48,7 @@ from facerestore.diffusion.losses import x0_regression_loss
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.diffusion.denoiser import ConcatCondition
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import assert_output_folder, assert_outside
+from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import IDMUNet, PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, idm_unet_config
 from facerestore.training import distributed
@@ -310,10 +310,13 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         raise UsageError(f"{run} already holds a training run (checkpoint {existing.name})", hint="pass --resume to continue it, or choose another --out")
     if not resume and (run / "config.json").exists():  # a run stopped before its first checkpoint, or someone's own file
         raise UsageError(f"{run} already holds a config.json", hint="pass --resume to continue that run, or choose another --out")
+    # the run writes RUN/val/step_N.png, RUN/checkpoints/, logs: a run folder at, inside or above a data or
+    # --val folder could put them among the faces (RUN/val is --val: the grids become validation faces on
+    # the next --resume), and a new run would train on them
     for folder in (*config.data, *config.targets):
-        assert_outside(run, Path(folder), f"the training data {folder}", hint="write the run to a folder outside the data")
-    if config.val:  # its validation grids would become validation faces on the next --resume
-        assert_outside(run, Path(config.val), f"the validation faces {config.val}", hint="write the run to a folder outside --val")
+        assert_apart(run, Path(folder), f"the training data {folder}", hint="write the run to a folder that neither is, lies inside nor holds the data")
+    if config.val:
+        assert_apart(run, Path(config.val), f"the validation faces {config.val}", hint="write the run to a folder that neither is, lies inside nor holds --val")
     if resume and existing is None and not (run / "config.json").is_file():
         raise UsageError(f"nothing to resume in {run}: no checkpoint and no config.json", hint="start the run without --resume")
 
