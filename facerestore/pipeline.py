@@ -140,6 +140,29 @@ def output_folders(output: Path) -> list[Path]:
     return [Path(output) / folder for folder in OUTPUT_FOLDERS]
 
 
+def written_folders(options: RestoreOptions) -> list[Path]:
+    """The output folders this run writes into: --aligned writes no photo and no input crop."""
+    faces = ("cropped_faces", "restored_faces", "cmp") if options.save_faces else ()
+    names = [n for n in faces if n != "cropped_faces"] if options.aligned else ["restored_imgs", *faces]
+    return [Path(options.output) / name for name in names]
+
+
+def assert_inputs_apart(inputs: Sequence[Path], options: RestoreOptions) -> None:
+    """Refuse a folder input at or below an output folder this run writes into (`results/restored_imgs
+    -o results`): its results would land among its inputs under the same names (each refused as an
+    overwrite), or beside them with --suffix/--ext, and a rerun would restore those again.
+    A folder elsewhere in the output (`out/photos -o out`) is fine: nothing is written into it, and
+    a walk of `out` skips the output folders; a file named on its own keeps the per-file refusal."""
+    for item in map(Path, inputs):
+        if not item.is_dir():
+            continue
+        for folder in written_folders(options):
+            if item.resolve().is_relative_to(folder.resolve()):
+                where = "is" if item.resolve() == folder.resolve() else "lies inside"
+                raise UsageError(f"the input folder {item} {where} {folder}, where this run writes its results (a rerun would restore them again)",
+                                 hint=f"choose another -o, or move the images out of {folder}")
+
+
 class OutputNamer:
     """Paths in the GFPGAN layout; keeps sub-folders of folder inputs apart so names never collide."""
 

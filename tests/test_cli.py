@@ -262,9 +262,38 @@ def test_inputs_are_never_overwritten(tmp_path, tiny_baseline):
     folder = tmp_path / "restored_imgs"
     source = write_image(folder / "x.png", smooth())
     before = source.read_bytes()
-    result = run(folder, "-o", tmp_path, "-m", "baseline", "--weights", tiny_baseline, "--upscale", "1")
+    result = run(source, "-o", tmp_path, "-m", "baseline", "--weights", tiny_baseline, "--upscale", "1")  # a file named on its own
     assert result.exit_code == 1 and "would overwrite the input" in result.output
     assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize("inside, extra", [("restored_imgs", ["--suffix", "x"]), ("restored_imgs/sub", ["--ext", "png"]),
+                                           ("restored_faces", ["--aligned"]), ("cmp", ["--aligned"]), ("cropped_faces", [])])
+def test_a_folder_input_inside_an_output_folder_the_run_writes_is_refused_before_any_work(tmp_path, inside, extra):
+    """Its results would land among its inputs (beside them with --suffix or --ext), and a rerun would
+    restore them again (x.png, x_x.png, x_x_x.png...): exit 2 before the (missing) weights are looked at."""
+    out = tmp_path / "out"
+    source = write_image(out / inside / "x.jpg", smooth())
+    result = run(out / inside, "-o", out, "-m", "baseline", "--weights", tmp_path / "nosuch.safetensors", *extra)
+    assert result.exit_code == 2, result.output
+    where = "is" if "/" not in inside else "lies inside"
+    assert f"the input folder {out / inside} {where} {out / inside.split('/')[0]}, where this run writes its results" in result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [source.relative_to(out).as_posix()]
+
+
+def test_a_folder_input_elsewhere_in_the_output_is_restored_and_not_read_back(crops, tmp_path, tiny_baseline):
+    """out/photos -o out writes only to out's four folders; the crops of an earlier run restored with
+    --aligned into the same output do not touch cropped_faces/: both are allowed, and reruns read
+    the same inputs."""
+    out = tmp_path / "out"
+    write_image(out / "photos" / "face.png", read_image(crops / "face.png").rgb)
+    write_image(out / "cropped_faces" / "face_00.png", read_image(crops / "face.png").rgb)
+    for folder in ("photos", "cropped_faces", "photos"):
+        result = run(out / folder, "--aligned", "-o", out, "-m", "baseline", "--weights", tiny_baseline, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["images"] == 1
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "cmp/face.png", "cmp/face_00.png", "cropped_faces/face_00.png", "photos/face.png", "restored_faces/face.png", "restored_faces/face_00.png"]
 
 
 @pytest.mark.parametrize(
