@@ -231,7 +231,7 @@ def test_detect_mode_copies_photos_without_faces_through(tmp_path, tiny_baseline
     assert manifest(tmp_path / "out")[0]["status"] == "no-face"
     assert s["check"] is None or s["check"]["count"] == s["done"] - s["no_face"]  # a photo copied through is not scored
     line = clean(src, "--out", tmp_path / "again", "--detect", "--method", "baseline", "--weights", tiny_baseline, "--device", "cpu").output
-    assert "0 restored, 0 failed" in line and "1 photos without a face copied through" in line
+    assert "0 restored, 0 failed" in line and "1 photo without a face copied through" in line
 
 
 def test_ctrl_c_says_how_to_go_on(dataset, tmp_path, monkeypatch):

@@ -56,6 +56,15 @@ def test_version():
     assert result.exit_code == 0 and result.output.startswith("facerestore ")
 
 
+def test_the_summary_line_says_1_image_and_1_face(crops, tmp_path, tiny_baseline):
+    result = run(crops, "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline)
+    assert result.exit_code == 0, result.output
+    assert f"1 of 1 image restored, 1 face -> {tmp_path / 'out'}" in result.output
+    write_image(crops / "second.png", read_image(crops / "face.png").rgb)
+    again = run(crops, "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline)
+    assert f"2 of 2 images restored, 2 faces -> {tmp_path / 'out'}" in again.output
+
+
 def test_aligned_crop_is_restored(crops, tmp_path, tiny_baseline):
     result = run(crops / "face.png", "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "-q")
     assert result.exit_code == 0, result.output

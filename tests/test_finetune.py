@@ -388,7 +388,7 @@ def test_report_skips_a_held_out_face_that_fails_to_decode(lq_cut, tmp_path):
     assert [p["path"] for p in report["per_face"]] == ["a/01.png", "b/05.png"]
     assert [s["path"] for s in report["skipped"]] == ["c/cut1.png"] and "truncated" in report["skipped"][0]["reason"]
     assert "Skipped (could not be decoded): c/cut1.png" in (tmp_path / "report" / "report.md").read_text()
-    assert len(notes) == 1 and notes[0].startswith("warning: 1 held-out faces could not be decoded")
+    assert len(notes) == 1 and notes[0].startswith("warning: 1 held-out face could not be decoded and is left out")
     assert not (tmp_path / "report" / "base" / "c").exists()
 
 
@@ -487,7 +487,7 @@ def test_scan_inputs_counts_broken_links_and_duplicates(tmp_path):
     (root / "c.png").symlink_to(tmp_path / "gone.png")
     faces, summary = scan_inputs(root, 64)
     assert [f.rel for f in faces] == ["a.png"]
-    assert summary == "1 faces, 1 broken link skipped, 1 duplicate (links to a file already listed) skipped"
+    assert summary == "1 face, 1 broken link skipped, 1 duplicate (links to a file already listed) skipped"
     (root / "a.png").unlink()  # now b.png is a broken link too
     with pytest.raises(UsageError, match=r"no usable faces in .* \(0 images, 2 broken links skipped\)"):
         scan_inputs(root, 64)

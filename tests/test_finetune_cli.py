@@ -449,8 +449,8 @@ def test_run_with_truncated_faces_skips_them_in_every_stage(tmp_path, weights):
     out = tmp_path / "run"
     result = run(*tiny_run_args(cut, out, weights))
     assert result.exit_code == 0, result.output
-    assert "warning: 1 faces could not be decoded and get no pseudo-target (first: " in result.output
-    assert "warning: 1 held-out faces could not be decoded" in result.output
+    assert "warning: 1 face could not be decoded and gets no pseudo-target (first: " in result.output
+    assert "warning: 1 held-out face could not be decoded and is left out of the report" in result.output
     split = json.loads((out / "files.json").read_text())
     assert "c/cut2.png" in split["train"] and "c/cut1.png" in split["holdout"]
     assert not (out / "pseudo" / "targets" / "c").exists()

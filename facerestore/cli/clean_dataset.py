@@ -10,6 +10,7 @@ import typer
 
 from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, main_rank
 from facerestore.errors import FaceRestoreError
+from facerestore.plural import counted
 
 
 @app.command("clean-dataset", context_settings=CONTEXT)
@@ -79,11 +80,11 @@ def clean_dataset_command(
         line = (f"{summary.done - summary.no_face} restored, {summary.failed} failed, {summary.skipped} already done; "
                 f"{summary.complete} of {summary.total} complete in {dst}; {summary.seconds_per_image:.2f} s per image")
         if summary.no_face:
-            line += f"; {summary.no_face} photos without a face copied through"
+            line += f"; {counted(summary.no_face, 'photo')} without a face copied through"
         err.print(line, markup=False)
         if summary.check:
             c = summary.check
-            err.print(f"authenticity (PSNR of f(x) vs x over {c['count']} images): mean {c['mean_psnr']:.2f} dB, worst {c['worst_psnr']:.2f} dB ({c['worst_path']})", markup=False)
+            err.print(f"authenticity (PSNR of f(x) vs x over {counted(c['count'], 'image')}): mean {c['mean_psnr']:.2f} dB, worst {c['worst_psnr']:.2f} dB ({c['worst_path']})", markup=False)
         elif check and summary.complete:
             err.print(f"no authenticity score: the images of {dst} were cleaned without --check, or hold no face; "
                       "clean into a new folder with --check to measure it", markup=False)

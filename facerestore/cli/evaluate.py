@@ -12,6 +12,7 @@ import typer
 
 from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out
 from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.plural import counted
 
 
 def method_weights(methods: list[str], values: list[str]) -> dict[str, str]:
@@ -150,13 +151,14 @@ def evaluate_command(
         typer.echo(json.dumps(data, indent=1, allow_nan=False))
     elif not quiet:
         print_tables(result)
-        err.print(f"report: {output / 'index.html'} (also index.md, results.json){f'; {len(failures)} failures' if failures else ''}", markup=False)
+        failed = f"; {counted(len(failures), 'failure')}" if failures else ""
+        err.print(f"report: {output / 'index.html'} (also index.md, results.json){failed}", markup=False)
     elif failures:  # -q keeps errors: the exit status alone would not say what failed
         unsaid = [line for line in (failure_line(what, why) for what, why in failures) if not any(line[len("error: "):] in said for said in told)]
         for line in unsaid[:3]:
             err.print(line, markup=False)
         more = f" ({len(unsaid) - 3} more listed there)" if len(unsaid) > 3 else ""
-        err.print(f"{len(failures)} failures; report: {output / 'index.html'}{more}", markup=False)
+        err.print(f"{counted(len(failures), 'failure')}; report: {output / 'index.html'}{more}", markup=False)
     raise typer.Exit(1 if failures else 0)
 
 

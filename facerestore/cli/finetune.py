@@ -12,6 +12,7 @@ import typer
 
 from facerestore.cli.app import CONTEXT, DefaultCommandGroup, app, err, fail, out
 from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.plural import counted
 
 
 class FinetuneGroup(DefaultCommandGroup):
@@ -172,7 +173,7 @@ def run_command(
     if result.report is not None:
         niqe = result.report.niqe
         shown = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in niqe.items())
-        out.print(f"report: {result.report.path} ({result.report.faces} held-out faces; NIQE {shown}; lower is better)", markup=False)
+        out.print(f"report: {result.report.path} ({counted(result.report.faces, 'held-out face')}; NIQE {shown}; lower is better)", markup=False)
     out.print(f"register it: {result.import_command}", markup=False)
     out.print(f"then:        facerestore PHOTO --method {config.base} --weights {shlex.quote(result.name)}", markup=False)
 

@@ -11,6 +11,7 @@ import typer
 from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import DEFAULT_MAX_PIXELS, assert_output_folder
+from facerestore.plural import counted
 
 
 @app.command("restore", context_settings=CONTEXT)
@@ -121,7 +122,7 @@ def restore_command(
         }
         typer.echo(json.dumps(summary, indent=2))  # ASCII: names that are not UTF-8 stay valid JSON
     elif not quiet:
-        err.print(f"{len(results) + len(missing) - failed} of {len(results) + len(missing)} images restored, {total_faces} faces -> {output}", markup=False)
+        err.print(f"{len(results) + len(missing) - failed} of {counted(len(results) + len(missing), 'image')} restored, {counted(total_faces, 'face')} -> {output}", markup=False)
         tip = cpu_bf16_tip(dev, precision, method)
         if tip and total_faces:  # a speed tip after no face was restored says nothing
             err.print(tip, markup=False)

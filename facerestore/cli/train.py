@@ -9,6 +9,7 @@ import typer
 
 from facerestore.cli.app import CONTEXT, app, err, fail, main_rank, out
 from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.plural import counted
 
 
 @app.command("train", context_settings=CONTEXT)
@@ -94,7 +95,7 @@ def train_command(
         if result.stopped_at_time_limit:
             err.print(f"stopped at the time limit; continue with: facerestore train --out {run_dir} --resume", markup=False)
         if result.substituted:
-            err.print(f"warning: {result.substituted} samples came from a file that failed to decode and were replaced by the next "
+            err.print(f"warning: {counted(result.substituted, 'sample')} came from a file that failed to decode and {'was' if result.substituted == 1 else 'were'} replaced by the next "
                       f"readable one (the per-step counts are in {run_dir / 'log.jsonl'}); re-export or remove those files", markup=False)
 
 

@@ -38,6 +38,7 @@ from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import BROKEN_LINK, list_images, read_image, resize
 from facerestore.training.degradations import DegradationSpec, sample_params, apply_degradation, to_gray
 from facerestore.training.seeds import permutation, stable_seed
+from facerestore.plural import counted
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ class ScanResult:
     def skipped(self) -> int:
         return len(self.unreadable) + len(self.tiny) + len(self.missing_targets) + len(self.broken_links) + len(self.duplicates)
 
-    def summary(self) -> str:
-        parts = [f"{len(self.files)} training images"]
+    def summary(self, noun: str = "training image") -> str:
+        """'N training images, M unreadable skipped, ...'; `noun` names what the files are to the command."""
+        parts = [counted(len(self.files), noun)]
         if self.unreadable:
             parts.append(f"{len(self.unreadable)} unreadable skipped")
         if self.tiny:
@@ -68,9 +70,9 @@ class ScanResult:
         if self.missing_targets:
             parts.append(f"{len(self.missing_targets)} without a cleaned target skipped")
         if self.broken_links:
-            parts.append(f"{len(self.broken_links)} broken link{'s' if len(self.broken_links) > 1 else ''} skipped")
+            parts.append(f"{counted(len(self.broken_links), 'broken link')} skipped")
         if self.duplicates:
-            parts.append(f"{len(self.duplicates)} duplicate{'s' if len(self.duplicates) > 1 else ''} (links to a file already listed) skipped")
+            parts.append(f"{counted(len(self.duplicates), 'duplicate')} (links to a file already listed) skipped")
         return ", ".join(parts)
 
 

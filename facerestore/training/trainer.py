@@ -68,6 +68,7 @@ from facerestore.training.loop import StopAtStepEnd, reseed, truncate_log
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.training.validation import ValFace, describe, load_val_faces, validate
 from facerestore.weights.checkpoint import load_strict
+from facerestore.plural import counted
 
 CONFIG_VERSION = 1
 
@@ -325,7 +326,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     val_faces: list[ValFace] = []
     if config.val:
         val_faces = load_val_faces(Path(config.val), config.val_count, config.size, {name: preset(name) for name in config.val_presets}, config.seed)
-        message(f"{len(val_faces)} validation faces from {config.val} ({', '.join(config.val_presets)})")
+        message(f"{counted(len(val_faces), 'validation face')} from {config.val} ({', '.join(config.val_presets)})")
         if not d.main:  # rank 0 validates
             val_faces = []
     identity = val_identity(config)  # on every rank: a missing file stops them all, not rank 0 alone
@@ -340,7 +341,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         if existing is None and config.init_from:  # stopped before its first checkpoint: start again from the same weights
             _, init_state = _unet_for(config, unet_config, message)
         files = load_file_list(run / "files.json")
-        scan_note = f"{len(files)} training images (file list of the run)"
+        scan_note = f"{counted(len(files), 'training image')} (file list of the run)"
     else:
         scan = scan_faces([Path(p) for p in config.data], [Path(p) for p in config.targets], min_side=min_side_for(config.size))
         if not scan.files:

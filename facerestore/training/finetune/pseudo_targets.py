@@ -79,6 +79,7 @@ from facerestore.image_io import assert_apart, assert_output_folder, remove_stal
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, open_manifest
 from facerestore.training.seeds import check_seed, stable_seed
+from facerestore.plural import counted
 
 T = 1000
 RESPACING = "250"
@@ -431,12 +432,12 @@ def scan_inputs(lq: Path, size: int, *, limit: int | None = None) -> tuple[list[
         raise UsageError(f"{lq} does not exist" if not lq.exists() else f"{lq} is not a folder", hint="pass the folder of low-quality aligned faces")
     scan = scan_faces([lq], min_side=min_side_for(size))
     faces = [InputFace(rel=Path(f.source).relative_to(lq).as_posix(), path=Path(f.source)) for f in scan.files]
-    summary = scan.summary().replace("training images", "faces")
+    summary = scan.summary("face")
     if limit is not None and len(faces) > limit:
         faces = faces[:limit]
         summary = f"the first {limit} of {summary}"
     if not faces:
-        raise UsageError(f"no usable faces in {lq} ({scan.summary().replace('training images', 'images')})",
+        raise UsageError(f"no usable faces in {lq} ({scan.summary('image')})",
                          hint=f"pass a folder of aligned face images (png, jpg, webp, tif, bmp) at least {min_side_for(size)} px on the short side")
     seen: dict[str, str] = {}
     for face in faces:
@@ -602,7 +603,7 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
             reporter.advance(len(batch))
     if unreadable:
         todo = [f for f in todo if f.rel not in unreadable]
-        reporter.message(f"warning: {len(unreadable)} faces could not be decoded and get no pseudo-target (first: {next(iter(unreadable.values()))}); "
+        reporter.message(f"warning: {counted(len(unreadable), 'face')} could not be decoded and {'gets' if len(unreadable) == 1 else 'get'} no pseudo-target (first: {next(iter(unreadable.values()))}); "
                          "re-copy or re-export them and rerun to make theirs")
 
     # phase B: the prior with the low-frequency constraint

@@ -43,6 +43,7 @@ from facerestore.training.finetune.pseudo_targets import (
     to_images,
 )
 from facerestore.training.data import centre_square, to_square
+from facerestore.plural import counted
 
 SHEET_ROWS = 8
 
@@ -117,7 +118,7 @@ def write_report(out: Path, faces: Sequence[InputFace], base_method, tuned_metho
                 rows.append([original, b, t])
         reporter.advance(len(batch))
     if skipped:
-        reporter.message(f"warning: {len(skipped)} held-out faces could not be decoded and are left out of the report (first: {skipped[0]['reason']}); re-copy or re-export them")
+        reporter.message(f"warning: {counted(len(skipped), 'held-out face')} could not be decoded and {'is' if len(skipped) == 1 else 'are'} left out of the report (first: {skipped[0]['reason']}); re-copy or re-export them")
     niqe = {k: _mean([p["niqe"][k] for p in per_face]) for k in ("input", "base", "finetuned")}
     changes = [p["psnr_finetuned_vs_base"] for p in per_face if p["psnr_finetuned_vs_base"] != "inf"]
     summary = {
@@ -149,7 +150,7 @@ def _markdown(summary: dict, sheet: Path | None) -> str:
     lines = [
         "# Unpaired fine-tuning: base vs fine-tuned on held-out faces",
         "",
-        f"Base: `{s.get('base', '?')}`; {summary['faces']} held-out faces (never used for pseudo-targets or training).",
+        f"Base: `{s.get('base', '?')}`; {counted(summary['faces'], 'held-out face')} (never used for pseudo-targets or training).",
         "Scores are no-reference; NIQE: lower is better. PSNR(fine-tuned, base) shows how much fine-tuning changed the outputs.",
         "",
         "| | input | base | fine-tuned |",

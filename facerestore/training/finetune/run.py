@@ -57,6 +57,7 @@ from facerestore.training.finetune.pseudo_targets import (
 from facerestore.training.finetune.report import ReportResult, write_report
 from facerestore.training.finetune.trainer import StepReport, TrainSettings, milestones_for, train_pairs
 from facerestore.training.seeds import check_seed, stable_seed
+from facerestore.plural import counted
 
 CONFIG_VERSION = 1
 DEFAULT_LR = {"code": 1e-4, "image": 2e-5}  # DT-BFR: CodeFormer Adam 1e-4; SwinIR AdamW 2e-5
@@ -229,7 +230,7 @@ def split_holdout(faces: list[InputFace], holdout: float, seed: int) -> tuple[li
     if 0 < holdout < 1 and len(faces) >= 2:
         count = max(1, count)
     if count >= len(faces):
-        raise UsageError(f"--holdout {holdout:g} would hold out {min(count, len(faces))} of {len(faces)} faces and leave none to fine-tune on",  # 1e300: not 301 digits
+        raise UsageError(f"--holdout {holdout:g} would hold out {min(count, len(faces))} of {counted(len(faces), 'face')} and leave none to fine-tune on",  # 1e300: not 301 digits
                          hint="hold out fewer faces (or --holdout 0 to skip the report)")
     ranked = sorted(faces, key=lambda f: stable_seed(seed, "holdout", f.rel))
     held = {f.rel for f in ranked[:count]}
@@ -317,8 +318,8 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
         held = [InputFace(rel, lq / rel) for rel in split["holdout"]]
         missing = [f.rel for f in train + held if not f.path.is_file()]
         if missing:
-            raise UsageError(f"{len(missing)} input faces of the run are gone from {lq} (first: {missing[0]})", hint="restore them, or start a new run")
-        scan_note = f"{len(train) + len(held)} faces (file list of the run)"
+            raise UsageError(f"{counted(len(missing), 'input face')} of the run {'is' if len(missing) == 1 else 'are'} gone from {lq} (first: {missing[0]})", hint="restore them, or start a new run")
+        scan_note = f"{counted(len(train) + len(held), 'face')} (file list of the run)"
     else:
         faces, scan_note = scan_inputs(Path(config.lq), config.size)
         train, held = split_holdout(faces, config.holdout, config.seed)
@@ -365,7 +366,7 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
         done = read_done(pseudo_dir / STATE_DIR)
     usable = [f for f in train if f.rel in done]
     if not usable:
-        raise UsageError(f"none of the {len(train)} faces to fine-tune on could be decoded, so there are no pseudo-targets",
+        raise UsageError(f"none of the {counted(len(train), 'face')} to fine-tune on could be decoded, so there are no pseudo-targets",
                          hint=f"re-copy or re-export the faces in {config.lq}, then continue with --resume")
     pairs = [Pair(lq=str(f.path), target=str(pseudo_dir / "targets" / target_name(f.rel))) for f in usable]
     absent = [p.target for p in pairs if not Path(p.target).is_file()]
