@@ -323,3 +323,19 @@ def test_torchrun_json_lists_every_ranks_failures_and_a_rerun_with_one_process_c
     assert (s["done"], s["skipped"], s["failed"], s["complete"]) == (2, 3, 0, 5)
     s = summary(src, *args)
     assert (s["done"], s["skipped"], s["failures"]) == (0, 5, [])
+
+
+def test_a_full_disk_is_one_line_saying_how_to_go_on(dataset, tmp_path, monkeypatch):
+    """An OSError while the manifest or the summary is written was a traceback."""
+    import errno
+
+    import facerestore.training.clean_dataset as module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / ".facerestore-clean" / "done-rank0.jsonl"))
+
+    monkeypatch.setattr(module, "clean_dataset", full)
+    result = clean(dataset, "--out", tmp_path / "out", check_exit=1)
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith("error: cannot write ") and "done-rank0.jsonl (No space left on device)" in line
+    assert "rerun the same command to do the rest" in line

@@ -602,3 +602,24 @@ def test_an_error_on_every_rank_or_on_rank_0_alone_stops_all_ranks_with_its_code
     done = torchrun([*args, "--out", tmp_path / "r2"], tmp_path)
     assert_all_ranks_stopped_with(done, 1, "cannot write checkpoint")
 
+
+
+def test_a_full_disk_is_one_line_saying_how_to_go_on(tmp_path, weights, lq, monkeypatch):
+    """An OSError while a stage writes (ENOSPC on log.jsonl, a target) was a traceback."""
+    import errno
+
+    from facerestore.training.finetune import pseudo_targets, run as run_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "log.jsonl"))
+
+    monkeypatch.setattr(run_module, "finetune_unpaired", full)
+    monkeypatch.setattr(pseudo_targets, "generate_pseudo_targets", full)
+    one_line_error(run(*tiny_run_args(lq, tmp_path / "run", weights)), 1, "cannot write", "log.jsonl (No space left on device)",
+                   "free some space", "run the same command again")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")  # the run had started: --resume continues it
+    monkeypatch.setattr(run_module, "resolve_config", lambda *a, **k: None)
+    one_line_error(run(*tiny_run_args(lq, tmp_path / "run", weights)), 1, f"continue with: facerestore finetune --out {tmp_path / 'run'} --resume")
+    one_line_error(run("finetune", "pseudo-targets", lq, "--out", tmp_path / "pt", "--device", "cpu", "-q"), 1,
+                   "No space left on device", "rerun the same command to make the remaining pseudo-targets")

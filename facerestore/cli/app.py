@@ -71,6 +71,13 @@ def fail(error: FaceRestoreError, debug: bool = False) -> NoReturn:
     raise typer.Exit(error.exit_code)
 
 
+def write_failed(exc: OSError, then: str) -> FaceRestoreError:
+    """A full disk or a lost mount while a long command writes its state: one line naming the file and
+    how to go on (`then`), instead of a traceback."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return FaceRestoreError(f"cannot write{where} ({exc.strerror or exc})", hint=f"free some space (or fix the folder), then {then}")
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"facerestore {__version__}")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, main_rank
+from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, main_rank, write_failed
 from facerestore.errors import FaceRestoreError
 from facerestore.plural import counted
 
@@ -71,6 +71,9 @@ def clean_dataset_command(
     except FaceRestoreError as exc:
         _stop(progress)
         fail(exc, debug)
+    except OSError as exc:  # a full disk or a lost mount while writing the manifest or the summary
+        _stop(progress)
+        fail(write_failed(exc, "rerun the same command to do the rest"), debug)
     _stop(progress)
     if not main:
         raise typer.Exit(1 if summary.failed else 0)

@@ -10,7 +10,7 @@ from typing import Annotated
 import click
 import typer
 
-from facerestore.cli.app import CONTEXT, DefaultCommandGroup, app, err, fail, out
+from facerestore.cli.app import CONTEXT, DefaultCommandGroup, app, err, fail, out, write_failed
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.plural import counted
 
@@ -165,6 +165,11 @@ def run_command(
     except FaceRestoreError as exc:
         bars.stop()
         fail(exc, debug)
+    except OSError as exc:  # a full disk or a lost mount while writing the run's files
+        bars.stop()
+        then = (f"continue with: facerestore finetune --out {shlex.quote(str(run_dir))} --resume" if (run_dir / "config.json").is_file()
+                else "run the same command again")
+        fail(write_failed(exc, then), debug)
     bars.stop()
     if not main_rank:
         return
@@ -223,6 +228,9 @@ def pseudo_targets_command(
     except FaceRestoreError as exc:
         bars.stop()
         fail(exc, debug)
+    except OSError as exc:  # a full disk or a lost mount while writing targets, the manifest or the sheet
+        bars.stop()
+        fail(write_failed(exc, "rerun the same command to make the remaining pseudo-targets"), debug)
     bars.stop()
     if main_rank:
         unreadable = f", {summary.unreadable} could not be decoded (skipped)" if summary.unreadable else ""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, app, err, fail, main_rank, out
+from facerestore.cli.app import CONTEXT, app, err, fail, main_rank, out, write_failed
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.plural import counted
 
@@ -78,22 +79,20 @@ def train_command(
     except KeyboardInterrupt:  # Ctrl-C reaches every process torchrun started: one says so
         _stop(progress)
         if main:
-            err.print(f"interrupted; continue with: facerestore train --out {run_dir} --resume", markup=False)
+            err.print(f"interrupted; continue with: facerestore train --out {shlex.quote(str(run_dir))} --resume", markup=False)
         raise typer.Exit(130) from None
     except FaceRestoreError as exc:
         _stop(progress)
         fail(exc, debug)
     except OSError as exc:  # a full disk or a lost mount while writing the log, the model or a grid
         _stop(progress)
-        where = f" {exc.filename}" if exc.filename else ""
-        fail(FaceRestoreError(f"cannot write{where} ({exc.strerror or exc})",
-                              hint=f"free some space (or fix the folder), then continue with: facerestore train --out {run_dir} --resume"), debug)
+        fail(write_failed(exc, f"continue with: facerestore train --out {shlex.quote(str(run_dir))} --resume"), debug)
     _stop(progress)
     if main:
         last = f", last loss {result.losses[-1][1]:.4f}" if result.losses else ""
         out.print(f"step {result.step} of {config.steps}{last}; model: {result.model} (use --weights {run_dir} --method idm)", markup=False)
         if result.stopped_at_time_limit:
-            err.print(f"stopped at the time limit; continue with: facerestore train --out {run_dir} --resume", markup=False)
+            err.print(f"stopped at the time limit; continue with: facerestore train --out {shlex.quote(str(run_dir))} --resume", markup=False)
         if result.substituted:
             err.print(f"warning: {counted(result.substituted, 'sample')} came from a file that failed to decode and {'was' if result.substituted == 1 else 'were'} replaced by the next "
                       f"readable one (the per-step counts are in {run_dir / 'log.jsonl'}); re-export or remove those files", markup=False)
