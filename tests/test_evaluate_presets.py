@@ -65,3 +65,12 @@ def test_unknown_preset_is_a_usage_error():
 
     with pytest.raises(UsageError, match="not a degradation preset"):
         presets.degrade(face_like(size=32), "extreme", seed=0, key="x")
+
+
+def test_seeds_that_differ_above_32_bits_give_other_inputs():
+    image = face_like(size=64)
+    first = presets.degrade(image, "mild", seed=5, key="face")[0]
+    assert not np.array_equal(first, presets.degrade(image, "mild", seed=5 + 2**32, key="face")[0])
+    assert not np.array_equal(first, presets.degrade(image, "mild", seed=5 + 2**62, key="face")[0])
+    top = presets.degrade(image, "eq11", seed=2**63 - 1, key="face")  # the largest --seed works
+    assert top[0].shape == image.shape

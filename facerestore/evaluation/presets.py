@@ -61,9 +61,13 @@ def preset_params(name: str) -> dict | None:
 
 
 def image_rng(seed: int, preset: str, key: str) -> np.random.Generator:
-    """The generator for one image: a function of (seed, preset, key) only."""
+    """The generator for one image: a function of (seed, preset, key) only.
+
+    The whole seed goes in (SeedSequence takes any non-negative int): masking it to 32 bits made
+    --seed S and S + 2^32 give identical inputs. Seeds below 2^32 keep the inputs they always had.
+    """
     digest = hashlib.sha256(f"{preset}\0{key}".encode()).digest()
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int.from_bytes(digest[:8], "little")]))
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int.from_bytes(digest[:8], "little")]))
 
 
 def quantize(image: np.ndarray) -> np.ndarray:
