@@ -7,8 +7,10 @@ metrics go through the registry's "unavailable" path; NIQE and the FID features 
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import math
 from pathlib import Path
 
@@ -343,6 +345,23 @@ def test_lq_inputs_get_no_reference_scores_and_fid(hq, tmp_path, monkeypatch):
     assert (out / "restored" / "brighten" / "b.png").is_file() and (out / "grids" / "real_1.png").is_file()
     missing = run("--lq", lq, "-m", "brighten", "--metrics", "fid", "-o", tmp_path / "r2")
     assert missing.exit_code == 2 and "needs --ref-set" in missing.output
+
+
+def test_lq_given_as_a_relative_path_links_and_lists_files_that_exist(hq, tmp_path, monkeypatch):
+    from facerestore.metrics import niqe as niqe_module
+
+    monkeypatch.setattr(niqe_module, "niqe", lambda image, **kw: float(np.mean(image)))
+    write_image(tmp_path / "lq" / "a.png", pattern(0))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "report"
+    result = run("--lq", "lq", "-m", "identity", "-o", "report", "-q")
+    assert result.exit_code == 0, result.output
+    (image,) = results(out)["sets"][0]["images"]
+    for file in image["files"].values():  # absolute, or relative to the report folder
+        assert Path(file).is_absolute() or (out / file).is_file(), image["files"]
+    assert Path(image["files"]["input"]) == (tmp_path / "lq" / "a.png").resolve()
+    links = re.findall(r'href="([^"]+)"', (out / "index.html").read_text())
+    assert links and all((out / html.unescape(link)).is_file() for link in links), links
 
 
 # ------------------------------------------------------------------ real faces (../shared)

@@ -632,7 +632,7 @@ class Evaluator:
                 image = self._load(item, record)
                 if image is None:
                     continue
-                record.files[INPUT] = str(item.path)
+                record.files[INPUT] = str(Path(item.path).resolve())  # as --restored files: the report's own are relative to it
                 record.scores[INPUT] = self._score(image, None, self.image_metrics, f"input {item.key}")
                 fid_sets[INPUT].append(str(Path(item.path).resolve()))
                 loaded.append((record, image))
