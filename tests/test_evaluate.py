@@ -267,6 +267,17 @@ def test_bad_files_fail_alone_and_exit_1(hq, tmp_path):
     assert row(data, "medium", "identity")["metrics"]["psnr"]["count"] == 2  # face0 (png or jpg) and face1
 
 
+def test_a_duplicate_name_outside_the_limit_is_not_a_failure(hq, tmp_path):
+    write_image(hq / "face1.jpg", pattern(1))  # same name as face1.png, which --limit 1 leaves out
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "--metrics", "psnr", "--limit", "1", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert results(out)["failures"] == [] and "same name" not in result.output
+    write_image(hq / "face0.jpg", pattern(0))  # a duplicate of the image it keeps still fails
+    again = run("--hq", hq, "-m", "identity", "--metrics", "psnr", "--limit", "1", "-o", out, "-q")
+    assert again.exit_code == 1 and "face0.png: skipped: face0.jpg has the same name" in again.output
+
+
 def test_a_failing_method_fails_only_its_rows(hq, tmp_path):
     out = tmp_path / "report"
     result = run("--hq", hq, "-m", "broken", "-m", "identity", "--metrics", "psnr", "-o", out, "-q")

@@ -176,17 +176,19 @@ def list_inputs(source: Path, limit: int | None = None, *, option: str = "--hq")
         reason = problems[0][1] if problems else "no images"
         raise UsageError(f"{option} {source}: {reason}", hint="pass a folder of aligned face crops (jpg, png, webp, tif, bmp)")
     items: list[InputItem] = []
-    failures: list[tuple[str, str]] = []
+    duplicates: list[tuple[str, str, str]] = []  # (key, path, reason)
     seen: dict[str, Path] = {}
     for path in paths:
         relative = path.relative_to(source) if source.is_dir() else Path(path.name)
         key = relative.with_suffix("").as_posix()
         if key in seen:
-            failures.append((str(path), f"skipped: {seen[key].name} has the same name; outputs are named after the file name without extension"))
+            duplicates.append((key, str(path), f"skipped: {seen[key].name} has the same name; outputs are named after the file name without extension"))
             continue
         seen[key] = path
         items.append(InputItem(key, path))
-    return items[:limit] if limit else items, failures
+    kept = items[:limit] if limit else items
+    keys = {item.key for item in kept}  # a duplicate of an image --limit leaves out is no failure of this run
+    return kept, [(path, reason) for key, path, reason in duplicates if key in keys]
 
 
 def to_face_size(rgb: np.ndarray, path: Path | str) -> tuple[np.ndarray, str]:
