@@ -11,6 +11,7 @@ import html
 import json
 import os
 import re
+import urllib.parse
 import math
 from pathlib import Path
 
@@ -373,6 +374,20 @@ def test_lq_given_as_a_relative_path_links_and_lists_files_that_exist(hq, tmp_pa
     assert Path(image["files"]["input"]) == (tmp_path / "lq" / "a.png").resolve()
     links = re.findall(r'href="([^"]+)"', (out / "index.html").read_text())
     assert links and all((out / html.unescape(link)).is_file() for link in links), links
+
+
+def test_html_links_of_names_with_url_characters_reach_their_files(tmp_path):
+    hq = tmp_path / "hq"
+    for i, name in enumerate(("face #1", "50% off?", "é & <b>")):
+        write_image(hq / f"{name}.png", pattern(i))
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    links = re.findall(r'(?:href|src)="([^"]+)"', (out / "index.html").read_text())
+    assert len(links) >= 6
+    for link in links:  # what a browser does: split off '?' and '#', then percent-decode
+        path = urllib.parse.unquote(urllib.parse.urlsplit(html.unescape(link)).path)
+        assert (out / path).is_file(), link
 
 
 # ------------------------------------------------------------------ real faces (../shared)

@@ -26,6 +26,7 @@ import os
 import shlex
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -439,6 +440,11 @@ details{margin:0.5em 0 1.5em}code{background:#f3f3f3;padding:1px 4px}
 """
 
 
+def _href(relative: str) -> str:
+    """A report path as a link: percent-encoded, or a name with '#', '?' or '%' would link elsewhere."""
+    return html.escape(urllib.parse.quote(relative))
+
+
 def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, links: Sequence[Sequence[str | None]] | None = None) -> str:
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r, row in enumerate(rows):
@@ -447,7 +453,7 @@ def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 
             text = html.escape(str(cell))
             link = links[r][c] if links and c < len(links[r]) else None
             if link:
-                text = f'<a href="{html.escape(link)}">{text}</a>'
+                text = f'<a href="{_href(link)}">{text}</a>'
             cls = ' class="l"' if c < left or c == len(row) - 1 and head[-1] == "notes" else ""
             cells.append(f"<td{cls}>{text}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
@@ -466,7 +472,7 @@ def write_html(result: EvalResult, folder: Path, command: Sequence[str] = ()) ->
         head, rows, notes = summary_table(s)
         parts.append(_html_table(head, rows))
         parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
-        parts += [f'<p><a href="{html.escape(g)}"><img class="grid" src="{html.escape(g)}" alt="{html.escape(s.name)} grid {i}"></a></p>' for i, g in enumerate(s.grids, 1)]
+        parts += [f'<p><a href="{_href(g)}"><img class="grid" src="{_href(g)}" alt="{html.escape(s.name)} grid {i}"></a></p>' for i, g in enumerate(s.grids, 1)]
         head, rows = image_table(s)
         links = []
         for image in s.images:
