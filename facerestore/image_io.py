@@ -680,8 +680,9 @@ def assert_apart(out: Path, folder: Path, where: str, hint: str) -> None:
         raise UsageError(f"--out {out} holds {where}: the outputs could overwrite it", hint=hint)
 
 
-def assert_not_input(path: Path, inputs: set[Path]) -> None:
-    """Refuse an output path that is one of the inputs (after resolving links and `..`)."""
+def assert_not_input(path: Path, inputs: set[Path], hint: str = "choose another output folder or --suffix") -> None:
+    """Refuse an output path that is one of the inputs (after resolving links and `..`); `hint` names
+    the options of the command that writes it."""
     target = Path(path).resolve()
     for inp in inputs:
         same = target == Path(inp).resolve()
@@ -691,5 +692,4 @@ def assert_not_input(path: Path, inputs: set[Path]) -> None:
             except OSError:
                 same = False
         if same:
-            raise BadImage(f"refusing to write {path}: it would overwrite the input {inp}",
-                           hint="choose another output folder or --suffix")
+            raise BadImage(f"refusing to write {path}: it would overwrite the input {inp}", hint=hint)

@@ -346,3 +346,15 @@ def test_degrade_goes_on_after_an_image_its_output_format_cannot_hold(tree, tmp_
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "over WebP's limit of 16383 px per side" in errors[0]
     assert (tmp_path / "out" / "a.webp").is_file() and (tmp_path / "out" / "degradations.json").is_file()
+
+
+def test_a_copy_that_would_land_on_its_source_is_refused_with_degrades_options(tree, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").symlink_to(tree / "a.png")  # the copy of a.png would be written through the link
+    before = (tree / "a.png").read_bytes()
+    result = run("degrade", tree / "a.png", "--out", out)
+    assert result.exit_code == 1 and (tree / "a.png").read_bytes() == before
+    (error,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "would overwrite the input" in error and "choose another --out folder" in error
+    assert "--suffix" not in result.output  # an option restore has, degrade has not

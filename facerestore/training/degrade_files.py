@@ -82,7 +82,7 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
             rng = numpy_rng(seed, "degrade", rel.as_posix())
             params = sample_params(rng, spec)
             degraded = apply_degradation(picture.rgb, params, rng)
-            assert_not_input(dst / target, inputs)
+            assert_not_input(dst / target, inputs, hint="choose another --out folder")  # degrade has no --suffix
             write_image(dst / target, degraded, alpha=picture.alpha, **(picture.encoding() | {"gray": picture.gray or params.gray}))
         except FaceRestoreError as exc:
             failed += 1
