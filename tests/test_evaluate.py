@@ -213,6 +213,19 @@ def test_a_rerun_removes_what_killed_runs_left_and_nothing_of_a_live_one(hq, tmp
     assert left == {".report.keep", live.name}
 
 
+def test_a_rerun_leaves_the_live_run_of_a_report_whose_name_extends_its_own(hq, tmp_path):
+    """--out report.4194303 (a name, not a pid) writing beside --out report: its staging folder stays."""
+    from facerestore.evaluation.report import remove_stale_staging
+
+    other = tmp_path / f".report.4194303.{os.getpid()}.abc123.partial"  # a live run of report.4194303
+    other_old = tmp_path / ".report.4194303.def456.old"  # its swap in progress
+    for folder in (other, other_old):
+        folder.mkdir()
+    (other_old / "results.json").write_text(json.dumps({"generator": "facerestore evaluate"}))
+    assert remove_stale_staging(tmp_path / "report") == 0
+    assert other.is_dir() and other_old.is_dir()
+
+
 # ------------------------------------------------------------------ bad input
 
 

@@ -99,9 +99,11 @@ def remove_stale_staging(out: Path) -> int:
     for folder in out.parent.glob(f".{glob.escape(out.name)}.*"):
         if not folder.is_dir():
             continue
-        middle = folder.name[len(out.name) + 2 :]
-        pid = middle.split(".", 1)[0]
-        stale = (folder.suffix == ".partial" and pid.isdigit() and not _alive(int(pid))) or (folder.suffix == ".old" and _is_report(folder))
+        # ours are exactly .NAME.PID.RANDOM.partial and .NAME.RANDOM.old (mkdtemp's RANDOM has no dot):
+        # .report.2024.PID.RANDOM.partial is a live run of --out report.2024, not a dead one of pid 2024
+        parts = folder.name[len(out.name) + 2 :].split(".")
+        partial = len(parts) == 3 and parts[2] == "partial" and parts[0].isdigit()
+        stale = (partial and not _alive(int(parts[0]))) or (len(parts) == 2 and parts[1] == "old" and _is_report(folder))
         if stale:
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
