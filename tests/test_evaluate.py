@@ -76,7 +76,14 @@ class Broken:
         raise RuntimeError("CUDA out of memory (simulated)")
 
 
-FAKES = {"identity": Identity, "brighten": Brighten, "broken": Broken}
+class Interrupted:
+    info = MethodInfo("interrupted", "Ctrl-C while restoring", "none", "test", True)
+
+    def restore(self, crops, generator=None):
+        raise KeyboardInterrupt
+
+
+FAKES = {"identity": Identity, "brighten": Brighten, "broken": Broken, "interrupted": Interrupted}
 
 
 @pytest.fixture(autouse=True)
@@ -224,6 +231,17 @@ def test_a_rerun_leaves_the_live_run_of_a_report_whose_name_extends_its_own(hq, 
     (other_old / "results.json").write_text(json.dumps({"generator": "facerestore evaluate"}))
     assert remove_stale_staging(tmp_path / "report") == 0
     assert other.is_dir() and other_old.is_dir()
+
+
+def test_ctrl_c_says_the_earlier_report_is_kept_and_exits_130(hq, tmp_path):
+    out = tmp_path / "report"
+    assert run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", out, "-q").exit_code == 0
+    before = (out / "results.json").read_bytes()
+    result = run("--hq", hq, "-m", "interrupted", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 130
+    assert result.output.strip() == f"interrupted; {out}: the earlier report in it is unchanged; rerun the same command to evaluate again"
+    assert (out / "results.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
 
 # ------------------------------------------------------------------ bad input

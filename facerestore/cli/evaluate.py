@@ -142,6 +142,11 @@ def evaluate_command(
     except FaceRestoreError as exc:
         report.discard(staging)
         fail(exc, debug)
+    except KeyboardInterrupt:  # Ctrl-C: say what became of the report, as the other commands do
+        report.discard(staging)
+        kept = "the earlier report in it is unchanged" if (output / "results.json").is_file() else "nothing was written"
+        err.print(f"interrupted; {output}: {kept}; rerun the same command to evaluate again", markup=False)
+        raise typer.Exit(130) from None
     except BaseException:
         report.discard(staging)
         raise
