@@ -339,3 +339,17 @@ def test_a_full_disk_is_one_line_saying_how_to_go_on(dataset, tmp_path, monkeypa
     line = result.output.strip()
     assert "\n" not in line and line.startswith("error: cannot write ") and "done-rank0.jsonl (No space left on device)" in line
     assert "rerun the same command to do the rest" in line
+
+
+def test_a_link_in_out_to_a_source_file_is_never_written_through(dataset, tmp_path, model):
+    """The refusal names what clean-dataset has (--out), not restore's --suffix."""
+    out = tmp_path / "out"
+    out.mkdir()
+    rel = visible_files(dataset)[0]
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    (out / rel).symlink_to(dataset / rel)
+    before = (dataset / rel).read_bytes()
+    result = clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", "-q", check_exit=1)
+    assert (dataset / rel).read_bytes() == before
+    line = next(li for li in result.output.splitlines() if "would overwrite the input" in li)
+    assert line.endswith("choose another --out folder") and "--suffix" not in line

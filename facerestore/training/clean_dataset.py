@@ -183,7 +183,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _write(target: Path, rgb: np.ndarray, picture: Picture, inputs: set[Path], quality: int) -> None:
-    assert_not_input(target, inputs)
+    assert_not_input(target, inputs, hint="choose another --out folder")  # clean-dataset has no --suffix
     write_image(target, rgb, alpha=picture.alpha, jpeg_quality=quality, **picture.encoding())
 
 
@@ -355,7 +355,7 @@ def _clean_photo(path: Path, rel: str, out: Path, method, detector, options: Cle
         if faces:
             _write(out / rel, rgb, picture, inputs, options.jpeg_quality)
         else:  # copied byte for byte: re-encoding a JPEG would degrade what there was nothing to restore in
-            assert_not_input(out / rel, inputs)
+            assert_not_input(out / rel, inputs, hint="choose another --out folder")
             write_bytes(out / rel, path.read_bytes())
     except FaceRestoreError as exc:
         return FileResult(rel, "failed", time.perf_counter() - clock, error=exc.one_line())
