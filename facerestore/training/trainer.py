@@ -350,6 +350,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         files = scan.files
         scan_note = scan.summary()
         unet_config, init_state = _unet_for(config, unet, message)
+        distributed.barrier(d)  # every rank has found no run here before rank 0 makes one (else: "already holds a config.json")
         if d.main:
             run.mkdir(parents=True, exist_ok=True)
             save_file_list(files, run / "files.json")

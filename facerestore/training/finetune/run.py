@@ -337,6 +337,7 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
     prepared = prepare(pseudo_options, str(d.device), faces=train, scan=scan_note, base_method=base_method) if stage1_left else None
     del base_method
 
+    distributed.barrier(d)  # every rank has checked the folder (resolve_config) before rank 0 writes the run into it
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
         if not (run / "config.json").is_file():
