@@ -340,11 +340,14 @@ def test_a_peers_failure_ends_this_rank_quietly_with_the_peers_code(tmp_path, we
 
     monkeypatch.setattr(run_module, "_run", broken_barrier)
     monkeypatch.setattr(pseudo_targets, "_generate", broken_barrier)
-    if stage == "run":
-        result = run(*tiny_run_args(lq, tmp_path / "run", weights))
-    else:
-        result = run("finetune", "pseudo-targets", lq, "--out", tmp_path / "pt", "--size", "64", "--device", "cpu", "-q")
+    result = run_stage(stage, tmp_path, weights, lq)
     assert (result.exit_code, result.output) == (1, output)
+
+
+def run_stage(stage: str, tmp_path: Path, weights, lq: Path):
+    if stage == "run":
+        return run(*tiny_run_args(lq, tmp_path / "run", weights))
+    return run("finetune", "pseudo-targets", lq, "--out", tmp_path / "pt", "--size", "64", "--device", "cpu", "-q")
 
 
 @pytest.mark.parametrize("stage", ["run", "pseudo-targets"])
@@ -366,10 +369,7 @@ def test_a_ranks_own_error_is_left_for_its_peers(tmp_path, weights, lq, monkeypa
 
     monkeypatch.setattr(run_module, "_run", full_disk)
     monkeypatch.setattr(pseudo_targets, "_generate", full_disk)
-    if stage == "run":
-        result = run(*tiny_run_args(lq, tmp_path / "run", weights))
-    else:
-        result = run("finetune", "pseudo-targets", lq, "--out", tmp_path / "pt", "--size", "64", "--device", "cpu", "-q")
+    result = run_stage(stage, tmp_path, weights, lq)
     one_line_error(result, 2, "cannot write RUN/files.json")
     peer = distributed.peer_failure(store, distributed.Dist(rank=1, world=2))
     assert peer is not None and (peer.rank, peer.exit_code, str(peer)) == (0, 2, "rank 0: cannot write RUN/files.json (No space left on device)")

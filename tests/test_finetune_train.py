@@ -182,19 +182,24 @@ def test_lr_schedule_is_torch_multisteplr():
         scheduler.step()
 
 
-def test_exact_resume_code_level(weights, pairs, tmp_path):
-    straight = tmp_path / "straight"
+def _straight_and_crashed_at_3(tmp_path: Path, weights, pairs) -> tuple[Path, Path]:
+    """A 5-step run left whole, and the same run stopped by a crash during step 3 (checkpoint at 2)."""
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     straight.mkdir()
+    crashed.mkdir()
     train_pairs(straight, code_settings(), pairs, weights["codeformer"], CPU)
 
     def crash_at_3(report):
         if report.step == 3:
             raise Crash
 
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
     with pytest.raises(Crash):
         train_pairs(crashed, code_settings(), pairs, weights["codeformer"], CPU, on_step=crash_at_3)
+    return straight, crashed
+
+
+def test_exact_resume_code_level(weights, pairs, tmp_path):
+    straight, crashed = _straight_and_crashed_at_3(tmp_path, weights, pairs)
     assert latest_checkpoint(crashed).name == "step_0000002"
     resumed = train_pairs(crashed, code_settings(), pairs, weights["codeformer"], CPU)
     assert [s for s, _ in resumed.losses] == [3, 4, 5]
@@ -208,18 +213,7 @@ def test_extending_a_run_keeps_the_lr_of_its_original_length(weights, pairs, tmp
     """A 5-step run interrupted at step 3 and resumed with steps=8 (as `--resume --steps 8`, which passes the
     milestones the run config keeps): steps 1-5 get the rates and losses of the uninterrupted 5-step run, the
     extra steps its last rate. milestones_for(8) = (7, 8) would have left step 5 undecayed."""
-    straight = tmp_path / "straight"
-    straight.mkdir()
-    train_pairs(straight, code_settings(), pairs, weights["codeformer"], CPU)
-
-    def crash_at_3(report):
-        if report.step == 3:
-            raise Crash
-
-    extended = tmp_path / "extended"
-    extended.mkdir()
-    with pytest.raises(Crash):
-        train_pairs(extended, code_settings(), pairs, weights["codeformer"], CPU, on_step=crash_at_3)
+    straight, extended = _straight_and_crashed_at_3(tmp_path, weights, pairs)
     original = milestones_for(5)
     assert original == (4, 5)
     resumed = train_pairs(extended, code_settings(steps=8, milestones=original), pairs, weights["codeformer"], CPU)
