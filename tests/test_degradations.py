@@ -358,3 +358,60 @@ def test_a_copy_that_would_land_on_its_source_is_refused_with_degrades_options(t
     (error,) = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert "would overwrite the input" in error and "choose another --out folder" in error
     assert "--suffix" not in result.output  # an option restore has, degrade has not
+
+
+def interrupt_after(monkeypatch, count: int) -> list[Path]:
+    """Ctrl-C (KeyboardInterrupt) as degrade is about to write its copy number `count` + 1; returns the paths written."""
+    from facerestore.training import degrade_files
+
+    real, written = degrade_files.write_image, []
+
+    def write(path, *args, **kwargs):
+        if len(written) == count:
+            raise KeyboardInterrupt
+        written.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(degrade_files, "write_image", write)
+    return written
+
+
+def test_an_interrupted_degrade_keeps_every_copys_parameters_and_a_rerun_ends_as_an_uninterrupted_run(tree, tmp_path, monkeypatch):
+    from facerestore.training.degrade_files import MANIFEST, STATE_DIR, degrade_tree, read_manifest
+
+    args = ("--preset", "eq11", "--seed", "7", "-q")
+    assert run("degrade", tree, "--out", tmp_path / "whole", *args).exit_code == 0
+    whole = json.loads((tmp_path / "whole" / "degradations.json").read_text())["images"]
+    out = tmp_path / "out"
+    interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        degrade_tree(tree, out, preset="eq11", seed=7)
+    kept = read_manifest(out / STATE_DIR / MANIFEST)  # the two copies written have their parameters on disk
+    assert sorted(kept) == ["a.png", "sub/b.jpg"] and list(kept.values()) == whole[:2]
+    assert not (out / "degradations.json").exists()  # it always describes a whole run
+    with open(out / STATE_DIR / MANIFEST, "a") as manifest:  # and a kill -9 in the middle of the next record
+        manifest.write('{"path": "sub/c.png", "sour')
+    monkeypatch.undo()
+    again = interrupt_after(monkeypatch, 99)
+    assert run("degrade", tree, "--out", out, *args).exit_code == 0
+    assert again == [out / "sub" / "c.png"]  # only what was missing
+    for name in ("degradations.json", "degradations.csv", "a.png", "sub/b.jpg", "sub/c.png"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_a_rerun_with_other_settings_starts_over(tree, tmp_path, monkeypatch):
+    from facerestore.training.degrade_files import degrade_tree
+
+    out = tmp_path / "out"
+    assert run("degrade", tree, "--out", out, "--preset", "medium", "-q").exit_code == 0
+    said: list[str] = []
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        degrade_tree(tree, out, preset="severe", on_message=said.append)
+    assert said == [f"{out} held copies made with other settings (preset 'medium' -> 'severe'); degrading every image again"]
+    assert not (out / "degradations.json").exists()  # it listed medium copies, one of which is severe now
+    monkeypatch.undo()
+    result = run("degrade", tree, "--out", out, "--preset", "severe")
+    assert result.exit_code == 0 and "2 degraded with preset severe, 1 already done, 0 failed" in result.output
+    report = json.loads((out / "degradations.json").read_text())
+    assert report["preset"] == "severe" and [r["sigma"] for r in report["images"]] == [8.0, 8.0, 8.0]

@@ -21,15 +21,18 @@ def degrade_command(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors (and the final line when some failed).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
-    """Degrade images with a named preset; every image's parameters go to DST/degradations.json and .csv."""
+    """Degrade images with a named preset; every image's parameters go to DST/degradations.json and .csv (resumable: a rerun does only what is missing)."""
     from facerestore.training.degrade_files import degrade_tree
 
     try:
         report = degrade_tree(src, dst, preset=preset, seed=seed, ext=ext,
                               on_error=lambda line: err.print(f"error: {line}", markup=False),
-                              on_warning=lambda line: err.print(f"warning: {line}", markup=False))
+                              on_warning=lambda line: err.print(f"warning: {line}", markup=False),
+                              on_message=lambda line: None if quiet else err.print(line, markup=False))
     except FaceRestoreError as exc:
         fail(exc, debug)
     if not quiet or report.failed:
-        err.print(f"{report.written} degraded with preset {preset}, {report.failed} failed -> {dst} (parameters: {report.json_path.name}, {report.csv_path.name})", markup=False)
+        earlier = f", {report.skipped} already done" if report.skipped else ""
+        err.print(f"{report.written} degraded with preset {preset}{earlier}, {report.failed} failed -> {dst} (parameters: {report.json_path.name}, {report.csv_path.name})",
+                  markup=False)
     raise typer.Exit(1 if report.failed else 0)

@@ -3,9 +3,19 @@
     DST/<relative path>          the degraded copy (same name; --ext changes the format)
     DST/degradations.json        {"preset", "seed", "spec", "images": [{"path", "source", <params>}]}
     DST/degradations.csv         one row per image: path, source and every parameter
+    DST/.facerestore-degrade/    settings.json and done.jsonl: the record of a run not yet finished
 
 Each image's parameters and noise come from a generator keyed by (seed, its relative path), so a
 rerun, a subset or another order of the same files gives the same degradations.
+
+Resumable. degradations.json is written once, at the end, and always describes a whole run; until
+then every copy's record (the line it will have in degradations.json) is appended to
+DST/.facerestore-degrade/done.jsonl, flushed and fsynced, right after the copy was written
+atomically. After Ctrl-C or kill -9 every visible copy is complete and its parameters are in that
+manifest; a rerun of the same command skips the copies listed there (and still present) and ends
+with the degradations.json an uninterrupted run writes. The manifest is kept for the settings in
+.facerestore-degrade/settings.json (preset, seed, the preset's ranges): a rerun with other settings
+starts over, dropping the manifest and the degradations.json / .csv of the earlier settings.
 """
 
 from __future__ import annotations
@@ -20,30 +30,72 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import IMAGE_EXTENSIONS, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image, write_image
-from facerestore.training.degradations import DegradationParams, apply_degradation, preset as get_preset, sample_params
+from facerestore.image_io import (IMAGE_EXTENSIONS, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image,
+                                  write_bytes, write_image)
+from facerestore.training.degradations import DegradationParams, DegradationSpec, apply_degradation, preset as get_preset, sample_params
+from facerestore.training.loop import open_manifest
 from facerestore.training.seeds import check_seed, numpy_rng
 
 FIELDS = [f.name for f in dataclasses.fields(DegradationParams)]
+STATE_DIR = ".facerestore-degrade"
+MANIFEST = "done.jsonl"
 
 
 @dataclass
 class DegradeReport:
-    written: int
+    written: int  # copies written by this run
     failed: int
     json_path: Path
     csv_path: Path
-    records: list[dict]
+    records: list[dict]  # every copy of the run, as in degradations.json (those of earlier runs included)
+    skipped: int = 0  # copies an interrupted earlier run had finished (same settings)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _settings(preset: str, seed: int, spec: DegradationSpec) -> dict:
+    """What a manifest's records depend on, as JSON gives it back (tuples become lists)."""
+    return json.loads(json.dumps({"preset": preset, "seed": seed, "spec": dataclasses.asdict(spec)}))
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """Target path -> its newest record; a line cut by a kill is ignored (that copy is redone)."""
+    records: dict[str, dict] = {}
+    if not path.is_file():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            records[str(record["path"])] = record
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return records
+
+
+def _earlier_records(state: Path, settings: dict, stale: list[Path], on_message: Callable[[str], None] | None) -> dict[str, dict]:
+    """The records an interrupted run with these settings left; with other (or unknown) settings the
+    run starts over: their manifest goes, then the `stale` files made from it, then the settings are
+    recorded (in that order, so a kill in between never pairs a manifest with the wrong settings)."""
+    path = state / "settings.json"
+    try:
+        recorded = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        recorded = None
+    if recorded == settings:
+        return read_manifest(state / MANIFEST)
+    if isinstance(recorded, dict) and on_message is not None:
+        differ = ", ".join(f"{k} {recorded.get(k)!r} -> {settings[k]!r}" for k in ("preset", "seed") if recorded.get(k) != settings[k])
+        differ = differ or f"the ranges of preset {settings['preset']} changed since"
+        on_message(f"{state.parent} held copies made with other settings ({differ}); degrading every image again")
+    (state / MANIFEST).unlink(missing_ok=True)
+    for file in stale:
+        file.unlink(missing_ok=True)
+    write_bytes(path, (json.dumps(settings, indent=1) + "\n").encode())
+    return {}
 
 
 def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, ext: str = "auto",
-                 on_error: Callable[[str], None] | None = None, on_warning: Callable[[str], None] | None = None) -> DegradeReport:
+                 on_error: Callable[[str], None] | None = None, on_warning: Callable[[str], None] | None = None,
+                 on_message: Callable[[str], None] | None = None) -> DegradeReport:
+    """Degrade every image of `src` into `dst` (or finish what an interrupted run began; module docstring)."""
     spec = get_preset(preset)
     check_seed(seed)
     ext = output_format(ext)
@@ -72,33 +124,60 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
                              hint="use --ext auto, or rename one of them")
         first[target.as_posix()] = rel
     inputs = {p.resolve() for p in paths}
-    records: list[dict] = []
-    failed = 0
-    for path, rel, target in zip(paths, rels, targets):
-        try:
-            picture = read_image(path)
-            if picture.frames > 1 and on_warning is not None:
-                on_warning(f"{path} holds {picture.frames} frames; only the first is degraded, and written as one still image")
-            rng = numpy_rng(seed, "degrade", rel.as_posix())
-            params = sample_params(rng, spec)
-            degraded = apply_degradation(picture.rgb, params, rng)
-            assert_not_input(dst / target, inputs, hint="choose another --out folder")  # degrade has no --suffix
-            write_image(dst / target, degraded, alpha=picture.alpha, **(picture.encoding() | {"gray": picture.gray or params.gray}))
-        except FaceRestoreError as exc:
-            failed += 1
-            if on_error is not None:
-                on_error(exc.one_line())
-            continue
-        records.append({"path": target.as_posix(), "source": rel.as_posix(), **params.to_dict()})
     json_path, csv_path = dst / "degradations.json", dst / "degradations.csv"
+    state = dst / STATE_DIR
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        earlier = _earlier_records(state, _settings(preset, seed, spec), [json_path, csv_path], on_message)
+        manifest = open_manifest(state / MANIFEST)
+    except OSError as exc:  # write_bytes says its own line
+        raise FaceRestoreError(f"cannot write into {state} ({exc.strerror or exc})", hint="check free space and permissions") from None
+    done: dict[str, dict] = {}  # target -> its record, for every copy this run or an earlier one finished
+    for rel, target in zip(rels, targets):
+        record = earlier.get(target.as_posix())
+        if record is not None and record.get("source") == rel.as_posix() and (dst / target).is_file():
+            done[target.as_posix()] = record
+    skipped = len(done)
+    failed = 0
+    with manifest:
+        for path, rel, target in zip(paths, rels, targets):
+            if target.as_posix() in done:
+                continue
+            record = _degrade_one(path, rel, target, dst, spec, seed, inputs, on_error, on_warning)
+            if record is None:
+                failed += 1
+                continue
+            try:
+                manifest.write(json.dumps(record) + "\n")
+                manifest.flush()
+                os.fsync(manifest.fileno())
+            except OSError as exc:
+                raise FaceRestoreError(f"cannot write {state / MANIFEST} ({exc.strerror or exc})", hint="check free space and permissions") from None
+            done[target.as_posix()] = record
+    records = [done[t.as_posix()] for t in targets if t.as_posix() in done]  # in the order of the files, as an uninterrupted run
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["path", "source", *FIELDS])
     writer.writeheader()
     writer.writerows(records)
+    write_bytes(json_path, (json.dumps({"preset": preset, "seed": seed, "spec": dataclasses.asdict(spec), "images": records}, indent=1) + "\n").encode())
+    write_bytes(csv_path, buffer.getvalue().encode())
+    return DegradeReport(written=len(records) - skipped, failed=failed, json_path=json_path, csv_path=csv_path, records=records, skipped=skipped)
+
+
+def _degrade_one(path: Path, rel: Path, target: Path, dst: Path, spec: DegradationSpec, seed: int, inputs: set[Path],
+                 on_error: Callable[[str], None] | None, on_warning: Callable[[str], None] | None) -> dict | None:
+    """Degrade and write one copy; its record, or None after reporting why it failed."""
     try:
-        dst.mkdir(parents=True, exist_ok=True)
-        _atomic_text(json_path, json.dumps({"preset": preset, "seed": seed, "spec": dataclasses.asdict(spec), "images": records}, indent=1) + "\n")
-        _atomic_text(csv_path, buffer.getvalue())
-    except OSError as exc:
-        raise FaceRestoreError(f"cannot write the parameters into {dst} ({exc.strerror or exc})", hint="check free space and permissions") from None
-    return DegradeReport(written=len(records), failed=failed, json_path=json_path, csv_path=csv_path, records=records)
+        picture = read_image(path)
+        if picture.frames > 1 and on_warning is not None:
+            on_warning(f"{path} holds {picture.frames} frames; only the first is degraded, and written as one still image")
+        rng = numpy_rng(seed, "degrade", rel.as_posix())
+        params = sample_params(rng, spec)
+        degraded = apply_degradation(picture.rgb, params, rng)
+        assert_not_input(dst / target, inputs, hint="choose another --out folder")  # degrade has no --suffix
+        write_image(dst / target, degraded, alpha=picture.alpha, **(picture.encoding() | {"gray": picture.gray or params.gray}))
+    except FaceRestoreError as exc:
+        if on_error is not None:
+            on_error(exc.one_line())
+        return None
+    return {"path": target.as_posix(), "source": rel.as_posix(), **params.to_dict()}
