@@ -415,3 +415,17 @@ def test_a_rerun_with_other_settings_starts_over(tree, tmp_path, monkeypatch):
     assert result.exit_code == 0 and "2 degraded with preset severe, 1 already done, 0 failed" in result.output
     report = json.loads((out / "degradations.json").read_text())
     assert report["preset"] == "severe" and [r["sigma"] for r in report["images"]] == [8.0, 8.0, 8.0]
+
+
+def test_a_rerun_removes_the_temp_files_a_killed_write_left_and_nothing_else(tree, tmp_path):
+    out = tmp_path / "out"
+    stale = [out / ".a.png.k3x9q2zw.tmp", out / "sub" / ".c.png.0a1b2c3d.tmp", out / ".degradations.json.zz8y7x6w.tmp"]
+    mine = [out / "notes.tmp", out / ".a.png.keep", out / "sub" / ".c.png", out / ".other.png.0a1b2c3d.tmp"]  # not degrade's temp names
+    for file in stale + mine:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"half a file")
+    result = run("degrade", tree, "--out", out, "--preset", "mild")
+    assert result.exit_code == 0, result.output
+    assert "removed 3 unfinished temporary files of an earlier run" in result.output
+    assert not any(file.exists() for file in stale)
+    assert all(file.read_bytes() == b"half a file" for file in mine)

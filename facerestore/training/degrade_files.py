@@ -13,7 +13,8 @@ then every copy's record (the line it will have in degradations.json) is appende
 DST/.facerestore-degrade/done.jsonl, flushed and fsynced, right after the copy was written
 atomically. After Ctrl-C or kill -9 every visible copy is complete and its parameters are in that
 manifest; a rerun of the same command skips the copies listed there (and still present) and ends
-with the degradations.json an uninterrupted run writes. The manifest is kept for the settings in
+with the degradations.json an uninterrupted run writes; the temp files of a killed write are
+removed. The manifest is kept for the settings in
 .facerestore-degrade/settings.json (preset, seed, the preset's ranges): a rerun with other settings
 starts over, dropping the manifest and the degradations.json / .csv of the earlier settings.
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import (IMAGE_EXTENSIONS, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image,
-                                  write_bytes, write_image)
+                                  remove_stale_temps, write_bytes, write_image)
 from facerestore.training.degradations import DegradationParams, DegradationSpec, apply_degradation, preset as get_preset, sample_params
 from facerestore.training.loop import open_manifest
 from facerestore.training.seeds import check_seed, numpy_rng
@@ -126,6 +127,10 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     inputs = {p.resolve() for p in paths}
     json_path, csv_path = dst / "degradations.json", dst / "degradations.csv"
     state = dst / STATE_DIR
+    # a kill -9 in the middle of a write leaves its temp file (.NAME.RANDOM.tmp) beside the target: only those go
+    removed = remove_stale_temps([*(dst / t for t in targets), json_path, csv_path, state / "settings.json"])
+    if removed and on_message is not None:
+        on_message(f"removed {removed} unfinished temporary files of an earlier run")
     try:
         state.mkdir(parents=True, exist_ok=True)
         earlier = _earlier_records(state, _settings(preset, seed, spec), [json_path, csv_path], on_message)
