@@ -429,3 +429,17 @@ def test_a_rerun_removes_the_temp_files_a_killed_write_left_and_nothing_else(tre
     assert "removed 3 unfinished temporary files of an earlier run" in result.output
     assert not any(file.exists() for file in stale)
     assert all(file.read_bytes() == b"half a file" for file in mine)
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tree, tmp_path, monkeypatch):
+    from facerestore.training import degrade_files
+
+    out = tmp_path / "out"
+    interrupt_after(monkeypatch, 1)
+    result = run("degrade", tree, "--out", out, "--preset", "mild")
+    assert result.exit_code == 130
+    assert result.output.strip() == (f"interrupted; the copies written so far are kept, their parameters in {out / '.facerestore-degrade' / 'done.jsonl'}: "
+                                     "rerun the same command to degrade the rest and write degradations.json")
+    monkeypatch.setattr(degrade_files, "list_images", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))  # while listing a large tree
+    early = run("degrade", tree, "--out", tmp_path / "new", "--preset", "mild")
+    assert early.exit_code == 130 and early.output.strip() == "interrupted before any copy was written; run the same command again"

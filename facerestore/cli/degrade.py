@@ -22,13 +22,20 @@ def degrade_command(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Degrade images with a named preset; every image's parameters go to DST/degradations.json and .csv (resumable: a rerun does only what is missing)."""
-    from facerestore.training.degrade_files import degrade_tree
+    from facerestore.training.degrade_files import MANIFEST, STATE_DIR, degrade_tree
 
     try:
         report = degrade_tree(src, dst, preset=preset, seed=seed, ext=ext,
                               on_error=lambda line: err.print(f"error: {line}", markup=False),
                               on_warning=lambda line: err.print(f"warning: {line}", markup=False),
                               on_message=lambda line: None if quiet else err.print(line, markup=False))
+    except KeyboardInterrupt:  # Ctrl-C: say what was kept and how to go on, as the other long commands do
+        if (dst / STATE_DIR).is_dir():
+            err.print(f"interrupted; the copies written so far are kept, their parameters in {dst / STATE_DIR / MANIFEST}: "
+                      "rerun the same command to degrade the rest and write degradations.json", markup=False)
+        else:
+            err.print("interrupted before any copy was written; run the same command again", markup=False)
+        raise typer.Exit(130) from None
     except FaceRestoreError as exc:
         fail(exc, debug)
     if not quiet or report.failed:
