@@ -351,6 +351,29 @@ def test_restored_folder_with_wrong_sizes_and_names(hq, tmp_path):
     assert len(refused.output.strip().splitlines()) == 1
 
 
+def test_with_json_every_failure_is_one_line_on_stderr_and_stdout_stays_json(hq, tmp_path):
+    """A missing or wrong-size --restored file is said on stderr as an unreadable input is, each once."""
+    (hq / "broken.png").write_bytes(b"not a png at all")
+    write_image(hq / "face2.png", pattern(2))
+    theirs = tmp_path / "theirs"
+    write_image(theirs / "face0.png", pattern(0, 256))  # wrong size; face1 and face2 have none
+    (theirs / "face1.png").write_bytes(b"not a png either")
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "--restored", f"other={theirs}", "--metrics", "psnr", "-o", out, "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == results(out)
+    errors = result.stderr.strip().splitlines()
+    assert all(line.startswith("error: ") for line in errors), result.stderr
+    assert len(errors) == 4 and len(set(errors)) == 4, result.stderr
+    assert any("broken.png is not an image file" in line for line in errors)
+    assert any(f"other: {theirs / 'face0.png'} is 256x256 but the input and reference are 512x512" in line for line in errors)
+    assert any(f"other: {theirs / 'face1.png'}" in line and "is not an image file" in line for line in errors)
+    assert any(f"other: no restored image named face2.<ext> in {theirs}" in line for line in errors)
+    quiet = run("--hq", hq, "-m", "identity", "--restored", f"other={theirs}", "--metrics", "psnr", "-o", out, "-q")
+    said = [line for line in quiet.stderr.splitlines() if line.startswith("error: ")]
+    assert sorted(said) == sorted(errors)  # -q: the same lines, none repeated by the closing list
+
+
 def test_a_non_face_image_makes_lmd_unavailable_not_the_report(hq, tmp_path):
     out = tmp_path / "report"
     result = run("--hq", hq, "-m", "identity", "--limit", "1", "--degrade", "mild", "--metrics", "psnr,lmd", "-o", out, "-q")

@@ -159,7 +159,7 @@ def evaluate_command(
         failed = f"; {counted(len(failures), 'failure')}" if failures else ""
         err.print(f"report: {output / 'index.html'} (also index.md, results.json){failed}", markup=False)
     elif failures:  # -q keeps errors: the exit status alone would not say what failed
-        unsaid = [line for line in (failure_line(what, why) for what, why in failures) if not any(line[len("error: "):] in said for said in told)]
+        unsaid = [failure_line(what, why) for what, why in failures if not (why and any(why in said for said in told))]
         for line in unsaid[:3]:
             err.print(line, markup=False)
         more = f" ({len(unsaid) - 3} more listed there)" if len(unsaid) > 3 else ""

@@ -524,26 +524,29 @@ class Evaluator:
         return [(i // size, items[i : i + size]) for i in range(0, len(items), size)]
 
     def _external_image(self, label: str, set_name: str, key: str, record: ImageRecord) -> np.ndarray | None:
-        """Another tool's result for this input (its path goes to `record.files`), or None with the reason."""
+        """Another tool's result for this input (its path goes to `record.files`), or None with the reason,
+        said on the message line as an unreadable input is (--json keeps it off stdout, not unsaid)."""
         folder = Path(self.external[label])
         path = find_restored(folder, set_name, key, len(self.spec.degradations) > 1)
         if path is None:
             searched = restored_folder(folder, set_name, len(self.spec.degradations) > 1)
-            record.row_errors[label] = f"{label}: no restored image named {key}.<ext> in {searched}"
-            return None
+            return self._external_failed(label, record, f"{label}: no restored image named {key}.<ext> in {searched}")
         record.files[label] = str(path.resolve())
         try:
             image = read_image(path).rgb
         except FaceRestoreError as exc:
-            record.row_errors[label] = f"{label}: {exc.one_line()}"
-            return None
+            return self._external_failed(label, record, f"{label}: {exc.one_line()}")
         if image.shape[:2] != (FACE, FACE):
-            record.row_errors[label] = (
+            return self._external_failed(label, record, (
                 f"{label}: {path} is {image.shape[1]}x{image.shape[0]} but the input and reference are {FACE}x{FACE}; "
                 "restore the 512 crops (the report's inputs/ folder) or resize the results to 512"
-            )
-            return None
+            ))
         return image
+
+    def _external_failed(self, label: str, record: ImageRecord, reason: str) -> None:
+        record.row_errors[label] = reason
+        self.tell(f"restored:{reason}", f"error: {reason}")
+        return None
 
     def _grid_add(self, result: SetResult, key: str, tiles: list[np.ndarray | None]) -> None:
         if len(result.grid_tiles) < self.spec.grid_images and all(t is not None for t in tiles):
