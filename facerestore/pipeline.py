@@ -158,8 +158,8 @@ def assert_inputs_apart(inputs: Sequence[Path], options: RestoreOptions) -> None
             continue
         for folder in written_folders(options):
             if item.resolve().is_relative_to(folder.resolve()):
-                where = "is" if item.resolve() == folder.resolve() else "lies inside"
-                raise UsageError(f"the input folder {item} {where} {folder}, where this run writes its results (a rerun would restore them again)",
+                where = "is" if item.resolve() == folder.resolve() else f"lies inside {folder},"
+                raise UsageError(f"the input folder {item} {where} where this run writes its results (a rerun would restore them again)",
                                  hint=f"choose another -o, or move the images out of {folder}")
 
 

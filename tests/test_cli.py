@@ -285,8 +285,8 @@ def test_a_folder_input_inside_an_output_folder_the_run_writes_is_refused_before
     source = write_image(out / inside / "x.jpg", smooth())
     result = run(out / inside, "-o", out, "-m", "baseline", "--weights", tmp_path / "nosuch.safetensors", *extra)
     assert result.exit_code == 2, result.output
-    where = "is" if "/" not in inside else "lies inside"
-    assert f"the input folder {out / inside} {where} {out / inside.split('/')[0]}, where this run writes its results" in result.output
+    where = "is" if "/" not in inside else f"lies inside {out / inside.split('/')[0]},"
+    assert f"the input folder {out / inside} {where} where this run writes its results" in result.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [source.relative_to(out).as_posix()]
 
 
