@@ -15,9 +15,11 @@ Table VIII of the paper: 200/100/40/20/8; default 100) plus one SwinIR pass; dr2
 settings of a method gives its cost per call and its fixed cost (SwinIR, SPARNetHD, resizing), and
 an estimate for its default setting, printed below the main table (labelled as an estimate).
 
-Weights: a method whose weights are missing here runs with RANDOMLY INITIALISED nets of the official
-size (the table says "random init"): timings are about computation, not quality. Pass real files
-with --weights METHOD:FILE (as in `facerestore evaluate`) or FACERESTORE_WEIGHTS.
+Weights (the table's column): "official" is a method's published checkpoint, "bundled" the model
+shipped inside the package (baseline, idm). A method whose weights are missing here runs with
+RANDOMLY INITIALISED nets of the official size (the table says "random init"): timings are about
+computation, not quality. Pass real files with --weights METHOD:FILE (as in `facerestore evaluate`)
+or FACERESTORE_WEIGHTS.
 
 Memory: CPU: peak resident memory above the level before the call (Linux: the kernel's high-water
 mark VmHWM, reset through /proc/self/clear_refs; elsewhere psutil sampling if installed, else the
@@ -256,7 +258,7 @@ def build(name: str, setting: Setting, device: str, precision: str, weights: str
     """(method, where its weights come from) — real weights when they resolve offline, else random."""
     options = MethodOptions(device=device, weights=weights, offline=True, precision=precision, **setting.options)
     try:
-        return registry.build_method(name, options), "official" if weights is None else f"--weights {weights}"
+        method = registry.build_method(name, options)
     except UnsupportedCheckpoint:
         raise
     except WeightsError as exc:
@@ -266,6 +268,10 @@ def build(name: str, setting: Setting, device: str, precision: str, weights: str
             return None, f"skipped: {reason}"
         WHY_RANDOM[name] = reason
         return method, "random init"
+    if weights is not None:
+        return method, f"--weights {weights}"
+    # baseline and idm ship their own trained model inside the package: not an official checkpoint
+    return method, "bundled" if hasattr(sys.modules[type(method).__module__], "bundled_weights") else "official"
 
 
 # ------------------------------------------------------------------ timing
