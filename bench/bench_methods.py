@@ -352,6 +352,8 @@ def per_call_table(rows: list[Row]) -> str:
         per_call, fixed = np.polyfit(calls, [r.per_face for r in group], 1)
         default = default_calls(method)
         estimate = f"{fixed + per_call * default:.1f} s ({default} calls)" if default else ""
+        if per_call <= 0:  # more calls took no longer: the timings swung with the load
+            estimate = "none: the fit is not a cost (timings too noisy; rerun on an idle machine or with --repeats 3)"
         lines.append(f"| {method} | {device} | {precision} | {threads or ''} | {faces} | {per_call:.3f} | {fixed:.3f} | {estimate} |")
     if not lines:
         return ""
@@ -448,6 +450,9 @@ def main(argv: list[str] | None = None) -> None:
     precisions = args.precision.split(",") if args.precision else (["fp32", "bf16"] if cuda else ["fp32"])
     threads = int_list(args.threads) if args.threads and not cuda else [None]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in registry.method_names()]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r}; choose from {', '.join(registry.method_names())}")
     weights = {}
     for value in args.weights:
         name, _, file = value.partition(":")
