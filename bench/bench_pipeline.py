@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -46,13 +47,16 @@ def main() -> None:
     parser.add_argument("--no-single", action="store_true", help="skip the one-face-at-a-time pass")
     args = parser.parse_args()
 
+    paths, problems = list_images([args.photos])
+    paths = paths[: args.limit or None]
+    if not paths:
+        why = f" ({problems[0][1]})" if problems else ""
+        sys.exit(f"bench_pipeline: no image in {args.photos}{why}; pass --photos FOLDER")
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     method = build_method(args.method, MethodOptions(device=device, weights=args.weights))
     detector = load_detector(args.detector, device)
     options = RestoreOptions(output=Path("unused"), upscale=args.upscale, batch_size=args.batch_size)
-    paths, _ = list_images([args.photos])
-    paths = paths[: args.limit or None]
 
     # warm-up: first calls pay for lazy initialisation
     warm = read_image(paths[0])
