@@ -5,7 +5,7 @@
 Runs `facerestore evaluate -m METHODS --hq ../shared/data/faces-hq/celeba-hq --degrade
 mild,medium,severe --authenticity --offline` (so the numbers are exactly what a user's evaluate run
 gives; the report folder is kept under --out) and prints, per severity, PSNR, SSIM and ArcFace
-identity (w600k_mbf ONNX from FACERESTORE_WEIGHTS) of the input and of each method, whether the
+identity (w600k_mbf ONNX from FACERESTORE_WEIGHTS, default ../shared/weights) of the input and of each method, whether the
 method beats its input on PSNR and identity (with the paired per-face difference: mean +/- its
 standard error, and on how many faces the method wins; "tie" when the difference is within two
 standard errors of zero, so that a gap can be told from noise), the authenticity test (restore the clean face: PSNR of
@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facerestore.errors import FaceRestoreError
+
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("psnr", "ssim", "identity")
 
@@ -42,7 +44,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     for weights in args.weights:
         command += ["--weights", weights]
     print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True, env={**os.environ, "FACERESTORE_WEIGHTS": os.environ.get("FACERESTORE_WEIGHTS", str(ROOT.parent / "shared" / "weights"))})
+    subprocess.run(command, check=True)
     return json.loads((args.out / "results.json").read_text())
 
 
@@ -107,6 +109,8 @@ def main() -> None:
     parser.add_argument("--bands", action="store_true",
                         help="also print where each method's PSNR and identity changes lie in scale on the severe set (bench/identity_bands.py)")
     args = parser.parse_args()
+    # the ArcFace weights for evaluate and for --bands, which scores in this process
+    os.environ.setdefault("FACERESTORE_WEIGHTS", str(ROOT.parent / "shared" / "weights"))
     if not args.hq.is_dir() and args.report is None:
         sys.exit(f"bench_idm_model: {args.hq} is not a folder; pass --hq (the held-out faces)")
     report = json.loads(args.report.read_text()) if args.report else run_evaluate(args)
@@ -162,11 +166,16 @@ def print_bands(report: dict, folder: Path, set_name: str = "severe") -> None:
         print(f"\nbands skipped: the report has no {set_name} set")
         return
     labels = [r["label"] for r in chosen["rows"] if r["kind"] == "method"]
+    try:
+        scores = {label: identity_bands.band_scores(report, folder, set_name, label) for label in labels}
+    except FaceRestoreError as exc:
+        print(f"\nbands skipped: {exc}")
+        return
     print(f"\nWhere the change lies on the {set_name} set (bench/identity_bands.py; paired gain over the input ± s.e., faces won)\n")
     print("| row | band swap | PSNR gain | identity gain |")
     print("|---|---|---|---|")
     for label in labels:
-        for name, gains in identity_bands.band_scores(report, folder, set_name, label).items():
+        for name, gains in scores[label].items():
             psnr, identity = (paired_stats([g[k] for g in gains]) for k in (0, 1))
             if psnr is not None and identity is not None:
                 print(f"| {label} | {name} | {paired_text(psnr, 2)} | {paired_text(identity, 4)} |")
