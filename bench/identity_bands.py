@@ -68,3 +68,8 @@ def band_scores(report: dict, folder: Path, set_name: str, label: str, *, info: 
             psnr, identity = score(swap(restored, degraded))
             gains[name].append((psnr - base[0], identity - base[1]))
     return gains
+
+
+if __name__ == "__main__":
+    raise SystemExit("identity_bands.py is a helper of bench_idm_model.py: run "
+                     "`python bench/bench_idm_model.py --report DIR/results.json --bands`")

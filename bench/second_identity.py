@@ -107,3 +107,8 @@ def distances(report: dict, folder: Path) -> tuple[dict[str, dict[str, dict[str,
             out[s["name"]] = table
     return out, len(skipped)
 
+
+
+if __name__ == "__main__":
+    raise SystemExit("second_identity.py is a helper of bench_idm_model.py: run "
+                     "`python bench/bench_idm_model.py --report DIR/results.json --dlib`")
