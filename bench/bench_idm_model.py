@@ -86,7 +86,9 @@ def verdict(s: dict, row: dict, base: dict, metric: str, digits: int) -> str:
     """`paired_text` where the report has per-face scores, else yes / NO by the means."""
     stats = paired(s, row, base, metric)
     if stats is None:
-        return "yes" if (mean(row, metric) or 0) > (mean(base, metric) or 0) else "NO"
+        if mean(row, metric) is None or mean(base, metric) is None:
+            return "-"  # not measured (e.g. no ArcFace weights): no verdict
+        return "yes" if mean(row, metric) > mean(base, metric) else "NO"
     return paired_text(stats, digits)
 
 
@@ -128,6 +130,10 @@ def main() -> None:
                 verdicts = [verdict(s, row, base, "psnr", 2), verdict(s, row, base, "identity", 4)]
             seconds = row.get("seconds_per_face")
             print(f"| {s['name']} | {row['label']} | {fmt(values[0])} | {fmt(values[1], 4)} | {fmt(values[2], 4)} | {verdicts[0]} | {verdicts[1]} | {fmt(seconds)} |")
+    for metric in METRICS:
+        reasons = {r["metrics"].get(metric, {}).get("reason", "") for s in report["sets"] for r in s["rows"]}
+        if not any(mean(r, metric) is not None for s in report["sets"] for r in s["rows"]) and any(reasons):
+            print(f"\nnot measured ({metric} column: -): {sorted(filter(None, reasons))[0]}")
     folder = args.report.parent if args.report else args.out
     if args.dlib:
         print_second_opinion(report, folder)
