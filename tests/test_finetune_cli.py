@@ -623,3 +623,13 @@ def test_a_full_disk_is_one_line_saying_how_to_go_on(tmp_path, weights, lq, monk
     one_line_error(run(*tiny_run_args(lq, tmp_path / "run", weights)), 1, f"continue with: facerestore finetune --out {tmp_path / 'run'} --resume")
     one_line_error(run("finetune", "pseudo-targets", lq, "--out", tmp_path / "pt", "--device", "cpu", "-q"), 1,
                    "No space left on device", "rerun the same command to make the remaining pseudo-targets")
+
+
+def test_the_real_folders_scan_is_summarised(tmp_path, lq):
+    """--real is scanned like the input folder; what it skipped (unreadable, too small) is said, not dropped silently."""
+    from facerestore.training.finetune.run import _check_options, resolve_config
+
+    config = resolve_config(tmp_path / "run", resume=False, lq=lq, base="baseline", real=lq, size=64)
+    _, _, real, note = _check_options(config)
+    assert len(real) == 6 and note == "6 real faces, 1 unreadable skipped, 1 too small skipped"
+    assert _check_options(resolve_config(tmp_path / "run", resume=False, lq=lq, size=64))[3] == ""

@@ -274,13 +274,15 @@ def finetune_unpaired(config: FinetuneConfig, *, resume: bool = False, reporter:
         return _run(config, d, resume, reporter or Reporter(), on_step)
 
 
-def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, list[str]]:
-    """Option values and combinations, the --real folder: usage errors before anything else."""
+def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, list[str], str]:
+    """Option values and combinations, the --real folder: usage errors before anything else.
+    Returns the plan, the base, the --real faces and the summary of their scan ("" without --real)."""
     adapter = adapter_for(config.base)
     plan = PseudoTargetPlan.from_options(config.k, config.l, config.n, config.size)
     base = BaseSpec(name=config.base, weights=config.base_weights, fidelity=config.base_fidelity)
     base.check()
     real: list[str] = []
+    real_note = ""
     if adapter.objective == "image" and config.gan_weight > 0:
         if not config.real:
             raise UsageError("fine-tuning a restorer without a codebook uses a GAN against real faces", hint="pass --real DIR (high-quality aligned faces, e.g. FFHQ), or --gan-weight 0")
@@ -289,7 +291,8 @@ def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, 
         folder = Path(config.real)
         if not folder.is_dir():
             raise UsageError(f"--real {folder} is not a folder", hint="pass a folder of high-quality aligned faces")
-        real = [f.source for f in scan_faces([folder], min_side=min_side_for(config.size)).files]
+        scan = scan_faces([folder], min_side=min_side_for(config.size))
+        real, real_note = [f.source for f in scan.files], scan.summary("real face")
         if not real:
             raise UsageError(f"--real {folder} holds no usable face images", hint="pass a folder of high-quality aligned faces")
         if config.size % 8:
@@ -297,7 +300,7 @@ def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, 
     elif config.real and adapter.objective == "code":
         raise UsageError("--real is used by the GAN of image-level fine-tuning; CodeFormer is fine-tuned with code-level losses only (DT-BFR)",
                          hint="drop --real")
-    return plan, base, real
+    return plan, base, real, real_note
 
 
 def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Reporter, on_step) -> FinetuneResult:
@@ -309,7 +312,7 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
     assert_apart(run, Path(config.lq), f"the input folder {config.lq}", hint="write the run to a folder that neither is, lies inside nor holds the --unpaired folder")
     if config.real:
         assert_apart(run, Path(config.real), f"the --real folder {config.real}", hint="write the run to a folder that neither is, lies inside nor holds --real")
-    plan, base, real = _check_options(config)
+    plan, base, real, real_note = _check_options(config)
     files_path = run / "files.json"
     if resume and files_path.is_file():
         split = json.loads(files_path.read_text())
@@ -348,6 +351,8 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
             write_json(files_path, {"train": [f.rel for f in train], "holdout": [f.rel for f in held]})
     distributed.barrier(d)
     message(f"{scan_note}; {len(train)} to fine-tune on, {len(held)} held out for the report")
+    if real_note:
+        message(f"--real {config.real}: {real_note}")
 
     # ---- stage 1: pseudo-targets
     pseudo = None
