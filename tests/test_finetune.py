@@ -454,6 +454,24 @@ def test_a_weights_file_changed_in_place_with_the_same_size_is_not_mixed_into_th
     assert "sha256" not in json.loads((state / "settings.json").read_text())["prior"]  # left as it was
 
 
+def test_a_registered_base_imported_again_with_another_file_is_not_mixed_into_the_targets(lq, weights, tmp_path):
+    """--base-weights NAME (your own, `weights import FILE --name NAME`): settings.json records its file's
+    sha256 too, so importing another checkpoint under the same name is refused on a rerun."""
+    from facerestore.weights.store import import_file
+
+    import_file(weights["codeformer"], "mybase")
+    options = _pseudo_options(lq, tmp_path / "pt", weights, limit=1, base=BaseSpec(name="codeformer", weights="mybase"))
+    generate_pseudo_targets(options)
+    recorded = json.loads((tmp_path / "pt" / ".facerestore-pseudo" / "settings.json").read_text())["base"]["weights"]
+    assert recorded["name"] == "mybase" and len(recorded["sha256"]) == 64
+    other = CodeFormer(TINY_CF)
+    load_strict(other, seeded_state(other, 5))
+    torch.save({"params_ema": other.state_dict()}, tmp_path / "other.pth")
+    import_file(tmp_path / "other.pth", "mybase")
+    with pytest.raises(UsageError, match="the base weights file mybase changed since the pseudo-targets"):
+        generate_pseudo_targets(options)
+
+
 def test_report_keeps_a_non_square_face_unstretched(tmp_path):
     """The models see a face's centred square (load_input); the report's outputs are that square at its
     own size, and the input column is the same square: with an identity restorer, output == input crop."""

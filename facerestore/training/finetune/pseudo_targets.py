@@ -263,7 +263,8 @@ class BaseSpec:
 
 def describe_file(value: str | Path | None) -> dict | None:
     """What a settings file records about a weights option: the file (path, size and sha256, so a
-    file replaced by another of the same size is not mixed into a resumed set) or the name."""
+    file replaced by another of the same size is not mixed into a resumed set) or the name (with the
+    sha256 of its local file, where the store has one)."""
     from facerestore.weights.store import sha256_file
 
     if value is None:
@@ -271,7 +272,14 @@ def describe_file(value: str | Path | None) -> dict | None:
     path = Path(value).expanduser()
     if path.is_file():
         return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    return {"name": str(value)}
+    from facerestore.errors import FaceRestoreError
+    from facerestore.weights.store import find_local
+
+    try:  # a registered name (`weights import --name`) can be imported again with another file
+        found = find_local(str(value))
+    except FaceRestoreError:  # not a name the store knows: the method's own check says so
+        found = None
+    return {"name": str(value)} | ({"sha256": sha256_file(found)} if found else {})
 
 
 def resolve_prior(weights: str | Path | None, offline: bool | None) -> Path:
@@ -472,7 +480,7 @@ def as_recorded(settings: dict, state: Path) -> dict:
                                ("prior", settings.get("prior"), recorded.get("prior"))):
         if isinstance(mine, dict) and isinstance(theirs, dict) and mine.get("path") == theirs.get("path") \
                 and theirs.get("sha256") and theirs.get("sha256") != mine.get("sha256"):
-            raise UsageError(f"the {what} file {mine['path']} changed since the pseudo-targets in {state.parent} were made "
+            raise UsageError(f"the {what} file {mine.get('path') or mine.get('name')} changed since the pseudo-targets in {state.parent} were made "
                              f"(sha256 {theirs['sha256'][:16]}... then, {str(mine.get('sha256'))[:16]}... now)",
                              hint=f"put the original file back, choose another --out, or delete {state} to start over")
 
