@@ -204,7 +204,8 @@ def main() -> None:
 
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     where = f"{args.threads} threads, load average {load_before:.1f} -> {load_after:.1f}" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    print(f"\nms per UNet call and per face; full-size nets, random weights; {device.type} ({where}); min of {args.repeat} after a warm-up\n")
+    print(f"\nms per UNet call and per face; full-size nets, random weights; {device.type} ({where}); bare calls and stages: min of {args.repeat} after a warm-up; "
+          f"loop step: min of the step intervals of one restore after a warm-up restore\n")
     print("| method | dtype | batch | bare UNet call | step in loop | step / bare | loop overhead (stub net) | (bare + overhead) / bare | other stages | ms | calls | per face (est.) | per face (measured) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
