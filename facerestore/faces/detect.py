@@ -49,6 +49,7 @@ COARSE_SCALE_FROM = 1.5  # the coarse scale is used once the fine one is this mu
 FINE_MAX_FACE = 320  # with two scales, the fine one keeps faces up to this size (its pixels), the coarse one from half that
 PART_INSIDE = 0.6  # a box with this share of its area inside a box of PART_AREA times its area is a part
 PART_AREA = 2.0
+PART_OF_MIN_SCORE = 0.8  # a box drops parts only when it is this confident (the default threshold) or more than the part
 
 DETECTORS = {
     "auto": "the best detector whose weights are present (resnet50, then mobile0.25), else the bundled one; never downloads",
@@ -241,14 +242,21 @@ def _detect_at(image: np.ndarray, detector: RetinaFaceHeads, scale: DetectionSca
     return boxes[inside], scores[selected][inside], points[inside]
 
 
-def _parts(boxes: np.ndarray, keep: list[int]) -> set[int]:
-    """The kept boxes lying mostly inside a kept box at least twice as large: parts of a face too big for the fine scale."""
+def _parts(boxes: np.ndarray, keep: list[int], scores: np.ndarray | None = None) -> set[int]:
+    """The kept boxes lying mostly inside a kept box at least twice as large: parts of a face too big for the fine scale.
+
+    With `scores`, only a box that is itself a face (PART_OF_MIN_SCORE, or more confident than the part)
+    can hold parts: at a low --detection-threshold, large boxes of near-zero confidence cover the
+    photo, and a confident face inside one of them is not a part of it."""
     kept = boxes[keep]
     x1, y1, x2, y2 = kept.T
     areas = (x2 - x1) * (y2 - y1)
     w = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0.0, None)
     h = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0.0, None)
     inside = (w * h >= PART_INSIDE * areas[:, None]) & (areas[None] >= PART_AREA * areas[:, None])  # [i, j]: i part of j
+    if scores is not None:
+        score = scores[keep]
+        inside &= (score[None] >= PART_OF_MIN_SCORE) | (score[None] >= score[:, None])
     return {keep[i] for i in np.flatnonzero(inside.any(axis=1))}
 
 
@@ -266,7 +274,7 @@ def detect_faces(
     if not len(scores):
         return ()
     keep = _nms(boxes, scores, nms_threshold)
-    parts = _parts(boxes, keep)
+    parts = _parts(boxes, keep, scores)
     faces = []
     for i in keep:
         face = DetectedFace(box=tuple(float(v) for v in boxes[i]), score=float(scores[i]), landmarks=points[i].astype(np.float64))  # type: ignore[arg-type]
