@@ -136,6 +136,14 @@ def test_threshold_and_eye_distance_filter():
     assert detect_faces(image, heads, threshold=0.995, min_eye_distance=0.0) == ()
 
 
+def test_the_threshold_keeps_a_face_scoring_exactly_it():
+    """docs/usage.md: a face is kept when its confidence is at least --detection-threshold."""
+    heads = FakeHeads((400.0, 300.0), np.zeros((5, 2), np.float32))
+    image = np.zeros((640, 800, 3), np.float32)
+    (face,) = detect_faces(image, heads, min_eye_distance=0.0)
+    assert len(detect_faces(image, heads, threshold=face.score, min_eye_distance=0.0)) == 1
+
+
 def test_nms_keeps_the_best_of_overlapping_boxes():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
     assert detect._nms(boxes, np.array([0.9, 0.95, 0.5]), 0.4) == [1, 2]

@@ -233,7 +233,7 @@ def _detect_at(image: np.ndarray, detector: RetinaFaceHeads, scale: DetectionSca
     bgr = np.ascontiguousarray(work[..., ::-1], dtype=np.float32) * 255.0 - BGR_MEAN
     loc, conf, landmarks = detector(np.ascontiguousarray(bgr.transpose(2, 0, 1)[None]))
     scores = conf[0, :, 1]
-    selected = scores > threshold
+    selected = scores >= threshold  # "at least" (docs): --detection-threshold 1 keeps a saturated 1.0
     priors = _priors(work_h, work_w)[selected]
     boxes, points = _decode(loc[0][selected], landmarks[0][selected], priors, work_w, work_h)
     boxes, points = boxes / factor, points / factor
