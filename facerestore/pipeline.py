@@ -66,8 +66,8 @@ class RestoreOptions:
             raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}")
         if not 0.0 <= self.detection_threshold <= 1.0:
             raise UsageError(f"--detection-threshold is a confidence between 0 and 1, got {self.detection_threshold}")
-        if not self.min_face >= 0:
-            raise UsageError(f"--min-face must be 0 or more pixels, got {self.min_face}")
+        if not 0 <= self.min_face < float("inf"):  # inf drops every face: each photo would only say 'no face found'
+            raise UsageError(f"--min-face must be 0 or more pixels (a finite number), got {self.min_face}")
         if self.aligned and self.upscale is not None:
             raise UsageError("--upscale does nothing with --aligned: restored faces are written at 512x512", hint="drop --upscale, or drop --aligned to paste the faces back into the photo")
         if self.suffix is not None and any(sep in self.suffix for sep in ("/", "\\")):

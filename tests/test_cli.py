@@ -324,6 +324,7 @@ def test_a_folder_input_elsewhere_in_the_output_is_restored_and_not_read_back(cr
         (["--detection-threshold", "-1"], "--detection-threshold is a confidence between 0 and 1"),
         (["--detection-threshold", "2"], "--detection-threshold is a confidence between 0 and 1"),
         (["--min-face", "-3"], "--min-face must be 0 or more"),
+        (["--min-face", "inf"], "--min-face must be 0 or more"),  # no face is that large: every photo would be 'no face'
         (["--suffix", "../escaped"], "holds a path separator"),
     ],
 )
