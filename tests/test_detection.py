@@ -10,6 +10,18 @@ from facerestore.faces.detect import DetectedFace, detect_faces, load_detector, 
 from facerestore.image_io import read_image
 
 
+def no_faces(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The priors of an image and detector outputs that score every one as background."""
+    priors = detect._priors(height, width)
+    n = len(priors)
+    conf = np.tile(np.array([[1.0, 0.0]], np.float32), (1, n, 1))
+    return priors, np.zeros((1, n, 4), np.float32), conf, np.zeros((1, n, 10), np.float32)
+
+
+def nearest_prior(priors: np.ndarray, cx: float, cy: float, size: float) -> int:
+    """The prior closest to a centre and a size, all as fractions of the image width/height."""
+    return int(np.argmin((priors[:, 0] - cx) ** 2 + (priors[:, 1] - cy) ** 2 + (priors[:, 2] - size) ** 2))
+
 class FakeHeads:
     """Heads that put one confident face on the prior nearest a chosen centre (pixels of the detection
     image, or fractions of it with `relative`) and size (pixels of the detection image)."""
@@ -20,12 +32,9 @@ class FakeHeads:
 
     def __call__(self, batch: np.ndarray):
         _, _, height, width = batch.shape
-        priors = detect._priors(height, width)
-        n = len(priors)
-        loc, landmarks = np.zeros((1, n, 4), np.float32), np.zeros((1, n, 10), np.float32)
-        conf = np.tile(np.array([[1.0, 0.0]], np.float32), (1, n, 1))
+        priors, loc, conf, landmarks = no_faces(height, width)
         cx, cy = self.centre if self.relative else (self.centre[0] / width, self.centre[1] / height)
-        index = int(np.argmin((priors[:, 0] - cx) ** 2 + (priors[:, 1] - cy) ** 2 + (priors[:, 2] - self.prior_size / width) ** 2))
+        index = nearest_prior(priors, cx, cy, self.prior_size / width)
         conf[0, index] = (0.01, 0.99)
         landmarks[0, index] = self.offsets.ravel()
         self.priors.append(priors[index])
@@ -105,12 +114,9 @@ class FaceInFaintBoxHeads:
 
     def __call__(self, batch: np.ndarray):
         _, _, height, width = batch.shape
-        priors = detect._priors(height, width)
-        n = len(priors)
-        loc, landmarks = np.zeros((1, n, 4), np.float32), np.zeros((1, n, 10), np.float32)
-        conf = np.tile(np.array([[1.0, 0.0]], np.float32), (1, n, 1))
+        priors, loc, conf, landmarks = no_faces(height, width)
         for size, score in ((32, 0.99), (256, 0.01)):
-            index = int(np.argmin((priors[:, 0] - 0.5) ** 2 + (priors[:, 1] - 0.5) ** 2 + (priors[:, 2] - size / width) ** 2))
+            index = nearest_prior(priors, 0.5, 0.5, size / width)
             conf[0, index] = (1 - score, score)
             landmarks[0, index, 2] = 3.0  # right eye 0.3 prior sizes to the right of the left one
         return loc, conf, landmarks
