@@ -10,7 +10,7 @@ from typing import Annotated
 import click
 import typer
 
-from facerestore.cli.app import CONTEXT, DefaultCommandGroup, app, err, fail, out, write_failed
+from facerestore.cli.app import CONTEXT, DefaultCommandGroup, app, err, fail, main_rank, out, write_failed
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.plural import counted
 
@@ -53,7 +53,7 @@ PRIOR_HELP = "DifFace 512 prior (iddpm_ffhq512_ema500000.pth): a file or a regis
 SIZE_HELP = "Working size in pixels: faces are resized to it; the prior, the base and the targets run at it (default 512, the prior's)."
 
 
-def _progress(quiet: bool, main_rank: bool):
+def _progress(quiet: bool, main: bool):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -66,7 +66,7 @@ def _progress(quiet: bool, main_rank: bool):
     class Bars:
         def __init__(self) -> None:
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=quiet or not main_rank)
+                                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=quiet or not main)
             self.task = None
 
         def stage(self, name: str, total: float) -> None:
@@ -91,7 +91,7 @@ def _progress(quiet: bool, main_rank: bool):
 
         def message(self, text: str) -> None:
             # warnings (e.g. LPIPS unavailable) are printed even with --quiet: never a silent fallback
-            if main_rank and (not quiet or text.startswith("warning:")):
+            if main and (not quiet or text.startswith("warning:")):
                 self.progress.console.print(text, markup=False)
 
         def stop(self) -> None:
@@ -135,12 +135,10 @@ def run_command(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Pseudo-targets from the DifFace prior, fine-tuning, and a held-out report, in one resumable run (runs under torchrun)."""
-    import os
-
     from facerestore.training.finetune.pseudo_targets import Reporter
     from facerestore.training.finetune.run import finetune_unpaired, resolve_config
 
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main = main_rank()
     try:
         config = resolve_config(
             run_dir, resume=resume, lq=unpaired, base=base, base_weights=base_weights, base_fidelity=base_fidelity, prior_weights=prior_weights,
@@ -151,7 +149,7 @@ def run_command(
     except FaceRestoreError as exc:
         fail(exc, debug)
 
-    bars = _progress(quiet, main_rank)
+    bars = _progress(quiet, main)
     reporter = Reporter(on_stage=bars.stage, on_advance=bars.advance, on_message=bars.message, on_detail=bars.detail)
     try:
         result = finetune_unpaired(config, resume=resume, reporter=reporter, on_step=bars.step)
@@ -171,7 +169,7 @@ def run_command(
                 else "run the same command again")
         fail(write_failed(exc, then), debug)
     bars.stop()
-    if not main_rank:
+    if not main:
         return
     last = f", last loss {result.losses[-1][1]:.4f}" if result.losses else ""
     out.print(f"fine-tuned {config.base}: step {result.step} of {config.steps}{last}; weights: {result.model}", markup=False)
@@ -204,8 +202,6 @@ def pseudo_targets_command(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Only stage 1: clean the base model's outputs with the prior (resumable: a rerun makes only the missing targets)."""
-    import os
-
     from facerestore.training.finetune.pseudo_targets import (
         BaseSpec,
         PseudoTargetOptions,
@@ -213,8 +209,8 @@ def pseudo_targets_command(
         generate_pseudo_targets,
     )
 
-    main_rank = os.environ.get("RANK", "0") == "0"
-    bars = _progress(quiet, main_rank)
+    main = main_rank()
+    bars = _progress(quiet, main)
     reporter = Reporter(on_stage=bars.stage, on_advance=bars.advance, on_message=bars.message, on_detail=bars.detail)
     try:
         options = PseudoTargetOptions(lq=lq, out=out_dir, base=BaseSpec(name=base, weights=base_weights, fidelity=base_fidelity), prior_weights=prior_weights,
@@ -232,7 +228,7 @@ def pseudo_targets_command(
         bars.stop()
         fail(write_failed(exc, "rerun the same command to make the remaining pseudo-targets"), debug)
     bars.stop()
-    if main_rank:
+    if main:
         unreadable = f", {summary.unreadable} could not be decoded (skipped)" if summary.unreadable else ""
         err.print(f"{summary.done} pseudo-targets made, {summary.skipped} already done{unreadable}, {summary.total} in all ({summary.scan}); "
                   f"{summary.seconds_per_face:.2f} s per face in the prior; {summary.plan}", markup=False)
