@@ -214,9 +214,15 @@ class FaceDataset(torch.utils.data.Dataset):
                 "sample": torch.tensor(n), "substituted": torch.tensor(substituted > 0)}
 
 
-def check_global_batch(batch: int, world: int, hint: str = "") -> None:
-    """Each of the `world` processes takes batch / world samples of every step: refuse a remainder."""
+def check_global_batch(batch: int, world: int, *, resume: bool | None = None) -> None:
+    """Each of the `world` processes takes batch / world samples of every step: refuse a remainder.
+
+    `train` and `finetune` call it before anything is written (a run folder records its batch size)
+    with `resume`, which picks the advice: a new run can change either number, a resumed one only
+    the number of processes."""
     if batch % world:
+        hint = ("" if resume is None else f"resume with a number of processes that divides {batch}" if resume else
+                f"use a multiple of {world} (e.g. --batch-size {(batch // world + 1) * world}), or a number of processes that divides it")
         raise UsageError(f"--batch-size {batch} is the global batch and must be divisible by the {world} processes", hint=hint)
 
 

@@ -291,9 +291,7 @@ def train(
     step on rank 0 and may raise to stop (a simulated crash); `on_message` gets one-line notes.
     """
     # before anything is written: a run folder records its batch size, and a resume keeps it
-    world = distributed.world_size()
-    check_global_batch(config.batch_size, world, hint=f"resume with a number of processes that divides {config.batch_size}" if resume else
-                       f"use a multiple of {world} (e.g. --batch-size {(config.batch_size // world + 1) * world}), or a number of processes that divides it")
+    check_global_batch(config.batch_size, distributed.world_size(), resume=resume)
     with distributed.process_group(config.device) as d:
         return _train(config, d, resume=resume, unet=unet, on_step=on_step, on_message=on_message)
 

@@ -267,9 +267,7 @@ def finetune_unpaired(config: FinetuneConfig, *, resume: bool = False, reporter:
     Under torchrun one rank's error stops the others quietly with its code (`distributed.process_group`).
     """
     # before anything is written: the run folder records its batch size, and a resume keeps it
-    world = distributed.world_size()
-    check_global_batch(config.batch_size, world, hint=f"resume with a number of processes that divides {config.batch_size}" if resume else
-                       f"use a multiple of {world} (e.g. --batch-size {(config.batch_size // world + 1) * world}), or a number of processes that divides it")
+    check_global_batch(config.batch_size, distributed.world_size(), resume=resume)
     with distributed.process_group(config.device) as d:
         return _run(config, d, resume, reporter or Reporter(), on_step)
 
