@@ -10,7 +10,6 @@ import typer
 
 from facerestore.cli.app import CONTEXT, app, err, fail, main_rank, out, write_failed
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.plural import counted
 
 
 @app.command("train", context_settings=CONTEXT)
@@ -47,6 +46,7 @@ def train_command(
     """Train IDM (x0 regression of a conditional UNet on degraded faces); resumable; runs under torchrun."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from facerestore.training.data import substitution_warning
     from facerestore.training.trainer import parse_duration, resolve_config, train
 
     main = main_rank()
@@ -94,8 +94,7 @@ def train_command(
         if result.stopped_at_time_limit:
             err.print(f"stopped at the time limit; continue with: facerestore train --out {shlex.quote(str(run_dir))} --resume", markup=False)
         if result.substituted:
-            err.print(f"warning: {counted(result.substituted, 'sample')} came from a file that failed to decode and {'was' if result.substituted == 1 else 'were'} replaced by the next "
-                      f"readable one (the per-step counts are in {run_dir / 'log.jsonl'}); re-export or remove those files", markup=False)
+            err.print(substitution_warning(result.substituted, run_dir / "log.jsonl"), markup=False)
 
 
 def _stop(progress) -> None:

@@ -214,6 +214,13 @@ class FaceDataset(torch.utils.data.Dataset):
                 "sample": torch.tensor(n), "substituted": torch.tensor(substituted > 0)}
 
 
+def substitution_warning(count: int, log: Path, what: str = "sample") -> str:
+    """The line `train` and `finetune` end with when samples came from the next file because theirs
+    failed to decode (`FaceDataset`, `finetune.data.PairDataset`)."""
+    return (f"warning: {counted(count, what)} came from a file that failed to decode and {'was' if count == 1 else 'were'} replaced by the next "
+            f"readable one (the per-step counts are in {log}); re-export or remove those files")
+
+
 def check_global_batch(batch: int, world: int, *, resume: bool | None = None) -> None:
     """Each of the `world` processes takes batch / world samples of every step: refuse a remainder.
 

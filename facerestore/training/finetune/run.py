@@ -37,7 +37,7 @@ from facerestore.errors import UsageError
 from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.training import distributed
 from facerestore.training.checkpoints import PREFIX, latest_checkpoint, read_target_steps, record_target_steps, write_json
-from facerestore.training.data import check_global_batch
+from facerestore.training.data import check_global_batch, substitution_warning
 from facerestore.training.finetune.data import Pair
 from facerestore.training.finetune.objectives import adapter_for, resolve_base_weights
 from facerestore.training.finetune.pseudo_targets import (
@@ -387,8 +387,7 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
                           on_message=reporter.message if d.main else None)
     _free(d.device)
     if outcome.substituted:
-        message(f"warning: {outcome.substituted} fine-tuning samples came from a file that failed to decode and were replaced by the next "
-                f"readable one (the per-step counts are in {run / 'log.jsonl'}); re-export or remove those files")
+        message(substitution_warning(outcome.substituted, run / "log.jsonl", "fine-tuning sample"))
 
     # ---- stage 3: report on the held-out faces
     report = None
