@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,11 +35,13 @@ from PIL import Image
 
 from facerestore.diffusion.losses import NoiseLevels, perturbed_noise, sample_noise_levels
 from facerestore.diffusion.schedule import NoiseSchedule
-from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.errors import BadImage, UsageError
 from facerestore.image_io import BROKEN_LINK, list_images, read_image, resize
 from facerestore.training.degradations import DegradationSpec, sample_params, apply_degradation, to_gray
 from facerestore.training.seeds import permutation, stable_seed
 from facerestore.plural import counted
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -183,18 +186,15 @@ class FaceDataset(torch.utils.data.Dataset):
             self._orders[epoch] = permutation(len(self.files), self.seed, epoch)
         return self._orders[epoch]
 
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        f = self.files[i]
+        source = load_face(f.source, self.size)
+        return source, source if f.target == f.source else load_face(f.target, self.size)
+
     def _read(self, epoch: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
         """(source, target, substitutions): the k-th file of the epoch, or the next readable one."""
-        order, n = self.order(epoch), len(self.files)
-        for tries in range(n):
-            f = self.files[int(order[(k + tries) % n])]
-            try:
-                source = load_face(f.source, self.size)
-                target = source if f.target == f.source else load_face(f.target, self.size)
-                return source, target, tries
-            except FaceRestoreError:
-                continue
-        raise UsageError("none of the training images can be decoded", hint="check the data folders")
+        (source, target), tries = first_readable(self.order(epoch), k, self._load, "training images", hint="check the data folders")
+        return source, target, tries
 
     def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
         n = int(n)
@@ -212,6 +212,18 @@ class FaceDataset(torch.utils.data.Dataset):
         noise = perturbed_noise((3, self.size, self.size), self.input_perturbation, generator=g)
         return {"lq": to_tensor(degraded), "hq": to_tensor(np.ascontiguousarray(target)), "gamma": gamma, "noise": noise,
                 "sample": torch.tensor(n), "substituted": torch.tensor(substituted > 0)}
+
+
+def first_readable(order: Sequence[int], k: int, load: Callable[[int], T], what: str, *, hint: str) -> tuple[T, int]:
+    """(load(order[k]), 0), or the load of the next index in `order` whose file decodes and how many
+    were passed over: a file cut short passes the header-only scan, and must not stop a run; the
+    choice stays a pure function of (order, k), so resumes and other worker counts draw the same."""
+    for tries in range(len(order)):
+        try:
+            return load(int(order[(k + tries) % len(order)])), tries
+        except BadImage:
+            continue
+    raise UsageError(f"none of the {what} can be decoded", hint=hint)
 
 
 def substitution_warning(count: int, log: Path, what: str = "sample") -> str:

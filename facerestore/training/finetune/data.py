@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from facerestore.errors import BadImage, UsageError
-from facerestore.training.data import load_face, to_tensor
+from facerestore.errors import UsageError
+from facerestore.training.data import T, first_readable, load_face, to_tensor
 from facerestore.training.seeds import permutation, stable_seed
 
 
@@ -51,14 +51,8 @@ class PairDataset(torch.utils.data.Dataset):
     def _flip(self, n: int, what: str) -> bool:
         return self.flip and np.random.default_rng(stable_seed(self.seed, what, n)).random() < 0.5
 
-    def _readable(self, order: np.ndarray, k: int, load: Callable[[int], object], what: str) -> tuple[object, int]:
-        """(load(order[k]) or that of the next index that decodes, how many were passed over)."""
-        for tries in range(len(order)):
-            try:
-                return load(int(order[(k + tries) % len(order)])), tries
-            except BadImage:
-                continue
-        raise UsageError(f"none of the {len(order)} {what} can be decoded", hint="re-copy or re-export them")
+    def _readable(self, order: np.ndarray, k: int, load: Callable[[int], T], what: str) -> tuple[T, int]:
+        return first_readable(order, k, load, f"{len(order)} {what}", hint="re-copy or re-export them")
 
     def _load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         pair = self.pairs[i]
