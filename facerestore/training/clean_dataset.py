@@ -45,7 +45,7 @@ from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, list_images, read_image, write_image
 from facerestore.training import distributed
-from facerestore.training.loop import check_settings, open_manifest
+from facerestore.training.loop import check_settings, manifest_records, open_manifest
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.weights.store import sha256_file
 
@@ -140,11 +140,10 @@ def _read_manifests(state: Path) -> dict[str, dict]:
     """
     newest: dict[str, tuple[int, int, dict]] = {}  # path -> (run, manifest index, entry)
     for index, manifest in enumerate(sorted(state.glob("done-rank*.jsonl"))):
-        for line in manifest.read_text().splitlines():
+        for entry in manifest_records(manifest):
             try:
-                entry = json.loads(line)
                 path, run = str(entry["path"]), int(entry.get("run", 0))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            except (KeyError, TypeError, ValueError):
                 continue
             seen = newest.get(path)
             if seen is not None and (run < seen[0] or (run == seen[0] and index != seen[1] and _is_done(seen[2]) and not _is_done(entry))):

@@ -34,7 +34,7 @@ from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import (IMAGE_EXTENSIONS, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image,
                                   remove_stale_temps, write_bytes, write_image)
 from facerestore.training.degradations import DegradationParams, DegradationSpec, apply_degradation, preset as get_preset, sample_params
-from facerestore.training.loop import open_manifest
+from facerestore.training.loop import manifest_records, open_manifest
 from facerestore.training.seeds import check_seed, numpy_rng
 
 FIELDS = [f.name for f in dataclasses.fields(DegradationParams)]
@@ -59,16 +59,9 @@ def _settings(preset: str, seed: int, spec: DegradationSpec) -> dict:
 
 def read_manifest(path: Path) -> dict[str, dict]:
     """Target path -> its newest record; a line cut by a kill is ignored (that copy is redone)."""
-    records: dict[str, dict] = {}
     if not path.is_file():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-            records[str(record["path"])] = record
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return records
+        return {}
+    return {str(record["path"]): record for record in manifest_records(path) if "path" in record}
 
 
 def _earlier_records(state: Path, settings: dict, stale: list[Path], on_message: Callable[[str], None] | None) -> dict[str, dict]:

@@ -16,7 +16,7 @@ import os
 import random
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TextIO
 from pathlib import Path
 
@@ -105,6 +105,18 @@ def open_manifest(path: Path) -> TextIO:
     if torn:
         handle.write("\n")
     return handle
+
+
+def manifest_records(path: Path) -> Iterator[dict]:
+    """The records of a manifest `open_manifest` appends to: every line that is a whole JSON object.
+    A line torn by a kill is skipped; its file is simply done again."""
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            yield record
 
 
 def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:

@@ -77,7 +77,7 @@ from facerestore.diffusion import (
 from facerestore.errors import BadImage, UsageError
 from facerestore.image_io import assert_apart, assert_output_folder, remove_stale_temps, resize
 from facerestore.training import distributed
-from facerestore.training.loop import check_settings, open_manifest
+from facerestore.training.loop import check_settings, manifest_records, open_manifest
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.plural import counted
 
@@ -499,13 +499,12 @@ def read_done(state: Path) -> set[str]:
     deleted or replaced since would otherwise never be remade, and the contact sheet would fail on it."""
     listed: dict[str, list[tuple[str, int | None]]] = {}
     for manifest in sorted(state.glob("done-rank*.jsonl")):
-        for line in manifest.read_text().splitlines():
+        for entry in manifest_records(manifest):
             try:
-                entry = json.loads(line)
                 rel = str(entry["path"])
                 size = entry.get("bytes")
                 listed.setdefault(rel, []).append((str(entry.get("target") or target_name(rel)), None if size is None else int(size)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            except (KeyError, TypeError, ValueError):
                 continue
     targets = state.parent / "targets"
     done: set[str] = set()
