@@ -36,6 +36,7 @@ from facerestore.image_io import (IMAGE_EXTENSIONS, assert_not_input, assert_out
 from facerestore.training.degradations import DegradationParams, DegradationSpec, apply_degradation, preset as get_preset, sample_params
 from facerestore.training.loop import manifest_records, open_manifest
 from facerestore.training.seeds import check_seed, numpy_rng
+from facerestore.plural import counted
 
 FIELDS = [f.name for f in dataclasses.fields(DegradationParams)]
 STATE_DIR = ".facerestore-degrade"
@@ -123,7 +124,7 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     # a kill -9 in the middle of a write leaves its temp file (.NAME.RANDOM.tmp) beside the target: only those go
     removed = remove_stale_temps([*(dst / t for t in targets), json_path, csv_path, state / "settings.json"])
     if removed and on_message is not None:
-        on_message(f"removed {removed} unfinished temporary files of an earlier run")
+        on_message(f"removed {counted(removed, 'unfinished temporary file')} of an earlier run")
     try:
         state.mkdir(parents=True, exist_ok=True)
         earlier = _earlier_records(state, _settings(preset, seed, spec), [json_path, csv_path], on_message)

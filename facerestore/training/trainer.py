@@ -391,7 +391,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         truncate_log(run / "log.jsonl", start)
         truncate_log(run / "metrics.jsonl", start)
         if resume and (removed := remove_checkpoint_temps(run)):
-            message(f"removed {removed} unfinished checkpoint {'folders' if removed > 1 else 'folder'} of a save cut short")
+            message(f"removed {counted(removed, 'unfinished checkpoint folder')} of a save cut short")
     distributed.barrier(d)
 
     net: torch.nn.Module = model
