@@ -386,6 +386,8 @@ def test_report_skips_a_held_out_face_that_fails_to_decode(lq_cut, tmp_path):
     assert result.faces == 2 and result.skipped == 1
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [p["path"] for p in report["per_face"]] == ["a/01.png", "b/05.png"]
+    assert [p["psnr_finetuned_vs_base"] for p in report["per_face"]] == ["inf", "inf"]  # identical: JSON has no infinity
+    assert report["psnr_finetuned_vs_base_mean"] is None  # "inf" stays out of the mean
     assert [s["path"] for s in report["skipped"]] == ["c/cut1.png"] and "truncated" in report["skipped"][0]["reason"]
     assert "Skipped (could not be decoded): c/cut1.png" in (tmp_path / "report" / "report.md").read_text()
     assert len(notes) == 1 and notes[0].startswith("warning: 1 held-out face could not be decoded and is left out")

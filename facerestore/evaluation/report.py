@@ -38,9 +38,10 @@ import numpy as np
 from facerestore import __version__
 from facerestore.errors import UsageError
 from facerestore.file_modes import new_file_mode, new_folder_mode
-from facerestore.evaluation.runner import INPUT, EvalResult, SetResult, Summary, finite_or_text
+from facerestore.evaluation.runner import INPUT, EvalResult, SetResult, Summary
 from facerestore.image_io import assert_output_folder, write_image
 from facerestore.metrics import METRICS, MetricResult
+from facerestore.metrics.json_numbers import json_number
 
 GENERATOR = "facerestore evaluate"
 TITLES = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "identity": "identity (cos)", "identity_deg": "identity (deg)", "lmd": "LMD", "niqe": "NIQE", "fid": "FID"}
@@ -145,10 +146,8 @@ def _write_text(path: Path, text: str) -> None:
 def fmt(metric: str, value: float | None) -> str:
     if value is None:
         return "—"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if math.isnan(value):
-        return "nan"
+    if not math.isfinite(value):
+        return json_number(value)  # the same "inf" / "-inf" / "nan" as results.json
     return f"{value:.{DECIMALS.get(metric, 4)}f}"
 
 
@@ -295,13 +294,13 @@ def write_grids(result: EvalResult, folder: Path) -> None:
 def _result_json(r: MetricResult | None) -> dict[str, Any]:
     if r is None:
         return {"value": None, "status": "missing", "reason": "not computed"}
-    return {"value": finite_or_text(r.value), "status": r.status, "reason": r.reason}
+    return {"value": json_number(r.value), "status": r.status, "reason": r.reason}
 
 
 def _summary_json(s: Summary) -> dict[str, Any]:
     return {
-        "mean": finite_or_text(s.mean),
-        "std": finite_or_text(s.std),
+        "mean": json_number(s.mean),
+        "std": json_number(s.std),
         "count": s.count,
         "total": s.total,
         "status": s.status,

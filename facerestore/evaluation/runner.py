@@ -24,7 +24,6 @@ the run writes goes into `staging` (the report module publishes it as the report
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -700,13 +699,6 @@ class Evaluator:
         return result
 
 
-def finite_or_text(value: float | None) -> float | str | None:
-    """JSON has no infinity: +inf (identical images' PSNR) becomes "inf"."""
-    if value is None or math.isfinite(value):
-        return value
-    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-
-
 __all__ = [
     "COMPARISONS",
     "EvalResult",
@@ -717,7 +709,6 @@ __all__ = [
     "RowSpec",
     "SetResult",
     "Summary",
-    "finite_or_text",
     "find_restored",
     "check_inputs",
     "list_inputs",

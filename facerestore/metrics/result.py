@@ -39,8 +39,9 @@ class MetricResult:
     def __str__(self) -> str:
         if not self.ok:
             return f"{self.name}: {self.status} ({self.reason})"
-        shown = "inf" if self.value is not None and math.isinf(self.value) else f"{self.value:.4f}"
-        return f"{self.name}: {shown}"
+        from facerestore.metrics.json_numbers import json_number
+
+        return f"{self.name}: {f'{self.value:.4f}' if math.isfinite(self.value) else json_number(self.value)}"
 
 
 def resolve_weights(metric: str, weights: str | Path, *, offline: bool | None = None) -> Path:

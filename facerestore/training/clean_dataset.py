@@ -31,7 +31,6 @@ method leaves clean faces alone; low values mean it hallucinates or smooths them
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ import torch
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, list_images, read_image, write_image
+from facerestore.metrics.json_numbers import json_number, read_json_number
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, manifest_records, open_manifest
 from facerestore.training.seeds import check_seed, stable_seed
@@ -94,7 +94,7 @@ class FileResult:
     def to_json(self) -> dict:
         data = {"path": self.path, "status": self.status, "seconds": round(self.seconds, 4)}
         if self.psnr is not None:
-            data["psnr"] = round(self.psnr, 4) if math.isfinite(self.psnr) else "inf"
+            data["psnr"] = json_number(self.psnr, 4)
         if self.error:
             data["error"] = self.error
         return data
@@ -291,7 +291,7 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     complete = sum(1 for p, e in entries.items() if p in wanted and _is_done(e) and (out / p).is_file())
     check = None
     if options.check:
-        scores = [(float(e["psnr"]) if e["psnr"] != "inf" else math.inf, p) for p, e in entries.items()
+        scores = [(read_json_number(e["psnr"]), p) for p, e in entries.items()
                   if p in wanted and e.get("status") == "ok" and "psnr" in e]  # a photo copied through (no face) is not a test
         if scores:
             finite = [min(s, 99.0) for s, _ in scores]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from facerestore.image_io import BadImage, list_images, read_image
+from facerestore.metrics.json_numbers import json_number
 from facerestore.nets.baseline_unet import BaselineUNet, BaselineUNetConfig
 from facerestore.training.degradations import Eq11Params, Eq11Ranges, apply_eq11, sample_eq11
 from facerestore.weights.checkpoint import save_safetensors
@@ -108,8 +109,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def mean_psnr(values: list[float]) -> float | str:
     """Rounded mean, or "inf" where a face came back identical: cards are JSON, which has no infinity
     (the convention of `facerestore evaluate`, docs/evaluation.md)."""
-    mean = float(np.mean(values))
-    return round(mean, 3) if math.isfinite(mean) else "inf"
+    return json_number(float(np.mean(values)), 3)
 
 
 @torch.inference_mode()

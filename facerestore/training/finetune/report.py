@@ -32,6 +32,7 @@ import numpy as np
 
 from facerestore.errors import BadImage
 from facerestore.image_io import resize
+from facerestore.metrics.json_numbers import json_number
 from facerestore.training.finetune.pseudo_targets import (
     InputFace,
     Reporter,
@@ -113,14 +114,14 @@ def write_report(out: Path, faces: Sequence[InputFace], base_method, tuned_metho
                 if reason:
                     reasons.add(reason)
             change = psnr(t, b)
-            per_face.append({"path": f.rel, "niqe": scores, "psnr_finetuned_vs_base": round(change, 3) if math.isfinite(change) else "inf"})
+            per_face.append({"path": f.rel, "niqe": scores, "psnr_finetuned_vs_base": json_number(change, 3)})
             if len(rows) < SHEET_ROWS:
                 rows.append([original, b, t])
         reporter.advance(len(batch))
     if skipped:
         reporter.message(f"warning: {counted(len(skipped), 'held-out face')} could not be decoded and {'is' if len(skipped) == 1 else 'are'} left out of the report (first: {skipped[0]['reason']}); re-copy or re-export them")
     niqe = {k: _mean([p["niqe"][k] for p in per_face]) for k in ("input", "base", "finetuned")}
-    changes = [p["psnr_finetuned_vs_base"] for p in per_face if p["psnr_finetuned_vs_base"] != "inf"]
+    changes = [p["psnr_finetuned_vs_base"] for p in per_face if not isinstance(p["psnr_finetuned_vs_base"], str)]  # "inf" (identical faces) stays out of the mean
     summary = {
         "faces": len(per_face),
         "niqe_mean": niqe,
