@@ -680,6 +680,9 @@ def assert_apart(out: Path, folder: Path, where: str, hint: str) -> None:
         raise UsageError(f"--out {out} holds {where}: the outputs could overwrite it", hint=hint)
 
 
+OUT_ONLY_HINT = "choose another --out folder"  # assert_not_input's hint for the commands with no --suffix (clean-dataset, degrade)
+
+
 def assert_not_input(path: Path, inputs: set[Path], hint: str = "choose another output folder or --suffix") -> None:
     """Refuse an output path that is one of the inputs (after resolving links and `..`); `hint` names
     the options of the command that writes it."""

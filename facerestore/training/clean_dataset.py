@@ -42,7 +42,7 @@ import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import check_aligned_crop
-from facerestore.image_io import Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, list_images, read_image, write_image
+from facerestore.image_io import OUT_ONLY_HINT, Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, list_images, read_image, write_image
 from facerestore.metrics.json_numbers import json_number, read_json_number
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, manifest_records, open_manifest
@@ -182,7 +182,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _write(target: Path, rgb: np.ndarray, picture: Picture, inputs: set[Path], quality: int) -> None:
-    assert_not_input(target, inputs, hint="choose another --out folder")  # clean-dataset has no --suffix
+    assert_not_input(target, inputs, hint=OUT_ONLY_HINT)
     write_image(target, rgb, alpha=picture.alpha, jpeg_quality=quality, **picture.encoding())
 
 
@@ -354,7 +354,7 @@ def _clean_photo(path: Path, rel: str, out: Path, method, detector, options: Cle
         if faces:
             _write(out / rel, rgb, picture, inputs, options.jpeg_quality)
         else:  # copied byte for byte: re-encoding a JPEG would degrade what there was nothing to restore in
-            assert_not_input(out / rel, inputs, hint="choose another --out folder")
+            assert_not_input(out / rel, inputs, hint=OUT_ONLY_HINT)
             write_bytes(out / rel, path.read_bytes())
     except FaceRestoreError as exc:
         return FileResult(rel, "failed", time.perf_counter() - clock, error=exc.one_line())

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import (IMAGE_EXTENSIONS, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image,
+from facerestore.image_io import (IMAGE_EXTENSIONS, OUT_ONLY_HINT, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image,
                                   remove_stale_temps, write_bytes, write_image)
 from facerestore.training.degradations import DegradationParams, DegradationSpec, apply_degradation, preset as get_preset, sample_params
 from facerestore.training.loop import manifest_records, open_manifest
@@ -173,7 +173,7 @@ def _degrade_one(path: Path, rel: Path, target: Path, dst: Path, spec: Degradati
         rng = numpy_rng(seed, "degrade", rel.as_posix())
         params = sample_params(rng, spec)
         degraded = apply_degradation(picture.rgb, params, rng)
-        assert_not_input(dst / target, inputs, hint="choose another --out folder")  # degrade has no --suffix
+        assert_not_input(dst / target, inputs, hint=OUT_ONLY_HINT)
         write_image(dst / target, degraded, alpha=picture.alpha, **(picture.encoding() | {"gray": picture.gray or params.gray}))
     except FaceRestoreError as exc:
         if on_error is not None:
