@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from facerestore.training.loop import StopAtStepEnd
+from facerestore.errors import UsageError
+from facerestore.training.loop import StopAtStepEnd, check_settings, read_settings
 from facerestore.training.train_baseline import VAL_SEVERITIES, validate
 
 
@@ -80,3 +81,24 @@ def test_a_torn_manifest_line_costs_only_itself(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0] == '{"path": "a.png", "status": "ok"}' and lines[1] == '{"path": "b.png", "sta'
     assert [json_module.loads(line)["path"] for line in lines[2:]] == ["c.png", "d.png"]
+
+
+@pytest.mark.parametrize("content", [b"{torn", b"[1, 2]", b"\xff\xfe not text"])
+def test_an_unreadable_settings_json_constrains_nothing_and_is_left_as_it_is(tmp_path, content):
+    """Not JSON, not an object, not UTF-8: all alike (the last two used to crash check_settings)."""
+    state = tmp_path / ".state"
+    state.mkdir()
+    (state / "settings.json").write_bytes(content)
+    assert read_settings(state) is None
+    check_settings(state, {"seed": 0}, True, "a cleaning run")
+    assert (state / "settings.json").read_bytes() == content
+
+
+def test_recorded_settings_are_read_back_and_other_settings_refused(tmp_path):
+    state = tmp_path / ".state"
+    assert read_settings(state) is None  # none recorded yet
+    check_settings(state, {"seed": 1, "size": 512}, True, "a cleaning run")
+    assert read_settings(state) == {"seed": 1, "size": 512}
+    with pytest.raises(UsageError) as info:
+        check_settings(state, {"seed": 0, "size": 512}, True, "a cleaning run")
+    assert info.value.one_line().startswith(f"{tmp_path} holds a cleaning run made with other settings (seed: 1 -> 0)")

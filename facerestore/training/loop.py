@@ -5,7 +5,8 @@
   exactly after a resume;
 - `StopAtStepEnd`: Ctrl-C / SIGTERM finish the current step, then the loop saves and stops;
 - `truncate_log`: drop JSON-lines log entries beyond the checkpoint being resumed;
-- `check_settings`: a resumable output folder refuses a rerun with other settings;
+- `check_settings`: a resumable output folder refuses a rerun with other settings (`read_settings`
+  reads what it recorded);
 - `open_manifest`: append to a JSON-lines manifest that a kill may have left torn.
 """
 
@@ -119,6 +120,16 @@ def manifest_records(path: Path) -> Iterator[dict]:
             yield record
 
 
+def read_settings(state: Path) -> dict | None:
+    """The settings.json recorded in the state folder `state`, or None where there is none or it cannot
+    be read (not JSON, not an object): such a file constrains nothing, and is left as it is."""
+    try:
+        recorded = json.loads((state / "settings.json").read_text())
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
     """Refuse to mix two settings in one resumable output folder; record them on the first run (rank 0).
 
@@ -126,10 +137,7 @@ def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
     """
     path = state / "settings.json"
     if path.is_file():
-        try:
-            recorded = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            recorded = None
+        recorded = read_settings(state)
         if recorded is not None and recorded != settings:
             differ = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in settings if recorded.get(k) != settings.get(k))
             raise UsageError(f"{state.parent} holds {what} made with other settings ({differ})",

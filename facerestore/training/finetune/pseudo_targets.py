@@ -77,7 +77,7 @@ from facerestore.diffusion import (
 from facerestore.errors import BadImage, UsageError
 from facerestore.image_io import assert_apart, assert_output_folder, remove_stale_temps, resize
 from facerestore.training import distributed
-from facerestore.training.loop import check_settings, manifest_records, open_manifest
+from facerestore.training.loop import check_settings, manifest_records, open_manifest, read_settings
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.plural import counted
 
@@ -470,11 +470,8 @@ def as_recorded(settings: dict, state: Path) -> dict:
     """The settings to compare with the recorded settings.json (`check_settings`). A weights file whose
     sha256 changed is a one-line error of its own; a settings.json written before weights files were
     hashed has no sha256, and is compared on path and size as then (such a run stays resumable)."""
-    try:
-        recorded = json.loads((state / "settings.json").read_text())
-    except (OSError, ValueError):
-        return settings
-    if not isinstance(recorded, dict):
+    recorded = read_settings(state)
+    if recorded is None:
         return settings
     for what, mine, theirs in (("base weights", (settings.get("base") or {}).get("weights"), (recorded.get("base") or {}).get("weights")),
                                ("prior", settings.get("prior"), recorded.get("prior"))):
