@@ -11,7 +11,7 @@ import typer
 from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import DEFAULT_MAX_PIXELS, assert_output_folder
-from facerestore.plural import counted
+from facerestore.plural import counted, verb
 
 
 @app.command("restore", context_settings=CONTEXT)
@@ -61,7 +61,7 @@ def restore_command(
         if aligned:  # these act on detection and paste-back, which --aligned skips
             ignored = [flag for flag, used in (("--parse", parse), ("--detector", detector != "auto"), ("--only-center-face", only_center_face)) if used]
             if ignored:
-                raise UsageError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} nothing with --aligned: there is no photo to detect faces in or paste them into",
+                raise UsageError(f"{', '.join(ignored)} {verb(len(ignored), 'does', 'do')} nothing with --aligned: there is no photo to detect faces in or paste them into",
                                  hint=f"drop {', '.join(ignored)}, or drop --aligned")
         assert_output_folder(output)
         options = RestoreOptions(

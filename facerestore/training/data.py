@@ -39,7 +39,7 @@ from facerestore.errors import BadImage, UsageError
 from facerestore.image_io import BROKEN_LINK, list_images, read_image, resize
 from facerestore.training.degradations import DegradationSpec, sample_params, apply_degradation, to_gray
 from facerestore.training.seeds import permutation, stable_seed
-from facerestore.plural import counted
+from facerestore.plural import counted, verb
 
 T = TypeVar("T")
 
@@ -229,7 +229,7 @@ def first_readable(order: Sequence[int], k: int, load: Callable[[int], T], what:
 def substitution_warning(count: int, log: Path, what: str = "sample") -> str:
     """The line `train` and `finetune` end with when samples came from the next file because theirs
     failed to decode (`FaceDataset`, `finetune.data.PairDataset`)."""
-    return (f"warning: {counted(count, what)} came from a file that failed to decode and {'was' if count == 1 else 'were'} replaced by the next "
+    return (f"warning: {counted(count, what)} came from a file that failed to decode and {verb(count, 'was', 'were')} replaced by the next "
             f"readable one (the per-step counts are in {log}); re-export or remove those files")
 
 

@@ -79,7 +79,7 @@ from facerestore.image_io import assert_apart, assert_output_folder, remove_stal
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, manifest_records, open_manifest, read_settings
 from facerestore.training.seeds import check_seed, stable_seed
-from facerestore.plural import counted
+from facerestore.plural import counted, verb
 
 T = 1000
 RESPACING = "250"
@@ -607,7 +607,7 @@ def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Repor
             reporter.advance(len(batch))
     if unreadable:
         todo = [f for f in todo if f.rel not in unreadable]
-        reporter.message(f"warning: {counted(len(unreadable), 'face')} could not be decoded and {'gets' if len(unreadable) == 1 else 'get'} no pseudo-target (first: {next(iter(unreadable.values()))}); "
+        reporter.message(f"warning: {counted(len(unreadable), 'face')} could not be decoded and {verb(len(unreadable), 'gets', 'get')} no pseudo-target (first: {next(iter(unreadable.values()))}); "
                          "re-copy or re-export them and rerun to make theirs")
 
     # phase B: the prior with the low-frequency constraint

@@ -44,7 +44,7 @@ from facerestore.training.finetune.pseudo_targets import (
     to_images,
 )
 from facerestore.training.data import centre_square, to_square
-from facerestore.plural import counted
+from facerestore.plural import counted, verb
 
 SHEET_ROWS = 8
 
@@ -119,7 +119,7 @@ def write_report(out: Path, faces: Sequence[InputFace], base_method, tuned_metho
                 rows.append([original, b, t])
         reporter.advance(len(batch))
     if skipped:
-        reporter.message(f"warning: {counted(len(skipped), 'held-out face')} could not be decoded and {'is' if len(skipped) == 1 else 'are'} left out of the report (first: {skipped[0]['reason']}); re-copy or re-export them")
+        reporter.message(f"warning: {counted(len(skipped), 'held-out face')} could not be decoded and {verb(len(skipped), 'is', 'are')} left out of the report (first: {skipped[0]['reason']}); re-copy or re-export them")
     niqe = {k: _mean([p["niqe"][k] for p in per_face]) for k in ("input", "base", "finetuned")}
     changes = [p["psnr_finetuned_vs_base"] for p in per_face if not isinstance(p["psnr_finetuned_vs_base"], str)]  # "inf" (identical faces) stays out of the mean
     summary = {

@@ -57,7 +57,7 @@ from facerestore.training.finetune.pseudo_targets import (
 from facerestore.training.finetune.report import ReportResult, write_report
 from facerestore.training.finetune.trainer import StepReport, TrainSettings, milestones_for, train_pairs
 from facerestore.training.seeds import check_seed, stable_seed
-from facerestore.plural import counted
+from facerestore.plural import counted, verb
 
 CONFIG_VERSION = 1
 DEFAULT_LR = {"code": 1e-4, "image": 2e-5}  # DT-BFR: CodeFormer Adam 1e-4; SwinIR AdamW 2e-5
@@ -319,7 +319,7 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
         held = [InputFace(rel, lq / rel) for rel in split["holdout"]]
         missing = [f.rel for f in train + held if not f.path.is_file()]
         if missing:
-            raise UsageError(f"{counted(len(missing), 'input face')} of the run {'is' if len(missing) == 1 else 'are'} gone from {lq} (first: {missing[0]})", hint="restore them, or start a new run")
+            raise UsageError(f"{counted(len(missing), 'input face')} of the run {verb(len(missing), 'is', 'are')} gone from {lq} (first: {missing[0]})", hint="restore them, or start a new run")
         scan_note = f"{counted(len(train) + len(held), 'face')} (file list of the run)"
     else:
         faces, scan_note = scan_inputs(Path(config.lq), config.size)
