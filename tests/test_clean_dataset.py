@@ -353,3 +353,30 @@ def test_a_link_in_out_to_a_source_file_is_never_written_through(dataset, tmp_pa
     assert (dataset / rel).read_bytes() == before
     line = next(li for li in result.output.splitlines() if "would overwrite the input" in li)
     assert line.endswith("choose another --out folder") and "--suffix" not in line
+
+
+def test_a_source_replaced_at_the_same_path_is_restored_again_and_only_it(dataset, tmp_path, model):
+    """A rerun kept the output of the image that used to be at a.png as done."""
+    out = tmp_path / "out"
+    args = ("--weights", model, "--steps", "2", "--device", "cpu")
+    first = summary(dataset, "--out", out, *args)
+    assert first["done"] == 5
+    old_output = (out / "a.png").read_bytes()
+    write_image(dataset / "a.png", face(7, 48))  # another image at the same path
+    stat = (dataset / "sub" / "b.jpg").stat()
+    os.utime(dataset / "sub" / "b.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, same bytes: not a change
+    line = clean(dataset, "--out", out, *args).output
+    assert "1 restored, 0 failed, 4 already done, 1 changed file redone; 5 of 5 complete" in line
+    assert [e["path"] for e in manifest(out)].count("a.png") == 2 and [e["path"] for e in manifest(out)].count("sub/b.jpg") == 1
+    clean(dataset, "--out", tmp_path / "fresh", *args, "-q")
+    assert (out / "a.png").read_bytes() == (tmp_path / "fresh" / "a.png").read_bytes() != old_output
+    again = summary(dataset, "--out", out, *args)
+    assert (again["done"], again["skipped"], again["changed"]) == (0, 5, 0)  # the redone file is recorded with its new source
+
+    # manifests written before sources were recorded are still read, and their files trusted
+    for path in (out / STATE_DIR).glob("done-rank*.jsonl"):
+        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({k: v for k, v in e.items() if not k.startswith("source_")}) + "\n" for e in entries))
+    write_image(dataset / "a.png", face(8, 48))
+    trusted = summary(dataset, "--out", out, *args)
+    assert (trusted["done"], trusted["skipped"], trusted["changed"]) == (0, 5, 0)

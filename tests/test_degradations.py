@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -443,3 +444,46 @@ def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tree, tmp_path, monkeypatch)
     monkeypatch.setattr(degrade_files, "list_images", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))  # while listing a large tree
     early = run("degrade", tree, "--out", tmp_path / "new", "--preset", "mild")
     assert early.exit_code == 130 and early.output.strip() == "interrupted before any copy was written; run the same command again"
+
+
+def test_a_source_replaced_at_the_same_path_is_degraded_again_and_only_it(tree, tmp_path, monkeypatch):
+    """A rerun kept the copy of the image that used to be at sub/c.png (and its parameters, which
+    happen to be the same: they are keyed by the path) as done."""
+    from facerestore.training.degrade_files import MANIFEST, STATE_DIR
+
+    out = tmp_path / "out"
+    assert run("degrade", tree, "--out", out, "--preset", "eq11", "-q").exit_code == 0
+    old_copy = (out / "sub" / "c.png").read_bytes()
+    write_image(tree / "sub" / "c.png", face_like(32, 32)[::-1, ::-1, :1].repeat(3, axis=2), gray=True)  # another image, same path
+    stat = (tree / "a.png").stat()
+    os.utime(tree / "a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, same bytes: not a change
+    written = interrupt_after(monkeypatch, 99)
+    result = run("degrade", tree, "--out", out, "--preset", "eq11")
+    assert result.exit_code == 0, result.output
+    assert "1 degraded with preset eq11, 2 already done, 1 changed file redone, 0 failed" in result.output
+    assert written == [out / "sub" / "c.png"]
+    monkeypatch.undo()
+    assert run("degrade", tree, "--out", tmp_path / "fresh", "--preset", "eq11", "-q").exit_code == 0
+    for name in ("degradations.json", "degradations.csv", "a.png", "sub/b.jpg", "sub/c.png"):
+        assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
+    assert (out / "sub" / "c.png").read_bytes() != old_copy
+    again = run("degrade", tree, "--out", out, "--preset", "eq11")
+    assert "0 degraded with preset eq11, 3 already done, 0 failed" in again.output  # the redone copy is recorded with its new source
+
+    # a manifest written before sources were recorded is still read, and its copies trusted
+    lines = (out / STATE_DIR / MANIFEST).read_text().splitlines()
+    old = [{k: v for k, v in json.loads(line).items() if k not in ("source_size", "source_mtime_ns", "source_sha256")} for line in lines]
+    (out / STATE_DIR / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in old))
+    write_image(tree / "sub" / "c.png", face_like(32, 32)[..., :1].repeat(3, axis=2), gray=True)
+    trusted = run("degrade", tree, "--out", out, "--preset", "eq11")
+    assert trusted.exit_code == 0 and "0 degraded with preset eq11, 3 already done, 0 failed" in trusted.output
+
+
+def test_a_changed_source_that_no_longer_reads_leaves_no_stale_copy(tree, tmp_path):
+    out = tmp_path / "out"
+    assert run("degrade", tree, "--out", out, "--preset", "mild", "-q").exit_code == 0
+    (tree / "sub" / "c.png").write_bytes(b"not an image any more")
+    result = run("degrade", tree, "--out", out, "--preset", "mild")
+    assert result.exit_code == 1 and "0 degraded with preset mild, 2 already done, 1 changed file redone, 1 failed" in result.output
+    assert not (out / "sub" / "c.png").exists()
+    assert [r["path"] for r in json.loads((out / "degradations.json").read_text())["images"]] == ["a.png", "sub/b.jpg"]

@@ -80,7 +80,8 @@ def clean_dataset_command(
     if as_json:
         typer.echo(json.dumps(summary.to_json(), indent=2))  # ASCII: names that are not UTF-8 stay valid JSON
     elif not quiet or summary.failed:
-        line = (f"{summary.done - summary.no_face} restored, {summary.failed} failed, {summary.skipped} already done; "
+        changed = f", {counted(summary.changed, 'changed file')} redone" if summary.changed else ""
+        line = (f"{summary.done - summary.no_face} restored, {summary.failed} failed, {summary.skipped} already done{changed}; "
                 f"{summary.complete} of {summary.total} complete in {dst}; {summary.seconds_per_image:.2f} s per image")
         if summary.no_face:
             line += f"; {counted(summary.no_face, 'photo')} without a face copied through"

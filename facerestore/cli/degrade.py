@@ -9,6 +9,7 @@ import typer
 
 from facerestore.cli.app import CONTEXT, app, err, fail
 from facerestore.errors import FaceRestoreError
+from facerestore.plural import counted
 
 
 @app.command("degrade", context_settings=CONTEXT)
@@ -40,6 +41,7 @@ def degrade_command(
         fail(exc, debug)
     if not quiet or report.failed:
         earlier = f", {report.skipped} already done" if report.skipped else ""
+        earlier += f", {counted(report.changed, 'changed file')} redone" if report.changed else ""
         err.print(f"{report.written} degraded with preset {preset}{earlier}, {report.failed} failed -> {dst} (parameters: {report.json_path.name}, {report.csv_path.name})",
                   markup=False)
     raise typer.Exit(1 if report.failed else 0)

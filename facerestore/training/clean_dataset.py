@@ -12,6 +12,9 @@ Resumable. Every finished file is appended to DST/.facerestore-clean/done-rank<R
 fsynced) after its image was written atomically (image_io.write_image: temp file + rename). After a
 kill -9 every visible file in DST is complete; a rerun reads all manifests and does only the files
 not listed (a file written but not yet listed is simply redone). Stale temp files are removed.
+Each entry also keeps the size, mtime and sha256 of its source (taken before it was read): a
+source replaced by another image at the same path since is restored again, its stale output removed
+first (entries written before sources were recorded are trusted).
 Each entry carries the number of the run that wrote it, so the manifests merge by recency however
 the ranks were numbered: a file failed by rank 1 of a 2-process run and restored by a 1-process
 rerun is done, whichever rank's manifest is read last (see `_read_manifests`).
@@ -45,7 +48,7 @@ from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import OUT_ONLY_HINT, Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, list_images, read_image, write_image
 from facerestore.metrics.json_numbers import json_number, read_json_number
 from facerestore.training import distributed
-from facerestore.training.loop import check_settings, manifest_records, open_manifest
+from facerestore.training.loop import check_settings, manifest_records, open_manifest, source_changed, source_fingerprint, source_stat
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.weights.store import sha256_file
 
@@ -110,6 +113,7 @@ class CleanSummary:
     seconds: float  # wall time of this run
     seconds_per_image: float  # restore + I/O time per image, summed over ranks / images
     complete: int  # files of SRC listed as done after this run
+    changed: int = 0  # done before, redone by this run because their source changed since (all ranks; counted in done or failed)
     check: dict | None = None  # with --check: mean, worst, worst_path, count (over every done file)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, error) of every rank's failures, by path
 
@@ -243,6 +247,11 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     # listed as done AND still there: an output deleted since (by hand, or a tree copied without it) is redone
     done_before = {p for p, e in entries.items() if _is_done(e) and (out / p).is_file()}
     mine = [i for i in range(len(rels)) if i % d.world == d.rank]
+    stats = {i: source_stat(paths[i]) for i in mine}
+    changed = [i for i in mine if rels[i] in done_before and source_changed(entries[rels[i]], paths[i], stats[i])]
+    for i in changed:  # stale: a redo that fails leaves no output of the old image
+        (out / rels[i]).unlink(missing_ok=True)
+    done_before -= {rels[i] for i in changed}
     todo = [i for i in mine if rels[i] not in done_before]
     skipped_here = len(mine) - len(todo)
     removed = remove_stale_temps(out / rels[i] for i in todo)
@@ -256,10 +265,15 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     done = failed = no_face = 0
     busy = 0.0
     failures: list[tuple[str, str]] = []
+    sources: dict[str, dict] = {}  # rel -> what its entry keeps of its source, taken before the file is read
+
+    def fingerprint(indices: list[int]) -> None:
+        for i in indices:
+            sources[rels[i]] = source_fingerprint(paths[i], stats[i])
 
     def record(result: FileResult) -> None:
         nonlocal done, failed, no_face, busy
-        manifest.write(json.dumps({**result.to_json(), "run": run}) + "\n")
+        manifest.write(json.dumps({**result.to_json(), **sources.pop(result.path, {}), "run": run}) + "\n")
         manifest.flush()
         os.fsync(manifest.fileno())
         busy += result.seconds
@@ -275,15 +289,18 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     try:
         if options.detect:
             for i in todo:
+                fingerprint([i])
                 record(_clean_photo(paths[i], rels[i], out, method, detector, options, inputs))
         else:
             for start in range(0, len(todo), options.batch_size):
-                for result in _clean_faces(paths, rels, todo[start : start + options.batch_size], out, method, options, inputs):
+                chunk = todo[start : start + options.batch_size]
+                fingerprint(chunk)
+                for result in _clean_faces(paths, rels, chunk, out, method, options, inputs):
                     record(result)
     finally:
         manifest.close()
 
-    counts = distributed.total(d, [done, failed, no_face, busy, skipped_here])
+    counts = distributed.total(d, [done, failed, no_face, busy, skipped_here, len(changed)])
     failures = sorted(tuple(f) for f in distributed.gather(d, failures))  # by path: the same list whatever the number of ranks
     distributed.barrier(d)
     entries = _read_manifests(state)
@@ -302,7 +319,7 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     return CleanSummary(
         total=len(rels), skipped=int(counts[4]), done=int(counts[0]), failed=int(counts[1]), no_face=int(counts[2]),
         seconds=time.perf_counter() - clock, seconds_per_image=counts[3] / restored if restored else 0.0,
-        complete=complete, check=check, failures=failures,
+        complete=complete, changed=int(counts[5]), check=check, failures=failures,
     )
 
 

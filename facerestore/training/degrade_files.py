@@ -14,7 +14,10 @@ DST/.facerestore-degrade/done.jsonl, flushed and fsynced, right after the copy w
 atomically. After Ctrl-C or kill -9 every visible copy is complete and its parameters are in that
 manifest; a rerun of the same command skips the copies listed there (and still present) and ends
 with the degradations.json an uninterrupted run writes; the temp files of a killed write are
-removed. The manifest is kept for the settings in
+removed. Each manifest record also keeps the size, mtime and sha256 of its source (taken before it
+was read): a source replaced by another image at the same path since is degraded again, its stale
+copy removed first (records written before sources were recorded are trusted). The manifest is kept
+for the settings in
 .facerestore-degrade/settings.json (preset, seed, the preset's ranges): a rerun with other settings
 starts over, dropping the manifest and the degradations.json / .csv of the earlier settings.
 """
@@ -34,7 +37,7 @@ from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import (IMAGE_EXTENSIONS, OUT_ONLY_HINT, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image,
                                   remove_stale_temps, write_bytes, write_image)
 from facerestore.training.degradations import DegradationParams, DegradationSpec, apply_degradation, preset as get_preset, sample_params
-from facerestore.training.loop import manifest_records, open_manifest
+from facerestore.training.loop import SOURCE_KEYS, manifest_records, open_manifest, source_changed, source_fingerprint, source_stat
 from facerestore.training.seeds import check_seed, numpy_rng
 from facerestore.plural import counted
 
@@ -51,6 +54,7 @@ class DegradeReport:
     csv_path: Path
     records: list[dict]  # every copy of the run, as in degradations.json (those of earlier runs included)
     skipped: int = 0  # copies an interrupted earlier run had finished (same settings)
+    changed: int = 0  # copies redone because their source changed since they were made (counted in written or failed)
 
 
 def _settings(preset: str, seed: int, spec: DegradationSpec) -> dict:
@@ -59,10 +63,20 @@ def _settings(preset: str, seed: int, spec: DegradationSpec) -> dict:
 
 
 def read_manifest(path: Path) -> dict[str, dict]:
-    """Target path -> its newest record; a line cut by a kill is ignored (that copy is redone)."""
+    """Target path -> its newest record, as degradations.json lists it; a line cut by a kill is ignored (that copy is redone)."""
+    return {target: _public(record) for target, record in _read_records(path).items()}
+
+
+def _read_records(path: Path) -> dict[str, dict]:
+    """Target path -> its newest record as the manifest holds it (with its source's size, mtime and hash)."""
     if not path.is_file():
         return {}
     return {str(record["path"]): record for record in manifest_records(path) if "path" in record}
+
+
+def _public(record: dict) -> dict:
+    """A manifest record less what it keeps of its source: the line degradations.json has."""
+    return {k: v for k, v in record.items() if k not in SOURCE_KEYS}
 
 
 def _earlier_records(state: Path, settings: dict, stale: list[Path], on_message: Callable[[str], None] | None) -> dict[str, dict]:
@@ -75,7 +89,7 @@ def _earlier_records(state: Path, settings: dict, stale: list[Path], on_message:
     except (OSError, json.JSONDecodeError):
         recorded = None
     if recorded == settings:
-        return read_manifest(state / MANIFEST)
+        return _read_records(state / MANIFEST)
     if isinstance(recorded, dict) and on_message is not None:
         differ = ", ".join(f"{k} {recorded.get(k)!r} -> {settings[k]!r}" for k in ("preset", "seed") if recorded.get(k) != settings[k])
         differ = differ or f"the ranges of preset {settings['preset']} changed since"
@@ -131,23 +145,33 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
         manifest = open_manifest(state / MANIFEST)
     except OSError as exc:  # write_bytes says its own line
         raise FaceRestoreError(f"cannot write into {state} ({exc.strerror or exc})", hint="check free space and permissions") from None
+    stats = [source_stat(path) for path in paths]
     done: dict[str, dict] = {}  # target -> its record, for every copy this run or an earlier one finished
-    for rel, target in zip(rels, targets):
+    changed = 0
+    for path, stat, rel, target in zip(paths, stats, rels, targets):
         record = earlier.get(target.as_posix())
         if record is not None and record.get("source") == rel.as_posix() and (dst / target).is_file():
-            done[target.as_posix()] = record
+            if not source_changed(record, path, stat):
+                done[target.as_posix()] = _public(record)
+                continue
+            changed += 1
+            try:  # stale: a redo that fails leaves no copy of the old image
+                (dst / target).unlink(missing_ok=True)
+            except OSError as exc:
+                raise FaceRestoreError(f"cannot remove {dst / target} ({exc.strerror or exc})", hint="check the permissions of --out") from None
     skipped = len(done)
     failed = 0
     with manifest:
-        for path, rel, target in zip(paths, rels, targets):
+        for path, stat, rel, target in zip(paths, stats, rels, targets):
             if target.as_posix() in done:
                 continue
+            source = source_fingerprint(path, stat)  # before the read, so a file replaced meanwhile is redone next time
             record = _degrade_one(path, rel, target, dst, spec, seed, inputs, on_error, on_warning)
             if record is None:
                 failed += 1
                 continue
             try:
-                manifest.write(json.dumps(record) + "\n")
+                manifest.write(json.dumps({**record, **source}) + "\n")
                 manifest.flush()
                 os.fsync(manifest.fileno())
             except OSError as exc:
@@ -160,7 +184,8 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     writer.writerows(records)
     write_bytes(json_path, (json.dumps({"preset": preset, "seed": seed, "spec": dataclasses.asdict(spec), "images": records}, indent=1) + "\n").encode())
     write_bytes(csv_path, buffer.getvalue().encode())
-    return DegradeReport(written=len(records) - skipped, failed=failed, json_path=json_path, csv_path=csv_path, records=records, skipped=skipped)
+    return DegradeReport(written=len(records) - skipped, failed=failed, json_path=json_path, csv_path=csv_path, records=records, skipped=skipped,
+                         changed=changed)
 
 
 def _degrade_one(path: Path, rel: Path, target: Path, dst: Path, spec: DegradationSpec, seed: int, inputs: set[Path],

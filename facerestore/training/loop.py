@@ -7,11 +7,14 @@
 - `truncate_log`: drop JSON-lines log entries beyond the checkpoint being resumed;
 - `check_settings`: a resumable output folder refuses a rerun with other settings (`read_settings`
   reads what it recorded);
-- `open_manifest`: append to a JSON-lines manifest that a kill may have left torn.
+- `open_manifest`: append to a JSON-lines manifest that a kill may have left torn;
+- `source_stat`, `source_fingerprint`, `source_changed`: notice a source replaced at the same path
+  since the manifest listed it as done.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -128,6 +131,60 @@ def read_settings(state: Path) -> dict | None:
     except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return None
     return recorded if isinstance(recorded, dict) else None
+
+
+# What a manifest record keeps of the source it was made from. Size and mtime_ns first: one stat per
+# file, so a rerun over an unchanged tree reads nothing (a replacement that keeps both, such as
+# `cp -p` of an image of the same size, goes unnoticed, as with make or rsync). The sha256 settles a
+# changed mtime: a tree copied with `cp -r` or touched keeps its contents and is not redone (hours of
+# restoring), an image replaced by another is. Recording it costs one more read of a file that is
+# about to be read anyway.
+SOURCE_KEYS = ("source_size", "source_mtime_ns", "source_sha256")
+
+
+def source_stat(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a source file, or None when it cannot be read (its work then fails with its own line)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def source_fingerprint(path: Path, stat: tuple[int, int] | None) -> dict:
+    """The source fields of a manifest record: `stat` (taken at the start of the run), then the hash,
+    both BEFORE the file is read for its work. A file replaced in between then leaves a record that
+    describes an older file than the one used, so the next run redoes it; never the other way round."""
+    if stat is None:
+        return {}
+    digest = _sha256(path)
+    return {"source_size": stat[0], "source_mtime_ns": stat[1], **({"source_sha256": digest} if digest else {})}
+
+
+def source_changed(record: dict, path: Path, stat: tuple[int, int] | None) -> bool:
+    """Whether the source at `path` (now `stat`) differs from the one `record` was made from.
+
+    A record written before sources were recorded is trusted, as those runs did: there is nothing to
+    compare with, and redoing a whole finished tree (hours of restoring) on an upgrade would be worse.
+    """
+    if "source_size" not in record or "source_mtime_ns" not in record:
+        return False
+    if stat is None or record["source_size"] != stat[0]:
+        return True
+    if record["source_mtime_ns"] == stat[1]:
+        return False
+    return record.get("source_sha256") is None or record["source_sha256"] != _sha256(path)
 
 
 def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
