@@ -380,3 +380,61 @@ def test_a_source_replaced_at_the_same_path_is_restored_again_and_only_it(datase
     write_image(dataset / "a.png", face(8, 48))
     trusted = summary(dataset, "--out", out, *args)
     assert (trusted["done"], trusted["skipped"], trusted["changed"]) == (0, 5, 0)
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_leaves_the_first_runs_temp_files(dataset, tmp_path, model):
+    """Both runs wrote, and the second one's cleanup deleted the temp file the first was writing."""
+    from facerestore.training.out_lock import output_lock
+
+    out = tmp_path / "out"
+    live = out / ".a.png.k3x9q2zw.tmp"  # what the running one is writing
+    with output_lock(out):
+        live.write_bytes(b"half written")
+        result = clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", check_exit=2)
+        assert live.read_bytes() == b"half written"
+    assert result.output.strip() == f"error: {out} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out"
+    assert sorted(p.name for p in out.rglob("*")) == [live.name]  # no settings, manifest or image written
+
+
+def test_clean_dataset_releases_its_lock_however_it_ends(dataset, tmp_path, model, monkeypatch):
+    from facerestore.training import clean_dataset as module
+    from facerestore.training.out_lock import LOCK_NAME, output_lock
+
+    def released(out: Path) -> bool:
+        with output_lock(out):
+            pass
+        return not (out / LOCK_NAME).exists()
+
+    out = tmp_path / "out"
+    args = ("--weights", model, "--steps", "2", "--device", "cpu", "-q")
+    clean(dataset, "--out", out, *args, "--limit", "1")
+    assert released(out)
+    clean(dataset, "--out", out, "--weights", model, "--steps", "3", "--device", "cpu", check_exit=2)  # other settings: refused under the lock
+    assert released(out)
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "_clean_faces", interrupted)
+    clean(dataset, "--out", out, *args, check_exit=130)
+    assert released(out)
+
+
+@pytest.mark.slow
+def test_torchrun_into_a_folder_in_use_is_refused_on_every_rank(tmp_path, model):
+    """Rank 0 holds the lock for its run; a second run's rank 0 is refused (exit 2) and its rank 1 writes nothing."""
+    from facerestore.training.out_lock import output_lock
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    for i in range(3):
+        write_image(src / f"{i}.png", face(i, 32))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with output_lock(out):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facerestore",
+                               "clean-dataset", str(src), "--out", str(out), "--weights", str(model), "--steps", "2", "--device", "cpu", "-q"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert sorted(p.name for p in out.rglob("*")) == [".facerestore.lock"]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {out} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out"], done.stderr
+    # torchrun's report: rank 0 exits 2; rank 1 exits 2 too, unless torchrun's SIGTERM reaches it first
+    assert done.returncode != 0 and "rank      : 0 (local_rank: 0)\n  exitcode  : 2 " in done.stderr, done.stderr

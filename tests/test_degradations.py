@@ -487,3 +487,62 @@ def test_a_changed_source_that_no_longer_reads_leaves_no_stale_copy(tree, tmp_pa
     assert result.exit_code == 1 and "0 degraded with preset mild, 2 already done, 1 changed file redone, 1 failed" in result.output
     assert not (out / "sub" / "c.png").exists()
     assert [r["path"] for r in json.loads((out / "degradations.json").read_text())["images"]] == ["a.png", "sub/b.jpg"]
+
+
+def test_a_second_degrade_into_a_folder_in_use_is_refused_and_leaves_the_first_runs_temp_files(tree, tmp_path):
+    """Both runs wrote, and the second one's cleanup deleted the temp file the first was writing."""
+    from facerestore.training.out_lock import output_lock
+
+    out = tmp_path / "out"
+    live = out / ".a.png.k3x9q2zw.tmp"  # what the running one is writing
+    with output_lock(out):
+        live.write_bytes(b"half written")
+        result = run("degrade", tree, "--out", out, "--preset", "mild")
+        assert live.read_bytes() == b"half written"
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {out} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out"
+    assert sorted(p.name for p in out.rglob("*")) == [live.name]  # nothing else written
+
+
+def test_degrade_releases_its_lock_however_it_ends(tree, tmp_path, monkeypatch):
+    import facerestore.training.degrade_files as degrade_files
+    from facerestore.errors import BadImage
+    from facerestore.training.out_lock import LOCK_NAME, output_lock
+
+    def released(out: Path) -> bool:
+        with output_lock(out):
+            pass
+        return not (out / LOCK_NAME).exists()
+
+    assert run("degrade", tree, "--out", tmp_path / "done", "--preset", "mild", "-q").exit_code == 0
+    assert released(tmp_path / "done")
+    interrupt_after(monkeypatch, 1)
+    assert run("degrade", tree, "--out", tmp_path / "ctrl-c", "--preset", "mild", "-q").exit_code == 130
+    assert released(tmp_path / "ctrl-c")
+    monkeypatch.undo()
+
+    def full(path, payload):
+        raise BadImage(f"cannot write {path} (No space left on device)")
+
+    monkeypatch.setattr(degrade_files, "write_bytes", full)  # settings.json, at the start of the run
+    failed = run("degrade", tree, "--out", tmp_path / "full", "--preset", "mild", "-q")
+    assert failed.exit_code == 1 and "No space left on device" in failed.output
+    assert released(tmp_path / "full")
+
+
+def test_a_lock_a_killed_degrade_left_is_taken_over_with_a_note(tree, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from facerestore.training.out_lock import LOCK_NAME
+
+    out = tmp_path / "out"
+    out.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}) + "\n")
+    result = run("degrade", tree, "--out", out, "--preset", "mild")
+    assert result.exit_code == 0, result.output
+    assert f"{out} was locked by pid {gone.pid}, which ended without releasing it; taking the lock over" in result.output
+    assert "3 degraded with preset mild" in result.output and not (out / LOCK_NAME).exists()

@@ -11,7 +11,8 @@ restore, paste back at the photo's own size; a photo without a face is copied th
 Resumable. Every finished file is appended to DST/.facerestore-clean/done-rank<R>.jsonl (flushed and
 fsynced) after its image was written atomically (image_io.write_image: temp file + rename). After a
 kill -9 every visible file in DST is complete; a rerun reads all manifests and does only the files
-not listed (a file written but not yet listed is simply redone). Stale temp files are removed.
+not listed (a file written but not yet listed is simply redone). Stale temp files are removed, under
+DST's lock (training/out_lock): a second run into DST is refused, so no live temp file is taken for stale.
 Each entry also keeps the size, mtime and sha256 of its source (taken before it was read): a
 source replaced by another image at the same path since is restored again, its stale output removed
 first (entries written before sources were recorded are trusted).
@@ -48,6 +49,7 @@ from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import OUT_ONLY_HINT, Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, list_images, read_image, write_image
 from facerestore.metrics.json_numbers import json_number, read_json_number
 from facerestore.training import distributed
+from facerestore.training.out_lock import output_lock
 from facerestore.training.loop import check_settings, manifest_records, open_manifest, source_changed, source_fingerprint, source_stat
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.weights.store import sha256_file
@@ -236,6 +238,16 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
 
         detector = load_detector(options.detector, device, None, options.offline)
 
+    # one run at a time into out (training/out_lock), held by rank 0 for the whole run: the other ranks
+    # write nothing before the barrier after check_settings, so a refused run's ranks write nothing at all
+    with output_lock(out, hold=d.main, on_message=message):
+        return _clean_tree(options, d, paths, rels, method, detector, clock, message, on_file, on_start)
+
+
+def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], rels: list[str], method, detector, clock: float,
+                message: Callable[[str], None], on_file, on_start) -> CleanSummary:
+    """The checked run of `_clean`, under out's lock: settings, manifests, cleanup, the files, the summary."""
+    out = Path(options.out)
     state = out / STATE_DIR
     check_settings(state, _settings(options), d.main, "a cleaning run")
     distributed.barrier(d)

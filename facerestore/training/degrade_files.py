@@ -4,6 +4,7 @@
     DST/degradations.json        {"preset", "seed", "spec", "images": [{"path", "source", <params>}]}
     DST/degradations.csv         one row per image: path, source and every parameter
     DST/.facerestore-degrade/    settings.json and done.jsonl: the record of a run not yet finished
+    DST/.facerestore.lock        while a run writes: its pid and host (training/out_lock)
 
 Each image's parameters and noise come from a generator keyed by (seed, its relative path), so a
 rerun, a subset or another order of the same files gives the same degradations.
@@ -14,7 +15,8 @@ DST/.facerestore-degrade/done.jsonl, flushed and fsynced, right after the copy w
 atomically. After Ctrl-C or kill -9 every visible copy is complete and its parameters are in that
 manifest; a rerun of the same command skips the copies listed there (and still present) and ends
 with the degradations.json an uninterrupted run writes; the temp files of a killed write are
-removed. Each manifest record also keeps the size, mtime and sha256 of its source (taken before it
+removed (while the run holds DST's lock: a second run into DST is refused, see training/out_lock).
+Each manifest record also keeps the size, mtime and sha256 of its source (taken before it
 was read): a source replaced by another image at the same path since is degraded again, its stale
 copy removed first (records written before sources were recorded are trusted). The manifest is kept
 for the settings in
@@ -37,6 +39,7 @@ from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import (IMAGE_EXTENSIONS, OUT_ONLY_HINT, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image,
                                   remove_stale_temps, write_bytes, write_image)
 from facerestore.training.degradations import DegradationParams, DegradationSpec, apply_degradation, preset as get_preset, sample_params
+from facerestore.training.out_lock import output_lock
 from facerestore.training.loop import SOURCE_KEYS, manifest_records, open_manifest, source_changed, source_fingerprint, source_stat
 from facerestore.training.seeds import check_seed, numpy_rng
 from facerestore.plural import counted
@@ -132,6 +135,15 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
             raise UsageError(f"{root / first[target.as_posix()]} and {root / rel} would both be written as {dst / target}",
                              hint="use --ext auto, or rename one of them")
         first[target.as_posix()] = rel
+    # one run at a time into dst (training/out_lock): another's live temp files are not stale ones
+    with output_lock(dst, on_message=on_message):
+        return _degrade_all(paths, rels, targets, dst, preset, seed, spec, on_error, on_warning, on_message)
+
+
+def _degrade_all(paths: list[Path], rels: list[Path], targets: list[Path], dst: Path, preset: str, seed: int, spec: DegradationSpec,
+                 on_error: Callable[[str], None] | None, on_warning: Callable[[str], None] | None,
+                 on_message: Callable[[str], None] | None) -> DegradeReport:
+    """The checked run of `degrade_tree`, under dst's lock."""
     inputs = {p.resolve() for p in paths}
     json_path, csv_path = dst / "degradations.json", dst / "degradations.csv"
     state = dst / STATE_DIR

@@ -1,0 +1,87 @@
+"""One run at a time per output folder (training/out_lock): a second `degrade` or `clean-dataset`
+into the same --out is refused with one line, and a lock left by a killed run is taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facerestore.errors import UsageError
+from facerestore.training.out_lock import LOCK_NAME, output_lock
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def hold_in_another_process(out: Path) -> subprocess.Popen:
+    """A live process holding out's lock until it is killed."""
+    code = "import sys, time\nfrom pathlib import Path\nfrom facerestore.training.out_lock import output_lock\n" \
+           "with output_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], env=env, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def dead_pid() -> int:
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
+def test_a_folder_another_process_holds_is_refused_naming_the_folder_and_its_pid(tmp_path):
+    out = tmp_path / "out"
+    holder = hold_in_another_process(out)
+    try:
+        with pytest.raises(UsageError) as refused:
+            with output_lock(out):
+                pass
+        assert refused.value.exit_code == 2
+        assert refused.value.one_line() == f"{out} is being written by another run (pid {holder.pid}); wait for it to end, or choose another --out"
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(out):  # the kernel dropped the killed holder's lock: its file is taken over
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_file_left_by_a_dead_run_is_taken_over_with_a_note(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    pid = dead_pid()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": socket.gethostname()}) + "\n")
+    said: list[str] = []
+    with output_lock(out, on_message=said.append):
+        assert json.loads((out / LOCK_NAME).read_text()) == {"pid": os.getpid(), "host": socket.gethostname()}
+    assert said == [f"{out} was locked by pid {pid}, which ended without releasing it; taking the lock over"]
+    assert not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("ending", [None, RuntimeError, KeyboardInterrupt])
+def test_the_lock_is_released_however_the_run_ends(tmp_path, ending):
+    out = tmp_path / "out"
+    try:
+        with output_lock(out):
+            with pytest.raises(UsageError, match="being written by another run"):  # held, even within one process
+                with output_lock(out):
+                    pass
+            if ending is not None:
+                raise ending("stop")
+    except (RuntimeError, KeyboardInterrupt):
+        pass
+    assert not (out / LOCK_NAME).exists()
+    with output_lock(out):
+        pass
+
+
+def test_torchrun_ranks_other_than_0_take_no_lock(tmp_path):
+    out = tmp_path / "out"
+    with output_lock(out):
+        with output_lock(out, hold=False):  # rank 1 of the run rank 0 holds it for
+            pass
+        assert (out / LOCK_NAME).exists()
