@@ -438,3 +438,12 @@ def test_torchrun_into_a_folder_in_use_is_refused_on_every_rank(tmp_path, model)
     assert errors == [f"error: {out} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out"], done.stderr
     # torchrun's report: rank 0 exits 2; rank 1 exits 2 too, unless torchrun's SIGTERM reaches it first
     assert done.returncode != 0 and "rank      : 0 (local_rank: 0)\n  exitcode  : 2 " in done.stderr, done.stderr
+
+
+def test_a_rerun_says_how_many_temp_files_it_removed_in_good_english(dataset, tmp_path, model):
+    out = tmp_path / "out"
+    stale = out / ".a.png.k3x9q2zw.tmp"  # a write that kill -9 cut
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a file")
+    result = clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu")
+    assert "removed 1 unfinished temporary file of an earlier run" in result.output and not stale.exists()

@@ -48,9 +48,10 @@ from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import OUT_ONLY_HINT, Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, list_images, read_image, write_image
 from facerestore.metrics.json_numbers import json_number, read_json_number
+from facerestore.plural import counted
 from facerestore.training import distributed
-from facerestore.training.out_lock import output_lock
 from facerestore.training.loop import check_settings, manifest_records, open_manifest, source_changed, source_fingerprint, source_stat
+from facerestore.training.out_lock import output_lock
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.weights.store import sha256_file
 
@@ -268,7 +269,7 @@ def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], r
     skipped_here = len(mine) - len(todo)
     removed = remove_stale_temps(out / rels[i] for i in todo)
     if removed:
-        message(f"removed {removed} unfinished temporary files of an earlier run")
+        message(f"removed {counted(removed, 'unfinished temporary file')} of an earlier run")
 
     if on_start is not None:
         on_start(len(todo))

@@ -39,8 +39,8 @@ from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import (IMAGE_EXTENSIONS, OUT_ONLY_HINT, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image,
                                   remove_stale_temps, write_bytes, write_image)
 from facerestore.training.degradations import DegradationParams, DegradationSpec, apply_degradation, preset as get_preset, sample_params
-from facerestore.training.out_lock import output_lock
 from facerestore.training.loop import SOURCE_KEYS, manifest_records, open_manifest, source_changed, source_fingerprint, source_stat
+from facerestore.training.out_lock import output_lock
 from facerestore.training.seeds import check_seed, numpy_rng
 from facerestore.plural import counted
 
