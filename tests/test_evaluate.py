@@ -244,6 +244,30 @@ def test_ctrl_c_says_the_earlier_report_is_kept_and_exits_130(hq, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
 
+@pytest.mark.parametrize("earlier", [False, True])
+def test_ctrl_c_while_the_models_load_leaves_no_staging_folder(hq, tmp_path, monkeypatch, earlier):
+    """The staging folder exists before the methods are built (a checkpoint can take a minute to load)."""
+    from facerestore.methods import registry
+
+    out = tmp_path / "report"
+    if earlier:
+        assert run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", out, "-q").exit_code == 0
+    staged = []
+
+    def loading(name, options):
+        staged.extend(p for p in tmp_path.iterdir() if p.name.endswith(".partial"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "build_method", loading)
+    result = run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", out, "-q")
+    assert staged, "the staging folder should exist while the models load"
+    assert result.exit_code == 130, result.output
+    kept = "the earlier report in it is unchanged" if earlier else "nothing was written"
+    assert result.output.strip() == f"interrupted; {out}: {kept}; rerun the same command to evaluate again"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report")]
+    assert out.is_dir() == earlier
+
+
 # ------------------------------------------------------------------ bad input
 
 

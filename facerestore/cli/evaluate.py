@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -121,6 +121,12 @@ def evaluate_command(
         if staging is not None:
             report.discard(staging)
         fail(exc, debug)
+    except KeyboardInterrupt:  # Ctrl-C while the models load (they can take a minute): the same line as during the run
+        interrupted(staging, output)
+    except BaseException:
+        if staging is not None:
+            report.discard(staging)
+        raise
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=quiet or as_json)
     told: list[str] = []  # the lines printed during the run
@@ -142,11 +148,8 @@ def evaluate_command(
     except FaceRestoreError as exc:
         report.discard(staging)
         fail(exc, debug)
-    except KeyboardInterrupt:  # Ctrl-C: say what became of the report, as the other commands do
-        report.discard(staging)
-        kept = "the earlier report in it is unchanged" if (output / "results.json").is_file() else "nothing was written"
-        err.print(f"interrupted; {output}: {kept}; rerun the same command to evaluate again", markup=False)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # Ctrl-C while restoring or writing the report
+        interrupted(staging, output)
     except BaseException:
         report.discard(staging)
         raise
@@ -165,6 +168,18 @@ def evaluate_command(
         more = f" ({len(unsaid) - 3} more listed there)" if len(unsaid) > 3 else ""
         err.print(f"{counted(len(failures), 'failure')}; report: {output / 'index.html'}{more}", markup=False)
     raise typer.Exit(1 if failures else 0)
+
+
+def interrupted(staging: Path | None, output: Path) -> NoReturn:
+    """Ctrl-C: remove the staging folder and say in one line what became of the report, as the other
+    commands do (exit 130, the shell's code for SIGINT)."""
+    from facerestore.evaluation import report
+
+    if staging is not None:
+        report.discard(staging)
+    kept = "the earlier report in it is unchanged" if (output / "results.json").is_file() else "nothing was written"
+    err.print(f"interrupted; {output}: {kept}; rerun the same command to evaluate again", markup=False)
+    raise typer.Exit(130) from None
 
 
 def failure_line(what: str, why: str) -> str:
