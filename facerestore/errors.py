@@ -50,6 +50,12 @@ class WeightsError(FaceRestoreError):
     """A checkpoint is missing, cannot be downloaded, or cannot be read."""
 
 
+class BadWeightsOption(UsageError, WeightsError):
+    """A weights option (--weights, --base-weights, --init-from...) names no file or name that can be
+    opened: missing, a folder, unreadable. A mistake on the command line, found before any work, so
+    exit code 2 as other bad option values; still a WeightsError for the code that falls back on one."""
+
+
 class ChecksumMismatch(WeightsError):
     """A file's sha256 differs from the catalogue's."""
 

@@ -470,3 +470,46 @@ def test_a_cpu_with_native_bf16_gets_one_tip_line_unless_a_precision_was_chosen(
     assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
     tips = [r.output.count("tip: this CPU runs bf16 natively; --precision bf16 made baseline") for r in runs]
     assert tips == ([1, 0, 0, 0] if native else [0, 0, 0, 0]), [r.output for r in runs]
+
+
+WEIGHTS_OPTIONS = {  # the command line of each option that names a checkpoint, around WEIGHTS
+    "--weights": lambda crops, out, w: [crops / "face.png", "--aligned", "-m", "idm", "--weights", w, "-o", out],
+    "evaluate --weights": lambda crops, out, w: ["evaluate", "--hq", crops, "-m", "baseline", "--weights", w, "--metrics", "psnr", "-o", out],
+    "clean-dataset --weights": lambda crops, out, w: ["clean-dataset", crops, "-o", out, "--weights", w],
+    "--init-from": lambda crops, out, w: ["train", crops, "-o", out, "--init-from", w, "--size", "32", "--workers", "0", "--device", "cpu", "-q"],
+    "--val-identity": lambda crops, out, w: ["train", crops, "-o", out, "--val", crops, "--val-identity", w, "--model", "tiny", "--size", "32",
+                                             "--workers", "0", "--device", "cpu", "-q"],
+    "finetune --base-weights": lambda crops, out, w: ["finetune", "run", "--unpaired", crops, "-o", out, "--base-weights", w, "--device", "cpu"],
+    "finetune --prior-weights": lambda crops, out, w: ["finetune", "run", "--unpaired", crops, "-o", out, "--prior-weights", w, "--device", "cpu"],
+    "pseudo-targets --base-weights": lambda crops, out, w: ["finetune", "pseudo-targets", crops, "-o", out, "--base-weights", w, "--device", "cpu"],
+    "pseudo-targets --prior-weights": lambda crops, out, w: ["finetune", "pseudo-targets", crops, "-o", out, "--prior-weights", w, "--device", "cpu"],
+}
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "unreadable"])
+@pytest.mark.parametrize("option", list(WEIGHTS_OPTIONS))
+def test_a_weights_option_naming_no_usable_file_is_a_usage_error_in_every_command(crops, tmp_path, monkeypatch, option, kind):
+    """A typo or a folder in --weights (or --init-from, --base-weights...) is a bad option value: exit 2
+    and one line naming the option and the path, before anything is written or downloaded."""
+    import os
+
+    weights = tmp_path / "weights" / "model.pth"
+    weights.parent.mkdir()
+    if kind == "folder":
+        weights = weights.parent
+    elif kind == "unreadable":  # chmod 000 does not stop root, who runs some test machines
+        if option == "--init-from":  # click checks a Path option itself: the file inside a run folder is ours to check
+            weights = weights.with_name("idm.safetensors")
+        weights.write_bytes(b"a checkpoint this user may not read")
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, target=weights, **kw: False if Path(path).resolve() == target and mode & os.R_OK else real(path, mode, **kw))
+        weights = weights.parent if option == "--init-from" else weights
+    out = tmp_path / "out"
+    result = run(*WEIGHTS_OPTIONS[option](crops, out, weights))
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[-1].startswith(f"error: {option.split()[-1]} "), result.output
+    assert str(weights.resolve()) in lines[-1]
+    said = {"missing": ("does not exist", "no such file"), "folder": ("is a folder", "holds no idm.safetensors"), "unreadable": ("permission denied",)}[kind]
+    assert any(words in lines[-1] for words in said), result.output
+    assert not any(p.name.startswith((".out", "out")) for p in tmp_path.iterdir())

@@ -109,6 +109,7 @@ def test_start_and_steps_together():
         ({"dr2_n": 8}, "--dr2-n is not used by method 'difface'"),
         ({"no_enhancer": True}, "--no-enhancer"),
         ({"weights": "prior=a.pth,vae=b.pth"}, "unknown role"),
+        ({"weights": "swinir=missing.pth"}, "^--weights missing.pth: no such file"),  # not the prior's missing download first
     ],
 )
 def test_usage_errors_come_before_any_weights_are_read(options, message):

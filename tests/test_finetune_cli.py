@@ -97,14 +97,14 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
     args = tiny_run_args(lq, out, weights)
     args[args.index("--prior-weights") : args.index("--prior-weights") + 2] = []
     one_line_error(run(*args), 1, "iddpm_ffhq512_ema500000.pth (weights 'difface_prior') is not on this machine", "facerestore weights import")
-    # a missing explicit file names the option it came from, not the restore command's --weights
+    # a missing explicit file is a usage error naming the option it came from, not the restore command's --weights
     absent = tmp_path / "absent.pth"
     args = tiny_run_args(lq, out, weights)
     args[args.index("--base-weights") + 1] = absent
-    one_line_error(run(*args), 1, f"--base-weights {absent}: no such file")
+    one_line_error(run(*args), 2, f"--base-weights {absent}: no such file")
     args = tiny_run_args(lq, out, weights)
     args[args.index("--prior-weights") + 1] = absent
-    one_line_error(run(*args), 1, f"--prior-weights {absent}: no such file")
+    one_line_error(run(*args), 2, f"--prior-weights {absent}: no such file")
     one_line_error(run(*tiny_run_args(lq, out, weights, "--k", "601")), 2, "--k 601 is not on the '250' grid")
     one_line_error(run(*tiny_run_args(lq, out, weights, "--l", "20", "--k", "16")), 2, "--l 20 must be in 0..K=16")
     one_line_error(run(*tiny_run_args(lq, out, weights, "--n", "3")), 2, "--n 3 does not divide the working size 64 px")
@@ -135,11 +135,11 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
                        "--base-fidelity", "2", "--device", "cpu"), 2, "--base-fidelity must be in [0,1]")
     for base in ("codeformer", "baseline", "difface", "dr2", "idm"):  # the last three resolve their own files
         one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--base", base, "--base-weights", absent, "--prior-weights", weights["prior"],
-                           "--size", "64", "--device", "cpu"), 1, f"--base-weights {absent}: no such file")
+                           "--size", "64", "--device", "cpu"), 2, f"--base-weights {absent}: no such file")
     one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--base", "difface", "--base-weights", "prio=x.pth", "--prior-weights",
                        weights["prior"], "--size", "64", "--device", "cpu"), 2, "--base-weights 'prio=x.pth': unknown role 'prio'")
     one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--base-weights", weights["codeformer"], "--prior-weights", absent,
-                       "--size", "64", "--device", "cpu"), 1, f"--prior-weights {absent}: no such file")
+                       "--size", "64", "--device", "cpu"), 2, f"--prior-weights {absent}: no such file")
     for seed in ("-1", str(2**63)):  # the range every command takes (training.seeds.check_seed)
         one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--seed", seed), 2, f"--seed must be between 0 and 2^63-1, got {seed}")
     assert not pt_out.exists()

@@ -334,9 +334,12 @@ def load_net(
 
 def resolve_weights(roles: Mapping[str, str], chosen: Mapping[str, Path | str], offline: bool | None,
                     option: str = "--weights") -> dict[str, Path]:
-    """role -> a loadable file: the explicit one when given (its errors name `option`), else the catalogue entry."""
-    from facerestore.weights.store import resolve
+    """role -> a loadable file: the explicit one when given (its errors name `option`), else the catalogue entry.
+    Every explicit one is checked first: a typo in `swinir=FILE` is found before the prior downloads."""
+    from facerestore.weights.store import check_weights_option, resolve
 
+    for role, value in chosen.items():
+        check_weights_option(value, catalogued=(roles[role],), option=option)
     return {role: resolve(name, explicit=chosen.get(role), offline=offline, option=option) for role, name in roles.items()}
 
 

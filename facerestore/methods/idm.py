@@ -66,7 +66,7 @@ from facerestore.diffusion import (
     sample,
     space_timesteps,
 )
-from facerestore.errors import UnsupportedCheckpoint, UsageError, WeightsError
+from facerestore.errors import BadWeightsOption, UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.methods.difface import PerFaceSteps, face_generators, face_seeds, per_face_noise  # shared per-face noise
 from facerestore.methods.registry import check_method_options
@@ -163,13 +163,14 @@ def read_model_config(path: Path, state: dict[str, torch.Tensor]) -> tuple[UNetC
     return infer_idm_config(state, str(path)), FACE
 
 
-def model_path(value: Path | str) -> Path:
-    """A run folder means its exported model; anything else is left to the weights store."""
+def model_path(value: Path | str, option: str = "--weights") -> Path:
+    """A run folder means its exported model; anything else is left to the weights store. A folder
+    without one is a usage error (exit 2) naming `option`, the flag it came from."""
     path = Path(value).expanduser()
     if path.is_dir():
         if (path / MODEL_FILE).is_file():
             return path / MODEL_FILE
-        raise WeightsError(f"{path} holds no {MODEL_FILE}", hint="pass the .safetensors file, or a `facerestore train` run folder that has saved a checkpoint")
+        raise BadWeightsOption(f"{option} {path} holds no {MODEL_FILE}", hint="pass the .safetensors file, or a `facerestore train` run folder that has saved a checkpoint")
     return path
 
 
@@ -250,7 +251,7 @@ class IDMMethod:
         if options.weights is not None:
             from facerestore.weights.store import resolve_explicit
 
-            path = resolve_explicit(model_path(options.weights), offline=options.offline, catalogued=(), option=options.weights_option)
+            path = resolve_explicit(model_path(options.weights, options.weights_option), offline=options.offline, catalogued=(), option=options.weights_option)
         else:
             path = bundled_weights()
             if not path.is_file():

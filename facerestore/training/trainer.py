@@ -254,11 +254,13 @@ def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[s
             raise UsageError(str(exc), hint=_size_hint(config.model, config.size)) from None
     if config.init_from:
         from facerestore.methods.idm import load_model, model_path
+        from facerestore.weights.store import readable_option_file
 
         if not Path(config.init_from).exists():
             raise UsageError(f"--init-from {config.init_from} does not exist", hint="pass a `facerestore train` run folder or the idm.safetensors it wrote")
+        path = readable_option_file(model_path(config.init_from, "--init-from"), "--init-from")  # exit 2, as a missing one
         try:
-            loaded = load_model(model_path(config.init_from))
+            loaded = load_model(path)
         except FaceRestoreError as exc:
             raise type(exc)(f"--init-from: {exc}", hint=exc.hint) from None
         if unet is not None and unet != loaded.net.config:
@@ -533,6 +535,9 @@ def val_identity(config: TrainConfig) -> Callable[[np.ndarray, np.ndarray], floa
 
     if not Path(config.val_identity).exists() and "." in Path(config.val_identity).name:  # a file name, not a catalogue name
         raise UsageError(f"--val-identity {config.val_identity} does not exist", hint="pass an ArcFace ONNX file, or the catalogue name arcface_w600k_mbf")
+    from facerestore.weights.store import check_weights_option
+
+    check_weights_option(config.val_identity, option="--val-identity")  # a folder, an unreadable file, an unknown name: exit 2
     try:
         load_arcface(config.val_identity)
     except FaceRestoreError as exc:

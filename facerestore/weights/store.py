@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from facerestore.errors import ChecksumMismatch, UsageError, WeightsError
+from facerestore.errors import BadWeightsOption, ChecksumMismatch, UsageError, WeightsError
 from facerestore.file_modes import new_file_mode
 from facerestore.weights.catalogue import WeightsEntry, entry_for_filename, get_entry, load_catalogue, local_registry_path
 
@@ -241,20 +241,38 @@ def resolve_explicit(value: Path | str, *, offline: bool | None = None, progress
     `catalogued` lists the published checkpoints the caller can use (None: any): `-m baseline
     --weights codeformer` must not download 377 MB of another model only to fail on its keys.
     `option` is the option the value came from (--base-weights, --prior-weights...), named in errors.
+    A value that names no usable file or name is a mistake on the command line (BadWeightsOption, exit 2).
     """
+    path = check_weights_option(value, catalogued=catalogued, option=option)
+    return path if path is not None else resolve(str(value), offline=offline, progress=progress)
+
+
+def check_weights_option(value: Path | str, *, catalogued: tuple[str, ...] | None = None, option: str = "--weights") -> Path | None:
+    """The checks of `resolve_explicit` that read and download nothing: the readable file `value`
+    names, or None for a catalogue or registered name this caller may use; else BadWeightsOption
+    (exit 2). Commands call it on every weights option first, so a typo in the second one is not
+    found only after the first one's download."""
     path = Path(value).expanduser()
     if path.is_file():
-        return path
+        return readable_option_file(path, option)
     if str(value).strip() and path.is_dir():
-        raise WeightsError(f"{option} {value} is a folder, not a checkpoint file", hint="name the checkpoint file inside it")
+        raise BadWeightsOption(f"{option} {value} is a folder, not a checkpoint file", hint="name the checkpoint file inside it")
     entries = load_catalogue()
     if str(value) in entries:
         if catalogued is not None and not entries[str(value)].local and str(value) not in catalogued:
             usable = f"the catalogued {' or '.join(catalogued)}, " if catalogued else ""
-            raise WeightsError(f"{option} {value} names the published checkpoint of another model",
-                               hint=f"pass {usable}a checkpoint file, or a name registered with `facerestore weights import FILE --name NAME`")
-        return resolve(str(value), offline=offline, progress=progress)
-    raise WeightsError(f"{option} {value}: no such file and no weights registered under that name", hint="pass an existing checkpoint file or a name from `facerestore weights list`")
+            raise BadWeightsOption(f"{option} {value} names the published checkpoint of another model",
+                                   hint=f"pass {usable}a checkpoint file, or a name registered with `facerestore weights import FILE --name NAME`")
+        return None
+    raise BadWeightsOption(f"{option} {value}: no such file and no weights registered under that name", hint="pass an existing checkpoint file or a name from `facerestore weights list`")
+
+
+def readable_option_file(path: Path, option: str = "--weights") -> Path:
+    """`path` if this process may read it: a file named by an option that it cannot open is a usage
+    error (exit 2) found now, not a failure after the other models have loaded."""
+    if not os.access(path, os.R_OK):
+        raise BadWeightsOption(f"{option} {path} cannot be read (permission denied)", hint="make it readable (chmod a+r), or copy it somewhere of yours and pass the copy")
+    return path
 
 
 # ---------------------------------------------------------------- downloading

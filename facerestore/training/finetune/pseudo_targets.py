@@ -289,6 +289,15 @@ def resolve_prior(weights: str | Path | None, offline: bool | None) -> Path:
     return resolve("difface_prior", explicit=weights, offline=offline, option="--prior-weights")
 
 
+def check_prior_option(weights: str | Path | None) -> None:
+    """--prior-weights names a readable file or a usable name (BadWeightsOption, exit 2): checked with
+    the other options, so a typo is not found only after the base model's weights download."""
+    if weights is not None:
+        from facerestore.weights.store import check_weights_option
+
+        check_weights_option(weights, catalogued=("difface_prior",), option="--prior-weights")
+
+
 def load_prior(path: Path, device: torch.device) -> LearnedRangeDenoiser:
     from facerestore.devices import Autocast, autocast_dtype
     from facerestore.methods.difface import load_difface_prior
@@ -537,6 +546,7 @@ def prepare(options: PseudoTargetOptions, device: str, *, load: bool = True, fac
     """
     plan = PseudoTargetPlan.from_options(options.k, options.l, options.n, options.size)
     options.base.check()
+    check_prior_option(options.prior_weights)
     if faces is None:
         faces, scan = scan_inputs(options.lq, options.size, limit=options.limit)
         if options.files is not None:

@@ -48,6 +48,7 @@ from facerestore.training.finetune.pseudo_targets import (
     PseudoTargetPlan,
     PseudoTargetSummary,
     Reporter,
+    check_prior_option,
     generate_pseudo_targets,
     prepare,
     read_done,
@@ -279,6 +280,7 @@ def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, 
     plan = PseudoTargetPlan.from_options(config.k, config.l, config.n, config.size)
     base = BaseSpec(name=config.base, weights=config.base_weights, fidelity=config.base_fidelity)
     base.check()
+    check_prior_option(config.prior_weights)
     real: list[str] = []
     real_note = ""
     if adapter.objective == "image" and config.gan_weight > 0:
