@@ -50,6 +50,22 @@ def test_unavailable_without_the_onnx_file():
     assert result.status == "unavailable" and "facerestore weights import w600k_mbf.onnx" in result.reason
 
 
+def test_a_file_that_is_no_onnx_model_is_one_line_not_onnxruntimes_traceback(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from facerestore.errors import UnsupportedCheckpoint
+    from facerestore.metrics.identity import load_arcface
+
+    junk = tmp_path / "w600k_mbf.onnx"
+    junk.write_bytes(b"<html>not found</html>")
+    with pytest.raises(UnsupportedCheckpoint) as info:
+        load_arcface(junk)
+    assert info.value.one_line() == (f"{junk} cannot be loaded by onnxruntime (Protobuf parsing failed.); pass insightface's w600k_mbf.onnx "
+                                     "(catalogue name arcface_w600k_mbf); a truncated download: import it again")
+    image = np.zeros((512, 512, 3), np.float32)
+    result = compute("identity", image, image, weights=junk)
+    assert result.status == "unavailable" and "cannot be loaded by onnxruntime" in result.reason  # was "failed", with the traceback's text
+
+
 def _degrade(image: np.ndarray, seed: int, blur: float, noise: float, quality: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = cv2.GaussianBlur(image, (0, 0), blur)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -711,6 +712,10 @@ def test_a_missing_init_from_or_val_identity_is_a_usage_error_naming_its_option(
     assert wrong.exit_code == 1 and one_error(wrong).startswith("error: --init-from: ")
     arcface = cli(faces, "--out", tmp_path / "c", "--size", "32", "--val", faces, "--val-identity", tmp_path / "none.onnx")
     assert arcface.exit_code == 2 and "--val-identity" in one_error(arcface) and "--weights" not in arcface.output
+    if importlib.util.find_spec("onnxruntime") is not None:  # a file that is no ONNX model: one line, not onnxruntime's traceback
+        (tmp_path / "junk.onnx").write_text("<html>not found</html>")
+        junk = cli(faces, "--out", tmp_path / "e", "--size", "32", "--val", faces, "--val-identity", tmp_path / "junk.onnx", "-q")
+        assert junk.exit_code == 1 and one_error(junk).startswith(f"error: --val-identity: {tmp_path / 'junk.onnx'} cannot be loaded by onnxruntime")
     targets = cli(faces, "--out", tmp_path / "d", "--size", "32", "--targets", tmp_path / "cleaned")
     assert targets.exit_code == 2 and f"--targets folder {tmp_path / 'cleaned'} does not exist" in one_error(targets)
     assert not any((tmp_path / name).exists() for name in "abcd")

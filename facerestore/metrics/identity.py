@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facerestore.errors import UsageError
+from facerestore.errors import UnsupportedCheckpoint, UsageError
 from facerestore.faces.align import FFHQ_TEMPLATE_512, similarity_transform
 from facerestore.metrics.images import ImageLike, as_image
 from facerestore.metrics.landmarks import face_landmarks
@@ -84,6 +84,13 @@ def aligned_landmarks(image: np.ndarray) -> np.ndarray:
     return FFHQ_TEMPLATE_512 * (width / 512.0)
 
 
+def _onnx_reason(exc: Exception) -> str:
+    """onnxruntime's first line without its '[ONNXRuntimeError] : 7 : CODE : Load model from PATH failed:' preamble."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text.rsplit(" failed:", 1)[-1].strip() or text
+
+
 class ArcFace:
     """The ONNX embedding net: 112x112 crops in [0, 1] -> L2-normalised [N, 512] embeddings."""
 
@@ -92,7 +99,11 @@ class ArcFace:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the model declares batch 1 on its output; batches still work
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own error types (InvalidProtobuf, Fail...) for a file that is no model
+            raise UnsupportedCheckpoint(f"{path} cannot be loaded by onnxruntime ({_onnx_reason(exc)})",
+                                        hint=f"pass insightface's w600k_mbf.onnx (catalogue name {WEIGHTS}); a truncated download: import it again") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
