@@ -323,6 +323,28 @@ def test_bad_files_fail_alone_and_exit_1(hq, tmp_path):
     assert row(data, "medium", "identity")["metrics"]["psnr"]["count"] == 2  # face0 (png or jpg) and face1
 
 
+def test_a_broken_link_fails_alone_and_counts_toward_the_limit(hq, tmp_path):
+    """It was a usage error for the whole folder, named after the folder: one dangling link stopped 1000 faces."""
+    (hq / "face05.png").symlink_to(tmp_path / "gone.png")  # sorts between face0 and face1
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[0] == f"error: {hq / 'face05.png'}: is a broken link (its target does not exist)"
+    data = results(out)
+    assert [f["what"] for f in data["failures"]] == [str(hq / "face05.png")]
+    assert row(data, "medium", "identity")["metrics"]["psnr"]["count"] == 2
+    assert run("--hq", hq, "-m", "identity", "--metrics", "psnr", "--limit", "1", "-o", out, "-q").exit_code == 0  # face0 alone
+    limited = run("--hq", hq, "-m", "identity", "--metrics", "psnr", "--limit", "2", "-o", out, "-q")
+    assert limited.exit_code == 1 and [i["key"] for i in results(out)["sets"][0]["images"]] == ["face0"]
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "a.png").symlink_to(tmp_path / "gone.png")
+    refused = run("--hq", only, "-m", "identity", "-o", tmp_path / "out")
+    assert refused.exit_code == 2 and refused.output.strip() == (
+        f"error: --hq {only}: no image to evaluate, only 1 broken link (first: {only / 'a.png'}); pass a folder of aligned face crops (jpg, png, webp, tif, bmp)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_duplicate_name_outside_the_limit_is_not_a_failure(hq, tmp_path):
     write_image(hq / "face1.jpg", pattern(1))  # same name as face1.png, which --limit 1 leaves out
     out = tmp_path / "report"

@@ -40,6 +40,7 @@ from facerestore.evaluation import presets
 from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import IMAGE_EXTENSIONS, list_images, read_image, resize, write_image
 from facerestore.metrics import METRICS, MetricResult, compute, compute_all
+from facerestore.plural import counted
 
 FACE = 512
 TILE = 256  # side of one image in the comparison grids
@@ -164,30 +165,40 @@ class InputItem:
 
 
 def list_inputs(source: Path, limit: int | None = None, *, option: str = "--hq") -> tuple[list[InputItem], list[tuple[str, str]]]:
-    """Image files of a folder (recursive, sorted) or one file -> (items, [(path, reason)] duplicates).
+    """Image files of a folder (recursive, sorted) or one file -> (items, [(path, reason)] failures).
 
-    An empty folder or a missing path is a UsageError; two files with the same key (face.jpg and
-    face.png) cannot both be evaluated: the second is returned as a failure.
+    An empty folder or a missing path is a UsageError. A link to a missing file fails alone, as an
+    unreadable image does (it counts as one of the --limit first images); two files with the same
+    key (face.jpg and face.png) cannot both be evaluated: the second is returned as a failure.
     """
     source = Path(source)
     paths, problems = list_images([source])
-    if problems or not paths:
-        reason = problems[0][1] if problems else "no images"
-        raise UsageError(f"{option} {source}: {reason}", hint="pass a folder of aligned face crops (jpg, png, webp, tif, bmp)")
-    items: list[InputItem] = []
+    hint = "pass a folder of aligned face crops (jpg, png, webp, tif, bmp)"
+    broken = [(path, reason) for path, reason in problems if path != source]  # links inside the folder
+    if not paths:
+        if broken:
+            raise UsageError(f"{option} {source}: no image to evaluate, only {counted(len(broken), 'broken link')} (first: {broken[0][0]})", hint=hint)
+        raise UsageError(f"{option} {source}: {problems[0][1] if problems else 'no images'}", hint=hint)
+
+    def relative(path: Path) -> Path:
+        return path.relative_to(source) if source.is_dir() else Path(path.name)
+
+    entries: list[tuple[str, Path, str]] = []  # (key, path, why it fails: "" for an image to evaluate), in order
     duplicates: list[tuple[str, str, str]] = []  # (key, path, reason)
     seen: dict[str, Path] = {}
-    for path in paths:
-        relative = path.relative_to(source) if source.is_dir() else Path(path.name)
-        key = relative.with_suffix("").as_posix()
-        if key in seen:
+    for path, reason in sorted([(p, "") for p in paths] + broken, key=lambda entry: relative(entry[0]).parts):
+        key = relative(path).with_suffix("").as_posix()
+        if reason:
+            entries.append((key, path, reason))
+        elif key in seen:
             duplicates.append((key, str(path), f"skipped: {seen[key].name} has the same name; outputs are named after the file name without extension"))
-            continue
-        seen[key] = path
-        items.append(InputItem(key, path))
-    kept = items[:limit] if limit else items
-    keys = {item.key for item in kept}  # a duplicate of an image --limit leaves out is no failure of this run
-    return kept, [(path, reason) for key, path, reason in duplicates if key in keys]
+        else:
+            seen[key] = path
+            entries.append((key, path, ""))
+    kept = entries[:limit] if limit else entries
+    keys = {key for key, _, reason in kept if not reason}  # a duplicate of an image --limit leaves out is no failure of this run
+    failures = [(str(path), reason) for _, path, reason in kept if reason]
+    return [InputItem(key, path) for key, path, reason in kept if not reason], failures + [(path, reason) for key, path, reason in duplicates if key in keys]
 
 
 def to_face_size(rgb: np.ndarray, path: Path | str) -> tuple[np.ndarray, str]:
