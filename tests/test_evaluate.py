@@ -268,6 +268,45 @@ def test_ctrl_c_while_the_models_load_leaves_no_staging_folder(hq, tmp_path, mon
     assert out.is_dir() == earlier
 
 
+def test_a_full_disk_while_writing_the_report_is_one_line_and_keeps_the_earlier_report(hq, tmp_path, monkeypatch):
+    """It was an OSError traceback; a failed swap also left the earlier report as debris the next run deletes."""
+    import errno
+
+    from facerestore.evaluation import report
+
+    out = tmp_path / "report"
+    assert run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", out, "-q").exit_code == 0
+    before = (out / "results.json").read_bytes()
+
+    def full(result, folder, command):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "index.html"))
+
+    write_html = report.write_html
+    monkeypatch.setattr(report, "write_html", full)
+    result = run("--hq", hq, "-m", "brighten", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error: cannot write ") and line.endswith(
+        f"index.html (No space left on device); free some space (or fix the folder), then rerun the same command ({out}: the earlier report in it is unchanged)")
+    assert (out / "results.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report")]
+
+    monkeypatch.setattr(report, "write_html", write_html)
+    real = os.replace
+
+    def swap_fails(src, dst):
+        if str(src).endswith(".partial"):
+            raise OSError(errno.EIO, "Input/output error", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(report.os, "replace", swap_fails)
+    result = run("--hq", hq, "-m", "brighten", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 1, result.output
+    assert "(Input/output error)" in result.output and "the earlier report in it is unchanged" in result.output
+    assert (out / "results.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report")]
+
+
 # ------------------------------------------------------------------ bad input
 
 

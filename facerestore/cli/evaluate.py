@@ -10,7 +10,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out
+from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out, write_failed
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.plural import counted
 
@@ -150,6 +150,9 @@ def evaluate_command(
         fail(exc, debug)
     except KeyboardInterrupt:  # Ctrl-C while restoring or writing the report
         interrupted(staging, output)
+    except OSError as exc:  # a full disk or a lost mount while writing the report's pages or swapping it in
+        report.discard(staging)
+        fail(write_failed(exc, f"rerun the same command ({output}: {report_state(output)})"), debug)
     except BaseException:
         report.discard(staging)
         raise
@@ -177,9 +180,13 @@ def interrupted(staging: Path | None, output: Path) -> NoReturn:
 
     if staging is not None:
         report.discard(staging)
-    kept = "the earlier report in it is unchanged" if (output / "results.json").is_file() else "nothing was written"
-    err.print(f"interrupted; {output}: {kept}; rerun the same command to evaluate again", markup=False)
+    err.print(f"interrupted; {output}: {report_state(output)}; rerun the same command to evaluate again", markup=False)
     raise typer.Exit(130) from None
+
+
+def report_state(output: Path) -> str:
+    """What a run that stopped early left in --out: a run replaces the report whole or not at all."""
+    return "the earlier report in it is unchanged" if (output / "results.json").is_file() else "nothing was written"
 
 
 def failure_line(what: str, why: str) -> str:

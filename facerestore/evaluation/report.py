@@ -119,7 +119,12 @@ def publish(staging: Path, out: Path) -> Path:
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
         os.rmdir(old)
         os.replace(out, old)
-    os.replace(staging, out)
+    try:
+        os.replace(staging, out)
+    except BaseException:  # the old report goes back where it was (else the next run deletes it as debris)
+        if old is not None:
+            os.replace(old, out)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
