@@ -513,3 +513,36 @@ def test_a_weights_option_naming_no_usable_file_is_a_usage_error_in_every_comman
     said = {"missing": ("does not exist", "no such file"), "folder": ("is a folder", "holds no idm.safetensors"), "unreadable": ("permission denied",)}[kind]
     assert any(words in lines[-1] for words in said), result.output
     assert not any(p.name.startswith((".out", "out")) for p in tmp_path.iterdir())
+
+
+def test_ctrl_c_is_one_line_and_exit_130_while_loading_and_while_restoring(crops, tmp_path, tiny_baseline, monkeypatch):
+    """It was click's 'Aborted!' with exit 1, which says neither what happened nor what was written."""
+    from facerestore import pipeline
+    from facerestore.methods import registry
+
+    write_image(crops / "second.png", cv2.resize(smooth(), (512, 512)))
+    real_build, real_restore = registry.build_method, pipeline.restore_file
+
+    def loading(name, options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "build_method", loading)
+    out = tmp_path / "out"
+    result = run(crops, "--aligned", "-o", out, "-m", "baseline", "--weights", tiny_baseline, "-q")
+    assert result.exit_code == 130 and result.output.strip() == "interrupted before any image was restored; nothing was written"
+    assert not out.exists()
+
+    calls = []
+
+    def second_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_restore(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "build_method", real_build)
+    monkeypatch.setattr(pipeline, "restore_file", second_interrupted)
+    result = run(crops, "--aligned", "-o", out, "-m", "baseline", "--weights", tiny_baseline, "-q")
+    assert result.exit_code == 130, result.output
+    assert result.output.strip() == f"interrupted; 1 of 2 images written to {out} (each file whole: none is half-written)"
+    assert [p.name for p in (out / "restored_faces").iterdir()] == ["face.png"]

@@ -96,8 +96,12 @@ def restore_command(
                 parser = load_parser(dev, offline_flag)
     except FaceRestoreError as exc:
         fail(exc, debug)
+    except KeyboardInterrupt:  # Ctrl-C while the models load: one line and 130, as the other commands (not click's "Aborted!", exit 1)
+        err.print("interrupted before any image was restored; nothing was written", markup=False)
+        raise typer.Exit(130) from None
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=quiet or as_json)
+    finished: list[bool] = []  # per image handled: written (restored, or copied without a face)
     with progress:
         images = progress.add_task("images", total=len(paths))
         faces = progress.add_task("faces", total=None)
@@ -109,9 +113,15 @@ def restore_command(
                 prefix = "warning: " if result.status == "no-face" else "error: "
                 progress.console.print(prefix + result.error, markup=False)
             progress.update(images, advance=1)
+            finished.append(result.status != "failed")
 
         tools = Tools(method=method_impl, detector=face_detector, parser=parser, on_faces=lambda n: progress.update(faces, advance=n))
-        results = restore_paths(paths, [p for p in inputs if p.is_dir()], tools, options, on_image=report, debug=debug)
+        try:
+            results = restore_paths(paths, [p for p in inputs if p.is_dir()], tools, options, on_image=report, debug=debug)
+        except KeyboardInterrupt:
+            progress.stop()
+            err.print(f"interrupted; {sum(finished)} of {counted(len(paths), 'image')} written to {output} (each file whole: none is half-written)", markup=False)
+            raise typer.Exit(130) from None
     failed = sum(r.status == "failed" for r in results) + len(missing)
     total_faces = sum(r.faces for r in results)
     if as_json:
