@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from facerestore.diffusion import NoiseSchedule, space_timesteps
-from facerestore.errors import UnsupportedCheckpoint, UsageError
+from facerestore.errors import UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.methods.base import MethodOptions
 from facerestore.methods.difface import DifFaceMethod, DifFaceNets, DifFacePlan, parse_weights
 from facerestore.nets.guided_unet import GuidedUNet, UNetConfig
@@ -116,6 +116,23 @@ def test_usage_errors_come_before_any_weights_are_read(options, message):
     """No weights exist here (offline, empty cache): a WeightsError would mean the check came too late."""
     with pytest.raises(UsageError, match=message):
         DifFaceMethod(MethodOptions(**options))
+
+
+def test_missing_weights_line_names_both_files(tmp_path):
+    """Offline with neither DifFace file: one line names the prior and, at its end, the SwinIR with its
+    URL (it named the prior alone; the next run asked for the SwinIR). A file given for a role is not
+    reported missing."""
+    with pytest.raises(WeightsError) as info:
+        DifFaceMethod(MethodOptions())
+    line = info.value.one_line()
+    assert line.startswith("iddpm_ffhq512_ema500000.pth (weights 'difface_prior') is not on this machine")
+    assert line.endswith("; also missing, get and import it the same way: swinir_restoration512_L1.pth (weights 'difface_swinir', "
+                         "from https://github.com/zsyOAOA/DifFace/releases/download/V1.0/swinir_restoration512_L1.pth)")
+    given = tmp_path / "swinir.pth"
+    torch.save({"w": torch.zeros(1)}, given)
+    with pytest.raises(WeightsError) as info:
+        DifFaceMethod(MethodOptions(weights=f"swinir={given}"))
+    assert "also missing" not in info.value.one_line()
 
 
 def test_parse_weights_roles():

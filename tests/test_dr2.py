@@ -128,6 +128,19 @@ def test_missing_baidu_weights_offline_is_one_actionable_line(tmp_path):
     assert "it is only on a Baidu Cloud share" in line  # was "get it from only on a ..."
 
 
+def test_missing_weights_line_names_both_baidu_files():
+    """With neither DR2 file here, the one line names both (it named DR2_FFHQ.pkl alone, and the rerun
+    after importing it then asked for SPARNetHD, from the same Baidu share)."""
+    with pytest.raises(WeightsError) as info:
+        DR2Method(MethodOptions())
+    line = info.value.one_line()
+    assert line.startswith("DR2_FFHQ.pkl (weights 'dr2_ddpm') is not on this machine")
+    assert line.endswith("; also missing, get and import it the same way: SPARNetHD_FFHQ_DR2aug.pth (weights 'dr2_sparnethd', from the same place)")
+    with pytest.raises(WeightsError) as info:
+        DR2Method(MethodOptions(no_enhancer=True))  # needs the DDPM alone
+    assert "also missing" not in info.value.one_line()
+
+
 # ------------------------------------------------------------------ resizing
 
 

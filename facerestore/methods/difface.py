@@ -74,7 +74,7 @@ from facerestore.diffusion import (
     randn_like,
     sample,
 )
-from facerestore.errors import UnsupportedCheckpoint, UsageError
+from facerestore.errors import UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.methods.registry import check_method_options
 
@@ -335,12 +335,28 @@ def load_net(
 def resolve_weights(roles: Mapping[str, str], chosen: Mapping[str, Path | str], offline: bool | None,
                     option: str = "--weights") -> dict[str, Path]:
     """role -> a loadable file: the explicit one when given (its errors name `option`), else the catalogue entry.
-    Every explicit one is checked first: a typo in `swinir=FILE` is found before the prior downloads."""
-    from facerestore.weights.store import check_weights_option, resolve
+    Every explicit one is checked first: a typo in `swinir=FILE` is found before the prior downloads.
+    When a catalogue file is missing, its line also names the method's other missing files: DR2's two
+    Baidu files (or DifFace's two downloads) are then fetched in one go, not one per rerun."""
+    from facerestore.weights.store import also_missing, check_weights_option, local_copies, resolve
 
     for role, value in chosen.items():
         check_weights_option(value, catalogued=(roles[role],), option=option)
-    return {role: resolve(name, explicit=chosen.get(role), offline=offline, option=option) for role, name in roles.items()}
+
+    def missing(role: str) -> bool:
+        return chosen.get(role) is None and not local_copies(roles[role])
+
+    paths: dict[str, Path] = {}
+    for role, name in roles.items():
+        was_missing = missing(role)
+        try:
+            paths[role] = resolve(name, explicit=chosen.get(role), offline=offline, option=option)
+        except WeightsError as exc:
+            others = [roles[r] for r in roles if r != role and r not in paths and missing(r)]
+            if was_missing and others:
+                exc.hint = f"{exc.hint}; {also_missing(name, others)}" if exc.hint else also_missing(name, others)
+            raise
+    return paths
 
 
 # ------------------------------------------------------------------ the method

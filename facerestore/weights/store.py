@@ -213,6 +213,23 @@ def missing_message(entry: WeightsEntry, reason: str) -> WeightsError:
     )
 
 
+def also_missing(first: str, names: list[str]) -> str:
+    """The tail of `first`'s missing-file line naming the other files a method lacks (`names`), so one
+    run says everything to fetch instead of one file per rerun (DR2's two files are on one share)."""
+    head = get_entry(first)
+    parts = []
+    for name in names:
+        entry = get_entry(name)
+        if entry.urls:
+            where = f"from {entry.urls[0]}"
+        elif entry.note and entry.note == head.note:
+            where = "from the same place"
+        else:
+            where = entry.note or "no public URL"
+        parts.append(f"{entry.filename} (weights '{name}', {where})")
+    return f"also missing, get and import {'it' if len(parts) == 1 else 'them'} the same way: {' and '.join(parts)}"
+
+
 def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | None = None, progress: Progress | None = None,
             option: str = "--weights") -> Path:
     """A verified, loadable file for catalogue entry `name` (downloading it if allowed); `option` is
