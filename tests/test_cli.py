@@ -51,6 +51,21 @@ def test_every_restore_option_has_help_text():
         assert info.help, f"--{name} has no help"
 
 
+def test_each_method_option_help_names_every_method_that_takes_it():
+    """`--steps` help spoke of difface alone, while idm takes it too (default 10)."""
+    import typer
+
+    from facerestore.methods.registry import METHOD_SPECIFIC, method_info, method_names
+
+    params = typer.main.get_command(app).commands["restore"].params
+    helps = {flag: p.help for p in params for flag in p.opts}
+    for option, flag in METHOD_SPECIFIC.items():
+        for name in method_names():
+            if option in method_info(name).knobs:
+                assert name in helps[flag], f"{flag}'s help does not name {name}: {helps[flag]}"
+    assert "idm: 10" in helps["--steps"]
+
+
 def test_version():
     result = run("--version")
     assert result.exit_code == 0 and result.output.startswith("facerestore ")

@@ -19,7 +19,7 @@ def restore_command(
     inputs: Annotated[list[Path], typer.Argument(metavar="PHOTO_OR_FOLDER", help="Photos or folders of photos (folders are searched recursively).", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", "--out", help="Output folder: restored_imgs/, restored_faces/, cropped_faces/, cmp/.")] = Path("results"),
     method: Annotated[str, typer.Option("-m", "--method", help="Restoration method (`facerestore methods` lists them); default: the model bundled with facerestore.")] = "baseline",
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (network calls) of diffusion methods, method default when omitted (difface: 100, must divide --start, e.g. 200, 100, 40, 20, 8); methods without steps refuse it.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (network calls) of difface and idm, method default when omitted (difface: 100, must divide --start, e.g. 200, 100, 40, 20, 8; idm: 10); other methods refuse it.")] = None,
     fidelity: Annotated[Optional[float], typer.Option("-w", "--fidelity", help="codeformer: fidelity weight w in [0,1]; higher keeps more of the input (default 0.5, 0.7 suggested for photos).", show_default=False)] = None,
     eta: Annotated[Optional[float], typer.Option("--eta", help="difface: DDIM eta in [0,1] (default 0.5); 0 = most faithful to the input, 1 = most realistic.", show_default=False)] = None,
     start: Annotated[Optional[int], typer.Option("--start", help="difface: timestep 1..999 the SwinIR estimate is diffused to (default 400); higher = more generated detail, less fidelity.", show_default=False)] = None,
