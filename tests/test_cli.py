@@ -66,6 +66,24 @@ def test_each_method_option_help_names_every_method_that_takes_it():
     assert "idm: 10" in helps["--steps"]
 
 
+def test_no_help_doubles_an_argument_ellipsis():
+    """typer adds '...' to a list argument's metavar itself: train's metavar 'DATA_DIR...' showed as
+    `[DATA_DIR...]...` in its usage line."""
+    import typer
+
+    def commands(command, path):
+        yield path
+        for name, sub in getattr(command, "commands", {}).items():  # groups (typer's own click)
+            yield from commands(sub, [*path, name])
+
+    visited = list(commands(typer.main.get_command(app), []))
+    assert ["weights", "import"] in visited and ["finetune", "run"] in visited
+    for path in visited:
+        text = run(*path, "-h").output
+        assert "...]..." not in text and "......" not in text, f"facerestore {' '.join(path)} -h:\n{text}"
+    assert "[DATA_DIR]..." in run("train", "-h").output
+
+
 def test_version():
     result = run("--version")
     assert result.exit_code == 0 and result.output.startswith("facerestore ")

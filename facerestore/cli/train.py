@@ -14,7 +14,7 @@ from facerestore.errors import FaceRestoreError, UsageError
 
 @app.command("train", context_settings=CONTEXT)
 def train_command(
-    data: Annotated[Optional[list[Path]], typer.Argument(metavar="DATA_DIR...", help="Folders of aligned face images (searched recursively; any size, resized to --size). Not needed with --resume.", show_default=False)] = None,
+    data: Annotated[Optional[list[Path]], typer.Argument(metavar="DATA_DIR", help="Folders of aligned face images (searched recursively; any size, resized to --size). Not needed with --resume.", show_default=False)] = None,
     run_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: config, checkpoints, logs, validation grids, and the exported model idm.safetensors.", show_default=False)] = ...,
     targets: Annotated[Optional[list[Path]], typer.Option("--targets", help="Extrinsic iteration: a folder of cleaned targets (from `facerestore clean-dataset`) per DATA_DIR, same relative paths; inputs are still degraded from DATA_DIR.", show_default=False)] = None,
     size: Annotated[Optional[int], typer.Option("--size", help="Training resolution in pixels (default 512, the paper's).", show_default=False)] = None,
