@@ -61,6 +61,13 @@ def test_help(command):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_pseudo_targets_help_states_each_default_once():
+    """--base and --size say their default in words; typer's '[default: ...]' repeated it."""
+    text = " ".join(run("finetune", "pseudo-targets", "-h").output.split())
+    assert "codeformer (default;" in text and "(default 512, the prior's)" in text
+    assert "[default: codeformer]" not in text and "[default: 512]" not in text
+
+
 def test_a_word_that_is_no_stage_lists_the_stages():
     """`finetune lq --out X` (no --unpaired, or a typo of a stage): one line naming the stages, not click's
     "unexpected extra argument" of the default `run` command."""
