@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from facerestore.devices import resolve_device
-from facerestore.faces.detect import load_detector
+from facerestore.faces.detect import describe_detector, load_detector
 from facerestore.image_io import list_images, read_image
 from facerestore.methods.base import MethodOptions
 from facerestore.methods.registry import build_method
@@ -62,7 +62,8 @@ def main() -> None:
     warm = read_image(paths[0])
     restore_picture(warm, Tools(method=method, detector=detector), options)
 
-    print(f"method {args.method}, detector {type(detector).__name__}, device {device}, {args.threads} threads, batch {args.batch_size}, upscale {args.upscale}\n")
+    print(f"method {args.method}, device {device}, {args.threads} threads, batch {args.batch_size}, upscale {args.upscale}")
+    print(f"detector {args.detector}: {describe_detector(detector)}\n")
     print("| photo | size | faces | read s | detect s | align s | restore s (batched) | restore s (1 by 1) | paste s | total s | s/face (batched) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []

@@ -165,11 +165,13 @@ def test_bench_pipeline_one_photo(bench, monkeypatch, tmp_path, tiny_baseline, c
     cv2.imwrite(str(photos / "group.png"), cv2.resize(smooth_face(0), (440, 200)))
     found = tuple(DetectedFace(box=(x, 10, x + 128, 138), score=0.99, landmarks=FFHQ_TEMPLATE_512 * 0.25 + [x, 10]) for x in (10, 150, 290))
     monkeypatch.setattr(pipeline, "detect_faces", lambda image, detector, **kw: found)
-    monkeypatch.setattr(bench_pipeline, "load_detector", lambda name, device: object())
+    fake = type("FakeDetector", (), {"label": "RetinaFace resnet50 (facexlib, torch), weights /w/detection_Resnet50_Final.pth"})()
+    monkeypatch.setattr(bench_pipeline, "load_detector", lambda name, device: fake)
     monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--photos", str(photos), "--weights", str(tiny_baseline), "--limit", "1", "--batch-size", "2"])
     bench_pipeline.main()
     out = capsys.readouterr().out
-    assert out.startswith("method baseline, detector object, device cpu, 2 threads, batch 2, upscale 1.0")
+    assert out.splitlines()[:2] == ["method baseline, device cpu, 2 threads, batch 2, upscale 1.0",
+                                    "detector auto: RetinaFace resnet50 (facexlib, torch), weights /w/detection_Resnet50_Final.pth"]
     [row] = table(out, "| photo | size | faces |")
     assert row[:3] == ["group.png", "440x200", "3"]
     summary = dict(table(out, "| summary | value |"))

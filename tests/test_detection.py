@@ -171,6 +171,30 @@ def test_unknown_detector_is_a_usage_error():
         load_detector("yolo")
 
 
+def test_detector_label_names_the_variant_and_the_weights_file(tmp_path):
+    """A benchmark's header must say which RetinaFace ran: the class name alone does not tell
+    mobile0.25 from resnet50, nor the bundled net from the official weights."""
+    import torch
+    from facexlib.detection.retinaface import RetinaFace
+
+    weights = tmp_path / "my_mobilenet.pth"
+    torch.save(RetinaFace(network_name="mobile0.25", half=False, phase="test", device=torch.device("cpu")).state_dict(), weights)
+    torch_net = load_detector("retinaface_mobile0.25", weights=weights)
+    assert detect.describe_detector(torch_net) == f"RetinaFace mobile0.25 (facexlib, torch), weights {weights}"
+    from retinaface import weights as bundled
+
+    assert detect.describe_detector(load_detector("bundled")) == f"bundled RetinaFace mobile0.25 (ONNX, onnxruntime's own threads), weights embedded in {bundled.__file__}"
+    assert detect.describe_detector(object()) == "object"  # a stand-in without a label
+
+
+def test_auto_detector_label_names_the_shared_file_not_its_cache_conversion(shared_weights, monkeypatch):
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared_weights))
+    load_detector.cache_clear()  # an earlier `auto` without FACERESTORE_WEIGHTS may be cached
+    detector = load_detector("auto")
+    load_detector.cache_clear()
+    assert detect.describe_detector(detector) == f"RetinaFace mobile0.25 (facexlib, torch), weights {shared_weights / 'detection_mobilenet0.25_Final.pth'}"
+
+
 def _match(a: tuple[DetectedFace, ...], b: tuple[DetectedFace, ...]) -> list[float]:
     """For each face of a, the landmark error to its nearest face in b, relative to the eye distance."""
     errors = []

@@ -92,11 +92,13 @@ class OnnxRetinaFace:
 
     def __init__(self) -> None:
         import onnxruntime as ort
+        from retinaface import weights as bundled
         from retinaface.weights import WEIGHTS
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(WEIGHTS, options, providers=["CPUExecutionProvider"])
+        self.label = f"bundled RetinaFace mobile0.25 (ONNX, onnxruntime's own threads), weights embedded in {bundled.__file__}"
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         loc, conf, landmarks = self.session.run(None, {"input": batch})
@@ -106,7 +108,8 @@ class OnnxRetinaFace:
 class TorchRetinaFace:
     """facexlib's RetinaFace module with a checkpoint loaded strictly from our weights store."""
 
-    def __init__(self, network: str, weights: Path, device: str = "cpu") -> None:
+    def __init__(self, network: str, weights: Path, device: str = "cpu", source: Path | None = None) -> None:
+        """`source`: the checkpoint `weights` was converted from (the file a report names), if not `weights` itself."""
         import torch
         from facexlib.detection.retinaface import RetinaFace
 
@@ -119,6 +122,7 @@ class TorchRetinaFace:
         load_strict(self.net, read_state_dict(weights), weights)
         fold_batch_norms(self.net.eval())
         for_inference(self.net, self.device)
+        self.label = f"RetinaFace {network} (facexlib, torch), weights {source or weights}"
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with self.torch.inference_mode():
@@ -126,11 +130,23 @@ class TorchRetinaFace:
         return tuple(t.float().cpu().numpy() for t in outputs)  # type: ignore[return-value]
 
 
-def _weights_present(name: str) -> Path | None:
-    """A verified local file for these weights, or None (a corrupt file is an error, not a fallback)."""
-    from facerestore.weights.store import find_local, resolve
+def describe_detector(detector: object) -> str:
+    """Which RetinaFace ran and from which weights file (a benchmark's header): the class name alone
+    does not tell mobile0.25 from resnet50, nor the bundled net from the official weights."""
+    return getattr(detector, "label", None) or type(detector).__name__
 
-    return resolve(name, offline=True) if find_local(name) else None
+
+def _weights_file(name: str, explicit: Path | None = None, offline: bool | None = None) -> tuple[Path, Path]:
+    """(the verified checkpoint, the file to load: its safetensors conversion in the cache, or an
+    explicit file as given)."""
+    from facerestore.weights.catalogue import get_entry
+    from facerestore.weights.store import loadable, locate, resolve
+
+    if explicit is not None:
+        path = resolve(name, explicit=explicit, offline=offline)
+        return path, path
+    source = locate(name, offline=offline)
+    return source, loadable(get_entry(name), source)
 
 
 @lru_cache(maxsize=4)
@@ -139,17 +155,17 @@ def load_detector(name: str = "auto", device: str = "cpu", weights: Path | None 
     if name not in DETECTORS:
         raise UsageError(f"unknown detector {name!r}", hint=f"choose one of: {', '.join(DETECTORS)}")
     if name == "auto":
+        from facerestore.weights.store import find_local
+
         for network in ("retinaface_resnet50", "retinaface_mobile0.25"):
-            found = _weights_present(WEIGHTS_OF[network])
-            if found:
-                return TorchRetinaFace(network.split("_", 1)[1], found, device)
+            if find_local(WEIGHTS_OF[network]):  # present: a corrupt file is an error, not a fallback
+                source, path = _weights_file(WEIGHTS_OF[network], offline=True)
+                return TorchRetinaFace(network.split("_", 1)[1], path, device, source)
         return OnnxRetinaFace()
     if name == "bundled":
         return OnnxRetinaFace()
-    from facerestore.weights.store import resolve
-
-    path = resolve(WEIGHTS_OF[name], explicit=weights, offline=offline)
-    return TorchRetinaFace(name.split("_", 1)[1], path, device)
+    source, path = _weights_file(WEIGHTS_OF[name], weights, offline)
+    return TorchRetinaFace(name.split("_", 1)[1], path, device, source)
 
 
 @lru_cache(maxsize=16)

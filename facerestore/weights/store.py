@@ -236,19 +236,23 @@ def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | No
     the command-line option `explicit` came from, named in its errors."""
     if explicit is not None:
         return resolve_explicit(explicit, offline=offline, progress=progress, catalogued=(name,), option=option)
+    return loadable(get_entry(name), locate(name, offline=offline, progress=progress))
+
+
+def locate(name: str, *, offline: bool | None = None, progress: Progress | None = None) -> Path:
+    """The verified file of catalogue entry `name`, found in the search folders or downloaded, before
+    `loadable` converts it: the file a report names (the conversion in the cache has a hashed name)."""
     entry = get_entry(name)
     copies = local_copies(name)
-    if not copies:
-        if entry.local:
-            raise WeightsError(f"{entry.filename} (your weights '{name}') is missing from {cache_dir()}", hint=f"import it again with `facerestore weights import FILE --name {name}`")
-        if is_offline(offline):
-            raise missing_message(entry, "downloads are off (offline)")
-        if not entry.urls:
-            raise missing_message(entry, "it has no direct download URL")
-        found = download(entry, progress=progress)
-    else:
-        found = first_good_copy(entry, copies)
-    return loadable(entry, found)
+    if copies:
+        return first_good_copy(entry, copies)
+    if entry.local:
+        raise WeightsError(f"{entry.filename} (your weights '{name}') is missing from {cache_dir()}", hint=f"import it again with `facerestore weights import FILE --name {name}`")
+    if is_offline(offline):
+        raise missing_message(entry, "downloads are off (offline)")
+    if not entry.urls:
+        raise missing_message(entry, "it has no direct download URL")
+    return download(entry, progress=progress)
 
 
 def resolve_explicit(value: Path | str, *, offline: bool | None = None, progress: Progress | None = None,
