@@ -233,7 +233,9 @@ def restore_picture(
     on_faces: FacesCallback | None = None,
 ) -> tuple[np.ndarray | None, int, dict[str, float]]:
     """The in-memory core: returns (the whole restored photo, or None with --aligned; the number of
-    faces; timings).
+    faces; seconds per stage: detect, prepare, align, restore, parse, paste). `prepare` is the
+    photo-sized background (copied, or resized for --upscale), made once per photo; `paste` only the
+    per-face work, so that it divides by the number of faces.
 
     Faces are aligned, restored, pasted and handed to `on_faces(index of the first, aligned faces,
     restored crops)` one batch at a time and then dropped, so memory does not grow with the number
@@ -266,7 +268,7 @@ def restore_picture(
     # one photo-sized array, clipped (Lanczos overshoots) and pasted into in place
     photo = np.array(picture.rgb, dtype=np.float32) if upscale == 1 else scale_background(picture.rgb, picture.alpha, size)
     np.clip(photo, 0, 1, out=photo)
-    timings["paste"] = time.perf_counter() - clock
+    timings["prepare"] = time.perf_counter() - clock
     for start in range(0, len(found), options.batch_size):
         clock = time.perf_counter()
         faces = [align_face(picture.rgb, f.landmarks, FACE_SIZE) for f in found[start : start + options.batch_size]]

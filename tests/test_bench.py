@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -167,15 +168,28 @@ def test_bench_pipeline_one_photo(bench, monkeypatch, tmp_path, tiny_baseline, c
     monkeypatch.setattr(pipeline, "detect_faces", lambda image, detector, **kw: found)
     fake = type("FakeDetector", (), {"label": "RetinaFace resnet50 (facexlib, torch), weights /w/detection_Resnet50_Final.pth"})()
     monkeypatch.setattr(bench_pipeline, "load_detector", lambda name, device: fake)
-    monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--photos", str(photos), "--weights", str(tiny_baseline), "--limit", "1", "--batch-size", "2"])
+    real = pipeline.scale_background
+
+    def slow_background(*args, **kwargs):  # a once-per-photo cost that must not land in the per-face paste
+        time.sleep(0.6)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "scale_background", slow_background)
+    monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--photos", str(photos), "--weights", str(tiny_baseline), "--limit", "1", "--batch-size", "2",
+                                      "--upscale", "2"])
     bench_pipeline.main()
     out = capsys.readouterr().out
-    assert out.splitlines()[:2] == ["method baseline, device cpu, 2 threads, batch 2, upscale 1.0",
+    assert out.splitlines()[:2] == ["method baseline, device cpu, 2 threads, batch 2, upscale 2.0",
                                     "detector auto: RetinaFace resnet50 (facexlib, torch), weights /w/detection_Resnet50_Final.pth"]
+    header = ("| photo | size | faces | read s | detect s | prepare s | align s | restore s (batched) | restore s (1 by 1) | paste ms/face | total s "
+              "| s/face (batched) |")
+    assert header in out.splitlines()
     [row] = table(out, "| photo | size | faces |")
     assert row[:3] == ["group.png", "440x200", "3"]
+    assert float(row[5]) >= 0.6 and float(row[9]) < 100  # prepare holds the background; 0.6 s / 3 faces would be 200 ms
     summary = dict(table(out, "| summary | value |"))
     assert summary["photos / faces"] == "1 / 3"
+    assert float(summary["prepare ms per photo (background, once)"]) >= 600 and float(summary["paste ms per face (without prepare)"]) < 100
     assert {"restore s per face, batched", "restore s per face, one at a time", "batched speed-up", "total s per photo (mean)"} <= set(summary)
 
 

@@ -67,6 +67,25 @@ def test_all_faces_of_a_photo_in_batches(tmp_path, three_faces):
     np.testing.assert_allclose(out[195, 5], original[195, 5], atol=1 / 255)  # far from faces: untouched
 
 
+def test_the_background_is_timed_apart_from_the_per_face_paste(tmp_path, three_faces, monkeypatch):
+    """The photo-sized background is made once per photo: counted in `paste`, it made a few faces'
+    paste time look like the whole photo's resize (bench_pipeline's 'paste ms per face')."""
+    import time
+
+    real = pipeline.scale_background
+
+    def slow(*args, **kwargs):
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "scale_background", slow)
+    picture = read_image(write_image(tmp_path / "p.png", photo()))
+    _, faces, seconds = pipeline.restore_picture(picture, Tools(method=Darken(), detector=object()), RestoreOptions(output=Path("unused"), upscale=2))
+    assert faces == 3
+    assert set(seconds) == {"detect", "prepare", "align", "restore", "paste"}
+    assert seconds["prepare"] >= 0.5 and seconds["paste"] < 0.3
+
+
 def test_only_one_batch_of_crops_is_held_at_a_time(tmp_path, monkeypatch):
     """A class photo of 600 faces must not hold 600 pairs of 3 MB crops: align, restore, paste and
     write a batch, then drop it."""
