@@ -5,7 +5,12 @@
 Stages: read, detect, prepare (the photo-sized background, copied or resized for --upscale: once
 per photo, whatever its faces), align, restore (all faces of the photo in batches of --batch-size,
 and again one face per call), paste (per face). Prints a Markdown table per photo and a summary;
-times are wall-clock seconds on this machine with --threads torch threads. Nothing is written to disk.
+times are wall-clock seconds on this machine, one run per photo after a warm-up run (the first
+photo, and one face one at a time), with --threads torch and OpenCV threads (the bundled ONNX
+detector uses onnxruntime's own; its header line says so). "detected at" is the size(s) the photo
+is resized to for detection (faces.detect.detection_scales); "total s" is read to paste, without the
+one-at-a-time pass and without writing (nothing is written to disk). --upscale defaults to 1 here,
+whereas `facerestore restore` enlarges photos up to 1500 px twice.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import torch
 
 from facerestore.devices import resolve_device
-from facerestore.faces.detect import describe_detector, load_detector
+from facerestore.faces.detect import describe_detector, detection_scales, load_detector
 from facerestore.image_io import list_images, read_image
 from facerestore.methods.base import MethodOptions
 from facerestore.methods.registry import build_method
 from facerestore.pipeline import RestoreOptions, Tools, restore_crops, restore_picture
+from facerestore.plural import counted
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "groups"
 
@@ -32,6 +39,18 @@ def timed(fn, *args, **kwargs):
     start = time.perf_counter()
     value = fn(*args, **kwargs)
     return value, time.perf_counter() - start
+
+
+def detection_sizes(height: int, width: int) -> str:
+    """The sizes the detector sees for a photo of this size (one or two scales), e.g. 1280x853+600x400."""
+    return "+".join(f"{round(width * s.factor)}x{round(height * s.factor)}" for s in detection_scales(height, width))
+
+
+def precision_of(method: object, requested: str) -> str:
+    """What --precision resolved to, when the method says (`autocast`: None is fp32)."""
+    if not hasattr(method, "autocast"):
+        return requested
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(method.autocast, str(method.autocast))
 
 
 def main() -> None:
@@ -44,7 +63,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--upscale", type=float, default=1.0)
     parser.add_argument("--limit", type=int, default=8, help="photos to time (0 = all)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="auto", help="the networks' dtype (as restore's --precision)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads")
     parser.add_argument("--no-single", action="store_true", help="skip the one-face-at-a-time pass")
     args = parser.parse_args()
 
@@ -54,19 +74,31 @@ def main() -> None:
         why = f" ({problems[0][1]})" if problems else ""
         sys.exit(f"bench_pipeline: no image in {args.photos}{why}; pass --photos FOLDER")
     torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)  # align, paste and every resize run in OpenCV's pool, all cores by default
     device = resolve_device(args.device)
-    method = build_method(args.method, MethodOptions(device=device, weights=args.weights))
+    method = build_method(args.method, MethodOptions(device=device, weights=args.weights, precision=args.precision))
     detector = load_detector(args.detector, device)
     options = RestoreOptions(output=Path("unused"), upscale=args.upscale, batch_size=args.batch_size)
 
-    # warm-up: first calls pay for lazy initialisation
+    # warm-up, not timed: first calls pay for lazy initialisation, and the one-at-a-time pass has its own shapes
     warm = read_image(paths[0])
-    restore_picture(warm, Tools(method=method, detector=detector), options)
+    warm_crops: list = []
 
-    print(f"method {args.method}, device {device}, {args.threads} threads, batch {args.batch_size}, upscale {args.upscale}")
-    print(f"detector {args.detector}: {describe_detector(detector)}\n")
-    print("| photo | size | faces | read s | detect s | prepare s | align s | restore s (batched) | restore s (1 by 1) | paste ms/face | total s | s/face (batched) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    def keep_first(first: int, faces, restored) -> None:
+        if not warm_crops and faces:
+            warm_crops.append(faces[0].crop)
+
+    restore_picture(warm, Tools(method=method, detector=detector), options, on_faces=keep_first)
+    if warm_crops and not args.no_single:
+        restore_crops(method, warm_crops, batch_size=1, seed=0)
+
+    print(f"method {args.method}, device {device}, precision {precision_of(method, args.precision)}, {counted(args.threads, 'thread')} (torch and OpenCV), "
+          f"batch {args.batch_size}, upscale {args.upscale}")
+    print(f"detector {args.detector}: {describe_detector(detector)}")
+    print(f"one run per photo after a warm-up on {paths[0].name}; times in seconds unless the column says ms\n")
+    print("| photo | size | detected at | faces | read s | detect s | prepare s | align s | restore s (batched) | restore s (1 by 1) | paste ms/face | total s "
+          "| s/face (batched) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for path in paths:
         picture, read_s = timed(read_image, path)
@@ -80,7 +112,7 @@ def main() -> None:
         rows.append((n, t, single, total))
         nan = float("nan")
         print(
-            f"| {path.name} | {picture.width}x{picture.height} | {n} | {read_s:.3f} | {t.get('detect', 0):.3f} | {t.get('prepare', 0):.3f} | {t.get('align', 0):.3f} | "
+            f"| {path.name} | {picture.width}x{picture.height} | {detection_sizes(picture.height, picture.width)} | {n} | {read_s:.3f} | {t.get('detect', 0):.3f} | {t.get('prepare', 0):.3f} | {t.get('align', 0):.3f} | "
             f"{t['restore']:.3f} | {single:.3f} | {1000 * t.get('paste', 0) / n if n else nan:.1f} | {total:.3f} | {t['restore'] / n if n else nan:.3f} |"
         )
     faces = sum(r[0] for r in rows)

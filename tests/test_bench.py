@@ -179,18 +179,60 @@ def test_bench_pipeline_one_photo(bench, monkeypatch, tmp_path, tiny_baseline, c
                                       "--upscale", "2"])
     bench_pipeline.main()
     out = capsys.readouterr().out
-    assert out.splitlines()[:2] == ["method baseline, device cpu, 2 threads, batch 2, upscale 2.0",
-                                    "detector auto: RetinaFace resnet50 (facexlib, torch), weights /w/detection_Resnet50_Final.pth"]
-    header = ("| photo | size | faces | read s | detect s | prepare s | align s | restore s (batched) | restore s (1 by 1) | paste ms/face | total s "
-              "| s/face (batched) |")
+    assert out.splitlines()[:3] == ["method baseline, device cpu, precision fp32, 2 threads (torch and OpenCV), batch 2, upscale 2.0",
+                                    "detector auto: RetinaFace resnet50 (facexlib, torch), weights /w/detection_Resnet50_Final.pth",
+                                    "one run per photo after a warm-up on group.png; times in seconds unless the column says ms"]
+    header = ("| photo | size | detected at | faces | read s | detect s | prepare s | align s | restore s (batched) | restore s (1 by 1) | paste ms/face "
+              "| total s | s/face (batched) |")
     assert header in out.splitlines()
-    [row] = table(out, "| photo | size | faces |")
-    assert row[:3] == ["group.png", "440x200", "3"]
-    assert float(row[5]) >= 0.6 and float(row[9]) < 100  # prepare holds the background; 0.6 s / 3 faces would be 200 ms
+    [row] = table(out, "| photo | size | detected at |")
+    # a 440x200 photo is searched enlarged to a short side of 640 and, for large faces, at one of 400
+    assert row[:4] == ["group.png", "440x200", "1408x640+880x400", "3"]
+    assert float(row[6]) >= 0.6 and float(row[10]) < 100  # prepare holds the background; 0.6 s / 3 faces would be 200 ms
     summary = dict(table(out, "| summary | value |"))
     assert summary["photos / faces"] == "1 / 3"
     assert float(summary["prepare ms per photo (background, once)"]) >= 600 and float(summary["paste ms per face (without prepare)"]) < 100
     assert {"restore s per face, batched", "restore s per face, one at a time", "batched speed-up", "total s per photo (mean)"} <= set(summary)
+
+
+class RecordingMethod:
+    """Records the batch sizes it restores, and the OpenCV thread count it runs under."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def restore(self, crops, generator=None):
+        self.calls.append((len(crops), cv2.getNumThreads()))
+        return crops
+
+
+def test_bench_pipeline_warms_up_the_one_at_a_time_pass_and_sets_opencv_threads(bench, monkeypatch, tmp_path, capsys):
+    """--threads covers OpenCV (align, paste and every resize), not only torch; and the first
+    one-face call, whose shapes the batched warm-up never ran, is not timed."""
+    import bench_pipeline
+    import torch
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "group.png"), cv2.resize(smooth_face(0), (440, 200)))
+    found = tuple(DetectedFace(box=(x, 10, x + 96, 106), score=0.99, landmarks=FFHQ_TEMPLATE_512 * 0.1875 + [x, 10]) for x in (10, 110, 210, 310))
+    monkeypatch.setattr(pipeline, "detect_faces", lambda image, detector, **kw: found)
+    monkeypatch.setattr(bench_pipeline, "load_detector", lambda name, device: object())
+    method = RecordingMethod()
+    monkeypatch.setattr(bench_pipeline, "build_method", lambda name, options: method)
+    monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--photos", str(photos), "--limit", "1", "--batch-size", "2", "--threads", "1"])
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        bench_pipeline.main()
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "method baseline, device cpu, precision auto, 1 thread (torch and OpenCV), batch 2, upscale 1.0"
+    assert out.splitlines()[1] == "detector auto: object"
+    # warm-up: the photo in batches of 2, then one face alone; timed: batches of 2, then 4 faces one at a time
+    assert [size for size, _ in method.calls] == [2, 2, 1, 2, 2, 1, 1, 1, 1]
+    assert {threads for _, threads in method.calls} == {1}
 
 
 def test_bench_pipeline_without_photos_is_one_line(bench, tmp_path):
