@@ -177,11 +177,13 @@ def test_bench_pipeline_one_photo(bench, monkeypatch, tmp_path, tiny_baseline, c
     monkeypatch.setattr(pipeline, "scale_background", slow_background)
     monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--photos", str(photos), "--weights", str(tiny_baseline), "--limit", "1", "--batch-size", "2",
                                       "--upscale", "2"])
+    monkeypatch.setattr(bench_pipeline.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench_pipeline.os, "getloadavg", lambda: (5.12, 3.1, 1.9), raising=False)
     bench_pipeline.main()
     out = capsys.readouterr().out
     assert out.splitlines()[:3] == ["method baseline, device cpu, precision fp32, 2 threads (torch and OpenCV), batch 2, upscale 2.0",
                                     "detector auto: RetinaFace resnet50 (facexlib, torch), weights /w/detection_Resnet50_Final.pth",
-                                    "one run per photo after a warm-up on group.png; times in seconds unless the column says ms"]
+                                    "one run per photo after a warm-up on group.png; 2 CPUs, load average 5.1 at the start; times in seconds unless the column says ms"]
     header = ("| photo | size | detected at | faces | read s | detect s | prepare s | align s | restore s (batched) | restore s (1 by 1) | paste ms/face "
               "| total s | s/face (batched) |")
     assert header in out.splitlines()
@@ -207,20 +209,22 @@ class RecordingMethod:
 
 
 def test_bench_pipeline_warms_up_the_one_at_a_time_pass_and_sets_opencv_threads(bench, monkeypatch, tmp_path, capsys):
-    """--threads covers OpenCV (align, paste and every resize), not only torch; and the first
-    one-face call, whose shapes the batched warm-up never ran, is not timed."""
+    """--threads covers OpenCV (align, paste and every resize), not only torch; the first one-face
+    call, whose shapes the batched warm-up never ran, is not timed; 3 photos by default (a few
+    minutes on 2 cores: the 8 first shared group photos hold 406 faces)."""
     import bench_pipeline
     import torch
 
     photos = tmp_path / "photos"
     photos.mkdir()
-    cv2.imwrite(str(photos / "group.png"), cv2.resize(smooth_face(0), (440, 200)))
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        cv2.imwrite(str(photos / name), cv2.resize(smooth_face(0), (440, 200)))
     found = tuple(DetectedFace(box=(x, 10, x + 96, 106), score=0.99, landmarks=FFHQ_TEMPLATE_512 * 0.1875 + [x, 10]) for x in (10, 110, 210, 310))
     monkeypatch.setattr(pipeline, "detect_faces", lambda image, detector, **kw: found)
     monkeypatch.setattr(bench_pipeline, "load_detector", lambda name, device: object())
     method = RecordingMethod()
     monkeypatch.setattr(bench_pipeline, "build_method", lambda name, options: method)
-    monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--photos", str(photos), "--limit", "1", "--batch-size", "2", "--threads", "1"])
+    monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--photos", str(photos), "--batch-size", "2", "--threads", "1"])
     before = torch.get_num_threads(), cv2.getNumThreads()
     try:
         bench_pipeline.main()
@@ -230,8 +234,9 @@ def test_bench_pipeline_warms_up_the_one_at_a_time_pass_and_sets_opencv_threads(
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "method baseline, device cpu, precision auto, 1 thread (torch and OpenCV), batch 2, upscale 1.0"
     assert out.splitlines()[1] == "detector auto: object"
-    # warm-up: the photo in batches of 2, then one face alone; timed: batches of 2, then 4 faces one at a time
-    assert [size for size, _ in method.calls] == [2, 2, 1, 2, 2, 1, 1, 1, 1]
+    assert [r[0] for r in table(out, "| photo | size |")] == ["a.png", "b.png", "c.png"]
+    # warm-up: the first photo in batches of 2, then one face alone; timed, each photo: batches of 2, then its 4 faces one at a time
+    assert [size for size, _ in method.calls] == [2, 2, 1] + [2, 2, 1, 1, 1, 1] * 3
     assert {threads for _, threads in method.calls} == {1}
 
 
