@@ -189,10 +189,18 @@ def test_detector_label_names_the_variant_and_the_weights_file(tmp_path):
 
 def test_auto_detector_label_names_the_shared_file_not_its_cache_conversion(shared_weights, monkeypatch):
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared_weights))
-    load_detector.cache_clear()  # an earlier `auto` without FACERESTORE_WEIGHTS may be cached
     detector = load_detector("auto")
-    load_detector.cache_clear()
     assert detect.describe_detector(detector) == f"RetinaFace mobile0.25 (facexlib, torch), weights {shared_weights / 'detection_mobilenet0.25_Final.pth'}"
+
+
+def test_auto_detector_follows_the_weights_folders(shared_weights, monkeypatch):
+    """`auto` is cached per weights folders: one built before FACERESTORE_WEIGHTS named the official
+    file must not be returned after (nor the official one after the variable is gone)."""
+    assert isinstance(load_detector("auto"), detect.OnnxRetinaFace)  # conftest: no FACERESTORE_WEIGHTS
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared_weights))
+    assert isinstance(load_detector("auto"), detect.TorchRetinaFace)
+    monkeypatch.delenv("FACERESTORE_WEIGHTS")
+    assert isinstance(load_detector("auto"), detect.OnnxRetinaFace)
 
 
 def _match(a: tuple[DetectedFace, ...], b: tuple[DetectedFace, ...]) -> list[float]:

@@ -149,9 +149,18 @@ def _weights_file(name: str, explicit: Path | None = None, offline: bool | None 
     return source, loadable(get_entry(name), source)
 
 
-@lru_cache(maxsize=4)
 def load_detector(name: str = "auto", device: str = "cpu", weights: Path | None = None, offline: bool | None = None) -> RetinaFaceHeads:
-    """Build (once per process) the named detector; `auto` never downloads."""
+    """Build the named detector once per process and weights folders; `auto` never downloads.
+
+    The folders (FACERESTORE_WEIGHTS, the cache) are part of the key: an `auto` built before they
+    named the official weights must not stand in for the one built after."""
+    from facerestore.weights.store import search_dirs
+
+    return _load_detector(name, device, weights, offline, tuple(search_dirs()))
+
+
+@lru_cache(maxsize=4)
+def _load_detector(name: str, device: str, weights: Path | None, offline: bool | None, folders: tuple[Path, ...]) -> RetinaFaceHeads:
     if name not in DETECTORS:
         raise UsageError(f"unknown detector {name!r}", hint=f"choose one of: {', '.join(DETECTORS)}")
     if name == "auto":
@@ -166,6 +175,9 @@ def load_detector(name: str = "auto", device: str = "cpu", weights: Path | None 
         return OnnxRetinaFace()
     source, path = _weights_file(WEIGHTS_OF[name], weights, offline)
     return TorchRetinaFace(name.split("_", 1)[1], path, device, source)
+
+
+load_detector.cache_clear = _load_detector.cache_clear  # type: ignore[attr-defined]
 
 
 @lru_cache(maxsize=16)
