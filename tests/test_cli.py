@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import json
 from pathlib import Path
 
@@ -579,3 +580,24 @@ def test_ctrl_c_is_one_line_and_exit_130_while_loading_and_while_restoring(crops
     assert result.exit_code == 130, result.output
     assert result.output.strip() == f"interrupted; 1 of 2 images written to {out} (each file whole: none is half-written)"
     assert [p.name for p in (out / "restored_faces").iterdir()] == ["face.png"]
+
+
+@pytest.mark.parametrize("word, command", [("restre", "restore"), ("tarin", "train"), ("wieghts", "weights")])
+def test_a_mistyped_command_is_named_not_restored_as_a_photo(word, command, tmp_path, monkeypatch, capsys):
+    from facerestore.cli.app import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["facerestore", word, "x.jpg"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: '{word}' is neither a command nor a file; did you mean "
+                                               f"`facerestore {command}`? (`facerestore --help` lists the commands)")
+
+
+def test_a_file_named_like_a_command_is_still_restored(tmp_path, monkeypatch):
+    """Only a word that is no file is taken for a typo: a photo saved as 'restre' (no extension) is read."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "restre").write_bytes(b"not an image")
+    result = run("restre", "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "restre" in result.output and "neither a command" not in result.output

@@ -7,8 +7,10 @@ torchrun the line comes from rank 0 alone; every rank exits with the code.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
 import click
@@ -17,7 +19,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from facerestore import __version__
-from facerestore.errors import FaceRestoreError
+from facerestore.errors import FaceRestoreError, UsageError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -33,8 +35,20 @@ class DefaultCommandGroup(TyperGroup):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+            _refuse_mistyped_command(args[0], list(self.commands))
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
+
+
+def _refuse_mistyped_command(word: str, commands: list[str]) -> None:
+    """`facerestore restre x.jpg` would otherwise restore a photo named 'restre' and say it does not
+    exist: a word close to a command name that is no file is taken for a typo of the command."""
+    if word.startswith("-") or Path(word).suffix or Path(word).exists():
+        return
+    close = difflib.get_close_matches(word, commands, n=1, cutoff=0.75)
+    if close:
+        raise UsageError(f"{word!r} is neither a command nor a file",
+                         hint=f"did you mean `facerestore {close[0]}`? (`facerestore --help` lists the commands)")
 
 
 app = typer.Typer(
