@@ -5,7 +5,9 @@ e.g. a shared read-only folder) -> the user cache (FACERESTORE_HOME/weights, els
 dir) -> download into the cache. Downloads resume from a `.part` file, are checked against the
 catalogue's sha256 and renamed into place only when complete. Offline (--offline, FACERESTORE_OFFLINE=1
 or HF_HUB_OFFLINE=1, or no network), a missing file is one line naming it, its URL, its sha256 and
-the import command. Pickled files are converted once to safetensors in the cache.
+the import command. Pickled files are converted once to safetensors in the cache. A process that
+writes a cache file holds its lock (weights/file_lock.py): another that needs the same file waits
+and takes the result, instead of writing into the same `.part` (torchrun ranks resolve alike).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from facerestore.errors import BadWeightsOption, ChecksumMismatch, UsageError, WeightsError
 from facerestore.file_modes import new_file_mode
 from facerestore.weights.catalogue import WeightsEntry, entry_for_filename, get_entry, load_catalogue, local_registry_path
+from facerestore.weights.file_lock import exclusive
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total or 0)
 CHUNK = 1 << 20
@@ -181,11 +184,19 @@ def loadable(entry: WeightsEntry, path: Path) -> Path:
     target = _converted_path(entry, sha256_file(path))
     if target.is_file() and safetensors_complete(target):
         return target
-    state = read_state_dict(path)
     try:
-        return save_safetensors(state, target, {"source": entry.filename, "source_sha256": sha256_file(path), "name": entry.name})
+        target.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
-        return path  # no room or read-only cache: load the original every time
+        return path  # a read-only cache: load the original every time
+    # one conversion at a time (torchrun ranks resolve alike): a process that waited finds the file made
+    with exclusive(target, f"converting {path.name} to safetensors in {target.parent}"):
+        if target.is_file() and safetensors_complete(target):
+            return target
+        state = read_state_dict(path)
+        try:
+            return save_safetensors(state, target, {"source": entry.filename, "source_sha256": sha256_file(path), "name": entry.name})
+        except OSError:
+            return path  # no room or read-only cache: load the original every time
 
 
 def safetensors_complete(path: Path) -> bool:
@@ -336,9 +347,28 @@ def _fetch(url: str, part: Path, progress: Progress | None, timeout: float) -> N
 
 
 def download(entry: WeightsEntry, *, progress: Progress | None = None, timeout: float = 60.0) -> Path:
-    """Download into the cache: `.part` (resumable) -> sha256 check -> atomic rename."""
+    """Download into the cache: `.part` (resumable) -> sha256 check -> atomic rename; under the
+    file's lock (weights/file_lock.py), so a process that needs it at the same time waits for this
+    download and takes its result instead of writing into the same `.part`."""
     target = cache_dir() / entry.filename
     _make_folder(target.parent)
+    with exclusive(target, f"downloading {entry.filename} into {target.parent}"):
+        done = _good_in_cache(entry, target)
+        return done if done is not None else _download_locked(entry, target, progress, timeout)
+
+
+def _good_in_cache(entry: WeightsEntry, target: Path) -> Path | None:
+    """`target` if another process put a good copy there while this one waited for the lock."""
+    if not target.is_file():
+        return None
+    try:
+        check_file(entry, target)
+    except ChecksumMismatch:
+        return None  # a bad copy is replaced by this download
+    return target
+
+
+def _download_locked(entry: WeightsEntry, target: Path, progress: Progress | None, timeout: float) -> Path:
     part = target.with_name(target.name + ".part")
     errors = []
     for url in entry.urls:
