@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from facerestore.weights import file_lock, store
+from facerestore.weights import catalogue, file_lock, store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,3 +178,26 @@ def test_a_wait_is_said_once_with_the_holders_pid_and_work(tmp_path, monkeypatch
     waiter.join()
     assert said == [f"waiting for another process (pid {os.getpid()}) downloading x.pth into DIR"]
 
+
+def test_two_imports_under_other_names_at_once_both_stay_registered(tiny_file, tmp_path, monkeypatch):
+    """The registry of your own weights is read, extended and rewritten: two imports at once each
+    wrote what they had read, and the first registration was lost."""
+    real_drop = store._drop_table
+    monkeypatch.setattr(store, "_drop_table", lambda lines, name: time.sleep(0.3) or real_drop(lines, name))
+    errors = []
+
+    def register(name: str) -> None:
+        try:
+            store.import_file(tiny_file, name=name)
+        except Exception as exc:  # noqa: BLE001 - reported by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(name,)) for name in ("mine-a", "mine-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    entries = catalogue.load_catalogue()
+    assert {"mine-a", "mine-b"} <= set(entries) and entries["mine-a"].sha256 == entries["mine-b"].sha256 == hashlib.sha256(tiny_file.read_bytes()).hexdigest()
+    assert sorted(p.name for p in store.cache_dir().iterdir()) == ["mine-a.pth", "mine-b.pth"]

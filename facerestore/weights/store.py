@@ -447,8 +447,10 @@ def import_file(file: Path | str, name: str | None = None, *, verify: bool = Tru
     if not entry.sha256:
         _assert_checkpoint(source, str(source))
     target = cache_dir() / entry.filename
-    _copy_atomic(source, target)
-    _record_sha256(entry, digest)
+    _make_folder(target.parent)
+    with exclusive(target, f"importing {source.name} into {target.parent}"):  # not while a download of it renames
+        _copy_atomic(source, target)
+        _record_sha256(entry, digest)
     return target
 
 
@@ -504,14 +506,19 @@ def _register_local(source: Path, name: str, digest: str) -> Path:
     if taken is not None:
         raise UsageError(f"--name {name!r} would store {source.name} as {target.name}, the file of the catalogued checkpoint {taken.name}",
                          hint="choose another --name")
-    _copy_atomic(source, target)
+    _make_folder(target.parent)
     registry = local_registry_path()
-    lines = registry.read_text(encoding="utf-8").splitlines() if registry.is_file() else []
-    lines = _drop_table(lines, name)
-    lines += [f'["{name}"]', f"file = {_toml_string(target.name)}", f'sha256 = "{digest}"', f"size = {source.stat().st_size}",
-              'license = "your own weights"', f"note = {_toml_string('imported from ' + source.name)}", ""]
-    registry.parent.mkdir(parents=True, exist_ok=True)
-    registry.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # two imports under one name: the file and its registered sha256 come from the same one; under
+    # any names: the registry is read and rewritten by one at a time, so neither registration is lost
+    with exclusive(target, f"importing {source.name} into {target.parent}"):
+        _copy_atomic(source, target)
+        with exclusive(registry):
+            lines = registry.read_text(encoding="utf-8").splitlines() if registry.is_file() else []
+            lines = _drop_table(lines, name)
+            lines += [f'["{name}"]', f"file = {_toml_string(target.name)}", f'sha256 = "{digest}"', f"size = {source.stat().st_size}",
+                      'license = "your own weights"', f"note = {_toml_string('imported from ' + source.name)}", ""]
+            registry.parent.mkdir(parents=True, exist_ok=True)
+            registry.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return target
 
 
