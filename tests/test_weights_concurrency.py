@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from facerestore.weights import catalogue, file_lock, store
+from facerestore.weights.catalogue import WeightsEntry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -201,3 +202,24 @@ def test_two_imports_under_other_names_at_once_both_stay_registered(tiny_file, t
     entries = catalogue.load_catalogue()
     assert {"mine-a", "mine-b"} <= set(entries) and entries["mine-a"].sha256 == entries["mine-b"].sha256 == hashlib.sha256(tiny_file.read_bytes()).hexdigest()
     assert sorted(p.name for p in store.cache_dir().iterdir()) == ["mine-a.pth", "mine-b.pth"]
+
+
+def test_hashes_recorded_at_once_by_two_processes_are_both_kept(tiny_file, tmp_path, monkeypatch, isolated_home):
+    """recorded_sha256.json (the trust-on-first-use hashes) and verified.json were read, changed and
+    rewritten unlocked: of two downloads at once, one recorded hash was lost, and that file was
+    never checked again."""
+    real_write = store._write_json
+    monkeypatch.setattr(store, "_write_json", lambda path, data: time.sleep(0.3) or real_write(path, data))
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"other")
+    entries = [WeightsEntry(name=n, filename=f"{n}.pth", urls=(), sha256="", size=0, license="MIT", commercial_use=True) for n in ("a", "b")]
+    jobs = [lambda: store._record_sha256(entries[0], "a" * 64), lambda: store._record_sha256(entries[1], "b" * 64),
+            lambda: store._remember_sha256(tiny_file, "c" * 64), lambda: store._remember_sha256(other, "d" * 64)]
+    threads = [threading.Thread(target=job) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [store.expected_sha256(e) for e in entries] == ["a" * 64, "b" * 64]
+    assert sorted(json.loads((isolated_home / "verified.json").read_text()).values()) == ["c" * 64, "d" * 64]
+    assert sorted(p.name for p in isolated_home.iterdir()) == ["recorded_sha256.json", "verified.json"]  # no lock files left

@@ -83,6 +83,19 @@ def _write_json(path: Path, data: dict) -> None:
         pass  # a read-only home only costs re-hashing next time
 
 
+def _update_json(path: Path, change: Callable[[dict], None]) -> None:
+    """Read, change and write back under the file's lock: two processes recording at once (two
+    downloads, two files hashed) each used to write what it had read, dropping the other's entry."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # a read-only home: nothing is remembered
+    with exclusive(path):
+        data = _read_json(path)
+        change(data)
+        _write_json(path, data)
+
+
 def sha256_file(path: Path, *, fresh: bool = False) -> str:
     """sha256 of a file, remembered per (path, size, mtime) so large files are hashed once;
     `fresh` reads the bytes again (what `weights verify` is asked for: a file damaged in place keeps
@@ -100,20 +113,23 @@ def sha256_file(path: Path, *, fresh: bool = False) -> str:
                 digest.update(block)
     except OSError as exc:
         raise WeightsError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions (or its disk)") from None
-    return _remember_sha256(path, digest.hexdigest(), memo, key)
+    return _remember_sha256(path, digest.hexdigest(), key)
 
 
-def _remember_sha256(path: Path, digest: str, memo: dict | None = None, key: str | None = None) -> str:
+def _remember_sha256(path: Path, digest: str, key: str | None = None) -> str:
     """Memoise a hash already computed (a download is hashed as `.part`, then renamed: the rename
     keeps size and mtime, so its first use need not read the whole file again)."""
     path = Path(path).resolve()
     if key is None:
         stat = path.stat()
         key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    memo = _read_json(_memo_path()) if memo is None else memo
-    memo = {k: v for k, v in memo.items() if not k.startswith(f"{path}|")}
-    memo[key] = digest
-    _write_json(_memo_path(), memo)
+
+    def change(memo: dict) -> None:
+        for old in [k for k in memo if k.startswith(f"{path}|")]:
+            del memo[old]
+        memo[key] = digest
+
+    _update_json(_memo_path(), change)
     return digest
 
 
@@ -128,9 +144,7 @@ def expected_sha256(entry: WeightsEntry) -> str:
 
 def _record_sha256(entry: WeightsEntry, digest: str) -> None:
     if not entry.sha256:
-        recorded = _read_json(_recorded_path())
-        recorded[entry.name] = digest
-        _write_json(_recorded_path(), recorded)
+        _update_json(_recorded_path(), lambda recorded: recorded.update({entry.name: digest}))
 
 
 def check_file(entry: WeightsEntry, path: Path) -> None:
