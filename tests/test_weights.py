@@ -544,3 +544,18 @@ def test_an_empty_state_saves_and_loads(tmp_path, metadata):
     from facerestore.weights.checkpoint import save_safetensors
 
     assert load_file(save_safetensors({}, tmp_path / "empty.safetensors", metadata)) == {}
+
+
+def test_a_download_a_command_starts_says_so_on_stderr(tiny_file, use_entry, server, monkeypatch, capsys):
+    """A first use downloads without `weights pull`'s bar: one line says what, how big and where,
+    so hundreds of MB do not look like a hang (and a log shows where the time went)."""
+    RangeHandler.payload = tiny_file.read_bytes()
+    RangeHandler.honour_range = True
+    use_entry(entry_for(tiny_file, urls=(server,)))
+    monkeypatch.setenv("FACERESTORE_OFFLINE", "0")
+    store.resolve("tiny")
+    kb = round(tiny_file.stat().st_size / 1e3)
+    assert capsys.readouterr().err == (f"downloading tiny.pth ({kb} kB) into {store.cache_dir()} (first use; "
+                                       "`facerestore weights pull tiny` fetches it ahead of time)\n")
+    store.resolve("tiny")  # found: nothing to say
+    assert capsys.readouterr().err == ""

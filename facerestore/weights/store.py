@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import shutil
 import tempfile
 import urllib.error
@@ -368,7 +369,31 @@ def download(entry: WeightsEntry, *, progress: Progress | None = None, timeout: 
     _make_folder(target.parent)
     with exclusive(target, f"downloading {entry.filename} into {target.parent}"):
         done = _good_in_cache(entry, target)
-        return done if done is not None else _download_locked(entry, target, progress, timeout)
+        return done if done is not None else _download_locked(entry, target, progress or _told_progress(entry, target), timeout)
+
+
+def _amount(size: int) -> str:
+    return f"{size / 1e6:.0f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+
+
+def _told_progress(entry: WeightsEntry, target: Path) -> Progress:
+    """What a download started by a command (not `weights pull`, which draws a bar) says on stderr:
+    a first use of CodeFormer fetches 377 MB, which must not look like a hang. One line when it
+    starts; on a terminal, the share done, rewritten in place."""
+    size = f" ({_amount(entry.size)})" if entry.size else ""
+    print(f"downloading {entry.filename}{size} into {target.parent} (first use; `facerestore weights pull {entry.name}` "
+          "fetches it ahead of time)", file=sys.stderr, flush=True)
+    if not sys.stderr.isatty():
+        return lambda done, total: None
+    shown = [-1]
+
+    def show(done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else -1
+        if total and percent != shown[0]:
+            shown[0] = percent
+            print(f"\r  {_amount(done)} of {_amount(total)} ({percent}%)", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+
+    return show
 
 
 def _good_in_cache(entry: WeightsEntry, target: Path) -> Path | None:
