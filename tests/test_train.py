@@ -157,6 +157,78 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(faces, tmp_path):
     assert log_losses(tmp_path / "stopped") == [loss for _, loss in straight.losses]
 
 
+def test_a_run_or_a_resume_into_a_run_folder_in_use_is_refused_before_it_writes(faces, tmp_path):
+    """Two runs (or a run and a --resume of it) into one folder both wrote its log, checkpoints and model."""
+    from facerestore.training.out_lock import LOCK_NAME, output_lock
+    from test_out_lock import hold_in_another_process
+
+    run = tmp_path / "run"
+    train(config(faces, run, steps=1), unet=MICRO)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    in_use = f"{run} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out"
+    with output_lock(run):
+        for resume in (True, False):  # the lock comes before the checks of what the folder holds: no "already holds a training run"
+            with pytest.raises(UsageError) as refused:
+                train(config(faces, run, steps=2), unet=MICRO, resume=resume)
+            assert refused.value.exit_code == 2 and refused.value.one_line() == in_use
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing written, the lock file gone
+    holder = hold_in_another_process(run)
+    try:
+        resumed = cli("--out", run, "--resume", "--steps", "2", "--workers", "0", "-q")
+        fresh = cli(faces, "--out", tmp_path / "other", "--size", "32", "--model", "tiny", "--steps", "1", "--workers", "0", "-q")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert resumed.exit_code == 2
+    assert resumed.output.strip() == f"error: {run} is being written by another run (pid {holder.pid}); wait for it to end, or choose another --out"
+    assert fresh.exit_code == 0, fresh.output  # another folder is free
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != LOCK_NAME} == before
+    assert cli("--out", run, "--resume", "--steps", "2", "--workers", "0", "-q").exit_code == 0  # the lock of the killed holder is taken over
+    assert len(log_losses(run)) == 2 and not (run / LOCK_NAME).exists()
+
+
+def test_train_holds_its_lock_through_the_save_ctrl_c_asks_for_and_releases_it_however_it_ends(faces, tmp_path, monkeypatch):
+    from facerestore.training import trainer
+    from facerestore.training.out_lock import LOCK_NAME, assert_free
+
+    def held(run: Path) -> bool:
+        try:
+            assert_free(run)
+        except UsageError:
+            return True
+        return False
+
+    saves: list[tuple[int, bool]] = []
+    save = trainer._save
+
+    def watched(run, step, *args):
+        saves.append((step, held(run)))
+        save(run, step, *args)
+
+    monkeypatch.setattr(trainer, "_save", watched)
+
+    def interrupt_at_2(report):
+        if report.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the step ends and is saved under the lock, then it stops
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(faces, run, steps=3, save_every=100), unet=MICRO, on_step=interrupt_at_2)
+    assert saves == [(2, True)] and not held(run) and not (run / LOCK_NAME).exists()
+
+    def crash(report):
+        raise Crash
+
+    with pytest.raises(Crash):
+        train(config(faces, run, steps=3, save_every=100), unet=MICRO, resume=True, on_step=crash)
+    assert not held(run) and not (run / LOCK_NAME).exists()
+    train(config(faces, run, steps=3, save_every=100), unet=MICRO, resume=True)
+    assert saves[-1] == (3, True) and not held(run) and not (run / LOCK_NAME).exists()
+    with pytest.raises(UsageError, match="nothing to resume"):  # refused after the lock made the folder: none is left behind
+        train(config(faces, tmp_path / "new", steps=3), unet=MICRO, resume=True)
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_time_limit_stops_at_a_step_end_with_a_checkpoint_and_resumes_exactly(faces, tmp_path):
     straight = train(config(faces, tmp_path / "straight", steps=3, save_every=100), unet=MICRO)
     notes: list[str] = []

@@ -120,3 +120,20 @@ def test_an_error_on_every_rank_or_on_rank_0_alone_stops_all_ranks_with_its_code
     (tmp_path / "r4" / "checkpoints").write_text("a file where the checkpoints folder goes")  # as a full disk at the first save
     done = torchrun(["train", data, "--out", tmp_path / "r4", *ARGS], tmp_path)
     assert_all_ranks_stopped_with(done, 1, "cannot write checkpoint")
+
+
+@pytest.mark.slow
+def test_torchrun_into_a_run_folder_in_use_is_refused_and_writes_nothing(tmp_path):
+    """Rank 0 speaks for the run's lock (training/out_lock); a second run's rank 0 is refused (exit 2) and its rank 1 writes nothing."""
+    from facerestore.training.out_lock import output_lock
+
+    data, run = tmp_path / "faces", tmp_path / "run"
+    for i in range(4):
+        write_image(data / f"{i}.png", face(i))
+    with output_lock(run):
+        done = torchrun(["train", data, "--out", run, *ARGS], tmp_path)
+        assert sorted(p.name for p in run.rglob("*")) == [".facerestore.lock"]
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {run} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out"], done.stderr
+    # torchrun's report: rank 0 exits 2; rank 1 exits 2 too, unless torchrun's SIGTERM reaches it first
+    assert done.returncode != 0 and "rank      : 0 (local_rank: 0)\n  exitcode  : 2 " in done.stderr, done.stderr

@@ -1,4 +1,5 @@
-"""One run at a time per output folder: the lock `degrade` and `clean-dataset` hold while they write.
+"""One run at a time per output folder: the lock `degrade`, `clean-dataset`, `train`, `finetune` and
+`finetune pseudo-targets` hold while they write.
 
 Two runs into one --out would both write the same files and manifests, and the temp-file cleanup at
 the start of one would delete the temp files the other is writing. So a run holds OUT/.facerestore.lock
@@ -11,6 +12,13 @@ Under torchrun the ranks of one run share the lock: rank 0 holds it (`hold=d.mai
 ranks write only after a barrier that follows it, so a second run's rank 0 is refused and its other
 ranks stop at that barrier without writing. Where the file system cannot lock (some network or FUSE
 mounts) or there is no fcntl (Windows), the run goes on unlocked after saying so.
+
+The folders the lock made for its file are removed again at its end while they are empty, so a run
+refused by a later check (a bad option, nothing to resume) leaves no empty --out behind.
+`assert_free` only looks: the commands whose option checks read the folder (`train --resume`,
+`finetune`) call it first, so a second run is told that the folder is in use, not that it holds a
+run already or nothing to resume. (It takes a shared lock for an instant: a run starting into the
+folder at that very instant is refused, as it would be by the run that looks.)
 """
 
 from __future__ import annotations
@@ -37,12 +45,56 @@ def output_lock(out: Path, *, hold: bool = True, on_message: Callable[[str], Non
     """Hold `out`'s lock for the body (released at its end, on an error and on Ctrl-C alike); a
     folder another live run holds is a UsageError naming it and that run's pid. `hold=False` (torchrun
     ranks other than 0) takes nothing."""
-    held = _acquire(Path(out), on_message) if hold else None
+    out = Path(out)
+    made = _missing(out) if hold else []
     try:
-        yield
+        held = _acquire(out, on_message) if hold else None
+        try:
+            yield
+        finally:
+            if held is not None:
+                _release(*held)
     finally:
-        if held is not None:
-            _release(*held)
+        for folder in made:  # deepest first; the first that is not empty (or cannot go) stops it
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def assert_free(out: Path) -> None:
+    """A UsageError, the one `output_lock` raises, while another live run holds `out`'s lock; takes
+    nothing. Call it before checks that read what a run in `out` writes (only where no rank of this
+    run can hold the lock yet: under torchrun, on rank 0 before `output_lock`)."""
+    if fcntl is None:
+        return
+    path = Path(out) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file (or none readable): no run holds it, or `output_lock` will say why
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(Path(out), _holder(fd)) from None
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # closing drops the shared lock, if taken
+
+
+def _missing(out: Path) -> list[Path]:
+    """`out` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _in_use(out: Path, holder: dict) -> UsageError:
+    return UsageError(f"{out} is being written by another run ({_describe(holder)})", hint="wait for it to end, or choose another --out")
 
 
 def _acquire(out: Path, on_message: Callable[[str], None] | None) -> tuple[int, Path] | None:
@@ -63,8 +115,7 @@ def _acquire(out: Path, on_message: Callable[[str], None] | None) -> tuple[int, 
             except BlockingIOError:
                 holder = _holder(fd)
                 os.close(fd)
-                raise UsageError(f"{out} is being written by another run ({_describe(holder)})",
-                                 hint="wait for it to end, or choose another --out") from None
+                raise _in_use(out, holder) from None
             except OSError as exc:  # this file system has no locks
                 os.close(fd)
                 note(f"cannot lock {out} ({exc.strerror or exc}); make sure no other run writes into it")

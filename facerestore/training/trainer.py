@@ -17,6 +17,9 @@ Resume. `--resume` continues from the newest complete checkpoint with exactly th
 uninterrupted run would have: weights, EMA, Adam moments and step, the AMP scaler, and the sample
 counter from which the data order, degradations, diffusion noise and global RNGs are derived (they
 are keyed by counters, `training.seeds`). The recipe must not change; --steps may grow.
+One run at a time writes into RUN_DIR: a run holds its lock (`training.out_lock`) from before it
+looks at what the folder holds to its end, so a second run or a `--resume` of a live one is refused
+with one line naming the folder and the pid of the run that holds it.
 
 Time limit. `--time-limit` (a lease, a scheduler's wall time) ends the run at the first step end
 after which one more step would overrun it, counted from the start of `train`; that step is
@@ -65,6 +68,7 @@ from facerestore.training.checkpoints import (
 from facerestore.training.data import FaceDataset, StepBatches, check_global_batch, load_file_list, min_side_for, save_file_list, scan_faces
 from facerestore.training.degradations import PRESETS as DEGRADATIONS, preset
 from facerestore.training.loop import StopAtStepEnd, reseed, truncate_log
+from facerestore.training.out_lock import assert_free, output_lock
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.training.validation import ValFace, describe, load_val_faces, validate
 from facerestore.weights.checkpoint import load_strict
@@ -161,6 +165,8 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
     """
     out = Path(out)
     assert_output_folder(out)
+    if distributed.launched_rank() == 0:  # a run writing there now: say so, not "nothing to resume" (training/out_lock)
+        assert_free(out)
     given = {k: v for k, v in given.items() if v is not None}
     for key in ("data", "targets"):
         if key in given:
@@ -295,7 +301,25 @@ def train(
     # before anything is written: a run folder records its batch size, and a resume keeps it
     check_global_batch(config.batch_size, distributed.world_size(), resume=resume)
     with distributed.process_group(config.device) as d:
-        return _train(config, d, resume=resume, unet=unet, on_step=on_step, on_message=on_message)
+        _check_apart(config)
+        # one run at a time in the run folder (training/out_lock), held by rank 0 from before the checks
+        # of what the folder holds to the end, through the save a Ctrl-C asks for; the other ranks pass
+        # the barrier only once rank 0 holds it, so a refused run's ranks write nothing
+        with output_lock(Path(config.out), hold=d.main, on_message=on_message if d.main else None):
+            distributed.barrier(d)
+            return _train(config, d, resume=resume, unet=unet, on_step=on_step, on_message=on_message)
+
+
+def _check_apart(config: TrainConfig) -> None:
+    """The run writes RUN/val/step_N.png, RUN/checkpoints/, logs: a run folder at, inside or above a data
+    or --val folder could put them among the faces (RUN/val is --val: the grids become validation faces
+    on the next --resume), and a new run would train on them. Checked before the lock, which is a file
+    in the run folder."""
+    run = Path(config.out)
+    for folder in (*config.data, *config.targets):
+        assert_apart(run, Path(folder), f"the training data {folder}", hint="write the run to a folder that neither is, lies inside nor holds the data")
+    if config.val:
+        assert_apart(run, Path(config.val), f"the validation faces {config.val}", hint="write the run to a folder that neither is, lies inside nor holds --val")
 
 
 def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNetConfig | None,
@@ -311,13 +335,6 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         raise UsageError(f"{run} already holds a training run (checkpoint {existing.name})", hint="pass --resume to continue it, or choose another --out")
     if not resume and (run / "config.json").exists():  # a run stopped before its first checkpoint, or someone's own file
         raise UsageError(f"{run} already holds a config.json", hint="pass --resume to continue that run, or choose another --out")
-    # the run writes RUN/val/step_N.png, RUN/checkpoints/, logs: a run folder at, inside or above a data or
-    # --val folder could put them among the faces (RUN/val is --val: the grids become validation faces on
-    # the next --resume), and a new run would train on them
-    for folder in (*config.data, *config.targets):
-        assert_apart(run, Path(folder), f"the training data {folder}", hint="write the run to a folder that neither is, lies inside nor holds the data")
-    if config.val:
-        assert_apart(run, Path(config.val), f"the validation faces {config.val}", hint="write the run to a folder that neither is, lies inside nor holds --val")
     if resume and existing is None and not (run / "config.json").is_file():
         raise UsageError(f"nothing to resume in {run}: no checkpoint and no config.json", hint="start the run without --resume")
 
