@@ -8,6 +8,7 @@ import inspect
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -466,6 +467,89 @@ def test_run_with_truncated_faces_skips_them_in_every_stage(tmp_path, weights):
     resumed = run("finetune", "--out", out, "--resume", "--steps", "3", "--workers", "0", "--device", "cpu", "-q")
     assert resumed.exit_code == 0, resumed.output
     assert "fine-tuned codeformer: step 3 of 3" in resumed.output
+
+
+def _held(out: Path) -> bool:
+    from facerestore.training.out_lock import assert_free
+
+    try:
+        assert_free(out)
+    except UsageError:
+        return True
+    return False
+
+
+def _tiny_config(lq: Path, out: Path, weights, resume: bool = False, **changes):
+    from facerestore.training.finetune.run import resolve_config
+
+    options = dict(lq=lq, base_weights=weights["codeformer"], prior_weights=weights["prior"], size=64, k=16, l=8, n=8, holdout="2", steps=2,
+                   batch_size=2, save_every=100, workers=0, device="cpu")
+    return resolve_config(out, resume=resume, **(({} if resume else options) | changes))
+
+
+def test_a_run_or_a_resume_into_a_run_folder_in_use_is_refused_before_it_writes(tmp_path, weights, lq):
+    """Two runs (or a run and a --resume of it) into one RUN both wrote its targets, log, checkpoints and weights."""
+    from test_out_lock import hold_in_another_process
+
+    from facerestore.training.finetune.run import finetune_unpaired
+    from facerestore.training.out_lock import LOCK_NAME, output_lock
+
+    out = tmp_path / "run"
+    assert run(*tiny_run_args(lq, out, weights)).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with output_lock(out):  # the lock itself, past the look resolve_config takes
+        with pytest.raises(UsageError) as refused:
+            finetune_unpaired(_tiny_config(lq, out, weights, resume=True, steps=3), resume=True)
+        assert refused.value.exit_code == 2
+        assert refused.value.one_line() == f"{out} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    holder = hold_in_another_process(out)
+    try:
+        again = run(*tiny_run_args(lq, out, weights))  # not "already holds a fine-tuning run; pass --resume"
+        resumed = run("finetune", "--out", out, "--resume", "--steps", "3", "--workers", "0", "--device", "cpu", "-q")
+    finally:
+        holder.kill()
+        holder.wait()
+    in_use = f"{out} is being written by another run (pid {holder.pid})"
+    assert one_line_error(again, 2) == f"error: {in_use}; wait for it to end, or choose another --out"
+    assert one_line_error(resumed, 2) == f"error: {in_use}; wait for it to end, or choose another --out"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != LOCK_NAME} == before
+    resumed = run("finetune", "--out", out, "--resume", "--steps", "3", "--workers", "0", "--device", "cpu", "-q")  # the killed holder's lock is taken over
+    assert resumed.exit_code == 0, resumed.output
+    assert "step 3 of 3" in resumed.output and not (out / LOCK_NAME).exists()
+
+
+def test_finetune_holds_its_lock_through_the_save_ctrl_c_asks_for_and_releases_it_however_it_ends(tmp_path, weights, lq, monkeypatch):
+    from facerestore.training.finetune import trainer
+    from facerestore.training.finetune.run import finetune_unpaired
+    from facerestore.training.out_lock import LOCK_NAME
+
+    out = tmp_path / "run"
+    saves: list[tuple[int, bool]] = []
+    save = trainer.save_checkpoint
+
+    def watched(run_dir, step, **kwargs):
+        saves.append((step, _held(run_dir)))
+        save(run_dir, step, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", watched)
+
+    def interrupt_at_1(report):
+        if report.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the step ends and is saved under the lock, then it stops
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune_unpaired(_tiny_config(lq, out, weights), on_step=interrupt_at_1)
+    assert saves == [(1, True)] and not _held(out) and not (out / LOCK_NAME).exists()
+
+    def crash(report):
+        raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        finetune_unpaired(_tiny_config(lq, out, weights, resume=True), resume=True, on_step=crash)
+    assert not _held(out) and not (out / LOCK_NAME).exists()
+    finetune_unpaired(_tiny_config(lq, out, weights, resume=True), resume=True)
+    assert saves[-1] == (2, True) and not _held(out) and not (out / LOCK_NAME).exists()
 
 
 def test_resume_remakes_a_deleted_pseudo_target(tmp_path, weights, lq):

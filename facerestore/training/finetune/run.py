@@ -16,6 +16,10 @@ manifest), training continues from its newest checkpoint exactly, and the report
 A face that passed the header-only scan but fails to decode (a truncated file) is skipped and
 counted in every stage: it gets no pseudo-target and no pair, and the report leaves it out.
 
+One run at a time writes into RUN: a run holds RUN/.facerestore.lock (`training.out_lock`) from before
+it looks at what RUN holds to its end, so a second run or a `--resume` of a live one is refused with
+one line naming the folder and the pid of the run that holds it.
+
 The held-out faces are chosen by a keyed hash of their relative paths (`--seed`), so the split does
 not depend on file order, and they never reach stage 1 or 2.
 """
@@ -57,6 +61,7 @@ from facerestore.training.finetune.pseudo_targets import (
 )
 from facerestore.training.finetune.report import ReportResult, write_report
 from facerestore.training.finetune.trainer import StepReport, TrainSettings, milestones_for, train_pairs
+from facerestore.training.out_lock import assert_free, output_lock
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.plural import counted, verb
 
@@ -163,6 +168,8 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
     """The run's config from the options given (None = not given); `--resume` starts from RUN/config.json."""
     out = Path(out)
     assert_output_folder(out)
+    if distributed.launched_rank() == 0:  # a run writing there now: say so, not "already holds a run" (training/out_lock)
+        assert_free(out)
     given = {k: v for k, v in given.items() if v is not None}
     for key in ("lq", "real"):
         if key in given:
@@ -304,14 +311,26 @@ def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, 
 
 
 def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Reporter, on_step) -> FinetuneResult:
+    run = Path(config.out)
+    # before the lock, whose file goes in RUN
+    assert_apart(run, Path(config.lq), f"the input folder {config.lq}", hint="write the run to a folder that neither is, lies inside nor holds the --unpaired folder")
+    if config.real:
+        assert_apart(run, Path(config.real), f"the --real folder {config.real}", hint="write the run to a folder that neither is, lies inside nor holds --real")
+    # one run at a time in RUN (training/out_lock), held by rank 0 from before the checks of what RUN
+    # holds to the end of stage 3, through the save a Ctrl-C asks for; the other ranks pass the
+    # barrier only once rank 0 holds it, so a refused run's ranks write nothing
+    with output_lock(run, hold=d.main, on_message=reporter.message if d.main else None):
+        distributed.barrier(d)
+        return _run_locked(config, d, resume, reporter, on_step)
+
+
+def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Reporter, on_step) -> FinetuneResult:
+    """The three stages, under RUN's lock."""
     def message(text: str) -> None:
         if d.main:
             reporter.message(text)
 
     run = Path(config.out)
-    assert_apart(run, Path(config.lq), f"the input folder {config.lq}", hint="write the run to a folder that neither is, lies inside nor holds the --unpaired folder")
-    if config.real:
-        assert_apart(run, Path(config.real), f"the --real folder {config.real}", hint="write the run to a folder that neither is, lies inside nor holds --real")
     plan, base, real, real_note = _check_options(config)
     files_path = run / "files.json"
     if resume and files_path.is_file():
