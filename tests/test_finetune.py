@@ -420,6 +420,41 @@ def test_a_deleted_or_replaced_target_is_made_again_on_a_rerun(lq, weights, tmp_
     assert (third.done, third.skipped) == (1, 3)
 
 
+def test_a_second_run_into_a_folder_in_use_is_refused_and_leaves_the_first_runs_temp_files(lq, weights, tmp_path, monkeypatch):
+    """Both runs wrote, and the second one's cleanup deleted the temp file the first was writing."""
+    import os
+
+    from facerestore.image_io import temp_prefix
+    from facerestore.training.out_lock import LOCK_NAME, output_lock
+
+    out = tmp_path / "pt"
+    generate_pseudo_targets(_pseudo_options(lq, out, weights, limit=2))
+    (out / "targets" / "a" / "01.png").unlink()  # to be made again: its temp files are cleaned up first
+    live = out / "targets" / "a" / f"{temp_prefix(out / 'targets' / 'a' / '01.png')}k3x9q2zw.tmp"  # what the running one is writing
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with output_lock(out):
+        live.write_bytes(b"half written")
+        with pytest.raises(UsageError) as refused:
+            generate_pseudo_targets(_pseudo_options(lq, out, weights, limit=2))
+        assert live.read_bytes() == b"half written"
+    assert refused.value.exit_code == 2
+    assert refused.value.one_line() == f"{out} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p != live} == before  # nothing written, the lock file gone
+    live.unlink()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    from facerestore.training.finetune import pseudo_targets
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pseudo_targets, "constrained_denoise", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            generate_pseudo_targets(_pseudo_options(lq, out, weights, limit=2))
+    assert not (out / LOCK_NAME).exists()  # released on Ctrl-C, and at a normal end:
+    assert generate_pseudo_targets(_pseudo_options(lq, out, weights, limit=2)).done == 1 and not (out / LOCK_NAME).exists()
+
+
 def test_a_weights_file_changed_in_place_with_the_same_size_is_not_mixed_into_the_targets(lq, weights, tmp_path):
     """settings.json records each weights file's sha256: another checkpoint of the same size under the
     same path is refused; a settings.json from before (no sha256) is still resumable."""

@@ -46,7 +46,9 @@ Files (`OUT` is the `--out` folder, or `RUN/pseudo` for `facerestore finetune --
                                 sha256, is refused) and
                                 done-rank<R>.jsonl (one line per finished target with its size, fsynced)
 
-Every image is written atomically; a rerun skips every target listed as done whose file is still
+One run at a time writes into OUT: a run holds OUT/.facerestore.lock (`training.out_lock`) from before
+its temp cleanup to its end, so a second one is refused and never takes the first one's live temp
+files for stale ones. Every image is written atomically; a rerun skips every target listed as done whose file is still
 there with the size listed (a deleted or replaced target is made again). An input that
 passed the header-only scan but fails to decode (a truncated file) is skipped and counted, never
 listed as done, so a rerun tries it again (after the user re-copied it, say).
@@ -78,6 +80,7 @@ from facerestore.errors import BadImage, UsageError
 from facerestore.image_io import assert_apart, assert_output_folder, remove_stale_temps, resize
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, manifest_records, open_manifest, read_settings
+from facerestore.training.out_lock import output_lock
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.plural import counted, verb
 
@@ -576,9 +579,18 @@ def generate_pseudo_targets(options: PseudoTargetOptions, *, reporter: Reporter 
 
 def _generate(options: PseudoTargetOptions, d: distributed.Dist, reporter: Reporter, prepared: PreparedStage | None) -> PseudoTargetSummary:
     clock = time.perf_counter()
+    device = d.device if d.active else torch.device(_device_name(options.device))
+    # one run at a time into out (training/out_lock), held by rank 0 for the whole stage: another run's
+    # live temp files are not stale ones. The other ranks write nothing before the barrier after check_settings
+    with output_lock(Path(options.out), hold=d.main, on_message=reporter.message if d.main else None):
+        return _generate_locked(options, d, reporter, prepared, device, clock)
+
+
+def _generate_locked(options: PseudoTargetOptions, d: distributed.Dist, reporter: Reporter, prepared: PreparedStage | None,
+                     device: torch.device, clock: float) -> PseudoTargetSummary:
+    """The stage, under out's lock: settings, cleanup, base outputs, targets, the contact sheet."""
     from facerestore.methods.difface import face_generators
 
-    device = d.device if d.active else torch.device(_device_name(options.device))
     if prepared is None:
         prepared = prepare(options, str(device))
     plan, faces = prepared.plan, prepared.faces
