@@ -12,6 +12,7 @@ arithmetic over the full 150 calls, which does not depend on the network.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -453,6 +454,61 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_leaves_the_first_runs_
             generate_pseudo_targets(_pseudo_options(lq, out, weights, limit=2))
     assert not (out / LOCK_NAME).exists()  # released on Ctrl-C, and at a normal end:
     assert generate_pseudo_targets(_pseudo_options(lq, out, weights, limit=2)).done == 1 and not (out / LOCK_NAME).exists()
+
+
+def replace(path: Path, image: np.ndarray) -> None:
+    """Another image at the same path, its mtime surely another (file times may be coarser than a test)."""
+    stamp = path.stat().st_mtime_ns
+    write_image(path, image)
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+
+
+def test_an_input_replaced_at_the_same_path_gets_a_new_pseudo_target_on_a_rerun(lq, weights, tmp_path):
+    """A rerun kept the target (and the base output) of the old image as done; only the target's size was checked."""
+    import hashlib
+    import shutil
+
+    src = tmp_path / "lq"
+    shutil.copytree(lq, src)
+    out = tmp_path / "pt"
+    generate_pseudo_targets(_pseudo_options(src, out, weights, limit=4))
+    rels = ["a/00.png", "a/01.png", "a/02.png", "a/03.png"]
+    stamps = {rel: (out / "targets" / rel).stat().st_mtime_ns for rel in rels}
+    replace(src / "a" / "01.png", face(9, 72))
+    stages = []
+    again = generate_pseudo_targets(_pseudo_options(src, out, weights, limit=4), reporter=Reporter(on_stage=lambda name, total: stages.append((name, total))))
+    assert (again.done, again.skipped, again.changed) == (1, 3, 1)
+    assert stages == [("base outputs (codeformer)", 1), ("pseudo-targets (diffusion prior)", 1)]  # its base output is redone too
+    fresh = tmp_path / "fresh"
+    generate_pseudo_targets(_pseudo_options(src, fresh, weights, limit=4))
+    for rel in ("base/a/01.png", "targets/a/01.png"):
+        assert (out / rel).read_bytes() == (fresh / rel).read_bytes(), rel
+    assert all((out / "targets" / rel).stat().st_mtime_ns == stamps[rel] for rel in rels if rel != "a/01.png")
+    last = json.loads((out / ".facerestore-pseudo" / "done-rank0.jsonl").read_text().splitlines()[-1])
+    data = (src / "a" / "01.png").read_bytes()
+    assert (last["path"], last["source_size"], last["source_sha256"]) == ("a/01.png", len(data), hashlib.sha256(data).hexdigest())
+    stamp = (src / "a" / "00.jpg").stat().st_mtime_ns
+    os.utime(src / "a" / "00.jpg", ns=(stamp + 10**9, stamp + 10**9))  # touched, same image: not redone
+    touched = generate_pseudo_targets(_pseudo_options(src, out, weights, limit=4))
+    assert (touched.done, touched.skipped, touched.changed) == (0, 4, 0)
+
+    # replaced after its base output was made but before its target: the base output is not reused
+    def on_advance(amount):
+        if stage["name"].startswith("pseudo-targets"):
+            raise Interrupt  # after the first batch of targets (a/00, a/01); a/02 and a/03 have base outputs only
+
+    stage = {}
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupt):
+        generate_pseudo_targets(_pseudo_options(src, cut, weights, limit=4), reporter=Reporter(on_stage=lambda name, total: stage.update(name=name), on_advance=on_advance))
+    replace(src / "a" / "03.png", face(11, 72))
+    stages = []
+    resumed = generate_pseudo_targets(_pseudo_options(src, cut, weights, limit=4), reporter=Reporter(on_stage=lambda name, total: stages.append((name, total))))
+    assert (resumed.done, resumed.skipped, resumed.changed) == (2, 2, 0)  # never listed as done: nothing to redo, only a stale base output
+    assert stages == [("base outputs (codeformer)", 1), ("pseudo-targets (diffusion prior)", 2)]
+    generate_pseudo_targets(_pseudo_options(src, fresh, weights, limit=4))
+    for rel in ("base/a/03.png", "targets/a/03.png", "targets/a/02.png"):
+        assert (cut / rel).read_bytes() == (fresh / rel).read_bytes(), rel
 
 
 def test_a_weights_file_changed_in_place_with_the_same_size_is_not_mixed_into_the_targets(lq, weights, tmp_path):

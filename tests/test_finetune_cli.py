@@ -564,6 +564,30 @@ def test_resume_remakes_a_deleted_pseudo_target(tmp_path, weights, lq):
     assert target.read_bytes() == data
 
 
+def test_resume_makes_a_new_pseudo_target_for_an_input_replaced_at_the_same_path(tmp_path, weights, lq):
+    """--resume said 'all done already' and fine-tuned on the target of the old image."""
+    import shutil
+
+    from test_finetune import replace
+
+    from facerestore.training.finetune.pseudo_targets import target_name
+
+    src = tmp_path / "lq"
+    shutil.copytree(lq, src)
+    out = tmp_path / "run"
+    assert run(*tiny_run_args(src, out, weights)).exit_code == 0
+    rel = json.loads((out / "files.json").read_text())["train"][0]
+    target = out / "pseudo" / "targets" / target_name(rel)
+    data = target.read_bytes()
+    replace(src / rel, face(9, read_image(src / rel).height))
+    resumed = run("finetune", "--out", out, "--resume", "--steps", "3", "--workers", "0", "--device", "cpu")
+    assert resumed.exit_code == 0, resumed.output
+    assert "pseudo-targets: 1 made (1 changed input redone), 3 already done" in resumed.output
+    assert target.read_bytes() != data and "fine-tuned codeformer: step 3 of 3" in resumed.output
+    again = run("finetune", "--out", out, "--resume", "--steps", "4", "--workers", "0", "--device", "cpu")
+    assert "pseudo-targets: all 4 done already" in again.output
+
+
 def test_pseudo_targets_command_counts_a_truncated_face(tmp_path, weights):
     cut = shared.lq_cut.__wrapped__(tmp_path_factory=_Factory(tmp_path))
     result = run("finetune", "pseudo-targets", cut, "--out", tmp_path / "pt", "--base-weights", weights["codeformer"], "--prior-weights", weights["prior"],
@@ -671,7 +695,7 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, weights, lq):
     for target in (single / "pseudo" / "targets").rglob("*.png"):
         assert target.read_bytes() == (ddp / target.relative_to(single)).read_bytes()
     assert len(list((ddp / "pseudo" / ".facerestore-pseudo").glob("done-rank*.jsonl"))) == 2
-    files = lambda run: sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file() and "done-rank" not in p.name)
+    files = lambda run: sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file() and "done-rank" not in p.name and "base-rank" not in p.name)
     assert files(ddp) == files(single)
 
 

@@ -230,6 +230,7 @@ def pseudo_targets_command(
     bars.stop()
     if main:
         unreadable = f", {summary.unreadable} could not be decoded (skipped)" if summary.unreadable else ""
-        err.print(f"{summary.done} pseudo-targets made, {summary.skipped} already done{unreadable}, {summary.total} in all ({summary.scan}); "
+        redone = f" ({counted(summary.changed, 'changed input')} redone)" if summary.changed else ""
+        err.print(f"{summary.done} pseudo-targets made{redone}, {summary.skipped} already done{unreadable}, {summary.total} in all ({summary.scan}); "
                   f"{summary.seconds_per_face:.2f} s per face in the prior; {summary.plan}", markup=False)
         out.print(f"targets: {out_dir / 'targets'}; contact sheet: {summary.sheet}", markup=False)

@@ -40,22 +40,29 @@ Where we differ from the code, on purpose:
 Files (`OUT` is the `--out` folder, or `RUN/pseudo` for `facerestore finetune --unpaired`):
 
     OUT/targets/<rel>.png       the pseudo-targets, 8-bit PNG at S, under the inputs' relative paths
-    OUT/base/<rel>.png          the base model's outputs y0 (8-bit PNG at S), reused on resume
+    OUT/base/<rel>.png          the base model's outputs y0 (8-bit PNG at S), reused on resume while
+                                their input is unchanged
     OUT/contact_sheet.png       input | base output | pseudo-target, one row per face (first rows)
     OUT/.facerestore-pseudo/    settings.json (a rerun with other settings, or other weights files by
-                                sha256, is refused) and
+                                sha256, is refused),
                                 done-rank<R>.jsonl (one line per finished target with its size, fsynced)
+                                and base-rank<R>.jsonl (one line per base output with its size)
 
 One run at a time writes into OUT: a run holds OUT/.facerestore.lock (`training.out_lock`) from before
 its temp cleanup to its end, so a second one is refused and never takes the first one's live temp
 files for stale ones. Every image is written atomically; a rerun skips every target listed as done whose file is still
-there with the size listed (a deleted or replaced target is made again). An input that
+there with the size listed (a deleted or replaced target is made again). Each line also keeps the
+size, mtime and sha256 of its input (`training.loop.source_fingerprint`, taken before the input is
+read): an input replaced by another image at the same path since is done again, base output and
+target, both removed first (lines written before inputs were recorded are trusted); a base output
+is reused only while its own line describes the input as it is now. An input that
 passed the header-only scan but fails to decode (a truncated file) is skipped and counted, never
 listed as done, so a rerun tries it again (after the user re-copied it, say).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -79,7 +86,7 @@ from facerestore.diffusion import (
 from facerestore.errors import BadImage, UsageError
 from facerestore.image_io import assert_apart, assert_output_folder, remove_stale_temps, resize
 from facerestore.training import distributed
-from facerestore.training.loop import check_settings, manifest_records, open_manifest, read_settings
+from facerestore.training.loop import SOURCE_KEYS, check_settings, manifest_records, open_manifest, read_settings, source_changed, source_fingerprint, source_stat
 from facerestore.training.out_lock import output_lock
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.plural import counted, verb
@@ -405,6 +412,7 @@ class PseudoTargetSummary:
     scan: str = ""
     unreadable: int = 0  # inputs that failed to decode: skipped (all ranks), tried again on a rerun
     unreadable_first: str = ""  # why the first of them on this rank failed
+    changed: int = 0  # done before, redone by this run because their input changed since (all ranks; counted in done or unreadable)
 
 
 @dataclass
@@ -501,29 +509,70 @@ def as_recorded(settings: dict, state: Path) -> dict:
     return strip(settings, recorded)
 
 
-def read_done(state: Path) -> set[str]:
+def read_done(state: Path, faces: Sequence[InputFace] | None = None) -> set[str]:
     """Relative input paths listed as done, over every rank's manifest (lines cut by a kill ignored),
     whose target file is still in OUT/targets with the size the line records (manifests written
     before sizes were recorded: present is enough). The manifest alone is not trusted: a target
-    deleted or replaced since would otherwise never be remade, and the contact sheet would fail on it."""
-    listed: dict[str, list[tuple[str, int | None]]] = {}
-    for manifest in sorted(state.glob("done-rank*.jsonl")):
-        for entry in manifest_records(manifest):
-            try:
-                rel = str(entry["path"])
-                size = entry.get("bytes")
-                listed.setdefault(rel, []).append((str(entry.get("target") or target_name(rel)), None if size is None else int(size)))
-            except (KeyError, TypeError, ValueError):
-                continue
+    deleted or replaced since would otherwise never be remade, and the contact sheet would fail on it.
+    With `faces`, the line must also describe the face's input as it is now: an input replaced at the
+    same path since its target was made is not done (`training.loop.source_changed`)."""
+    inputs = {f.rel: f.path for f in faces} if faces is not None else {}
     targets = state.parent / "targets"
     done: set[str] = set()
-    for rel, entries in listed.items():
-        for name, size in entries:  # a face redone after a deletion has two lines; either may match
-            path = targets / name
-            if path.is_file() and (size is None or path.stat().st_size == size):
-                done.add(rel)
-                break
+    for rel, entries in _listed(state, "done-rank*.jsonl").items():
+        for entry in entries:  # a face redone after a deletion has two lines; either may match
+            try:
+                path, size = targets / str(entry.get("target") or target_name(rel)), entry.get("bytes")
+                if path.is_file() and (size is None or path.stat().st_size == int(size)) and not _input_changed(entry, inputs.get(rel)):
+                    done.add(rel)
+                    break
+            except (TypeError, ValueError):
+                continue
     return done
+
+
+def read_bases(state: Path, faces: Sequence[InputFace]) -> dict[str, dict]:
+    """rel -> the input fields of its base output's line, for each face whose base output is in OUT/base
+    with the size its line records and whose input is unchanged since: the base outputs that may be
+    reused. One without a line (a kill between the image and its line, or a run from before base outputs
+    were listed) is made again: it costs one base restore, where a stale one would cost a wrong target."""
+    listed = _listed(state, "base-rank*.jsonl")
+    reusable: dict[str, dict] = {}
+    for face in faces:
+        path = state.parent / "base" / target_name(face.rel)
+        for entry in listed.get(face.rel, []):
+            try:
+                if path.is_file() and path.stat().st_size == int(entry["bytes"]) and not _input_changed(entry, face.path):
+                    reusable[face.rel] = {k: entry[k] for k in SOURCE_KEYS if k in entry}
+                    break
+            except (KeyError, TypeError, ValueError):
+                continue
+    return reusable
+
+
+def _listed(state: Path, pattern: str) -> dict[str, list[dict]]:
+    """rel -> its lines, over every rank's manifest matching `pattern`."""
+    listed: dict[str, list[dict]] = {}
+    for manifest in sorted(state.glob(pattern)):
+        for entry in manifest_records(manifest):
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                listed.setdefault(entry["path"], []).append(entry)
+    return listed
+
+
+def _input_changed(entry: dict, path: Path | None) -> bool:
+    """Whether the input at `path` differs from the one `entry` was made from (no path: not asked)."""
+    if path is None or "source_size" not in entry or "source_mtime_ns" not in entry:
+        return False
+    return _changed(str(path), entry["source_size"], entry["source_mtime_ns"], entry.get("source_sha256"), source_stat(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _changed(path: str, size, mtime_ns, sha256, now: tuple[int, int] | None) -> bool:
+    """`source_changed`, remembered per (line, file as it is now): `finetune` asks up to four times per
+    run, and an input whose mtime alone changed (a copied tree) is hashed once, not four times."""
+    record = {"source_size": size, "source_mtime_ns": mtime_ns, **({"source_sha256": sha256} if sha256 is not None else {})}
+    return source_changed(record, Path(path), now)
 
 
 @dataclass
@@ -601,32 +650,51 @@ def _generate_locked(options: PseudoTargetOptions, d: distributed.Dist, reporter
     state.mkdir(parents=True, exist_ok=True)
     reporter.message(f"pseudo-targets: {plan.describe()}")
 
-    done_before = read_done(state)
     mine = [f for i, f in enumerate(faces) if i % d.world == d.rank]
+    done_before = read_done(state, mine)
+    listed = read_done(state)  # done whatever the inputs are now: the difference changed since
     todo = [f for f in mine if f.rel not in done_before]
+    changed = [f for f in todo if f.rel in listed]
+    for f in changed:  # stale: a redo that fails leaves no target of the old image
+        (out / "targets" / target_name(f.rel)).unlink(missing_ok=True)
     skipped_here = len(mine) - len(todo)
     remove_stale_temps(out / sub / target_name(f.rel) for sub in ("base", "targets") for f in todo)
+    bases = read_bases(state, todo)  # rel -> the input fields of a base output that may be reused
+    for f in todo:
+        if f.rel not in bases:  # stale or unlisted: made again, and gone if that fails
+            (out / "base" / target_name(f.rel)).unlink(missing_ok=True)
 
     # phase A: base outputs y0 (8-bit PNG, reused on resume). The scan read only headers: an input
     # that fails to decode here is skipped and counted, not a crash of the whole stage
     unreadable: dict[str, str] = {}  # relative path -> why it failed to decode
-    missing_base = [f for f in todo if not (out / "base" / target_name(f.rel)).is_file()]
+    missing_base = [f for f in todo if f.rel not in bases]
     if missing_base:
         reporter.stage(f"base outputs ({options.base.name})", len(missing_base))
-        for start in range(0, len(missing_base), options.batch_size):
-            batch = missing_base[start : start + options.batch_size]
-            chunk, crops = [], []
-            for f in batch:
-                try:
-                    crops.append(load_input(f.path, options.size))
-                    chunk.append(f)
-                except BadImage as exc:
-                    unreadable[f.rel] = str(exc)
-            if chunk:
-                restored = restore_with_seeds(prepared.base_method, to_batch(crops), [base_seed(options.seed, f.rel) for f in chunk])
-                for f, img in zip(chunk, to_images(restored)):
-                    _write_png(out / "base" / target_name(f.rel), img)
-            reporter.advance(len(batch))
+        listing = open_manifest(state / f"base-rank{d.rank}.jsonl")
+        try:
+            for start in range(0, len(missing_base), options.batch_size):
+                batch = missing_base[start : start + options.batch_size]
+                chunk, crops, sources = [], [], []
+                for f in batch:
+                    source = source_fingerprint(f.path, source_stat(f.path))  # before the input is read
+                    try:
+                        crops.append(load_input(f.path, options.size))
+                        chunk.append(f)
+                        sources.append(source)
+                    except BadImage as exc:
+                        unreadable[f.rel] = str(exc)
+                if chunk:
+                    restored = restore_with_seeds(prepared.base_method, to_batch(crops), [base_seed(options.seed, f.rel) for f in chunk])
+                    for f, img, source in zip(chunk, to_images(restored), sources):
+                        path = out / "base" / target_name(f.rel)
+                        _write_png(path, img)
+                        listing.write(json.dumps({"path": f.rel, "base": target_name(f.rel), "bytes": path.stat().st_size, **source}) + "\n")
+                        bases[f.rel] = source
+                    listing.flush()
+                    os.fsync(listing.fileno())
+                reporter.advance(len(batch))
+        finally:
+            listing.close()
     if unreadable:
         todo = [f for f in todo if f.rel not in unreadable]
         reporter.message(f"warning: {counted(len(unreadable), 'face')} could not be decoded and {verb(len(unreadable), 'gets', 'get')} no pseudo-target (first: {next(iter(unreadable.values()))}); "
@@ -658,8 +726,9 @@ def _generate_locked(options: PseudoTargetOptions, d: distributed.Dist, reporter
                 for f, img in zip(chunk, targets):
                     path = out / "targets" / target_name(f.rel)
                     _write_png(path, img)
+                    # the input the base output was made from, which the target was made from in turn
                     manifest.write(json.dumps({"path": f.rel, "target": target_name(f.rel), "bytes": path.stat().st_size,
-                                               "seconds": round(seconds / len(chunk), 3)}) + "\n")
+                                               "seconds": round(seconds / len(chunk), 3), **bases.get(f.rel, {})}) + "\n")
                 manifest.flush()
                 os.fsync(manifest.fileno())
                 done += len(chunk)
@@ -667,15 +736,15 @@ def _generate_locked(options: PseudoTargetOptions, d: distributed.Dist, reporter
         finally:
             manifest.close()
 
-    counts = distributed.total(d, [done, skipped_here, busy, len(unreadable)])
+    counts = distributed.total(d, [done, skipped_here, busy, len(unreadable), len(changed)])
     distributed.barrier(d)
     sheet = None
     if d.main:
-        sheet = write_contact_sheet(out, faces, options.size, read_done(state))
+        sheet = write_contact_sheet(out, faces, options.size, read_done(state, faces))
     return PseudoTargetSummary(
         total=len(faces), skipped=int(counts[1]), done=int(counts[0]), seconds=time.perf_counter() - clock,
         seconds_per_face=counts[2] / counts[0] if counts[0] else 0.0, plan=plan.describe(), out=out, sheet=sheet, scan=prepared.scan,
-        unreadable=int(counts[3]), unreadable_first=next(iter(unreadable.values()), ""),
+        unreadable=int(counts[3]), unreadable_first=next(iter(unreadable.values()), ""), changed=int(counts[4]),
     )
 
 

@@ -12,7 +12,8 @@
 Every check that can fail on bad input runs before anything is computed: option values and their
 combinations, the input folder (usable faces), the base model's weights, the prior's weights.
 An interrupted run continues with `--resume`: finished pseudo-targets are skipped (per-face
-manifest), training continues from its newest checkpoint exactly, and the report is redone.
+manifest; an input replaced at the same path since gets a new one, and training goes on with it),
+training continues from its newest checkpoint exactly, and the report is redone.
 A face that passed the header-only scan but fails to decode (a truncated file) is skipped and
 counted in every stage: it gets no pseudo-target and no pair, and the report leaves it out.
 
@@ -351,7 +352,8 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
     pseudo_options = PseudoTargetOptions(lq=Path(config.lq), out=pseudo_dir, base=base, prior_weights=config.prior_weights, k=config.k, l=config.l,
                                          n=config.n, size=config.size, batch_size=config.pseudo_batch, seed=config.seed, device=config.device,
                                          offline=config.offline, files=tuple(f.rel for f in train))
-    done = read_done(pseudo_dir / STATE_DIR) if (pseudo_dir / STATE_DIR).is_dir() else set()
+    # done: listed with its target, made from the input as it is now (one replaced at the same path is redone)
+    done = read_done(pseudo_dir / STATE_DIR, train) if (pseudo_dir / STATE_DIR).is_dir() else set()
     stage1_left = any(f.rel not in done for f in train)
     # load what stage 1 needs now: a base checkpoint that does not fit (another size, another
     # architecture) or a prior missing offline is one line before anything is written
@@ -380,7 +382,8 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
         del prepared
         _free(d.device)
         unreadable = f", {pseudo.unreadable} could not be decoded (skipped)" if pseudo.unreadable else ""
-        message(f"pseudo-targets: {pseudo.done} made, {pseudo.skipped} already done{unreadable}; {pseudo.seconds_per_face:.2f} s per face; "
+        redone = f" ({counted(pseudo.changed, 'changed input')} redone)" if pseudo.changed else ""
+        message(f"pseudo-targets: {pseudo.done} made{redone}, {pseudo.skipped} already done{unreadable}; {pseudo.seconds_per_face:.2f} s per face; "
                 f"contact sheet {pseudo.sheet}")
     else:
         message(f"pseudo-targets: all {len(train)} done already ({pseudo_dir})")
@@ -388,7 +391,7 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
     # ---- stage 2: fine-tuning, on the faces that have a pseudo-target (stage 1 skips an input that
     # fails to decode; it is counted above and tried again on the next --resume)
     if pseudo is not None:
-        done = read_done(pseudo_dir / STATE_DIR)
+        done = read_done(pseudo_dir / STATE_DIR, train)
     usable = [f for f in train if f.rel in done]
     if not usable:
         raise UsageError(f"none of the {counted(len(train), 'face')} to fine-tune on could be decoded, so there are no pseudo-targets",
