@@ -342,6 +342,51 @@ def test_usage_errors_are_one_line_and_exit_2(hq, tmp_path, args, message):
     assert not (tmp_path / "out").exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
 
 
+def test_a_ref_set_fid_cannot_use_is_refused_before_any_model_loads(hq, tmp_path, monkeypatch):
+    """Only its existence was checked: FID found a junk file, an empty folder or an .npz without mu/sigma
+    after the whole run, showed "failed" and the run exited 0."""
+    from facerestore.methods import registry
+
+    monkeypatch.setattr(registry, "build_method", lambda name, options: pytest.fail("a model loaded before --ref-set was checked"))
+    one = tmp_path / "one"
+    write_image(one / "a.png", pattern(0))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.npz").write_text("<html>not found</html>")
+    np.savez(tmp_path / "keys.npz", mean=np.zeros(2048), cov=np.eye(2048))
+    np.savez(tmp_path / "small.npz", mu=np.zeros(3), sigma=np.eye(3))
+    np.savez(tmp_path / "nan.npz", mu=np.full(2048, np.nan), sigma=np.eye(2048))
+    np.save(tmp_path / "array.npy", np.zeros(2048))
+    (tmp_path / "array.npy").rename(tmp_path / "array.npz")
+    (tmp_path / "notes.txt").write_text("faces")
+    expected = {
+        "empty": "holds 0 images; FID needs at least 2",
+        "one": "holds 1 image; FID needs at least 2",
+        "junk.npz": "is not a readable .npz (",
+        "array.npz": "is not a readable .npz (one array, not an archive of named arrays)",
+        "keys.npz": "has no mu or sigma (it holds: mean, cov)",
+        "small.npz": "mu has shape [3] and sigma [3, 3]; FID needs mu [2048] and sigma [2048, 2048]",
+        "nan.npz": "mu and sigma must be finite numbers",
+        "notes.txt": "is neither a folder of images nor an .npz of FID statistics",
+    }
+    for name, message in expected.items():
+        result = run("--lq", hq, "-m", "identity", "--ref-set", tmp_path / name, "-o", tmp_path / "out", "-q")
+        assert result.exit_code == 2, (name, result.output)
+        [line] = result.output.strip().splitlines()
+        assert line.startswith(f"error: --ref-set {tmp_path / name}") and message in line, line
+        assert line.endswith("an .npz of FID statistics (mu [2048], sigma [2048, 2048]) as pytorch-fid saves them"), line
+        assert not (tmp_path / "out").exists()
+
+    real = os.access  # root reads anything: simulate a file this user may not read
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path).name == "small.npz" and mode & os.R_OK else real(path, mode, **kw))
+    from facerestore.errors import UsageError
+    from facerestore.evaluation.runner import EvalSpec, resolve_spec
+
+    with pytest.raises(UsageError) as refused:
+        resolve_spec(EvalSpec(methods=("identity",), lq=hq, ref_set=tmp_path / "small.npz"))
+    assert refused.value.one_line() == (
+        f"--ref-set {tmp_path / 'small.npz'} cannot be read (permission denied); make it readable (chmod a+r), or copy it somewhere of yours and pass the copy")
+
+
 def test_bad_files_fail_alone_and_exit_1(hq, tmp_path):
     (hq / "broken.png").write_bytes(b"not a png at all")
     write_image(hq / "wide.png", pattern(3)[:256])  # 512x256: not an aligned crop
@@ -566,6 +611,9 @@ def test_every_evaluate_option_has_help_text():
 
 def test_default_metrics_per_mode(tmp_path):
     from facerestore.evaluation.runner import EvalSpec, resolve_spec
+
+    for i in range(2):  # --ref-set is checked: it must hold 2 images
+        write_image(tmp_path / f"face{i}.png", pattern(i, 32))
 
     hq = resolve_spec(EvalSpec(methods=("baseline",), hq=tmp_path))
     assert hq.metrics == ("psnr", "ssim", "lpips", "identity", "lmd") and hq.degradations == ("medium",)

@@ -24,7 +24,9 @@ the run writes goes into `staging` (the report module publishes it as the report
 
 from __future__ import annotations
 
+import os
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,6 +42,7 @@ from facerestore.evaluation import presets
 from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import IMAGE_EXTENSIONS, list_images, read_image, resize, write_image
 from facerestore.metrics import METRICS, MetricResult, compute, compute_all
+from facerestore.metrics.fid import FEATURE_DIM as FID_FEATURES
 from facerestore.plural import counted
 
 FACE = 512
@@ -124,10 +127,49 @@ def resolve_spec(spec: EvalSpec) -> EvalSpec:
         raise UsageError(f"--batch-size must be at least 1, got {spec.batch_size}")
     if spec.grid_images < 0 or spec.grid_rows < 1:
         raise UsageError(f"--grid-images must be 0 or more, got {spec.grid_images}")
-    if spec.ref_set is not None and not Path(spec.ref_set).exists():
-        raise UsageError(f"--ref-set {spec.ref_set} does not exist", hint="pass a folder of faces or an .npz of FID statistics (mu, sigma)")
+    if spec.ref_set is not None:
+        check_ref_set(Path(spec.ref_set), feature_dim=None if spec.metric_options.get("fid", {}).get("extractor") else FID_FEATURES)
     metrics = _metrics(spec)
     return replace(spec, methods=methods, degradations=degradations, metrics=metrics)
+
+
+def check_ref_set(ref_set: Path, feature_dim: int | None = FID_FEATURES) -> None:
+    """Refuse a --ref-set FID cannot use (UsageError, exit 2) before any model loads: found only when
+    FID runs, after the whole evaluation, it made the FID column 'failed' and the run exit 0.
+
+    Cheap: a folder must hold at least 2 images (not decoded here); an .npz must open (no pickles) and
+    hold `mu` [D] and `sigma` [D, D] of finite numbers, D = `feature_dim` (2048, the FID Inception's
+    pool3) unless another feature extractor is used (None: any D).
+    """
+    hint = "pass a folder of at least 2 high-quality aligned faces, or an .npz of FID statistics (mu [2048], sigma [2048, 2048]) as pytorch-fid saves them"
+    if not ref_set.exists():
+        raise UsageError(f"--ref-set {ref_set} does not exist", hint=hint)
+    if ref_set.is_dir():
+        found, _ = list_images([ref_set])
+        if len(found) < 2:
+            raise UsageError(f"--ref-set {ref_set} holds {counted(len(found), 'image')}; FID needs at least 2", hint=hint)
+        return
+    if not ref_set.name.endswith(".npz"):
+        raise UsageError(f"--ref-set {ref_set} is neither a folder of images nor an .npz of FID statistics", hint=hint)
+    if not os.access(ref_set, os.R_OK):
+        raise UsageError(f"--ref-set {ref_set} cannot be read (permission denied)", hint="make it readable (chmod a+r), or copy it somewhere of yours and pass the copy")
+    try:
+        data = np.load(ref_set, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # an .npy saved under an .npz name
+            raise ValueError("one array, not an archive of named arrays")
+        with data:
+            missing = [key for key in ("mu", "sigma") if key not in data.files]
+            if missing:
+                raise UsageError(f"--ref-set {ref_set} has no {' or '.join(missing)} (it holds: {', '.join(data.files) or 'nothing'})", hint=hint)
+            mu, sigma = data["mu"], data["sigma"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"--ref-set {ref_set} is not a readable .npz ({exc})", hint=hint) from None
+    dim = feature_dim if feature_dim is not None else (len(mu) if mu.ndim == 1 else -1)
+    if mu.ndim != 1 or len(mu) != dim or sigma.shape != (dim, dim):
+        want = f"mu [{dim}] and sigma [{dim}, {dim}]" if dim > 0 else "mu [D] and sigma [D, D]"
+        raise UsageError(f"--ref-set {ref_set}: mu has shape {list(mu.shape)} and sigma {list(sigma.shape)}; FID needs {want}", hint=hint)
+    if not (np.issubdtype(mu.dtype, np.number) and np.issubdtype(sigma.dtype, np.number)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UsageError(f"--ref-set {ref_set}: mu and sigma must be finite numbers", hint=hint)
 
 
 def _metrics(spec: EvalSpec) -> tuple[str, ...]:
