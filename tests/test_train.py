@@ -439,6 +439,32 @@ def test_init_from_starts_from_the_earlier_model(faces, tmp_path):
         train(config(faces, tmp_path / "third", steps=1, model="tiny", init_from=str(first)))
 
 
+def test_init_from_takes_a_name_registered_with_weights_import(faces, tmp_path):
+    """resolve_config keeps a registered name as a name, but the run refused anything that was not an
+    existing path: `--init-from my-idm` failed with 'does not exist'. It now comes from the weights store."""
+    from facerestore.errors import BadWeightsOption
+    from facerestore.weights.store import cache_dir, import_file
+
+    first = tmp_path / "first"
+    train(config(faces, first, steps=2), unet=MICRO)
+    import_file(first / "idm.safetensors", name="my-idm")
+    notes: list[str] = []
+    result = train(config(faces, tmp_path / "second", steps=1, lr=1e-12, init_from="my-idm"), on_message=notes.append)
+    assert f"initialised from {cache_dir() / 'my-idm.safetensors'} (trained at 32 px)" in notes
+    assert result.step == 1 and json.loads((tmp_path / "second" / "config.json").read_text())["train"]["init_from"] == "my-idm"
+    before = load_model(first / "idm.safetensors").net.state_dict()
+    after = load_model(tmp_path / "second" / "idm.safetensors").net.state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    with pytest.raises(BadWeightsOption) as unknown:  # neither a path nor a registered name: exit 2, naming both ways
+        train(config(faces, tmp_path / "third", steps=1, init_from="my-idn"))
+    assert unknown.value.exit_code == 2 and unknown.value.one_line() == (
+        "--init-from my-idn does not exist; pass a `facerestore train` run folder, the idm.safetensors it wrote, "
+        "or a name registered with `facerestore weights import FILE --name NAME`")
+    with pytest.raises(BadWeightsOption, match="names the published checkpoint of another model"):
+        train(config(faces, tmp_path / "fourth", steps=1, init_from="codeformer"))
+    assert not (tmp_path / "third").exists() and not (tmp_path / "fourth").exists()
+
+
 def test_init_from_another_architecture_is_one_line(faces, tmp_path, tiny_baseline):
     with pytest.raises(UnsupportedCheckpoint) as info:
         train(config(faces, tmp_path / "run", init_from=str(tiny_baseline)))

@@ -35,7 +35,7 @@ def train_command(
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Write a checkpoint every this many steps (default 1000).", show_default=False)] = None,
     keep: Annotated[Optional[int], typer.Option("--keep", help="Checkpoints kept (default 2; 0 keeps all).", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint, exactly (same recipe).")] = False,
-    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from an earlier IDM model (a .safetensors or a run folder): the extrinsic iteration; the architecture comes from it.", show_default=False)] = None,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from an earlier IDM model (a .safetensors, a run folder, or a name registered with `facerestore weights import FILE --name NAME`): the extrinsic iteration; the architecture comes from it.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the data order, degradations, noise and initial weights (default 0).", show_default=False)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, mps or auto (default; under torchrun each process takes cuda:LOCAL_RANK).", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes per training process (default 2; 0 loads in the training process).", show_default=False)] = None,

@@ -50,7 +50,7 @@ from facerestore.devices import training_amp_dtype
 from facerestore.diffusion.losses import x0_regression_loss
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.diffusion.denoiser import ConcatCondition
-from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.errors import BadWeightsOption, FaceRestoreError, UsageError
 from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import IDMUNet, PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, idm_unet_config
@@ -260,11 +260,15 @@ def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[s
             raise UsageError(str(exc), hint=_size_hint(config.model, config.size)) from None
     if config.init_from:
         from facerestore.methods.idm import load_model, model_path
-        from facerestore.weights.store import readable_option_file
+        from facerestore.weights.catalogue import load_catalogue
+        from facerestore.weights.store import resolve_explicit
 
-        if not Path(config.init_from).exists():
-            raise UsageError(f"--init-from {config.init_from} does not exist", hint="pass a `facerestore train` run folder or the idm.safetensors it wrote")
-        path = readable_option_file(model_path(config.init_from, "--init-from"), "--init-from")  # exit 2, as a missing one
+        if not Path(config.init_from).expanduser().exists() and config.init_from not in load_catalogue():
+            raise BadWeightsOption(f"--init-from {config.init_from} does not exist",
+                                   hint="pass a `facerestore train` run folder, the idm.safetensors it wrote, or a name registered with `facerestore weights import FILE --name NAME`")
+        # a run folder means its model; a file must be readable; a name registered with `weights import`
+        # comes from the weights store (sha256 checked); a published checkpoint's name is refused: exit 2
+        path = resolve_explicit(model_path(config.init_from, "--init-from"), offline=True, catalogued=(), option="--init-from")
         try:
             loaded = load_model(path)
         except FaceRestoreError as exc:
