@@ -618,7 +618,9 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplica
             duplicates.append(p)
 
     for item in map(Path, inputs):
-        if item.is_dir():
+        if item.is_dir() and not os.access(item, os.R_OK | os.X_OK):  # os.walk would skip it silently: "no images"
+            problems.append((item, "cannot be read (permission denied)"))
+        elif item.is_dir():
             inside = [e for e in skipped if not item.resolve().is_relative_to(e)]
             files, broken = [], []
             for p in _walk(item):

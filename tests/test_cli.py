@@ -532,12 +532,9 @@ def test_a_weights_option_naming_no_usable_file_is_a_usage_error_in_every_comman
     if kind == "folder":
         weights = weights.parent
     elif kind == "unreadable":  # chmod 000 does not stop root, who runs some test machines
-        if option == "--init-from":  # click checks a Path option itself: the file inside a run folder is ours to check
-            weights = weights.with_name("idm.safetensors")
         weights.write_bytes(b"a checkpoint this user may not read")
         real = os.access
         monkeypatch.setattr(os, "access", lambda path, mode, target=weights, **kw: False if Path(path).resolve() == target and mode & os.R_OK else real(path, mode, **kw))
-        weights = weights.parent if option == "--init-from" else weights
     out = tmp_path / "out"
     result = run(*WEIGHTS_OPTIONS[option](crops, out, weights))
     lines = result.output.strip().splitlines()
@@ -547,6 +544,66 @@ def test_a_weights_option_naming_no_usable_file_is_a_usage_error_in_every_comman
     said = {"missing": ("does not exist", "no such file"), "folder": ("is a folder", "holds no idm.safetensors"), "unreadable": ("permission denied",)}[kind]
     assert any(words in lines[-1] for words in said), result.output
     assert not any(p.name.startswith((".out", "out")) for p in tmp_path.iterdir())
+
+
+def test_no_path_option_is_checked_by_click():
+    """typer's Path options default to readable=True, so click refused an unreadable path itself with its
+    multi-line "Usage: ... Error: Invalid value" (an unreadable photo stopped the whole batch); our own
+    checks give the one line. Every path parameter of every command leaves the checks to us."""
+    import click
+    import typer
+
+    def walk(command):
+        yield command
+        for sub in getattr(command, "commands", {}).values():
+            yield from walk(sub)
+
+    def checks(param) -> tuple[bool, ...] | None:  # click's own path checks of a parameter; None: not a path
+        described = getattr(param, "type_descriptor", None)  # typer >= 0.25 builds the click type when parsing
+        if described is not None:
+            if "Path" not in str(described.annotation):
+                return None
+            info = described.parameter_info
+        elif isinstance(param.type, click.Path):
+            info = param.type
+        else:
+            return None
+        return (info.readable, info.exists, info.writable, not info.file_okay, not info.dir_okay)
+
+    paths = {(command.name, param.name): checks(param) for command in walk(typer.main.get_command(app)) for param in command.params}
+    paths = {key: value for key, value in paths.items() if value is not None}
+    assert len(paths) >= 20 and ("train", "init_from") in paths and ("evaluate", "ref_set") in paths
+    assert {key: value for key, value in paths.items() if any(value)} == {}
+
+
+def test_an_unreadable_path_is_our_one_line(crops, tmp_path, monkeypatch):
+    """root reads anything, so access() is faked (as the weights-option test does)."""
+    import os
+
+    faces = tmp_path / "faces"
+    write_image(faces / "face.png", cv2.resize(smooth(), (64, 64)))
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"an idm model this user may not read")
+    locked = {model, crops, tmp_path / "mine.pth"}
+    (tmp_path / "mine.pth").write_bytes(b"a checkpoint")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) in locked and mode & os.R_OK else real(path, mode, **kw))
+    cases = {
+        ("train", faces, "-o", tmp_path / "run", "--init-from", model, "--size", "32", "--workers", "0", "--device", "cpu"):
+            f"error: --init-from {model} cannot be read (permission denied); make it readable (chmod a+r), or copy it somewhere of yours and pass the copy",
+        ("train", crops, "-o", tmp_path / "run", "--size", "32", "--workers", "0", "--device", "cpu"):
+            f"error: data folder {crops} cannot be read (permission denied); make it readable (chmod a+rx), or pass a copy of yours",
+        (crops, "-o", tmp_path / "out"): f"error: {crops}: cannot be read (permission denied); pass image files",
+        ("evaluate", "--hq", crops, "-m", "baseline", "-o", tmp_path / "report"): f"error: --hq {crops}: cannot be read (permission denied); pass a folder",
+        ("weights", "import", tmp_path / "mine.pth", "--name", "mine"):
+            f"error: {tmp_path / 'mine.pth'} cannot be read (permission denied); make it readable (chmod a+r), or copy it somewhere of yours and import the copy",
+    }
+    for args, line in cases.items():
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        [said] = result.output.strip().splitlines()
+        assert said.startswith(line), said
+    assert not [p.name for p in tmp_path.iterdir() if p.name not in ("crops", "faces", "model.safetensors", "mine.pth")]
 
 
 def test_ctrl_c_is_one_line_and_exit_130_while_loading_and_while_restoring(crops, tmp_path, tiny_baseline, monkeypatch):

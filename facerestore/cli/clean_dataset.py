@@ -15,8 +15,8 @@ from facerestore.plural import counted
 
 @app.command("clean-dataset", context_settings=CONTEXT)
 def clean_dataset_command(
-    src: Annotated[Path, typer.Argument(metavar="SRC", help="Dataset folder (searched recursively). Never modified.", show_default=False)],
-    dst: Annotated[Path, typer.Option("--out", "-o", help="Folder for the cleaned copy: same relative paths, formats and sizes (must neither be, lie inside nor hold SRC).", show_default=False)],
+    src: Annotated[Path, typer.Argument(metavar="SRC", readable=False, help="Dataset folder (searched recursively). Never modified.", show_default=False)],
+    dst: Annotated[Path, typer.Option("--out", "-o", readable=False, help="Folder for the cleaned copy: same relative paths, formats and sizes (must neither be, lie inside nor hold SRC).", show_default=False)],
     method: Annotated[str, typer.Option("-m", "--method", help="Restoration method (`facerestore methods`); IDM's extrinsic iteration uses idm.")] = "idm",
     weights: Annotated[Optional[str], typer.Option("--weights", help="Model file (idm: a .safetensors or a `facerestore train` run folder), or a registered name.", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="idm: DDPM steps (default 10); difface: UNet calls.", show_default=False)] = None,

@@ -68,14 +68,14 @@ def parse_restored(values: list[str]) -> tuple[tuple[str, Path], ...]:
 @app.command("evaluate", context_settings=CONTEXT)
 def evaluate_command(
     method: Annotated[Optional[list[str]], typer.Option("-m", "--method", help="Method to evaluate; repeat it (or give a comma list) to compare methods in one report.", show_default=False)] = None,
-    hq: Annotated[Optional[Path], typer.Option("--hq", help="Folder of clean aligned face crops: inputs are synthesized from them with --degrade and scored against them.", show_default=False)] = None,
-    lq: Annotated[Optional[Path], typer.Option("--lq", help="Folder of real low-quality aligned face crops (no references): no-reference scores (NIQE) and FID against --ref-set.", show_default=False)] = None,
+    hq: Annotated[Optional[Path], typer.Option("--hq", readable=False, help="Folder of clean aligned face crops: inputs are synthesized from them with --degrade and scored against them.", show_default=False)] = None,
+    lq: Annotated[Optional[Path], typer.Option("--lq", readable=False, help="Folder of real low-quality aligned face crops (no references): no-reference scores (NIQE) and FID against --ref-set.", show_default=False)] = None,
     degrade: Annotated[Optional[list[str]], typer.Option("--degrade", help="With --hq: mild, medium, severe (fixed IDM eq. 11 parameters) or eq11 (drawn per image); repeat for several tables. Default medium (none with only --authenticity).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the degradations (each image gets its own generator from seed and name, so every run and method sees identical inputs) and of stochastic methods.")] = 0,
-    ref_set: Annotated[Optional[Path], typer.Option("--ref-set", help="FID reference: a folder of high-quality faces or an .npz of statistics (mu, sigma); adds fid to the metrics.", show_default=False)] = None,
+    ref_set: Annotated[Optional[Path], typer.Option("--ref-set", readable=False, help="FID reference: a folder of high-quality faces or an .npz of statistics (mu, sigma); adds fid to the metrics.", show_default=False)] = None,
     metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma list of psnr, ssim, lpips, identity, identity_deg, lmd, niqe, fid. Default with --hq: psnr,ssim,lpips,identity,lmd; with --lq: niqe (both: +fid with --ref-set).", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N images (sorted by path).", show_default=False)] = None,
-    output: Annotated[Path, typer.Option("-o", "--out", help="Report folder (index.md, index.html, results.json, grids/, inputs/, restored/); a rerun replaces it whole.")] = Path("report"),
+    output: Annotated[Path, typer.Option("-o", "--out", readable=False, help="Report folder (index.md, index.html, results.json, grids/, inputs/, restored/); a rerun replaces it whole.")] = Path("report"),
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout (for scripts); no tables, no progress.")] = False,
     weights: Annotated[Optional[list[str]], typer.Option("--weights", help="Checkpoint for a method instead of its default: FILE with one --method, else METHOD:FILE (repeat); multi-file methods take METHOD:ROLE=FILE,... as in `restore`.", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto (methods and the LPIPS/FID nets).")] = "auto",

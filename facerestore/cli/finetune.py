@@ -103,8 +103,8 @@ def _progress(quiet: bool, main: bool):
 
 @finetune_app.command("run", context_settings=CONTEXT)
 def run_command(
-    unpaired: Annotated[Path | None, typer.Option("--unpaired", metavar="LQ_DIR", help="Folder of YOUR low-quality aligned faces (no ground truth; searched recursively). Not needed with --resume.", show_default=False)] = None,
-    run_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: pseudo/ (targets, base outputs, contact sheet), checkpoints/, log.jsonl, the fine-tuned weights, report/.", show_default=False)] = ...,
+    unpaired: Annotated[Path | None, typer.Option("--unpaired", metavar="LQ_DIR", readable=False, help="Folder of YOUR low-quality aligned faces (no ground truth; searched recursively). Not needed with --resume.", show_default=False)] = None,
+    run_dir: Annotated[Path, typer.Option("--out", "-o", readable=False, help="Run folder: pseudo/ (targets, base outputs, contact sheet), checkpoints/, log.jsonl, the fine-tuned weights, report/.", show_default=False)] = ...,
     base: Annotated[str | None, typer.Option("--base", help=BASE_HELP, show_default=False)] = None,
     base_weights: Annotated[str | None, typer.Option("--base-weights", help=BASE_WEIGHTS_HELP, show_default=False)] = None,
     base_fidelity: Annotated[float | None, typer.Option("--base-fidelity", help=FIDELITY_HELP, show_default=False)] = None,
@@ -114,7 +114,7 @@ def run_command(
     n: Annotated[int | None, typer.Option("--n", "--prior-lowpass", help=N_HELP, show_default=False)] = None,
     size: Annotated[int | None, typer.Option("--size", help=SIZE_HELP, show_default=False)] = None,
     holdout: Annotated[str | None, typer.Option("--holdout", help="Faces kept out of pseudo-targets and training for the final report: a fraction (0.1, default) or a count (4); 0 = no report.", show_default=False)] = None,
-    real: Annotated[Path | None, typer.Option("--real", help="Folder of real high-quality aligned faces (e.g. FFHQ) for the discriminator of image-level fine-tuning (--base baseline).", show_default=False)] = None,
+    real: Annotated[Path | None, typer.Option("--real", readable=False, help="Folder of real high-quality aligned faces (e.g. FFHQ) for the discriminator of image-level fine-tuning (--base baseline).", show_default=False)] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Fine-tuning steps (default 40000, DT-BFR's); may be raised when resuming, and a later --resume goes on to the new count.", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="GLOBAL batch per step, split across torchrun processes (default 8, DT-BFR's).", show_default=False)] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate (default 1e-4 for CodeFormer, 2e-5 for image-level); halved at 87.5% and 95% of --steps (MultiStepLR; of the first --steps when --resume raises it).", show_default=False)] = None,
@@ -183,8 +183,8 @@ def run_command(
 
 @finetune_app.command("pseudo-targets", context_settings=CONTEXT)
 def pseudo_targets_command(
-    lq: Annotated[Path, typer.Argument(metavar="LQ_DIR", help="Folder of low-quality aligned faces (searched recursively). Never modified.", show_default=False)],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder: targets/ (the pseudo-targets, same relative paths, PNG), base/ (the base outputs), contact_sheet.png.", show_default=False)],
+    lq: Annotated[Path, typer.Argument(metavar="LQ_DIR", readable=False, help="Folder of low-quality aligned faces (searched recursively). Never modified.", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", readable=False, help="Output folder: targets/ (the pseudo-targets, same relative paths, PNG), base/ (the base outputs), contact_sheet.png.", show_default=False)],
     base: Annotated[str, typer.Option("--base", help=BASE_HELP, show_default=False)] = "codeformer",
     base_weights: Annotated[str | None, typer.Option("--base-weights", help=BASE_WEIGHTS_HELP, show_default=False)] = None,
     base_fidelity: Annotated[float | None, typer.Option("--base-fidelity", help=FIDELITY_HELP, show_default=False)] = None,

@@ -16,8 +16,8 @@ from facerestore.plural import counted, verb
 
 @app.command("restore", context_settings=CONTEXT)
 def restore_command(
-    inputs: Annotated[list[Path], typer.Argument(metavar="PHOTO_OR_FOLDER", help="Photos or folders of photos (folders are searched recursively).", show_default=False)],
-    output: Annotated[Path, typer.Option("-o", "--output", "--out", help="Output folder: restored_imgs/, restored_faces/, cropped_faces/, cmp/.")] = Path("results"),
+    inputs: Annotated[list[Path], typer.Argument(metavar="PHOTO_OR_FOLDER", readable=False, help="Photos or folders of photos (folders are searched recursively).", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", "--out", readable=False, help="Output folder: restored_imgs/, restored_faces/, cropped_faces/, cmp/.")] = Path("results"),
     method: Annotated[str, typer.Option("-m", "--method", help="Restoration method (`facerestore methods` lists them); default: the model bundled with facerestore.")] = "baseline",
     steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (network calls) of difface and idm, method default when omitted (difface: 100, must divide --start, e.g. 200, 100, 40, 20, 8; idm: 10); other methods refuse it.")] = None,
     fidelity: Annotated[Optional[float], typer.Option("-w", "--fidelity", help="codeformer: fidelity weight w in [0,1]; higher keeps more of the input (default 0.5, 0.7 suggested for photos).", show_default=False)] = None,

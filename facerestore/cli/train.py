@@ -14,9 +14,9 @@ from facerestore.errors import FaceRestoreError, UsageError
 
 @app.command("train", context_settings=CONTEXT)
 def train_command(
-    data: Annotated[Optional[list[Path]], typer.Argument(metavar="DATA_DIR", help="Folders of aligned face images (searched recursively; any size, resized to --size). Not needed with --resume.", show_default=False)] = None,
-    run_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: config, checkpoints, logs, validation grids, and the exported model idm.safetensors.", show_default=False)] = ...,
-    targets: Annotated[Optional[list[Path]], typer.Option("--targets", help="Extrinsic iteration: a folder of cleaned targets (from `facerestore clean-dataset`) per DATA_DIR, same relative paths; inputs are still degraded from DATA_DIR.", show_default=False)] = None,
+    data: Annotated[Optional[list[Path]], typer.Argument(metavar="DATA_DIR", readable=False, help="Folders of aligned face images (searched recursively; any size, resized to --size). Not needed with --resume.", show_default=False)] = None,
+    run_dir: Annotated[Path, typer.Option("--out", "-o", readable=False, help="Run folder: config, checkpoints, logs, validation grids, and the exported model idm.safetensors.", show_default=False)] = ...,
+    targets: Annotated[Optional[list[Path]], typer.Option("--targets", readable=False, help="Extrinsic iteration: a folder of cleaned targets (from `facerestore clean-dataset`) per DATA_DIR, same relative paths; inputs are still degraded from DATA_DIR.", show_default=False)] = None,
     size: Annotated[Optional[int], typer.Option("--size", help="Training resolution in pixels (default 512, the paper's).", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Architecture: tiny (1.2M params), small (8.6M), base (30M, default), paper (121M, the paper's ~120M), compact (4.5M, the bundled CPU model's net).", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Total optimizer steps (default 100000, the paper's x0 schedule); may be raised when resuming.", show_default=False)] = None,
@@ -27,7 +27,7 @@ def train_command(
     grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm to this (default 1.0; 0 = off).", show_default=False)] = None,
     degradation: Annotated[Optional[str], typer.Option("--degradation", help="Degradation preset for the inputs (see `facerestore degrade -h`): eq11 (the paper's, default), mixed (adds motion blur, Laplace/Poisson/camera noise, gray), or any other preset.", show_default=False)] = None,
     input_perturbation: Annotated[Optional[float], typer.Option("--input-perturbation", help="DDPM-IP: build x_t from eps + s*xi (a second normal xi) so the net expects its own slightly wrong x_t when sampling; 0 = off (default); docs/idm-model.md has its measured effect.", show_default=False)] = None,
-    val: Annotated[Optional[Path], typer.Option("--val", help="Folder of held-out aligned faces: PSNR and an image grid every --val-every steps.", show_default=False)] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", readable=False, help="Folder of held-out aligned faces: PSNR and an image grid every --val-every steps.", show_default=False)] = None,
     val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every this many steps (default 1000).", show_default=False)] = None,
     val_degrade: Annotated[Optional[str], typer.Option("--val-degrade", help="Comma-separated degradation presets to validate on (e.g. mild,medium,severe, the fixed severities of `facerestore evaluate`); default: the training --degradation.", show_default=False)] = None,
     val_count: Annotated[Optional[int], typer.Option("--val-count", help="Validation faces used (default 8).", show_default=False)] = None,
@@ -35,7 +35,7 @@ def train_command(
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Write a checkpoint every this many steps (default 1000).", show_default=False)] = None,
     keep: Annotated[Optional[int], typer.Option("--keep", help="Checkpoints kept (default 2; 0 keeps all).", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint, exactly (same recipe).")] = False,
-    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from an earlier IDM model (a .safetensors, a run folder, or a name registered with `facerestore weights import FILE --name NAME`): the extrinsic iteration; the architecture comes from it.", show_default=False)] = None,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", readable=False, help="Start from an earlier IDM model (a .safetensors, a run folder, or a name registered with `facerestore weights import FILE --name NAME`): the extrinsic iteration; the architecture comes from it.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the data order, degradations, noise and initial weights (default 0).", show_default=False)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, mps or auto (default; under torchrun each process takes cuda:LOCAL_RANK).", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes per training process (default 2; 0 loads in the training process).", show_default=False)] = None,

@@ -93,7 +93,7 @@ def weights_verify() -> None:
 
 @weights_app.command("import", context_settings=CONTEXT)
 def weights_import(
-    file: Annotated[Path, typer.Argument(help="A checkpoint you downloaded by hand (or trained / fine-tuned yourself).")],
+    file: Annotated[Path, typer.Argument(readable=False, help="A checkpoint you downloaded by hand (or trained / fine-tuned yourself).")],
     name: Annotated[Optional[str], typer.Option("--name", help="Catalogue name to import it as, or a new name for your own weights.")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Replace a file whose sha256 was recorded on first use (entries with no sha256 in the catalogue); a catalogued sha256 is always checked.")] = False,
 ) -> None:

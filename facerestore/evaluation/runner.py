@@ -144,6 +144,8 @@ def check_ref_set(ref_set: Path, feature_dim: int | None = FID_FEATURES) -> None
     hint = "pass a folder of at least 2 high-quality aligned faces, or an .npz of FID statistics (mu [2048], sigma [2048, 2048]) as pytorch-fid saves them"
     if not ref_set.exists():
         raise UsageError(f"--ref-set {ref_set} does not exist", hint=hint)
+    if not os.access(ref_set, os.R_OK | (os.X_OK if ref_set.is_dir() else 0)):
+        raise UsageError(f"--ref-set {ref_set} cannot be read (permission denied)", hint="make it readable (chmod a+r), or copy it somewhere of yours and pass the copy")
     if ref_set.is_dir():
         found, _ = list_images([ref_set])
         if len(found) < 2:
@@ -151,8 +153,6 @@ def check_ref_set(ref_set: Path, feature_dim: int | None = FID_FEATURES) -> None
         return
     if not ref_set.name.endswith(".npz"):
         raise UsageError(f"--ref-set {ref_set} is neither a folder of images nor an .npz of FID statistics", hint=hint)
-    if not os.access(ref_set, os.R_OK):
-        raise UsageError(f"--ref-set {ref_set} cannot be read (permission denied)", hint="make it readable (chmod a+r), or copy it somewhere of yours and pass the copy")
     try:
         data = np.load(ref_set, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):  # an .npy saved under an .npz name

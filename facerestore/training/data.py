@@ -105,6 +105,8 @@ def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: 
         folder = Path(folder)
         if not folder.is_dir():
             raise UsageError(f"data folder {folder} does not exist" if not folder.exists() else f"{folder} is not a folder", hint="pass folders of aligned face images")
+        if not os.access(folder, os.R_OK | os.X_OK):  # the walk would skip it silently: "no usable training images"
+            raise UsageError(f"data folder {folder} cannot be read (permission denied)", hint="make it readable (chmod a+rx), or pass a copy of yours")
         duplicates: list[Path] = []
         paths, problems = list_images([folder], duplicates=duplicates)
         result.broken_links += [str(p) for p, reason in problems if reason == BROKEN_LINK]

@@ -463,6 +463,8 @@ def import_file(file: Path | str, name: str | None = None, *, verify: bool = Tru
         raise UsageError(f"{source} is a folder, not a checkpoint file", hint="name the checkpoint file itself (.pth, .ckpt, .pkl or .safetensors)")
     if not source.is_file():
         raise UsageError(f"{source} does not exist", hint="check the path")
+    if not os.access(source, os.R_OK):  # else sha256_file's PermissionError traceback
+        raise UsageError(f"{source} cannot be read (permission denied)", hint="make it readable (chmod a+r), or copy it somewhere of yours and import the copy")
     digest = sha256_file(source)
     entries = load_catalogue()
     if name is not None and name in entries and not entries[name].local:
