@@ -302,8 +302,40 @@ def test_a_full_disk_while_writing_the_report_is_one_line_and_keeps_the_earlier_
     monkeypatch.setattr(report.os, "replace", swap_fails)
     result = run("--hq", hq, "-m", "brighten", "--metrics", "psnr", "-o", out, "-q")
     assert result.exit_code == 1, result.output
-    assert "(Input/output error)" in result.output and "the earlier report in it is unchanged" in result.output
+    assert result.output.strip() == (f"error: cannot move the new report into {out} (Input/output error); it could not be kept either; "
+                                     f"{out} holds the earlier report, unchanged; fix the folder (permissions, free space), then rerun the same command")
     assert (out / "results.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report")]
+
+
+@pytest.mark.parametrize("earlier", [True, False])
+def test_a_failed_swap_into_out_names_out_and_keeps_the_new_report_beside_it(hq, tmp_path, monkeypatch, earlier):
+    """The line named the hidden staging folder (.report.PID.X.partial, which the next run deletes),
+    not --out, and the finished report was deleted with it."""
+    import errno
+
+    from facerestore.evaluation import report
+
+    out = tmp_path / "report"
+    if earlier:
+        assert run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", out, "-q").exit_code == 0
+        before = (out / "results.json").read_bytes()
+    real = os.replace
+
+    def refused(src, dst):  # --out's folder turned read-only for the swap (a mount remounted, chmod by a job)
+        if Path(dst) == out and str(src).endswith(".partial"):
+            raise OSError(errno.EACCES, "Permission denied", str(src), None, str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(report.os, "replace", refused)
+    result = run("--hq", hq, "-m", "brighten", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 1, result.output
+    [kept] = [p for p in tmp_path.iterdir() if p.name.startswith("report.new-")]
+    before_text = f"{out} holds the earlier report, unchanged" if earlier else f"{out} was not made"
+    assert result.output.strip() == (f"error: cannot move the new report into {out} (Permission denied); it is in {kept}; {before_text}; "
+                                     f"fix the folder, then replace {out} by {kept} (or rerun the same command)")
+    assert "brighten" in json.loads((kept / "results.json").read_text())["methods"]
+    assert (out / "results.json").read_bytes() == before if earlier else not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report")]
 
 

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from facerestore import __version__
-from facerestore.errors import UsageError
+from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.file_modes import new_file_mode, new_folder_mode
 from facerestore.evaluation.runner import INPUT, EvalResult, SetResult, Summary
 from facerestore.image_io import assert_output_folder, write_image
@@ -112,22 +112,49 @@ def remove_stale_staging(out: Path) -> int:
 
 
 def publish(staging: Path, out: Path) -> Path:
-    """Replace `out` by the finished staging folder (the old report is removed only after the swap)."""
+    """Replace `out` by the finished staging folder (the old report is removed only after the swap).
+
+    If the swap fails (the folder's permissions changed during the run, `out` is a mount point, a
+    lost mount), the earlier report goes back where it was and the new one is kept beside it under a
+    visible name (the next run deletes hidden staging folders): a FaceRestoreError naming `out` and
+    where the new report is, not the staging folder's name.
+    """
     out = Path(out)
     old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.rmdir(old)
-        os.replace(out, old)
+    earlier = out.exists()
     try:
+        if earlier:
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.rmdir(old)
+            os.replace(out, old)
         os.replace(staging, out)
-    except BaseException:  # the old report goes back where it was (else the next run deletes it as debris)
-        if old is not None:
+    except BaseException as exc:  # the old report goes back where it was (else the next run deletes it as debris)
+        if old is not None and old.exists() and not out.exists():
             os.replace(old, out)
-        raise
+        if not isinstance(exc, OSError):
+            raise
+        raise not_published(staging, out, exc, earlier=earlier) from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def not_published(staging: Path, out: Path, exc: OSError, *, earlier: bool) -> FaceRestoreError:
+    """The one line for a report that could not be moved into `out`: the new report is moved to a
+    visible folder beside it when possible (else the caller discards the staging folder)."""
+    kept = None
+    try:
+        kept = Path(tempfile.mkdtemp(prefix=f"{out.name}.new-", dir=out.parent))
+        os.rmdir(kept)
+        os.replace(staging, kept)
+    except OSError:
+        kept = None
+    before = f"{out} holds the earlier report, unchanged" if earlier else f"{out} was not made"
+    if kept is None:
+        return FaceRestoreError(f"cannot move the new report into {out} ({exc.strerror or exc}); it could not be kept either; {before}",
+                                hint="fix the folder (permissions, free space), then rerun the same command")
+    return FaceRestoreError(f"cannot move the new report into {out} ({exc.strerror or exc}); it is in {kept}; {before}",
+                            hint=f"fix the folder, then replace {out} by {kept} (or rerun the same command)")
 
 
 def discard(staging: Path) -> None:
