@@ -64,5 +64,13 @@ class UnsupportedCheckpoint(WeightsError):
     """A checkpoint's keys or shapes do not match the architecture it is loaded into."""
 
 
+class BadWeightsFile(BadWeightsOption, UnsupportedCheckpoint):
+    """A file a weights option named that opens but is no checkpoint of what it is given for: truncated,
+    damaged, another architecture, not an ONNX model. The command stops before any work and the user
+    must change the option (or the file), as for a missing one: exit 2. Still an UnsupportedCheckpoint.
+    Weights a command looks up itself, no option naming them (catalogue, cache, downloads), stay
+    UnsupportedCheckpoint, exit 1: the command line is right, the machine's copy is not."""
+
+
 class UnknownMethod(UsageError):
     """A --method name that the registry does not know."""

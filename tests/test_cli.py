@@ -518,13 +518,18 @@ WEIGHTS_OPTIONS = {  # the command line of each option that names a checkpoint, 
     "pseudo-targets --base-weights": lambda crops, out, w: ["finetune", "pseudo-targets", crops, "-o", out, "--base-weights", w, "--device", "cpu"],
     "pseudo-targets --prior-weights": lambda crops, out, w: ["finetune", "pseudo-targets", crops, "-o", out, "--prior-weights", w, "--device", "cpu"],
 }
+DAMAGED_BASE = {  # a damaged --prior-weights is read after the base model: the bundled baseline, not codeformer's download
+    "finetune --prior-weights": ["--base", "baseline", "--real", "REAL"], "pseudo-targets --prior-weights": ["--base", "baseline"],
+}
 
 
-@pytest.mark.parametrize("kind", ["missing", "folder", "unreadable"])
+@pytest.mark.parametrize("kind", ["missing", "folder", "unreadable", "damaged"])
 @pytest.mark.parametrize("option", list(WEIGHTS_OPTIONS))
 def test_a_weights_option_naming_no_usable_file_is_a_usage_error_in_every_command(crops, tmp_path, monkeypatch, option, kind):
     """A typo or a folder in --weights (or --init-from, --base-weights...) is a bad option value: exit 2
-    and one line naming the option and the path, before anything is written or downloaded."""
+    and one line naming the option and the path, before anything is written or downloaded. So is a
+    file that opens but is no checkpoint of that use (truncated, damaged, another model): it was exit
+    1, as if an input had failed, though the command line is what must change (docs/usage.md)."""
     import os
 
     weights = tmp_path / "weights" / "model.pth"
@@ -535,15 +540,36 @@ def test_a_weights_option_naming_no_usable_file_is_a_usage_error_in_every_comman
         weights.write_bytes(b"a checkpoint this user may not read")
         real = os.access
         monkeypatch.setattr(os, "access", lambda path, mode, target=weights, **kw: False if Path(path).resolve() == target and mode & os.R_OK else real(path, mode, **kw))
+    elif kind == "damaged":  # an HTML error page saved under the checkpoint's name
+        weights.write_bytes(b"<html>502 Bad Gateway</html>")
     out = tmp_path / "out"
-    result = run(*WEIGHTS_OPTIONS[option](crops, out, weights))
+    args = WEIGHTS_OPTIONS[option](crops, out, weights)
+    if kind == "damaged" and option in DAMAGED_BASE:
+        args += [crops if a == "REAL" else a for a in DAMAGED_BASE[option]]
+    result = run(*args)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[-1].startswith(f"error: {option.split()[-1]} "), result.output
+    named = f"error: {option.split()[-1]}: " if kind == "damaged" else f"error: {option.split()[-1]} "
+    assert len(lines) == 1 and lines[-1].startswith(named), result.output
     assert str(weights.resolve()) in lines[-1]
-    said = {"missing": ("does not exist", "no such file"), "folder": ("is a folder", "holds no idm.safetensors"), "unreadable": ("permission denied",)}[kind]
+    said = {"missing": ("does not exist", "no such file"), "folder": ("is a folder", "holds no idm.safetensors"), "unreadable": ("permission denied",),
+            "damaged": ("cannot be read as a checkpoint", "cannot be loaded by onnxruntime")}[kind]
     assert any(words in lines[-1] for words in said), result.output
     assert not any(p.name.startswith((".out", "out")) for p in tmp_path.iterdir())
+
+
+def test_damaged_weights_no_option_named_stay_exit_1(crops, tmp_path, monkeypatch):
+    """Exit 2 is for a command line that must change; weights the command finds itself (here the bundled
+    model) being damaged is the machine's problem: exit 1, and the line names no option."""
+    from facerestore.methods import baseline
+
+    junk = tmp_path / "baseline.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    monkeypatch.setattr(baseline, "bundled_weights", lambda: junk)
+    result = run(crops / "face.png", "--aligned", "-m", "baseline", "-o", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"error: {junk} is not a readable safetensors file") and "--weights" not in line
 
 
 def test_no_path_option_is_checked_by_click():

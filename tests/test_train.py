@@ -685,7 +685,7 @@ def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline)
     line = one_error(r := cli(faces, "--out", tmp_path / "r6", "--size", "96"))  # base: multiples of 64
     assert line.endswith("use --size 128, or --model tiny, which takes 96") and r.exit_code == 2
     line = one_error(r := cli(faces, "--out", tmp_path / "r7", "--size", "32", "--init-from", tiny_baseline, "--workers", "0"))
-    assert r.exit_code == 1 and "not an IDM model" in line
+    assert r.exit_code == 2 and line.startswith(f"error: --init-from: {tiny_baseline}") and "not an IDM model" in line  # the option must change
     assert "not a duration" in one_error(r := cli(faces, "--out", tmp_path / "r10", "--time-limit", "8")) and r.exit_code == 2
     assert "--val-identity needs --val" in one_error(r := cli(faces, "--out", tmp_path / "r8", "--val-identity", "arcface_w600k_mbf")) and r.exit_code == 2
     assert "--val-degrade ',,' names no preset" in one_error(r := cli(faces, "--out", tmp_path / "r11", "--val-degrade", ",,")) and r.exit_code == 2
@@ -807,13 +807,13 @@ def test_a_missing_init_from_or_val_identity_is_a_usage_error_naming_its_option(
     assert missing.exit_code == 2 and one_error(missing).startswith(f"error: --init-from {tmp_path / 'nowhere'} does not exist")
     (tmp_path / "picture.txt").write_text("not a model")
     wrong = cli(faces, "--out", tmp_path / "b", "--size", "32", "--init-from", tmp_path / "picture.txt")
-    assert wrong.exit_code == 1 and one_error(wrong).startswith("error: --init-from: ")
+    assert wrong.exit_code == 2 and one_error(wrong).startswith(f"error: --init-from: {tmp_path / 'picture.txt'} cannot be read as a checkpoint")
     arcface = cli(faces, "--out", tmp_path / "c", "--size", "32", "--val", faces, "--val-identity", tmp_path / "none.onnx")
     assert arcface.exit_code == 2 and "--val-identity" in one_error(arcface) and "--weights" not in arcface.output
     if importlib.util.find_spec("onnxruntime") is not None:  # a file that is no ONNX model: one line, not onnxruntime's traceback
         (tmp_path / "junk.onnx").write_text("<html>not found</html>")
         junk = cli(faces, "--out", tmp_path / "e", "--size", "32", "--val", faces, "--val-identity", tmp_path / "junk.onnx", "-q")
-        assert junk.exit_code == 1 and one_error(junk).startswith(f"error: --val-identity: {tmp_path / 'junk.onnx'} cannot be loaded by onnxruntime")
+        assert junk.exit_code == 2 and one_error(junk).startswith(f"error: --val-identity: {tmp_path / 'junk.onnx'} cannot be loaded by onnxruntime")
     targets = cli(faces, "--out", tmp_path / "d", "--size", "32", "--targets", tmp_path / "cleaned")
     assert targets.exit_code == 2 and f"--targets folder {tmp_path / 'cleaned'} does not exist" in one_error(targets)
     assert not any((tmp_path / name).exists() for name in "abcd")

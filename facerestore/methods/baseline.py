@@ -19,7 +19,7 @@ from facerestore.errors import UnsupportedCheckpoint, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.baseline_unet import BaselineUNet, infer_config
 from facerestore.weights.checkpoint import load_strict, read_state_dict
-from facerestore.weights.store import resolve_explicit
+from facerestore.weights.store import loading_option, resolve_explicit
 
 INFO = MethodInfo(
     name="baseline",
@@ -52,12 +52,13 @@ class BaselineMethod:
             path = bundled_weights()
             if not path.is_file():
                 raise WeightsError(f"the bundled model {path} is missing from this installation", hint=f"reinstall facerestore, or pass {options.weights_option} FILE")
-        state = {k: v.float() for k, v in read_state_dict(path).items()}
-        try:
-            config = infer_config(state)
-        except (KeyError, IndexError) as exc:
-            raise UnsupportedCheckpoint(f"{path} is not a baseline UNet checkpoint (no {exc})", hint="pass a file written by facerestore.training.train_baseline") from None
-        self.net = load_strict(BaselineUNet(config), state, path)
+        with loading_option(options.weights_option, named=options.weights is not None):  # a bad --weights file: exit 2
+            state = {k: v.float() for k, v in read_state_dict(path).items()}
+            try:
+                config = infer_config(state)
+            except (KeyError, IndexError) as exc:
+                raise UnsupportedCheckpoint(f"{path} is not a baseline UNet checkpoint (no {exc})", hint="pass a file written by facerestore.training.train_baseline") from None
+            self.net = load_strict(BaselineUNet(config), state, path)
         self.multiple = config.multiple
         self.device = torch.device(options.device)
         for_inference(self.net, self.device)

@@ -31,7 +31,7 @@ from facerestore.errors import UnsupportedCheckpoint, UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.codeformer import HINT, CodeFormer, infer_config
 from facerestore.weights.checkpoint import display_name, load_strict, read_state_dict
-from facerestore.weights.store import resolve
+from facerestore.weights.store import loading_option, resolve
 
 DEFAULT_FIDELITY = 0.5  # the official inference scripts' w
 
@@ -84,7 +84,8 @@ class CodeFormerMethod:
         self.device = torch.device(options.device)
         self.autocast = autocast_dtype(self.device, options.precision, auto_on_cuda=False)  # before reading weights
         path = resolve("codeformer", explicit=options.weights, offline=options.offline, option=options.weights_option)
-        self.net = load_codeformer(path, self.device)
+        with loading_option(options.weights_option, named=options.weights is not None):  # a bad --weights file: exit 2
+            self.net = load_codeformer(path, self.device)
         self.fidelity = float(fidelity)
 
     @torch.inference_mode()

@@ -409,8 +409,12 @@ def load_difface_nets(options: MethodOptions) -> DifFaceNets:
             return f"this SwinIR maps RGB x{c.upscale}/{c.unshuffle} with {c.in_channels} channels; DifFace's estimator keeps the size of an RGB face"
         return ""
 
-    prior = load_difface_prior(paths["prior"])
-    estimator = load_net(paths["swinir"], "DifFace SwinIR estimator", infer_swinir, build_swinir, swinir_check, meta=False, hint=HINT)
+    from facerestore.weights.store import loading_option
+
+    with loading_option(options.weights_option, named="prior" in chosen):  # a bad file named by --weights: exit 2
+        prior = load_difface_prior(paths["prior"])
+    with loading_option(options.weights_option, named="swinir" in chosen):
+        estimator = load_net(paths["swinir"], "DifFace SwinIR estimator", infer_swinir, build_swinir, swinir_check, meta=False, hint=HINT)
     return DifFaceNets(prior=prior, estimator=estimator)
 
 

@@ -315,10 +315,14 @@ def load_dr2_nets(options: MethodOptions) -> DR2Nets:
             return f"this SPARNet maps {c.in_channels} -> {c.out_channels} channels; the enhancer maps RGB to RGB"
         return ""
 
-    ddpm = load_net(paths["ddpm"], "DR2 DDPM (guided-diffusion UNet)", infer_unet, GuidedUNet, unet_check, hint=HINT)
+    from facerestore.weights.store import loading_option
+
+    with loading_option(options.weights_option, named="ddpm" in chosen):  # a bad file named by --weights: exit 2
+        ddpm = load_net(paths["ddpm"], "DR2 DDPM (guided-diffusion UNet)", infer_unet, GuidedUNet, unet_check, hint=HINT)
     enhancer = None
     if "enhancer" in paths:
-        enhancer = load_net(paths["enhancer"], "SPARNetHD enhancer", infer_sparnet, SPARNetHD, sparnet_check, hint=HINT)
+        with loading_option(options.weights_option, named="enhancer" in chosen):
+            enhancer = load_net(paths["enhancer"], "SPARNetHD enhancer", infer_sparnet, SPARNetHD, sparnet_check, hint=HINT)
     return DR2Nets(ddpm=ddpm, enhancer=enhancer)
 
 

@@ -260,7 +260,10 @@ class IDMMethod:
                     hint=f"reinstall facerestore, or train one with `facerestore train FACES_DIR --out runs/idm` and pass `{options.weights_option} runs/idm` (docs/training.md)",
                 )
         self.device = torch.device(options.device)
-        self.model = load_model(path, self.device)
+        from facerestore.weights.store import loading_option
+
+        with loading_option(options.weights_option, named=options.weights is not None):  # a bad --weights file: exit 2
+            self.model = load_model(path, self.device)
         for_inference(self.model.net, self.device)
         self.schedule = NoiseSchedule.named(SCHEDULE_NAME, T)
 

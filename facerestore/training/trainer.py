@@ -261,7 +261,7 @@ def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[s
     if config.init_from:
         from facerestore.methods.idm import load_model, model_path
         from facerestore.weights.catalogue import load_catalogue
-        from facerestore.weights.store import resolve_explicit
+        from facerestore.weights.store import loading_option, resolve_explicit
 
         if not Path(config.init_from).expanduser().exists() and config.init_from not in load_catalogue():
             raise BadWeightsOption(f"--init-from {config.init_from} does not exist",
@@ -269,10 +269,8 @@ def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[s
         # a run folder means its model; a file must be readable; a name registered with `weights import`
         # comes from the weights store (sha256 checked); a published checkpoint's name is refused: exit 2
         path = resolve_explicit(model_path(config.init_from, "--init-from"), offline=True, catalogued=(), option="--init-from")
-        try:
+        with loading_option("--init-from"):  # a damaged file or another model: exit 2, as a missing one
             loaded = load_model(path)
-        except FaceRestoreError as exc:
-            raise type(exc)(f"--init-from: {exc}", hint=exc.hint) from None
         if unet is not None and unet != loaded.net.config:
             raise UsageError(f"--init-from {config.init_from} has another architecture than --model {config.model}",
                              hint="drop --model: the architecture comes from the checkpoint")
@@ -556,12 +554,15 @@ def val_identity(config: TrainConfig) -> Callable[[np.ndarray, np.ndarray], floa
 
     if not Path(config.val_identity).exists() and "." in Path(config.val_identity).name:  # a file name, not a catalogue name
         raise UsageError(f"--val-identity {config.val_identity} does not exist", hint="pass an ArcFace ONNX file, or the catalogue name arcface_w600k_mbf")
-    from facerestore.weights.store import check_weights_option
+    from facerestore.weights.store import check_weights_option, loading_option
 
     check_weights_option(config.val_identity, option="--val-identity")  # a folder, an unreadable file, an unknown name: exit 2
     try:
-        load_arcface(config.val_identity)
-    except FaceRestoreError as exc:
+        with loading_option("--val-identity"):  # no ONNX model: exit 2, as a missing one
+            load_arcface(config.val_identity)
+    except BadWeightsOption:
+        raise
+    except FaceRestoreError as exc:  # onnxruntime missing, the catalogue's file offline
         raise type(exc)(f"--val-identity: {exc}", hint=exc.hint) from None
     return ReferenceIdentity(config.val_identity)
 

@@ -21,9 +21,10 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from facerestore.errors import BadWeightsOption, ChecksumMismatch, UsageError, WeightsError
+from facerestore.errors import BadWeightsFile, BadWeightsOption, ChecksumMismatch, UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.file_modes import new_file_mode
 from facerestore.weights.catalogue import WeightsEntry, entry_for_filename, get_entry, load_catalogue, local_registry_path
 from facerestore.weights.file_lock import exclusive
@@ -320,6 +321,21 @@ def readable_option_file(path: Path, option: str = "--weights") -> Path:
     if not os.access(path, os.R_OK):
         raise BadWeightsOption(f"{option} {path} cannot be read (permission denied)", hint="make it readable (chmod a+r), or copy it somewhere of yours and pass the copy")
     return path
+
+
+@contextmanager
+def loading_option(option: str, named: bool = True) -> Iterator[None]:
+    """Around loading what the weights option `option` named (`named`: it did, not the catalogue):
+    a file that is no checkpoint of this use (truncated, damaged, another architecture) is
+    BadWeightsFile, one line starting with the option, exit 2 as a missing one."""
+    try:
+        yield
+    except BadWeightsOption:
+        raise
+    except UnsupportedCheckpoint as exc:
+        if not named:
+            raise
+        raise BadWeightsFile(f"{option}: {exc}", hint=exc.hint) from None
 
 
 # ---------------------------------------------------------------- downloading

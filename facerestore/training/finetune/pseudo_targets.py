@@ -607,7 +607,12 @@ def prepare(options: PseudoTargetOptions, device: str, *, load: bool = True, fac
     if base_method is None and load:
         base_method = options.base.build(device, options.offline, options.size)
     prior_path = resolve_prior(options.prior_weights, options.offline)
-    prior = load_prior(prior_path, torch.device(device)) if load else None
+    prior = None
+    if load:
+        from facerestore.weights.store import loading_option
+
+        with loading_option("--prior-weights", named=options.prior_weights is not None):  # a bad file it names: exit 2
+            prior = load_prior(prior_path, torch.device(device))
     return PreparedStage(options=options, plan=plan, faces=faces, scan=scan, prior_path=prior_path, base_method=base_method, prior=prior)
 
 
