@@ -386,6 +386,8 @@ def test_a_ref_set_fid_cannot_use_is_refused_before_any_model_loads(hq, tmp_path
     (tmp_path / "junk.npz").write_text("<html>not found</html>")
     np.savez(tmp_path / "keys.npz", mean=np.zeros(2048), cov=np.eye(2048))
     np.savez(tmp_path / "small.npz", mu=np.zeros(3), sigma=np.eye(3))
+    np.savez(tmp_path / "caps.npz", mu=np.zeros(3), sigma=np.eye(3))
+    (tmp_path / "caps.npz").rename(tmp_path / "CAPS.NPZ")  # read as statistics too, not refused by its name
     np.savez(tmp_path / "nan.npz", mu=np.full(2048, np.nan), sigma=np.eye(2048))
     np.save(tmp_path / "array.npy", np.zeros(2048))
     (tmp_path / "array.npy").rename(tmp_path / "array.npz")
@@ -398,6 +400,7 @@ def test_a_ref_set_fid_cannot_use_is_refused_before_any_model_loads(hq, tmp_path
         "keys.npz": "has no mu or sigma (it holds: mean, cov)",
         "small.npz": "mu has shape [3] and sigma [3, 3]; FID needs mu [2048] and sigma [2048, 2048]",
         "nan.npz": "mu and sigma must be finite numbers",
+        "CAPS.NPZ": "mu has shape [3] and sigma [3, 3]",
         "notes.txt": "is neither a folder of images nor an .npz of FID statistics",
     }
     for name, message in expected.items():

@@ -90,6 +90,8 @@ def test_precomputed_statistics_round_trip(tmp_path):
     # two sets of statistics need no feature extractor (so no Inception weights, even offline)
     shifted = FrechetStats(stats.mu + 1.0, stats.sigma)
     assert fid(shifted, tmp_path / "ref.npz") == pytest.approx(192.0, rel=1e-6)
+    (tmp_path / "ref.npz").rename(tmp_path / "REF.NPZ")  # a name in capitals is the same kind of file
+    assert fid(shifted, tmp_path / "REF.NPZ") == pytest.approx(192.0, rel=1e-6)
 
 
 def test_unavailable_offline_without_the_inception_weights():

@@ -151,7 +151,7 @@ def check_ref_set(ref_set: Path, feature_dim: int | None = FID_FEATURES) -> None
         if len(found) < 2:
             raise UsageError(f"--ref-set {ref_set} holds {counted(len(found), 'image')}; FID needs at least 2", hint=hint)
         return
-    if not ref_set.name.endswith(".npz"):
+    if not ref_set.name.lower().endswith(".npz"):
         raise UsageError(f"--ref-set {ref_set} is neither a folder of images nor an .npz of FID statistics", hint=hint)
     try:
         data = np.load(ref_set, allow_pickle=False)

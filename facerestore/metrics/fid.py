@@ -226,7 +226,7 @@ def set_features(images: str | Path | Sequence[ImageLike], extractor: Extractor,
 
 
 def _is_statistics(images: ImageSet) -> bool:
-    return isinstance(images, FrechetStats) or (isinstance(images, (str, Path)) and str(images).endswith(".npz"))
+    return isinstance(images, FrechetStats) or (isinstance(images, (str, Path)) and str(images).lower().endswith(".npz"))
 
 
 def set_statistics(images: ImageSet, extractor: Extractor, *, batch_size: int = 8) -> FrechetStats:
