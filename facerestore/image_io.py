@@ -571,12 +571,18 @@ def write_bytes(path: Path, payload: bytes) -> Path:
     return path
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def _walk(folder: Path, unreadable: list[Path] | None = None) -> Iterator[Path]:
     """Every file below `folder`, following linked folders (a dataset assembled from links) but each
     real folder once, so a link to an ancestor cannot loop; hidden names (".git", macOS "._x.jpg",
-    our own temp files) and everything below them are left out."""
+    our own temp files) and everything below them are left out. Sub-folders that cannot be listed
+    go to `unreadable` (os.walk would skip them without a word)."""
     visited: set[str] = set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
+
+    def note(error: OSError) -> None:
+        if unreadable is not None and error.filename is not None:
+            unreadable.append(Path(error.filename))
+
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=note):
         real = os.path.realpath(root)
         if real in visited:
             dirs[:] = []
@@ -622,16 +628,17 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplica
             problems.append((item, "cannot be read (permission denied)"))
         elif item.is_dir():
             inside = [e for e in skipped if not item.resolve().is_relative_to(e)]
-            files, broken = [], []
-            for p in _walk(item):
+            files, broken, unreadable = [], [], []
+            for p in _walk(item, unreadable):
                 if not is_image_path(p) or excluded(p, inside):
                     continue
                 if p.is_file():
                     files.append(p)
                 elif p.is_symlink() and not p.exists():
                     broken.append((p, BROKEN_LINK))
-            problems += sorted(broken)
-            if not files and not broken:
+            problems += sorted(broken) + [(d, "cannot be read (permission denied)" if not os.access(d, os.R_OK | os.X_OK) else "cannot be listed")
+                                          for d in sorted(unreadable)]
+            if not files and not broken and not unreadable:
                 problems.append((item, f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"))
             for p in sorted(files, key=lambda p: p.relative_to(item).parts):
                 add(p)

@@ -459,3 +459,24 @@ def test_a_jpeg_without_chroma_subsampling_keeps_full_colour_resolution(tmp_path
         out = write_image(tmp_path / f"out{sampling}.jpg", pic.rgb, **pic.encoding())
         assert JpegImagePlugin.get_sampling(Image.open(out)) == sampling  # 4:4:4 stays 4:4:4; 4:2:0 is the default
 
+
+
+def test_list_images_reports_a_sub_folder_it_cannot_read(tmp_path, monkeypatch):
+    """os.walk skips a sub-folder it cannot list without a word: its images would silently be missing
+    from a batch, a training set or a cleaned dataset. It is a problem line; the rest is still found."""
+    root = tmp_path / "data"
+    write_image(root / "a.png", np.zeros((4, 4, 3), np.float32))
+    write_image(root / "locked" / "b.png", np.zeros((4, 4, 3), np.float32))
+    real_scandir, real_access = os.scandir, os.access
+    locked = root / "locked"
+
+    def scandir(path=".", *args):
+        if Path(path) == locked:  # root lists anything: simulate a folder this user may not open
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == locked else real_access(path, mode, **kw))
+    found, problems = list_images([root])
+    assert found == [root / "a.png"]
+    assert problems == [(locked, "cannot be read (permission denied)")]

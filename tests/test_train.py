@@ -566,6 +566,26 @@ def test_scan_counts_broken_links_and_second_paths_to_a_file(tmp_path):
     assert scan.summary() == "2 training images, 2 broken links skipped, 1 duplicate (links to a file already listed) skipped"
 
 
+def test_scan_counts_a_sub_folder_it_cannot_read(tmp_path, monkeypatch):
+    """Its faces were left out of the training set without a word."""
+    import os
+
+    root = tmp_path / "faces"
+    write_image(root / "a.png", face(0, 32))
+    write_image(root / "locked" / "b.png", face(1, 32))
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):
+        if Path(path) == root / "locked":  # root lists anything: simulate a folder this user may not open
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    scan = scan_faces([root], min_side=16)
+    assert [Path(f.source).name for f in scan.files] == ["a.png"] and scan.skipped == 1
+    assert scan.summary() == f"1 training image, 1 unreadable folder skipped ({root / 'locked'})"
+
+
 def test_targets_are_the_cleaned_images_and_inputs_the_originals(tmp_path):
     """Extrinsic iteration: x_d = d(x) from the original, the target is x* from --targets."""
     originals, cleaned = tmp_path / "orig", tmp_path / "clean"

@@ -58,10 +58,11 @@ class ScanResult:
     missing_targets: list[str]
     broken_links: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # another path to a file already listed
+    unreadable_folders: list[str] = field(default_factory=list)  # sub-folders the walk could not list
 
     @property
     def skipped(self) -> int:
-        return len(self.unreadable) + len(self.tiny) + len(self.missing_targets) + len(self.broken_links) + len(self.duplicates)
+        return len(self.unreadable) + len(self.tiny) + len(self.missing_targets) + len(self.broken_links) + len(self.duplicates) + len(self.unreadable_folders)
 
     def summary(self, noun: str = "training image") -> str:
         """'N training images, M unreadable skipped, ...'; `noun` names what the files are to the command."""
@@ -76,6 +77,9 @@ class ScanResult:
             parts.append(f"{counted(len(self.broken_links), 'broken link')} skipped")
         if self.duplicates:
             parts.append(f"{counted(len(self.duplicates), 'duplicate')} (links to a file already listed) skipped")
+        if self.unreadable_folders:
+            parts.append(f"{counted(len(self.unreadable_folders), 'unreadable folder')} skipped ({self.unreadable_folders[0]}"
+                         + (", ..." if len(self.unreadable_folders) > 1 else "") + ")")
         return ", ".join(parts)
 
 
@@ -110,6 +114,7 @@ def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: 
         duplicates: list[Path] = []
         paths, problems = list_images([folder], duplicates=duplicates)
         result.broken_links += [str(p) for p, reason in problems if reason == BROKEN_LINK]
+        result.unreadable_folders += [str(p) for p, reason in problems if reason != BROKEN_LINK and p.is_dir()]
         result.duplicates += [str(p) for p in duplicates]
         for path in paths:
             size = _header_size(path)
