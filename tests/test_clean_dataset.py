@@ -447,3 +447,12 @@ def test_a_rerun_says_how_many_temp_files_it_removed_in_good_english(dataset, tm
     stale.write_bytes(b"half a file")
     result = clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu")
     assert "removed 1 unfinished temporary file of an earlier run" in result.output and not stale.exists()
+
+
+def test_a_broken_link_in_the_dataset_is_named_not_skipped_silently(tmp_path, model):
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_image(src / "a.png", face(0, 32))
+    (src / "gone.png").symlink_to(tmp_path / "missing.png")
+    result = clean(src, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu")
+    assert f"warning: skipped {src / 'gone.png'}: is a broken link (its target does not exist)" in result.output
+    assert (out / "a.png").is_file() and not (out / "gone.png").exists()

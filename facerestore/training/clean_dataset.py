@@ -218,9 +218,12 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     # DST/<rel> for every file: a DST above SRC would write over the user's files beside SRC (and over SRC's
     # own files where a sub-folder repeats SRC's name), and a DST inside SRC would be read back by a rerun
     assert_apart(out, src, f"the dataset {src}", hint="write the cleaned copy to a folder that neither is, lies inside nor holds SRC")
-    paths, _ = list_images([src])
+    paths, problems = list_images([src])
     if not paths:
         raise UsageError(f"{src} holds no images", hint="pass a folder of jpg, png, webp, tif or bmp images")
+    if d.main:  # a broken link or a folder that cannot be listed: left out, but not without a word
+        for path, reason in problems:
+            message(f"warning: skipped {path}: {reason}")
     if options.limit is not None:
         paths = paths[: options.limit]
     rels = [p.relative_to(src).as_posix() for p in paths]
