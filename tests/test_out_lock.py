@@ -85,3 +85,27 @@ def test_torchrun_ranks_other_than_0_take_no_lock(tmp_path):
         with output_lock(out, hold=False):  # rank 1 of the run rank 0 holds it for
             pass
         assert (out / LOCK_NAME).exists()
+
+
+def test_where_nothing_can_be_locked_the_run_goes_on_unlocked_saying_so(tmp_path, monkeypatch):
+    """The lock is weights/file_lock's flock: no fcntl (Windows) or a file system refusing flock
+    (ENOLCK) is one note naming the folder, and the run goes on."""
+    import errno
+    import types
+
+    from facerestore.weights import file_lock
+
+    said: list[str] = []
+    monkeypatch.setattr(file_lock, "fcntl", None)
+    with output_lock(tmp_path / "a" / "b", on_message=said.append):
+        pass
+    assert not (tmp_path / "a").exists()  # the folders it made are removed again
+
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(file_lock, "fcntl", types.SimpleNamespace(flock=refuse, LOCK_EX=2, LOCK_NB=4, LOCK_SH=1))
+    with output_lock(tmp_path / "c", on_message=said.append):
+        pass
+    assert said == [f"cannot lock {tmp_path / 'a' / 'b'} on this system; make sure no other run writes into it",
+                    f"cannot lock {tmp_path / 'c'} ({os.strerror(errno.ENOLCK)}); make sure no other run writes into it"]

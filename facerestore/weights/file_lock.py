@@ -1,4 +1,5 @@
-"""One process at a time per cache file: the lock a download, a conversion or an import holds.
+"""One process at a time per file: the flock a download, a conversion or an import holds on a cache
+file, and (through `training.out_lock`) a run on its output folder.
 
 Two processes that need the same missing checkpoint at once (two shells, the ranks of a torchrun
 run) would both append to one `.part`, or one would rename it while the other still wrote into it.
@@ -7,13 +8,14 @@ has it, looks again whether the file is there now: the process that waited finds
 and uses it. The holder writes its pid, host and what it does into the lock file; a process kept
 waiting more than `NOTE_AFTER_S` says so on stderr with those ("waiting for another process (pid 12)
 downloading codeformer.pth into ~/.cache/facerestore/weights"), so a long download elsewhere does
-not look like a hang.
+not look like a hang. `take(wait=False)` refuses at once instead (`Busy`, naming the holder).
 
 The kernel drops an flock when its process dies (even by kill -9), so a lock file a killed process
-left behind is simply taken. The holder removes the file while still holding it; a process that
-opened it meanwhile sees that its inode is no longer the one at that path and locks the new file.
-Where there is no fcntl (Windows), the lock file cannot be made (a read-only folder) or the file
-system refuses locks (some FUSE mounts, NFS without a lock daemon), the work goes on unlocked.
+left behind is simply taken (and what it named is returned, for a note); a pid reused since never
+looks alive. The holder removes the file while still holding it; a process that opened it meanwhile
+sees that its inode is no longer the one at that path and locks the new file. Where there is no
+fcntl (Windows), the lock file cannot be made (a read-only folder) or the file system refuses locks
+(some FUSE mounts, NFS without a lock daemon), the work goes on unlocked.
 """
 
 from __future__ import annotations
@@ -36,6 +38,19 @@ NOTE_AFTER_S = 2.0  # how long a process waits quietly before it says what it wa
 POLL_S = 0.05
 
 
+class NoLocks(OSError):
+    """Nothing can be locked here (no fcntl, or a file system without locks): go on unlocked. Its
+    text says why: "on this system" or the file system's reason in parentheses."""
+
+
+class Busy(Exception):
+    """Another live process holds the lock `take(wait=False)` asked for; `holder` is what its file names."""
+
+    def __init__(self, holder: dict) -> None:
+        super().__init__(describe(holder))
+        self.holder = holder
+
+
 def lock_path(path: Path) -> Path:
     """The lock file of cache file `path`."""
     return path.with_name(path.name + ".lock")
@@ -51,65 +66,103 @@ def exclusive(path: Path, doing: str | None = None, *, on_wait: Callable[[str], 
     see the module docstring). `doing` ("downloading X into DIR") is what this process does under it,
     recorded for the processes it keeps waiting; None says nothing after a wait (a lock held for
     milliseconds)."""
-    fd = _acquire(lock_path(Path(path)), doing, on_wait)
+    lock = lock_path(Path(path))
+
+    def waiting(holder: dict) -> None:  # what the holder does; this process's own `doing` until it has written it
+        on_wait(f"waiting for another process ({describe(holder)}) {holder.get('doing') or doing}")
+
+    try:
+        fd, _ = take(lock, {"doing": doing or ""}, shared=True, on_wait=waiting if doing is not None and on_wait is not None else None)
+    except OSError:  # no locks here, or no lock file to be had
+        fd = None
     try:
         yield fd is not None
     finally:
         if fd is not None:
-            _release(fd, lock_path(Path(path)))
+            release(fd, lock)
 
 
-def _acquire(lock: Path, doing: str | None, on_wait: Callable[[str], None] | None) -> int | None:
+def take(lock: Path, record: dict[str, str], *, wait: bool = True, on_wait: Callable[[dict], None] | None = None,
+         shared: bool = False) -> tuple[int, dict]:
+    """Hold the flock of file `lock` (made if missing) and write this pid and host, and `record`, into
+    it; returns its fd (for `release`) and what the file named before: {} unless a process that held
+    it died without releasing it. A lock another process holds is waited for, polled so that Ctrl-C
+    stops the wait, with `on_wait(holder)` once after NOTE_AFTER_S; `wait=False` raises Busy instead.
+    `shared` (a cache other users write too): a lock file this process may only read is locked all
+    the same, unrecorded. Raises NoLocks where nothing can be locked, OSError where the file cannot
+    be opened (or, not `shared`, written)."""
     if fcntl is None:
-        return None
-    started, said = time.monotonic(), False
+        raise NoLocks("on this system")
+    started = time.monotonic()
     while True:
-        fd = _open(lock)
-        if fd is None:
-            return None
+        fd = _open(lock, shared)
         try:
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if doing is not None and on_wait is not None and not said and time.monotonic() - started >= NOTE_AFTER_S:
-                        on_wait(_waiting_line(fd, doing))
-                        said = True
+                    if not wait:
+                        raise Busy(holder_of(fd)) from None
+                    if on_wait is not None and time.monotonic() - started >= NOTE_AFTER_S:
+                        on_wait(holder_of(fd))
+                        on_wait = None
                     time.sleep(POLL_S)  # polled, not blocking: Ctrl-C stops a wait at once
-        except OSError:  # this file system has no locks (ENOLCK, EOPNOTSUPP...)
-            os.close(fd)
-            return None
+                except OSError as exc:  # this file system has no locks (ENOLCK, EOPNOTSUPP...)
+                    raise NoLocks(f"({exc.strerror or exc})") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            except FileNotFoundError:
+                same = False
         except BaseException:
             os.close(fd)
             raise
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
-        except OSError:
-            same = False
         if same:
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "doing": doing or ""}) + "\n").encode(), 0)
-            except OSError:
-                pass  # opened read-only (a cache shared with other users): the lock holds all the same
-            return fd
+            break
         os.close(fd)  # the holder removed the file as this process opened it: lock the new one
-
-
-def _open(lock: Path) -> int | None:
+    earlier = holder_of(fd)
     try:
-        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for the cache's files
-    except PermissionError:
-        try:
-            return os.open(lock, os.O_RDONLY)  # another user's lock file in a shared cache
-        except OSError:
-            return None
-    except OSError:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname(), **record}) + "\n").encode(), 0)
+    except BaseException as exc:
+        if not (shared and isinstance(exc, OSError)):  # shared: opened read-only, the lock holds all the same
+            release(fd, lock)
+            raise
+    return fd, earlier
+
+
+def peek(lock: Path) -> dict | None:
+    """What the file names while another process holds `lock` ({} if nothing readable); None while it
+    is free or cannot be told. Takes nothing (a shared lock for an instant)."""
+    if fcntl is None:
         return None
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:  # no lock file (or none readable): nobody holds it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return holder_of(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # closing drops the shared lock, if taken
+    return None
 
 
-def _release(fd: int, lock: Path) -> None:
+def _open(lock: Path, shared: bool) -> int:
+    try:
+        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for the files written beside it
+    except PermissionError:
+        if not shared:
+            raise
+        return os.open(lock, os.O_RDONLY)  # another user's lock file in a shared cache
+
+
+def release(fd: int, lock: Path) -> None:
+    """Remove the file while still holding it (a process that opened it meanwhile sees the inode
+    change and locks a new file), then let go."""
     try:
         os.unlink(lock)
     except OSError:
@@ -117,14 +170,18 @@ def _release(fd: int, lock: Path) -> None:
     os.close(fd)
 
 
-def _waiting_line(fd: int, doing: str) -> str:
-    """The line a waiting process says: the holder's pid (and host, if another) and what it does,
-    from the lock file; this process's own `doing` where the holder has not written it yet."""
+def holder_of(fd: int) -> dict:
+    """What a lock file names: pid, host and whatever its holder recorded ({} for an empty or unreadable one)."""
     try:
         data = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        host = data.get("host")
-        who = f"pid {int(data['pid'])}" + (f" on {host}" if host and host != socket.gethostname() else "")
-        doing = str(data.get("doing") or doing)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        who = "pid unknown"
-    return f"waiting for another process ({who}) {doing}"
+        return {**data, "pid": int(data["pid"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def describe(holder: dict) -> str:
+    """'pid 12', with ' on HOST' where that is another machine; 'pid unknown' for an empty record."""
+    if not holder:
+        return "pid unknown"
+    host = holder.get("host")
+    return f"pid {holder['pid']}" + (f" on {host}" if host and host != socket.gethostname() else "")
