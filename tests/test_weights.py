@@ -412,6 +412,36 @@ def test_registered_names_survive_quotes_in_file_names_and_are_readable_by_other
     assert target.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: a shared cache stays usable
 
 
+def test_a_registry_write_that_fails_midway_leaves_the_old_registry_whole(tiny_file, tmp_path, monkeypatch):
+    """The registry of your own weights was rewritten in place: a full disk (or a crash) midway left
+    half a local_weights.toml, and every registered name was lost. Now it is replaced whole or not at all."""
+    import errno
+
+    first = tmp_path / "first.pth"
+    first.write_bytes(tiny_file.read_bytes())
+    store.import_file(first, name="first")
+    registry = catalogue.local_registry_path()
+    before = registry.read_text(encoding="utf-8")
+    real_write_text = Path.write_text
+
+    def half_then_full(self: Path, text: str, *args, **kwargs) -> int:
+        if registry.name not in self.name:
+            return real_write_text(self, text, *args, **kwargs)
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    second = tmp_path / "second.pth"
+    second.write_bytes(tiny_file.read_bytes())
+    with monkeypatch.context() as patched, pytest.raises(WeightsError) as failed:
+        patched.setattr(Path, "write_text", half_then_full)
+        store.import_file(second, name="second")
+    assert failed.value.one_line() == (f"cannot write {registry} (No space left on device); 'second' is not registered; "
+                                       "free some disk space or point FACERESTORE_HOME elsewhere, then import it again")
+    assert registry.read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in registry.parent.iterdir() if p.name.startswith(".")) == []  # no temp file left
+    assert load_catalogue()["first"].local and "second" not in load_catalogue()
+
+
 def test_safetensors_are_recognised_by_content_and_unwrapped(tmp_path):
     path = save_safetensors({"module.weight": torch.ones(2, 3)}, tmp_path / "model.safetensors")
     renamed = tmp_path / "model.PTH"

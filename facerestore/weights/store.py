@@ -76,13 +76,24 @@ def _read_json(path: Path) -> dict:
 
 def _write_json(path: Path, data: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        _write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
     except OSError:
         pass  # a read-only home only costs re-hashing next time
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write `path` whole or not at all (a temp file renamed over it): a crash or a full disk midway
+    leaves the old file, not half of it that no later read can parse."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        Path(tmp).write_text(text, encoding="utf-8")
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600: as a file written in place would be
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _update_json(path: Path, change: Callable[[dict], None]) -> None:
@@ -574,8 +585,11 @@ def _register_local(source: Path, name: str, digest: str) -> Path:
             lines = _drop_table(lines, name)
             lines += [f'["{name}"]', f"file = {_toml_string(target.name)}", f'sha256 = "{digest}"', f"size = {source.stat().st_size}",
                       'license = "your own weights"', f"note = {_toml_string('imported from ' + source.name)}", ""]
-            registry.parent.mkdir(parents=True, exist_ok=True)
-            registry.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            try:
+                _write_text_atomic(registry, "\n".join(lines) + "\n")
+            except OSError as exc:
+                raise WeightsError(f"cannot write {registry} ({exc.strerror or exc}); {name!r} is not registered",
+                                   hint="free some disk space or point FACERESTORE_HOME elsewhere, then import it again") from None
     return target
 
 
