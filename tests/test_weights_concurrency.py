@@ -164,20 +164,38 @@ def test_no_fcntl_goes_on_unlocked(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_wait_is_said_once_with_the_holders_pid_and_work(tmp_path, monkeypatch):
-    monkeypatch.setattr(file_lock, "NOTE_AFTER_S", 0.05)
-    target, said = tmp_path / "x.pth", []
+def wait_behind_a_download(target: Path, **waiter) -> None:
+    """A thread asks for `target`'s lock (`waiter`: exclusive's on_wait) while this one holds it for 0.4 s."""
 
     def wait_for_it() -> None:
-        with file_lock.exclusive(target, "importing y.pth", on_wait=said.append):
+        with file_lock.exclusive(target, "importing y.pth", **waiter):
             pass
 
     with file_lock.exclusive(target, "downloading x.pth into DIR"):
-        waiter = threading.Thread(target=wait_for_it)
-        waiter.start()
+        waiting = threading.Thread(target=wait_for_it)
+        waiting.start()
         time.sleep(0.4)
-    waiter.join()
+    waiting.join()
+
+
+def test_a_wait_is_said_once_with_the_holders_pid_and_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(file_lock, "NOTE_AFTER_S", 0.05)
+    said: list[str] = []
+    wait_behind_a_download(tmp_path / "x.pth", on_wait=said.append)
     assert said == [f"waiting for another process (pid {os.getpid()}) downloading x.pth into DIR"]
+
+
+@pytest.mark.parametrize(("rank", "said"), [(None, True), ("0", True), ("3", False)])
+def test_under_torchrun_only_the_main_rank_says_it_waits(tmp_path, monkeypatch, capsys, rank, said):
+    """8 ranks needing one download: the 7 waiting each said "waiting for another process ...", 7 lines for one wait."""
+    for name in ("RANK", "LOCAL_RANK"):
+        if rank is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, rank)
+    monkeypatch.setattr(file_lock, "NOTE_AFTER_S", 0.05)
+    wait_behind_a_download(tmp_path / "x.pth")  # the default on_wait: said on stderr
+    assert capsys.readouterr().err == (f"waiting for another process (pid {os.getpid()}) downloading x.pth into DIR\n" if said else "")
 
 
 def test_two_imports_under_other_names_at_once_both_stay_registered(tiny_file, tmp_path, monkeypatch):

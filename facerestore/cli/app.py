@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 
 from facerestore import __version__
 from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.ranks import main_rank
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -61,19 +62,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-
-
-def main_rank() -> bool:
-    """True without torchrun and in its rank 0 (RANK, else LOCAL_RANK): the process that speaks for all.
-
-    Every rank checks the same options and meets the same error; printing it once per rank would only
-    repeat it. A value that is not a number counts as main, so the error about it is seen.
-    """
-    value = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
-    try:
-        return int(value) == 0
-    except ValueError:
-        return True
 
 
 def fail(error: FaceRestoreError, debug: bool = False) -> NoReturn:

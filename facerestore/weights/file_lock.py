@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from facerestore.ranks import main_rank
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -57,7 +59,10 @@ def lock_path(path: Path) -> Path:
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    """On stderr, from the main torchrun rank only: its 7 other ranks waiting for one download each
+    said so, 7 lines for one wait."""
+    if main_rank():
+        print(text, file=sys.stderr, flush=True)
 
 
 @contextmanager
