@@ -172,7 +172,7 @@ def test_a_file_failed_on_another_rank_and_restored_by_a_rerun_stays_done(datase
 def test_a_mistyped_option_does_not_lock_the_folder_to_its_settings(dataset, tmp_path, model):
     out = tmp_path / "out"
     assert "unknown method" in clean(dataset, "--out", out, "--method", "nope", check_exit=2).output
-    clean(dataset, "--out", out, "--weights", tmp_path / "typo.safetensors", "--steps", "2", check_exit=1)
+    clean(dataset, "--out", out, "--weights", tmp_path / "typo.safetensors", "--steps", "2", check_exit=2)  # a missing weights file is a usage error
     clean(dataset, "--out", out, "--weights", model, "--steps", "0", check_exit=2)
     clean(dataset, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", "--limit", "1", "-q")  # the corrected run
 
