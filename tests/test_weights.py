@@ -412,6 +412,16 @@ def test_registered_names_survive_quotes_in_file_names_and_are_readable_by_other
     assert target.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: a shared cache stays usable
 
 
+def test_a_file_name_that_is_not_utf8_is_registered(tiny_file, tmp_path):
+    """Linux file names are bytes: one that is not UTF-8 put a lone surrogate into the registry's note,
+    and writing it ended in a UnicodeEncodeError traceback."""
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/w\xff.pth"))
+    odd.write_bytes(tiny_file.read_bytes())
+    store.import_file(odd, name="mine")
+    assert load_catalogue()["mine"].local and store.resolve("mine").is_file()
+    assert "imported from w\\\\udcff.pth" in catalogue.local_registry_path().read_text(encoding="utf-8")
+
+
 def test_a_registry_write_that_fails_midway_leaves_the_old_registry_whole(tiny_file, tmp_path, monkeypatch):
     """The registry of your own weights was rewritten in place: a full disk (or a crash) midway left
     half a local_weights.toml, and every registered name was lost. Now it is replaced whole or not at all."""

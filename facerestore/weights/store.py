@@ -595,7 +595,9 @@ def _register_local(source: Path, name: str, digest: str) -> Path:
 
 def _toml_string(text: str) -> str:
     """A TOML basic string: JSON's escaping of quotes, backslashes and control characters is TOML's,
-    plus DEL, which TOML also wants escaped (a file named 'my "best".pth' broke the registry)."""
+    plus DEL, which TOML also wants escaped (a file named 'my "best".pth' broke the registry). A file
+    name that is not UTF-8 (a Linux name is bytes) keeps its odd bytes as `\\udcff`-style text."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
