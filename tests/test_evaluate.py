@@ -464,6 +464,28 @@ def test_a_broken_link_fails_alone_and_counts_toward_the_limit(hq, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_holding_only_an_unreadable_sub_folder_says_so_not_broken_link(tmp_path, monkeypatch):
+    """list_images reports a sub-folder it cannot list (105afd8) beside broken links (4f54a3d): with no
+    image at all the line called that folder a broken link."""
+    only = tmp_path / "only"
+    locked = only / "locked"
+    write_image(locked / "a.png", pattern(0))
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):
+        if Path(path) == locked:  # root lists anything: simulate a folder this user may not open
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    refused = run("--hq", only, "-m", "identity", "-o", tmp_path / "out")
+    assert refused.exit_code == 2 and refused.output.strip() == (
+        f"error: --hq {only}: no image to evaluate, only 1 unreadable folder (first: {locked}); pass a folder of aligned face crops (jpg, png, webp, tif, bmp)")
+    (only / "b.png").symlink_to(tmp_path / "gone.png")
+    both = run("--hq", only, "-m", "identity", "-o", tmp_path / "out")
+    assert both.exit_code == 2 and f"only 1 broken link and 1 unreadable folder (first: {only / 'b.png'})" in both.output
+
+
 def test_a_duplicate_name_outside_the_limit_is_not_a_failure(hq, tmp_path):
     write_image(hq / "face1.jpg", pattern(1))  # same name as face1.png, which --limit 1 leaves out
     out = tmp_path / "report"
