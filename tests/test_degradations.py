@@ -546,3 +546,13 @@ def test_a_lock_a_killed_degrade_left_is_taken_over_with_a_note(tree, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"{out} was locked by pid {gone.pid}, which ended without releasing it; taking the lock over" in result.output
     assert "3 degraded with preset mild" in result.output and not (out / LOCK_NAME).exists()
+
+
+def test_a_broken_link_in_the_source_is_named_not_skipped_silently(tree, tmp_path):
+    """list_images reports what it leaves out of SRC (a broken link, a folder it cannot list);
+    clean-dataset says so (9cf8ba0), degrade dropped them without a word."""
+    (tree / "gone.png").symlink_to(tmp_path / "missing.png")
+    result = run("degrade", tree, "--out", tmp_path / "out", "--preset", "mild", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"warning: skipped {tree / 'gone.png'}: is a broken link (its target does not exist)"]
+    assert not (tmp_path / "out" / "gone.png").exists()

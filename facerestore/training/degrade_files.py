@@ -117,6 +117,9 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     if not paths:
         reason = problems[0][1] if problems else "no images"
         raise UsageError(f"{src}: {reason}", hint="pass an image or a folder of images")
+    if on_warning is not None:  # a broken link or a folder that cannot be listed: left out, but not without a word
+        for path, reason in problems:
+            on_warning(f"skipped {path}: {reason}")
     root = src if src.is_dir() else src.parent
     if src.is_dir():
         assert_outside(dst, src, str(src), hint="write the degraded copies outside the source folder")
