@@ -556,3 +556,18 @@ def test_a_broken_link_in_the_source_is_named_not_skipped_silently(tree, tmp_pat
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [f"warning: skipped {tree / 'gone.png'}: is a broken link (its target does not exist)"]
     assert not (tmp_path / "out" / "gone.png").exists()
+
+
+@pytest.mark.parametrize("recorded", [b"\xff\xfe{", b"[1, 2]"])
+def test_a_settings_file_that_is_not_utf8_or_not_an_object_starts_over(tree, tmp_path, recorded):
+    """degrade read its settings.json itself, catching only JSONDecodeError: bytes that are not UTF-8
+    ended in a UnicodeDecodeError traceback (the case 34aad62 fixed in check_settings, via read_settings)."""
+    from facerestore.training.degrade_files import STATE_DIR
+
+    out = tmp_path / "out"
+    (out / STATE_DIR).mkdir(parents=True)
+    (out / STATE_DIR / "settings.json").write_bytes(recorded)
+    result = run("degrade", tree, "--out", out, "--preset", "mild", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    assert "3 degraded with preset mild, 0 failed" in result.output
+    assert json.loads((out / STATE_DIR / "settings.json").read_text())["seed"] == 1

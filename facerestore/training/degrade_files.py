@@ -39,7 +39,7 @@ from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import (IMAGE_EXTENSIONS, OUT_ONLY_HINT, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image,
                                   remove_stale_temps, write_bytes, write_image)
 from facerestore.training.degradations import DegradationParams, DegradationSpec, apply_degradation, preset as get_preset, sample_params
-from facerestore.training.loop import SOURCE_KEYS, manifest_records, open_manifest, source_changed, source_fingerprint, source_stat
+from facerestore.training.loop import SOURCE_KEYS, manifest_records, open_manifest, read_settings, source_changed, source_fingerprint, source_stat
 from facerestore.training.out_lock import output_lock
 from facerestore.training.seeds import check_seed, numpy_rng
 from facerestore.plural import counted
@@ -87,10 +87,7 @@ def _earlier_records(state: Path, settings: dict, stale: list[Path], on_message:
     run starts over: their manifest goes, then the `stale` files made from it, then the settings are
     recorded (in that order, so a kill in between never pairs a manifest with the wrong settings)."""
     path = state / "settings.json"
-    try:
-        recorded = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        recorded = None
+    recorded = read_settings(state)  # None where it is missing or unreadable (not JSON, not UTF-8, not an object)
     if recorded == settings:
         return _read_records(state / MANIFEST)
     if isinstance(recorded, dict) and on_message is not None:
