@@ -101,14 +101,51 @@ def is_image_path(path: Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+BAND_VALUES = 1 << 21  # samples converted at a time: an 8 MB float32 scratch, whatever the photo's size
+
+
+def _bands(rows: int, values_per_row: int) -> Iterator[slice]:
+    """Row ranges of about BAND_VALUES samples, for conversions that would otherwise need a
+    photo-sized float scratch (a 50 MP photo is 600 MB per float32 copy)."""
+    step = max(1, BAND_VALUES // max(1, values_per_row))
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))
+
+
 def _quantize(x: np.ndarray, top: float, dtype: type) -> np.ndarray:
-    """Float [0, 1] -> integers 0..top, rounded; NaN becomes 0. One scratch array, the rest in place
-    (a 50 MP photo is 600 MB per float32 temporary)."""
-    scaled = np.multiply(x, top)
-    np.nan_to_num(scaled, copy=False, nan=0.0)
-    np.clip(scaled, 0.0, top, out=scaled)
-    np.rint(scaled, out=scaled)
-    return scaled.astype(dtype)
+    """Float [0, 1] -> integers 0..top, rounded; NaN becomes 0. Converted a band of rows at a time,
+    so the float scratch is BAND_VALUES samples, not the photo's size."""
+    out = np.empty(x.shape, dtype)
+    rows = x.shape[0] if x.ndim else 1
+    flat_x, flat_out = (x, out) if x.ndim else (x.reshape(1), out.reshape(1))
+    for band in _bands(rows, flat_x[:1].size):
+        scaled = np.multiply(flat_x[band], top)
+        np.nan_to_num(scaled, copy=False, nan=0.0)
+        np.clip(scaled, 0.0, top, out=scaled)
+        np.rint(scaled, out=scaled)
+        flat_out[band] = scaled
+    return out
+
+
+def _samples(rgb: np.ndarray, dtype: type, gray: bool) -> np.ndarray:
+    """An HxWx3 float [0, 1], uint8 or uint16 image -> HxWx3 (HxWx1 when `gray`) samples of `dtype`
+    (uint8 or uint16), rounded. Integer input of that dtype is used as it is (no copy), and other
+    input is converted a band of rows at a time: a 50 MP uint8 photo no longer goes through two
+    600 MB float32 copies to be written."""
+    if rgb.dtype == dtype and not gray:
+        return rgb
+    top = float(np.iinfo(dtype).max)
+    out = np.empty((*rgb.shape[:2], 1 if gray else 3), dtype)
+    for band in _bands(rgb.shape[0], rgb.shape[1] * 3):
+        part = rgb[band]
+        if part.dtype == np.uint8:
+            part = part.astype(np.float32) / 255.0
+        elif part.dtype == np.uint16:
+            part = part.astype(np.float32) / 65535.0
+        if gray:
+            part = (part[:, :, 0] * 0.299 + part[:, :, 1] * 0.587 + part[:, :, 2] * 0.114)[:, :, None]
+        out[band] = _quantize(part, top, dtype)
+    return out
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -392,10 +429,6 @@ def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: in
         raise BadImage(f"cannot write {path}: unknown image extension {ext!r}",
                        hint=f"use one of {', '.join(IMAGE_EXTENSIONS)}")
     rgb = np.asarray(rgb)
-    if rgb.dtype == np.uint8:
-        rgb = rgb.astype(np.float32) / 255.0
-    elif rgb.dtype == np.uint16:
-        rgb = rgb.astype(np.float32) / 65535.0
     if rgb.ndim == 2:
         rgb = rgb[:, :, None]
     if rgb.ndim != 3 or rgb.shape[2] not in (1, 3):
@@ -410,10 +443,7 @@ def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: in
     deep = bit_depth == 16 and ext in _DEEP_EXTS
     quantize = _to_uint16 if deep else to_uint8
 
-    if gray:
-        samples = quantize(rgb[:, :, 0] * 0.299 + rgb[:, :, 1] * 0.587 + rgb[:, :, 2] * 0.114)[:, :, None]
-    else:
-        samples = quantize(rgb)
+    samples = _samples(rgb, np.uint16 if deep else np.uint8, gray)
     if alpha is not None:
         samples = np.dstack([samples, quantize(alpha)])
     if gray and (ext == ".webp" or (alpha is not None and deep)):

@@ -317,6 +317,34 @@ def test_quantizing_rounds_clips_and_zeroes_nan():
     assert np.array_equal(to_uint8(levels.astype(np.float32) / 255), levels)  # exact round trip
 
 
+def test_writing_a_large_photo_makes_no_photo_sized_float_copy(tmp_path, monkeypatch):
+    """Writing quantized the whole photo through a float32 scratch as large as the photo (and a uint8
+    photo was first turned into two float32 copies): 2.25 and 3.25 float copies at the peak, 1.4 GB
+    and 2 GB for a 50 MP photo. Now it converts a band of rows at a time (uint8 written as it is)
+    and needs less than one float copy, with the same pixels."""
+    import tracemalloc
+
+    monkeypatch.setattr(image_io, "BAND_VALUES", 1 << 18)  # bands of 87 rows: several bands, one uneven
+    y, x = np.mgrid[0:1000, 0:1500].astype(np.float32)
+    rgb = np.dstack([x / 1500, y / 1000, (x + y) / 2500 * 1.2 - 0.1])  # smooth (small PNGs), out of range in places
+    rgb[3, 5] = np.nan
+    floats = rgb.nbytes
+    expected = np.rint(np.clip(np.nan_to_num(rgb * 255, nan=0.0), 0, 255)).astype(np.uint8)
+    for source in (rgb, expected):
+        tracemalloc.start()
+        written = write_image(tmp_path / f"{source.dtype}.png", source)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < (0.8 if source is rgb else 0.6) * floats, (source.dtype, peak / floats)
+        assert np.array_equal(cv2.imread(str(written))[:, :, ::-1], expected)
+    luma = rgb.clip(0, 1)
+    luma = np.nan_to_num(luma[:, :, 0] * 0.299 + luma[:, :, 1] * 0.587 + luma[:, :, 2] * 0.114, nan=0.0)
+    written = cv2.imread(str(write_image(tmp_path / "gray.png", rgb.clip(0, 1), gray=True)), cv2.IMREAD_UNCHANGED)
+    assert written.ndim == 2 and np.array_equal(written, np.rint(np.clip(luma * 255, 0, 255)).astype(np.uint8))
+    deep = cv2.imread(str(write_image(tmp_path / "deep.png", expected, bit_depth=16)), cv2.IMREAD_UNCHANGED)
+    assert deep.dtype == np.uint16 and np.array_equal(deep[:, :, ::-1], expected.astype(np.uint16) * 257)  # 8 -> 16 bits exactly
+
+
 def test_lab_tiff_gains_no_alpha_and_float_tiff_keeps_its_values(tmp_path):
     """'A' in 'LAB' is the a* channel, not alpha; a float TIFF in 0..1 is read as 16-bit gray, not
     clipped to black."""
