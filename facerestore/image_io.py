@@ -1,6 +1,8 @@
 """The one place where files become arrays and arrays become files.
 
-Everything else in facerestore works on float32 RGB in [0, 1]. This module deals with what real files
+Everything else in facerestore works on float32 RGB in [0, 1], except the photo the restore pipeline
+pastes faces into, kept as uint8/uint16 samples (`to_samples`; 4 bytes a sample is 600 MB for a
+50 MP photo), which write_image takes as they are. This module deals with what real files
 carry so that the rest need not: EXIF orientation, alpha, 16-bit depth, grayscale, palette and CMYK
 sources, corrupt or oversized inputs (one-line `BadImage`), and atomic writes (temp file + rename, so
 an output is either the old file or the complete new one, never partial).
@@ -127,7 +129,7 @@ def _quantize(x: np.ndarray, top: float, dtype: type) -> np.ndarray:
     return out
 
 
-def _samples(rgb: np.ndarray, dtype: type, gray: bool) -> np.ndarray:
+def to_samples(rgb: np.ndarray, dtype: type, gray: bool = False) -> np.ndarray:
     """An HxWx3 float [0, 1], uint8 or uint16 image -> HxWx3 (HxWx1 when `gray`) samples of `dtype`
     (uint8 or uint16), rounded. Integer input of that dtype is used as it is (no copy), and other
     input is converted a band of rows at a time: a 50 MP uint8 photo no longer goes through two
@@ -146,6 +148,11 @@ def _samples(rgb: np.ndarray, dtype: type, gray: bool) -> np.ndarray:
             part = (part[:, :, 0] * 0.299 + part[:, :, 1] * 0.587 + part[:, :, 2] * 0.114)[:, :, None]
         out[band] = _quantize(part, top, dtype)
     return out
+
+
+def from_samples(samples: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 samples -> float32 in [0, 1], the values read_image gives for them."""
+    return samples.astype(np.float32) / np.float32(np.iinfo(samples.dtype).max)
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -443,7 +450,7 @@ def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: in
     deep = bit_depth == 16 and ext in _DEEP_EXTS
     quantize = _to_uint16 if deep else to_uint8
 
-    samples = _samples(rgb, np.uint16 if deep else np.uint8, gray)
+    samples = to_samples(rgb, np.uint16 if deep else np.uint8, gray)
     if alpha is not None:
         samples = np.dstack([samples, quantize(alpha)])
     if gray and (ext == ".webp" or (alpha is not None and deep)):

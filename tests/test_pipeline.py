@@ -86,6 +86,59 @@ def test_the_background_is_timed_apart_from_the_per_face_paste(tmp_path, three_f
     assert seconds["prepare"] >= 0.5 and seconds["paste"] < 0.3
 
 
+def _float_photo(picture, found, upscale: float, dtype=np.uint8):
+    """The restored photo as restore_picture made it before it kept the background in uint8: a
+    float32 photo-sized background (resized in float), every face pasted in float, rounded once."""
+    from facerestore.faces.align import align_face
+    from facerestore.faces.paste import paste_faces
+    from facerestore.image_io import to_samples
+
+    size = (round(picture.width * upscale), round(picture.height * upscale))
+    background = picture.rgb.copy() if upscale == 1 else np.clip(pipeline.scale_background(picture.rgb, picture.alpha, size), 0, 1)
+    faces = [align_face(picture.rgb, f.landmarks, 512) for f in found]
+    restored = restore_crops(Darken(), [f.crop for f in faces], batch_size=8, seed=0)
+    return to_samples(paste_faces(background, [(r, f.inverse) for r, f in zip(restored, faces)], upscale=upscale), dtype)
+
+
+@pytest.mark.parametrize("upscale", [1, 2])
+def test_the_photo_is_pasted_in_uint8_with_the_float_paste_result(tmp_path, monkeypatch, upscale):
+    """The background was a float32 copy of the photo, pasted into and rounded when written; now it
+    stays uint8 (uint16 for 16-bit sources) and only each face's box is blended in float: the same
+    pixels at --upscale 1 with faces apart, within one level where faces overlap (a second rounding)
+    or the background was enlarged (OpenCV's uint8 Lanczos)."""
+    rng = np.random.default_rng(1)
+    found = faces_at((10, 10), (150, 20), (190, 30), (290, 30))  # the 2nd and 3rd overlap
+    monkeypatch.setattr(pipeline, "detect_faces", lambda image, detector, **kw: found)
+    rgb = np.clip(photo(400, 600) + rng.normal(0, 0.05, (400, 600, 3)).astype(np.float32), 0, 1)  # texture: rounding shows
+    picture = read_image(write_image(tmp_path / "p.png", rgb))
+    tools, options = Tools(method=Darken(), detector=object()), RestoreOptions(output=tmp_path, upscale=upscale)
+    out, faces, _ = pipeline.restore_picture(picture, tools, options)
+    assert faces == 4 and out.dtype == np.uint8 and out.shape == (400 * upscale, 600 * upscale, 3)
+    difference = np.abs(out.astype(int) - _float_photo(picture, found, upscale))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.02
+    if upscale == 1:
+        np.testing.assert_array_equal(difference[:, :140], 0)  # the first face, apart from the others: exact
+    picture16 = read_image(write_image(tmp_path / "p16.png", rgb, bit_depth=16))
+    out16, _, _ = pipeline.restore_picture(picture16, tools, options)
+    assert out16.dtype == np.uint16  # a 16-bit photo stays 16-bit, as close to the float paste
+    assert np.abs(out16.astype(int) - _float_photo(picture16, found, upscale, np.uint16)).max() <= 1
+
+
+def test_restoring_a_large_photo_holds_no_float_copy_of_it(tmp_path, monkeypatch):
+    """--upscale 2 on a 3 MP photo: the float32 background alone was 144 MB (585 MB for a 12 MP
+    photo); now the pipeline's numpy memory is the 36 MB uint8 output and one face's batch."""
+    import tracemalloc
+
+    monkeypatch.setattr(pipeline, "detect_faces", lambda image, detector, **kw: faces_at((300, 200), scale=0.5))
+    picture = read_image(write_image(tmp_path / "big.png", photo(1500, 2000)))
+    tracemalloc.start()
+    out, faces, _ = pipeline.restore_picture(picture, Tools(method=Darken(), detector=object()), RestoreOptions(output=tmp_path, upscale=2, batch_size=1))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert faces == 1 and out.shape == (3000, 4000, 3) and out.dtype == np.uint8
+    assert peak < 0.6 * out.size * 4, peak / 1e6  # below a float32 copy of the output, with room for the face's arrays
+
+
 def test_only_one_batch_of_crops_is_held_at_a_time(tmp_path, monkeypatch):
     """A class photo of 600 faces must not hold 600 pairs of 3 MB crops: align, restore, paste and
     write a batch, then drop it."""

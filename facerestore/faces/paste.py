@@ -2,7 +2,8 @@
 
 Unlike facexlib's helper, nothing is stored or mutated (pasting twice gives the same result), the
 feathered mask is built once in crop space and warped (no full-image erode/blur per face), and each
-face is blended only inside its own bounding box, so the cost scales with face area, not photo area.
+face is blended only inside its own bounding box, so the cost scales with face area, not photo area,
+and an integer (uint8 / uint16) photo is blended as it is, a box at a time, in float only there.
 """
 
 from __future__ import annotations
@@ -90,13 +91,20 @@ def paste_faces(
     faces: (restored crop SxSx3 float32 in [0,1], inverse affine crop->photo 2x3) in paste order;
     later faces cover earlier ones where they overlap, as in the references.
     masks: optional per-face crop-space masks (e.g. face parsing) multiplied into the soft mask.
-    Returns a new float32 array and leaves `background` alone, unless `out` (a float32 array of
-    its shape, `background` itself allowed) is given to blend into: a 50 MP photo is 600 MB a copy.
+    background: float32 in [0, 1], or uint8 / uint16 samples (0..255 / 0..65535). An integer photo
+    stays integer: each face's bounding box is turned into float, blended and rounded back, so no
+    float copy of the whole photo is made (a 50 MP photo is 600 MB per float32 copy, 150 MB in uint8);
+    the box's values are those `samples / 255` gives, so the result is the float blend, rounded.
+    Returns a new array of the background's dtype (float32 for float input) and leaves `background`
+    alone, unless `out` (an array of its shape and dtype, `background` itself allowed) is given to
+    blend into.
     """
     if out is None:
-        out = np.array(background, dtype=np.float32, copy=True)
+        integer = np.issubdtype(np.asarray(background).dtype, np.integer)
+        out = np.array(background, dtype=None if integer else np.float32, copy=True)
     elif out is not background:
         np.copyto(out, background)
+    top = float(np.iinfo(out.dtype).max) if np.issubdtype(out.dtype, np.integer) else None
     height, width = out.shape[:2]
     for index, (crop, inverse) in enumerate(faces):
         size = crop.shape[0]
@@ -117,7 +125,19 @@ def paste_faces(
         warped_face = cv2.warpAffine(crop.astype(np.float32), local, dsize, flags=cv2.INTER_LINEAR)
         warped_mask = cv2.warpAffine(mask, local, dsize, flags=cv2.INTER_LINEAR)[..., None]
         region = out[y0:y1, x0:x1]
-        warped_face -= region  # region + mask * (face - region), in place: no temporaries the size of the face
+        work = region if top is None else region.astype(np.float32) / np.float32(top)
+        warped_face -= work  # work + mask * (face - work), in place: no temporaries the size of the face
         warped_face *= warped_mask
-        region += warped_face
+        work += warped_face
+        if top is not None:
+            region[...] = _round(work, top)
     return out
+
+
+def _round(values: np.ndarray, top: float) -> np.ndarray:
+    """Float [0, 1] -> 0..top, rounded (half to even), clipped, NaN as 0: as image_io writes a float
+    photo, in place."""
+    values *= top
+    np.nan_to_num(values, copy=False, nan=0.0)
+    np.clip(values, 0.0, top, out=values)
+    return np.rint(values, out=values)

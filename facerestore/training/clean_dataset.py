@@ -46,7 +46,7 @@ import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import check_aligned_crop
-from facerestore.image_io import OUT_ONLY_HINT, Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, list_images, read_image, write_image
+from facerestore.image_io import OUT_ONLY_HINT, Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, from_samples, list_images, read_image, write_image
 from facerestore.metrics.json_numbers import json_number, read_json_number
 from facerestore.plural import counted
 from facerestore.training import distributed
@@ -383,13 +383,12 @@ def _clean_photo(path: Path, rel: str, out: Path, method, detector, options: Cle
         tools = Tools(method=method, detector=detector)
         restore_options = RestoreOptions(output=out, upscale=1.0, aligned=False, batch_size=options.batch_size, seed=file_seed(options.seed, rel), save_faces=False)
         photo, faces, _ = restore_picture(picture, tools, restore_options)
-        rgb = np.clip(photo, 0, 1)
         if faces:
-            _write(out / rel, rgb, picture, inputs, options.jpeg_quality)
+            _write(out / rel, photo, picture, inputs, options.jpeg_quality)
         else:  # copied byte for byte: re-encoding a JPEG would degrade what there was nothing to restore in
             assert_not_input(out / rel, inputs, hint=OUT_ONLY_HINT)
             write_bytes(out / rel, path.read_bytes())
     except FaceRestoreError as exc:
         return FileResult(rel, "failed", time.perf_counter() - clock, error=exc.one_line())
-    score = _psnr(rgb, picture.rgb) if options.check else None
+    score = _psnr(from_samples(photo), picture.rgb) if options.check else None
     return FileResult(rel, "ok" if faces else "no-face", time.perf_counter() - clock, psnr=score)
