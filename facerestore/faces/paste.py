@@ -3,7 +3,9 @@
 Unlike facexlib's helper, nothing is stored or mutated (pasting twice gives the same result), the
 feathered mask is built once in crop space and warped (no full-image erode/blur per face), and each
 face is blended only inside its own bounding box, so the cost scales with face area, not photo area,
-and an integer (uint8 / uint16) photo is blended as it is, a box at a time, in float only there.
+and an integer (uint8 / uint16) photo is blended as it is, in float only there. The box is warped and
+blended a band of rows at a time (BAND_PIXELS), so a face filling the photo needs no float arrays the
+size of the photo either.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def soft_face_mask(size: int) -> np.ndarray:
     mask.setflags(write=False)
     return mask
 
+
+# photo pixels blended at a time (a band of rows of a face's box): 6 MB per float32 RGB array
+# whatever the face's size; a face filling a 12 MP photo at --upscale 2 has a 36 MP box
+BAND_PIXELS = 1 << 19
 
 EDGE_SKIP, EDGE_RAMP = 1.0, 8.0  # crop pixels, for a 512 crop
 
@@ -104,7 +110,7 @@ def paste_faces(
         out = np.array(background, dtype=None if integer else np.float32, copy=True)
     elif out is not background:
         np.copyto(out, background)
-    top = float(np.iinfo(out.dtype).max) if np.issubdtype(out.dtype, np.integer) else None
+    scale = float(np.iinfo(out.dtype).max) if np.issubdtype(out.dtype, np.integer) else None
     height, width = out.shape[:2]
     for index, (crop, inverse) in enumerate(faces):
         size = crop.shape[0]
@@ -119,25 +125,29 @@ def paste_faces(
         if fade is not None:
             mask = mask * fade
         x0, y0, x1, y1 = roi
-        local = matrix.copy()
-        local[:, 2] -= (x0, y0)
-        dsize = (x1 - x0, y1 - y0)
-        warped_face = cv2.warpAffine(crop.astype(np.float32), local, dsize, flags=cv2.INTER_LINEAR)
-        warped_mask = cv2.warpAffine(mask, local, dsize, flags=cv2.INTER_LINEAR)[..., None]
-        region = out[y0:y1, x0:x1]
-        work = region if top is None else region.astype(np.float32) / np.float32(top)
-        warped_face -= work  # work + mask * (face - work), in place: no temporaries the size of the face
-        warped_face *= warped_mask
-        work += warped_face
-        if top is not None:
-            region[...] = _round(work, top)
+        face = crop.astype(np.float32)
+        rows = max(1, BAND_PIXELS // (x1 - x0))
+        for top_row in range(y0, y1, rows):  # a band of the box at a time: a selfie's box is most of the photo
+            bottom = min(top_row + rows, y1)
+            local = matrix.copy()
+            local[:, 2] -= (x0, top_row)
+            dsize = (x1 - x0, bottom - top_row)
+            warped_face = cv2.warpAffine(face, local, dsize, flags=cv2.INTER_LINEAR)
+            warped_mask = cv2.warpAffine(mask, local, dsize, flags=cv2.INTER_LINEAR)[..., None]
+            region = out[top_row:bottom, x0:x1]
+            work = region if scale is None else region.astype(np.float32) / np.float32(scale)
+            warped_face -= work  # work + mask * (face - work), in place: no temporaries the size of the band
+            warped_face *= warped_mask
+            work += warped_face
+            if scale is not None:
+                region[...] = _round(work, scale)
     return out
 
 
-def _round(values: np.ndarray, top: float) -> np.ndarray:
-    """Float [0, 1] -> 0..top, rounded (half to even), clipped, NaN as 0: as image_io writes a float
+def _round(values: np.ndarray, scale: float) -> np.ndarray:
+    """Float [0, 1] -> 0..scale, rounded (half to even), clipped, NaN as 0: as image_io writes a float
     photo, in place."""
-    values *= top
+    values *= scale
     np.nan_to_num(values, copy=False, nan=0.0)
-    np.clip(values, 0.0, top, out=values)
+    np.clip(values, 0.0, scale, out=values)
     return np.rint(values, out=values)
