@@ -246,6 +246,34 @@ def test_bench_pipeline_without_photos_is_one_line(bench, tmp_path):
     assert done.stderr.strip() == f"bench_pipeline: no image in {tmp_path / 'absent'} (does not exist); pass --photos FOLDER"
 
 
+# ------------------------------------------------------------------ bench_memory
+
+
+def test_bench_memory_measures_each_case_in_its_own_process(bench, tmp_path):
+    """One row per photo and scale, with the child's own peak RSS (it imports torch and the models:
+    hundreds of MB, never the bench's own few); a refused case says why instead of a face count."""
+    y, x = np.mgrid[0:300, 0:400]
+    cv2.imwrite(str(tmp_path / "small.png"), np.dstack([x % 256, y % 256, (x + y) % 256]).astype(np.uint8))
+    done = run_script("bench_memory.py", "--photos", str(tmp_path / "small.png"), "--upscale", "2,4", "--max-pixels", "1000000", "--big", "none",
+                      timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{os.cpu_count()} CPUs, load average ")
+    fitting, refused = table(done.stdout, "| photo | size | upscale | faces | peak RSS MB | seconds |")
+    assert fitting[:4] == ["small.png", "400x300", "2", "0"] and 200 < float(fitting[4]) < 20000 and float(fitting[5]) > 0
+    assert refused[:3] == ["small.png", "400x300", "4"]
+    assert refused[3] == f"refused: {tmp_path / 'small.png'}: output would be 1.92 MP, over the 1 MP limit; use a smaller --upscale or raise --max-pixels"
+
+
+def test_bench_memory_gives_the_upright_size(bench, tmp_path):
+    import bench_memory
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned a quarter: read as 30x40
+    Image.new("RGB", (40, 30)).save(tmp_path / "turned.jpg", exif=exif)
+    assert bench_memory.photo_size(tmp_path / "turned.jpg") == "30x40"
+
+
 # ------------------------------------------------------------------ bench_idm_model (+ identity_bands, second_identity)
 
 
