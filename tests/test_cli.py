@@ -86,8 +86,10 @@ def test_no_help_doubles_an_argument_ellipsis():
 
 
 def test_version():
+    from facerestore import __version__
+
     result = run("--version")
-    assert result.exit_code == 0 and result.output.startswith("facerestore ")
+    assert result.exit_code == 0 and result.output == f"facerestore {__version__}\n"
 
 
 def test_the_summary_line_says_1_image_and_1_face(crops, tmp_path, tiny_baseline):
@@ -104,6 +106,15 @@ def test_aligned_crop_is_restored(crops, tmp_path, tiny_baseline):
     assert result.exit_code == 0, result.output
     restored = read_image(tmp_path / "out" / "restored_faces" / "face.png")
     assert restored.rgb.shape == (512, 512, 3)
+    # the pixels are the baseline net's on the crop (it moves them by up to 4 levels: not the input copied)
+    import torch
+
+    from facerestore.methods.base import MethodOptions
+    from facerestore.methods.baseline import BaselineMethod
+
+    crop = torch.from_numpy(read_image(crops / "face.png").rgb).permute(2, 0, 1)[None]
+    expected = BaselineMethod(MethodOptions(weights=tiny_baseline)).restore(crop)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(restored.rgb, expected, rtol=0, atol=0.5 / 255 + 1e-6)  # rounded to 8 bits once
     assert (tmp_path / "out" / "cmp" / "face.png").is_file()
     assert not (tmp_path / "out" / "restored_imgs").exists()
 
@@ -159,6 +170,10 @@ def test_no_face_still_writes_the_photo_and_exits_0(tmp_path, tiny_baseline):
     assert "no face found" in result.output
     out = read_image(tmp_path / "out" / "restored_imgs" / "wall.jpg")
     assert out.rgb.shape == (192, 256, 3)
+    # the photo itself, enlarged (Lanczos) with its channels in order; only the JPEG round trip differs
+    source = read_image(tmp_path / "in" / "wall.jpg").rgb
+    enlarged = cv2.resize(source, (256, 192), interpolation=cv2.INTER_LANCZOS4)
+    assert np.abs(out.rgb - enlarged).mean() < 1 / 255 and np.abs(out.rgb - enlarged).max() < 8 / 255  # 0.77 and 4.7 levels
 
 
 def test_a_large_photo_keeps_its_size_unless_upscale_is_given(tmp_path, tiny_baseline):
@@ -256,7 +271,8 @@ def test_a_gif_named_on_the_command_line_is_written_as_png(tmp_path, tiny_baseli
     Image.fromarray((smooth() * 255).astype(np.uint8)).save(tmp_path / "old.gif")  # read through Pillow, not writable
     result = run(tmp_path / "old.gif", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "1")
     assert result.exit_code == 0, result.output
-    assert read_image(tmp_path / "out" / "restored_imgs" / "old.png").rgb.shape == (96, 128, 3)
+    assert "no face found" in result.output  # so the photo is written untouched, lossless
+    np.testing.assert_array_equal(read_image(tmp_path / "out" / "restored_imgs" / "old.png").rgb, read_image(tmp_path / "old.gif").rgb)
 
 
 def test_bad_inputs_fail_one_line_each_and_the_batch_goes_on(tmp_path, tiny_baseline):
