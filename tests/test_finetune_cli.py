@@ -623,7 +623,7 @@ def test_pseudo_targets_command_resumes(tmp_path, weights, lq):
     assert len(list((out / "targets").rglob("*.png"))) == 6
 
 
-def test_restore_loads_an_exported_codeformer_file(tmp_path):
+def test_restore_loads_an_exported_codeformer_file(tmp_path, monkeypatch):
     """`facerestore FACE --aligned --method codeformer --weights FILE` on a file written by the fine-tuning
     export (a 512-px tiny CodeFormer: the restore pipeline works on 512 crops)."""
     from facerestore.nets.codeformer import CodeFormer, CodeFormerConfig
@@ -636,10 +636,21 @@ def test_restore_loads_an_exported_codeformer_file(tmp_path):
     load_strict(net, seeded_state(net, 4))
     model = export_model("codeformer", net.state_dict(), tmp_path / "codeformer-finetuned.safetensors", {"step": "1"})
     write_image(tmp_path / "in" / "face.png", face(0, 512))
+    from facerestore.methods.codeformer import CodeFormerMethod
+
+    calls = []
+    restore = CodeFormerMethod.restore
+    monkeypatch.setattr(CodeFormerMethod, "restore", lambda self, crops, generator=None: calls.append((self, restore(self, crops, generator))) or calls[-1][1])
     result = run("--aligned", tmp_path / "in" / "face.png", "-o", tmp_path / "out", "--method", "codeformer", "--weights", model, "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output
     restored = read_image(tmp_path / "out" / "restored_faces" / "face.png").rgb
     assert restored.shape == (512, 512, 3) and restored.std() > 0.01
+    # the method ran the exported weights, every tensor equal, at the default fidelity, and its output was written
+    (method, out), = calls
+    assert method.net.config == config and method.fidelity == 0.5
+    loaded = method.net.state_dict()
+    assert set(loaded) == set(net.state_dict()) and all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())
+    np.testing.assert_allclose(restored, out[0].permute(1, 2, 0).numpy(), rtol=0, atol=0.5 / 255 + 1e-6)  # rounded to 8 bits once
 
 
 # ----------------------------------------------------------------- slow: real faces, torchrun
