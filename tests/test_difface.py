@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from facerestore.diffusion import NoiseSchedule, space_timesteps
@@ -311,8 +312,14 @@ def test_other_sizes_are_restored_at_the_prior_size_and_resized_back():
     method = stand_in(steps=2)
     seen = []
     method.nets.estimator.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
-    out = method.restore(faces(1, size=96), torch.Generator().manual_seed(0))
+    crops = faces(1, size=96)
+    out = method.restore(crops, torch.Generator().manual_seed(0))
     assert seen == [(1, 3, 64, 64)] and out.shape == (1, 3, 96, 96) and 0 <= out.min() and out.max() <= 1
+    # exactly: the 96 crop shrunk to 64 (bicubic, antialiased), restored under the same seed, enlarged back
+    small = F.interpolate(crops, size=(64, 64), mode="bicubic", align_corners=False, antialias=True)
+    at_64 = stand_in(steps=2).restore(small, torch.Generator().manual_seed(0))
+    back = F.interpolate(at_64, size=(96, 96), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    torch.testing.assert_close(out, back, rtol=0, atol=1e-6)
 
 
 def test_registry_and_license():
