@@ -480,6 +480,16 @@ def test_validation_writes_grids_and_metrics(faces, tmp_path):
     grid = read_image(run / "val" / "step_0000002.png").rgb
     assert grid.shape == (2 * 32, 4 * 32, 3)  # rows: faces; columns: degraded | restored | clean | f(clean)
     assert result.metrics == {k: v for k, v in lines[-1].items() if k != "step"}
+    # the clean column is the first two --val faces at 32 px, and the metrics are the PSNRs of the grid's columns
+    from facerestore.image_io import to_uint8
+    from facerestore.metrics.psnr import psnr
+    from facerestore.training.data import load_face
+
+    cells = [[grid[32 * r : 32 * r + 32, 32 * c : 32 * c + 32] for c in range(4)] for r in range(2)]
+    for r, name in enumerate(("00.png", "01.png")):
+        np.testing.assert_array_equal(to_uint8(cells[r][2]), to_uint8(load_face(str(faces / "a" / name), 32)))
+    for key, column in (("input_psnr", 0), ("output_psnr", 1), ("clean_psnr", 3)):
+        assert lines[-1][key] == pytest.approx(np.mean([psnr(row[column], row[2]) for row in cells]), abs=0.05), key
 
 
 def test_validation_on_several_presets_reports_each_and_grids_them_side_by_side(faces, tmp_path):
