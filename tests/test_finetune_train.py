@@ -256,6 +256,9 @@ def test_generic_path_without_lpips_warns_once_and_lowers_l1(tiny_baseline, pair
     files = {p.name for p in (run / "checkpoints" / "step_0000030").iterdir()}
     assert files == {"model.safetensors", "ema.safetensors", "optimizer.safetensors", "discriminator.safetensors", "optimizer_d.safetensors", "state.json"}
     method = build_method("baseline", MethodOptions(weights=result.model))  # the export loads as the baseline method
+    with safe_open(str(run / "checkpoints" / "step_0000030" / "ema.safetensors"), "pt") as handle:  # the export is the last EMA
+        for key, tensor in method.net.state_dict().items():
+            assert torch.equal(tensor, handle.get_tensor(key)), key
     assert method.restore(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
 
 
