@@ -847,3 +847,15 @@ def test_a_missing_init_from_or_val_identity_is_a_usage_error_naming_its_option(
     targets = cli(faces, "--out", tmp_path / "d", "--size", "32", "--targets", tmp_path / "cleaned")
     assert targets.exit_code == 2 and f"--targets folder {tmp_path / 'cleaned'} does not exist" in one_error(targets)
     assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+def test_targets_count_mismatch_counts_in_words_and_says_to_repeat_the_option(faces, tmp_path):
+    """`--targets A B` gives B to DATA_DIR (each --targets takes one folder): the line must count right
+    ('1 --targets folder', not '1 --targets folders') and say how to pass several."""
+    cleaned = tmp_path / "cleaned"
+    cleaned.mkdir()
+    result = cli(faces, "--out", tmp_path / "run", "--size", "32", "--targets", cleaned, cleaned)
+    assert result.exit_code == 2
+    assert one_error(result) == ("error: 1 --targets folder for 2 data folders; give one cleaned folder per DATA_DIR, "
+                                 "in the same order, each after its own --targets (--targets A --targets B)")
+    assert not (tmp_path / "run").exists()

@@ -99,7 +99,8 @@ def _header_size(path: Path) -> tuple[int, int] | None:
 def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: int = 16) -> ScanResult:
     """Every usable image under `data` (sorted per folder), paired with its target."""
     if targets and len(targets) != len(data):
-        raise UsageError(f"{len(targets)} --targets folders for {len(data)} data folders", hint="give one cleaned folder per DATA_DIR, in the same order")
+        raise UsageError(f"{counted(len(targets), '--targets folder')} for {counted(len(data), 'data folder')}",
+                         hint="give one cleaned folder per DATA_DIR, in the same order, each after its own --targets (--targets A --targets B)")
     for folder in map(Path, targets):
         if not folder.is_dir():
             raise UsageError(f"--targets folder {folder} does not exist" if not folder.exists() else f"--targets {folder} is not a folder",
