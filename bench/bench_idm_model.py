@@ -117,7 +117,11 @@ def main() -> None:
         sys.exit(f"bench_idm_model: {args.hq} is not a folder; pass --hq (the held-out faces)")
     report = json.loads(args.report.read_text()) if args.report else run_evaluate(args)
 
-    print(f"\n{report['sets'][0]['images_total']} faces from {report['hq']}, {report['seconds']:.0f} s in all\n")
+    print(f"\n{report['sets'][0]['images_total']} faces from {report['hq']}, {report['seconds']:.0f} s in all")
+    methods = {label: info for label, info in report.get("methods", {}).items() if info.get("kind", "method") == "method"}
+    if methods:  # a row is named after its method: say which model it is (a user's --weights, or the default)
+        print("models: " + "; ".join(f"{label} = {info.get('weights') or 'its default weights'}" for label, info in methods.items()))
+    print()
     print("| set | row | PSNR | SSIM | identity | beats input on PSNR (paired diff ± s.e., faces won) | on identity | s/face |")
     print("|---|---|---|---|---|---|---|---|")
     for s in report["sets"]:

@@ -290,7 +290,8 @@ def synthetic_report(identity: bool) -> dict:
                                                          for label, s in scores.items()}} for i in range(3)]
     rows = [{"label": "input", "kind": "input", "metrics": metrics("input")},
             {"label": "m", "kind": "method", "metrics": metrics("m"), "seconds_per_face": 0.5}]
-    return {"hq": "faces", "seconds": 12.0, "sets": [{"name": "severe", "images_total": 3, "rows": rows, "images": images}]}
+    return {"hq": "faces", "seconds": 12.0, "methods": {"m": {"kind": "method", "weights": "/runs/idm/idm.safetensors"}},
+            "sets": [{"name": "severe", "images_total": 3, "rows": rows, "images": images}]}
 
 
 @pytest.mark.parametrize("identity", [True, False])
@@ -302,7 +303,7 @@ def test_bench_idm_model_report_table(bench, monkeypatch, tmp_path, capsys, iden
     monkeypatch.setattr(sys, "argv", ["bench_idm_model.py", "--report", str(report)])
     bench_idm_model.main()
     out = capsys.readouterr().out
-    assert "3 faces from faces, 12 s in all" in out
+    assert "3 faces from faces, 12 s in all\nmodels: m = /runs/idm/idm.safetensors\n" in out  # which model the row "m" is
     rows = table(out, "| set | row | PSNR | SSIM | identity | beats input on PSNR")
     assert rows[0] == ["severe", "input", "30.00", "0.9000", "0.8000" if identity else "-", "", "", "-"]
     assert rows[1][:6] == ["severe", "m", "30.37", "0.9000", "0.7900" if identity else "-", "yes (+0.37 ± 0.09, 3/3)"]
@@ -323,7 +324,7 @@ def test_bench_idm_model_limit_2_with_bands_and_dlib(bench, tmp_path, tiny_basel
                       "--limit", "2", "--out", str(tmp_path / "out"), "--bands", "--dlib", env={"FACERESTORE_WEIGHTS": str(weights)})
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    assert "2 faces from" in out
+    assert "2 faces from" in out and f"\nmodels: baseline = {tiny_baseline}\n" in out
     rows = table(out, "| set | row | PSNR | SSIM | identity | beats input on PSNR")
     assert [r[:2] for r in rows] == [[s, label] for s in ("mild", "medium", "severe") for label in ("input", "baseline")] + [
         ["authenticity", f"baseline: {name}"] for name in ("f(x) vs x", "f(f(x)) vs f(x)", "f(f(x)) vs x")]

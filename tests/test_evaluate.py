@@ -151,6 +151,23 @@ def test_degraded_inputs_are_identical_across_runs_and_methods(hq, tmp_path, tin
     assert params == {"sigma": 8.0, "scale": 8.0, "noise": 12.0, "jpeg": 55}
 
 
+def test_report_names_the_weights_each_method_ran_with(hq, tmp_path, tiny_baseline, monkeypatch):
+    """A report of a user's model must say which model its rows are: the row is named after the
+    method, and the command alone keeps a relative path, meaningless once the report moves."""
+    models = tmp_path / "runs"
+    models.mkdir()
+    (models / "mine.safetensors").write_bytes(tiny_baseline.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "baseline", "-m", "identity", "--weights", "baseline:runs/mine.safetensors", "--degrade", "mild",
+                 "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    methods = results(out)["methods"]
+    assert methods["baseline"]["weights"] == str(models / "mine.safetensors")
+    assert "weights" not in methods["identity"]  # no --weights for it: its default, nothing to record
+    assert f"; weights {models / 'mine.safetensors'} — " in (out / "index.md").read_text()
+
+
 def test_report_files_and_json_cover_every_method_and_metric(hq, tmp_path, tiny_baseline):
     out = tmp_path / "report"
     result = run(

@@ -34,6 +34,14 @@ def method_weights(methods: list[str], values: list[str]) -> dict[str, str]:
     return chosen
 
 
+def weights_record(spec: str) -> str:
+    """What a report keeps of a method's --weights: an existing file or folder as an absolute path, so
+    the report names the model it measured wherever it was run from; a registered name or a
+    ROLE=FILE list as given."""
+    path = Path(spec).expanduser()
+    return str(path.absolute()) if path.exists() else spec
+
+
 def build_methods(names: list[str], *, device: str, weights: dict[str, str], offline: bool | None, steps: int | None,
                   fidelity: float | None = None, precision: str = "auto") -> dict:
     """Every method built before any image is touched (a missing checkpoint stops the run at once).
@@ -143,6 +151,8 @@ def evaluate_command(
                 on_total=lambda total: progress.update(task, total=total), debug=debug,
             )
             result = evaluator.run()
+        for name, given in chosen_weights.items():  # the report says which model a method's rows measured
+            result.methods[name]["weights"] = weights_record(given)
         data = report.write_report(result, staging, command)
         report.publish(staging, output)
     except FaceRestoreError as exc:

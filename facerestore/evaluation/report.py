@@ -427,7 +427,8 @@ def _preamble(result: EvalResult, command: Sequence[str]) -> list[tuple[str, str
         items.append(("FID reference set", str(spec.ref_set)))
     items.append(("run", f"facerestore {__version__}, device {spec.device}, seed {spec.seed}, batch {spec.batch_size}, {result.seconds:.1f} s"))
     for label, info in result.methods.items():
-        items.append((label, info.get("summary", "") + (f" — {info['license']}" if info.get("license") else "")))
+        weights = f"; weights {info['weights']}" if info.get("weights") else ""
+        items.append((label, info.get("summary", "") + weights + (f" — {info['license']}" if info.get("license") else "")))
     for m in spec.metrics or ():
         items.append((TITLES.get(m, m), f"{METRICS[m].summary} ({METRICS[m].better} is better)"))
     return items
