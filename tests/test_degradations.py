@@ -571,3 +571,24 @@ def test_a_settings_file_that_is_not_utf8_or_not_an_object_starts_over(tree, tmp
     assert result.exit_code == 0, result.output
     assert "3 degraded with preset mild, 0 failed" in result.output
     assert json.loads((out / STATE_DIR / "settings.json").read_text())["seed"] == 1
+
+
+def test_the_presets_table_of_docs_training_gives_each_presets_real_ranges():
+    """docs/training.md's preset table is what a user picks a preset by: it left out the dr2 presets'
+    blur and JPEG and the downsampling of motion, camera and gray (1-4 and 1-2, not eq. 11's 1-8)."""
+    def span(pair) -> str:
+        return f"{pair[0]:g}-{pair[1]:g}"
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2] for line in doc.splitlines() if line.startswith("| `")}
+    dr2 = [PRESETS[f"dr2-{level}"] for level in ("mild", "medium", "severe")]
+    row = rows["`dr2-mild`, `dr2-medium`, `dr2-severe`"]
+    assert f"blur sigma {' / '.join(span(p.sigma) for p in dr2)}," in row
+    assert f"downsampling by {' / '.join(f'{p.scale[0]:g}' for p in dr2)}," in row
+    assert f"noise {' / '.join(span(p.noise) for p in dr2)} drawn" in row
+    assert f"JPEG {' / '.join(span(p.jpeg) for p in dr2)} " in row
+    assert f"downsampling r {span(PRESETS['motion'].scale)} " in rows["`motion`"]
+    assert f"{span(PRESETS['motion'].motion_length)} px" in rows["`motion`"]
+    camera = PRESETS["camera"]
+    assert f"(sigma {span(camera.sigma)}), downsampling r {span(camera.scale)}, JPEG {span(camera.jpeg)} " in rows["`camera`"]
+    assert f"downsampling r {span(PRESETS['gray'].scale)}, then grayscale" in rows["`gray`"]

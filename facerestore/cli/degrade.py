@@ -16,7 +16,7 @@ from facerestore.plural import counted
 def degrade_command(
     src: Annotated[Path, typer.Argument(metavar="SRC", readable=False, help="An image or a folder of images (searched recursively). Never modified.", show_default=False)],
     dst: Annotated[Path, typer.Option("--out", "-o", readable=False, help="Folder for the degraded copies (same relative paths) and degradations.json / degradations.csv.", show_default=False)],
-    preset: Annotated[str, typer.Option("--preset", "-p", help="eq11 (IDM/GFPGAN training ranges, drawn per image); mild, medium, severe (eq. 11 at the fixed severities of `facerestore evaluate`); dr2-mild, dr2-medium, dr2-severe (DR2's test splits, r = 4/8/16, Gaussian/Laplace/Poisson noise); motion; camera; gray; mixed; none.")] = "eq11",
+    preset: Annotated[str, typer.Option("--preset", "-p", help="eq11 (IDM/GFPGAN training ranges, drawn per image); mild, medium, severe (eq. 11 at the fixed severities of `facerestore evaluate`); dr2-mild, dr2-medium, dr2-severe (DR2's test splits: blur, r = 4/8/16, Gaussian/Laplace/Poisson noise, JPEG; docs/training.md has the ranges); motion; camera; gray; mixed; none.")] = "eq11",
     seed: Annotated[int, typer.Option("--seed", help="Seed; each image's parameters are keyed by (seed, its relative path), so reruns and subsets agree.")] = 0,
     ext: Annotated[str, typer.Option("--ext", help="Output format: auto (the input's) or png, jpg, webp, tif, bmp. PNG keeps the degradation exactly; JPEG re-encodes it.")] = "auto",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors (and the final line when some failed).")] = False,
