@@ -859,3 +859,29 @@ def test_targets_count_mismatch_counts_in_words_and_says_to_repeat_the_option(fa
     assert one_error(result) == ("error: 1 --targets folder for 2 data folders; give one cleaned folder per DATA_DIR, "
                                  "in the same order, each after its own --targets (--targets A --targets B)")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "time limit"])
+def test_a_stopped_run_says_how_to_go_on_once_and_names_its_checkpoints(faces, tmp_path, monkeypatch, how):
+    """The trainer's note and the command's line both said 'continue with --resume'; and 'checkpoint
+    at step N: RUN/checkpoints' named the folder of all checkpoints, not the one just written."""
+    from facerestore.training import loop
+
+    if how == "ctrl-c":  # as if Ctrl-C came during the first step
+        init = loop.StopAtStepEnd.__init__
+
+        def asked(self, enabled):
+            init(self, enabled)
+            self.requested = "SIGINT"
+
+        monkeypatch.setattr(loop.StopAtStepEnd, "__init__", asked)
+    run = tmp_path / "run"
+    limit = ["--time-limit", "0.001s"] if how == "time limit" else []
+    result = cli(faces, "--out", run, "--size", "32", "--model", "tiny", "--steps", "3", "-b", "2", "--workers", "0", "--device", "cpu", *limit)
+    assert result.exit_code == (130 if how == "ctrl-c" else 0), result.output
+    lines = result.output.splitlines()
+    assert f"checkpoint at step 1: {run / 'checkpoints' / 'step_0000001'}" in lines
+    assert [line for line in lines if "--resume" in line] == [
+        f"{'interrupted' if how == 'ctrl-c' else 'stopped at the time limit'}; continue with: facerestore train --out {run} --resume"]
+    assert ("stopped by SIGINT after step 1 (checkpoint saved)" in lines) == (how == "ctrl-c")
+    assert ("time limit of 0.001s reached after step 1" in lines) == (how == "time limit")

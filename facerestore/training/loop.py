@@ -66,7 +66,7 @@ class StopAtStepEnd:
             return
         if step > last_saved:
             checkpoint(step)
-        message(f"stopped by {self.requested} after step {step} (checkpoint saved); continue with --resume")
+        message(f"stopped by {self.requested} after step {step} (checkpoint saved)")  # the command's line says how to go on
         raise KeyboardInterrupt
 
     def restore(self) -> None:

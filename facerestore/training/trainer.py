@@ -63,6 +63,7 @@ from facerestore.training.checkpoints import (
     record_target_steps,
     remove_checkpoint_temps,
     save_checkpoint,
+    step_dir,
     write_json,
 )
 from facerestore.training.data import FaceDataset, StepBatches, check_global_batch, load_file_list, min_side_for, save_file_list, scan_faces
@@ -439,7 +440,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
             _save(run, step, config, unet_config, model, ema, optimizer, names, scaler, result)
         last_saved = step
         distributed.barrier(d)
-        message(f"checkpoint at step {step}: {run / 'checkpoints'}")
+        message(f"checkpoint at step {step}: {step_dir(run, step)}")
 
     step = start
     stop = StopAtStepEnd(enabled=not d.active)
@@ -489,7 +490,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
             stop.honour(step, last_saved, checkpoint, message)
             if out_of_time:
                 result.stopped_at_time_limit = True
-                message(f"time limit of {format_duration(config.time_limit)} reached after step {step}; continue with --resume")
+                message(f"time limit of {format_duration(config.time_limit)} reached after step {step}")  # the command says how to go on
                 break
             clock = time.perf_counter()
     finally:
