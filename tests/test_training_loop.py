@@ -102,3 +102,19 @@ def test_recorded_settings_are_read_back_and_other_settings_refused(tmp_path):
     with pytest.raises(UsageError) as info:
         check_settings(state, {"seed": 0, "size": 512}, True, "a cleaning run")
     assert info.value.one_line().startswith(f"{tmp_path} holds a cleaning run made with other settings (seed: 1 -> 0)")
+
+
+def test_a_refusal_names_the_weights_files_not_their_records(tmp_path):
+    """clean-dataset into a tree begun with another model showed two Python dicts
+    ({'path': ..., 'sha256': ...}); it names the files and the start of their sha256."""
+    state = tmp_path / ".state"
+    first = {"method": "idm", "weights": {"path": "/runs/a/idm.safetensors", "sha256": "5973cd461fa37caa0cb5"}, "steps": None}
+    check_settings(state, first, True, "a cleaning run")
+    other = {**first, "weights": {"path": "/runs/b/idm.safetensors", "sha256": "86d24d7dd010a5961f95"}, "steps": 20}
+    with pytest.raises(UsageError) as info:
+        check_settings(state, other, True, "a cleaning run")
+    assert info.value.one_line().startswith(
+        f"{tmp_path} holds a cleaning run made with other settings (weights: /runs/a/idm.safetensors (sha256 5973cd461fa3) -> "
+        "/runs/b/idm.safetensors (sha256 86d24d7dd010), steps: default -> 20); rerun with the same options")
+    with pytest.raises(UsageError, match=r"\(weights: /runs/a/idm.safetensors \(sha256 5973cd461fa3\) -> my-idm\)"):
+        check_settings(state, {**first, "weights": {"name": "my-idm"}}, True, "a cleaning run")

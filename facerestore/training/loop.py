@@ -187,6 +187,17 @@ def source_changed(record: dict, path: Path, stat: tuple[int, int] | None) -> bo
     return record.get("source_sha256") is None or record["source_sha256"] != _sha256(path)
 
 
+def setting_text(value: object) -> str:
+    """A recorded setting as a refusal shows it: a weights record as its file (and the start of its
+    sha256, which tells a model retrained in place), not a Python dict; None as the default it stands for."""
+    if value is None:
+        return "default"
+    if isinstance(value, dict) and ("path" in value or set(value) == {"name"}):
+        where = str(value.get("path") or value.get("name"))
+        return f"{where} (sha256 {value['sha256'][:12]})" if value.get("sha256") else where
+    return repr(value)
+
+
 def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
     """Refuse to mix two settings in one resumable output folder; record them on the first run (rank 0).
 
@@ -196,7 +207,7 @@ def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
     if path.is_file():
         recorded = read_settings(state)
         if recorded is not None and recorded != settings:
-            differ = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in settings if recorded.get(k) != settings.get(k))
+            differ = ", ".join(f"{k}: {setting_text(recorded.get(k))} -> {setting_text(settings.get(k))}" for k in settings if recorded.get(k) != settings.get(k))
             raise UsageError(f"{state.parent} holds {what} made with other settings ({differ})",
                              hint=f"rerun with the same options, choose another --out, or delete {state} to start over")
     elif main:
