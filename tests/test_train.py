@@ -885,3 +885,14 @@ def test_a_stopped_run_says_how_to_go_on_once_and_names_its_checkpoints(faces, t
         f"{'interrupted' if how == 'ctrl-c' else 'stopped at the time limit'}; continue with: facerestore train --out {run} --resume"]
     assert ("stopped by SIGINT after step 1 (checkpoint saved)" in lines) == (how == "ctrl-c")
     assert ("time limit of 0.001s reached after step 1" in lines) == (how == "time limit")
+
+
+def test_the_final_line_gives_a_weights_option_that_pastes_into_a_shell(faces, tmp_path):
+    """'(use --weights RUN --method idm)' is meant to be pasted; a run folder with a space broke it."""
+    import shlex
+
+    run = tmp_path / "my runs" / "idm 1"
+    result = cli(faces, "--out", run, "--size", "32", "--model", "tiny", "--steps", "1", "-b", "2", "--workers", "0", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    advice = result.output.split("(use ", 1)[1].split(")\n", 1)[0]
+    assert shlex.split(advice) == ["--weights", str(run), "--method", "idm"]

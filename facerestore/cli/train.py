@@ -90,7 +90,7 @@ def train_command(
     _stop(progress)
     if main:
         last = f", last loss {result.losses[-1][1]:.4f}" if result.losses else ""
-        out.print(f"step {result.step} of {config.steps}{last}; model: {result.model} (use --weights {run_dir} --method idm)", markup=False)
+        out.print(f"step {result.step} of {config.steps}{last}; model: {result.model} (use --weights {shlex.quote(str(run_dir))} --method idm)", markup=False)
         if result.stopped_at_time_limit:
             err.print(f"stopped at the time limit; continue with: facerestore train --out {shlex.quote(str(run_dir))} --resume", markup=False)
         if result.substituted:
