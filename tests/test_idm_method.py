@@ -162,6 +162,17 @@ def test_a_run_folder_is_accepted_as_weights(tiny_model):
         method(tiny_model.parent.parent)
 
 
+def test_a_checkpoint_folder_as_weights_points_to_its_ema(tiny_model, tmp_path):
+    """RUN/checkpoints/step_N holds model, ema, optimizer and state: the EMA is the model of that step."""
+    step = tmp_path / "run" / "checkpoints" / "step_0000040"
+    step.mkdir(parents=True)
+    (step / "ema.safetensors").write_bytes(tiny_model.read_bytes())
+    with pytest.raises(WeightsError) as info:
+        method(step)
+    assert info.value.one_line() == f"--weights {step} holds no idm.safetensors; pass {step / 'ema.safetensors'}, the model of that checkpoint"
+    assert isinstance(method(step / "ema.safetensors"), IDMMethod)  # and that file loads
+
+
 def test_config_comes_from_metadata_then_sidecar_then_shapes(tiny_model, tmp_path):
     meta = load_model(tiny_model)
     assert meta.image_size == SIZE and meta.net.config == idm_unet_config("tiny", SIZE)

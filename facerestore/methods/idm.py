@@ -170,7 +170,12 @@ def model_path(value: Path | str, option: str = "--weights") -> Path:
     if path.is_dir():
         if (path / MODEL_FILE).is_file():
             return path / MODEL_FILE
-        raise BadWeightsOption(f"{option} {path} holds no {MODEL_FILE}", hint="pass the .safetensors file, or a `facerestore train` run folder that has saved a checkpoint")
+        ema = path / "ema.safetensors"
+        if ema.is_file():  # a checkpoint folder (RUN/checkpoints/step_N): its EMA is the model of that step
+            hint = f"pass {ema}, the model of that checkpoint"
+        else:
+            hint = "pass the .safetensors file, or a `facerestore train` run folder that has saved a checkpoint"
+        raise BadWeightsOption(f"{option} {path} holds no {MODEL_FILE}", hint=hint)
     return path
 
 
