@@ -120,7 +120,7 @@ def test_the_bf16_tip_is_for_auto_on_a_native_cpu_and_measured_methods_only(monk
     from facerestore.devices import cpu_bf16_tip
 
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
-    assert "idm 1.6x faster" in cpu_bf16_tip("cpu", "auto", "idm")
+    assert "bundled idm model 1.6x faster" in cpu_bf16_tip("cpu", "auto", "idm")
     assert cpu_bf16_tip("cpu", "fp32", "idm") is None  # the user chose
     assert cpu_bf16_tip("cpu", "auto", "codeformer") is None  # bf16 quality not measured for it
     assert cpu_bf16_tip("cuda", "auto", "idm") is None  # auto already uses bf16 there
