@@ -439,6 +439,17 @@ def test_init_from_starts_from_the_earlier_model(faces, tmp_path):
         train(config(faces, tmp_path / "third", steps=1, model="tiny", init_from=str(first)))
 
 
+def test_a_model_started_from_init_from_names_its_preset_in_its_card(faces, tmp_path):
+    """The card said 'from --init-from' instead of the net (the architecture comes from the checkpoint)."""
+    from facerestore.nets.idm_unet import idm_unet_config, preset_of
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(config(faces, first, steps=1, model="tiny"))
+    train(config(faces, second, steps=1, init_from=str(first)))
+    assert json.loads((second / "idm.json").read_text())["preset"] == "tiny"
+    assert preset_of(idm_unet_config("small", 64), 64) == "small" and preset_of(MICRO, 32) is None
+
+
 def test_init_from_takes_a_name_registered_with_weights_import(faces, tmp_path):
     """resolve_config keeps a registered name as a name, but the run refused anything that was not an
     existing path: `--init-from my-idm` failed with 'does not exist'. It now comes from the weights store."""

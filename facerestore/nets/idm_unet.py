@@ -87,6 +87,18 @@ def size_multiple(preset: str) -> int:
     return unshuffle * 2 ** (len(_PRESETS[preset][1]) - 1)
 
 
+def preset_of(config: UNetConfig, size: int) -> str | None:
+    """The preset whose UNet at `size` is `config` (a model started from --init-from says which net it
+    is), or None for an architecture of its own."""
+    for name in PRESETS:
+        try:
+            if idm_unet_config(name, size) == config:
+                return name
+        except ValueError:  # a size this preset does not take
+            continue
+    return None
+
+
 def idm_unet_config(preset: str, size: int) -> UNetConfig:
     """The UNet of a preset for images of `size` pixels (a ValueError names a bad preset or size)."""
     multiple = size_multiple(preset)

@@ -53,7 +53,7 @@ from facerestore.diffusion.denoiser import ConcatCondition
 from facerestore.errors import BadWeightsOption, FaceRestoreError, UsageError
 from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.nets.guided_unet import UNetConfig
-from facerestore.nets.idm_unet import IDMUNet, PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, idm_unet_config
+from facerestore.nets.idm_unet import IDMUNet, PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, idm_unet_config, preset_of
 from facerestore.training import distributed
 from facerestore.training.checkpoints import (
     latest_checkpoint,
@@ -534,7 +534,7 @@ def _save(run: Path, step: int, config: TrainConfig, unet_config: UNetConfig, mo
                     metadata=meta, keep=config.keep)
     card = {
         "name": "idm",
-        "preset": config.model or ("from --init-from" if config.init_from else "base"),
+        "preset": config.model or preset_of(unet_config, config.size) or "custom",
         "params": sum(p.numel() for p in ema.parameters()),
         "step": step,
         "samples": step * config.batch_size,
