@@ -456,3 +456,20 @@ def test_a_broken_link_in_the_dataset_is_named_not_skipped_silently(tmp_path, mo
     result = clean(src, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu")
     assert f"warning: skipped {src / 'gone.png'}: is a broken link (its target does not exist)" in result.output
     assert (out / "a.png").is_file() and not (out / "gone.png").exists()
+
+
+def test_a_stale_output_that_cannot_be_removed_is_one_line(dataset, tmp_path, model, monkeypatch):
+    out = tmp_path / "out"
+    args = ("--weights", model, "--steps", "2", "--device", "cpu")
+    clean(dataset, "--out", out, *args, "-q")
+    write_image(dataset / "a.png", face(7, 48))  # changed: its old output must go first
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self == out / "a.png":
+            raise PermissionError(13, "Permission denied")
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    result = clean(dataset, "--out", out, *args, check_exit=1)
+    assert result.output.strip().splitlines()[-1] == f"error: cannot remove {out / 'a.png'} (Permission denied); check the permissions of --out"

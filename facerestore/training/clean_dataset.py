@@ -266,7 +266,10 @@ def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], r
     stats = {i: source_stat(paths[i]) for i in mine}
     changed = [i for i in mine if rels[i] in done_before and source_changed(entries[rels[i]], paths[i], stats[i])]
     for i in changed:  # stale: a redo that fails leaves no output of the old image
-        (out / rels[i]).unlink(missing_ok=True)
+        try:
+            (out / rels[i]).unlink(missing_ok=True)
+        except OSError as exc:
+            raise FaceRestoreError(f"cannot remove {out / rels[i]} ({exc.strerror or exc})", hint="check the permissions of --out") from None
     done_before -= {rels[i] for i in changed}
     todo = [i for i in mine if rels[i] not in done_before]
     skipped_here = len(mine) - len(todo)
