@@ -57,15 +57,6 @@ def world_size() -> int:
     return _env_int("WORLD_SIZE", 1)
 
 
-def launched_rank() -> int:
-    """This process's rank under torchrun (0 without it), known before the process group is joined.
-    A RANK that is not a number reads as 0 here, so that the option checks run; `setup` reports it."""
-    try:
-        return _env_int("RANK", 0)
-    except UsageError:
-        return 0
-
-
 def setup(device: str = "auto") -> Dist:
     """Join the process group torchrun describes (if any) and pick this process's device."""
     world = world_size()

@@ -74,6 +74,7 @@ from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.training.validation import ValFace, describe, load_val_faces, validate
 from facerestore.weights.checkpoint import load_strict
 from facerestore.plural import counted
+from facerestore.ranks import main_rank
 
 CONFIG_VERSION = 1
 
@@ -166,7 +167,7 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
     """
     out = Path(out)
     assert_output_folder(out)
-    if distributed.launched_rank() == 0:  # a run writing there now: say so, not "nothing to resume" (training/out_lock)
+    if main_rank():  # a run writing there now: say so, not "nothing to resume" (training/out_lock)
         assert_free(out)
     given = {k: v for k, v in given.items() if v is not None}
     for key in ("data", "targets"):

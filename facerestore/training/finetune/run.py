@@ -40,6 +40,7 @@ import torch
 
 from facerestore.errors import UsageError
 from facerestore.image_io import assert_apart, assert_output_folder
+from facerestore.ranks import main_rank
 from facerestore.training import distributed
 from facerestore.training.checkpoints import PREFIX, latest_checkpoint, read_target_steps, record_target_steps, write_json
 from facerestore.training.data import check_global_batch, substitution_warning
@@ -169,7 +170,7 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
     """The run's config from the options given (None = not given); `--resume` starts from RUN/config.json."""
     out = Path(out)
     assert_output_folder(out)
-    if distributed.launched_rank() == 0:  # a run writing there now: say so, not "already holds a run" (training/out_lock)
+    if main_rank():  # a run writing there now: say so, not "already holds a run" (training/out_lock)
         assert_free(out)
     given = {k: v for k, v in given.items() if v is not None}
     for key in ("lq", "real"):
