@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -29,6 +28,7 @@ import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.training.seeds import stable_seed
+from facerestore.weights.store import read_sha256
 
 
 def reseed(seed: int, step: int, rank: int) -> None:
@@ -152,14 +152,11 @@ def source_stat(path: Path) -> tuple[int, int] | None:
 
 
 def _sha256(path: Path) -> str | None:
-    digest = hashlib.sha256()
+    """The source's sha256, or None where it cannot be read (its work then fails with its own line)."""
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return read_sha256(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def source_fingerprint(path: Path, stat: tuple[int, int] | None) -> dict:

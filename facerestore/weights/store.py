@@ -120,13 +120,20 @@ def sha256_file(path: Path, *, fresh: bool = False) -> str:
         memo = _read_json(_memo_path())
         if key in memo and not fresh:
             return memo[key]
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(CHUNK), b""):
-                digest.update(block)
+        digest = read_sha256(path)
     except OSError as exc:
         raise WeightsError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions (or its disk)") from None
-    return _remember_sha256(path, digest.hexdigest(), key)
+    return _remember_sha256(path, digest, key)
+
+
+def read_sha256(path: Path) -> str:
+    """sha256 of the bytes of `path`, read now, without the memo (for files that are not weights, such
+    as a dataset's sources); an OSError is the caller's to word."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _remember_sha256(path: Path, digest: str, key: str | None = None) -> str:
