@@ -1,4 +1,4 @@
-"""Helpers shared by the tests that build small nets with known random weights."""
+"""Helpers shared by several test files: small nets with known random weights, and lock checks."""
 
 from __future__ import annotations
 
@@ -74,3 +74,15 @@ class StandInResidual(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + 0.1 * self.conv(x)
+
+
+def lock_held(folder: Path) -> bool:
+    """Whether a run holds `folder`'s output lock (training/out_lock) right now."""
+    from facerestore.errors import UsageError
+    from facerestore.training.out_lock import assert_free
+
+    try:
+        assert_free(folder)
+    except UsageError:
+        return True
+    return False

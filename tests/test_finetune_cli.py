@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from facerestore.cli.app import app, register
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import read_image, write_image
+from helpers import lock_held
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -469,16 +470,6 @@ def test_run_with_truncated_faces_skips_them_in_every_stage(tmp_path, weights):
     assert "fine-tuned codeformer: step 3 of 3" in resumed.output
 
 
-def _held(out: Path) -> bool:
-    from facerestore.training.out_lock import assert_free
-
-    try:
-        assert_free(out)
-    except UsageError:
-        return True
-    return False
-
-
 def _tiny_config(lq: Path, out: Path, weights, resume: bool = False, **changes):
     from facerestore.training.finetune.run import resolve_config
 
@@ -529,7 +520,7 @@ def test_finetune_holds_its_lock_through_the_save_ctrl_c_asks_for_and_releases_i
     save = trainer.save_checkpoint
 
     def watched(run_dir, step, **kwargs):
-        saves.append((step, _held(run_dir)))
+        saves.append((step, lock_held(run_dir)))
         save(run_dir, step, **kwargs)
 
     monkeypatch.setattr(trainer, "save_checkpoint", watched)
@@ -540,16 +531,16 @@ def test_finetune_holds_its_lock_through_the_save_ctrl_c_asks_for_and_releases_i
 
     with pytest.raises(KeyboardInterrupt):
         finetune_unpaired(_tiny_config(lq, out, weights), on_step=interrupt_at_1)
-    assert saves == [(1, True)] and not _held(out) and not (out / LOCK_NAME).exists()
+    assert saves == [(1, True)] and not lock_held(out) and not (out / LOCK_NAME).exists()
 
     def crash(report):
         raise RuntimeError("crash")
 
     with pytest.raises(RuntimeError):
         finetune_unpaired(_tiny_config(lq, out, weights, resume=True), resume=True, on_step=crash)
-    assert not _held(out) and not (out / LOCK_NAME).exists()
+    assert not lock_held(out) and not (out / LOCK_NAME).exists()
     finetune_unpaired(_tiny_config(lq, out, weights, resume=True), resume=True)
-    assert saves[-1] == (2, True) and not _held(out) and not (out / LOCK_NAME).exists()
+    assert saves[-1] == (2, True) and not lock_held(out) and not (out / LOCK_NAME).exists()
 
 
 def test_resume_remakes_a_deleted_pseudo_target(tmp_path, weights, lq):

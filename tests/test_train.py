@@ -26,6 +26,7 @@ from facerestore.training.data import FaceDataset, StepBatches, load_file_list, 
 from facerestore.training.degradations import preset
 from facerestore.diffusion import NoiseSchedule
 from facerestore.training.trainer import TrainConfig, parse_duration, resolve_config, train
+from helpers import lock_held
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -189,20 +190,13 @@ def test_a_run_or_a_resume_into_a_run_folder_in_use_is_refused_before_it_writes(
 
 def test_train_holds_its_lock_through_the_save_ctrl_c_asks_for_and_releases_it_however_it_ends(faces, tmp_path, monkeypatch):
     from facerestore.training import trainer
-    from facerestore.training.out_lock import LOCK_NAME, assert_free
-
-    def held(run: Path) -> bool:
-        try:
-            assert_free(run)
-        except UsageError:
-            return True
-        return False
+    from facerestore.training.out_lock import LOCK_NAME
 
     saves: list[tuple[int, bool]] = []
     save = trainer._save
 
     def watched(run, step, *args):
-        saves.append((step, held(run)))
+        saves.append((step, lock_held(run)))
         save(run, step, *args)
 
     monkeypatch.setattr(trainer, "_save", watched)
@@ -214,16 +208,16 @@ def test_train_holds_its_lock_through_the_save_ctrl_c_asks_for_and_releases_it_h
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(config(faces, run, steps=3, save_every=100), unet=MICRO, on_step=interrupt_at_2)
-    assert saves == [(2, True)] and not held(run) and not (run / LOCK_NAME).exists()
+    assert saves == [(2, True)] and not lock_held(run) and not (run / LOCK_NAME).exists()
 
     def crash(report):
         raise Crash
 
     with pytest.raises(Crash):
         train(config(faces, run, steps=3, save_every=100), unet=MICRO, resume=True, on_step=crash)
-    assert not held(run) and not (run / LOCK_NAME).exists()
+    assert not lock_held(run) and not (run / LOCK_NAME).exists()
     train(config(faces, run, steps=3, save_every=100), unet=MICRO, resume=True)
-    assert saves[-1] == (3, True) and not held(run) and not (run / LOCK_NAME).exists()
+    assert saves[-1] == (3, True) and not lock_held(run) and not (run / LOCK_NAME).exists()
     with pytest.raises(UsageError, match="nothing to resume"):  # refused after the lock made the folder: none is left behind
         train(config(faces, tmp_path / "new", steps=3), unet=MICRO, resume=True)
     assert not (tmp_path / "new").exists()
