@@ -11,6 +11,10 @@ Decoding: PIL reads the header first (size, mode, orientation) so the pixel limi
 any pixels are decoded. PNG and TIFF are then decoded with OpenCV, which keeps 16-bit samples that
 PIL truncates to 8 bits; other formats and odd modes (palette, CMYK, ...) are decoded with PIL, which
 also raises on truncated JPEGs that some OpenCV builds silently fill with gray.
+
+Colour: pixels keep the values stored in the file and outputs carry the source's profile, except CMYK,
+which has to become RGB: through its embedded CMYK profile into sRGB when it has a usable one
+(`_cmyk_to_srgb`), else by PIL's naive complement.
 """
 
 from __future__ import annotations
@@ -56,11 +60,12 @@ class Picture:
     bit_depth: int  # 8 or 16: write outputs at the depth the source had
     gray: bool  # single-channel source or identical channels: write the output gray too
     path: Path | None = None
-    icc: bytes | None = None  # the source's colour profile (outputs carry it; the pixels are never converted)
+    icc: bytes | None = None  # the profile of `rgb`, which outputs carry: the source's, or sRGB for a CMYK source converted through its profile
     exif: bytes | None = None  # the source's EXIF, upright (image_meta.upright_exif)
     webp_lossless: bool = False  # a lossless WebP source gives lossless WebP outputs
     full_chroma: bool = False  # a JPEG source without chroma subsampling (4:4:4) gives 4:4:4 JPEG outputs
     frames: int = 1  # an animated GIF or WebP, or a multi-page TIFF: only the first frame is read
+    read_warnings: tuple[str, ...] = ()  # lines the user should see: read, but not as the file meant (an unusable CMYK profile)
 
     def encoding(self, *, exif: bool = True) -> dict:
         """write_image's keyword arguments that make an output like this source; `exif=False` for
@@ -372,20 +377,74 @@ def _decode(img: Image.Image, data: bytes, path: Path, width: int, height: int, 
         arr = _decode_cv2(data)
         if arr is not None and arr.shape[:2] != (height, width):
             arr = None  # e.g. a multi-page TIFF where OpenCV picked another page
-    icc = read_icc(img)
+    icc, read_warnings = read_icc(img), ()
     if arr is None:
         decoder = "pil"
         try:
             img.load()
-            arr = _decode_pil(img)
+            pixels = img
+            if img.mode == "CMYK":
+                pixels, icc, read_warnings = _cmyk_to_srgb(img, path)
+            arr = _decode_pil(pixels)
         except Exception:
             raise not_image from None
     if img.format == "TIFF" and orientation != 1 and _tiff_decoders_orient()[decoder]:
         orientation = 1  # the decoder has turned it already
     return _to_picture(arr, path=path, orientation=orientation, icc=icc, exif=read_exif(img), not_image=not_image,
                        webp_lossless=img.format == "WEBP" and _webp_is_lossless(data), full_chroma=_jpeg_full_chroma(img),
-                       frames=int(getattr(img, "n_frames", 1) or 1))
+                       frames=int(getattr(img, "n_frames", 1) or 1), read_warnings=read_warnings)
 
+
+# Fixed creation date (2000-01-01) for the sRGB profile: littlecms stamps the current time, which
+# would make every output differ byte for byte from the same run's a second later.
+_FIXED_ICC_DATE = (2000, 1, 1, 0, 0, 0)
+
+
+@functools.cache
+def srgb_icc() -> bytes:
+    """littlecms's sRGB profile, serialized: what outputs of a CMYK source converted to sRGB carry."""
+    from PIL import ImageCms
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[24:36] = b"".join(v.to_bytes(2, "big") for v in _FIXED_ICC_DATE)  # no profile ID (bytes 84-99) covers it
+    return bytes(icc)
+
+
+def _cmyk_to_srgb(img: Image.Image, path: Path) -> tuple[Image.Image, bytes | None, tuple[str, ...]]:
+    """A decoded CMYK image -> (RGB image, its profile, warnings).
+
+    PIL hands CMYK over as ink amounts (0 = no ink): it undoes the inverted values Photoshop writes
+    with its APP14 Adobe marker (it assumes that polarity for every CMYK JPEG), and these are the
+    values a CMYK ICC profile takes. With a usable embedded CMYK profile the pixels go through it into
+    sRGB, relative colorimetric with black point compensation (Photoshop's default CMYK -> RGB
+    conversion): paper white becomes display white, colours inside sRGB (nearly all of a press
+    gamut) keep their measured values instead of a vendor's perceptual remapping, and the press's
+    deepest black becomes black rather than a dark gray. The sRGB profile goes with the pixels, so
+    that applications set to another RGB working space (Adobe RGB in prepress settings) do not
+    misread the outputs. Without a profile, or with one that cannot be used, PIL's naive complement
+    (R = (1 - C)(1 - K), in 0..1) as before; an unusable profile is one warning line, never an error.
+    Either way 8-bit images like PIL's own convert(): no float copy of the photo.
+    """
+    from PIL import ImageCms
+
+    raw = img.info.get("icc_profile")
+    if not raw:
+        return img.convert("RGB"), None, ()
+    space = icc_colour_space(raw)
+    if space != "CMYK":
+        why = f"it is a profile for {space}, not CMYK" if space else "it is not an ICC profile"
+    else:
+        try:
+            transform = ImageCms.buildTransform(
+                ImageCms.ImageCmsProfile(io.BytesIO(raw)), ImageCms.ImageCmsProfile(io.BytesIO(srgb_icc())), "CMYK", "RGB",
+                renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, flags=ImageCms.Flags.BLACKPOINTCOMPENSATION)
+            return ImageCms.applyTransform(img, transform), srgb_icc(), ()
+        except MemoryError:
+            raise
+        except Exception as exc:  # littlecms refuses damaged profiles in several ways; the pixels are still readable
+            why = f"it is damaged or incomplete; littlecms: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+    return img.convert("RGB"), None, (f"{path}: the colour profile of its CMYK pixels cannot be used ({why}); "
+                                      "they were converted to RGB without it, so colours may be off",)
 
 def _to_picture(arr: np.ndarray, *, path: Path, orientation: int, not_image: BadImage, **meta) -> Picture:
     """Decoded 8/16-bit samples (gray, gray+alpha, RGB, RGBA) -> an upright float Picture."""

@@ -325,6 +325,7 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
         check_encodable(target, round(picture.width * upscale), round(picture.height * upscale))
     if picture.frames > 1:
         result.warnings.append(f"{path} holds {picture.frames} frames; only the first is restored, and written as one still image")
+    result.warnings.extend(picture.read_warnings)
     keep = picture.encoding(exif=False)  # the faces: the photo's colour profile and depth, not its camera data
     # with --aligned the restored face is the result: it keeps the crop's transparency
     face_alpha = resize(picture.alpha, FACE_SIZE, FACE_SIZE) if options.aligned and picture.alpha is not None else None

@@ -163,6 +163,20 @@ def test_an_animation_is_restored_from_its_first_frame_with_a_warning(tmp_path, 
     assert degraded.exit_code == 0 and "warning: " in degraded.output and "holds 3 frames; only the first is degraded" in degraded.output
 
 
+def test_a_cmyk_photo_whose_profile_cannot_be_used_gets_one_warning_line_in_restore_and_degrade(tmp_path, tiny_baseline):
+    from PIL import Image
+
+    src = tmp_path / "print.jpg"
+    Image.fromarray((smooth() * 255).astype(np.uint8)).convert("CMYK").save(src, icc_profile=b"not a profile" * 20)
+    warning = (f"{src}: the colour profile of its CMYK pixels cannot be used (it is not an ICC profile); "
+               "they were converted to RGB without it, so colours may be off")
+    result = run(src, "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["warnings"] == [warning]
+    degraded = run("degrade", src, "-o", tmp_path / "deg", "-q")
+    assert degraded.exit_code == 0 and degraded.output.count("warning: ") == 1 and warning in " ".join(degraded.output.split())
+
+
 def test_no_face_still_writes_the_photo_and_exits_0(tmp_path, tiny_baseline):
     write_image(tmp_path / "in" / "wall.jpg", smooth())
     result = run(tmp_path / "in", "--out", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "2")

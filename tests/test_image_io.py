@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -153,6 +156,7 @@ def test_cmyk_jpeg_and_palette_png(tmp_path):
     pic = read_image(tmp_path / "c.jpg")
     assert pic.rgb.shape == (30, 50, 3) and pic.alpha is None
     assert np.abs(to_uint8(pic.rgb).astype(int) - raw).mean() < 4
+    assert pic.icc is None and pic.read_warnings == ()  # no profile: the naive complement, untagged, as before
 
     pal = Image.fromarray((np.arange(30 * 50) % 4).astype(np.uint8).reshape(30, 50), "P")
     pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9] + [0] * 756)
@@ -508,3 +512,122 @@ def test_list_images_reports_a_sub_folder_it_cannot_read(tmp_path, monkeypatch):
     found, problems = list_images([root])
     assert found == [root / "a.png"]
     assert problems == [(locked, "cannot be read (permission denied)")]
+
+
+def _s15(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
+
+
+def _cmyk_profile(steps: int = 4) -> bytes:
+    """A small valid CMYK printer profile (ICC v2, an AToB0 lut16 to XYZ) for inks that take linear
+    light away multiplicatively: linear sRGB R = (1 - C)(1 - K), G = (1 - M)(1 - K), B = (1 - Y)(1 - K),
+    turned into XYZ with the colorants of littlecms's own sRGB profile. The CLUT has `steps` nodes a
+    side (0, 85, 170, 255 for 4), where littlecms reproduces these values exactly; between nodes its
+    4-D interpolation does not (tetrahedral in three of the inks), so the tests use node values."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.createProfile("sRGB")
+    to_xyz = np.array([srgb.red_colorant[0], srgb.green_colorant[0], srgb.blue_colorant[0]]).T
+    node = np.linspace(0.0, 1.0, steps)
+    clut = b""
+    for c, m, y, k in itertools.product(node, repeat=4):  # the first input varies slowest
+        xyz = to_xyz @ np.array([(1 - c) * (1 - k), (1 - m) * (1 - k), (1 - y) * (1 - k)])
+        clut += struct.pack(">3H", *(round(v * 32768) for v in xyz))  # XYZ in lut16: 1.0 is 0x8000
+    identity_curve = struct.pack(">2H", 0, 65535)
+    a2b0 = (b"mft2" + bytes(4) + bytes([4, 3, steps, 0]) + b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+            + struct.pack(">2H", 2, 2) + identity_curve * 4 + clut + identity_curve * 3)
+    text = b"test CMYK\x00"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    d50 = _s15(0.9642) + _s15(1.0) + _s15(0.8249)
+    tags = [(b"desc", desc), (b"wtpt", b"XYZ " + bytes(4) + d50), (b"A2B0", a2b0)]
+    table, body, start = b"", b"", 128 + 4 + 12 * len(tags)
+    for signature, data in tags:
+        data += bytes(-len(data) % 4)
+        table += signature + struct.pack(">2I", start + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", start + len(body)) + bytes(4) + bytes([2, 0x10, 0, 0]) + b"prtr" + b"CMYK" + b"XYZ "
+              + bytes(12) + b"acsp" + bytes(28) + d50)
+    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + body
+
+
+def _cmyk_patches(steps: int = 4) -> np.ndarray:
+    """Every combination of the profile's node values, each an 8x8 block (JPEG keeps flat blocks exact)."""
+    nodes = np.round(np.linspace(0, 255, steps)).astype(np.uint8)
+    combos = np.array(list(itertools.product(nodes, repeat=4)), np.uint8).reshape(steps**2, steps**2, 4)
+    return np.repeat(np.repeat(combos, 8, axis=0), 8, axis=1)
+
+
+def _srgb_through_test_profile(cmyk: np.ndarray) -> np.ndarray:
+    """What _cmyk_profile maps ink amounts (uint8) to, as sRGB 0..255 floats (IEC 61966-2-1 encoding)."""
+    ink = cmyk.astype(np.float64) / 255
+    linear = (1 - ink[..., :3]) * (1 - ink[..., 3:])
+    return 255 * np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+
+
+def _naive(cmyk: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(cmyk, "CMYK").convert("RGB"))
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".tif"])
+def test_a_cmyk_photo_with_a_profile_is_converted_through_it_to_srgb(tmp_path, ext):
+    from PIL import ImageCms
+
+    cmyk = _cmyk_patches()
+    src = tmp_path / f"print{ext}"
+    Image.fromarray(cmyk, "CMYK").save(src, quality=100, icc_profile=_cmyk_profile())
+    decoded = np.asarray(Image.open(src))
+    if ext == ".jpg":
+        # stored as Photoshop does, inverted under an APP14 Adobe marker: OpenCV, which assumes that
+        # polarity, gives the naive complement of the inks written, and PIL hands back the inks themselves
+        data = src.read_bytes()
+        assert data[2:4] == b"\xff\xee" and data[6:11] == b"Adobe"
+        opencv = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        assert np.abs(opencv.astype(int) - _naive(cmyk)).max() <= 1
+    assert np.array_equal(decoded, cmyk)
+
+    pic = read_image(src)
+    expected = _srgb_through_test_profile(cmyk)
+    got = to_uint8(pic.rgb).astype(np.float64)
+    # littlecms evaluates the whole conversion on its own 17-node grid: up to ~3 levels off between
+    # its nodes for this profile's steep dark blues (0.33 with cmsFLAGS_NOOPTIMIZE, 5x slower)
+    assert np.abs(got - expected).max() <= 4 and np.abs(got - expected).mean() < 0.5
+    assert np.abs(_naive(cmyk) - expected).mean() > 30  # what the naive complement gave instead
+    # the 33% cyan patch (row 4 of blocks): linear red 2/3 -> sRGB 0.836 = 213 (the naive complement: 170)
+    assert cmyk[32, 0].tolist() == [85, 0, 0, 0] and _naive(cmyk)[32, 0].tolist() == [170, 255, 255]
+    assert to_uint8(pic.rgb)[32, 0].tolist() == [213, 255, 255]
+    assert pic.icc == image_io.srgb_icc() and pic.read_warnings == ()
+    srgb = ImageCms.ImageCmsProfile(io.BytesIO(pic.icc)).profile
+    # littlecms's sRGB, dated once for all (it stamps the current time): the same run writes the same bytes
+    assert (srgb.profile_description, srgb.xcolor_space, srgb.creation_date.year) == ("sRGB built-in", "RGB ", 2000)
+
+    for name in ("out.jpg", "out.png", "out.webp", "out.tif"):
+        written = write_image(tmp_path / name, pic.rgb, **pic.encoding())
+        assert Image.open(written).info.get("icc_profile") == image_io.srgb_icc(), name
+
+
+def _damaged_profiles() -> dict[str, bytes]:
+    good = _cmyk_profile()
+    lut = good.index(b"mft2")
+    return {
+        "cut": good[:300],  # the tag table points past the end
+        "no-lut": good.replace(b"A2B0", b"B2A0", 1),  # no CMYK -> PCS table at all
+        "bad-lut": good[: lut + 8] + bytes([9]) + good[lut + 9 :],  # a LUT claiming 9 inputs
+        "rgb": _profile("sRGB"),  # a profile of the wrong colour space
+        "junk": b"not a profile" * 20,
+    }
+
+
+@pytest.mark.parametrize("damage", _damaged_profiles())
+def test_a_cmyk_photo_with_an_unusable_profile_is_converted_naively_with_one_warning(tmp_path, capfd, damage):
+    cmyk = _cmyk_patches()
+    src = tmp_path / "print.jpg"
+    Image.fromarray(cmyk, "CMYK").save(src, quality=100, icc_profile=_damaged_profiles()[damage])
+    pic = read_image(src)
+    assert np.array_equal(to_uint8(pic.rgb), _naive(cmyk))
+    why = {"rgb": "it is a profile for RGB, not CMYK", "junk": "it is not an ICC profile"}.get(
+        damage, "it is damaged or incomplete; littlecms: cannot build transform")
+    assert pic.read_warnings == (f"{src}: the colour profile of its CMYK pixels cannot be used ({why}); "
+                                 "they were converted to RGB without it, so colours may be off",)
+    assert pic.icc is None  # not written into outputs: it does not describe their RGB values
+    assert "icc_profile" not in Image.open(write_image(tmp_path / "out.jpg", pic.rgb, **pic.encoding())).info
+    assert capfd.readouterr() == ("", "")  # nothing from littlecms on the terminal

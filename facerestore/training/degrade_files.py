@@ -205,8 +205,11 @@ def _degrade_one(path: Path, rel: Path, target: Path, dst: Path, spec: Degradati
     """Degrade and write one copy; its record, or None after reporting why it failed."""
     try:
         picture = read_image(path)
-        if picture.frames > 1 and on_warning is not None:
-            on_warning(f"{path} holds {picture.frames} frames; only the first is degraded, and written as one still image")
+        if on_warning is not None:
+            if picture.frames > 1:
+                on_warning(f"{path} holds {picture.frames} frames; only the first is degraded, and written as one still image")
+            for line in picture.read_warnings:
+                on_warning(line)
         rng = numpy_rng(seed, "degrade", rel.as_posix())
         params = sample_params(rng, spec)
         degraded = apply_degradation(picture.rgb, params, rng)
