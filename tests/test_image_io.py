@@ -313,6 +313,31 @@ def test_list_images_skips_excluded_folders_inside_a_walk_but_not_named_ones(tmp
     assert [p.name for p in found] == ["b.png"]
 
 
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp"])
+@pytest.mark.parametrize("with_alpha", [False, True])
+def test_encoding_holds_at_most_two_copies_of_the_photo(tmp_path, monkeypatch, ext, with_alpha):
+    """OpenCV formats reordered RGB to BGR by fancy indexing (a strided copy) that imencode copied
+    again, and kept the samples and that copy alive beside the encoded buffer and its bytes: four
+    photo-sized arrays at once for a PNG (576 MB for a 12 MP photo at -s 2). Now each is dropped once
+    the next exists: at most two at a time, with the same bytes written."""
+    import tracemalloc
+
+    monkeypatch.setattr(image_io, "BAND_VALUES", 1 << 14)  # a float scratch far smaller than the photo
+    rgb = np.random.default_rng(5).random((600, 800, 3), dtype=np.float32)  # noise: PNG and BMP as large as the photo
+    alpha = np.random.default_rng(6).random((600, 800), dtype=np.float32) if with_alpha else None
+    photo_bytes = 600 * 800 * (4 if with_alpha and ext == ".png" else 3)
+    tracemalloc.start()
+    written = write_image(tmp_path / f"out{ext}", rgb, alpha=alpha)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2.2 * photo_bytes, peak / photo_bytes
+    read = cv2.imread(str(written), cv2.IMREAD_UNCHANGED)
+    if ext != ".jpg":
+        assert np.array_equal(read[:, :, 2::-1], to_uint8(rgb))
+    if with_alpha and ext == ".png":
+        assert np.array_equal(read[:, :, 3], to_uint8(alpha))
+
+
 def test_quantizing_rounds_clips_and_zeroes_nan():
     values = np.array([np.nan, -np.inf, -0.2, 0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, 1.3, np.inf], np.float32)
     assert to_uint8(values).tolist() == [0, 0, 0, 0, 0, 2, 128, 255, 255, 255]  # halves to even, as np.round
