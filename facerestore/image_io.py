@@ -73,6 +73,12 @@ class Picture:
         return dict(bit_depth=self.bit_depth, gray=self.gray, icc=self.icc, exif=self.exif if exif else None, lossless=self.webp_lossless,
                     full_chroma=self.full_chroma)
 
+    def notes(self, action: str) -> tuple[str, ...]:
+        """The warning lines restore, degrade and clean-dataset print for this file: read, but not all
+        of it or not as it meant; `action` is what was done to the first frame ("restored")."""
+        frames = (f"{self.path} holds {self.frames} frames; only the first is {action}, and written as one still image",) if self.frames > 1 else ()
+        return frames + tuple(self.read_warnings)
+
     @property
     def height(self) -> int:
         return int(self.rgb.shape[0])

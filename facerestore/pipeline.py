@@ -323,9 +323,7 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     if not options.aligned:  # refused before any work: an output over an input, or one its format cannot hold
         target = namer.image(name, path)
         check_encodable(target, round(picture.width * upscale), round(picture.height * upscale))
-    if picture.frames > 1:
-        result.warnings.append(f"{path} holds {picture.frames} frames; only the first is restored, and written as one still image")
-    result.warnings.extend(picture.read_warnings)
+    result.warnings.extend(picture.notes("restored"))
     keep = picture.encoding(exif=False)  # the faces: the photo's colour profile and depth, not its camera data
     # with --aligned the restored face is the result: it keeps the crop's transparency
     face_alpha = resize(picture.alpha, FACE_SIZE, FACE_SIZE) if options.aligned and picture.alpha is not None else None

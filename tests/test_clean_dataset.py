@@ -234,6 +234,33 @@ def test_detect_mode_copies_photos_without_faces_through(tmp_path, tiny_baseline
     assert "0 restored, 0 failed" in line and "1 photo without a face copied through" in line
 
 
+def test_a_file_read_only_in_part_gets_one_warning_line_and_its_manifest_entry_keeps_it(tmp_path, model, tiny_baseline):
+    """restore and degrade warned about an animation's other frames and an unusable CMYK profile;
+    clean-dataset restored such files without a word. Now it prints the same line and keeps it in the
+    file's manifest entry; a photo copied through unchanged (no face) has nothing to warn about."""
+    from PIL import Image
+
+    src = tmp_path / "src"
+    frames = [Image.fromarray((face(i, 32) * 255).astype(np.uint8)) for i in range(3)]
+    src.mkdir()
+    frames[0].save(src / "pages.tif", save_all=True, append_images=frames[1:])  # GIF is not a dataset format
+    frames[0].convert("CMYK").save(src / "print.jpg", icc_profile=b"not a profile" * 20)
+    result = clean(src, "--out", tmp_path / "out", "--weights", model, "--steps", "2", "--device", "cpu", "-q")
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, result.output
+    assert f"{src / 'pages.tif'} holds 3 frames; only the first is restored" in warnings[0]
+    assert f"{src / 'print.jpg'}: the colour profile of its CMYK pixels cannot be used" in " ".join(result.output.split())
+    entries = {e["path"]: e for e in manifest(tmp_path / "out")}
+    assert [len(entries[name].get("warnings", [])) for name in ("pages.tif", "print.jpg")] == [1, 1]
+    assert read_image(tmp_path / "out" / "pages.tif").frames == 1
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray((face(5, 96, 128) * 255).astype(np.uint8)).save(photos / "wall.tif", save_all=True, append_images=[f.resize((128, 96)) for f in frames[1:]])
+    walls = clean(photos, "--out", tmp_path / "walls", "--detect", "--method", "baseline", "--weights", tiny_baseline, "--device", "cpu", "-q")
+    assert "warning:" not in walls.output and (tmp_path / "walls" / "wall.tif").read_bytes() == (photos / "wall.tif").read_bytes()
+
+
 def test_ctrl_c_says_how_to_go_on(dataset, tmp_path, monkeypatch):
     from facerestore.training import clean_dataset as module
 

@@ -52,6 +52,8 @@ def clean_dataset_command(
     def on_file(result) -> None:
         if result.status == "failed":
             progress.console.print(f"error: {result.error}", markup=False)
+        for warning in result.warnings:
+            progress.console.print(f"warning: {warning}", markup=False)
         progress.update(task, advance=1)
 
     def on_message(text: str) -> None:

@@ -96,6 +96,7 @@ class FileResult:
     seconds: float = 0.0
     psnr: float | None = None
     error: str | None = None
+    warnings: tuple[str, ...] = ()  # restored, but not from all the file held (other frames, an unusable profile)
 
     def to_json(self) -> dict:
         data = {"path": self.path, "status": self.status, "seconds": round(self.seconds, 4)}
@@ -103,6 +104,8 @@ class FileResult:
             data["psnr"] = json_number(self.psnr, 4)
         if self.error:
             data["error"] = self.error
+        if self.warnings:
+            data["warnings"] = list(self.warnings)
         return data
 
 
@@ -373,7 +376,8 @@ def _clean_faces(paths: list[Path], rels: list[str], chunk: list[int], out: Path
             results.append(FileResult(rels[i], "failed", read_time + per_face + time.perf_counter() - clock, error=exc.one_line()))
             continue
         score = _psnr(rgb, picture.rgb) if options.check else None
-        results.append(FileResult(rels[i], "ok", read_time + per_face + time.perf_counter() - clock, psnr=score))
+        results.append(FileResult(rels[i], "ok", read_time + per_face + time.perf_counter() - clock, psnr=score,
+                                  warnings=picture.notes("restored")))
     return results
 
 
@@ -394,4 +398,5 @@ def _clean_photo(path: Path, rel: str, out: Path, method, detector, options: Cle
     except FaceRestoreError as exc:
         return FileResult(rel, "failed", time.perf_counter() - clock, error=exc.one_line())
     score = _psnr(from_samples(photo), picture.rgb) if options.check else None
-    return FileResult(rel, "ok" if faces else "no-face", time.perf_counter() - clock, psnr=score)
+    notes = picture.notes("restored") if faces else ()  # a photo copied through keeps all its frames and its profile
+    return FileResult(rel, "ok" if faces else "no-face", time.perf_counter() - clock, psnr=score, warnings=notes)

@@ -206,9 +206,7 @@ def _degrade_one(path: Path, rel: Path, target: Path, dst: Path, spec: Degradati
     try:
         picture = read_image(path)
         if on_warning is not None:
-            if picture.frames > 1:
-                on_warning(f"{path} holds {picture.frames} frames; only the first is degraded, and written as one still image")
-            for line in picture.read_warnings:
+            for line in picture.notes("degraded"):
                 on_warning(line)
         rng = numpy_rng(seed, "degrade", rel.as_posix())
         params = sample_params(rng, spec)
