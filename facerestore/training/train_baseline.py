@@ -29,6 +29,7 @@ import torch
 from facerestore.image_io import BadImage, list_images, read_image
 from facerestore.metrics.json_numbers import json_number
 from facerestore.nets.baseline_unet import BaselineUNet, BaselineUNetConfig
+from facerestore.plural import counted
 from facerestore.training.degradations import Eq11Params, Eq11Ranges, apply_eq11, sample_eq11
 from facerestore.weights.checkpoint import save_safetensors
 
@@ -211,7 +212,7 @@ def train_on_crops(net: torch.nn.Module, ema: torch.nn.Module, args: argparse.Na
     start = time.time()
     faces = load_faces(args.data, keep_size=keep_size)
     val_faces = load_faces([args.val], limit=args.val_count)
-    print(f"{len(faces)} training faces, {len(val_faces)} validation faces ({time.time() - start:.0f} s to load)", flush=True)
+    print(f"{counted(len(faces), 'training face')}, {counted(len(val_faces), 'validation face')} ({time.time() - start:.0f} s to load)", flush=True)
 
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
