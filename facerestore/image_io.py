@@ -132,12 +132,17 @@ def _quantize(x: np.ndarray, top: float, dtype: type) -> np.ndarray:
     rows = x.shape[0] if x.ndim else 1
     flat_x, flat_out = (x, out) if x.ndim else (x.reshape(1), out.reshape(1))
     for band in _bands(rows, flat_x[:1].size):
-        scaled = np.multiply(flat_x[band], top)
-        np.nan_to_num(scaled, copy=False, nan=0.0)
-        np.clip(scaled, 0.0, top, out=scaled)
-        np.rint(scaled, out=scaled)
-        flat_out[band] = scaled
+        flat_out[band] = round_to_levels(flat_x[band], top)
     return out
+
+
+def round_to_levels(values: np.ndarray, top: float, *, in_place: bool = False) -> np.ndarray:
+    """Float [0, 1] -> 0..top as floats, rounded (half to even), clipped, NaN as 0: the one rule by
+    which every written sample is rounded, also used by paste-back into an integer photo."""
+    scaled = np.multiply(values, top, out=values if in_place else None)
+    np.nan_to_num(scaled, copy=False, nan=0.0)
+    np.clip(scaled, 0.0, top, out=scaled)
+    return np.rint(scaled, out=scaled)
 
 
 def to_samples(rgb: np.ndarray, dtype: type, gray: bool = False) -> np.ndarray:

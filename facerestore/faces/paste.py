@@ -16,6 +16,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from facerestore.image_io import round_to_levels
+
 
 def upscaled_inverse(inverse: np.ndarray, upscale: float) -> np.ndarray:
     """Map crop pixels to pixels of the photo resized by `upscale`.
@@ -140,14 +142,5 @@ def paste_faces(
             warped_face *= warped_mask
             work += warped_face
             if scale is not None:
-                region[...] = _round(work, scale)
+                region[...] = round_to_levels(work, scale, in_place=True)
     return out
-
-
-def _round(values: np.ndarray, scale: float) -> np.ndarray:
-    """Float [0, 1] -> 0..scale, rounded (half to even), clipped, NaN as 0: as image_io writes a float
-    photo, in place."""
-    values *= scale
-    np.nan_to_num(values, copy=False, nan=0.0)
-    np.clip(values, 0.0, scale, out=values)
-    return np.rint(values, out=values)
