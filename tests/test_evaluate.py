@@ -460,7 +460,9 @@ def test_bad_files_fail_alone_and_exit_1(hq, tmp_path):
 
 
 def test_a_broken_link_fails_alone_and_counts_toward_the_limit(hq, tmp_path):
-    """It was a usage error for the whole folder, named after the folder: one dangling link stopped 1000 faces."""
+    """It was a usage error for the whole folder, named after the folder: one dangling link stopped 1000 faces.
+    It is an image of each set that failed, as an unreadable file is: counted in images_total and images_failed,
+    which left it out while the run's failures listed it."""
     (hq / "face05.png").symlink_to(tmp_path / "gone.png")  # sorts between face0 and face1
     out = tmp_path / "report"
     result = run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", out, "-q")
@@ -469,9 +471,12 @@ def test_a_broken_link_fails_alone_and_counts_toward_the_limit(hq, tmp_path):
     data = results(out)
     assert [f["what"] for f in data["failures"]] == [str(hq / "face05.png")]
     assert row(data, "medium", "identity")["metrics"]["psnr"]["count"] == 2
+    assert all((s["images_total"], s["images_failed"]) == (3, 1) for s in data["sets"]), [(s["images_total"], s["images_failed"]) for s in data["sets"]]
+    linked = {i["key"]: i for i in data["sets"][0]["images"]}["face05"]
+    assert linked["status"] == "failed" and linked["error"] == f"{hq / 'face05.png'}: is a broken link (its target does not exist)"
     assert run("--hq", hq, "-m", "identity", "--metrics", "psnr", "--limit", "1", "-o", out, "-q").exit_code == 0  # face0 alone
     limited = run("--hq", hq, "-m", "identity", "--metrics", "psnr", "--limit", "2", "-o", out, "-q")
-    assert limited.exit_code == 1 and [i["key"] for i in results(out)["sets"][0]["images"]] == ["face0"]
+    assert limited.exit_code == 1 and [i["key"] for i in results(out)["sets"][0]["images"]] == ["face0", "face05"]
     only = tmp_path / "only"
     only.mkdir()
     (only / "a.png").symlink_to(tmp_path / "gone.png")

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from facerestore.training.seeds import check_seed
-from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.errors import BadImage, FaceRestoreError, UsageError
 from facerestore.evaluation import presets
 from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, list_images, read_image, resize, write_image
@@ -204,14 +204,16 @@ class InputItem:
 
     key: str
     path: Path
+    problem: str = ""  # why it cannot be read, found while listing (a broken link): it fails in every set as an unreadable file does
 
 
 def list_inputs(source: Path, limit: int | None = None, *, option: str = "--hq") -> tuple[list[InputItem], list[tuple[str, str]]]:
     """Image files of a folder (recursive, sorted) or one file -> (items, [(path, reason)] failures).
 
-    An empty folder or a missing path is a UsageError. A link to a missing file fails alone, as an
-    unreadable image does (it counts as one of the --limit first images); two files with the same
-    key (face.jpg and face.png) cannot both be evaluated: the second is returned as a failure.
+    An empty folder or a missing path is a UsageError. A link to a missing file is an item with its
+    problem: it fails alone in each set, as an unreadable image does (and counts as one of the --limit
+    first images); two files with the same key (face.jpg and face.png) cannot both be evaluated: the
+    second is returned as a failure outside any set.
     """
     source = Path(source)
     paths, problems = list_images([source])
@@ -241,8 +243,7 @@ def list_inputs(source: Path, limit: int | None = None, *, option: str = "--hq")
             entries.append((key, path, ""))
     kept = entries[:limit] if limit else entries
     keys = {key for key, _, reason in kept if not reason}  # a duplicate of an image --limit leaves out is no failure of this run
-    failures = [(str(path), reason) for _, path, reason in kept if reason]
-    return [InputItem(key, path) for key, path, reason in kept if not reason], failures + [(path, reason) for key, path, reason in duplicates if key in keys]
+    return [InputItem(key, path, reason) for key, path, reason in kept], [(path, reason) for key, path, reason in duplicates if key in keys]
 
 
 def to_face_size(rgb: np.ndarray, path: Path | str) -> tuple[np.ndarray, str]:
@@ -563,6 +564,8 @@ class Evaluator:
 
     def _load(self, item: InputItem, record: ImageRecord) -> np.ndarray | None:
         try:
+            if item.problem:
+                raise BadImage(f"{item.path}: {item.problem}")
             image, note = load_face(item.path)
         except FaceRestoreError as exc:
             record.status, record.error = "failed", exc.one_line()
