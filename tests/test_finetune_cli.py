@@ -694,8 +694,15 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, weights, lq):
         return [json.loads(line)["loss"] for line in (folder / "log.jsonl").read_text().splitlines()]
 
     np.testing.assert_allclose(losses(ddp), losses(single), rtol=1e-5)
-    for target in (single / "pseudo" / "targets").rglob("*.png"):
-        assert target.read_bytes() == (ddp / target.relative_to(single)).read_bytes()
+    # Each face's noise is keyed by its path, so the ranks draw what one process draws; but a rank
+    # batches other faces together, and batched convolutions round differently on some CPUs (AVX-512
+    # vs AVX2 kernels): a pixel may land one 8-bit level apart (seen: 1 pixel of 4 targets on an EPYC)
+    targets = sorted((single / "pseudo" / "targets").rglob("*.png"))
+    assert len(targets) == len(list((ddp / "pseudo" / "targets").rglob("*.png"))) > 0
+    for target in targets:
+        one, two = read_image(target).rgb, read_image(ddp / target.relative_to(single)).rgb
+        levels = np.abs(one - two) * 255
+        assert levels.max() <= 1 + 1e-3 and (levels > 0.5).mean() < 1e-3, (target.name, levels.max(), (levels > 0.5).sum())
     assert len(list((ddp / "pseudo" / ".facerestore-pseudo").glob("done-rank*.jsonl"))) == 2
     files = lambda run: sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file() and "done-rank" not in p.name and "base-rank" not in p.name)
     assert files(ddp) == files(single)
