@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import math
 from pathlib import Path
@@ -86,3 +87,15 @@ def lock_held(folder: Path) -> bool:
     except UsageError:
         return True
     return False
+
+
+def refuse_flock(monkeypatch, code: int = errno.EWOULDBLOCK) -> None:
+    """Every flock of this process raises OSError(`code`): EWOULDBLOCK (a BlockingIOError) as while
+    another process holds the lock, ENOLCK or EOPNOTSUPP as on a file system without locks."""
+    import fcntl
+    import os
+
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", refuse)

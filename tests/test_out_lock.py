@@ -3,6 +3,7 @@ into the same --out is refused with one line, and a lock left by a killed run is
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ import pytest
 
 from facerestore.errors import UsageError
 from facerestore.training.out_lock import LOCK_NAME, output_lock
+from helpers import refuse_flock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,9 +92,6 @@ def test_torchrun_ranks_other_than_0_take_no_lock(tmp_path):
 def test_where_nothing_can_be_locked_the_run_goes_on_unlocked_saying_so(tmp_path, monkeypatch):
     """The lock is weights/file_lock's flock: no fcntl (Windows) or a file system refusing flock
     (ENOLCK) is one note naming the folder, and the run goes on."""
-    import errno
-    import types
-
     from facerestore.weights import file_lock
 
     said: list[str] = []
@@ -100,12 +99,31 @@ def test_where_nothing_can_be_locked_the_run_goes_on_unlocked_saying_so(tmp_path
     with output_lock(tmp_path / "a" / "b", on_message=said.append):
         pass
     assert not (tmp_path / "a").exists()  # the folders it made are removed again
-
-    def refuse(fd: int, operation: int) -> None:
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-
-    monkeypatch.setattr(file_lock, "fcntl", types.SimpleNamespace(flock=refuse, LOCK_EX=2, LOCK_NB=4, LOCK_SH=1))
+    monkeypatch.undo()
+    refuse_flock(monkeypatch, errno.ENOLCK)
     with output_lock(tmp_path / "c", on_message=said.append):
         pass
+    assert not (tmp_path / "c").exists()  # no lock file left in it keeps the folder it made
     assert said == [f"cannot lock {tmp_path / 'a' / 'b'} on this system; make sure no other run writes into it",
                     f"cannot lock {tmp_path / 'c'} ({os.strerror(errno.ENOLCK)}); make sure no other run writes into it"]
+
+
+def test_a_lock_refused_leaves_no_lock_file_it_made_and_keeps_one_it_found(tmp_path, monkeypatch):
+    """A refused flock removes the lock file only where this attempt made it: a file that was there
+    is another run's (a live one, or a killed one whose pid the next run names)."""
+    made, found = tmp_path / "made", tmp_path / "found"
+    made.mkdir()
+    found.mkdir()
+    record = json.dumps({"pid": dead_pid(), "host": socket.gethostname()}) + "\n"
+    (found / LOCK_NAME).write_text(record)
+    refuse_flock(monkeypatch, errno.ENOLCK)
+    for out in (made, found):
+        with output_lock(out):
+            pass
+    assert list(made.iterdir()) == []
+    assert (found / LOCK_NAME).read_text() == record
+    refuse_flock(monkeypatch, errno.EWOULDBLOCK)  # as while another run holds it
+    with pytest.raises(UsageError, match="being written by another run"):
+        with output_lock(found):
+            pass
+    assert (found / LOCK_NAME).read_text() == record

@@ -3,6 +3,7 @@ conversion, one good file; the others wait for it (weights/file_lock.py) and use
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import json
@@ -18,6 +19,7 @@ import torch
 
 from facerestore.weights import catalogue, file_lock, store
 from facerestore.weights.catalogue import WeightsEntry
+from helpers import refuse_flock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,6 +164,22 @@ def test_no_fcntl_goes_on_unlocked(tmp_path, monkeypatch):
     with file_lock.exclusive(tmp_path / "x.pth", "testing") as held:
         assert not held
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_that_cannot_be_taken_leaves_no_lock_file_it_made(tmp_path, monkeypatch):
+    """A file system without locks: the work goes on unlocked, and the lock file this process made
+    for nothing is removed again. One made here but locked first by another process (the flock is
+    refused as busy) is that process's: it removes it at its end, and removing it now would let a
+    third process lock a new file beside the one still held."""
+    target = tmp_path / "x.pth"
+    refuse_flock(monkeypatch, errno.ENOLCK)
+    with file_lock.exclusive(target, "testing") as held:
+        assert not held
+    assert list(tmp_path.iterdir()) == []
+    refuse_flock(monkeypatch, errno.EWOULDBLOCK)
+    with pytest.raises(file_lock.Busy):
+        file_lock.take(file_lock.lock_path(target), {}, wait=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pth.lock"]
 
 
 def wait_behind_a_download(target: Path, **waiter) -> None:

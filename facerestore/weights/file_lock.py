@@ -15,7 +15,10 @@ left behind is simply taken (and what it named is returned, for a note); a pid r
 looks alive. The holder removes the file while still holding it; a process that opened it meanwhile
 sees that its inode is no longer the one at that path and locks the new file. Where there is no
 fcntl (Windows), the lock file cannot be made (a read-only folder) or the file system refuses locks
-(some FUSE mounts, NFS without a lock daemon), the work goes on unlocked.
+(some FUSE mounts, NFS without a lock daemon), the work goes on unlocked, and a lock file made for
+nothing is removed again; one that was there already is left as it is, and so is one made here but
+locked first by another process (refused as busy): that process removes it at its end, while removing
+it now would let a third process lock a new file beside the one still held.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ def take(lock: Path, record: dict[str, str], *, wait: bool = True, on_wait: Call
         raise NoLocks("on this system")
     started = time.monotonic()
     while True:
-        fd = _open(lock, shared)
+        fd, made = _open(lock, shared)
         try:
             while True:
                 try:
@@ -119,7 +122,12 @@ def take(lock: Path, record: dict[str, str], *, wait: bool = True, on_wait: Call
                 same = os.path.samestat(os.fstat(fd), os.stat(lock))
             except FileNotFoundError:
                 same = False
-        except BaseException:
+        except NoLocks:
+            if made:  # made for nothing: no process can hold it
+                _unlink(lock, fd)
+            os.close(fd)
+            raise
+        except BaseException:  # Busy or a wait stopped: another process holds the file, and removes it at its end
             os.close(fd)
             raise
         if same:
@@ -156,13 +164,34 @@ def peek(lock: Path) -> dict | None:
     return None
 
 
-def _open(lock: Path, shared: bool) -> int:
+def _open(lock: Path, shared: bool) -> tuple[int, bool]:
+    """The lock file's fd, and whether this call made the file (a lock refused removes only such a one)."""
+    while True:
+        try:
+            return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True  # the umask decides, as for the files written beside it
+        except FileExistsError:
+            pass
+        except PermissionError:  # a folder this process may not write to: only a lock file already there can be had
+            if not os.path.lexists(lock):
+                raise
+        try:
+            try:
+                return os.open(lock, os.O_RDWR), False
+            except PermissionError:
+                if not shared:
+                    raise
+                return os.open(lock, os.O_RDONLY), False  # another user's lock file in a shared cache
+        except FileNotFoundError:
+            continue  # its holder removed it as this process opened it: make it
+
+
+def _unlink(lock: Path, fd: int) -> None:
+    """Remove `lock` while it is still the file of `fd` (not one another process made there since)."""
     try:
-        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for the files written beside it
-    except PermissionError:
-        if not shared:
-            raise
-        return os.open(lock, os.O_RDONLY)  # another user's lock file in a shared cache
+        if os.path.samestat(os.fstat(fd), os.stat(lock)):
+            os.unlink(lock)
+    except OSError:
+        pass
 
 
 def release(fd: int, lock: Path) -> None:
