@@ -3,9 +3,11 @@ into the same --out is refused with one line, and a lock left by a killed run is
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import pytest
 
 from facerestore.errors import UsageError
 from facerestore.training.out_lock import LOCK_NAME, output_lock
-from helpers import refuse_flock
+from helpers import lock_held, refuse_flock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,6 +81,46 @@ def test_the_lock_is_released_however_the_run_ends(tmp_path, ending):
     assert not (out / LOCK_NAME).exists()
     with output_lock(out):
         pass
+
+
+def test_a_run_killed_while_its_forked_workers_live_on_frees_its_folder_at_once(tmp_path):
+    """DataLoader workers and pools are forked while the lock is held, and a fork shares the lock's
+    open file description with it: the children close their copy, so kill -9 of the run frees --out
+    at once, not when its orphaned workers end."""
+    out = tmp_path / "out"
+    code = ("import os, sys, time\nfrom pathlib import Path\nfrom facerestore.training.out_lock import output_lock\n"
+            "with output_lock(Path(sys.argv[1])):\n"
+            "    if os.fork() == 0:\n"
+            "        sys.exit(0)  # a child leaving through the with lets go of nothing\n"
+            "    os.wait()\n"
+            "    ready, told = os.pipe()\n"
+            "    worker = os.fork()\n"
+            "    if worker == 0:\n"
+            "        os.write(told, b'1')\n"
+            "        time.sleep(60)\n"
+            "        os._exit(0)\n"
+            "    os.read(ready, 1)\n"
+            "    print(worker, flush=True)\n"
+            "    time.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.Popen([sys.executable, "-c", code, str(out)], env=env, stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        worker = int(run.stdout.readline())
+        assert lock_held(out)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        os.kill(worker, 0)  # the forked worker lives on
+        assert not lock_held(out)
+        with output_lock(out):
+            pass
+    finally:
+        run.kill()
+        run.wait()
+        run.stdout.close()
+        if worker is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
 
 
 def test_torchrun_ranks_other_than_0_take_no_lock(tmp_path):

@@ -5,8 +5,9 @@ Two runs into one --out would both write the same files and manifests, and the t
 the start of one would delete the temp files the other is writing. So a run holds OUT/.facerestore.lock
 from before its cleanup to its end: the flock of `weights.file_lock`, asked not to wait, on a file
 that names the pid and host of the run that holds it (what a refused run says). An flock, not just a
-file made with O_EXCL: the kernel drops it when its process dies, even by kill -9, so a lock file a
-killed run left is free and taken over (with a note), and a pid reused since never looks alive.
+file made with O_EXCL: the kernel drops it when its process dies, even by kill -9 (the DataLoader
+workers it forked close their copy of its fd, so they do not keep it), so a lock file a killed run
+left is free and taken over (with a note), and a pid reused since never looks alive.
 
 Under torchrun the ranks of one run share the lock: rank 0 holds it (`hold=d.main`), and the other
 ranks write only after a barrier that follows it, so a second run's rank 0 is refused and its other

@@ -12,7 +12,10 @@ not look like a hang. `take(wait=False)` refuses at once instead (`Busy`, naming
 
 The kernel drops an flock when its process dies (even by kill -9), so a lock file a killed process
 left behind is simply taken (and what it named is returned, for a note); a pid reused since never
-looks alive. The holder removes the file while still holding it; a process that opened it meanwhile
+looks alive. An flock belongs to the open file description, which a fork shares: a DataLoader worker
+or a pool forked while the lock is held would keep it after a kill -9 of its parent, until it ended
+too. So a forked child closes its copies of the held locks' fds at once (`os.register_at_fork`), and
+a `release` in it (a child unwinding its parent's `with`) lets go of nothing. The holder removes the file while still holding it; a process that opened it meanwhile
 sees that its inode is no longer the one at that path and locks the new file. Where there is no
 fcntl (Windows), the lock file cannot be made (a read-only folder) or the file system refuses locks
 (some FUSE mounts, NFS without a lock daemon), the work goes on unlocked, and a lock file made for
@@ -41,6 +44,22 @@ except ImportError:  # Windows
 
 NOTE_AFTER_S = 2.0  # how long a process waits quietly before it says what it waits for
 POLL_S = 0.05
+
+_held: set[int] = set()  # the fds of the locks this process holds, from `take` to `release`
+
+
+def _close_held_in_child() -> None:
+    """In a forked child: its copies of the held fds would keep the parent's locks alive after the parent died."""
+    for fd in list(_held):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork (nor fcntl)
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class NoLocks(OSError):
@@ -133,6 +152,7 @@ def take(lock: Path, record: dict[str, str], *, wait: bool = True, on_wait: Call
         if same:
             break
         os.close(fd)  # the holder removed the file as this process opened it: lock the new one
+    _held.add(fd)
     earlier = holder_of(fd)
     try:
         os.ftruncate(fd, 0)
@@ -196,7 +216,10 @@ def _unlink(lock: Path, fd: int) -> None:
 
 def release(fd: int, lock: Path) -> None:
     """Remove the file while still holding it (a process that opened it meanwhile sees the inode
-    change and locks a new file), then let go."""
+    change and locks a new file), then let go. Nothing in a forked child: the lock is its parent's."""
+    if fd not in _held:
+        return
+    _held.discard(fd)
     try:
         os.unlink(lock)
     except OSError:
