@@ -749,6 +749,32 @@ def test_a_full_disk_is_one_line_saying_how_to_go_on(tmp_path, weights, lq, monk
                    "No space left on device", "rerun the same command to make the remaining pseudo-targets")
 
 
+def test_a_damaged_fine_tuned_model_is_one_line_naming_stage_3_and_the_file_and_resume_exports_it_again(tmp_path, weights, lq, monkeypatch):
+    """Stage 3 loads the model stage 2 exported, which no option named: a damaged one was
+    "--weights: ...", an option the user never gave. Deleting it and --resume exports it again."""
+    from facerestore.training.finetune import trainer
+
+    real_export = trainer.export_model
+
+    def damaged_export(base, state, path, metadata):
+        real_export(base, state, path, metadata)
+        with open(path, "r+b") as file:  # cut off, as by a full disk or an interrupted copy
+            file.truncate(path.stat().st_size // 2)
+        return path
+
+    monkeypatch.setattr(trainer, "export_model", damaged_export)
+    out = tmp_path / "run"
+    model = out / "codeformer-finetuned.safetensors"
+    text = one_line_error(run(*tiny_run_args(lq, out, weights)), 1, f"finetune stage 3 (report): the fine-tuned model {model} is not a readable safetensors file (",
+                          f"; delete {model} and continue with: facerestore finetune --out {out} --resume, which exports it again")
+    assert "--weights" not in text
+    monkeypatch.undo()
+    model.unlink()
+    resumed = run("finetune", "--out", out, "--resume", "--workers", "0", "--device", "cpu", "-q")
+    assert resumed.exit_code == 0, resumed.output
+    assert (out / "report" / "report.md").is_file()
+
+
 def test_the_real_folders_scan_is_summarised(tmp_path, lq):
     """--real is scanned like the input folder; what it skipped (unreadable, too small) is said, not dropped silently."""
     from facerestore.training.finetune.run import _check_options, resolve_config

@@ -28,7 +28,9 @@ class MethodOptions:
 
     device: str = "cpu"
     weights: Path | str | None = None  # a file or a registered name; None = the method's default
-    weights_option: str = "--weights"  # the option `weights` came from, named in its errors (finetune: --base-weights)
+    # the option `weights` came from, named in its errors (finetune: --base-weights); None: no option
+    # named it (finetune's report loads the run's own export), so a damaged file is left for the caller to word
+    weights_option: str | None = "--weights"
     offline: bool | None = None
     steps: int | None = None  # difface: UNet calls (None = the method's default)
     precision: str = "auto"  # every method: the networks' autocast dtype (devices.autocast_dtype)

@@ -276,9 +276,9 @@ def also_missing(first: str, names: list[str]) -> str:
 
 
 def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | None = None, progress: Progress | None = None,
-            option: str = "--weights") -> Path:
+            option: str | None = "--weights") -> Path:
     """A verified, loadable file for catalogue entry `name` (downloading it if allowed); `option` is
-    the command-line option `explicit` came from, named in its errors."""
+    the command-line option `explicit` came from, named in its errors (None: none did)."""
     if explicit is not None:
         return resolve_explicit(explicit, offline=offline, progress=progress, catalogued=(name,), option=option)
     return loadable(get_entry(name), locate(name, offline=offline, progress=progress))
@@ -301,7 +301,7 @@ def locate(name: str, *, offline: bool | None = None, progress: Progress | None 
 
 
 def resolve_explicit(value: Path | str, *, offline: bool | None = None, progress: Progress | None = None,
-                     catalogued: tuple[str, ...] | None = None, option: str = "--weights") -> Path:
+                     catalogued: tuple[str, ...] | None = None, option: str | None = "--weights") -> Path:
     """--weights accepts a file path or a catalogue / registered name.
 
     `catalogued` lists the published checkpoints the caller can use (None: any): `-m baseline
@@ -313,7 +313,7 @@ def resolve_explicit(value: Path | str, *, offline: bool | None = None, progress
     return path if path is not None else resolve(str(value), offline=offline, progress=progress)
 
 
-def check_weights_option(value: Path | str, *, catalogued: tuple[str, ...] | None = None, option: str = "--weights") -> Path | None:
+def check_weights_option(value: Path | str, *, catalogued: tuple[str, ...] | None = None, option: str | None = "--weights") -> Path | None:
     """The checks of `resolve_explicit` that read and download nothing: the readable file `value`
     names, or None for a catalogue or registered name this caller may use; else BadWeightsOption
     (exit 2). Commands call it on every weights option first, so a typo in the second one is not
@@ -322,36 +322,43 @@ def check_weights_option(value: Path | str, *, catalogued: tuple[str, ...] | Non
     if path.is_file():
         return readable_option_file(path, option)
     if str(value).strip() and path.is_dir():
-        raise BadWeightsOption(f"{option} {value} is a folder, not a checkpoint file", hint="name the checkpoint file inside it")
+        raise BadWeightsOption(f"{_given(option, value)} is a folder, not a checkpoint file", hint="name the checkpoint file inside it")
     entries = load_catalogue()
     if str(value) in entries:
         if catalogued is not None and not entries[str(value)].local and str(value) not in catalogued:
             usable = f"the catalogued {' or '.join(catalogued)}, " if catalogued else ""
-            raise BadWeightsOption(f"{option} {value} names the published checkpoint of another model",
+            raise BadWeightsOption(f"{_given(option, value)} names the published checkpoint of another model",
                                    hint=f"pass {usable}a checkpoint file, or a name registered with `facerestore weights import FILE --name NAME`")
         return None
-    raise BadWeightsOption(f"{option} {value}: no such file and no weights registered under that name", hint="pass an existing checkpoint file or a name from `facerestore weights list`")
+    raise BadWeightsOption(f"{_given(option, value)}: no such file and no weights registered under that name", hint="pass an existing checkpoint file or a name from `facerestore weights list`")
 
 
-def readable_option_file(path: Path, option: str = "--weights") -> Path:
+def _given(option: str | None, value: Path | str) -> str:
+    """The option and its value as the user gave them; the value alone where no option named it."""
+    return f"{option} {value}" if option else str(value)
+
+
+def readable_option_file(path: Path, option: str | None = "--weights") -> Path:
     """`path` if this process may read it: a file named by an option that it cannot open is a usage
     error (exit 2) found now, not a failure after the other models have loaded."""
     if not os.access(path, os.R_OK):
-        raise BadWeightsOption(f"{option} {path} cannot be read (permission denied)", hint="make it readable (chmod a+r), or copy it somewhere of yours and pass the copy")
+        raise BadWeightsOption(f"{_given(option, path)} cannot be read (permission denied)", hint="make it readable (chmod a+r), or copy it somewhere of yours and pass the copy")
     return path
 
 
 @contextmanager
-def loading_option(option: str, named: bool = True) -> Iterator[None]:
+def loading_option(option: str | None, named: bool = True) -> Iterator[None]:
     """Around loading what the weights option `option` named (`named`: it did, not the catalogue):
     a file that is no checkpoint of this use (truncated, damaged, another architecture) is
-    BadWeightsFile, one line starting with the option, exit 2 as a missing one."""
+    BadWeightsFile, one line starting with the option, exit 2 as a missing one. A file no option
+    named (`option` None: finetune's report loads the run's own export) stays UnsupportedCheckpoint,
+    exit 1, for the caller to say where it comes from."""
     try:
         yield
     except BadWeightsOption:
         raise
     except UnsupportedCheckpoint as exc:
-        if not named:
+        if not named or option is None:
             raise
         raise BadWeightsFile(f"{option}: {exc}", hint=exc.hint) from None
 

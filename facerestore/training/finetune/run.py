@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from facerestore.errors import UsageError
+from facerestore.errors import UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.ranks import main_rank
 from facerestore.training import distributed
@@ -417,12 +417,9 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
     # ---- stage 3: report on the held-out faces
     report = None
     if d.main and held:
-        from facerestore.methods.base import MethodOptions
-        from facerestore.methods.registry import build_method
-
         device = str(d.device)
         base_method = base.build(device, config.offline, config.size)
-        tuned = build_method(config.base, MethodOptions(device=device, weights=outcome.model, offline=config.offline, fidelity=base.fidelity))
+        tuned = _load_finetuned(config, base, outcome.model, device)
         settings_note = {"base": config.base, "base_fidelity": base.effective_fidelity() if config.base == "codeformer" else None,
                          "pseudo_targets": plan.describe(), "steps": outcome.step, "train_faces": len(train), "size": config.size}
         report = write_report(run / "report", held, base_method, tuned, size=config.size, seed=config.seed, batch_size=config.pseudo_batch,
@@ -433,6 +430,23 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
     return FinetuneResult(run=run, model=outcome.model, step=outcome.step, losses=outcome.losses, pseudo=pseudo, report=report,
                           train_faces=len(train), holdout_faces=len(held), name=suggested_name(config.base, run),
                           seconds_per_step=outcome.seconds_per_step)
+
+
+def _load_finetuned(config: FinetuneConfig, base: BaseSpec, model: Path, device: str):
+    """Stage 3's fine-tuned model, the file stage 2 exported: no option named it, so a damaged one (a
+    full disk, a copy cut off) is one line naming the stage, the file and how to export it again."""
+    from facerestore.methods.base import MethodOptions
+    from facerestore.methods.registry import build_method
+
+    try:
+        return build_method(config.base, MethodOptions(device=device, weights=model, weights_option=None, offline=config.offline, fidelity=base.fidelity))
+    except WeightsError as exc:
+        said = str(exc)
+        what = said[len(str(model)):].lstrip() if said.startswith(str(model)) else f"cannot be loaded ({said})"
+        kind = UnsupportedCheckpoint if isinstance(exc, UnsupportedCheckpoint) else WeightsError
+        raise kind(f"finetune stage 3 (report): the fine-tuned model {model} {what}",
+                   hint=f"delete {model} and continue with: facerestore finetune --out {shlex.quote(config.out)} --resume, "
+                        "which exports it again from the newest checkpoint") from None
 
 
 def _free(device: torch.device) -> None:
