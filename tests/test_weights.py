@@ -62,6 +62,11 @@ def test_official_catalogue_is_complete():
     codeformer = entries["codeformer"]
     assert codeformer.sha256.startswith("1009e537") and codeformer.size == 376637898 and not codeformer.commercial_use
     assert "Baidu" in entries["dr2_ddpm"].note and not entries["dr2_ddpm"].urls
+    x2, x4 = entries["realesrgan_x2plus"], entries["realesrgan_x4plus"]  # --bg-upsampler realesrgan / realesrgan-x4
+    assert x2.urls == ("https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth",)
+    assert x4.urls == ("https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",)
+    assert x2.sha256.startswith("49fafd45") and x2.size == 67061725 and x4.sha256.startswith("4fa0d389") and x4.size == 67040989
+    assert x2.license.startswith("BSD-3-Clause") and x4.license.startswith("BSD-3-Clause") and x2.commercial_use and x4.commercial_use
 
 
 def test_canonical_state_dict_unwraps_and_strips_prefix(tiny_file):
