@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from facerestore.background_upsampler import BackgroundUpsampler
 from facerestore.training.seeds import check_seed
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
@@ -197,6 +198,7 @@ class Tools:
     method: RestorationMethod
     detector: RetinaFaceHeads | None = None  # None with --aligned
     parser: Parser | None = None  # face parsing for the paste mask (--parse)
+    background: BackgroundUpsampler | None = None  # --bg-upsampler: Real-ESRGAN instead of Lanczos for the photo
     on_faces: Callable[[int], None] | None = None  # progress: called with the number of faces just restored
 
 
@@ -224,13 +226,17 @@ def scale_background(rgb: np.ndarray, alpha: np.ndarray | None, size: tuple[int,
     return np.where(weight > tiny, weighted / np.maximum(weight, tiny), fallback).astype(np.float32)
 
 
-def prepare_background(picture: Picture, upscale: float) -> np.ndarray:
+def prepare_background(picture: Picture, upscale: float, upsampler: BackgroundUpsampler | None = None) -> np.ndarray:
     """The photo to paste the faces into, resized by `upscale`, as integer samples of the source's
     depth (uint8, or uint16 for a 16-bit source), not float32: a 12 MP photo enlarged twice is 150 MB
     in uint8 against 600 MB in float32, and it is written as it is (no float copy to round). A photo
     without alpha is resized in uint8 (OpenCV's fixed-point Lanczos, within one level of the float
-    one, rounded); with alpha the premultiplied resize runs in float and is rounded after."""
+    one, rounded); with alpha the premultiplied resize runs in float and is rounded after.
+    With `upsampler` (--bg-upsampler) the net enlarges it instead, even at --upscale 1 (GFPGAN's
+    scripts run it there too: the net's output resized back to the photo's size)."""
     dtype = np.uint16 if picture.bit_depth == 16 else np.uint8
+    if upsampler is not None:
+        return upsampler.enlarge(picture.rgb, (round(picture.width * upscale), round(picture.height * upscale)), dtype)
     if upscale == 1:
         return to_samples(picture.rgb, dtype)
     size = (round(picture.width * upscale), round(picture.height * upscale))
@@ -281,7 +287,7 @@ def restore_picture(
     clock = time.perf_counter()
     height, width = picture.rgb.shape[:2]
     upscale = options.scale_for(height, width)
-    photo = prepare_background(picture, upscale)  # one photo-sized integer array, pasted into in place
+    photo = prepare_background(picture, upscale, tools.background)  # one photo-sized integer array, pasted into in place
     timings["prepare"] = time.perf_counter() - clock
     for start in range(0, len(found), options.batch_size):
         clock = time.perf_counter()
@@ -356,7 +362,10 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     result.seconds["write"] = writing + time.perf_counter() - clock
     if not result.faces:
         result.status = "no-face"
-        resized = "" if upscale == 1 else f" (only resized x{upscale:g}, --upscale)"
+        if tools.background is not None:
+            resized = f" (only upscaled x{upscale:g} by Real-ESRGAN, --bg-upsampler)"
+        else:
+            resized = "" if upscale == 1 else f" (only resized x{upscale:g}, --upscale)"
         result.error = f"{path}: no face found; the photo was written without restoration{resized}"
     return result
 

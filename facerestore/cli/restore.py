@@ -34,6 +34,8 @@ def restore_command(
     detector: Annotated[str, typer.Option("--detector", help="Face detector: auto (best whose weights are present, never downloads), bundled, retinaface_resnet50, retinaface_mobile0.25.")] = "auto",
     detection_threshold: Annotated[float, typer.Option("--detection-threshold", help="Minimum detector confidence for a face (0.8 as CodeFormer/DifFace; facexlib uses 0.97).")] = 0.8,
     min_face: Annotated[float, typer.Option("--min-face", help="Ignore faces whose eyes are closer than this many pixels.")] = 5.0,
+    bg_upsampler: Annotated[str, typer.Option("--bg-upsampler", help="Enlarge the photo around the faces with Real-ESRGAN instead of Lanczos: none, realesrgan (RealESRGAN_x2plus), realesrgan-x4 (RealESRGAN_x4plus); the result is resized to the --upscale size. Slow on a CPU (GPU recommended).")] = "none",
+    bg_tile: Annotated[int, typer.Option("--bg-tile", help="--bg-upsampler: tile size in pixels (bounds its memory); 0 = the whole photo at once.")] = 400,
     parse: Annotated[bool, typer.Option("--parse", help="Blend with a face-parsing mask (keeps the photo's neck, clothes and background; needs parsing_parsenet weights).")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto.")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
@@ -51,6 +53,7 @@ def restore_command(
     """Restore every face in PHOTO_OR_FOLDER... and paste them back (outputs never overwrite inputs)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from facerestore.background_upsampler import check_background_options, load_background_upsampler
     from facerestore.devices import cpu_bf16_tip, resolve_device
     from facerestore.image_io import list_images
     from facerestore.methods.base import MethodOptions
@@ -59,10 +62,12 @@ def restore_command(
 
     try:
         if aligned:  # these act on detection and paste-back, which --aligned skips
-            ignored = [flag for flag, used in (("--parse", parse), ("--detector", detector != "auto"), ("--only-center-face", only_center_face)) if used]
+            ignored = [flag for flag, used in (("--parse", parse), ("--detector", detector != "auto"), ("--only-center-face", only_center_face),
+                                               ("--bg-upsampler", bg_upsampler != "none")) if used]
             if ignored:
                 raise UsageError(f"{', '.join(ignored)} {verb(len(ignored), 'does', 'do')} nothing with --aligned: there is no photo to detect faces in or paste them into",
                                  hint=f"drop {', '.join(ignored)}, or drop --aligned")
+        check_background_options(bg_upsampler, bg_tile)
         assert_output_folder(output)
         options = RestoreOptions(
             output=output, upscale=upscale, aligned=aligned, only_center_face=only_center_face,
@@ -85,7 +90,7 @@ def restore_command(
             device=dev, weights=weights, offline=offline_flag, steps=steps, fidelity=fidelity, eta=eta, start=start, precision=precision,
             dr2_n=dr2_n, dr2_tau=dr2_tau, dr2_preset=dr2_preset, dr2_auto=dr2_auto, no_enhancer=no_enhancer,
         ))
-        face_detector = parser = None
+        face_detector = parser = background = None
         if not aligned:
             from facerestore.faces.detect import load_detector
 
@@ -94,6 +99,7 @@ def restore_command(
                 from facerestore.faces.parsing import load_parser
 
                 parser = load_parser(dev, offline_flag)
+            background = load_background_upsampler(bg_upsampler, device=dev, half=precision != "fp32", tile=bg_tile, offline=offline_flag)
     except FaceRestoreError as exc:
         fail(exc, debug)
     except KeyboardInterrupt:  # Ctrl-C while the models load: one line and 130, as the other commands (not click's "Aborted!", exit 1)
@@ -115,7 +121,7 @@ def restore_command(
             progress.update(images, advance=1)
             finished.append(result.status != "failed")
 
-        tools = Tools(method=method_impl, detector=face_detector, parser=parser, on_faces=lambda n: progress.update(faces, advance=n))
+        tools = Tools(method=method_impl, detector=face_detector, parser=parser, background=background, on_faces=lambda n: progress.update(faces, advance=n))
         try:
             results = restore_paths(paths, [p for p in inputs if p.is_dir()], tools, options, on_image=report, debug=debug)
         except KeyboardInterrupt:
