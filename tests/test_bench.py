@@ -246,6 +246,20 @@ def test_bench_pipeline_without_photos_is_one_line(bench, tmp_path):
     assert done.stderr.strip() == f"bench_pipeline: no image in {tmp_path / 'absent'} (does not exist); pass --photos FOLDER"
 
 
+# ------------------------------------------------------------------ bench_background
+
+
+def test_bench_background_labels_random_weights_and_gives_each_upsamplers_output_size(tmp_path):
+    """Without the official files (an empty weights folder, offline) it times full-size nets of their
+    shape with random weights, and says so; tiles of 8 px over a 16 px photo go through the tiling."""
+    env = {"FACERESTORE_WEIGHTS": str(tmp_path / "none"), "FACERESTORE_HOME": str(tmp_path / "home"), "FACERESTORE_OFFLINE": "1"}
+    done = run_script("bench_background.py", "--size", "16", "--tile", "8", "--repeat", "1", "--threads", "1", env=env)
+    assert done.returncode == 0, done.stderr
+    rows = table(done.stdout, "| --bg-upsampler | weights |")
+    assert [r[:3] for r in rows] == [["realesrgan", "random (same shape)", "32x32"], ["realesrgan-x4", "random (same shape)", "64x64"]]
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+
+
 # ------------------------------------------------------------------ bench_memory
 
 
