@@ -709,6 +709,7 @@ def _walk(folder: Path, unreadable: list[Path] | None = None) -> Iterator[Path]:
 
 
 BROKEN_LINK = "is a broken link (its target does not exist)"
+NO_IMAGES = f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
 
 
 def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplicates: list[Path] | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -755,7 +756,7 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplica
             problems += sorted(broken) + [(d, "cannot be read (permission denied)" if not os.access(d, os.R_OK | os.X_OK) else "cannot be listed")
                                           for d in sorted(unreadable)]
             if not files and not broken and not unreadable:
-                problems.append((item, f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"))
+                problems.append((item, NO_IMAGES))
             for p in sorted(files, key=lambda p: p.relative_to(item).parts):
                 add(p)
         elif item.is_file():

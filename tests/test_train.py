@@ -710,7 +710,7 @@ def test_cli_trains_and_resumes(faces, tmp_path):
 def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no usable training images" in one_error(r := cli(empty, "--out", tmp_path / "r1", "--size", "32", "--model", "tiny")) and r.exit_code == 2
+    assert f"no training images in {empty}" in one_error(r := cli(empty, "--out", tmp_path / "r1", "--size", "32", "--model", "tiny", "--steps", "1")) and r.exit_code == 2
     assert "does not exist" in one_error(r := cli(tmp_path / "nope", "--out", tmp_path / "r2")) and r.exit_code == 2
     assert "unknown --model" in one_error(r := cli(faces, "--out", tmp_path / "r3", "--model", "huge")) and r.exit_code == 2
     assert "nothing to resume" in one_error(r := cli("--out", tmp_path / "r4", "--resume")) and r.exit_code == 2
@@ -727,6 +727,31 @@ def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline)
     line = one_error(r := cli(faces, "--out", tmp_path / "r9", "--size", "32", "--model", "tiny", "--workers", "0", "--val", faces / "a",
                               "--val-identity", tmp_path / "missing.onnx"))
     assert r.exit_code == 2 and "--val-identity" in line and "missing.onnx" in line and not (tmp_path / "r9" / "log.jsonl").is_file()
+
+
+def test_data_without_a_usable_image_is_one_line_with_what_was_skipped_and_why(tmp_path):
+    """A folder without images was reported as "1 unreadable folder skipped", and skipped files only by
+    a count, with advice about their size whatever the reason they were skipped for."""
+    empty, poor = tmp_path / "empty", tmp_path / "poor"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    write_image(poor / "a.png", face(0, 8))
+    write_image(poor / "b.png", face(1, 12))
+    (poor / "c.jpg").write_bytes(b"junk")
+    line = one_error(r := cli(empty, "--out", tmp_path / "r1", "--size", "32", "--model", "tiny", "--steps", "1"))
+    assert r.exit_code == 2 and line == (f"error: no training images in {empty}: no jpg, jpeg, png, bmp, tif, tiff, webp file in it or below; "
+                                         "pass folders of aligned face images")
+    line = one_error(r := cli(poor, "--out", tmp_path / "r2", "--size", "256", "--model", "tiny", "--steps", "1"))
+    assert r.exit_code == 2 and line == (f"error: no usable training images in {poor}: 3 files skipped (2 smaller than 32 px on the short side, 1 unreadable); "
+                                         "use faces at least 32 px on the short side (or a smaller --size: at 256 faces below 32 px are skipped), "
+                                         f"and re-export or remove the unreadable files ({poor / 'c.jpg'})")
+    line = one_error(r := cli(poor, empty, "--out", tmp_path / "r3", "--size", "64", "--model", "tiny", "--steps", "1"))
+    assert r.exit_code == 2 and line.startswith(f"error: no usable training images in {poor}, {empty}: 3 files skipped (2 smaller than 16 px")
+    assert line.endswith("; use faces at least 16 px on the short side, and re-export or remove the unreadable files "
+                         f"({poor / 'c.jpg'})")  # 16 px is the least any --size keeps: no advice to lower it
+    assert not any((tmp_path / f"r{i}").exists() for i in (1, 2, 3))
+    write_image(tmp_path / "good" / "a.png", face(0, 40))  # beside usable data, a folder without images is named, not "unreadable"
+    assert scan_faces([tmp_path / "good", empty]).summary() == f"1 training image, 1 folder without images ({empty})"
 
 
 def test_a_batch_the_processes_cannot_split_is_refused_before_the_run_is_written(faces, tmp_path, monkeypatch):

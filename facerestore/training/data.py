@@ -36,7 +36,7 @@ from PIL import Image
 from facerestore.diffusion.losses import NoiseLevels, perturbed_noise, sample_noise_levels
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.errors import BadImage, UsageError
-from facerestore.image_io import BROKEN_LINK, list_images, read_image, resize
+from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, NO_IMAGES, list_images, read_image, resize
 from facerestore.training.degradations import DegradationSpec, sample_params, apply_degradation, to_gray
 from facerestore.training.seeds import permutation, stable_seed
 from facerestore.plural import counted, verb
@@ -59,6 +59,7 @@ class ScanResult:
     broken_links: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # another path to a file already listed
     unreadable_folders: list[str] = field(default_factory=list)  # sub-folders the walk could not list
+    empty_folders: list[str] = field(default_factory=list)  # data folders holding no image file at all
 
     @property
     def skipped(self) -> int:
@@ -80,12 +81,47 @@ class ScanResult:
         if self.unreadable_folders:
             parts.append(f"{counted(len(self.unreadable_folders), 'unreadable folder')} skipped ({self.unreadable_folders[0]}"
                          + (", ..." if len(self.unreadable_folders) > 1 else "") + ")")
+        if self.empty_folders:
+            parts.append(f"{counted(len(self.empty_folders), 'folder')} without images ({self.empty_folders[0]}"
+                         + (", ..." if len(self.empty_folders) > 1 else "") + ")")
         return ", ".join(parts)
+
+    def nothing_usable(self, folders: Sequence[str], size: int) -> UsageError:
+        """The one line `train` stops with when the scan kept no image of `folders`: how many files were
+        skipped and why, and what to do about each reason (at `--size size` they need min_side_for(size) px)."""
+        where = ", ".join(map(str, folders))
+        if not self.skipped:
+            extensions = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+            return UsageError(f"no training images in {where}: no {extensions} file in {'it' if len(folders) == 1 else 'them'} or below",
+                              hint="pass folders of aligned face images")
+        min_side = min_side_for(size)
+        reasons = [(self.tiny, f"smaller than {min_side} px on the short side"), (self.unreadable, "unreadable"),
+                   (self.missing_targets, "without a cleaned target in --targets"), (self.broken_links, "broken links"),
+                   (self.duplicates, "second paths to a file already listed")]
+        why = ", ".join([f"{len(paths)} {reason}" for paths, reason in reasons if paths]
+                        + ([f"{counted(len(self.unreadable_folders), 'folder')} that cannot be listed"] if self.unreadable_folders else []))
+        files = self.skipped - len(self.unreadable_folders)
+        advice = []
+        if self.tiny:
+            advice.append(f"use faces at least {min_side} px on the short side"
+                          + (f" (or a smaller --size: at {size} faces below {min_side} px are skipped)" if min_side > SMALLEST_SIDE else ""))
+        if self.unreadable:
+            advice.append(f"re-export or remove the unreadable files ({self.unreadable[0]}{', ...' if len(self.unreadable) > 1 else ''})")
+        if self.missing_targets:
+            advice.append("clean the data folders into --targets with `facerestore clean-dataset` first")
+        if self.broken_links or self.duplicates:
+            advice.append("link to the images themselves")
+        if self.unreadable_folders:
+            advice.append(f"make {self.unreadable_folders[0]} readable")
+        return UsageError(f"no usable training images in {where}: {counted(files, 'file')} skipped ({why})", hint=", and ".join(advice))
+
+
+SMALLEST_SIDE = 16  # px: no training size keeps smaller images
 
 
 def min_side_for(size: int) -> int:
     """Images with a shorter side than this are skipped: below 1/8 of the training size (at least 16 px)."""
-    return max(16, size // 8)
+    return max(SMALLEST_SIDE, size // 8)
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:
@@ -115,7 +151,8 @@ def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: 
         duplicates: list[Path] = []
         paths, problems = list_images([folder], duplicates=duplicates)
         result.broken_links += [str(p) for p, reason in problems if reason == BROKEN_LINK]
-        result.unreadable_folders += [str(p) for p, reason in problems if reason != BROKEN_LINK and p.is_dir()]
+        result.unreadable_folders += [str(p) for p, reason in problems if reason not in (BROKEN_LINK, NO_IMAGES) and p.is_dir()]
+        result.empty_folders += [str(p) for p, reason in problems if reason == NO_IMAGES]
         result.duplicates += [str(p) for p in duplicates]
         for path in paths:
             size = _header_size(path)

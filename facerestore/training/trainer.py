@@ -366,8 +366,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     else:
         scan = scan_faces([Path(p) for p in config.data], [Path(p) for p in config.targets], min_side=min_side_for(config.size))
         if not scan.files:
-            raise UsageError(f"no usable training images in {', '.join(config.data)} ({scan.summary()})", hint="pass folders of aligned face images at least "
-                             f"{min_side_for(config.size)} px on the short side")
+            raise scan.nothing_usable(config.data, config.size)
         files = scan.files
         scan_note = scan.summary()
         unet_config, init_state = _unet_for(config, unet, message)
