@@ -754,6 +754,28 @@ def test_data_without_a_usable_image_is_one_line_with_what_was_skipped_and_why(t
     assert scan_faces([tmp_path / "good", empty]).summary() == f"1 training image, 1 folder without images ({empty})"
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda text: "{" + text, " is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); fix the file, or"),
+    (lambda text: text.replace('"size": 32', '"size": "big"'), ': train.size is "big", not an integer; fix train.size in the file, or'),
+    (lambda text: text.replace(' "lr": 0.001,\n', ""), " has no key train.lr; fix train.lr in the file, or"),
+    (lambda text: text.replace('"model": "custom"', '"model": "huge"'), ': train.model "huge" is invalid (unknown --model \'huge\'; choose one of: tiny, small, base, paper, compact); '
+                                                                        "fix train.model in the file, or"),
+    (lambda text: text.replace('"amp": false', '"amp": "no"'), ': train.amp is "no", not true or false; fix train.amp in the file, or'),
+    (lambda text: text.replace('"unet": {', '"unet": {"depth": 3, ', 1), ": unet: unknown UNet config fields ['depth']; fix unet in the file, or"),
+])
+def test_a_hand_edited_run_config_is_one_line_naming_the_file_and_the_key(faces, tmp_path, edit, said):
+    """A run's config.json that is no run config any more stopped --resume with a traceback (a TypeError
+    for "size": "big", a missing key's KeyError) or ran on with a value silently defaulted."""
+    run = tmp_path / "run"
+    train(config(faces, run, steps=1), unet=MICRO)
+    path = run / "config.json"
+    path.write_text(edit(text := path.read_text()))
+    assert path.read_text() != text
+    result = cli("--out", run, "--resume", "--steps", "2", "--workers", "0", "-q")
+    assert result.exit_code == 2 and one_error(result) == f"error: {path}{said} start a new run with another --out"
+    assert len(log_losses(run)) == 1  # nothing trained
+
+
 def test_a_batch_the_processes_cannot_split_is_refused_before_the_run_is_written(faces, tmp_path, monkeypatch):
     """Found only when the data loader starts, the run folder would already hold -b 3 and refuse the corrected -b 4."""
     import torch.distributed

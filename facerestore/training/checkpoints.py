@@ -1,7 +1,7 @@
 """A training run's folder and its checkpoints, in formats that cannot carry code.
 
     RUN_DIR/
-      config.json                     the recipe (TrainConfig) and the UNet config; resume checks it
+      config.json                     the recipe (TrainConfig) and the UNet config (`training.run_config`)
       files.json                      the training file list, frozen at the first start
       log.jsonl                       one line per step: step, loss, grad norm, seconds
       metrics.jsonl, val/step_N.png   validation numbers and image grids (with --val)

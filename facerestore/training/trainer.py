@@ -51,171 +51,28 @@ from facerestore.diffusion.losses import x0_regression_loss
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.diffusion.denoiser import ConcatCondition
 from facerestore.errors import BadWeightsOption, FaceRestoreError, UsageError
-from facerestore.image_io import assert_apart, assert_output_folder
+from facerestore.image_io import assert_apart
 from facerestore.nets.guided_unet import UNetConfig
-from facerestore.nets.idm_unet import IDMUNet, PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, idm_unet_config, preset_of
+from facerestore.nets.idm_unet import IDMUNet, idm_unet_config, preset_of
 from facerestore.training import distributed
 from facerestore.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
-    read_target_steps,
     record_target_steps,
     remove_checkpoint_temps,
     save_checkpoint,
     step_dir,
-    write_json,
 )
 from facerestore.training.data import FaceDataset, StepBatches, check_global_batch, load_file_list, min_side_for, save_file_list, scan_faces
-from facerestore.training.degradations import PRESETS as DEGRADATIONS, preset
+from facerestore.training.degradations import preset
 from facerestore.training.loop import StopAtStepEnd, reseed, truncate_log
-from facerestore.training.out_lock import assert_free, output_lock
-from facerestore.training.seeds import check_seed, stable_seed
+from facerestore.training.out_lock import output_lock
+from facerestore.training.run_config import RECIPE, TrainConfig, read_run_config, resolve_config, write_run_config
+from facerestore.training.seeds import stable_seed
 from facerestore.training.validation import ValFace, describe, load_val_faces, validate
 from facerestore.weights.checkpoint import load_strict
 from facerestore.plural import counted
-from facerestore.ranks import main_rank
-
-CONFIG_VERSION = 1
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run is; written to RUN_DIR/config.json. Recipe fields must not change on resume."""
-
-    data: tuple[str, ...]
-    out: str
-    targets: tuple[str, ...] = ()
-    size: int = 512
-    model: str | None = None  # a preset; None = the --init-from model's architecture, else "base"
-    steps: int = 100_000
-    batch_size: int = 32
-    lr: float = 1e-4
-    ema: float = 0.9999
-    amp: bool = False
-    grad_clip: float = 1.0
-    degradation: str = "eq11"
-    noise_levels: str = "continuous"
-    input_perturbation: float = 0.0
-    flip: bool = True
-    seed: int = 0
-    init_from: str | None = None
-    val: str | None = None
-    val_every: int = 1000
-    val_degrade: tuple[str, ...] = ()  # validation presets; empty = the training --degradation
-    val_count: int = 8
-    val_steps: int = 10
-    val_identity: str | None = None  # ArcFace ONNX (catalogue name or path): validation also reports identity
-    save_every: int = 1000
-    keep: int = 2
-    device: str = "auto"
-    workers: int = 2
-    time_limit: float | None = None  # seconds; this invocation only (not kept for --resume)
-
-    def __post_init__(self) -> None:
-        check_seed(self.seed)
-        checks = [
-            (self.size >= 8, f"--size must be at least 8, got {self.size}"),
-            (self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}"),
-            (0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}"),
-            (self.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {self.grad_clip}"),
-            (self.val_every >= 1 and self.save_every >= 1, "--val-every and --save-every must be at least 1"),
-            (self.val_count >= 1 and self.val_steps >= 1, "--val-count and the validation steps must be at least 1"),
-            (self.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {self.keep}"),
-            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
-            (self.time_limit is None or (self.time_limit > 0 and math.isfinite(self.time_limit)), f"--time-limit must be positive, got {self.time_limit} s"),
-            (self.input_perturbation >= 0 and math.isfinite(self.input_perturbation),
-             f"--input-perturbation must be >= 0, got {self.input_perturbation}"),
-            (self.val_identity is None or self.val is not None, "--val-identity needs --val (the faces it scores)"),
-            (self.noise_levels in ("continuous", "discrete"), f"noise levels must be continuous or discrete, got {self.noise_levels!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-        if self.model is not None and self.model not in (*MODEL_PRESETS, "custom"):
-            raise UsageError(f"unknown --model {self.model!r}", hint=f"choose one of: {', '.join(MODEL_PRESETS)}")
-        for name, option in ((self.degradation, "--degradation"), *((n, "--val-degrade") for n in self.val_degrade)):
-            if name not in DEGRADATIONS:
-                raise UsageError(f"unknown {option} {name!r}", hint=f"choose one of: {', '.join(DEGRADATIONS)}")
-        if len(set(self.val_degrade)) != len(self.val_degrade):
-            raise UsageError(f"--val-degrade names a preset twice: {','.join(self.val_degrade)}")
-
-    @property
-    def val_presets(self) -> tuple[str, ...]:
-        return self.val_degrade or (self.degradation,)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-
-RECIPE = ("data", "targets", "size", "model", "batch_size", "lr", "ema", "amp", "grad_clip", "degradation", "noise_levels", "input_perturbation", "flip",
-          "seed", "init_from")
-
-
-def _absolute(paths) -> tuple[str, ...]:
-    return tuple(str(Path(p).expanduser().resolve()) for p in paths)
-
-
-def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
-    """The run's config from the options a user gave (None = not given).
-
-    A new run fills the rest with defaults. `resume=True` starts from RUN_DIR/config.json and refuses
-    a given recipe option that differs from the stored one (exact resume keeps the recipe); --steps,
-    validation, saving, device and worker options may change.
-    """
-    out = Path(out)
-    assert_output_folder(out)
-    if main_rank():  # a run writing there now: say so, not "nothing to resume" (training/out_lock)
-        assert_free(out)
-    given = {k: v for k, v in given.items() if v is not None}
-    for key in ("data", "targets"):
-        if key in given:
-            given[key] = _absolute(given[key])
-    if "init_from" in given:  # a path is stored absolute, so --resume works from any folder; a registered name stays a name
-        init = Path(given["init_from"]).expanduser()
-        given["init_from"] = str(init.resolve() if init.exists() else init)
-    if "val" in given:
-        given["val"] = str(Path(given["val"]).expanduser().resolve())
-    if "val_identity" in given:
-        given["val_identity"] = str(given["val_identity"])
-    if not resume:
-        if not given.get("data"):
-            raise UsageError("no DATA_DIR given", hint="pass one or more folders of aligned face images")
-        return TrainConfig(out=str(out), **given)
-    stored = read_run_config(out)["train"]
-    stored.pop("time_limit", None)  # a limit bounds one invocation, not the run
-    for f in dataclasses.fields(TrainConfig):  # a run written before a field existed used its default
-        if f.default is not dataclasses.MISSING:
-            stored.setdefault(f.name, f.default)
-    for key in ("data", "targets", "val_degrade"):
-        stored[key] = tuple(stored.get(key) or ())
-    if given.get("model") is not None and stored.get("model") is None and not stored.get("init_from"):
-        stored["model"] = "base"  # the run used the default; naming it is no change
-    differ = [k for k in RECIPE if k in given and given[k] != stored.get(k) and not (k in ("data", "targets") and not given[k])]
-    if differ:
-        shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {stored.get(k)!r})" for k in differ)
-        raise UsageError(f"--resume keeps the run's recipe, but {shown}", hint="drop these options, or start a new run with another --out")
-    merged = {**stored, **{k: v for k, v in given.items() if k not in RECIPE}}
-    merged["out"] = str(out)
-    if "steps" not in given and (target := read_target_steps(out)) is not None:
-        merged["steps"] = target  # an earlier --resume --steps N moved the end: a plain --resume goes on to N
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in merged.items() if k in known})
-
-
-def read_run_config(run: Path) -> dict:
-    path = Path(run) / "config.json"
-    if not path.is_file():
-        raise UsageError(f"nothing to resume: {path} does not exist", hint="start the run without --resume")
-    try:
-        data = json.loads(path.read_text())
-        data["train"]
-        data["unet"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UsageError(f"{path} is not a facerestore run config ({exc})", hint="pass the folder a `facerestore train` run wrote") from None
-    return data
 
 
 @dataclass(frozen=True)
@@ -354,8 +211,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
 
     # ---- files and architecture
     if resume and (run / "config.json").is_file():
-        stored = read_run_config(run)
-        unet_config = config_from_dict(stored["unet"], str(run / "config.json"))
+        unet_config = read_run_config(run).unet
         if unet is not None and unet != unet_config:
             raise UsageError("--resume: the run was started with another architecture", hint="drop the model options")
         init_state = None
@@ -374,8 +230,8 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         if d.main:
             run.mkdir(parents=True, exist_ok=True)
             save_file_list(files, run / "files.json")
-            record = config.to_dict() | ({"model": "custom"} if unet is not None and config.model is None and not config.init_from else {})
-            write_json(run / "config.json", {"version": CONFIG_VERSION, "train": record, "unet": config_to_dict(unet_config)})
+            custom = unet is not None and config.model is None and not config.init_from
+            write_run_config(run, dataclasses.replace(config, model="custom") if custom else config, unet_config)
         distributed.barrier(d)
     message(scan_note)
 

@@ -1,0 +1,277 @@
+"""What a `facerestore train` run is (`TrainConfig`), and its RUN/config.json.
+
+    config.json = {"version": 1, "train": the TrainConfig fields, "unet": the architecture}
+
+A new run takes the options given and defaults for the rest (`resolve_config`); the trainer writes
+the file once (`write_run_config`). `--resume` reads it back (`read_run_config`) and continues the run
+exactly, so the file must still be what the run was made with: a file edited by hand or damaged (not
+JSON, a section or key missing, a value of the wrong type such as "size": "big", an unknown preset)
+is refused with one line naming the file and the key, never a traceback and never a value silently
+defaulted or converted. Only the fields added after the first runs were written may be missing
+(`ADDED_LATER`): those runs used their defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.image_io import assert_output_folder
+from facerestore.nets.guided_unet import UNetConfig
+from facerestore.nets.idm_unet import PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict
+from facerestore.ranks import main_rank
+from facerestore.training.checkpoints import read_target_steps, write_json
+from facerestore.training.degradations import PRESETS as DEGRADATIONS
+from facerestore.training.out_lock import assert_free
+from facerestore.training.seeds import check_seed
+
+CONFIG_FILE = "config.json"
+CONFIG_VERSION = 1
+
+
+class InvalidSetting(UsageError):
+    """A TrainConfig value out of range; `key` names its field, so that config.json's reader can say
+    which key of the file is wrong (the message names the command-line option)."""
+
+    def __init__(self, key: str, message: str, *, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run is; written to RUN_DIR/config.json. Recipe fields must not change on resume."""
+
+    data: tuple[str, ...]
+    out: str
+    targets: tuple[str, ...] = ()
+    size: int = 512
+    model: str | None = None  # a preset; None = the --init-from model's architecture, else "base"
+    steps: int = 100_000
+    batch_size: int = 32
+    lr: float = 1e-4
+    ema: float = 0.9999
+    amp: bool = False
+    grad_clip: float = 1.0
+    degradation: str = "eq11"
+    noise_levels: str = "continuous"
+    input_perturbation: float = 0.0
+    flip: bool = True
+    seed: int = 0
+    init_from: str | None = None
+    val: str | None = None
+    val_every: int = 1000
+    val_degrade: tuple[str, ...] = ()  # validation presets; empty = the training --degradation
+    val_count: int = 8
+    val_steps: int = 10
+    val_identity: str | None = None  # ArcFace ONNX (catalogue name or path): validation also reports identity
+    save_every: int = 1000
+    keep: int = 2
+    device: str = "auto"
+    workers: int = 2
+    time_limit: float | None = None  # seconds; this invocation only (not kept for --resume)
+
+    def __post_init__(self) -> None:
+        try:
+            check_seed(self.seed)
+        except UsageError as exc:
+            raise InvalidSetting("seed", str(exc)) from None
+        checks = [
+            ("size", self.size >= 8, f"--size must be at least 8, got {self.size}"),
+            ("steps", self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
+            ("batch_size", self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            ("lr", self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}"),
+            ("ema", 0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}"),
+            ("grad_clip", self.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {self.grad_clip}"),
+            ("val_every", self.val_every >= 1, "--val-every and --save-every must be at least 1"),
+            ("save_every", self.save_every >= 1, "--val-every and --save-every must be at least 1"),
+            ("val_count", self.val_count >= 1, "--val-count and the validation steps must be at least 1"),
+            ("val_steps", self.val_steps >= 1, "--val-count and the validation steps must be at least 1"),
+            ("keep", self.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {self.keep}"),
+            ("workers", self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            ("time_limit", self.time_limit is None or (self.time_limit > 0 and math.isfinite(self.time_limit)), f"--time-limit must be positive, got {self.time_limit} s"),
+            ("input_perturbation", self.input_perturbation >= 0 and math.isfinite(self.input_perturbation),
+             f"--input-perturbation must be >= 0, got {self.input_perturbation}"),
+            ("val_identity", self.val_identity is None or self.val is not None, "--val-identity needs --val (the faces it scores)"),
+            ("noise_levels", self.noise_levels in ("continuous", "discrete"), f"noise levels must be continuous or discrete, got {self.noise_levels!r}"),
+        ]
+        for key, ok, message in checks:
+            if not ok:
+                raise InvalidSetting(key, message)
+        if self.model is not None and self.model not in (*MODEL_PRESETS, "custom"):
+            raise InvalidSetting("model", f"unknown --model {self.model!r}", hint=f"choose one of: {', '.join(MODEL_PRESETS)}")
+        for key, name, option in (("degradation", self.degradation, "--degradation"), *(("val_degrade", n, "--val-degrade") for n in self.val_degrade)):
+            if name not in DEGRADATIONS:
+                raise InvalidSetting(key, f"unknown {option} {name!r}", hint=f"choose one of: {', '.join(DEGRADATIONS)}")
+        if len(set(self.val_degrade)) != len(self.val_degrade):
+            raise InvalidSetting("val_degrade", f"--val-degrade names a preset twice: {','.join(self.val_degrade)}")
+
+    @property
+    def val_presets(self) -> tuple[str, ...]:
+        return self.val_degrade or (self.degradation,)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+RECIPE = ("data", "targets", "size", "model", "batch_size", "lr", "ema", "amp", "grad_clip", "degradation", "noise_levels", "input_perturbation", "flip",
+          "seed", "init_from")
+ADDED_LATER = ("input_perturbation", "val_degrade", "val_identity", "time_limit")  # absent from the first runs' files: their defaults
+NOT_KEPT = ("out", "time_limit")  # the folder the run is in now (it may have moved); a limit bounds one invocation, not the run
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run folder's config.json, checked: the run (`out` = the folder it was read from) and its net."""
+
+    train: TrainConfig
+    unet: UNetConfig
+
+
+def write_run_config(run: Path, config: TrainConfig, unet: UNetConfig) -> None:
+    """config.json of a new run (atomic write)."""
+    write_json(Path(run) / CONFIG_FILE, {"version": CONFIG_VERSION, "train": config.to_dict(), "unet": config_to_dict(unet)})
+
+
+def read_run_config(run: Path | str) -> RunConfig:
+    """RUN/config.json, checked key by key; a UsageError names the file and the key that is wrong."""
+    path = Path(run) / CONFIG_FILE
+    if not path.is_file():
+        raise UsageError(f"nothing to resume: {path} does not exist", hint="start the run without --resume")
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc})", hint=_fix()) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} holds {_json(data)}, not a run config object", hint=_fix())
+    for key in ("version", "train", "unet"):
+        if key not in data:
+            raise UsageError(f"{path} has no key {key}", hint=_fix(key))
+    if data["version"] != CONFIG_VERSION:
+        raise UsageError(f"{path}: version is {_json(data['version'])}, but this facerestore reads version {CONFIG_VERSION}",
+                         hint="resume the run with the facerestore that wrote it, or start a new run with another --out")
+    for key in ("train", "unet"):
+        if not isinstance(data[key], dict):
+            raise UsageError(f"{path}: {key} is {_json(data[key])}, not an object", hint=_fix(key))
+    return RunConfig(train=_train_config(path, data["train"]), unet=_unet_config(path, data["unet"]))
+
+
+def _train_config(path: Path, record: dict) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(record) - fields)
+    if unknown:
+        raise UsageError(f"{path}: unknown key train.{unknown[0]}", hint="remove it or correct its name in the file, or start a new run with another --out")
+    missing = [name for name in sorted(fields - set(record)) if name not in ADDED_LATER and name not in NOT_KEPT]
+    if missing:
+        raise UsageError(f"{path} has no key train.{missing[0]}", hint=_fix(f"train.{missing[0]}"))
+    hints = typing.get_type_hints(TrainConfig)
+    values: dict[str, object] = {}
+    for name, value in record.items():
+        if name in NOT_KEPT:
+            continue
+        if not _fits(value, hints[name]):
+            raise UsageError(f"{path}: train.{name} is {_json(value)}, not {_kind(hints[name])}", hint=_fix(f"train.{name}"))
+        values[name] = tuple(value) if isinstance(value, list) else float(value) if hints[name] is float else value
+    try:
+        return TrainConfig(**values, out=str(path.parent))
+    except InvalidSetting as exc:
+        detail = f"{exc}; {exc.hint}" if exc.hint else str(exc)
+        raise UsageError(f"{path}: train.{exc.key} {_json(record.get(exc.key))} is invalid ({detail})", hint=_fix(f"train.{exc.key}")) from None
+
+
+def _unet_config(path: Path, record: dict) -> UNetConfig:
+    try:
+        return config_from_dict(record, "unet")
+    except FaceRestoreError as exc:
+        raise UsageError(f"{path}: {exc}", hint=_fix("unet")) from None
+
+
+def _fits(value: object, kind: object) -> bool:
+    """Whether a JSON value is of a TrainConfig field's type: no bool for a number, no "32" for 32."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_fits(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if typing.get_origin(kind) is tuple:
+        return isinstance(value, list) and all(_fits(v, typing.get_args(kind)[0]) for v in value)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)  # str
+
+
+def _kind(kind: object) -> str:
+    """A field's type as the refusal says it: 'an integer', 'a string or null'."""
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    if typing.get_origin(kind) is tuple:
+        return f"a list of {_kind(typing.get_args(kind)[0]).removeprefix('a ')}s"
+    if typing.get_args(kind):
+        return " or ".join(_kind(k) for k in typing.get_args(kind))
+    return names.get(kind, str(kind))
+
+
+def _json(value: object) -> str:
+    return json.dumps(value)
+
+
+def _fix(key: str | None = None) -> str:
+    """What to do about a wrong `key` (None: the whole file): only a person can say what the run's record held."""
+    return f"fix {key or 'the file'}{' in the file' if key else ''}, or start a new run with another --out"
+
+
+def _absolute(paths) -> tuple[str, ...]:
+    return tuple(str(Path(p).expanduser().resolve()) for p in paths)
+
+
+def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
+    """The run's config from the options a user gave (None = not given).
+
+    A new run fills the rest with defaults. `resume=True` starts from RUN_DIR/config.json and refuses
+    a given recipe option that differs from the stored one (exact resume keeps the recipe); --steps,
+    validation, saving, device and worker options may change.
+    """
+    out = Path(out)
+    assert_output_folder(out)
+    if main_rank():  # a run writing there now: say so, not "nothing to resume" (training/out_lock)
+        assert_free(out)
+    given = {k: v for k, v in given.items() if v is not None}
+    for key in ("data", "targets"):
+        if key in given:
+            given[key] = _absolute(given[key])
+    if "init_from" in given:  # a path is stored absolute, so --resume works from any folder; a registered name stays a name
+        init = Path(given["init_from"]).expanduser()
+        given["init_from"] = str(init.resolve() if init.exists() else init)
+    if "val" in given:
+        given["val"] = str(Path(given["val"]).expanduser().resolve())
+    if "val_identity" in given:
+        given["val_identity"] = str(given["val_identity"])
+    if not resume:
+        if not given.get("data"):
+            raise UsageError("no DATA_DIR given", hint="pass one or more folders of aligned face images")
+        return TrainConfig(out=str(out), **given)
+    stored = read_run_config(out).train
+    if given.get("model") is not None and stored.model is None and not stored.init_from:
+        stored = dataclasses.replace(stored, model="base")  # the run used the default; naming it is no change
+    differ = [k for k in RECIPE if k in given and given[k] != getattr(stored, k) and not (k in ("data", "targets") and not given[k])]
+    if differ:
+        shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {getattr(stored, k)!r})" for k in differ)
+        raise UsageError(f"--resume keeps the run's recipe, but {shown}", hint="drop these options, or start a new run with another --out")
+    merged = {k: v for k, v in given.items() if k not in RECIPE}
+    if "steps" not in given and (target := read_target_steps(out)) is not None:
+        merged["steps"] = target  # an earlier --resume --steps N moved the end: a plain --resume goes on to N
+    return dataclasses.replace(stored, out=str(out), **merged)
+
+
+__all__ = ["ADDED_LATER", "CONFIG_FILE", "CONFIG_VERSION", "InvalidSetting", "RECIPE", "RunConfig", "TrainConfig", "read_run_config", "resolve_config",
+           "write_run_config"]
