@@ -444,6 +444,27 @@ def test_a_model_started_from_init_from_names_its_preset_in_its_card(faces, tmp_
     assert preset_of(idm_unet_config("small", 64), 64) == "small" and preset_of(MICRO, 32) is None
 
 
+def test_a_run_started_from_init_from_records_the_preset_of_that_model(faces, tmp_path):
+    """config.json said "model": null for a run whose net came from --init-from, so `--resume --model
+    tiny` was refused as a change; a run folder written so still resumes, and names the preset now."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(config(faces, first, steps=1, model="tiny"))
+    train(config(faces, second, steps=1, init_from=str(first)))
+    stored = json.loads((second / "config.json").read_text())
+    assert stored["train"]["model"] == "tiny"
+    stored["train"]["model"] = None  # as written before
+    (second / "config.json").write_text(json.dumps(stored))
+    resumed = cli("--out", second, "--resume", "--steps", "2", "--model", "tiny", "--workers", "0", "-q")
+    assert resumed.exit_code == 0, resumed.output
+    assert "step 2 of 2" in resumed.output and len(log_losses(second)) == 2
+    third = tmp_path / "third"
+    train(config(faces, third, steps=1, init_from=str(second / "idm.safetensors")))  # a model file names its preset too
+    assert json.loads((third / "config.json").read_text())["train"]["model"] == "tiny"
+    train(config(faces, first.with_name("micro"), steps=1), unet=MICRO)  # a net of no preset stays "custom"
+    train(config(faces, tmp_path / "fourth", steps=1, init_from=str(first.with_name("micro"))))
+    assert json.loads((tmp_path / "fourth" / "config.json").read_text())["train"]["model"] == "custom"
+
+
 def test_init_from_takes_a_name_registered_with_weights_import(faces, tmp_path):
     """resolve_config keeps a registered name as a name, but the run refused anything that was not an
     existing path: `--init-from my-idm` failed with 'does not exist'. It now comes from the weights store."""

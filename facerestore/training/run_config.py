@@ -24,7 +24,7 @@ from pathlib import Path
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import assert_output_folder
 from facerestore.nets.guided_unet import UNetConfig
-from facerestore.nets.idm_unet import PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict
+from facerestore.nets.idm_unet import PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, preset_of
 from facerestore.ranks import main_rank
 from facerestore.training.checkpoints import read_target_steps, write_json
 from facerestore.training.degradations import PRESETS as DEGRADATIONS
@@ -52,7 +52,7 @@ class TrainConfig:
     out: str
     targets: tuple[str, ...] = ()
     size: int = 512
-    model: str | None = None  # a preset; None = the --init-from model's architecture, else "base"
+    model: str | None = None  # a preset; None = the --init-from model's architecture, else "base" (config.json names it: `model_name`)
     steps: int = 100_000
     batch_size: int = 32
     lr: float = 1e-4
@@ -161,7 +161,16 @@ def read_run_config(run: Path | str) -> RunConfig:
     for key in ("train", "unet"):
         if not isinstance(data[key], dict):
             raise UsageError(f"{path}: {key} is {_json(data[key])}, not an object", hint=_fix(key))
-    return RunConfig(train=_train_config(path, data["train"]), unet=_unet_config(path, data["unet"]))
+    train, unet = _train_config(path, data["train"]), _unet_config(path, data["unet"])
+    if train.model is None:  # written before runs recorded their preset: null meant the --init-from model's net, else base
+        train = dataclasses.replace(train, model=model_name(train, unet) if train.init_from else "base")
+    return RunConfig(train=train, unet=unet)
+
+
+def model_name(config: TrainConfig, unet: UNetConfig) -> str:
+    """The "model" config.json records: the --model given, else the preset whose net the run has (an
+    --init-from model's, found from its architecture), else "custom" (a net of no preset)."""
+    return config.model or preset_of(unet, config.size) or "custom"
 
 
 def _train_config(path: Path, record: dict) -> TrainConfig:
@@ -261,8 +270,6 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
             raise UsageError("no DATA_DIR given", hint="pass one or more folders of aligned face images")
         return TrainConfig(out=str(out), **given)
     stored = read_run_config(out).train
-    if given.get("model") is not None and stored.model is None and not stored.init_from:
-        stored = dataclasses.replace(stored, model="base")  # the run used the default; naming it is no change
     differ = [k for k in RECIPE if k in given and given[k] != getattr(stored, k) and not (k in ("data", "targets") and not given[k])]
     if differ:
         shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {getattr(stored, k)!r})" for k in differ)
@@ -273,5 +280,5 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
     return dataclasses.replace(stored, out=str(out), **merged)
 
 
-__all__ = ["ADDED_LATER", "CONFIG_FILE", "CONFIG_VERSION", "InvalidSetting", "RECIPE", "RunConfig", "TrainConfig", "read_run_config", "resolve_config",
+__all__ = ["ADDED_LATER", "CONFIG_FILE", "CONFIG_VERSION", "InvalidSetting", "RECIPE", "RunConfig", "TrainConfig", "model_name", "read_run_config", "resolve_config",
            "write_run_config"]

@@ -53,7 +53,7 @@ from facerestore.diffusion.denoiser import ConcatCondition
 from facerestore.errors import BadWeightsOption, FaceRestoreError, UsageError
 from facerestore.image_io import assert_apart
 from facerestore.nets.guided_unet import UNetConfig
-from facerestore.nets.idm_unet import IDMUNet, idm_unet_config, preset_of
+from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
 from facerestore.training import distributed
 from facerestore.training.checkpoints import (
     latest_checkpoint,
@@ -68,7 +68,7 @@ from facerestore.training.data import FaceDataset, StepBatches, check_global_bat
 from facerestore.training.degradations import preset
 from facerestore.training.loop import StopAtStepEnd, reseed, truncate_log
 from facerestore.training.out_lock import output_lock
-from facerestore.training.run_config import RECIPE, TrainConfig, read_run_config, resolve_config, write_run_config
+from facerestore.training.run_config import RECIPE, TrainConfig, model_name, read_run_config, resolve_config, write_run_config
 from facerestore.training.seeds import stable_seed
 from facerestore.training.validation import ValFace, describe, load_val_faces, validate
 from facerestore.weights.checkpoint import load_strict
@@ -226,12 +226,12 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         files = scan.files
         scan_note = scan.summary()
         unet_config, init_state = _unet_for(config, unet, message)
+        config = dataclasses.replace(config, model=model_name(config, unet_config))  # recorded, and in every checkpoint's recipe
         distributed.barrier(d)  # every rank has found no run here before rank 0 makes one (else: "already holds a config.json")
         if d.main:
             run.mkdir(parents=True, exist_ok=True)
             save_file_list(files, run / "files.json")
-            custom = unet is not None and config.model is None and not config.init_from
-            write_run_config(run, dataclasses.replace(config, model="custom") if custom else config, unet_config)
+            write_run_config(run, config, unet_config)
         distributed.barrier(d)
     message(scan_note)
 
@@ -390,7 +390,7 @@ def _save(run: Path, step: int, config: TrainConfig, unet_config: UNetConfig, mo
                     metadata=meta, keep=config.keep)
     card = {
         "name": "idm",
-        "preset": config.model or preset_of(unet_config, config.size) or "custom",
+        "preset": model_name(config, unet_config),
         "params": sum(p.numel() for p in ema.parameters()),
         "step": step,
         "samples": step * config.batch_size,
