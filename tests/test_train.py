@@ -363,7 +363,7 @@ def test_a_run_is_not_overwritten_and_resume_keeps_the_recipe(faces, tmp_path):
     data["train"]["model"] = None  # a run started without --model
     (run / "config.json").write_text(json.dumps(data))
     assert resolve_config(run, resume=True, model="base").model == "base"  # naming the default is no change
-    with pytest.raises(UsageError, match="--model 'small'"):
+    with pytest.raises(UsageError, match="--model 'base' -> 'small'"):
         resolve_config(run, resume=True, model="small")
 
 
@@ -795,6 +795,40 @@ def test_a_hand_edited_run_config_is_one_line_naming_the_file_and_the_key(faces,
     result = cli("--out", run, "--resume", "--steps", "2", "--workers", "0", "-q")
     assert result.exit_code == 2 and one_error(result) == f"error: {path}{said} start a new run with another --out"
     assert len(log_losses(run)) == 1  # nothing trained
+
+
+def test_resume_refuses_a_recipe_other_than_its_checkpoints_and_allows_the_schedule_to_change(faces, tmp_path):
+    """config.json edited after a checkpoint was written continued those weights under another recipe
+    (the command line's options were compared with config.json only); each checkpoint records its
+    recipe, and resume now compares the two. What may change stays allowed."""
+    run = tmp_path / "run"
+    train(config(faces, run, steps=2), unet=MICRO)
+    path = run / "config.json"
+    original = path.read_text()
+    path.write_text(original.replace('"lr": 0.001', '"lr": 0.002').replace('"degradation": "eq11"', '"degradation": "mixed"'))
+    edited = cli("--out", run, "--resume", "--steps", "3", "--workers", "0", "-q")
+    assert edited.exit_code == 2 and one_error(edited) == (
+        f"error: {path} differs from the recipe of its checkpoint step_0000002: lr 0.001 -> 0.002, degradation 'eq11' -> 'mixed'; "
+        "set them back in config.json (and resume with the same options), or start a new run with another --out")
+    path.write_text(original)
+    given = cli("--out", run, "--resume", "--steps", "3", "--lr", "0.5", "--batch-size", "4", "--workers", "0", "-q")
+    assert given.exit_code == 2 and one_error(given) == (
+        f"error: --resume keeps the recipe of the run in {run}, but --batch-size 2 -> 4, --lr 0.001 -> 0.5; "
+        "drop these options or give the run's values, or start a new run with another --out")
+    assert len(log_losses(run)) == 2  # neither trained
+    allowed = cli("--out", run, "--resume", "--steps", "3", "--workers", "0", "--device", "cpu", "--save-every", "1", "--keep", "3",
+                  "--val", faces / "a", "--val-every", "5", "--val-count", "1", "--time-limit", "1h", "-q")
+    assert allowed.exit_code == 0, allowed.output
+    assert "step 3 of 3" in allowed.output and latest_checkpoint(run).name == "step_0000003"
+    state = run / "checkpoints" / "step_0000003" / "state.json"
+    written = json.loads(state.read_text())
+    assert written["recipe"]["lr"] == 1e-3 and written["recipe"]["model"] == "custom"
+    written["recipe"]["model"] = None  # a checkpoint that did not record the preset, and one without a recipe: resumed as before
+    state.write_text(json.dumps(written))
+    assert cli("--out", run, "--resume", "--steps", "4", "--workers", "0", "-q").exit_code == 0
+    state = run / "checkpoints" / "step_0000004" / "state.json"
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "recipe"}))
+    assert cli("--out", run, "--resume", "--steps", "5", "--workers", "0", "-q").exit_code == 0 and len(log_losses(run)) == 5
 
 
 def test_a_batch_the_processes_cannot_split_is_refused_before_the_run_is_written(faces, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@
         ema.safetensors               the EMA weights (fp32)
         optimizer.safetensors         the optimizer's per-parameter tensors, keyed "<param>:<slot>"
         state.json                    step, samples seen, optimizer hyperparameters and scalars,
-                                      AMP grad-scaler state, the RNG scheme, the recipe's hash
+                                      AMP grad-scaler state, the RNG scheme, the recipe
       idm.safetensors, idm.json       the latest EMA model, for `--weights RUN_DIR` / `--init-from`
 
 Safetensors holds only tensors and JSON holds only data, so loading a checkpoint never unpickles.
@@ -179,11 +179,19 @@ def save_checkpoint(run: Path, step: int, *, model: dict[str, torch.Tensor], ema
     return final
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
+def read_checkpoint_state(path: Path) -> dict:
+    """A checkpoint's state.json: step, optimizer data, and the recipe it was made with (resume compares it)."""
     try:
         state = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UnsupportedCheckpoint(f"{path}/state.json cannot be read ({exc})", hint="delete this checkpoint folder to resume from the one before") from None
+    if not isinstance(state, dict):
+        raise UnsupportedCheckpoint(f"{path}/state.json holds no checkpoint state", hint="delete this checkpoint folder to resume from the one before")
+    return state
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    state = read_checkpoint_state(path)
     try:
         extra = {p.stem: read_state_dict(p) for p in sorted(path.glob("*.safetensors")) if p.stem not in CORE_FILES}
         tensors = {name: read_state_dict(path / f"{name}.safetensors") for name in ("model", "ema", "optimizer")}

@@ -28,6 +28,7 @@ from facerestore.nets.idm_unet import PRESETS as MODEL_PRESETS, config_from_dict
 from facerestore.ranks import main_rank
 from facerestore.training.checkpoints import read_target_steps, write_json
 from facerestore.training.degradations import PRESETS as DEGRADATIONS
+from facerestore.training.loop import setting_text
 from facerestore.training.out_lock import assert_free
 from facerestore.training.seeds import check_seed
 
@@ -272,13 +273,43 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
     stored = read_run_config(out).train
     differ = [k for k in RECIPE if k in given and given[k] != getattr(stored, k) and not (k in ("data", "targets") and not given[k])]
     if differ:
-        shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {getattr(stored, k)!r})" for k in differ)
-        raise UsageError(f"--resume keeps the run's recipe, but {shown}", hint="drop these options, or start a new run with another --out")
+        shown = ", ".join(f"{_option(k)} {setting_text(getattr(stored, k))} -> {setting_text(given[k])}" for k in differ)
+        raise UsageError(f"--resume keeps the recipe of the run in {out}, but {shown}",
+                         hint="drop these options or give the run's values, or start a new run with another --out")
     merged = {k: v for k, v in given.items() if k not in RECIPE}
     if "steps" not in given and (target := read_target_steps(out)) is not None:
         merged["steps"] = target  # an earlier --resume --steps N moved the end: a plain --resume goes on to N
     return dataclasses.replace(stored, out=str(out), **merged)
 
 
-__all__ = ["ADDED_LATER", "CONFIG_FILE", "CONFIG_VERSION", "InvalidSetting", "RECIPE", "RunConfig", "TrainConfig", "model_name", "read_run_config", "resolve_config",
+def recipe(config: TrainConfig) -> dict:
+    """The RECIPE fields as JSON data: what each checkpoint records, and resume compares."""
+    data = config.to_dict()
+    return {k: data[k] for k in RECIPE}
+
+
+def check_checkpoint_recipe(config: TrainConfig, checkpoint: Path, recorded: object) -> None:
+    """Refuse to continue `checkpoint` (recorded: its state.json's recipe) with another recipe.
+
+    The options given on the command line were compared with config.json already (`resolve_config`);
+    this finds config.json edited after the checkpoint was written, which would otherwise continue the
+    weights under another recipe. A key an older checkpoint did not record is not compared, nor its
+    model when it recorded none (null: the run's preset was not written down then).
+    """
+    if not isinstance(recorded, dict):
+        return
+    now = recipe(config)
+    differ = [k for k in RECIPE if k in recorded and recorded[k] != now[k] and not (k == "model" and recorded[k] is None)]
+    if differ:
+        shown = ", ".join(f"{k} {setting_text(recorded[k])} -> {setting_text(now[k])}" for k in differ)
+        path = Path(config.out) / CONFIG_FILE
+        raise UsageError(f"{path} differs from the recipe of its checkpoint {checkpoint.name}: {shown}",
+                         hint=f"set {'them' if len(differ) > 1 else 'it'} back in {CONFIG_FILE} (and resume with the same options), or start a new run with another --out")
+
+
+def _option(key: str) -> str:
+    return "DATA_DIR" if key == "data" else f"--{key.replace('_', '-')}"
+
+
+__all__ = ["ADDED_LATER", "CONFIG_FILE", "CONFIG_VERSION", "InvalidSetting", "RECIPE", "RunConfig", "TrainConfig", "check_checkpoint_recipe", "model_name", "read_run_config", "recipe", "resolve_config",
            "write_run_config"]

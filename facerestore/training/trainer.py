@@ -16,7 +16,8 @@ B / W samples of every step and DDP averages the gradients, so a run is the same
 Resume. `--resume` continues from the newest complete checkpoint with exactly the state an
 uninterrupted run would have: weights, EMA, Adam moments and step, the AMP scaler, and the sample
 counter from which the data order, degradations, diffusion noise and global RNGs are derived (they
-are keyed by counters, `training.seeds`). The recipe must not change; --steps may grow.
+are keyed by counters, `training.seeds`). The recipe must not change, neither on the command line
+nor in config.json since the checkpoint was written (`training.run_config`); --steps may grow.
 One run at a time writes into RUN_DIR: a run holds its lock (`training.out_lock`) from before it
 looks at what the folder holds to its end, so a second run or a `--resume` of a live one is refused
 with one line naming the folder and the pid of the run that holds it.
@@ -59,6 +60,7 @@ from facerestore.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
+    read_checkpoint_state,
     record_target_steps,
     remove_checkpoint_temps,
     save_checkpoint,
@@ -68,7 +70,16 @@ from facerestore.training.data import FaceDataset, StepBatches, check_global_bat
 from facerestore.training.degradations import preset
 from facerestore.training.loop import StopAtStepEnd, reseed, truncate_log
 from facerestore.training.out_lock import output_lock
-from facerestore.training.run_config import RECIPE, TrainConfig, model_name, read_run_config, resolve_config, write_run_config
+from facerestore.training.run_config import (
+    RECIPE,
+    TrainConfig,
+    check_checkpoint_recipe,
+    model_name,
+    read_run_config,
+    recipe,
+    resolve_config,
+    write_run_config,
+)
 from facerestore.training.seeds import stable_seed
 from facerestore.training.validation import ValFace, describe, load_val_faces, validate
 from facerestore.weights.checkpoint import load_strict
@@ -212,6 +223,9 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     # ---- files and architecture
     if resume and (run / "config.json").is_file():
         unet_config = read_run_config(run).unet
+        config = dataclasses.replace(config, model=model_name(config, unet_config))  # a TrainConfig of a library caller names no model
+        if existing is not None:  # config.json edited since the checkpoint was written: refused before the weights load
+            check_checkpoint_recipe(config, existing, read_checkpoint_state(existing).get("recipe"))
         if unet is not None and unet != unet_config:
             raise UsageError("--resume: the run was started with another architecture", hint="drop the model options")
         init_state = None
@@ -380,7 +394,7 @@ def _save(run: Path, step: int, config: TrainConfig, unet_config: UNetConfig, mo
     state = {
         "samples": step * config.batch_size,
         "seed": config.seed,
-        "recipe": {k: config.to_dict()[k] for k in RECIPE},
+        "recipe": recipe(config),
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "rng": {"scheme": "keyed by (seed, sample) and (seed, step, rank); see facerestore/training/seeds.py", "next_sample": step * config.batch_size},
         "torch": torch.__version__,
