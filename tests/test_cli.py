@@ -451,6 +451,18 @@ def test_weights_commands(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
+def test_weights_pull_with_unknown_names_exits_2_before_any_download(monkeypatch):
+    """A typo among the names must not cost the others' downloads first (and exit 1 as a failed one)."""
+    from facerestore.weights import store
+
+    fetched = []
+    monkeypatch.setattr(store, "resolve", lambda name, **kw: fetched.append(name))
+    result = run("weights", "pull", "nosuch", "codeformer", "other")
+    assert result.exit_code == 2 and fetched == [], result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error: no weights named 'nosuch', 'other' in the catalogue") and "`facerestore weights list`" in line
+
+
 def test_methods_lists_licenses_uncut(monkeypatch):
     result = run("methods")  # piped: tab-separated, whole
     assert result.exit_code == 0 and "codeformer" in result.output and "…" not in result.output

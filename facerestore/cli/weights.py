@@ -63,8 +63,13 @@ def weights_pull(
     """Download checkpoints into the cache (resumable, sha256-checked, renamed into place when complete); FACERESTORE_OFFLINE=1 only checks what is there."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+    from facerestore.errors import UsageError
+    from facerestore.weights.catalogue import load_catalogue
     from facerestore.weights.store import resolve
 
+    unknown = [name for name in dict.fromkeys(names) if name not in load_catalogue()]
+    if unknown:  # before any download: a typo must not wait for the other files
+        fail(UsageError(f"no weights named {', '.join(map(repr, unknown))} in the catalogue", hint="`facerestore weights list` shows the names"))
     failed = False
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err) as progress:
         for name in names:
