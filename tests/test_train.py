@@ -944,7 +944,7 @@ def test_a_missing_init_from_or_val_identity_is_a_usage_error_naming_its_option(
     assert missing.exit_code == 2 and one_error(missing).startswith(f"error: --init-from {tmp_path / 'nowhere'} does not exist")
     (tmp_path / "picture.txt").write_text("not a model")
     wrong = cli(faces, "--out", tmp_path / "b", "--size", "32", "--init-from", tmp_path / "picture.txt")
-    assert wrong.exit_code == 2 and one_error(wrong).startswith(f"error: --init-from: {tmp_path / 'picture.txt'} cannot be read as a checkpoint")
+    assert wrong.exit_code == 2 and one_error(wrong).startswith(f"error: --init-from: {tmp_path / 'picture.txt'} holds pickled data")
     arcface = cli(faces, "--out", tmp_path / "c", "--size", "32", "--val", faces, "--val-identity", tmp_path / "none.onnx")
     assert arcface.exit_code == 2 and "--val-identity" in one_error(arcface) and "--weights" not in arcface.output
     if importlib.util.find_spec("onnxruntime") is not None:  # a file that is no ONNX model: one line, not onnxruntime's traceback

@@ -97,11 +97,20 @@ def test_pickled_code_is_never_executed(tmp_path):
     assert not marker.exists()
 
 
-def test_truncated_checkpoint_is_one_clear_line(tiny_file, tmp_path):
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy-pickle"])
+@pytest.mark.parametrize("keep", [0.5, 100], ids=["half", "100-bytes"])
+def test_truncated_checkpoint_is_one_line_saying_so(tiny_file, tmp_path, zipped, keep):
+    """A copy cut short is said to be one, with what to do, not torch's paragraph about miniz."""
+    whole = tmp_path / "whole.pth"
+    torch.save(tiny_state(), whole, _use_new_zipfile_serialization=zipped)
+    data = whole.read_bytes()
     cut = tmp_path / "cut.pth"
-    cut.write_bytes(tiny_file.read_bytes()[:100])
-    with pytest.raises(UnsupportedCheckpoint, match="cut.pth cannot be read"):
+    cut.write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
+    with pytest.raises(UnsupportedCheckpoint) as info:
         read_state_dict(cut)
+    line = info.value.one_line()
+    assert line.startswith(f"{cut} is truncated or damaged (") and "\n" not in line, line
+    assert "again" in info.value.hint and "miniz" not in line and "weights_only" not in line
 
 
 def test_load_strict_names_the_file_and_first_mismatches():

@@ -70,25 +70,29 @@ def read_state_dict(path: Path | str) -> StateDict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # pickle errors, truncated zips, objects outside the allow-list
-        reason = _load_failure(exc)
-        raise UnsupportedCheckpoint(
-            f"{path} cannot be read as a checkpoint ({reason})",
-            hint="it may be truncated or hold pickled code; download it again or `facerestore weights verify`",
-        ) from None
+        raise _load_failure(path, exc) from None
     return canonical_state_dict(obj, path)
 
 
-def _load_failure(exc: Exception) -> str:
-    """torch's reason, without its advice to retry with weights_only=False (which would run any
-    code pickled into the file)."""
+def _load_failure(path: Path, exc: Exception) -> UnsupportedCheckpoint:
+    """Why torch could not read `path`, in the user's terms: a file cut short or damaged (the common
+    case: an interrupted copy or download), or pickled objects other than tensors. torch's advice to
+    retry with weights_only=False (which would run any code pickled into the file) is not passed on."""
     text = str(exc).strip()
-    if "WeightsUnpickler error:" in text:
+    if "WeightsUnpickler error:" in text:  # a global, a class, an opcode torch.save never writes: not damage
         detail = next((line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()), "")
-        return f"the safe unpickler refused it: {detail[:200]}" if detail else "the safe unpickler refused it"
-    if isinstance(exc, EOFError) or not text:
-        return "it ends early: truncated" if isinstance(exc, EOFError) else type(exc).__name__
-    line = text.splitlines()[0]
-    line = line if len(line) <= 300 else line[:300] + "..."
+        return UnsupportedCheckpoint(f"{path} holds pickled data other than plain tensors (the safe unpickler refused it: {detail[:200]})",
+                                     hint="facerestore runs no pickled code: save the weights alone with torch.save(model.state_dict(), FILE)")
+    return UnsupportedCheckpoint(f"{path} is truncated or damaged ({_damage(exc, text)})",
+                                 hint="copy or download it again in full")
+
+
+def _damage(exc: Exception, text: str) -> str:
+    """torch's first sentence about the damage, without its paragraph of advice."""
+    if isinstance(exc, EOFError) or "EOF" in text:
+        return "it ends early"
+    line = text.splitlines()[0].split(". ", 1)[0] if text else type(exc).__name__
+    line = line if len(line) <= 200 else line[:200] + "..."
     return line if any(c.isalpha() for c in line) else f"{type(exc).__name__} {line}"  # "(101)" says nothing
 
 
