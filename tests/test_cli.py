@@ -595,7 +595,7 @@ def test_a_weights_option_naming_no_usable_file_is_a_usage_error_in_every_comman
     assert len(lines) == 1 and lines[-1].startswith(named), result.output
     assert str(weights.resolve()) in lines[-1]
     said = {"missing": ("does not exist", "no such file"), "folder": ("is a folder", "holds no idm.safetensors"), "unreadable": ("permission denied",),
-            "damaged": ("the safe unpickler refused it", "cannot be loaded by onnxruntime")}[kind]
+            "damaged": ("is not a PyTorch or safetensors checkpoint (a text file)", "cannot be loaded by onnxruntime")}[kind]
     assert any(words in lines[-1] for words in said), result.output
     assert not any(p.name.startswith((".out", "out")) for p in tmp_path.iterdir())
 

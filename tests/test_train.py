@@ -944,7 +944,11 @@ def test_a_missing_init_from_or_val_identity_is_a_usage_error_naming_its_option(
     assert missing.exit_code == 2 and one_error(missing).startswith(f"error: --init-from {tmp_path / 'nowhere'} does not exist")
     (tmp_path / "picture.txt").write_text("not a model")
     wrong = cli(faces, "--out", tmp_path / "b", "--size", "32", "--init-from", tmp_path / "picture.txt")
-    assert wrong.exit_code == 2 and one_error(wrong).startswith(f"error: --init-from: {tmp_path / 'picture.txt'} holds pickled data")
+    assert wrong.exit_code == 2 and one_error(wrong).startswith(f"error: --init-from: {tmp_path / 'picture.txt'} is not a PyTorch or safetensors checkpoint (a text file)")
+    (tmp_path / "arcface.onnx").write_bytes(b"\x08\x07\x12\x07pytorch\x1a\x032.1" + bytes(range(256)))  # an ONNX model's first bytes
+    onnx = cli(faces, "--out", tmp_path / "d", "--size", "32", "--init-from", tmp_path / "arcface.onnx")
+    assert onnx.exit_code == 2 and one_error(onnx).startswith(f"error: --init-from: {tmp_path / 'arcface.onnx'} is not a PyTorch or safetensors checkpoint (an ONNX model)")
+    assert "pickled" not in onnx.output and "unpickler" not in onnx.output
     arcface = cli(faces, "--out", tmp_path / "c", "--size", "32", "--val", faces, "--val-identity", tmp_path / "none.onnx")
     assert arcface.exit_code == 2 and "--val-identity" in one_error(arcface) and "--weights" not in arcface.output
     if importlib.util.find_spec("onnxruntime") is not None:  # a file that is no ONNX model: one line, not onnxruntime's traceback

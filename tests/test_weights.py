@@ -113,6 +113,22 @@ def test_truncated_checkpoint_is_one_line_saying_so(tiny_file, tmp_path, zipped,
     assert "again" in info.value.hint and "miniz" not in line and "weights_only" not in line
 
 
+@pytest.mark.parametrize("name, data, kind", [
+    ("arcface.onnx", b"\x08\x07\x12\x07pytorch\x1a\x032.1" + bytes(range(256)), "an ONNX model"),
+    ("model.pth", b"<html>502 Bad Gateway</html>", "a text file"),
+    ("model.ckpt", bytes(range(1, 256)), "it starts neither as a zip archive nor as a pickle"),
+], ids=["onnx", "web-page", "binary"])
+def test_a_file_of_another_format_is_said_to_be_no_checkpoint(tmp_path, name, data, kind):
+    """Not 'the safe unpickler refused ... pickled code': nothing in it was pickled."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(UnsupportedCheckpoint) as info:
+        read_state_dict(path)
+    line = info.value.one_line()
+    assert line.startswith(f"{path} is not a PyTorch or safetensors checkpoint ({kind})") and "torch.save" in info.value.hint, line
+    assert "pickle" not in str(info.value) or "nor as a pickle" in str(info.value)
+
+
 def test_load_strict_names_the_file_and_first_mismatches():
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
     state = {"0.weight": torch.zeros(2, 4), "0.bias": torch.zeros(2), "x.y": torch.zeros(1)}

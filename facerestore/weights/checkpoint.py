@@ -75,16 +75,38 @@ def read_state_dict(path: Path | str) -> StateDict:
 
 
 def _load_failure(path: Path, exc: Exception) -> UnsupportedCheckpoint:
-    """Why torch could not read `path`, in the user's terms: a file cut short or damaged (the common
-    case: an interrupted copy or download), or pickled objects other than tensors. torch's advice to
+    """Why torch could not read `path`, in the user's terms: a file of another format (an ONNX model,
+    a web page saved under the checkpoint's name), a file cut short or damaged (an interrupted copy or
+    download), or pickled objects other than tensors. torch's advice to
     retry with weights_only=False (which would run any code pickled into the file) is not passed on."""
     text = str(exc).strip()
+    other = _other_format(path)
+    if other:  # an ONNX model, a web page saved under the checkpoint's name: no unpickler's complaint about it
+        return UnsupportedCheckpoint(f"{path} is not a PyTorch or safetensors checkpoint ({other})",
+                                     hint="pass a checkpoint saved with torch.save (.pth, .pt, .ckpt) or a .safetensors file")
     if "WeightsUnpickler error:" in text:  # a global, a class, an opcode torch.save never writes: not damage
         detail = next((line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()), "")
         return UnsupportedCheckpoint(f"{path} holds pickled data other than plain tensors (the safe unpickler refused it: {detail[:200]})",
                                      hint="facerestore runs no pickled code: save the weights alone with torch.save(model.state_dict(), FILE)")
     return UnsupportedCheckpoint(f"{path} is truncated or damaged ({_damage(exc, text)})",
                                  hint="copy or download it again in full")
+
+
+def _other_format(path: Path) -> str:
+    """'' for a file that starts as torch.save writes (a zip archive, or a pickle of protocol 2 or
+    later), else what it looks like instead."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError:
+        return ""
+    if not head or head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return ""
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model"
+    if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "a text file"
+    return "it starts neither as a zip archive nor as a pickle"
 
 
 def _damage(exc: Exception, text: str) -> str:
