@@ -188,6 +188,27 @@ def test_wrong_hash_is_refused(tiny_file, use_entry, monkeypatch):
     assert "weights pull tiny" in info.value.one_line()
 
 
+@pytest.mark.parametrize("recorded", [True, False], ids=["sha256-recorded", "no-sha256"])
+def test_a_damaged_copy_of_weights_with_no_url_is_to_be_imported_again_not_pulled(tiny_file, use_entry, monkeypatch, tmp_path, recorded):
+    """DR2's files are on a file share only: `weights pull` cannot fetch them, so a damaged copy in the
+    cache (caught by its recorded sha256, or by reading it when none was recorded) says to import it."""
+    note = "only on a Baidu Cloud share (code dr2e)"
+    use_entry(entry_for(tiny_file, name="dr2_ddpm", sha256="", urls=(), note=note))
+    if recorded:
+        store.import_file(tiny_file)  # trust on first use records its sha256
+        folder = store.cache_dir()
+    else:
+        folder = tmp_path / "shared"
+        folder.mkdir()
+        monkeypatch.setenv("FACERESTORE_WEIGHTS", str(folder))
+    (folder / "tiny.pth").write_bytes(tiny_file.read_bytes()[: tiny_file.stat().st_size // 2])
+    with pytest.raises(WeightsError) as info:
+        store.resolve("dr2_ddpm")
+    line = info.value.one_line()
+    assert str(folder / "tiny.pth") in line and "\n" not in line, line
+    assert "`facerestore weights import tiny.pth`" in info.value.hint and note in info.value.hint and "pull" not in line, line
+
+
 def test_offline_missing_file_names_file_url_sha_and_import(tiny_file, use_entry):
     use_entry(entry_for(tiny_file))
     with pytest.raises(WeightsError) as info:

@@ -172,8 +172,18 @@ def check_file(entry: WeightsEntry, path: Path) -> None:
     if expected:
         actual = sha256_file(path)
         if actual != expected:
-            fix = f"import a good copy again with `facerestore weights import FILE --name {entry.name}`" if entry.local else f"delete it and run `facerestore weights pull {entry.name}`"
-            raise ChecksumMismatch(f"{path} has sha256 {actual[:16]}..., but {entry.name} should be {expected}", hint=f"the file is corrupt or another version: {fix}")
+            raise ChecksumMismatch(f"{path} has sha256 {actual[:16]}..., but {entry.name} should be {expected}", hint=f"the file is corrupt or another version: {fetch_again(entry)}")
+
+
+def fetch_again(entry: WeightsEntry) -> str:
+    """How to replace a damaged copy of `entry`: `weights pull` only fetches what has a URL; the
+    rest (DR2's files, on a file share) and the user's own weights are imported again."""
+    if entry.local:
+        return f"import a good copy again with `facerestore weights import FILE --name {entry.name}`"
+    if entry.urls:
+        return f"delete it and run `facerestore weights pull {entry.name}`"
+    where = f" ({entry.note})" if entry.note else ""
+    return f"delete it, get the official {entry.filename} again{where} and run `facerestore weights import {entry.filename}`"
 
 
 # ---------------------------------------------------------------- finding, converting, resolving
@@ -226,7 +236,10 @@ def loadable(entry: WeightsEntry, path: Path) -> Path:
     with exclusive(target, f"converting {path.name} to safetensors in {target.parent}"):
         if target.is_file() and safetensors_complete(target):
             return target
-        state = read_state_dict(path)
+        try:
+            state = read_state_dict(path)
+        except UnsupportedCheckpoint as exc:  # a catalogue file: the cure is the catalogue's, not the reader's generic one
+            raise type(exc)(str(exc), hint=fetch_again(entry)) from None
         try:
             return save_safetensors(state, target, {"source": entry.filename, "source_sha256": sha256_file(path), "name": entry.name})
         except OSError:
