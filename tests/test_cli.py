@@ -600,6 +600,28 @@ def test_a_weights_option_naming_no_usable_file_is_a_usage_error_in_every_comman
     assert not any(p.name.startswith((".out", "out")) for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_a_damaged_file_of_the_users_own_says_to_check_or_export_it_again_not_to_pull_it(crops, tmp_path, tiny_baseline, suffix):
+    """A file the user passed (a train run's export, a fine-tuned model) is nothing `weights pull`,
+    `weights import` or `weights verify` can mend: the line says to check it or export it again."""
+    import torch
+
+    from facerestore.weights.checkpoint import read_state_dict
+
+    mine = tmp_path / "my_run" / f"export{suffix}"
+    mine.parent.mkdir()
+    if suffix == ".pth":
+        torch.save(read_state_dict(tiny_baseline), mine)
+    else:
+        mine.write_bytes(tiny_baseline.read_bytes())
+    mine.write_bytes(mine.read_bytes()[:-200])
+    result = run(crops / "face.png", "--aligned", "-m", "baseline", "--weights", mine, "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"error: --weights: {mine} is ") and "export it again" in line, line
+    assert "pull" not in line and "weights verify" not in line and "weights import" not in line, line
+
+
 def test_damaged_weights_no_option_named_stay_exit_1(crops, tmp_path, monkeypatch):
     """Exit 2 is for a command line that must change; weights the command finds itself (here the bundled
     model) being damaged is the machine's problem: exit 1, and the line names no option."""
@@ -611,7 +633,8 @@ def test_damaged_weights_no_option_named_stay_exit_1(crops, tmp_path, monkeypatc
     result = run(crops / "face.png", "--aligned", "-m", "baseline", "-o", tmp_path / "out")
     assert result.exit_code == 1, result.output
     [line] = result.output.strip().splitlines()
-    assert line.startswith(f"error: {junk} is not a readable safetensors file") and "--weights" not in line
+    assert line.startswith(f"error: {junk} is truncated or damaged (not a readable safetensors file") and "--weights" not in line
+    assert line.endswith("; the model bundled with facerestore is damaged: reinstall facerestore"), line
 
 
 def test_no_path_option_is_checked_by_click():

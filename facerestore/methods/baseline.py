@@ -18,7 +18,7 @@ from facerestore.devices import Autocast, autocast_dtype, for_inference
 from facerestore.errors import UnsupportedCheckpoint, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.baseline_unet import BaselineUNet, infer_config
-from facerestore.weights.checkpoint import load_strict, read_state_dict
+from facerestore.weights.checkpoint import BUNDLED_DAMAGED, load_strict, read_state_dict
 from facerestore.weights.store import loading_option, resolve_explicit
 
 INFO = MethodInfo(
@@ -52,7 +52,7 @@ class BaselineMethod:
             path = bundled_weights()
             if not path.is_file():
                 raise WeightsError(f"the bundled model {path} is missing from this installation", hint=f"reinstall facerestore, or pass {options.weights_option} FILE")
-        with loading_option(options.weights_option, named=options.weights is not None):  # a bad --weights file: exit 2
+        with loading_option(options.weights_option, named=options.weights is not None, otherwise=BUNDLED_DAMAGED):  # a bad --weights file: exit 2
             state = {k: v.float() for k, v in read_state_dict(path).items()}
             try:
                 config = infer_config(state)

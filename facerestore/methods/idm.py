@@ -72,7 +72,7 @@ from facerestore.methods.difface import PerFaceSteps, face_generators, face_seed
 from facerestore.methods.registry import check_method_options
 from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import IDMUNet, config_from_dict, config_to_dict, infer_idm_config
-from facerestore.weights.checkpoint import load_strict, read_state_dict, safetensors_metadata, save_safetensors
+from facerestore.weights.checkpoint import BUNDLED_DAMAGED, load_strict, read_state_dict, safetensors_metadata, save_safetensors
 
 T = 1000
 SCHEDULE_NAME = "linear"
@@ -267,7 +267,7 @@ class IDMMethod:
         self.device = torch.device(options.device)
         from facerestore.weights.store import loading_option
 
-        with loading_option(options.weights_option, named=options.weights is not None):  # a bad --weights file: exit 2
+        with loading_option(options.weights_option, named=options.weights is not None, otherwise=BUNDLED_DAMAGED):  # a bad --weights file: exit 2
             self.model = load_model(path, self.device)
         for_inference(self.model.net, self.device)
         self.schedule = NoiseSchedule.named(SCHEDULE_NAME, T)

@@ -21,6 +21,11 @@ from facerestore.file_modes import new_file_mode
 StateDict = dict[str, torch.Tensor]
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
 SHOWN_KEYS = 5
+# A file read by path is the user's own (a `facerestore train` export, a fine-tuned model): neither
+# `weights pull` nor `weights import` mends it. A catalogue copy gets its cure from store.loadable,
+# the bundled model from its method (reinstall).
+OWN_FILE_HINT = "check that file: copy it again in full, or export it again from the run that wrote it"
+BUNDLED_DAMAGED = "the model bundled with facerestore is damaged: reinstall facerestore"
 
 
 def canonical_state_dict(obj: object, source: Path | str = "checkpoint") -> StateDict:
@@ -66,7 +71,7 @@ def read_state_dict(path: Path | str) -> StateDict:
         try:
             return canonical_state_dict(load_file(str(path), device="cpu"), path)
         except (SafetensorError, OSError, ValueError) as exc:
-            raise UnsupportedCheckpoint(f"{path} is not a readable safetensors file ({exc})", hint="delete it and pull or import it again") from None
+            raise UnsupportedCheckpoint(f"{path} is truncated or damaged (not a readable safetensors file: {exc})", hint=OWN_FILE_HINT) from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # pickle errors, truncated zips, objects outside the allow-list
@@ -88,8 +93,7 @@ def _load_failure(path: Path, exc: Exception) -> UnsupportedCheckpoint:
         detail = next((line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()), "")
         return UnsupportedCheckpoint(f"{path} holds pickled data other than plain tensors (the safe unpickler refused it: {detail[:200]})",
                                      hint="facerestore runs no pickled code: save the weights alone with torch.save(model.state_dict(), FILE)")
-    return UnsupportedCheckpoint(f"{path} is truncated or damaged ({_damage(exc, text)})",
-                                 hint="copy or download it again in full")
+    return UnsupportedCheckpoint(f"{path} is truncated or damaged ({_damage(exc, text)})", hint=OWN_FILE_HINT)
 
 
 def _other_format(path: Path) -> str:

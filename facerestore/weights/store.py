@@ -360,18 +360,21 @@ def readable_option_file(path: Path, option: str | None = "--weights") -> Path:
 
 
 @contextmanager
-def loading_option(option: str | None, named: bool = True) -> Iterator[None]:
+def loading_option(option: str | None, named: bool = True, *, otherwise: str = "") -> Iterator[None]:
     """Around loading what the weights option `option` named (`named`: it did, not the catalogue):
     a file that is no checkpoint of this use (truncated, damaged, another architecture) is
     BadWeightsFile, one line starting with the option, exit 2 as a missing one. A file no option
     named (`option` None: finetune's report loads the run's own export) stays UnsupportedCheckpoint,
-    exit 1, for the caller to say where it comes from."""
+    exit 1, for the caller to say where it comes from. `otherwise`: the hint for a bad file the
+    option did not name, where the reader's does not fit (the bundled model: reinstall)."""
     try:
         yield
     except BadWeightsOption:
         raise
     except UnsupportedCheckpoint as exc:
         if not named or option is None:
+            if otherwise:
+                raise type(exc)(str(exc), hint=otherwise) from None
             raise
         raise BadWeightsFile(f"{option}: {exc}", hint=exc.hint) from None
 
