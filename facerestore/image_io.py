@@ -46,6 +46,7 @@ _ORIENTATION_TAG = 0x0112
 # PIL modes whose samples OpenCV decodes faithfully (IMREAD_UNCHANGED gives 1/3/4 channels).
 _CV2_MODES = frozenset({"1", "L", "LA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L"})
 _CV2_FORMATS = frozenset({"PNG", "TIFF"})  # the formats where 16-bit matters
+_JPEG_START = b"\xff\xd8\xff"  # start-of-image marker, then the first segment's marker
 _ALPHA_EXTS = frozenset({".png", ".tif", ".tiff", ".webp"})
 _DEEP_EXTS = frozenset({".png", ".tif", ".tiff"})
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -324,6 +325,8 @@ def read_image(path: Path, *, max_pixels: int | None = None) -> Picture:
     except Exception:
         if data[:4] in (b"II*\0", b"MM\0*"):
             return _read_tiff_pillow_cannot(data, path, max_pixels, not_image, limit_option)
+        if data.startswith(_JPEG_START):  # a JPEG cut inside its headers: an image, not "not an image"
+            raise BadImage(f"{path} is truncated or damaged (a JPEG whose header cannot be read)", hint="re-copy or re-export the file") from None
         raise not_image from None
     _check_pixels(path, width, height, max_pixels, limit_option)
     if img.format == "PNG" and not _png_reaches_iend(data):  # said here rather than by libpng on stderr
@@ -397,7 +400,9 @@ def _decode(img: Image.Image, data: bytes, path: Path, width: int, height: int, 
             if img.mode == "CMYK":
                 pixels, icc, read_warnings = _cmyk_to_srgb(img, path)
             arr = _decode_pil(pixels)
-        except Exception:
+        except Exception as exc:
+            if "truncated" in str(exc):  # Pillow's "image file is truncated (N bytes not processed)"
+                raise BadImage(f"{path} is truncated (the {img.format} data ends early)", hint="re-copy or re-export the file") from None
             raise not_image from None
     if img.format == "TIFF" and orientation != 1 and _tiff_decoders_orient()[decoder]:
         orientation = 1  # the decoder has turned it already

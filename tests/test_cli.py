@@ -296,12 +296,16 @@ def test_bad_inputs_fail_one_line_each_and_the_batch_goes_on(tmp_path, tiny_base
     (folder / "text.jpg").write_text("hello")
     data = (folder / "good.png").read_bytes()
     (folder / "cut.png").write_bytes(data[: len(data) // 3])
+    write_image(folder / "photo.jpg", smooth())
+    data = (folder / "photo.jpg").read_bytes()
+    (folder / "photo.jpg").write_bytes(data[: len(data) // 2])
     result = run(folder, tmp_path / "missing.jpg", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--upscale", "1")
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 4, result.output
-    for name in ("empty.png", "text.jpg", "cut.png", "missing.jpg"):
+    assert len(lines) == 5, result.output
+    for name in ("empty.png", "text.jpg", "cut.png", "photo.jpg", "missing.jpg"):
         assert sum(name in line for line in lines) == 1
+    assert f"error: {folder / 'photo.jpg'} is truncated (the JPEG data ends early); re-copy or re-export the file" in lines
     assert (tmp_path / "out" / "restored_imgs" / "good.png").is_file()
     written = sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert written == ["good.png"]  # no partial or zero-byte files for the bad inputs

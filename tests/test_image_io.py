@@ -214,11 +214,13 @@ def test_bad_files(tmp_path, capfd):
         warnings.simplefilter("always")
         _bad(tmp_path / "half.tif", "is not an image file")
     assert not caught  # Pillow's "Corrupt EXIF data" warning would print two lines before the error
-    Image.fromarray(_raw()).save(tmp_path / "full.jpg")
+    Image.fromarray(_raw(240, 400)).save(tmp_path / "full.jpg")  # big enough that half of it ends in the pixel data
     data = (tmp_path / "full.jpg").read_bytes()
     (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
-    truncated = _bad(tmp_path / "half.jpg", "is not an image file")
+    truncated = _bad(tmp_path / "half.jpg", "half.jpg is truncated .the JPEG data ends early.")
     assert "re-copy or re-export" in truncated.one_line() and "use one of" not in truncated.one_line()  # .jpg is fine already
+    (tmp_path / "head.jpg").write_bytes(data[:20])  # cut inside its first marker segment: Pillow cannot even open it
+    assert "re-copy or re-export" in _bad(tmp_path / "head.jpg", "head.jpg is truncated or damaged .a JPEG whose header cannot be read.").one_line()
     (tmp_path / "notes.txt").write_text("not an image\n")
     assert "use one of .jpg" in _bad(tmp_path / "notes.txt", "is not an image file").one_line()
     _bad(tmp_path / "missing.png", "does not exist")
