@@ -373,6 +373,25 @@ def test_a_folder_input_elsewhere_in_the_output_is_restored_and_not_read_back(cr
         "cmp/face.png", "cmp/face_00.png", "cropped_faces/face_00.png", "photos/face.png", "restored_faces/face.png", "restored_faces/face_00.png"]
 
 
+@pytest.mark.parametrize("method", ["codeformer", "baseline", "idm"])
+def test_a_weights_role_of_another_method_is_refused_naming_the_methods_roles(tmp_path, method):
+    """`-m codeformer --weights prior=x.pth` (a DifFace habit) was looked up as a file named
+    'prior=x.pth': the line says the method has no such role, and which it has (none: one file)."""
+    write_image(tmp_path / "a.png", smooth())
+    result = run(tmp_path / "a.png", "-o", tmp_path / "out", "-m", method, "--weights", "prior=x.pth", "--offline")
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert line == (f"error: --weights prior=x.pth: method '{method}' has no weights role 'prior'; it takes one checkpoint "
+                    "and no ROLE= (roles are for difface: prior, swinir; dr2: ddpm, enhancer); pass --weights FILE"), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_weights_role_a_multi_file_method_lacks_lists_its_roles(tmp_path):
+    write_image(tmp_path / "a.png", smooth())
+    result = run(tmp_path / "a.png", "-o", tmp_path / "out", "-m", "dr2", "--weights", "prior=x.pth", "--offline")
+    assert result.exit_code == 2 and "unknown role 'prior'; use ddpm=FILE, enhancer=FILE" in result.output, result.output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -20,6 +20,7 @@ class MethodInfo:
     commercial_use: bool
     weights: tuple[str, ...] = ()
     knobs: dict[str, str] = field(default_factory=dict)
+    weight_roles: tuple[str, ...] = ()  # the ROLE= of `--weights ROLE=FILE,...` for a method of several files
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ from facerestore.methods.registry import check_method_options
 
 T = 1000  # both priors: linear schedule, T = 1000
 FACE = 512
+WEIGHT_ROLES = {"prior": "difface_prior", "swinir": "difface_swinir"}
 
 INFO = MethodInfo(
     name="difface",
@@ -88,6 +89,7 @@ INFO = MethodInfo(
     license="NTU S-Lab License 1.0: NON-COMMERCIAL use only (code and both checkpoints)",
     commercial_use=False,
     weights=("difface_prior", "difface_swinir"),
+    weight_roles=tuple(WEIGHT_ROLES),
     knobs={
         "steps": "UNet calls, default 100; must divide --start (Table VIII: 200, 100, 40, 20, 8); stride = start / steps",
         "eta": "DDIM eta in [0,1], default 0.5: 0 = most faithful (PSNR, identity), 1 = most realistic (FID)",
@@ -375,7 +377,6 @@ class DifFaceNets:
     size: int = FACE
 
 
-WEIGHT_ROLES = {"prior": "difface_prior", "swinir": "difface_swinir"}
 HINT = "pass DifFace's iddpm_ffhq512_ema500000.pth (prior=) and swinir_restoration512_L1.pth (swinir=)"
 
 

@@ -118,6 +118,7 @@ DEFAULT_PRESET = "medium"
 AUTO_CANDIDATES = tuple(PRESETS.values())
 AUTO_BAND = 8  # Phi_8 at 256: the 32x32 band the fidelity term compares
 AUTO_WEIGHT = 0.1  # NIQE points per 8-bit level of low-band RMS drift (uncalibrated, see above)
+WEIGHT_ROLES = {"ddpm": "dr2_ddpm", "enhancer": "dr2_sparnethd"}
 
 INFO = MethodInfo(
     name="dr2",
@@ -126,6 +127,7 @@ INFO = MethodInfo(
     license="DDPM (ILVR FFHQ-256): license unstated; SPARNetHD: CC BY-NC-SA 4.0, NON-COMMERCIAL; DR2 code MIT",
     commercial_use=False,
     weights=("dr2_ddpm", "dr2_sparnethd"),
+    weight_roles=tuple(WEIGHT_ROLES),
     knobs={
         "dr2_n": "low-pass factor N dividing 256 (bigger removes more degradation, keeps less of the input)",
         "dr2_tau": "output index tau on the 100-step grid, 0..98 (bigger removes more, keeps less)",
@@ -285,7 +287,6 @@ class DR2Nets:
     enhancer_size: int = FACE
 
 
-WEIGHT_ROLES = {"ddpm": "dr2_ddpm", "enhancer": "dr2_sparnethd"}
 HINT = "pass DR2's DR2_FFHQ.pkl (ddpm=) and SPARNetHD_FFHQ_DR2aug.pth (enhancer=), imported from the Baidu share"
 
 

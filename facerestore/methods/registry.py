@@ -10,6 +10,7 @@ too, so library callers get the same answer.
 from __future__ import annotations
 
 from importlib import import_module
+from pathlib import Path
 
 from facerestore.errors import UnknownMethod, UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions, RestorationMethod
@@ -47,13 +48,37 @@ def method_info(name: str) -> MethodInfo:
 
 
 def check_method_options(info: MethodInfo, options: MethodOptions) -> None:
-    """UsageError if a method-specific option is set that `info.knobs` does not list."""
+    """UsageError if a method-specific option is set that `info.knobs` does not list, or a weights
+    option gives a ROLE= to a method of one file."""
+    check_weights_roles(info, options)
     defaults = MethodOptions()
     for option, flag in METHOD_SPECIFIC.items():
         if option not in info.knobs and getattr(options, option) != getattr(defaults, option):
             users = [n for n in _BACKENDS if option in _knobs(n)]
             where = f"it is an option of {', '.join(users)}" if users else "no method uses it"
             raise UsageError(f"{flag} is not used by method {info.name!r}; {where}", hint=f"drop {flag} or choose --method {users[0]}" if users else "")
+
+
+def check_weights_roles(info: MethodInfo, options: MethodOptions) -> None:
+    """`-m codeformer --weights prior=x.pth` is a role of DifFace's, not a file named 'prior=x.pth':
+    a method of one file refuses ROLE=FILE (methods of several files refuse unknown roles themselves,
+    difface.parse_weights). A file of that name that exists is taken as a file."""
+    value, option = options.weights, options.weights_option
+    if info.weight_roles or not isinstance(value, str) or "=" not in value or Path(value).expanduser().exists():
+        return
+    role = value.partition("=")[0].strip()
+    if not role or not all(c.isalnum() or c in "_-." for c in role):
+        return  # a path holding '=' ("runs/lr=1e-4/idm.safetensors"): its own "no such file" line
+    roles = "; ".join(f"{name}: {', '.join(r)}" for name in _BACKENDS if (r := _weight_roles(name)))
+    raise UsageError(f"{option} {value}: method {info.name!r} has no weights role {role!r}; it takes one checkpoint and no ROLE= (roles are for {roles})",
+                     hint=f"pass {option} FILE")
+
+
+def _weight_roles(name: str) -> tuple[str, ...]:
+    try:
+        return method_info(name).weight_roles
+    except ImportError:
+        return ()
 
 
 def _knobs(name: str) -> dict[str, str]:
