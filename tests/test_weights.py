@@ -463,6 +463,20 @@ def test_registered_names_survive_quotes_in_file_names_and_are_readable_by_other
     assert target.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: a shared cache stays usable
 
 
+def test_a_name_that_ends_in_the_files_suffix_does_not_get_it_twice(tiny_file, tmp_path):
+    target = store.import_file(tiny_file, name="best.pth")
+    assert target == store.cache_dir() / "best.pth" and load_catalogue()["best.pth"].filename == "best.pth"
+    assert store.resolve("best.pth") == store.cache_dir() / "converted" / f"best.pth-{sha(tiny_file)[:16]}.safetensors"
+    upper = tmp_path / "TINY.PTH"
+    upper.write_bytes(tiny_file.read_bytes())
+    assert store.import_file(upper, name="other.pth").name == "other.pth"  # the suffix compared in any case
+    # the official file's own name: refused (it would shadow the catalogue's file), with the way to import it as that
+    with pytest.raises(UsageError) as info:
+        store.import_file(tiny_file, name="codeformer.pth")
+    assert "--name codeformer.pth would store tiny.pth as codeformer.pth, the file of the catalogued checkpoint codeformer" in info.value.one_line()
+    assert "to import the official file, pass --name codeformer" in info.value.hint
+
+
 def test_a_file_name_that_is_not_utf8_is_registered(tiny_file, tmp_path):
     """Linux file names are bytes: one that is not UTF-8 put a lone surrogate into the registry's note,
     and writing it ended in a UnicodeEncodeError traceback."""

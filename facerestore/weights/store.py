@@ -599,11 +599,12 @@ def _register_local(source: Path, name: str, digest: str) -> Path:
     if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
     _assert_checkpoint(source, str(source))
-    target = cache_dir() / f"{name}{source.suffix}"
+    suffix = "" if name.casefold().endswith(source.suffix.casefold()) else source.suffix  # --name best.pth: not best.pth.pth
+    target = cache_dir() / f"{name}{suffix}"
     taken = next((e for e in load_catalogue().values() if not e.local and e.filename.casefold() == target.name.casefold()), None)
     if taken is not None:
-        raise UsageError(f"--name {name!r} would store {source.name} as {target.name}, the file of the catalogued checkpoint {taken.name}",
-                         hint="choose another --name")
+        raise UsageError(f"--name {name} would store {source.name} as {target.name}, the file of the catalogued checkpoint {taken.name}",
+                         hint=f"to import the official file, pass --name {taken.name} (or no --name); for weights of your own, choose another --name")
     _make_folder(target.parent)
     registry = local_registry_path()
     # two imports under one name: the file and its registered sha256 come from the same one; under
