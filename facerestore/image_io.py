@@ -181,9 +181,17 @@ def _to_uint16(x: np.ndarray) -> np.ndarray:
     return _quantize(x, 65535.0, np.uint16)
 
 
-def megapixels(n: int) -> str:
-    """A pixel count as people read it in a message."""
-    return f"{n / 1e6:.3g} MP" if n >= 100_000 else f"{n} pixels"
+def pixel_counts(*counts: int) -> tuple[str, ...]:
+    """Pixel counts as people read them in one message, all in one unit ("0.203 MP, over the 60000
+    pixels limit" made them compare two units): megapixels once the largest reaches 0.1 MP, with as
+    many digits as it takes to tell different counts apart, else pixels."""
+    if max(counts) < 100_000:
+        return tuple(f"{n} pixels" for n in counts)
+    for digits in range(3, 10):
+        shown = tuple(f"{n / 1e6:.{digits}g} MP" for n in counts)
+        if len(set(shown)) == len(set(counts)):
+            break
+    return shown
 
 
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
@@ -338,9 +346,9 @@ def read_image(path: Path, *, max_pixels: int | None = None) -> Picture:
 
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int, limit_option: bool) -> None:
     if width * height > max_pixels:
+        size, limit = pixel_counts(width * height, max_pixels)
         raise BadImage(
-            f"{path} is {width}x{height} = {megapixels(width * height)}, "
-            f"over the {megapixels(max_pixels)} limit",
+            f"{path} is {width}x{height} = {size}, over the {limit} limit",
             hint="downscale it or pass --max-pixels" if limit_option else "downscale it",
         )
 

@@ -31,7 +31,7 @@ from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
-from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, check_encodable, megapixels, output_format, read_image, resize, to_samples, write_image
+from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, check_encodable, output_format, pixel_counts, read_image, resize, to_samples, write_image
 from facerestore.methods.base import RestorationMethod
 
 FACE_SIZE = 512
@@ -320,8 +320,9 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     upscale = options.scale_for(picture.height, picture.width)
     out_pixels = picture.height * picture.width * (1 if options.aligned else upscale**2)
     if out_pixels > options.max_pixels:
+        size, limit = pixel_counts(int(out_pixels), options.max_pixels)
         raise FaceRestoreError(
-            f"{path}: output would be {megapixels(int(out_pixels))}, over the {megapixels(options.max_pixels)} limit",
+            f"{path}: output would be {size}, over the {limit} limit",
             hint="use a smaller --upscale or raise --max-pixels",
         )
     result.seconds["read"] = time.perf_counter() - clock

@@ -195,6 +195,16 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
     assert "--max-pixels" in err.one_line()
     monkeypatch.setattr(image_io, "DEFAULT_MAX_PIXELS", 100)  # degrade, evaluate, clean-dataset: no such option
     assert "--max-pixels" not in _bad(src, "over the 100 pixels limit").one_line()
+    big = write_image(tmp_path / "wide.png", _rgb(370, 550))  # 203500 pixels against 60000: one unit for both
+    _bad(big, "550x370 = 0.203 MP, over the 0.06 MP limit", max_pixels=60_000)
+
+
+def test_pixel_counts_share_one_unit_and_tell_apart_what_differs():
+    assert image_io.pixel_counts(960, 100) == ("960 pixels", "100 pixels")
+    assert image_io.pixel_counts(203_500, 60_000) == ("0.203 MP", "0.06 MP")
+    assert image_io.pixel_counts(50_000, 200_000) == ("0.05 MP", "0.2 MP")
+    assert image_io.pixel_counts(24_000_001, 24_000_000) == ("24.000001 MP", "24 MP")  # not "24 MP, over the 24 MP limit"
+    assert image_io.pixel_counts(1_920_000, 1_000_000) == ("1.92 MP", "1 MP")
 
 
 def test_bad_files(tmp_path, capfd):

@@ -246,6 +246,8 @@ def test_oversized_output_is_refused_before_work(tmp_path):
     source = write_image(tmp_path / "p.png", photo())
     with pytest.raises(Exception, match="over the"):
         run_file(tmp_path, source, Darken(), upscale=4, max_pixels=200 * 440 * 4)
+    with pytest.raises(Exception, match="output would be 0.352 MP, over the 0.09 MP limit"):  # not "... over the 90000 pixels limit"
+        run_file(tmp_path, source, Darken(), upscale=2, max_pixels=90_000)
 
 
 def test_an_output_its_format_cannot_hold_or_over_an_input_is_refused_before_any_face_is_restored(tmp_path, three_faces):
