@@ -322,6 +322,26 @@ def test_json_summary(tmp_path, tiny_baseline):
     assert [r["status"] for r in summary["results"]] == ["no-face", "failed"]
 
 
+def test_docs_name_every_field_of_the_json_summary(crops, tmp_path, tiny_baseline):
+    """docs/usage.md, "For scripts", has a row for every field the summary holds."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text(encoding="utf-8")
+    section = docs.split("## For scripts", 1)[1]
+    write_image(tmp_path / "photo.png", smooth())
+    (tmp_path / "broken.png").write_bytes(b"x")
+    summaries = [json.loads(run(*args, "-m", "baseline", "--weights", tiny_baseline, "--json").stdout) for args in (
+        (crops / "face.png", "--aligned", "-o", tmp_path / "a"),
+        (tmp_path / "photo.png", tmp_path / "broken.png", tmp_path / "gone.png", "-o", tmp_path / "b"),
+    )]
+    fields = {f"`{key}`" for summary in summaries for key in summary}
+    for summary in summaries:
+        for result in summary["results"]:
+            fields |= {f"`{key}`" for key in result} | {f"`{stage}`" for stage in result["seconds"]}
+            fields.add(f"`{result['status']}`")
+        fields |= {f"`{key}`" for entry in summary["missing"] for key in entry}
+    assert {"`read`", "`detect`", "`restore`", "`write`", "`no-face`", "`failed`", "`ok`"} <= fields
+    assert [field for field in sorted(fields) if field not in section] == []
+
+
 def test_json_stays_valid_utf8_for_file_names_that_are_not(tmp_path, tiny_baseline):
     import os
 
