@@ -765,7 +765,7 @@ def test_a_damaged_fine_tuned_model_is_one_line_naming_stage_3_and_the_file_and_
     monkeypatch.setattr(trainer, "export_model", damaged_export)
     out = tmp_path / "run"
     model = out / "codeformer-finetuned.safetensors"
-    text = one_line_error(run(*tiny_run_args(lq, out, weights)), 1, f"finetune stage 3 (report): the fine-tuned model {model} is not a readable safetensors file (",
+    text = one_line_error(run(*tiny_run_args(lq, out, weights)), 1, f"finetune stage 3 (report): the fine-tuned model {model} is truncated or damaged (not a readable safetensors file: ",
                           f"; delete {model} and continue with: facerestore finetune --out {out} --resume, which exports it again")
     assert "--weights" not in text
     monkeypatch.undo()
