@@ -676,6 +676,8 @@ def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None,
 def write_bytes(path: Path, payload: bytes) -> Path:
     """Write a file atomically (temp file in the same folder, fsync, rename); one-line BadImage on failure."""
     path = Path(path)
+    if path.is_dir():  # os.replace would fail with "Is a directory" after the encode, and the hint would be about free space
+        raise BadImage(f"cannot write {path}: a folder of that name is in the way", hint="move that folder away, or choose another output folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=temp_prefix(path), suffix=".tmp")

@@ -164,6 +164,15 @@ def assert_inputs_apart(inputs: Sequence[Path], options: RestoreOptions) -> None
                                  hint=f"choose another -o, or move the images out of {folder}")
 
 
+def assert_output_layout(options: RestoreOptions) -> None:
+    """Refuse a file where one of the folders this run writes into belongs (`OUT/restored_faces` a
+    file): every write would fail, one photo after another, each with a hint about free space."""
+    for folder in written_folders(options):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"-o {options.output}: {folder} is a file, not a folder, and this run writes its results into it",
+                             hint="move that file away, or choose another -o")
+
+
 class OutputNamer:
     """Paths in the GFPGAN layout; keeps sub-folders of folder inputs apart so names never collide."""
 

@@ -217,6 +217,29 @@ def test_an_output_folder_that_is_a_file_is_a_usage_error_before_any_work(tmp_pa
     assert (tmp_path / "taken").read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("aligned", [False, True])
+def test_a_file_where_an_output_folder_belongs_is_a_usage_error_before_any_work(tmp_path, crops, tiny_baseline, aligned):
+    """`OUT/restored_faces` a file: every photo failed at its write with exit 1 and a hint about the
+    output folder ("File exists"), after its faces were restored."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "restored_faces").write_text("mine")
+    result = run(crops, "-o", out, "-m", "baseline", "--weights", tiny_baseline, *(["--aligned"] if aligned else []))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: -o {out}: {out / 'restored_faces'} is a file, not a folder, and this run writes its "
+                                     "results into it; move that file away, or choose another -o")
+    assert (out / "restored_faces").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["restored_faces"]
+
+
+def test_a_folder_where_an_output_file_belongs_fails_that_photo_with_what_is_in_the_way(tmp_path, crops, tiny_baseline):
+    (tmp_path / "out" / "restored_faces" / "face.png").mkdir(parents=True)
+    result = run(crops, "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--aligned")
+    assert result.exit_code == 1, result.output
+    line = " ".join(result.output.split())
+    assert f"cannot write {tmp_path / 'out' / 'restored_faces' / 'face.png'}: a folder of that name is in the way; move that folder away" in line
+    assert "free space" not in line
+
+
 @pytest.mark.parametrize("command", OUTPUT_COMMANDS)
 def test_an_output_folder_that_cannot_be_written_is_a_usage_error_before_any_work(tmp_path, command, monkeypatch):
     """A read-only place (a mount, another user's folder; root passes permission bits, so access is faked)."""

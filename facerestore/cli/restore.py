@@ -58,7 +58,7 @@ def restore_command(
     from facerestore.image_io import list_images
     from facerestore.methods.base import MethodOptions
     from facerestore.methods.registry import build_method
-    from facerestore.pipeline import RestoreOptions, Tools, assert_inputs_apart, output_folders, restore_paths
+    from facerestore.pipeline import RestoreOptions, Tools, assert_inputs_apart, assert_output_layout, output_folders, restore_paths
 
     try:
         if aligned:  # these act on detection and paste-back, which --aligned skips
@@ -75,6 +75,7 @@ def restore_command(
             seed=seed, suffix=suffix, ext=ext, max_pixels=max_pixels,
         )
         assert_inputs_apart(inputs, options)
+        assert_output_layout(options)
         paths, missing = list_images(inputs, exclude=output_folders(output))
         hint = "pass image files (jpg, png, webp, tif, bmp) or folders holding them"
         last = None
