@@ -187,11 +187,17 @@ def pixel_counts(*counts: int) -> tuple[str, ...]:
     many digits as it takes to tell different counts apart, else pixels."""
     if max(counts) < 100_000:
         return tuple(f"{n} pixels" for n in counts)
-    for digits in range(3, 10):
-        shown = tuple(f"{n / 1e6:.{digits}g} MP" for n in counts)
+    for digits in range(3, 13):
+        shown = tuple(f"{_significant(n / 1e6, digits)} MP" for n in counts)
         if len(set(shown)) == len(set(counts)):
             break
     return shown
+
+
+def _significant(value: float, digits: int) -> str:
+    """`value` to `digits` significant digits, never in exponent form (a forged header's 10000 MP)."""
+    decimals = max(0, digits - 1 - int(np.floor(np.log10(abs(value))))) if value else 0
+    return f"{value:.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{value:.0f}"
 
 
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:

@@ -205,6 +205,9 @@ def test_pixel_counts_share_one_unit_and_tell_apart_what_differs():
     assert image_io.pixel_counts(50_000, 200_000) == ("0.05 MP", "0.2 MP")
     assert image_io.pixel_counts(24_000_001, 24_000_000) == ("24.000001 MP", "24 MP")  # not "24 MP, over the 24 MP limit"
     assert image_io.pixel_counts(1_920_000, 1_000_000) == ("1.92 MP", "1 MP")
+    # a forged 100000x100000 header: no exponent ("1e+04 MP"), however large
+    assert image_io.pixel_counts(100_000 * 100_000, 178_956_970) == ("10000 MP", "179 MP")
+    assert image_io.pixel_counts(123_456_789_000, 123_456_780_000) == ("123456.79 MP", "123456.78 MP")
 
 
 def test_bad_files(tmp_path, capfd):
