@@ -367,7 +367,8 @@ def test_a_failed_swap_into_out_names_out_and_keeps_the_new_report_beside_it(hq,
         (["-m", "identity"], "nothing to evaluate"),
         (["--hq", "{hq}", "-m", "identity", "--degrade", "extreme"], "not a degradation preset"),
         (["--hq", "{hq}", "-m", "identity", "--metrics", "psnr,sharpness"], "unknown metric 'sharpness'"),
-        (["--lq", "{hq}", "-m", "identity", "--metrics", "psnr"], "psnr need references"),
+        (["--lq", "{hq}", "-m", "identity", "--metrics", "psnr"], "psnr needs references"),
+        (["--lq", "{hq}", "-m", "identity", "--metrics", "psnr,ssim"], "psnr, ssim need references"),
         (["--lq", "{hq}", "-m", "identity", "--degrade", "mild"], "--degrade needs --hq"),
         (["--lq", "{hq}", "-m", "identity", "--authenticity"], "--authenticity needs --hq"),
         (["--hq", "{empty}", "-m", "identity"], "folder has no images"),
@@ -456,6 +457,8 @@ def test_bad_files_fail_alone_and_exit_1(hq, tmp_path):
     assert {str(hq / "broken.png"), str(hq / "wide.png"), str(hq / "face0.png")} <= failed
     images = {i["key"]: i for i in data["sets"][0]["images"]}
     assert images["broken"]["status"] == "failed" and images["face1"]["status"] == "ok"
+    listed = [line for line in (out / "index.md").read_text().split("## Failures")[1].splitlines() if line.startswith("- ")]
+    assert len(listed) == 3 and all(line.count(str(hq)) == 1 for line in listed), listed  # each path once, not "PATH: PATH: ..."
     assert row(data, "medium", "identity")["metrics"]["psnr"]["count"] == 2  # face0 (png or jpg) and face1
 
 

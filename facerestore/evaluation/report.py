@@ -461,8 +461,14 @@ def write_markdown(result: EvalResult, folder: Path, command: Sequence[str] = ()
         head, rows = image_table(s)
         lines += [f"### {s.name}", ""] + _md_table(head, rows) + [""]
     failures = result.all_failures()
-    lines += ["## Failures", ""] + ([f"- {what}: {why}" for what, why in failures] or ["none"]) + [""]
+    lines += ["## Failures", ""] + ([f"- {failure_line(what, why)}" for what, why in failures] or ["none"]) + [""]
     _write_text(folder / "index.md", "\n".join(lines))
+
+
+def failure_line(what: str, why: str) -> str:
+    """A failure as the report lists it: the error line alone when it names the file already (an
+    unreadable input's one-line error starts with its path), else "what: why"."""
+    return why if why.startswith(str(what)) else f"{what}: {why}"
 
 
 CSS = """
@@ -518,7 +524,7 @@ def write_html(result: EvalResult, folder: Path, command: Sequence[str] = ()) ->
                 links.append([None, file if file and not Path(file).is_absolute() else None])
         parts.append(f"<details><summary>per-image scores ({len(s.images)} images)</summary>{_html_table(head, rows, left=2, links=links)}</details>")
     failures = result.all_failures()
-    parts.append("<h2>Failures</h2>" + ("<ul>" + "".join(f"<li>{html.escape(w)}: {html.escape(y)}</li>" for w, y in failures) + "</ul>" if failures else "<p>none</p>"))
+    parts.append("<h2>Failures</h2>" + ("<ul>" + "".join(f"<li>{html.escape(failure_line(w, y))}</li>" for w, y in failures) + "</ul>" if failures else "<p>none</p>"))
     parts.append("</body></html>")
     _write_text(folder / "index.html", "\n".join(parts))
 

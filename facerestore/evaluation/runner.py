@@ -43,7 +43,7 @@ from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, list_images, read_image, resize, write_image
 from facerestore.metrics import METRICS, MetricResult, compute, compute_all
 from facerestore.metrics.fid import FEATURE_DIM as FID_FEATURES
-from facerestore.plural import counted
+from facerestore.plural import counted, verb
 
 FACE = 512
 TILE = 256  # side of one image in the comparison grids
@@ -187,7 +187,7 @@ def _metrics(spec: EvalSpec) -> tuple[str, ...]:
     if spec.lq is not None:
         full = [n for n in chosen if METRICS[n].needs_reference and not METRICS[n].on_sets]
         if full:
-            raise UsageError(f"{', '.join(full)} need references, which --lq inputs do not have", hint="use no-reference metrics (niqe, fid with --ref-set), or --hq DIR to synthesize inputs from references")
+            raise UsageError(f"{', '.join(full)} {verb(len(full), 'needs', 'need')} references, which --lq inputs do not have", hint="use no-reference metrics (niqe, fid with --ref-set), or --hq DIR to synthesize inputs from references")
         if "fid" in chosen and spec.ref_set is None:
             raise UsageError("fid on --lq inputs needs --ref-set DIR (a folder of high-quality faces or an .npz of statistics)")
     if spec.ref_set is not None and "fid" not in chosen:

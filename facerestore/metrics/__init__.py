@@ -45,8 +45,8 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        MetricSpec("psnr", "facerestore.metrics.psnr", "psnr", "PSNR in dB, 8-bit scale, RGB (y_channel=True: BT.601 Y)", "higher"),
-        MetricSpec("ssim", "facerestore.metrics.ssim", "ssim", "SSIM (Wang et al., 11x11 Gaussian), RGB (y_channel=True: Y)", "higher"),
+        MetricSpec("psnr", "facerestore.metrics.psnr", "psnr", "PSNR in dB, 8-bit scale, over the RGB channels", "higher"),
+        MetricSpec("ssim", "facerestore.metrics.ssim", "ssim", "SSIM (Wang et al., 11x11 Gaussian), mean over the RGB channels", "higher"),
         MetricSpec("lpips", "facerestore.metrics.lpips", "lpips_distance", "LPIPS v0.1 with the VGG16 backbone", "lower"),
         MetricSpec("identity", "facerestore.metrics.identity", "identity_similarity", "ArcFace (w600k_mbf) cosine similarity", "higher"),
         MetricSpec("identity_deg", "facerestore.metrics.identity", "identity_degree", "ArcFace embedding angle in degrees (\"Deg.\")", "lower"),
