@@ -796,6 +796,28 @@ def test_ctrl_c_is_one_line_and_exit_130_while_loading_and_while_restoring(crops
     assert [p.name for p in (out / "restored_faces").iterdir()] == ["face.png"]
 
 
+@pytest.mark.parametrize("command", ["train", "degrade", "finetune"])
+def test_ctrl_c_before_a_command_begins_its_work_is_one_line_and_130(command, tmp_path, monkeypatch):
+    """While a command imports torch (seconds) or checks its options, typer exited 130 without a word
+    (QA: `timeout -s INT 3 facerestore degrade ...`)."""
+    from facerestore.training import degrade_files, trainer
+    from facerestore.training.finetune import run as finetune_run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # the first thing each command does after its imports, outside the handler of its work
+    target = {"train": (trainer, "resolve_config"), "degrade": (degrade_files, "degrade_tree"), "finetune": (finetune_run, "resolve_config")}[command]
+    monkeypatch.setattr(*target, interrupted)
+    args = {"train": ["train", tmp_path / "data", "--out", tmp_path / "run"], "degrade": ["degrade", tmp_path / "in", "--out", tmp_path / "out"],
+            "finetune": ["finetune", "--unpaired", tmp_path / "lq", "--out", tmp_path / "ft"]}[command]
+    result = run(*args)
+    assert result.exit_code == 130, result.output
+    assert result.output.strip() in ("interrupted before the command began its work; nothing was written",
+                                     "interrupted before any copy was written; run the same command again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("word, command", [("restre", "restore"), ("tarin", "train"), ("wieghts", "weights")])
 def test_a_mistyped_command_is_named_not_restored_as_a_photo(word, command, tmp_path, monkeypatch, capsys):
     from facerestore.cli.app import main

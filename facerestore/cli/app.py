@@ -40,6 +40,15 @@ class DefaultCommandGroup(TyperGroup):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
+    def invoke(self, ctx: click.Context):
+        """Each long command says what Ctrl-C kept while it works; before that (its imports, torch's
+        take seconds, and its option checks) typer would exit 130 without a word."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            say_interrupted_early()
+            raise typer.Exit(130) from None
+
 
 def _refuse_mistyped_command(word: str, commands: list[str]) -> None:
     """`facerestore restre x.jpg` would otherwise restore a photo named 'restre' and say it does not
@@ -62,6 +71,12 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
+
+
+def say_interrupted_early() -> None:
+    """Ctrl-C before a command began its work: one line (the caller exits 130), as during the work."""
+    if main_rank():
+        err.print("interrupted before the command began its work; nothing was written", markup=False)
 
 
 def fail(error: FaceRestoreError, debug: bool = False) -> NoReturn:
@@ -102,7 +117,11 @@ def main() -> None:
     # OpenCV logs its own warning for every corrupt file ("PNG input buffer is incomplete") before
     # the one-line error facerestore prints for it; set before any command imports cv2.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    register()
+    try:
+        register()
+    except KeyboardInterrupt:
+        say_interrupted_early()
+        sys.exit(130)
     try:
         app()
     except FaceRestoreError as exc:  # a command that forgot to catch: still one line
