@@ -795,6 +795,13 @@ def test_ctrl_c_is_one_line_and_exit_130_while_loading_and_while_restoring(crops
     assert result.output.strip() == f"interrupted; 1 of 2 images written to {out} (each file whole: none is half-written)"
     assert [p.name for p in (out / "restored_faces").iterdir()] == ["face.png"]
 
+    calls.clear()  # --json: a script still learns which files were written (it printed nothing)
+    result = run(crops, "--aligned", "-o", tmp_path / "json", "-m", "baseline", "--weights", tiny_baseline, "--json")
+    assert result.exit_code == 130, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["interrupted"], summary["images"], summary["failed"], len(summary["results"])) == (True, 1, 0, 1)
+    assert [Path(f).name for f in summary["results"][0]["outputs"]] == ["face.png", "face.png"]
+
 
 @pytest.mark.parametrize("command", ["train", "degrade", "finetune"])
 def test_ctrl_c_before_a_command_begins_its_work_is_one_line_and_130(command, tmp_path, monkeypatch):

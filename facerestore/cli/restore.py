@@ -108,7 +108,7 @@ def restore_command(
         raise typer.Exit(130) from None
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=quiet or as_json)
-    finished: list[bool] = []  # per image handled: written (restored, or copied without a face)
+    finished: list = []  # the result of each image handled so far, in order
     with progress:
         images = progress.add_task("images", total=len(paths))
         faces = progress.add_task("faces", total=None)
@@ -120,27 +120,36 @@ def restore_command(
                 prefix = "warning: " if result.status == "no-face" else "error: "
                 progress.console.print(prefix + result.error, markup=False)
             progress.update(images, advance=1)
-            finished.append(result.status != "failed")
+            finished.append(result)
 
         tools = Tools(method=method_impl, detector=face_detector, parser=parser, background=background, on_faces=lambda n: progress.update(faces, advance=n))
         try:
             results = restore_paths(paths, [p for p in inputs if p.is_dir()], tools, options, on_image=report, debug=debug)
         except KeyboardInterrupt:
             progress.stop()
-            err.print(f"interrupted; {sum(finished)} of {counted(len(paths), 'image')} written to {output} (each file whole: none is half-written)", markup=False)
+            written = sum(r.status != "failed" for r in finished)
+            err.print(f"interrupted; {written} of {counted(len(paths), 'image')} written to {output} (each file whole: none is half-written)", markup=False)
+            if as_json:  # a script still learns which files were written
+                typer.echo(_json_summary(method, output, finished, missing, interrupted=True))
             raise typer.Exit(130) from None
     failed = sum(r.status == "failed" for r in results) + len(missing)
     total_faces = sum(r.faces for r in results)
     if as_json:
-        summary = {
-            "method": method, "output": str(output), "images": len(results) + len(missing), "failed": failed,
-            "faces": total_faces, "results": [r.to_json() for r in results],
-            "missing": [{"path": str(p), "error": reason} for p, reason in missing],
-        }
-        typer.echo(json.dumps(summary, indent=2))  # ASCII: names that are not UTF-8 stay valid JSON
+        typer.echo(_json_summary(method, output, results, missing))
     elif not quiet:
         err.print(f"{len(results) + len(missing) - failed} of {counted(len(results) + len(missing), 'image')} restored, {counted(total_faces, 'face')} -> {output}", markup=False)
         tip = cpu_bf16_tip(dev, precision, method)
         if tip and total_faces:  # a speed tip after no face was restored says nothing
             err.print(tip, markup=False)
     raise typer.Exit(1 if failed else 0)
+
+
+def _json_summary(method: str, output: Path, results: list, missing: list, *, interrupted: bool = False) -> str:
+    """The --json summary (docs/usage.md, "For scripts"); after Ctrl-C, of the images handled so far."""
+    summary = {
+        "method": method, "output": str(output), "images": len(results) + len(missing),
+        "failed": sum(r.status == "failed" for r in results) + len(missing), "faces": sum(r.faces for r in results),
+        "interrupted": interrupted, "results": [r.to_json() for r in results],
+        "missing": [{"path": str(p), "error": reason} for p, reason in missing],
+    }
+    return json.dumps(summary, indent=2)  # ASCII: names that are not UTF-8 stay valid JSON
