@@ -130,6 +130,19 @@ def test_aligned_refuses_a_non_square_crop_and_restores_the_rest(crops, tmp_path
     assert done == ["face.png", "nearly.png"]
 
 
+def test_aligned_refuses_a_crop_too_small_to_hold_a_face(crops, tmp_path, tiny_baseline):
+    """QA: a 1x1 and an 8x8 image given with --aligned were blown up to 512 and "restored", exit 0."""
+    write_image(crops / "one.png", smooth(1, 1))
+    write_image(crops / "eight.png", smooth(8, 8))
+    write_image(crops / "sixteen.png", smooth(16, 16))  # the smallest taken
+    result = run(crops, "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline)
+    assert result.exit_code == 1, result.output
+    line = " ".join(result.output.split())
+    for name, size in (("one.png", "1x1"), ("eight.png", "8x8")):
+        assert f"{name}: {size} is too small to be an aligned face crop (at least 16 px a side); crop the face from a larger image" in line
+    assert sorted(p.name for p in (tmp_path / "out" / "restored_faces").iterdir()) == ["face.png", "sixteen.png"]
+
+
 def test_aligned_writes_the_restored_face_in_the_ext_format_and_refuses_upscale(crops, tmp_path, tiny_baseline):
     result = run(crops, "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--ext", ".JPG", "-q")
     assert result.exit_code == 0, result.output
