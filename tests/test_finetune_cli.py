@@ -201,6 +201,46 @@ def test_resume_accepts_the_defaults_the_run_used_and_refuses_other_values(tmp_p
         one_line_error(run("finetune", "--out", out, "--resume", "--lr", "2e-4"), 2, "--resume keeps the run's recipe, but --lr 0.0002 (run: 0.0001)")
 
 
+def _edited(key: str, value: object):
+    return lambda data: {**data, "finetune": {**data["finetune"], key: value}}
+
+
+@pytest.mark.parametrize("edit, said", [
+    ("{", " is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); fix the file, or"),
+    (lambda data: [data], " holds a list, not a run config object; fix the file, or"),
+    (lambda data: {k: v for k, v in data.items() if k != "finetune"}, " has no key finetune; fix finetune in the file, or"),
+    (_edited("size", "big"), ': finetune.size is "big", not an integer; fix finetune.size in the file, or'),
+    (lambda data: {**data, "finetune": {k: v for k, v in data["finetune"].items() if k != "lr"}}, " has no key finetune.lr; fix finetune.lr in the file, or"),
+    (_edited("base", "codefromer"), ': finetune.base "codefromer" is invalid (unknown --base \'codefromer\'; fine-tune codeformer (code-level, as DT-BFR) '
+                                    "or baseline (L1 + LPIPS + GAN)); fix finetune.base in the file, or"),
+    (_edited("amp", "no"), ': finetune.amp is "no", not true or false; fix finetune.amp in the file, or'),
+    (_edited("k", 601), ": finetune.k 601 is invalid (--k 601 is not on the '250' grid: it must be a multiple of 4 (grid index = value / 4); "
+                        "use 600 or 604; the paper's K=600, L=360 are indices 150 and 90); fix finetune.k in the file, or"),
+    (_edited("lr", -1), ": finetune.lr -1 is invalid (--lr must be positive, got -1); fix finetune.lr in the file, or"),
+    (_edited("lr_milestones", [1, "2"]), ': finetune.lr_milestones is [1, "2"], not a list of integers or null; fix finetune.lr_milestones in the file, or'),
+    (_edited("depth", 3), ": unknown key finetune.depth; remove it or correct its name in the file, or"),
+    (lambda data: {**data, "version": 2}, ": version is 2, but this facerestore reads version 1; resume the run with the facerestore that wrote it, or"),
+], ids=["json", "list", "no-section", "type", "missing", "unknown-base", "bool", "off-grid", "range", "list-type", "unknown-key", "version"])
+def test_a_hand_edited_run_config_is_one_line_naming_the_file_and_the_key(tmp_path, lq, edit, said):
+    """A config.json that is no fine-tuning config any more stopped --resume with a traceback (a TypeError
+    for "size": "big" when a check compared it), ran on with a missing key silently defaulted or an unknown
+    key dropped, or named the option but not the file for a value out of range."""
+    from facerestore.training.checkpoints import write_json
+    from facerestore.training.finetune.run import CONFIG_VERSION, resolve_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    path = out / "config.json"
+    data = {"version": CONFIG_VERSION, "finetune": resolve_config(out, resume=False, lq=lq, size=64).to_dict()}
+    if callable(edit):
+        write_json(path, edit(json.loads(json.dumps(data))))
+    else:
+        path.write_text(edit + json.dumps(data))
+    result = run("finetune", "--out", out, "--resume", "--device", "cpu", "-q")
+    assert one_line_error(result, 2) == f"error: {path}{said} start a new run with another --out"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # nothing else written
+
+
 def test_resume_with_more_steps_keeps_the_lr_milestones_of_the_first_steps(tmp_path, lq):
     """config.json holds the milestones of the run's first --steps; configs written before they were
     stored get those of their (first) steps, never those of the new --steps."""

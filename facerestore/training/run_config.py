@@ -7,17 +7,14 @@ the file once (`write_run_config`). `--resume` reads it back (`read_run_config`)
 exactly, so the file must still be what the run was made with: a file edited by hand or damaged (not
 JSON, a section or key missing, a value of the wrong type such as "size": "big", an unknown preset)
 is refused with one line naming the file and the key, never a traceback and never a value silently
-defaulted or converted. Only the fields added after the first runs were written may be missing
-(`ADDED_LATER`): those runs used their defaults.
+defaulted or converted (`training.config_file`, which `finetune` shares). Only the fields added after
+the first runs were written may be missing (`ADDED_LATER`): those runs used their defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,22 +24,13 @@ from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, preset_of
 from facerestore.ranks import main_rank
 from facerestore.training.checkpoints import read_target_steps, write_json
+from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, config_from_record, fix, read_config_json
 from facerestore.training.degradations import PRESETS as DEGRADATIONS
 from facerestore.training.loop import setting_text
 from facerestore.training.out_lock import assert_free
 from facerestore.training.seeds import check_seed
 
-CONFIG_FILE = "config.json"
 CONFIG_VERSION = 1
-
-
-class InvalidSetting(UsageError):
-    """A TrainConfig value out of range; `key` names its field, so that config.json's reader can say
-    which key of the file is wrong (the message names the command-line option)."""
-
-    def __init__(self, key: str, message: str, *, hint: str = "") -> None:
-        super().__init__(message, hint=hint)
-        self.key = key
 
 
 @dataclass(frozen=True)
@@ -141,28 +129,11 @@ def write_run_config(run: Path, config: TrainConfig, unet: UNetConfig) -> None:
 
 
 def read_run_config(run: Path | str) -> RunConfig:
-    """RUN/config.json, checked key by key; a UsageError names the file and the key that is wrong."""
+    """RUN/config.json, checked key by key (`training.config_file`); a UsageError names the file and the key that is wrong."""
+    data = read_config_json(run, CONFIG_VERSION, ("train", "unet"))
     path = Path(run) / CONFIG_FILE
-    if not path.is_file():
-        raise UsageError(f"nothing to resume: {path} does not exist", hint="start the run without --resume")
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc})", hint=_fix()) from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} holds {_json(data)}, not a run config object", hint=_fix())
-    for key in ("version", "train", "unet"):
-        if key not in data:
-            raise UsageError(f"{path} has no key {key}", hint=_fix(key))
-    if data["version"] != CONFIG_VERSION:
-        raise UsageError(f"{path}: version is {_json(data['version'])}, but this facerestore reads version {CONFIG_VERSION}",
-                         hint="resume the run with the facerestore that wrote it, or start a new run with another --out")
-    for key in ("train", "unet"):
-        if not isinstance(data[key], dict):
-            raise UsageError(f"{path}: {key} is {_json(data[key])}, not an object", hint=_fix(key))
-    train, unet = _train_config(path, data["train"]), _unet_config(path, data["unet"])
+    train = config_from_record(TrainConfig, path, "train", data["train"], may_miss=ADDED_LATER, not_kept=NOT_KEPT, out=str(path.parent))
+    unet = _unet_config(path, data["unet"])
     if train.model is None:  # written before runs recorded their preset: null meant the --init-from model's net, else base
         train = dataclasses.replace(train, model=model_name(train, unet) if train.init_from else "base")
     return RunConfig(train=train, unet=unet)
@@ -174,70 +145,11 @@ def model_name(config: TrainConfig, unet: UNetConfig) -> str:
     return config.model or preset_of(unet, config.size) or "custom"
 
 
-def _train_config(path: Path, record: dict) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(record) - fields)
-    if unknown:
-        raise UsageError(f"{path}: unknown key train.{unknown[0]}", hint="remove it or correct its name in the file, or start a new run with another --out")
-    missing = [name for name in sorted(fields - set(record)) if name not in ADDED_LATER and name not in NOT_KEPT]
-    if missing:
-        raise UsageError(f"{path} has no key train.{missing[0]}", hint=_fix(f"train.{missing[0]}"))
-    hints = typing.get_type_hints(TrainConfig)
-    values: dict[str, object] = {}
-    for name, value in record.items():
-        if name in NOT_KEPT:
-            continue
-        if not _fits(value, hints[name]):
-            raise UsageError(f"{path}: train.{name} is {_json(value)}, not {_kind(hints[name])}", hint=_fix(f"train.{name}"))
-        values[name] = tuple(value) if isinstance(value, list) else float(value) if hints[name] is float else value
-    try:
-        return TrainConfig(**values, out=str(path.parent))
-    except InvalidSetting as exc:
-        detail = f"{exc}; {exc.hint}" if exc.hint else str(exc)
-        raise UsageError(f"{path}: train.{exc.key} {_json(record.get(exc.key))} is invalid ({detail})", hint=_fix(f"train.{exc.key}")) from None
-
-
 def _unet_config(path: Path, record: dict) -> UNetConfig:
     try:
         return config_from_dict(record, "unet")
     except FaceRestoreError as exc:
-        raise UsageError(f"{path}: {exc}", hint=_fix("unet")) from None
-
-
-def _fits(value: object, kind: object) -> bool:
-    """Whether a JSON value is of a TrainConfig field's type: no bool for a number, no "32" for 32."""
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        return any(_fits(value, k) for k in typing.get_args(kind))
-    if kind is type(None):
-        return value is None
-    if typing.get_origin(kind) is tuple:
-        return isinstance(value, list) and all(_fits(v, typing.get_args(kind)[0]) for v in value)
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, kind)  # str
-
-
-def _kind(kind: object) -> str:
-    """A field's type as the refusal says it: 'an integer', 'a string or null'."""
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
-    if typing.get_origin(kind) is tuple:
-        return f"a list of {_kind(typing.get_args(kind)[0]).removeprefix('a ')}s"
-    if typing.get_args(kind):
-        return " or ".join(_kind(k) for k in typing.get_args(kind))
-    return names.get(kind, str(kind))
-
-
-def _json(value: object) -> str:
-    return json.dumps(value)
-
-
-def _fix(key: str | None = None) -> str:
-    """What to do about a wrong `key` (None: the whole file): only a person can say what the run's record held."""
-    return f"fix {key or 'the file'}{' in the file' if key else ''}, or start a new run with another --out"
+        raise UsageError(f"{path}: {exc}", hint=fix("unet")) from None
 
 
 def _absolute(paths) -> tuple[str, ...]:

@@ -86,6 +86,7 @@ from facerestore.diffusion import (
 from facerestore.errors import BadImage, UsageError
 from facerestore.image_io import assert_apart, assert_output_folder, remove_stale_temps, resize
 from facerestore.training import distributed
+from facerestore.training.config_file import InvalidSetting
 from facerestore.training.loop import SOURCE_KEYS, check_settings, manifest_records, open_manifest, read_settings, source_changed, source_fingerprint, source_stat
 from facerestore.training.out_lock import output_lock
 from facerestore.training.seeds import check_seed, stable_seed
@@ -157,7 +158,8 @@ class PseudoTargetPlan:
 
     @classmethod
     def from_options(cls, k: int | None = None, l: int | None = None, n: int | None = None, size: int = 512) -> PseudoTargetPlan:
-        """Validate `--k`, `--l`, `--n` (one-line UsageError naming the bad value) and build the plan."""
+        """Validate `--k`, `--l`, `--n` (one-line UsageError naming the bad value; InvalidSetting, whose key
+        says which of k, l, n a config file holds wrong) and build the plan."""
         k = DEFAULT_K if k is None else int(k)
         l = DEFAULT_L if l is None else int(l)
         n = DEFAULT_N if n is None else int(n)
@@ -166,17 +168,17 @@ class PseudoTargetPlan:
             if value % STRIDE:
                 low = value - value % STRIDE
                 near = sorted({min(max(v, lowest), highest) for v in (low, low + STRIDE)})  # only values the range checks accept
-                raise UsageError(f"{name} {value} is not on the '250' grid: it must be a multiple of {STRIDE} (grid index = value / {STRIDE})",
+                raise InvalidSetting(name[2:], f"{name} {value} is not on the '250' grid: it must be a multiple of {STRIDE} (grid index = value / {STRIDE})",
                                  hint=f"use {' or '.join(map(str, near))}; the paper's K=600, L=360 are indices 150 and 90")
         if not STRIDE <= k <= top:
-            raise UsageError(f"--k {k} is out of range: the start must be in {STRIDE}..{top} (grid index 1..{top // STRIDE})", hint="the paper uses K=600")
+            raise InvalidSetting("k", f"--k {k} is out of range: the start must be in {STRIDE}..{top} (grid index 1..{top // STRIDE})", hint="the paper uses K=600")
         if not 0 <= l <= k:
-            raise UsageError(f"--l {l} must be in 0..K={k}: the constraint runs from K down to L (L=K: no constraint, the paper's Fig. 6c)",
+            raise InvalidSetting("l", f"--l {l} must be in 0..K={k}: the constraint runs from K down to L (L=K: no constraint, the paper's Fig. 6c)",
                              hint="the paper uses L=360 with K=600")
         if n < 1:
-            raise UsageError(f"--n {n}: the low-pass factor N must be a positive integer", hint="the paper uses N=16 (8 for CodeFormer on 4x data)")
+            raise InvalidSetting("n", f"--n {n}: the low-pass factor N must be a positive integer", hint="the paper uses N=16 (8 for CodeFormer on 4x data)")
         if size % n:
-            raise UsageError(f"--n {n} does not divide the working size {size} px", hint="use a power of two such as 8 or 16")
+            raise InvalidSetting("n", f"--n {n} does not divide the working size {size} px", hint="use a power of two such as 8 or 16")
         return cls(k=k, l=l, n=n)
 
 

@@ -35,6 +35,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -43,6 +44,7 @@ from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.ranks import main_rank
 from facerestore.training import distributed
 from facerestore.training.checkpoints import PREFIX, latest_checkpoint, read_target_steps, record_target_steps, write_json
+from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, config_from_record, read_config_json
 from facerestore.training.data import check_global_batch, substitution_warning
 from facerestore.training.finetune.data import Pair
 from facerestore.training.finetune.objectives import adapter_for, resolve_base_weights
@@ -70,6 +72,8 @@ from facerestore.plural import counted, verb
 CONFIG_VERSION = 1
 DEFAULT_LR = {"code": 1e-4, "image": 2e-5}  # DT-BFR: CodeFormer Adam 1e-4; SwinIR AdamW 2e-5
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class FinetuneConfig:
@@ -79,7 +83,7 @@ class FinetuneConfig:
     out: str
     base: str = "codeformer"
     base_weights: str | None = None
-    base_fidelity: float | None = None
+    base_fidelity: float | None = None  # None: CodeFormer's default, filled in; stays None for a base without the knob
     prior_weights: str | None = None
     k: int = 600
     l: int = 360
@@ -89,7 +93,7 @@ class FinetuneConfig:
     real: str | None = None
     steps: int = 40_000
     batch_size: int = 8
-    lr: float | None = None  # None: 1e-4 for CodeFormer, 2e-5 for image-level fine-tuning
+    lr: float | None = None  # None: that of --base, filled in (1e-4 for CodeFormer, 2e-5 for image-level fine-tuning)
     ema: float = 0.995
     feat_weight: float = 1.0
     ce_weight: float = 0.5
@@ -107,43 +111,61 @@ class FinetuneConfig:
     lr_milestones: tuple[int, ...] | None = None  # None: those of --steps; kept when --resume raises --steps
 
     def __post_init__(self) -> None:
+        # --base first: --lr and --base-fidelity default by it (stored resolved, so --resume compares values,
+        # an explicit default is no change, and a run never follows a later change of the defaults)
+        objective = _checked("base", lambda: adapter_for(self.base)).objective
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[objective])
+        if self.base_fidelity is None and self.base == "codeformer":
+            object.__setattr__(self, "base_fidelity", BaseSpec(name=self.base).effective_fidelity())
         # the LR schedule is fixed when the run starts: extending it must not move decays already taken (or skipped)
         milestones = milestones_for(self.steps) if self.lr_milestones is None else tuple(int(m) for m in self.lr_milestones)
         object.__setattr__(self, "lr_milestones", milestones)
-        check_seed(self.seed)
+        _checked("seed", lambda: check_seed(self.seed))
         for name in ("lpips_weight", "gan_weight", "feat_weight", "ce_weight"):  # the last two are config fields, not options
             weight = getattr(self, name)
             if not (weight >= 0 and math.isfinite(weight)):
                 shown = f"--{name.replace('_', '-')}" if name in ("lpips_weight", "gan_weight") else name
-                raise UsageError(f"{shown} must be a finite number >= 0 (0 turns the term off), got {weight}")
+                raise InvalidSetting(name, f"{shown} must be a finite number >= 0 (0 turns the term off), got {weight}")
         checks = [
-            (self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), f"--lr must be positive, got {self.lr}"),
-            (0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}"),
-            (self.holdout >= 0 and (self.holdout < 1 or float(self.holdout).is_integer()),
+            ("steps", self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
+            ("batch_size", self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            ("lr", self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive, got {self.lr}"),
+            ("ema", 0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}"),
+            ("holdout", self.holdout >= 0 and (self.holdout < 1 or float(self.holdout).is_integer()),
              f"--holdout {self.holdout}: give a fraction below 1 (e.g. 0.1) or a whole number of faces (e.g. 4)"),
-            (self.size >= 16, f"--size must be at least 16, got {self.size}"),
-            (self.save_every >= 1, "--save-every must be at least 1"),
-            (self.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {self.keep}"),
-            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
-            (self.pseudo_batch >= 1, f"--pseudo-batch must be at least 1, got {self.pseudo_batch}"),
-            (self.disc_width >= 1, f"--disc-width must be at least 1, got {self.disc_width}"),
+            ("size", self.size >= 16, f"--size must be at least 16, got {self.size}"),
+            ("save_every", self.save_every >= 1, "--save-every must be at least 1"),
+            ("keep", self.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {self.keep}"),
+            ("workers", self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            ("pseudo_batch", self.pseudo_batch >= 1, f"--pseudo-batch must be at least 1, got {self.pseudo_batch}"),
+            ("disc_width", self.disc_width >= 1, f"--disc-width must be at least 1, got {self.disc_width}"),
+            ("lr_milestones", all(m >= 1 for m in milestones), f"LR milestones must be steps >= 1, got {list(milestones)}"),
         ]
-        for ok, text in checks:
+        for key, ok, text in checks:
             if not ok:
-                raise UsageError(text)
-
-    @property
-    def effective_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[adapter_for(self.base).objective]
+                raise InvalidSetting(key, text)
+        _checked("base_fidelity", BaseSpec(name=self.base, fidelity=self.base_fidelity).check)
+        PseudoTargetPlan.from_options(self.k, self.l, self.n, self.size)  # names the one of k, l, n that is wrong
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+def _checked(key: str, check: Callable[[], T]) -> T:
+    """`check()`, its UsageError naming `key` (InvalidSetting), so config.json's reader can say which key is wrong."""
+    try:
+        return check()
+    except InvalidSetting:
+        raise
+    except UsageError as exc:
+        raise InvalidSetting(key, str(exc), hint=exc.hint) from None
+
+
 RECIPE = ("lq", "base", "base_weights", "base_fidelity", "prior_weights", "k", "l", "n", "size", "holdout", "real", "batch_size", "lr", "ema",
           "feat_weight", "ce_weight", "lpips_weight", "gan_weight", "disc_width", "amp", "seed")
+ADDED_LATER = ("lr_milestones",)  # absent from the first runs' config.json: those of their steps
+NOT_KEPT = ("out",)  # the folder the run is in now (it may have moved)
 
 
 def _weights_value(value: str | Path | None) -> str | None:
@@ -152,18 +174,6 @@ def _weights_value(value: str | Path | None) -> str | None:
         return None
     path = Path(value).expanduser()
     return str(path.resolve()) if path.is_file() else str(value)
-
-
-def _with_defaults(values: dict) -> dict:
-    """--lr and --base-fidelity default by --base: stored resolved, so --resume compares values (an
-    explicit default is no change) and a run never follows a later change of the defaults."""
-    base = values.get("base", "codeformer")
-    filled = dict(values)
-    if filled.get("lr") is None:
-        filled["lr"] = DEFAULT_LR[adapter_for(base).objective]
-    if filled.get("base_fidelity") is None and base == "codeformer":
-        filled["base_fidelity"] = BaseSpec(name=base).effective_fidelity()
-    return filled
 
 
 def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
@@ -181,33 +191,31 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
             given[key] = _weights_value(given[key])
     if "holdout" in given:
         given["holdout"] = parse_holdout(given["holdout"])
-    config_path = out / "config.json"
     if not resume:
-        if config_path.is_file():
+        if (out / CONFIG_FILE).is_file():
             raise UsageError(f"{out} already holds a fine-tuning run", hint="pass --resume to continue it, or choose another --out")
         if not given.get("lq"):
             raise UsageError("no input folder given", hint="pass --unpaired LQ_DIR, the folder of your low-quality aligned faces")
-        return FinetuneConfig(out=str(out), **_with_defaults(given))
-    if not config_path.is_file():
-        raise UsageError(f"nothing to resume: {config_path} does not exist", hint="start the run without --resume")
-    try:
-        stored = json.loads(config_path.read_text())["finetune"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UsageError(f"{config_path} is not a facerestore fine-tuning config ({exc})") from None
-    stored = _with_defaults(stored)  # runs started before the defaults were stored hold None
-    if stored.get("lr_milestones") is None:  # likewise: config.json is written once, so its steps are the first --steps
-        stored["lr_milestones"] = milestones_for(int(stored.get("steps", FinetuneConfig.steps)))
-    target = read_target_steps(out)
-    if target is not None:  # extended (or shortened) by an earlier --resume --steps: a plain --resume goes on to it
-        stored["steps"] = target
-    differ = [k for k in RECIPE if k in given and given[k] != stored.get(k)]
+        return FinetuneConfig(out=str(out), **given)
+    stored = read_run_config(out)
+    target = read_target_steps(out)  # extended (or shortened) by an earlier --resume --steps: a plain --resume goes on to it
+    steps = stored.steps if target is None else target
+    differ = [k for k in RECIPE if k in given and given[k] != getattr(stored, k)]
     if differ:
-        shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {stored.get(k)!r})" for k in differ)
+        shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {getattr(stored, k)!r})" for k in differ)
         raise UsageError(f"--resume keeps the run's recipe, but {shown}", hint="drop these options, or start a new run with another --out")
-    _check_steps_reached(out, given.get("steps"), int(stored.get("steps", FinetuneConfig.steps)))
-    merged = {**stored, **{k: v for k, v in given.items() if k not in RECIPE}, "out": str(out)}
-    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    return FinetuneConfig(**{k: v for k, v in merged.items() if k in known})
+    _check_steps_reached(out, given.get("steps"), steps)
+    return dataclasses.replace(stored, **{"steps": steps, **{k: v for k, v in given.items() if k not in RECIPE}, "out": str(out)})
+
+
+def read_run_config(run: Path | str) -> FinetuneConfig:
+    """RUN/config.json, checked key by key (`training.config_file`): a file edited by hand or damaged is
+    one line naming the file and the key. Written before the defaults of --lr and --base-fidelity were
+    stored, it holds null for them (filled in as then); before the LR milestones were, it has none
+    (those of its steps, which config.json keeps as the run started)."""
+    data = read_config_json(run, CONFIG_VERSION, ("finetune",))
+    return config_from_record(FinetuneConfig, Path(run) / CONFIG_FILE, "finetune", data["finetune"], may_miss=ADDED_LATER, not_kept=NOT_KEPT,
+                              out=str(run))
 
 
 def _check_steps_reached(run: Path, given: int | None, target: int) -> None:
@@ -365,8 +373,8 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
     distributed.barrier(d)  # every rank has checked the folder (resolve_config) before rank 0 writes the run into it
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
-        if not (run / "config.json").is_file():
-            write_json(run / "config.json", {"version": CONFIG_VERSION, "finetune": config.to_dict()})
+        if not (run / CONFIG_FILE).is_file():
+            write_json(run / CONFIG_FILE, {"version": CONFIG_VERSION, "finetune": config.to_dict()})
         elif resume:
             record_target_steps(run, config.steps, section="finetune")
         if not files_path.is_file():
@@ -401,7 +409,7 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
     absent = [p.target for p in pairs if not Path(p.target).is_file()]
     if absent:
         raise UsageError(f"{len(absent)} pseudo-targets are missing (first: {absent[0]})", hint=f"delete {pseudo_dir} and rerun with --resume to make them again")
-    settings = TrainSettings(base=config.base, steps=config.steps, batch_size=config.batch_size, lr=config.effective_lr, ema=config.ema,
+    settings = TrainSettings(base=config.base, steps=config.steps, batch_size=config.batch_size, lr=config.lr, ema=config.ema,
                              size=config.size, seed=config.seed, feat_weight=config.feat_weight, ce_weight=config.ce_weight,
                              lpips_weight=config.lpips_weight, gan_weight=config.gan_weight, disc_channels=config.disc_width, amp=config.amp, save_every=config.save_every,
                              keep=config.keep, workers=config.workers, milestones=config.lr_milestones)
