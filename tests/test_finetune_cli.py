@@ -196,9 +196,9 @@ def test_resume_accepts_the_defaults_the_run_used_and_refuses_other_values(tmp_p
         write_json(out / "config.json", {"version": CONFIG_VERSION, "finetune": stored})
         resumed = resolve_config(out, resume=True, lr=1e-4, base_fidelity=0.5)
         assert (resumed.lr, resumed.base_fidelity) == (1e-4, 0.5)
-        with pytest.raises(UsageError, match=r"--base-fidelity 0\.7 \(run: 0\.5\)"):
+        with pytest.raises(UsageError, match=r"--base-fidelity 0\.5 -> 0\.7"):
             resolve_config(out, resume=True, base_fidelity=0.7)
-        one_line_error(run("finetune", "--out", out, "--resume", "--lr", "2e-4"), 2, "--resume keeps the run's recipe, but --lr 0.0002 (run: 0.0001)")
+        one_line_error(run("finetune", "--out", out, "--resume", "--lr", "2e-4"), 2, f"--resume keeps the recipe of the run in {out}, but --lr 0.0001 -> 0.0002")
 
 
 def _edited(key: str, value: object):
@@ -455,7 +455,7 @@ def test_run_resume_and_register(tmp_path, weights, lq):
     again = run(*tiny_run_args(lq, out, weights))
     one_line_error(again, 2, "already holds a fine-tuning run", "--resume")
     changed = run("finetune", "--out", out, "--resume", "--n", "4")
-    one_line_error(changed, 2, "--resume keeps the run's recipe, but --n 4 (run: 8)")
+    one_line_error(changed, 2, f"--resume keeps the recipe of the run in {out}, but --n 8 -> 4")
 
     resumed = run("finetune", "--out", out, "--resume", "--steps", "4", "--workers", "0", "--device", "cpu")
     assert resumed.exit_code == 0, resumed.output
@@ -488,6 +488,42 @@ def test_run_resume_and_register(tmp_path, weights, lq):
     method = build_method("codeformer", MethodOptions(weights="codeformer-ft-run"))
     exported = load_file(str(model))
     assert all(torch.equal(v, exported[k]) for k, v in method.net.state_dict().items())
+
+
+def test_resume_refuses_a_recipe_other_than_its_checkpoints_and_allows_the_schedule_to_change(tmp_path, weights, lq):
+    """config.json edited after a checkpoint was written continued those weights under another recipe
+    (the command line's options were compared with config.json only); each checkpoint records the run's
+    recipe, and resume compares the two before any work. What may change stays allowed."""
+    out = tmp_path / "run"
+    assert run(*tiny_run_args(lq, out, weights)).exit_code == 0
+    path = out / "config.json"
+    original = path.read_text()
+    path.write_text(original.replace('"lr": 0.0001', '"lr": 0.0002').replace('"ema": 0.995', '"ema": 0.9'))
+    resume = ["finetune", "--out", out, "--resume", "--workers", "0", "--device", "cpu", "-q"]
+    edited = one_line_error(run(*resume, "--steps", "3"), 2)
+    assert edited == (f"error: {path} differs from the recipe of its checkpoint step_0000002: lr 0.0001 -> 0.0002, ema 0.995 -> 0.9; "
+                      "set them back in config.json (and resume with the same options), or start a new run with another --out")
+    path.write_text(original)
+    given = one_line_error(run(*resume, "--steps", "3", "--lr", "0.5", "--batch-size", "4", "--unpaired", lq / "a"), 2)
+    assert given == (f"error: --resume keeps the recipe of the run in {out}, but --unpaired '{lq}' -> '{lq / 'a'}', --batch-size 2 -> 4, --lr 0.0001 -> 0.5; "
+                     "drop these options or give the run's values, or start a new run with another --out")
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2  # neither trained
+    allowed = run(*resume, "--steps", "3", "--save-every", "1", "--keep", "3", "--pseudo-batch", "1", "--offline")
+    assert allowed.exit_code == 0, allowed.output
+    assert "step 3 of 3" in allowed.output
+    state = out / "checkpoints" / "step_0000003" / "state.json"
+    written = json.loads(state.read_text())
+    assert written["recipe"]["lr"] == 1e-4 and written["recipe"]["lq"] == str(lq) and written["recipe"]["lr_milestones"] == [2, 2]
+    # checkpoints written before they recorded the run's recipe held the stage-2 settings: compared on those
+    older = {"base": "codeformer", "steps": 3, "batch_size": 2, "lr": 1e-4, "ema": 0.995, "size": 64, "seed": 0, "disc_channels": 32,
+             "milestones": [2, 2], "save_every": 1, "keep": 3, "workers": 0}
+    state.write_text(json.dumps({**written, "recipe": older}))
+    assert one_line_error(run(*resume, "--steps", "4"), 2).startswith(f"error: {path} differs from the recipe of its checkpoint step_0000003: disc_width 32 -> 64; ")
+    state.write_text(json.dumps({**written, "recipe": {**older, "disc_channels": 64}}))
+    assert run(*resume, "--steps", "4").exit_code == 0
+    state = out / "checkpoints" / "step_0000004" / "state.json"
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "recipe"}))  # none recorded: resumed as before
+    assert run(*resume, "--steps", "5").exit_code == 0 and len((out / "log.jsonl").read_text().splitlines()) == 5
 
 
 def test_run_with_truncated_faces_skips_them_in_every_stage(tmp_path, weights):

@@ -26,8 +26,8 @@ from facerestore.ranks import main_rank
 from facerestore.training.checkpoints import read_target_steps, write_json
 from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, config_from_record, fix, read_config_json
 from facerestore.training.degradations import PRESETS as DEGRADATIONS
-from facerestore.training.loop import setting_text
 from facerestore.training.out_lock import assert_free
+from facerestore.training.resume_recipe import recipe_record, refuse_checkpoint_changes, refuse_given_changes
 from facerestore.training.seeds import check_seed
 
 CONFIG_VERSION = 1
@@ -183,11 +183,7 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
             raise UsageError("no DATA_DIR given", hint="pass one or more folders of aligned face images")
         return TrainConfig(out=str(out), **given)
     stored = read_run_config(out).train
-    differ = [k for k in RECIPE if k in given and given[k] != getattr(stored, k) and not (k in ("data", "targets") and not given[k])]
-    if differ:
-        shown = ", ".join(f"{_option(k)} {setting_text(getattr(stored, k))} -> {setting_text(given[k])}" for k in differ)
-        raise UsageError(f"--resume keeps the recipe of the run in {out}, but {shown}",
-                         hint="drop these options or give the run's values, or start a new run with another --out")
+    refuse_given_changes(out, stored, {k: v for k, v in given.items() if v or k not in ("data", "targets")}, RECIPE, options={"data": "DATA_DIR"})
     merged = {k: v for k, v in given.items() if k not in RECIPE}
     if "steps" not in given and (target := read_target_steps(out)) is not None:
         merged["steps"] = target  # an earlier --resume --steps N moved the end: a plain --resume goes on to N
@@ -196,31 +192,16 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
 
 def recipe(config: TrainConfig) -> dict:
     """The RECIPE fields as JSON data: what each checkpoint records, and resume compares."""
-    data = config.to_dict()
-    return {k: data[k] for k in RECIPE}
+    return recipe_record(config, RECIPE)
 
 
 def check_checkpoint_recipe(config: TrainConfig, checkpoint: Path, recorded: object) -> None:
-    """Refuse to continue `checkpoint` (recorded: its state.json's recipe) with another recipe.
-
-    The options given on the command line were compared with config.json already (`resolve_config`);
-    this finds config.json edited after the checkpoint was written, which would otherwise continue the
-    weights under another recipe. A key an older checkpoint did not record is not compared, nor its
-    model when it recorded none (null: the run's preset was not written down then).
-    """
-    if not isinstance(recorded, dict):
-        return
-    now = recipe(config)
-    differ = [k for k in RECIPE if k in recorded and recorded[k] != now[k] and not (k == "model" and recorded[k] is None)]
-    if differ:
-        shown = ", ".join(f"{k} {setting_text(recorded[k])} -> {setting_text(now[k])}" for k in differ)
-        path = Path(config.out) / CONFIG_FILE
-        raise UsageError(f"{path} differs from the recipe of its checkpoint {checkpoint.name}: {shown}",
-                         hint=f"set {'them' if len(differ) > 1 else 'it'} back in {CONFIG_FILE} (and resume with the same options), or start a new run with another --out")
-
-
-def _option(key: str) -> str:
-    return "DATA_DIR" if key == "data" else f"--{key.replace('_', '-')}"
+    """Refuse to continue `checkpoint` (recorded: its state.json's recipe) with another recipe
+    (`training.resume_recipe`): config.json edited after the checkpoint was written. Nor is its model
+    compared when it recorded none (null: the run's preset was not written down then)."""
+    if isinstance(recorded, dict) and recorded.get("model", "") is None:
+        recorded = {k: v for k, v in recorded.items() if k != "model"}
+    refuse_checkpoint_changes(config.out, checkpoint, recorded, recipe(config))
 
 
 __all__ = ["ADDED_LATER", "CONFIG_FILE", "CONFIG_VERSION", "InvalidSetting", "RECIPE", "RunConfig", "TrainConfig", "check_checkpoint_recipe", "model_name", "read_run_config", "recipe", "resolve_config",

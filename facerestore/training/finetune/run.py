@@ -13,7 +13,9 @@ Every check that can fail on bad input runs before anything is computed: option 
 combinations, the input folder (usable faces), the base model's weights, the prior's weights.
 An interrupted run continues with `--resume`: finished pseudo-targets are skipped (per-face
 manifest; an input replaced at the same path since gets a new one, and training goes on with it),
-training continues from its newest checkpoint exactly, and the report is redone.
+training continues from its newest checkpoint exactly, and the report is redone. The recipe (`RECIPE`)
+cannot change on resume, neither on the command line nor in config.json since the newest checkpoint
+recorded it (`training.resume_recipe`).
 A face that passed the header-only scan but fails to decode (a truncated file) is skipped and
 counted in every stage: it gets no pseudo-target and no pair, and the report leaves it out.
 
@@ -43,7 +45,7 @@ from facerestore.errors import UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.ranks import main_rank
 from facerestore.training import distributed
-from facerestore.training.checkpoints import PREFIX, latest_checkpoint, read_target_steps, record_target_steps, write_json
+from facerestore.training.checkpoints import PREFIX, latest_checkpoint, read_checkpoint_state, read_target_steps, record_target_steps, write_json
 from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, config_from_record, read_config_json
 from facerestore.training.data import check_global_batch, substitution_warning
 from facerestore.training.finetune.data import Pair
@@ -66,6 +68,7 @@ from facerestore.training.finetune.pseudo_targets import (
 from facerestore.training.finetune.report import ReportResult, write_report
 from facerestore.training.finetune.trainer import StepReport, TrainSettings, milestones_for, train_pairs
 from facerestore.training.out_lock import assert_free, output_lock
+from facerestore.training.resume_recipe import recipe_record, refuse_checkpoint_changes, refuse_given_changes
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.plural import counted, verb
 
@@ -163,7 +166,8 @@ def _checked(key: str, check: Callable[[], T]) -> T:
 
 
 RECIPE = ("lq", "base", "base_weights", "base_fidelity", "prior_weights", "k", "l", "n", "size", "holdout", "real", "batch_size", "lr", "ema",
-          "feat_weight", "ce_weight", "lpips_weight", "gan_weight", "disc_width", "amp", "seed")
+          "feat_weight", "ce_weight", "lpips_weight", "gan_weight", "disc_width", "amp", "seed", "lr_milestones")  # lr_milestones: no option
+STAGE2_NAMES = {"disc_channels": "disc_width", "milestones": "lr_milestones"}  # checkpoints that recorded the stage-2 settings as the recipe
 ADDED_LATER = ("lr_milestones",)  # absent from the first runs' config.json: those of their steps
 NOT_KEPT = ("out",)  # the folder the run is in now (it may have moved)
 
@@ -200,10 +204,7 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
     stored = read_run_config(out)
     target = read_target_steps(out)  # extended (or shortened) by an earlier --resume --steps: a plain --resume goes on to it
     steps = stored.steps if target is None else target
-    differ = [k for k in RECIPE if k in given and given[k] != getattr(stored, k)]
-    if differ:
-        shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (run: {getattr(stored, k)!r})" for k in differ)
-        raise UsageError(f"--resume keeps the run's recipe, but {shown}", hint="drop these options, or start a new run with another --out")
+    refuse_given_changes(out, stored, given, RECIPE, options={"lq": "--unpaired"})
     _check_steps_reached(out, given.get("steps"), steps)
     return dataclasses.replace(stored, **{"steps": steps, **{k: v for k, v in given.items() if k not in RECIPE}, "out": str(out)})
 
@@ -216,6 +217,15 @@ def read_run_config(run: Path | str) -> FinetuneConfig:
     data = read_config_json(run, CONFIG_VERSION, ("finetune",))
     return config_from_record(FinetuneConfig, Path(run) / CONFIG_FILE, "finetune", data["finetune"], may_miss=ADDED_LATER, not_kept=NOT_KEPT,
                               out=str(run))
+
+
+def check_checkpoint_recipe(config: FinetuneConfig, checkpoint: Path, recorded: object) -> None:
+    """Refuse to continue `checkpoint` (recorded: its state.json's recipe) with another recipe
+    (`training.resume_recipe`): config.json edited after the checkpoint was written. Checkpoints of
+    older runs recorded the stage-2 settings (`TrainSettings`): compared on the keys they share."""
+    if isinstance(recorded, dict):
+        recorded = {STAGE2_NAMES.get(k, k): v for k, v in recorded.items()}
+    refuse_checkpoint_changes(config.out, checkpoint, recorded, recipe_record(config, RECIPE))
 
 
 def _check_steps_reached(run: Path, given: int | None, target: int) -> None:
@@ -341,6 +351,8 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
             reporter.message(text)
 
     run = Path(config.out)
+    if resume and (existing := latest_checkpoint(run)) is not None:  # config.json edited since: refused before any work
+        check_checkpoint_recipe(config, existing, read_checkpoint_state(existing).get("recipe"))
     plan, base, real, real_note = _check_options(config)
     files_path = run / "files.json"
     if resume and files_path.is_file():
@@ -417,7 +429,7 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
         reporter.stage("fine-tune", config.steps)
     metadata = {"pseudo_targets": plan.describe(), "base_weights": str(base_path)}
     outcome = train_pairs(run, settings, pairs, base_path, d, real=real, offline=config.offline, metadata=metadata, on_step=on_step,
-                          on_message=reporter.message if d.main else None)
+                          on_message=reporter.message if d.main else None, recipe=recipe_record(config, RECIPE))
     _free(d.device)
     if outcome.substituted:
         message(substitution_warning(outcome.substituted, run / "log.jsonl", "fine-tuning sample"))

@@ -150,8 +150,12 @@ def train_pairs(
     metadata: dict[str, str] | None = None,
     on_step: Callable[[StepReport], None] | None = None,
     on_message: Callable[[str], None] | None = None,
+    recipe: dict | None = None,
 ) -> TrainOutcome:
-    """Fine-tune from the base weights (or the newest checkpoint in RUN/checkpoints) up to settings.steps."""
+    """Fine-tune from the base weights (or the newest checkpoint in RUN/checkpoints) up to settings.steps.
+
+    `recipe`: what each checkpoint records as the run's recipe, which a resume compares with the run's
+    (`finetune.run` passes its config's); default: these settings."""
 
     def message(text: str) -> None:
         if on_message is not None and d.main:
@@ -204,7 +208,7 @@ def train_pairs(
         nonlocal last_saved
         if d.main:
             extra, extra_data = objective.extra_state()
-            state = {"recipe": settings.__dict__, "milestones": list(milestones), "samples": step * settings.batch_size,
+            state = {"recipe": settings.__dict__ if recipe is None else recipe, "milestones": list(milestones), "samples": step * settings.batch_size,
                      "rng": {"scheme": "keyed by (seed, sample) and (seed, step, rank); see facerestore/training/seeds.py"},
                      "torch": torch.__version__, **extra_data}
             meta = {"base": settings.base, "step": str(step), **(metadata or {})}
