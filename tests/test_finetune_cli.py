@@ -97,7 +97,7 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
     (empty / "broken.png").write_bytes(b"junk")
     out = tmp_path / "run"
 
-    one_line_error(run(*tiny_run_args(empty, out, weights)), 2, "no usable faces in", "1 unreadable skipped")
+    one_line_error(run(*tiny_run_args(empty, out, weights)), 2, f"no usable faces in {empty}: 1 file skipped (1 unreadable); re-export or remove")
     # the base model without weights (offline): names the file and the import command
     args = tiny_run_args(lq, out, weights)
     args[args.index("--base-weights") : args.index("--base-weights") + 2] = []
@@ -152,6 +152,31 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
     for seed in ("-1", str(2**63)):  # the range every command takes (training.seeds.check_seed)
         one_line_error(run("finetune", "pseudo-targets", lq, "--out", pt_out, "--seed", seed), 2, f"--seed must be between 0 and 2^63-1, got {seed}")
     assert not pt_out.exists()
+
+
+def test_a_folder_without_a_usable_face_is_one_line_with_what_was_skipped_and_why(tmp_path, weights, lq):
+    """"no usable faces in X (0 images, 1 unreadable skipped)" counted what was skipped but not why nor
+    what to do about it, and advised the short side whatever the files were skipped for; an empty
+    --real folder said only that it "holds no usable face images". Now as `train` says it."""
+    empty, poor = tmp_path / "empty", tmp_path / "poor"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    write_image(poor / "a.png", face(0, 8))
+    write_image(poor / "b.png", face(1, 12))
+    (poor / "c.jpg").write_bytes(b"junk")
+    assert one_line_error(run(*tiny_run_args(empty, tmp_path / "r1", weights)), 2) == (
+        f"error: no faces in {empty}: no jpg, jpeg, png, bmp, tif, tiff, webp file in it or below; pass the folder of low-quality aligned faces")
+    skipped = (f"3 files skipped (2 smaller than 32 px on the short side, 1 unreadable); use faces at least 32 px on the short side "
+               f"(or a smaller --size: at 256 faces below 32 px are skipped), and re-export or remove the unreadable files ({poor / 'c.jpg'})")
+    args = tiny_run_args(poor, tmp_path / "r2", weights)
+    args[args.index("--size") + 1] = "256"
+    assert one_line_error(run(*args), 2) == f"error: no usable faces in {poor}: {skipped}"
+    made = run("finetune", "pseudo-targets", poor, "--out", tmp_path / "r3", "--size", "256", "--device", "cpu")
+    assert one_line_error(made, 2) == f"error: no usable faces in {poor}: {skipped}"
+    real = one_line_error(run(*tiny_run_args(lq, tmp_path / "r4", weights, "--base", "baseline", "--real", poor)), 2)
+    assert real == (f"error: no usable --real faces in {poor}: 3 files skipped (2 smaller than 16 px on the short side, 1 unreadable); "
+                    f"use faces at least 16 px on the short side, and re-export or remove the unreadable files ({poor / 'c.jpg'})")
+    assert not any((tmp_path / f"r{i}").exists() for i in (1, 2, 3, 4))
 
 
 def test_an_out_folder_holding_an_input_folder_is_refused_before_any_work(tmp_path, weights, lq):

@@ -86,14 +86,15 @@ class ScanResult:
                          + (", ..." if len(self.empty_folders) > 1 else "") + ")")
         return ", ".join(parts)
 
-    def nothing_usable(self, folders: Sequence[str], size: int) -> UsageError:
-        """The one line `train` stops with when the scan kept no image of `folders`: how many files were
-        skipped and why, and what to do about each reason (at `--size size` they need min_side_for(size) px)."""
+    def nothing_usable(self, folders: Sequence[str], size: int, *, what: str = "training images",
+                       hint: str = "pass folders of aligned face images") -> UsageError:
+        """The one line a command stops with when the scan kept no image of `folders` (`what` they should
+        hold; `hint`: what to pass where they hold no image file at all): how many files were skipped and
+        why, and what to do about each reason (at `--size size` they need min_side_for(size) px)."""
         where = ", ".join(map(str, folders))
         if not self.skipped:
             extensions = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-            return UsageError(f"no training images in {where}: no {extensions} file in {'it' if len(folders) == 1 else 'them'} or below",
-                              hint="pass folders of aligned face images")
+            return UsageError(f"no {what} in {where}: no {extensions} file in {'it' if len(folders) == 1 else 'them'} or below", hint=hint)
         min_side = min_side_for(size)
         reasons = [(self.tiny, f"smaller than {min_side} px on the short side"), (self.unreadable, "unreadable"),
                    (self.missing_targets, "without a cleaned target in --targets"), (self.broken_links, "broken links"),
@@ -113,7 +114,7 @@ class ScanResult:
             advice.append("link to the images themselves")
         if self.unreadable_folders:
             advice.append(f"make {self.unreadable_folders[0]} readable")
-        return UsageError(f"no usable training images in {where}: {counted(files, 'file')} skipped ({why})", hint=", and ".join(advice))
+        return UsageError(f"no usable {what} in {where}: {counted(files, 'file')} skipped ({why})", hint=", and ".join(advice))
 
 
 SMALLEST_SIDE = 16  # px: no training size keeps smaller images

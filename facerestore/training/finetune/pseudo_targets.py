@@ -452,8 +452,9 @@ class InputFace:
 def scan_inputs(lq: Path, size: int, *, limit: int | None = None) -> tuple[list[InputFace], str]:
     """Every usable image under LQ_DIR (readable header, short side >= max(16, size/8)), sorted.
 
-    No usable face is a UsageError, raised before any work; two inputs that would write the same
-    target (a/x.jpg and a/x.png) too.
+    No usable face is a UsageError, raised before any work, saying what was skipped and why
+    (`ScanResult.nothing_usable`, as for `train`); two inputs that would write the same target
+    (a/x.jpg and a/x.png) too.
     """
     from facerestore.training.data import min_side_for, scan_faces
 
@@ -467,8 +468,7 @@ def scan_inputs(lq: Path, size: int, *, limit: int | None = None) -> tuple[list[
         faces = faces[:limit]
         summary = f"the first {limit} of {summary}"
     if not faces:
-        raise UsageError(f"no usable faces in {lq} ({scan.summary('image')})",
-                         hint=f"pass a folder of aligned face images (png, jpg, webp, tif, bmp) at least {min_side_for(size)} px on the short side")
+        raise scan.nothing_usable([str(lq)], size, what="faces", hint="pass the folder of low-quality aligned faces")
     seen: dict[str, str] = {}
     for face in faces:
         name = target_name(face.rel)

@@ -321,7 +321,7 @@ def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, 
         scan = scan_faces([folder], min_side=min_side_for(config.size))
         real, real_note = [f.source for f in scan.files], scan.summary("real face")
         if not real:
-            raise UsageError(f"--real {folder} holds no usable face images", hint="pass a folder of high-quality aligned faces")
+            raise scan.nothing_usable([str(folder)], config.size, what="--real faces", hint="pass a folder of high-quality aligned faces")
         if config.size % 8:
             raise UsageError(f"--size {config.size} must be divisible by 8 for the discriminator")
     elif config.real and adapter.objective == "code":
