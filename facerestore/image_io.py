@@ -24,6 +24,7 @@ import glob
 import hashlib
 import io
 import os
+import stat
 import tempfile
 import threading
 import warnings
@@ -309,9 +310,13 @@ def read_image(path: Path, *, max_pixels: int | None = None) -> Picture:
     limit_option = max_pixels is not None
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        size = path.stat().st_size
-        data = path.read_bytes() if size else b""
+        info = path.stat()
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):  # a pipe would block the read, a device never end
+            raise BadImage(f"{path} {NOT_REGULAR} (a pipe, socket or device)", hint="pass image files")
+        data = path.read_bytes() if info.st_size else b""
     except FileNotFoundError:
+        if path.is_symlink():
+            raise BadImage(f"{path} {BROKEN_LINK}", hint="fix or remove the link") from None
         raise BadImage(f"{path} does not exist", hint="check the path") from None
     except IsADirectoryError:
         raise BadImage(f"{path} is a folder, not an image", hint="pass the image files inside it") from None
@@ -708,50 +713,81 @@ def write_bytes(path: Path, payload: bytes) -> Path:
     return path
 
 
-def _walk(folder: Path, unreadable: list[Path] | None = None) -> Iterator[Path]:
+def _within(path: str, folder: str) -> bool:
+    """Whether the real path `path` is `folder` or lies below it (both from os.path.realpath)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _walk(folder: Path, unreadable: list[Path] | None = None, *, exclude: Sequence[str] = (),
+          links: list[tuple[Path, str]] | None = None) -> Iterator[Path]:
     """Every file below `folder`, following linked folders (a dataset assembled from links) but each
-    real folder once, so a link to an ancestor cannot loop; hidden names (".git", macOS "._x.jpg",
-    our own temp files) and everything below them are left out. Sub-folders that cannot be listed
-    go to `unreadable` (os.walk would skip them without a word)."""
-    visited: set[str] = set()
+    real folder once; hidden names (".git", macOS "._x.jpg", our own temp files) and everything below
+    them are left out. Sub-folders that cannot be listed go to `unreadable` (os.walk would skip them
+    without a word).
+
+    Two kinds of folder are never entered, whatever path leads to them (real paths are compared):
+    those at or below an `exclude` folder (a command's own outputs: a rerun would read them back), and
+    a link to a folder that holds the folder being walked or the folder the link lies in (`up -> ..`,
+    a link to /tmp or ~): following it would leave the folder given, search the whole disk, and read a
+    command's outputs beside it. Those links go to `links` with the reason, for one warning line each.
+    """
+    top = os.path.realpath(folder)
+    visited = {top}
+    chains = {os.fspath(folder): ((top, Path(folder)),)}  # each walked folder -> (real path, path walked) of it and the folders above it
 
     def note(error: OSError) -> None:
         if unreadable is not None and error.filename is not None:
             unreadable.append(Path(error.filename))
 
     for root, dirs, names in os.walk(folder, followlinks=True, onerror=note):
-        real = os.path.realpath(root)
-        if real in visited:
-            dirs[:] = []
-            continue
-        visited.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        chain = chains.pop(root, ())
+        kept = []
+        for name in dirs:
+            path = os.path.join(root, name)
+            if name.startswith("."):
+                continue
+            real = os.path.realpath(path)
+            if any(_within(real, e) for e in exclude):
+                continue
+            holds = [shown for inner, shown in chain if _within(inner, real)]
+            if holds and os.path.islink(path):  # only a link can point up; bind mounts are left alone
+                if links is not None:
+                    links.append((Path(path), f"links to {real}, which holds {holds[0]}: following it would search outside {folder} "
+                                               "and loop back into it (link to the folders you want instead)"))
+                continue
+            if real in visited:
+                continue
+            visited.add(real)
+            chains[path] = (*chain, (real, Path(path)))
+            kept.append(name)
+        dirs[:] = kept
         yield from (Path(root) / name for name in names if not name.startswith("."))
 
 
 BROKEN_LINK = "is a broken link (its target does not exist)"
+NOT_REGULAR = "is not a regular file"
 NO_IMAGES = f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
 
 
-def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplicates: list[Path] | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
+def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplicates: list[Path] | None = None,
+                links: list[tuple[Path, str]] | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand inputs into image files: (found, [(input, reason)] for inputs that yield nothing).
 
     Files named explicitly are kept whatever their extension (reading them gives the clear error).
     Folders are walked recursively (into linked folders too) in sorted order, keeping image extensions
-    in any case and skipping hidden names; a link to a missing image is a problem, not silence. A file
-    reached twice is listed once; `duplicates`, when given, receives the paths left out for that, so
-    a caller can count them.
-    A walk skips everything under the `exclude` folders that lie inside the folder walked: the
-    command's own output folders would otherwise feed a rerun its earlier results. A folder named as
-    an input is always read, even an excluded one (the user asked for it).
+    in any case and skipping hidden names; an image name that cannot be an image file (a link to a
+    missing file, a pipe, a socket) is a problem, not silence. A file reached twice is listed once;
+    `duplicates`, when given, receives the paths left out for that, so a caller can count them.
+    A linked folder that holds the folder walked is not followed (`_walk`); `links`, when given,
+    receives each such link and why, for the caller's warning line.
+    A walk never enters the `exclude` folders (nor reads a file in them), also not through a link:
+    the command's own output folders would otherwise feed a rerun its earlier results. A folder named
+    as an input is always read, even an excluded one (the user asked for it).
     """
     found: list[Path] = []
     problems: list[tuple[Path, str]] = []
     seen: set[Path] = set()
-    skipped = [Path(e).resolve() for e in exclude]
-
-    def excluded(p: Path, inside: list[Path]) -> bool:
-        return bool(inside) and any(p.resolve().is_relative_to(e) for e in inside)
+    skipped = [os.path.realpath(e) for e in exclude]
 
     def add(p: Path) -> None:
         key = p.resolve()
@@ -765,25 +801,27 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplica
         if item.is_dir() and not os.access(item, os.R_OK | os.X_OK):  # os.walk would skip it silently: "no images"
             problems.append((item, "cannot be read (permission denied)"))
         elif item.is_dir():
-            inside = [e for e in skipped if not item.resolve().is_relative_to(e)]
-            files, broken, unreadable = [], [], []
-            for p in _walk(item, unreadable):
-                if not is_image_path(p) or excluded(p, inside):
+            inside = [e for e in skipped if not _within(os.path.realpath(item), e)]
+            files, odd, unreadable = [], [], []
+            for p in _walk(item, unreadable, exclude=inside, links=links):
+                if not is_image_path(p) or any(_within(os.path.realpath(p), e) for e in inside):
                     continue
                 if p.is_file():
                     files.append(p)
                 elif p.is_symlink() and not p.exists():
-                    broken.append((p, BROKEN_LINK))
-            problems += sorted(broken) + [(d, "cannot be read (permission denied)" if not os.access(d, os.R_OK | os.X_OK) else "cannot be listed")
-                                          for d in sorted(unreadable)]
-            if not files and not broken and not unreadable:
+                    odd.append((p, BROKEN_LINK))
+                elif p.exists() and not p.is_dir():  # a pipe, socket or device named like an image
+                    odd.append((p, NOT_REGULAR))
+            problems += sorted(odd) + [(d, "cannot be read (permission denied)" if not os.access(d, os.R_OK | os.X_OK) else "cannot be listed")
+                                       for d in sorted(unreadable)]
+            if not files and not odd and not unreadable:
                 problems.append((item, NO_IMAGES))
             for p in sorted(files, key=lambda p: p.relative_to(item).parts):
                 add(p)
         elif item.is_file():
             add(item)
         elif item.exists():  # a pipe, socket or device: reading it could block or never end
-            problems.append((item, "is not a regular file"))
+            problems.append((item, NOT_REGULAR))
         else:
             problems.append((item, "does not exist"))
     return found, problems

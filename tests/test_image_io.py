@@ -671,3 +671,65 @@ def test_a_cmyk_photo_with_an_unusable_profile_is_converted_naively_with_one_war
     assert pic.icc is None  # not written into outputs: it does not describe their RGB values
     assert "icc_profile" not in Image.open(write_image(tmp_path / "out.jpg", pic.rgb, **pic.encoding())).info
     assert capfd.readouterr() == ("", "")  # nothing from littlecms on the terminal
+
+
+def test_a_link_to_a_folder_above_is_named_not_followed(tmp_path):
+    """`in/up -> ..` was followed out of the folder given: the walk read the folders beside it (a
+    command's own outputs, on a rerun) and a link to / or ~ searched the whole disk. A link that holds
+    the folder walked, or the folder it lies in (also inside a linked folder), is left out and named;
+    a link to a folder elsewhere is still followed."""
+    elsewhere, root = tmp_path / "elsewhere", tmp_path / "data"
+    write_image(tmp_path / "beside" / "x.png", np.zeros((4, 4, 3), np.float32))
+    write_image(elsewhere / "inner" / "b.png", np.zeros((4, 4, 3), np.float32))
+    write_image(root / "a.png", np.zeros((4, 4, 3), np.float32))
+    (root / "up").symlink_to("..")
+    (root / "disk").symlink_to("/")
+    (root / "linked").symlink_to(elsewhere)
+    (elsewhere / "inner" / "back").symlink_to("..")  # holds the linked folder it lies in, not data: still a loop
+    links: list = []
+    found, problems = list_images([root], links=links)
+    assert found == [root / "a.png", root / "linked" / "inner" / "b.png"] and problems == []
+    assert sorted(link for link, _ in links) == [root / "disk", root / "linked" / "inner" / "back", root / "up"]
+    reasons = dict(links)
+    assert reasons[root / "up"] == (f"links to {tmp_path.resolve()}, which holds {root}: following it would search outside {root} "
+                                    "and loop back into it (link to the folders you want instead)")
+    assert reasons[root / "disk"].startswith("links to /, which holds")
+    assert reasons[root / "linked" / "inner" / "back"].startswith(f"links to {elsewhere.resolve()}, which holds {root / 'linked'}:")
+
+
+def test_a_walk_never_enters_an_excluded_folder_even_through_a_link(tmp_path, monkeypatch):
+    """exclude only left out the files found under an excluded folder, after listing all of it (a
+    large output tree was still walked); a link to the output folder (or to a file in it) must not
+    read a command's own outputs back on a rerun."""
+    root, out = tmp_path / "data", tmp_path / "out"
+    write_image(root / "a.png", np.zeros((4, 4, 3), np.float32))
+    write_image(out / "a.png", np.zeros((4, 4, 3), np.float32))
+    (root / "results").symlink_to(out)
+    (root / "one.png").symlink_to(out / "a.png")
+    real_scandir, listed = os.scandir, []
+    monkeypatch.setattr(os, "scandir", lambda path=".", *a: listed.append(os.path.realpath(path)) or real_scandir(path, *a))
+    found, problems = list_images([root], exclude=[out])
+    assert found == [root / "a.png"] and problems == [] and str(out.resolve()) not in listed
+    monkeypatch.undo()
+    found, _ = list_images([root])  # without the exclusion the link is a linked folder like any other
+    assert found == [root / "a.png", root / "one.png"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_pipe_named_like_an_image_inside_a_folder_is_a_problem_and_never_read(tmp_path):
+    """Inside a folder a pipe named x.png was dropped without a word (named on its own it is 'not a
+    regular file'); and read_image on it would block forever."""
+    write_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.float32))
+    os.mkfifo(tmp_path / "pipe.png")
+    found, problems = list_images([tmp_path])
+    assert found == [tmp_path / "a.png"] and problems == [(tmp_path / "pipe.png", "is not a regular file")]
+    with pytest.raises(BadImage) as caught:
+        read_image(tmp_path / "pipe.png")
+    assert caught.value.one_line() == f"{tmp_path / 'pipe.png'} is not a regular file (a pipe, socket or device); pass image files"
+
+
+def test_reading_a_broken_link_says_so(tmp_path):
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    with pytest.raises(BadImage) as caught:
+        read_image(tmp_path / "gone.png")
+    assert caught.value.one_line() == f"{tmp_path / 'gone.png'} is a broken link (its target does not exist); fix or remove the link"
