@@ -592,3 +592,22 @@ def test_the_presets_table_of_docs_training_gives_each_presets_real_ranges():
     camera = PRESETS["camera"]
     assert f"(sigma {span(camera.sigma)}), downsampling r {span(camera.scale)}, JPEG {span(camera.jpeg)} " in rows["`camera`"]
     assert f"downsampling r {span(PRESETS['gray'].scale)}, then grayscale" in rows["`gray`"]
+
+
+def test_a_link_up_or_to_dst_is_not_followed_so_a_rerun_never_degrades_its_own_copies(tree, tmp_path):
+    """SRC/up -> .. led the walk out of SRC into DST beside it: the second run degraded its own copies
+    (DST/up/dst/a.png) and each rerun found more "already done". A link that holds SRC is named and
+    left out; DST is never walked, also not through a link to it."""
+    out = tmp_path / "dst"
+    write_image(tmp_path / "beside" / "x.png", face_like(32, 32))
+    (tree / "up").symlink_to("..")
+    (tree / "copies").symlink_to(out)
+    first = run("degrade", tree, "--out", out, "--preset", "mild")
+    assert first.exit_code == 0, first.output
+    warning = (f"warning: skipped {tree / 'up'}: links to {tmp_path.resolve()}, which holds {tree}: following it would search outside {tree} "
+               "and loop back into it (link to the folders you want instead)")
+    assert first.output.splitlines()[0] == warning and "3 degraded with preset mild, 0 failed" in first.output
+    again = run("degrade", tree, "--out", out, "--preset", "mild")
+    assert again.exit_code == 0 and "0 degraded with preset mild, 3 already done, 0 failed" in again.output, again.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*") if ".facerestore" not in p.as_posix()) == [
+        "a.png", "degradations.csv", "degradations.json", "sub/b.jpg", "sub/c.png"]

@@ -110,11 +110,15 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     ext = output_format(ext)
     src, dst = Path(src), Path(dst)
     assert_output_folder(dst)
-    paths, problems = list_images([src])
+    links: list[tuple[Path, str]] = []
+    paths, problems = list_images([src], exclude=[dst], links=links)  # never dst, also not through a link: a rerun would degrade its own copies
+    if on_warning is not None:  # a folder link that holds SRC: not followed, but not without a word
+        for path, reason in links:
+            on_warning(f"skipped {path}: {reason}")
     if not paths:
         reason = problems[0][1] if problems else "no images"
         raise UsageError(f"{src}: {reason}", hint="pass an image or a folder of images")
-    if on_warning is not None:  # a broken link or a folder that cannot be listed: left out, but not without a word
+    if on_warning is not None:  # a broken link, a pipe, a folder that cannot be listed: left out, but not without a word
         for path, reason in problems:
             on_warning(f"skipped {path}: {reason}")
     root = src if src.is_dir() else src.parent
