@@ -64,7 +64,8 @@ def clean_dataset_command(
         options = CleanOptions(src=src, out=dst, method=method, weights=weights, steps=steps, detect=detect, check=check,
                                batch_size=batch_size, seed=seed, device=device, precision=precision, offline=True if offline else None,
                                detector=detector, jpeg_quality=jpeg_quality, limit=limit)
-        summary = clean_dataset(options, on_file=on_file, on_message=on_message, on_start=on_start)
+        summary = clean_dataset(options, on_file=on_file, on_message=on_message, on_start=on_start,
+                                on_warning=lambda line: progress.console.print(f"warning: {line}", markup=False))  # also with -q and --json, as restore's
     except KeyboardInterrupt:
         _stop(progress)
         if main:

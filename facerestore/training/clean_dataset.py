@@ -202,14 +202,16 @@ def clean_dataset(
     on_file: Callable[[FileResult], None] | None = None,
     on_message: Callable[[str], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> CleanSummary:
-    """Run (or continue) the cleaning described in the module docstring; returns the summary."""
+    """Run (or continue) the cleaning described in the module docstring; returns the summary.
+    `on_warning` gets each thing of SRC left out (a broken link, ...), shown even where messages are not."""
     assert_output_folder(Path(options.out))
     with distributed.process_group(options.device) as d:
-        return _clean(options, d, on_file, on_message, on_start)
+        return _clean(options, d, on_file, on_message, on_start, on_warning)
 
 
-def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_start) -> CleanSummary:
+def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_start, on_warning) -> CleanSummary:
     def message(text: str) -> None:
         if on_message is not None:
             on_message(text)
@@ -221,12 +223,13 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     # DST/<rel> for every file: a DST above SRC would write over the user's files beside SRC (and over SRC's
     # own files where a sub-folder repeats SRC's name), and a DST inside SRC would be read back by a rerun
     assert_apart(out, src, f"the dataset {src}", hint="write the cleaned copy to a folder that neither is, lies inside nor holds SRC")
-    paths, problems = list_images([src])
+    links: list[tuple[Path, str]] = []
+    paths, problems = list_images([src], exclude=[out], links=links)  # never DST, also not through a link: a rerun would clean its own outputs
+    if d.main and on_warning is not None:  # a broken link, a pipe, a folder that cannot be listed, a link up: left out, but not without a word
+        for path, reason in links + ([] if not paths else problems):
+            on_warning(f"skipped {path}: {reason}")
     if not paths:
         raise UsageError(f"{src} holds no images", hint="pass a folder of jpg, png, webp, tif or bmp images")
-    if d.main:  # a broken link or a folder that cannot be listed: left out, but not without a word
-        for path, reason in problems:
-            message(f"warning: skipped {path}: {reason}")
     if options.limit is not None:
         paths = paths[: options.limit]
     rels = [p.relative_to(src).as_posix() for p in paths]
