@@ -857,3 +857,39 @@ def test_a_file_named_like_a_command_is_still_restored(tmp_path, monkeypatch):
     (tmp_path / "restre").write_bytes(b"not an image")
     result = run("restre", "-o", tmp_path / "out")
     assert result.exit_code == 1 and "restre" in result.output and "neither a command" not in result.output
+
+
+def test_restore_never_follows_a_link_out_of_its_input_folder_nor_into_its_outputs(crops, tmp_path, tiny_baseline):
+    """crops/up -> .. made `facerestore crops --aligned` restore the images beside crops/ (and, on a
+    rerun, its own results under them). The link is named and left out, without failing the run; a
+    link to an output folder is never walked."""
+    write_image(tmp_path / "beside" / "x.png", cv2.resize(smooth(), (512, 512)))
+    out = tmp_path / "out"
+    (crops / "up").symlink_to("..")
+    (crops / "results").symlink_to(out / "restored_faces")
+    for _ in range(2):
+        result = run(crops, "--aligned", "-o", out, "-m", "baseline", "--weights", tiny_baseline, "--json")
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert [Path(r["path"]) for r in summary["results"]] == [crops / "face.png"] and summary["missing"] == []
+        assert (f"warning: skipped {crops / 'up'}: links to {tmp_path.resolve()}, which holds {crops}: following it would search outside {crops} "
+                "and loop back into it (link to the folders you want instead)") in result.stderr
+
+
+def test_the_progress_bar_counts_the_inputs_that_gave_no_image_as_the_summary_does(crops, tmp_path, tiny_baseline, monkeypatch):
+    """A broken link in a folder counts in the summary ("1 of 2 images restored") but the bar's total
+    was only the files found (1/1)."""
+    import rich.progress
+
+    totals = []
+    real_add_task = rich.progress.Progress.add_task
+
+    def add_task(self, description, *args, **kwargs):
+        totals.append((description, kwargs.get("total"), kwargs.get("completed", 0)))
+        return real_add_task(self, description, *args, **kwargs)
+
+    monkeypatch.setattr(rich.progress.Progress, "add_task", add_task)
+    (crops / "gone.png").symlink_to(tmp_path / "missing.png")
+    result = run(crops, "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline)
+    assert result.exit_code == 1 and "1 of 2 images restored" in result.output, result.output
+    assert totals[0] == ("images", 2, 1)

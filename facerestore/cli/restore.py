@@ -76,7 +76,10 @@ def restore_command(
         )
         assert_inputs_apart(inputs, options)
         assert_output_layout(options)
-        paths, missing = list_images(inputs, exclude=output_folders(output))
+        links: list[tuple[Path, str]] = []
+        paths, missing = list_images(inputs, exclude=output_folders(output), links=links)
+        for link, reason in links:  # not an input that failed: a folder link the walk does not follow (image_io._walk)
+            err.print(f"warning: skipped {link}: {reason}", markup=False)
         hint = "pass image files (jpg, png, webp, tif, bmp) or folders holding them"
         last = None
         if not paths and missing:  # one line per bad input; the last one ends the run, with no extra summary line
@@ -110,7 +113,8 @@ def restore_command(
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=quiet or as_json)
     finished: list = []  # the result of each image handled so far, in order
     with progress:
-        images = progress.add_task("images", total=len(paths))
+        # the inputs that gave no image count as handled (and failed), as in the summary line and --json
+        images = progress.add_task("images", total=len(paths) + len(missing), completed=len(missing))
         faces = progress.add_task("faces", total=None)
 
         def report(result) -> None:
