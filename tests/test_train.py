@@ -1007,3 +1007,20 @@ def test_the_final_line_gives_a_weights_option_that_pastes_into_a_shell(faces, t
     assert result.exit_code == 0, result.output
     advice = result.output.split("(use ", 1)[1].split(")\n", 1)[0]
     assert shlex.split(advice) == ["--weights", str(run), "--method", "idm"]
+
+
+def test_scan_counts_a_link_up_and_a_pipe_and_never_enters_the_run_folder(tmp_path):
+    """faces/up -> .. put every image beside the data folder (the run's val/step_N.png grids among them)
+    into the training set; a pipe named x.png was left out without a word."""
+    import os
+
+    root, run = tmp_path / "faces", tmp_path / "run"
+    write_image(root / "a.png", face(0, 32))
+    write_image(run / "val" / "step_0000100.png", face(1, 32))
+    (root / "up").symlink_to("..")
+    (root / "grids").symlink_to(run / "val")
+    os.mkfifo(root / "pipe.png")
+    scan = scan_faces([root], min_side=16, exclude=[run])
+    assert [Path(f.source).name for f in scan.files] == ["a.png"] and scan.links_up == [str(root / "up")]
+    assert scan.unreadable == [str(root / "pipe.png")]
+    assert scan.summary() == f"1 training image, 1 unreadable skipped, 1 link to a folder above not followed ({root / 'up'})"

@@ -36,7 +36,7 @@ from PIL import Image
 from facerestore.diffusion.losses import NoiseLevels, perturbed_noise, sample_noise_levels
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.errors import BadImage, UsageError
-from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, NO_IMAGES, list_images, read_image, resize
+from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, NO_IMAGES, NOT_REGULAR, list_images, read_image, resize
 from facerestore.training.degradations import DegradationSpec, sample_params, apply_degradation, to_gray
 from facerestore.training.seeds import permutation, stable_seed
 from facerestore.plural import counted, verb
@@ -60,6 +60,7 @@ class ScanResult:
     duplicates: list[str] = field(default_factory=list)  # another path to a file already listed
     unreadable_folders: list[str] = field(default_factory=list)  # sub-folders the walk could not list
     empty_folders: list[str] = field(default_factory=list)  # data folders holding no image file at all
+    links_up: list[str] = field(default_factory=list)  # folder links that hold their data folder: not followed (image_io._walk)
 
     @property
     def skipped(self) -> int:
@@ -84,6 +85,9 @@ class ScanResult:
         if self.empty_folders:
             parts.append(f"{counted(len(self.empty_folders), 'folder')} without images ({self.empty_folders[0]}"
                          + (", ..." if len(self.empty_folders) > 1 else "") + ")")
+        if self.links_up:
+            parts.append(f"{counted(len(self.links_up), 'link')} to a folder above not followed ({self.links_up[0]}"
+                         + (", ..." if len(self.links_up) > 1 else "") + ")")
         return ", ".join(parts)
 
     def nothing_usable(self, folders: Sequence[str], size: int, *, what: str = "training images",
@@ -133,8 +137,9 @@ def _header_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: int = 16) -> ScanResult:
-    """Every usable image under `data` (sorted per folder), paired with its target."""
+def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: int = 16, exclude: Sequence[Path] = ()) -> ScanResult:
+    """Every usable image under `data` (sorted per folder), paired with its target; the walk never
+    enters `exclude` (the command's own output folder), also not through a link."""
     if targets and len(targets) != len(data):
         raise UsageError(f"{counted(len(targets), '--targets folder')} for {counted(len(data), 'data folder')}",
                          hint="give one cleaned folder per DATA_DIR, in the same order, each after its own --targets (--targets A --targets B)")
@@ -150,8 +155,11 @@ def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: 
         if not os.access(folder, os.R_OK | os.X_OK):  # the walk would skip it silently: "no usable training images"
             raise UsageError(f"data folder {folder} cannot be read (permission denied)", hint="make it readable (chmod a+rx), or pass a copy of yours")
         duplicates: list[Path] = []
-        paths, problems = list_images([folder], duplicates=duplicates)
+        links: list[tuple[Path, str]] = []
+        paths, problems = list_images([folder], exclude, duplicates=duplicates, links=links)
+        result.links_up += [str(p) for p, _ in links]
         result.broken_links += [str(p) for p, reason in problems if reason == BROKEN_LINK]
+        result.unreadable += [str(p) for p, reason in problems if reason == NOT_REGULAR]  # a pipe or socket named like an image
         result.unreadable_folders += [str(p) for p, reason in problems if reason not in (BROKEN_LINK, NO_IMAGES) and p.is_dir()]
         result.empty_folders += [str(p) for p, reason in problems if reason == NO_IMAGES]
         result.duplicates += [str(p) for p in duplicates]

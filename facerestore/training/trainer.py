@@ -234,7 +234,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         files = load_file_list(run / "files.json")
         scan_note = f"{counted(len(files), 'training image')} (file list of the run)"
     else:
-        scan = scan_faces([Path(p) for p in config.data], [Path(p) for p in config.targets], min_side=min_side_for(config.size))
+        scan = scan_faces([Path(p) for p in config.data], [Path(p) for p in config.targets], min_side=min_side_for(config.size), exclude=[Path(config.out)])
         if not scan.files:
             raise scan.nothing_usable(config.data, config.size)
         files = scan.files

@@ -449,7 +449,7 @@ class InputFace:
     path: Path
 
 
-def scan_inputs(lq: Path, size: int, *, limit: int | None = None) -> tuple[list[InputFace], str]:
+def scan_inputs(lq: Path, size: int, *, limit: int | None = None, exclude: Sequence[Path] = ()) -> tuple[list[InputFace], str]:
     """Every usable image under LQ_DIR (readable header, short side >= max(16, size/8)), sorted.
 
     No usable face is a UsageError, raised before any work, saying what was skipped and why
@@ -461,7 +461,7 @@ def scan_inputs(lq: Path, size: int, *, limit: int | None = None) -> tuple[list[
     lq = Path(lq)
     if not lq.is_dir():
         raise UsageError(f"{lq} does not exist" if not lq.exists() else f"{lq} is not a folder", hint="pass the folder of low-quality aligned faces")
-    scan = scan_faces([lq], min_side=min_side_for(size))
+    scan = scan_faces([lq], min_side=min_side_for(size), exclude=exclude)  # the output folder, never walked
     faces = [InputFace(rel=Path(f.source).relative_to(lq).as_posix(), path=Path(f.source)) for f in scan.files]
     summary = scan.summary("face")
     if limit is not None and len(faces) > limit:
@@ -602,7 +602,7 @@ def prepare(options: PseudoTargetOptions, device: str, *, load: bool = True, fac
     options.base.check()
     check_prior_option(options.prior_weights)
     if faces is None:
-        faces, scan = scan_inputs(options.lq, options.size, limit=options.limit)
+        faces, scan = scan_inputs(options.lq, options.size, limit=options.limit, exclude=[Path(options.out)])
         if options.files is not None:
             wanted = set(options.files)
             faces = [f for f in faces if f.rel in wanted]

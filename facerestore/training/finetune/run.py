@@ -318,7 +318,7 @@ def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, 
         folder = Path(config.real)
         if not folder.is_dir():
             raise UsageError(f"--real {folder} is not a folder", hint="pass a folder of high-quality aligned faces")
-        scan = scan_faces([folder], min_side=min_side_for(config.size))
+        scan = scan_faces([folder], min_side=min_side_for(config.size), exclude=[Path(config.out)])
         real, real_note = [f.source for f in scan.files], scan.summary("real face")
         if not real:
             raise scan.nothing_usable([str(folder)], config.size, what="--real faces", hint="pass a folder of high-quality aligned faces")
@@ -365,7 +365,7 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
             raise UsageError(f"{counted(len(missing), 'input face')} of the run {verb(len(missing), 'is', 'are')} gone from {lq} (first: {missing[0]})", hint="restore them, or start a new run")
         scan_note = f"{counted(len(train) + len(held), 'face')} (file list of the run)"
     else:
-        faces, scan_note = scan_inputs(Path(config.lq), config.size)
+        faces, scan_note = scan_inputs(Path(config.lq), config.size, exclude=[run])
         train, held = split_holdout(faces, config.holdout, config.seed)
     base_path = resolve_base_weights(config.base, config.base_weights, config.offline)
 
