@@ -715,3 +715,15 @@ def test_weights_go_to_the_method_they_name():
     }
     with pytest.raises(UsageError, match="twice"):
         method_weights(["baseline"], ["a", "baseline:b"])
+
+
+def test_a_link_to_a_folder_above_the_inputs_is_named_and_not_evaluated(hq, tmp_path):
+    """hq/up -> .. made evaluate read every image beside --hq (an earlier report's grids included) as inputs."""
+    write_image(tmp_path / "beside" / "x.png", np.zeros((512, 512, 3), np.float32))
+    (hq / "up").symlink_to("..")
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].startswith(f"warning: skipped {hq / 'up'}: links to {tmp_path.resolve()}, which holds {hq}:")
+    data = results(out)
+    assert all(s["images_total"] == 2 for s in data["sets"]) and not any("up/" in i["key"] for s in data["sets"] for i in s["images"])

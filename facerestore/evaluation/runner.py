@@ -207,16 +207,18 @@ class InputItem:
     problem: str = ""  # why it cannot be read, found while listing (a broken link): it fails in every set as an unreadable file does
 
 
-def list_inputs(source: Path, limit: int | None = None, *, option: str = "--hq") -> tuple[list[InputItem], list[tuple[str, str]]]:
+def list_inputs(source: Path, limit: int | None = None, *, option: str = "--hq",
+                links: list[tuple[Path, str]] | None = None) -> tuple[list[InputItem], list[tuple[str, str]]]:
     """Image files of a folder (recursive, sorted) or one file -> (items, [(path, reason)] failures).
 
     An empty folder or a missing path is a UsageError. A link to a missing file is an item with its
     problem: it fails alone in each set, as an unreadable image does (and counts as one of the --limit
     first images); two files with the same key (face.jpg and face.png) cannot both be evaluated: the
-    second is returned as a failure outside any set.
+    second is returned as a failure outside any set. Folder links not followed (image_io._walk) go
+    to `links`.
     """
     source = Path(source)
-    paths, problems = list_images([source])
+    paths, problems = list_images([source], links=links)
     hint = "pass a folder of aligned face crops (jpg, png, webp, tif, bmp)"
     broken = [(path, reason) for path, reason in problems if path != source]  # links and sub-folders that cannot be listed, inside the folder
     if not paths:
@@ -278,11 +280,11 @@ def find_restored(folder: Path, set_name: str, key: str, several_sets: bool) -> 
     return None
 
 
-def check_inputs(spec: EvalSpec) -> tuple[list[InputItem], list[tuple[str, str]]]:
+def check_inputs(spec: EvalSpec, links: list[tuple[Path, str]] | None = None) -> tuple[list[InputItem], list[tuple[str, str]]]:
     """The inputs of a resolved spec, and the usage mistakes found without reading any pixel: an
     empty folder, a --restored folder none of whose files is named after an input (exit 2)."""
     hq = spec.hq is not None
-    items, failures = list_inputs(Path(spec.hq if hq else spec.lq), spec.limit, option="--hq" if hq else "--lq")
+    items, failures = list_inputs(Path(spec.hq if hq else spec.lq), spec.limit, option="--hq" if hq else "--lq", links=links)
     sets = spec.degradations or ("real",)
     several = len(spec.degradations) > 1
     for label, folder in spec.restored:
@@ -493,7 +495,10 @@ class Evaluator:
     def run(self) -> EvalResult:
         started = time.time()
         spec = self.spec
-        items, failures = check_inputs(spec)
+        links: list[tuple[Path, str]] = []
+        items, failures = check_inputs(spec, links)
+        for path, reason in links:  # not followed, and not a failure of any image
+            self.tell(f"link:{path}", f"warning: skipped {path}: {reason}")
         for path, reason in failures:
             self.tell(f"dup:{path}", f"error: {path}: {reason}")
         count = len(spec.degradations) + int(spec.authenticity) if spec.hq is not None else 1
@@ -506,7 +511,8 @@ class Evaluator:
                 sets.append(self._authenticity_set(items))
         else:
             sets.append(self._real_set(items))
-        notes = []
+        notes = [f"{len(links)} folder {'link' if len(links) == 1 else 'links'} not followed, as {'it links' if len(links) == 1 else 'they link'} "
+                 f"to a folder that holds the input folder: {', '.join(str(p) for p, _ in links)}"] if links else []
         if self.resized:
             shown = ", ".join(f"{k} ({v})" for k, v in list(self.resized.items())[:5])
             more = f" and {len(self.resized) - 5} more" if len(self.resized) > 5 else ""
