@@ -40,6 +40,7 @@ def train_command(
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, mps or auto (default; under torchrun each process takes cuda:LOCAL_RANK).", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes per training process (default 2; 0 loads in the training process).", show_default=False)] = None,
     time_limit: Annotated[Optional[str], typer.Option("--time-limit", help="Stop cleanly before this much wall time has passed (e.g. 90s, 45m, 2h, 1h30m): the last step is checkpointed and the model exported; continue with --resume. For leases and job schedulers; not kept for --resume.", show_default=False)] = None,
+    skip_memory_check: Annotated[bool, typer.Option("--skip-memory-check", help="Train even where the check before the first step finds that a step needs more memory than is free (it errs on the safe side; e.g. with swap, or GPU memory about to be freed).")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar; only errors and the final line.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -75,7 +76,7 @@ def train_command(
             progress.console.print(text, markup=False)
 
     try:
-        result = train(config, resume=resume, on_step=on_step, on_message=on_message)
+        result = train(config, resume=resume, on_step=on_step, on_message=on_message, check_memory=not skip_memory_check)
     except KeyboardInterrupt:  # Ctrl-C reaches every process torchrun started: one says so
         _stop(progress)
         if main:

@@ -81,6 +81,7 @@ from facerestore.training.run_config import (
     write_run_config,
 )
 from facerestore.training.seeds import stable_seed
+from facerestore.training.step_memory import check_step_memory
 from facerestore.training.validation import ValFace, describe, load_val_faces, validate
 from facerestore.weights.checkpoint import load_strict
 from facerestore.plural import counted
@@ -164,11 +165,13 @@ def train(
     unet: UNetConfig | None = None,
     on_step: Callable[[StepReport], None] | None = None,
     on_message: Callable[[str], None] | None = None,
+    check_memory: bool = True,
 ) -> TrainResult:
     """Run (or resume) training as described in the module docstring; returns what happened.
 
     `unet` overrides the --model preset (tests and library users); `on_step` is called after every
-    step on rank 0 and may raise to stop (a simulated crash); `on_message` gets one-line notes.
+    step on rank 0 and may raise to stop (a simulated crash); `on_message` gets one-line notes;
+    `check_memory=False` skips the refusal of a step too large for the memory (`training.step_memory`).
     """
     # before anything is written: a run folder records its batch size, and a resume keeps it
     check_global_batch(config.batch_size, distributed.world_size(), resume=resume)
@@ -179,7 +182,7 @@ def train(
         # the barrier only once rank 0 holds it, so a refused run's ranks write nothing
         with output_lock(Path(config.out), hold=d.main, on_message=on_message if d.main else None):
             distributed.barrier(d)
-            return _train(config, d, resume=resume, unet=unet, on_step=on_step, on_message=on_message)
+            return _train(config, d, resume=resume, unet=unet, on_step=on_step, on_message=on_message, check_memory=check_memory)
 
 
 def _check_apart(config: TrainConfig) -> None:
@@ -195,7 +198,7 @@ def _check_apart(config: TrainConfig) -> None:
 
 
 def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNetConfig | None,
-           on_step: Callable[[StepReport], None] | None, on_message: Callable[[str], None] | None) -> TrainResult:
+           on_step: Callable[[StepReport], None] | None, on_message: Callable[[str], None] | None, check_memory: bool = True) -> TrainResult:
     def message(text: str) -> None:
         if on_message is not None and d.main:
             on_message(text)
@@ -221,7 +224,8 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     identity = val_identity(config)  # on every rank: a missing file stops them all, not rank 0 alone
 
     # ---- files and architecture
-    if resume and (run / "config.json").is_file():
+    fresh = not (resume and (run / "config.json").is_file())
+    if not fresh:
         unet_config = read_run_config(run).unet
         config = dataclasses.replace(config, model=model_name(config, unet_config))  # a TrainConfig of a library caller names no model
         if existing is not None:  # config.json edited since the checkpoint was written: refused before the weights load
@@ -241,6 +245,9 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         scan_note = scan.summary()
         unet_config, init_state = _unet_for(config, unet, message)
         config = dataclasses.replace(config, model=model_name(config, unet_config))  # recorded, and in every checkpoint's recipe
+    if check_memory:  # a step that cannot fit is one line now, not the OOM killer later; nothing is written yet
+        check_step_memory(config, unet_config, d.device, d.world, main=d.main, resume=not fresh)
+    if fresh:
         distributed.barrier(d)  # every rank has found no run here before rank 0 makes one (else: "already holds a config.json")
         if d.main:
             run.mkdir(parents=True, exist_ok=True)
