@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -937,6 +938,39 @@ def test_cli_warns_about_files_that_failed_to_decode(faces, tmp_path):
     substituted = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])["substituted"]
     assert 0 < substituted < 4
     assert f"warning: {substituted} samples came from a file that failed to decode" in result.output
+
+
+def test_data_that_passes_the_scan_but_never_decodes_is_refused_before_the_run_folder_is_written(tmp_path):
+    """Files cut short pass the header-only scan: the run wrote config.json, files.json and log.jsonl and
+    only then stopped with "none of the training images can be decoded", naming no file; the same command
+    then said "already holds a config.json", and --resume failed for ever on the frozen file list."""
+    data = tmp_path / "data"
+    for name in ("a.png", "b.png"):
+        whole = write_image(data / name, face(1, 40))
+        whole.write_bytes(whole.read_bytes()[:200])
+    run = tmp_path / "run"
+    args = (data, "--out", run, "--size", "32", "--model", "tiny", "--steps", "1", "-b", "2", "--workers", "0", "--device", "cpu", "-q")
+    line = one_error(r := cli(*args))
+    assert r.exit_code == 2 and line == (f"error: none of the training images in {data} can be decoded: {data / 'a.png'} is truncated "
+                                         "(the PNG ends before its last chunk), and 1 other fails too; re-export or remove the files that fail to decode, "
+                                         "or add images that decode, then run the same command again")
+    assert not run.exists()
+    write_image(data / "c.png", face(2, 40))
+    again = cli(*args)
+    assert again.exit_code == 0, again.output
+
+
+def test_a_frozen_file_list_that_no_longer_decodes_names_its_first_file(tmp_path):
+    data = tmp_path / "faces"
+    for i in range(2):
+        write_image(data / f"{i}.png", face(i, 36))
+    run = tmp_path / "run"
+    train(config(data, run, steps=1), unet=MICRO)
+    for i in range(2):
+        path = data / f"{i}.png"
+        path.write_bytes(path.read_bytes()[:200])  # damaged after the run started: files.json still lists them
+    with pytest.raises(UsageError, match=rf"none of the training images can be decoded: {re.escape(str(data))}/[01]\.png is truncated .*, and 1 other fails too$"):
+        train(config(data, run, steps=2), unet=MICRO, resume=True)
 
 
 def test_a_missing_init_from_or_val_identity_is_a_usage_error_naming_its_option(faces, tmp_path):

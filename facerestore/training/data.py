@@ -17,7 +17,8 @@ Samples. Sample number n of a run (n = step * global batch + i) is a pure functi
 so the data order, the degradations and the diffusion noise need no saved generator state: resuming
 at step s simply starts at sample s * batch, and any number of DataLoader workers or torchrun
 processes draws the same samples. A file that fails to decode during training is replaced by the
-next file of the same epoch's order (counted and reported), so one bad file never stops a run.
+next file of the same epoch's order (counted and reported), so one bad file never stops a run;
+a list none of whose files decodes is refused before the run folder is written (`check_decodable`).
 """
 
 from __future__ import annotations
@@ -241,13 +242,12 @@ class FaceDataset(torch.utils.data.Dataset):
         return self._orders[epoch]
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        f = self.files[i]
-        source = load_face(f.source, self.size)
-        return source, source if f.target == f.source else load_face(f.target, self.size)
+        return load_pair(self.files[i], self.size)
 
     def _read(self, epoch: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
         """(source, target, substitutions): the k-th file of the epoch, or the next readable one."""
-        (source, target), tries = first_readable(self.order(epoch), k, self._load, "training images", hint="check the data folders")
+        (source, target), tries = first_readable(self.order(epoch), k, self._load, "training images",
+                                                 hint="re-copy or re-export the files the run's files.json lists, or start a new run with another --out")
         return source, target, tries
 
     def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
@@ -268,16 +268,34 @@ class FaceDataset(torch.utils.data.Dataset):
                 "sample": torch.tensor(n), "substituted": torch.tensor(substituted > 0)}
 
 
+def load_pair(f: FaceFile, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(source, target) of one training file at size x size (BadImage when either fails to decode)."""
+    source = load_face(f.source, size)
+    return source, source if f.target == f.source else load_face(f.target, size)
+
+
+def check_decodable(files: Sequence[FaceFile], size: int, folders: Sequence[str]) -> None:
+    """Refuse a file list none of whose files decodes, before a run folder is written: the scan reads
+    only headers, and such a run would stop at its first step with files.json already frozen. Reads
+    files only until one decodes (the first, for a sound data set); the rest are replaced while training."""
+    first_readable(range(len(files)), 0, lambda i: load_pair(files[i], size), f"training images in {', '.join(map(str, folders))}",
+                   hint="re-export or remove the files that fail to decode, or add images that decode, then run the same command again")
+
+
 def first_readable(order: Sequence[int], k: int, load: Callable[[int], T], what: str, *, hint: str) -> tuple[T, int]:
     """(load(order[k]), 0), or the load of the next index in `order` whose file decodes and how many
     were passed over: a file cut short passes the header-only scan, and must not stop a run; the
-    choice stays a pure function of (order, k), so resumes and other worker counts draw the same."""
+    choice stays a pure function of (order, k), so resumes and other worker counts draw the same.
+    With none decoding, the error names the first file that failed and how many others did."""
+    first: BadImage | None = None
     for tries in range(len(order)):
         try:
             return load(int(order[(k + tries) % len(order)])), tries
-        except BadImage:
-            continue
-    raise UsageError(f"none of the {what} can be decoded", hint=hint)
+        except BadImage as exc:
+            first = first or exc
+    others = len(order) - 1
+    more = f", and {counted(others, 'other')} {verb(others, 'fails', 'fail')} too" if others else ""
+    raise UsageError(f"none of the {what} can be decoded" + (f": {first}{more}" if first else ""), hint=hint)
 
 
 def substitution_warning(count: int, log: Path, what: str = "sample") -> str:

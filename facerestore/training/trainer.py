@@ -66,7 +66,7 @@ from facerestore.training.checkpoints import (
     save_checkpoint,
     step_dir,
 )
-from facerestore.training.data import FaceDataset, StepBatches, check_global_batch, load_file_list, min_side_for, save_file_list, scan_faces
+from facerestore.training.data import FaceDataset, StepBatches, check_decodable, check_global_batch, load_file_list, min_side_for, save_file_list, scan_faces
 from facerestore.training.degradations import preset
 from facerestore.training.loop import StopAtStepEnd, reseed, truncate_log
 from facerestore.training.out_lock import output_lock
@@ -242,6 +242,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         if not scan.files:
             raise scan.nothing_usable(config.data, config.size)
         files = scan.files
+        check_decodable(files, config.size, config.data)
         scan_note = scan.summary()
         unet_config, init_state = _unet_for(config, unet, message)
         config = dataclasses.replace(config, model=model_name(config, unet_config))  # recorded, and in every checkpoint's recipe
