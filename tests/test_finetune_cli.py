@@ -266,6 +266,28 @@ def test_a_hand_edited_run_config_is_one_line_naming_the_file_and_the_key(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # nothing else written
 
 
+@pytest.mark.parametrize("written, said", [
+    ("{", " is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+    ('["a/0.png"]', ' holds ["a/0.png"], not the run\'s split of the faces ({"train": [...], "holdout": [...]})'),
+    ('{"train": ["a/0.png"]}', " has no key holdout"),
+    ('{"train": "a/0.png", "holdout": []}', ': train is "a/0.png", not a list of paths relative to the --unpaired folder'),
+    ('{"train": [1], "holdout": []}', ": train is [1], not a list of paths relative to the --unpaired folder"),
+], ids=["json", "list", "missing-key", "not-a-list", "not-paths"])
+def test_a_damaged_file_list_is_one_line_naming_it(tmp_path, lq, written, said):
+    """--resume with a damaged RUN/files.json ended in a JSONDecodeError or KeyError traceback."""
+    from facerestore.training.checkpoints import write_json
+    from facerestore.training.finetune.run import CONFIG_VERSION, resolve_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    write_json(out / "config.json", {"version": CONFIG_VERSION, "finetune": resolve_config(out, resume=False, lq=lq, size=64).to_dict()})
+    path = out / "files.json"
+    path.write_text(written)
+    result = run("finetune", "--out", out, "--resume", "--device", "cpu", "-q")
+    assert one_line_error(result, 2) == f"error: {path}{said}; fix the file, or start a new run with another --out"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "files.json"]  # nothing else written
+
+
 def test_resume_with_more_steps_keeps_the_lr_milestones_of_the_first_steps(tmp_path, lq):
     """config.json holds the milestones of the run's first --steps; configs written before they were
     stored get those of their (first) steps, never those of the new --steps."""

@@ -929,6 +929,31 @@ def test_file_list_is_frozen_for_resume(tmp_path):
     assert len(load_file_list(run / "files.json")) == 3 and "3 training images (file list of the run)" in notes[0]
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda text: "{" + text, " is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+    (lambda text: '{"files": ' + text + "}", " holds an object, not the run's list of [source, target] image paths"),
+    (lambda text: "[]", " holds [], not the run's list of [source, target] image paths"),
+    (lambda text: '[["a.png"]]', ': entry 0 is ["a.png"], not a [source, target] pair of image paths'),
+    (None, " does not exist: the run's list of training images is gone; restore it"),
+], ids=["json", "object", "empty", "pair", "deleted"])
+def test_a_damaged_file_list_is_one_line_naming_it(tmp_path, edit, said):
+    """--resume with a damaged RUN/files.json ended in a JSONDecodeError or a ValueError traceback."""
+    data = tmp_path / "faces"
+    for i in range(2):
+        write_image(data / f"{i}.png", face(i, 36))
+    run = tmp_path / "run"
+    train(config(data, run, steps=1), unet=MICRO)
+    path = run / "files.json"
+    if edit is None:
+        path.unlink()
+    else:
+        path.write_text(edit(path.read_text()))
+    line = one_error(r := cli("--out", run, "--resume", "--steps", "2", "--workers", "0", "-q"))
+    fix = "" if edit is None else "; fix the file"
+    assert r.exit_code == 2 and line == f"error: {path}{said}{fix}, or start a new run with another --out"
+    assert len(log_losses(run)) == 1
+
+
 def test_cli_warns_about_files_that_failed_to_decode(faces, tmp_path):
     data = tmp_path / "data"
     good = write_image(data / "good.png", face(1, 40))

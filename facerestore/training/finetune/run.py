@@ -46,7 +46,7 @@ from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.ranks import main_rank
 from facerestore.training import distributed
 from facerestore.training.checkpoints import PREFIX, latest_checkpoint, read_checkpoint_state, read_target_steps, record_target_steps, write_json
-from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, config_from_record, read_config_json
+from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, config_from_record, fix, read_config_json, shown
 from facerestore.training.data import check_global_batch, substitution_warning
 from facerestore.training.finetune.data import Pair
 from facerestore.training.finetune.objectives import adapter_for, resolve_base_weights
@@ -265,6 +265,25 @@ def split_holdout(faces: list[InputFace], holdout: float, seed: int) -> tuple[li
     return [f for f in faces if f.rel not in held], [f for f in faces if f.rel in held]
 
 
+def read_split(path: Path) -> dict[str, list[str]]:
+    """RUN/files.json read back strictly: --resume goes on with exactly the faces the run split at its
+    start, so a file damaged or edited by hand is one line naming it, never a traceback or a guess."""
+    try:
+        split = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc})", hint=fix()) from None
+    if not isinstance(split, dict):
+        raise UsageError(f'{path} holds {shown(split)}, not the run\'s split of the faces ({{"train": [...], "holdout": [...]}})', hint=fix())
+    for key in ("train", "holdout"):
+        if key not in split:
+            raise UsageError(f"{path} has no key {key}", hint=fix())
+        if not isinstance(split[key], list) or not all(isinstance(rel, str) for rel in split[key]):
+            raise UsageError(f"{path}: {key} is {shown(split[key])}, not a list of paths relative to the --unpaired folder", hint=fix())
+    return split
+
+
 def suggested_name(base: str, run: Path) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", run.resolve().name).strip("-.") or "run"
     return f"{base}-ft-{slug}"
@@ -356,7 +375,7 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
     plan, base, real, real_note = _check_options(config)
     files_path = run / "files.json"
     if resume and files_path.is_file():
-        split = json.loads(files_path.read_text())
+        split = read_split(files_path)
         lq = Path(config.lq)
         train = [InputFace(rel, lq / rel) for rel in split["train"]]
         held = [InputFace(rel, lq / rel) for rel in split["holdout"]]
