@@ -954,6 +954,22 @@ def test_a_damaged_file_list_is_one_line_naming_it(tmp_path, edit, said):
     assert len(log_losses(run)) == 1
 
 
+def test_val_on_training_faces_warns_naming_both_folders(faces, tmp_path):
+    """--val that is, lies inside or holds a data or --targets folder validated on training faces without
+    a word. A warning, not an error: a smoke test may do it on purpose."""
+    args = ("--size", "32", "--model", "tiny", "--steps", "1", "-b", "2", "--workers", "0", "--device", "cpu", "--val-count", "1", "-q")
+    for i, (data, val, relation) in enumerate([(faces, faces, "is"), (faces, faces / "a", "lies inside"), (faces / "b", faces, "holds")]):
+        result = cli(data, "--out", tmp_path / f"run{i}", "--val", val, *args)
+        assert result.exit_code == 0, result.output
+        warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+        assert warnings == [f"warning: --val {val} {relation} the training data folder {data}: validation scores faces the model trains on; "
+                            "pass a folder of held-out faces for a fair score"]
+    apart = tmp_path / "held-out"
+    write_image(apart / "x.png", face(3, 40))
+    result = cli(faces / "a", "--out", tmp_path / "apart", "--val", apart, *args)
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
 def test_cli_warns_about_files_that_failed_to_decode(faces, tmp_path):
     data = tmp_path / "data"
     good = write_image(data / "good.png", face(1, 40))

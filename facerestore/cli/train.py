@@ -49,6 +49,7 @@ def train_command(
 
     from facerestore.training.data import substitution_warning
     from facerestore.training.trainer import parse_duration, resolve_config, train
+    from facerestore.training.validation import training_overlap
 
     main = main_rank()
     try:
@@ -61,6 +62,8 @@ def train_command(
         )
     except FaceRestoreError as exc:
         fail(exc, debug)
+    if main and config.val and (overlap := training_overlap(config.val, config.data, config.targets)):
+        err.print(overlap, markup=False)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet or not main)

@@ -22,7 +22,7 @@ the training size (their blur and downsampling are in pixels at that size). PSNR
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,21 @@ CHUNK = 8
 class ValFace:
     clean: np.ndarray  # HxWx3 float32 [0, 1]
     degraded: dict[str, np.ndarray]  # preset name -> the face degraded with it
+
+
+def training_overlap(val: Path | str, data: Sequence[str], targets: Sequence[str] = ()) -> str | None:
+    """The warning line for a --val folder that is, lies inside or holds a training data (or --targets)
+    folder: its PSNR would then score faces the model trains on. Not an error: a smoke test may
+    validate on its training faces on purpose."""
+    held = Path(val).resolve()
+    for folders, what in ((data, "training data folder"), (targets, "--targets folder")):
+        for folder in folders:
+            train = Path(folder).resolve()
+            relation = "is" if held == train else "lies inside" if held.is_relative_to(train) else "holds" if train.is_relative_to(held) else None
+            if relation:
+                return (f"warning: --val {val} {relation} the {what} {folder}: validation scores faces the model trains on; "
+                        "pass a folder of held-out faces for a fair score")
+    return None
 
 
 def load_val_faces(folder: Path, count: int, size: int, specs: dict[str, DegradationSpec], seed: int) -> list[ValFace]:
