@@ -154,6 +154,28 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
     assert not pt_out.exists()
 
 
+def test_the_missing_base_weights_line_also_names_a_missing_prior(tmp_path, weights, lq):
+    """With neither codeformer.pth nor the DifFace prior on the machine, the line named only
+    codeformer.pth: the prior's was the next run's error. One run says everything to fetch
+    (docs/weights.md), as restore's dr2 and difface do."""
+    from facerestore.weights.store import get_entry
+
+    prior = get_entry("difface_prior")
+    out = tmp_path / "run"
+    for command in (["finetune", "--unpaired", lq, "--out", out], ["finetune", "pseudo-targets", lq, "--out", out]):
+        line = one_line_error(run(*command, "--size", "64", "--device", "cpu", "-q"), 1, "codeformer.pth (weights 'codeformer') is not on this machine")
+        assert line.endswith("; then run `facerestore weights import codeformer.pth` or put it in a folder named by FACERESTORE_WEIGHTS; "
+                             f"also missing, get and import it the same way: iddpm_ffhq512_ema500000.pth (weights 'difface_prior', from {prior.urls[0]})"), line
+    # a prior that is there (or given) is not named; nor is the prior when the base is what is there
+    args = tiny_run_args(lq, out, weights)
+    args[args.index("--base-weights") : args.index("--base-weights") + 2] = []
+    assert "also missing" not in one_line_error(run(*args), 1, "codeformer.pth")
+    args = tiny_run_args(lq, out, weights)
+    args[args.index("--prior-weights") : args.index("--prior-weights") + 2] = []
+    assert "also missing" not in one_line_error(run(*args), 1, "iddpm_ffhq512_ema500000.pth")
+    assert not out.exists()
+
+
 def test_a_folder_without_a_usable_face_is_one_line_with_what_was_skipped_and_why(tmp_path, weights, lq):
     """"no usable faces in X (0 images, 1 unreadable skipped)" counted what was skipped but not why nor
     what to do about it, and advised the short side whatever the files were skipped for; an empty

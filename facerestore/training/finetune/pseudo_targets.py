@@ -66,7 +66,8 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -83,7 +84,7 @@ from facerestore.diffusion import (
     sample,
     space_timesteps,
 )
-from facerestore.errors import BadImage, UsageError
+from facerestore.errors import BadImage, UsageError, WeightsError
 from facerestore.image_io import assert_apart, assert_output_folder, remove_stale_temps, resize
 from facerestore.training import distributed
 from facerestore.training.config_file import InvalidSetting
@@ -299,6 +300,23 @@ def resolve_prior(weights: str | Path | None, offline: bool | None) -> Path:
     from facerestore.weights.store import resolve
 
     return resolve("difface_prior", explicit=weights, offline=offline, option="--prior-weights")
+
+
+@contextmanager
+def naming_a_missing_prior(base: str, base_weights: str | Path | None, prior_weights: str | Path | None) -> Iterator[None]:
+    """Around the base model's loading: the line of a missing catalogued base checkpoint also names the
+    DifFace prior when that is missing too, so one run says everything to fetch (docs/weights.md), as
+    restore's dr2 and difface do (`weights.store.also_missing`)."""
+    from facerestore.weights.store import also_missing, local_copies
+
+    base_missing = base == "codeformer" and base_weights is None and not local_copies("codeformer")
+    try:
+        yield
+    except WeightsError as exc:
+        if base_missing and prior_weights is None and not local_copies("difface_prior"):
+            tail = also_missing("codeformer", ["difface_prior"])
+            exc.hint = f"{exc.hint}; {tail}" if exc.hint else tail
+        raise
 
 
 def check_prior_option(weights: str | Path | None) -> None:
@@ -607,7 +625,8 @@ def prepare(options: PseudoTargetOptions, device: str, *, load: bool = True, fac
             wanted = set(options.files)
             faces = [f for f in faces if f.rel in wanted]
     if base_method is None and load:
-        base_method = options.base.build(device, options.offline, options.size)
+        with naming_a_missing_prior(options.base.name, options.base.weights, options.prior_weights):
+            base_method = options.base.build(device, options.offline, options.size)
     prior_path = resolve_prior(options.prior_weights, options.offline)
     prior = None
     if load:

@@ -29,6 +29,7 @@ not depend on file order, and they never reach stage 1 or 2.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -60,6 +61,7 @@ from facerestore.training.finetune.pseudo_targets import (
     Reporter,
     check_prior_option,
     generate_pseudo_targets,
+    naming_a_missing_prior,
     prepare,
     read_done,
     scan_inputs,
@@ -386,15 +388,17 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
     else:
         faces, scan_note = scan_inputs(Path(config.lq), config.size, exclude=[run])
         train, held = split_holdout(faces, config.holdout, config.seed)
-    base_path = resolve_base_weights(config.base, config.base_weights, config.offline)
-
     pseudo_dir = run / "pseudo"
-    pseudo_options = PseudoTargetOptions(lq=Path(config.lq), out=pseudo_dir, base=base, prior_weights=config.prior_weights, k=config.k, l=config.l,
-                                         n=config.n, size=config.size, batch_size=config.pseudo_batch, seed=config.seed, device=config.device,
-                                         offline=config.offline, files=tuple(f.rel for f in train))
     # done: listed with its target, made from the input as it is now (one replaced at the same path is redone)
     done = read_done(pseudo_dir / STATE_DIR, train) if (pseudo_dir / STATE_DIR).is_dir() else set()
     stage1_left = any(f.rel not in done for f in train)
+    # a missing base checkpoint's line also names the prior, when stage 1 needs it and it is missing too
+    with naming_a_missing_prior(config.base, config.base_weights, config.prior_weights) if stage1_left else contextlib.nullcontext():
+        base_path = resolve_base_weights(config.base, config.base_weights, config.offline)
+
+    pseudo_options = PseudoTargetOptions(lq=Path(config.lq), out=pseudo_dir, base=base, prior_weights=config.prior_weights, k=config.k, l=config.l,
+                                         n=config.n, size=config.size, batch_size=config.pseudo_batch, seed=config.seed, device=config.device,
+                                         offline=config.offline, files=tuple(f.rel for f in train))
     # load what stage 1 needs now: a base checkpoint that does not fit (another size, another
     # architecture) or a prior missing offline is one line before anything is written
     base_method = base.build(str(d.device), config.offline, config.size)
