@@ -176,6 +176,15 @@ def test_the_missing_base_weights_line_also_names_a_missing_prior(tmp_path, weig
     assert not out.exists()
 
 
+def test_a_negative_worker_count_is_refused_before_any_work(tmp_path, weights, lq):
+    """QA reported `--workers -1` as accepted silently; it is refused before anything is written."""
+    out = tmp_path / "run"
+    args = tiny_run_args(lq, out, weights)
+    args[args.index("--workers") + 1] = "-1"
+    assert one_line_error(run(*args), 2) == "error: --workers must be >= 0, got -1"
+    assert not out.exists()
+
+
 def test_a_folder_without_a_usable_face_is_one_line_with_what_was_skipped_and_why(tmp_path, weights, lq):
     """"no usable faces in X (0 images, 1 unreadable skipped)" counted what was skipped but not why nor
     what to do about it, and advised the short side whatever the files were skipped for; an empty

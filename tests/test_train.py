@@ -751,6 +751,16 @@ def test_cli_errors_are_one_line_with_exit_codes(faces, tmp_path, tiny_baseline)
     assert r.exit_code == 2 and "--val-identity" in line and "missing.onnx" in line and not (tmp_path / "r9" / "log.jsonl").is_file()
 
 
+def test_a_negative_worker_count_is_refused_before_any_work(faces, tmp_path):
+    """QA reported `--workers -1` as accepted silently; it is refused, new run or resume, before anything is written."""
+    run = tmp_path / "run"
+    line = one_error(r := cli(faces, "--out", run, "--size", "32", "--model", "tiny", "--steps", "1", "--workers", "-1", "--device", "cpu"))
+    assert r.exit_code == 2 and line == "error: --workers must be >= 0, got -1" and not run.exists()
+    assert cli(faces, "--out", run, "--size", "32", "--model", "tiny", "--steps", "1", "-b", "2", "--workers", "0", "--device", "cpu", "-q").exit_code == 0
+    line = one_error(r := cli("--out", run, "--resume", "--steps", "2", "--workers", "-1"))
+    assert r.exit_code == 2 and line == "error: --workers must be >= 0, got -1" and len(log_losses(run)) == 1
+
+
 def test_data_without_a_usable_image_is_one_line_with_what_was_skipped_and_why(tmp_path):
     """A folder without images was reported as "1 unreadable folder skipped", and skipped files only by
     a count, with advice about their size whatever the reason they were skipped for."""
