@@ -37,17 +37,26 @@ class InvalidSetting(UsageError):
         self.key = key
 
 
+def read_run_json(path: Path, *, missing: str = "") -> object:
+    """A JSON file of a run folder (config.json, files.json): its value, or one line naming the file
+    when it cannot be read or parsed. `missing`: the line for a file that does not exist (else the
+    OSError line)."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        if missing and isinstance(exc, FileNotFoundError):
+            raise UsageError(missing, hint="restore it, or start a new run with another --out") from None
+        raise UsageError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc})", hint=fix()) from None
+
+
 def read_config_json(run: Path | str, version: int, sections: Sequence[str]) -> dict:
     """RUN/config.json as an object whose `version` this facerestore reads and whose `sections` are objects."""
     path = Path(run) / CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"nothing to resume: {path} does not exist", hint="start the run without --resume")
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc})", hint=fix()) from None
+    data = read_run_json(path)
     if not isinstance(data, dict):
         raise UsageError(f"{path} holds {shown(data)}, not a run config object", hint=fix())
     for key in ("version", *sections):
@@ -133,4 +142,4 @@ def fix(key: str | None = None) -> str:
     return f"fix {key or 'the file'}{' in the file' if key else ''}, or start a new run with another --out"
 
 
-__all__ = ["CONFIG_FILE", "InvalidSetting", "config_from_record", "fix", "read_config_json", "shown"]
+__all__ = ["CONFIG_FILE", "InvalidSetting", "config_from_record", "fix", "read_config_json", "read_run_json", "shown"]

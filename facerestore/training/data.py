@@ -38,7 +38,7 @@ from facerestore.diffusion.losses import NoiseLevels, perturbed_noise, sample_no
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.errors import BadImage, UsageError
 from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, NO_IMAGES, NOT_REGULAR, list_images, read_image, resize
-from facerestore.training.config_file import fix, shown
+from facerestore.training.config_file import fix, read_run_json, shown
 from facerestore.training.degradations import DegradationSpec, sample_params, apply_degradation, to_gray
 from facerestore.training.seeds import permutation, stable_seed
 from facerestore.plural import counted, verb
@@ -192,14 +192,7 @@ def save_file_list(files: Sequence[FaceFile], path: Path) -> None:
 def load_file_list(path: Path) -> list[FaceFile]:
     """RUN/files.json read back strictly: --resume trains on exactly the files the run started with, so
     a list damaged or edited by hand is one line naming the file, never a traceback or a guess."""
-    try:
-        pairs = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist: the run's list of training images is gone", hint="restore it, or start a new run with another --out") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc})", hint=fix()) from None
+    pairs = read_run_json(path, missing=f"{path} does not exist: the run's list of training images is gone")
     if not isinstance(pairs, list) or not pairs:
         raise UsageError(f"{path} holds {shown(pairs)}, not the run's list of [source, target] image paths", hint=fix())
     for i, pair in enumerate(pairs):

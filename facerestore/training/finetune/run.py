@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import re
 import shlex
@@ -47,7 +46,7 @@ from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.ranks import main_rank
 from facerestore.training import distributed
 from facerestore.training.checkpoints import PREFIX, latest_checkpoint, read_checkpoint_state, read_target_steps, record_target_steps, write_json
-from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, config_from_record, fix, read_config_json, shown
+from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, config_from_record, fix, read_config_json, read_run_json, shown
 from facerestore.training.data import check_global_batch, substitution_warning
 from facerestore.training.finetune.data import Pair
 from facerestore.training.finetune.objectives import adapter_for, resolve_base_weights
@@ -270,12 +269,7 @@ def split_holdout(faces: list[InputFace], holdout: float, seed: int) -> tuple[li
 def read_split(path: Path) -> dict[str, list[str]]:
     """RUN/files.json read back strictly: --resume goes on with exactly the faces the run split at its
     start, so a file damaged or edited by hand is one line naming it, never a traceback or a guess."""
-    try:
-        split = json.loads(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc})", hint=fix()) from None
+    split = read_run_json(path)
     if not isinstance(split, dict):
         raise UsageError(f'{path} holds {shown(split)}, not the run\'s split of the faces ({{"train": [...], "holdout": [...]}})', hint=fix())
     for key in ("train", "holdout"):
