@@ -84,14 +84,23 @@ def test_a_torn_manifest_line_costs_only_itself(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"{torn", b"[1, 2]", b"\xff\xfe not text"])
-def test_an_unreadable_settings_json_constrains_nothing_and_is_left_as_it_is(tmp_path, content):
-    """Not JSON, not an object, not UTF-8: all alike (the last two used to crash check_settings)."""
+def test_an_unreadable_settings_json_is_refused_in_one_line_and_left_as_it_is(tmp_path, content):
+    """Not JSON, not an object, not UTF-8: all alike (the last two used to crash check_settings). It
+    was passed over, and never rewritten: the folder then took a rerun with any settings, so two
+    models could mix in one cleaned tree. Now the rerun stops and says what to do."""
     state = tmp_path / ".state"
     state.mkdir()
     (state / "settings.json").write_bytes(content)
     assert read_settings(state) is None
-    check_settings(state, {"seed": 0}, True, "a cleaning run")
+    with pytest.raises(UsageError) as refused:
+        check_settings(state, {"seed": 0}, True, "a cleaning run")
+    assert refused.value.one_line() == (
+        f"{state / 'settings.json'} is damaged (not a JSON object): it records the settings {tmp_path} was made with; "
+        f"if you made it with the options you give now, delete that file and rerun (they are recorded again); else delete {state} to start over")
     assert (state / "settings.json").read_bytes() == content
+    (state / "settings.json").unlink()
+    check_settings(state, {"seed": 0}, True, "a cleaning run")
+    assert read_settings(state) == {"seed": 0}
 
 
 def test_recorded_settings_are_read_back_and_other_settings_refused(tmp_path):

@@ -203,7 +203,11 @@ def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
     path = state / "settings.json"
     if path.is_file():
         recorded = read_settings(state)
-        if recorded is not None and recorded != settings:
+        if recorded is None:  # passed over, it would let a rerun with other settings mix two models in one folder
+            raise UsageError(f"{path} is damaged (not a JSON object): it records the settings {state.parent} was made with",
+                             hint=f"if you made it with the options you give now, delete that file and rerun (they are recorded again); "
+                                  f"else delete {state} to start over")
+        if recorded != settings:
             differ = ", ".join(f"{k}: {setting_text(recorded.get(k))} -> {setting_text(settings.get(k))}" for k in settings if recorded.get(k) != settings.get(k))
             raise UsageError(f"{state.parent} holds {what} made with other settings ({differ})",
                              hint=f"rerun with the same options, choose another --out, or delete {state} to start over")
