@@ -49,7 +49,6 @@ def train_command(
 
     from facerestore.training.data import substitution_warning
     from facerestore.training.trainer import parse_duration, resolve_config, train
-    from facerestore.training.validation import training_overlap
 
     main = main_rank()
     try:
@@ -62,8 +61,6 @@ def train_command(
         )
     except FaceRestoreError as exc:
         fail(exc, debug)
-    if main and config.val and (overlap := training_overlap(config.val, config.data, config.targets)):
-        err.print(overlap, markup=False)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet or not main)
@@ -79,7 +76,7 @@ def train_command(
             progress.console.print(text, markup=False)
 
     try:
-        result = train(config, resume=resume, on_step=on_step, on_message=on_message, check_memory=not skip_memory_check)
+        result = train(config, resume=resume, on_step=on_step, on_message=on_message, on_warning=lambda line: progress.console.print(line, markup=False), check_memory=not skip_memory_check)
     except KeyboardInterrupt:  # Ctrl-C reaches every process torchrun started: one says so
         _stop(progress)
         if main:

@@ -82,7 +82,7 @@ from facerestore.training.run_config import (
 )
 from facerestore.training.seeds import stable_seed
 from facerestore.training.step_memory import check_step_memory
-from facerestore.training.validation import ValFace, describe, load_val_faces, validate
+from facerestore.training.validation import ValFace, describe, load_val_faces, training_overlap, validate
 from facerestore.weights.checkpoint import load_strict
 from facerestore.plural import counted
 
@@ -165,13 +165,15 @@ def train(
     unet: UNetConfig | None = None,
     on_step: Callable[[StepReport], None] | None = None,
     on_message: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
     check_memory: bool = True,
 ) -> TrainResult:
     """Run (or resume) training as described in the module docstring; returns what happened.
 
     `unet` overrides the --model preset (tests and library users); `on_step` is called after every
     step on rank 0 and may raise to stop (a simulated crash); `on_message` gets one-line notes;
-    `check_memory=False` skips the refusal of a step too large for the memory (`training.step_memory`).
+    `on_warning` gets lines the user should see even with -q, once every check has passed (a --val
+    folder among the training data). `check_memory=False` skips the refusal of a step too large for the memory (`training.step_memory`).
     """
     # before anything is written: a run folder records its batch size, and a resume keeps it
     check_global_batch(config.batch_size, distributed.world_size(), resume=resume)
@@ -182,7 +184,8 @@ def train(
         # the barrier only once rank 0 holds it, so a refused run's ranks write nothing
         with output_lock(Path(config.out), hold=d.main, on_message=on_message if d.main else None):
             distributed.barrier(d)
-            return _train(config, d, resume=resume, unet=unet, on_step=on_step, on_message=on_message, check_memory=check_memory)
+            return _train(config, d, resume=resume, unet=unet, on_step=on_step, on_message=on_message, on_warning=on_warning,
+                          check_memory=check_memory)
 
 
 def _check_apart(config: TrainConfig) -> None:
@@ -198,7 +201,8 @@ def _check_apart(config: TrainConfig) -> None:
 
 
 def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNetConfig | None,
-           on_step: Callable[[StepReport], None] | None, on_message: Callable[[str], None] | None, check_memory: bool = True) -> TrainResult:
+           on_step: Callable[[StepReport], None] | None, on_message: Callable[[str], None] | None,
+           on_warning: Callable[[str], None] | None = None, check_memory: bool = True) -> TrainResult:
     def message(text: str) -> None:
         if on_message is not None and d.main:
             on_message(text)
@@ -248,6 +252,9 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
         config = dataclasses.replace(config, model=model_name(config, unet_config))  # recorded, and in every checkpoint's recipe
     if check_memory:  # a step that cannot fit is one line now, not the OOM killer later; nothing is written yet
         check_step_memory(config, unet_config, d.device, d.world, main=d.main, resume=not fresh)
+    # after every check: a warning before a refusal would be a second line about a run that never starts
+    if on_warning is not None and d.main and config.val and (overlap := training_overlap(config.val, config.data, config.targets)):
+        on_warning(overlap)
     if fresh:
         distributed.barrier(d)  # every rank has found no run here before rank 0 makes one (else: "already holds a config.json")
         if d.main:
