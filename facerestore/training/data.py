@@ -82,14 +82,11 @@ class ScanResult:
         if self.duplicates:
             parts.append(f"{counted(len(self.duplicates), 'duplicate')} (links to a file already listed) skipped")
         if self.unreadable_folders:
-            parts.append(f"{counted(len(self.unreadable_folders), 'unreadable folder')} skipped ({self.unreadable_folders[0]}"
-                         + (", ..." if len(self.unreadable_folders) > 1 else "") + ")")
+            parts.append(f"{counted(len(self.unreadable_folders), 'unreadable folder')} skipped ({_first(self.unreadable_folders)})")
         if self.empty_folders:
-            parts.append(f"{counted(len(self.empty_folders), 'folder')} without images ({self.empty_folders[0]}"
-                         + (", ..." if len(self.empty_folders) > 1 else "") + ")")
+            parts.append(f"{counted(len(self.empty_folders), 'folder')} without images ({_first(self.empty_folders)})")
         if self.links_up:
-            parts.append(f"{counted(len(self.links_up), 'link')} to a folder above not followed ({self.links_up[0]}"
-                         + (", ..." if len(self.links_up) > 1 else "") + ")")
+            parts.append(f"{counted(len(self.links_up), 'link')} to a folder above not followed ({_first(self.links_up)})")
         return ", ".join(parts)
 
     def nothing_usable(self, folders: Sequence[str], size: int, *, what: str = "training images",
@@ -113,7 +110,7 @@ class ScanResult:
             advice.append(f"use faces at least {min_side} px on the short side"
                           + (f" (or a smaller --size: at {size} faces below {min_side} px are skipped)" if min_side > SMALLEST_SIDE else ""))
         if self.unreadable:
-            advice.append(f"re-export or remove the unreadable files ({self.unreadable[0]}{', ...' if len(self.unreadable) > 1 else ''})")
+            advice.append(f"re-export or remove the unreadable files ({_first(self.unreadable)})")
         if self.missing_targets:
             advice.append("clean the data folders into --targets with `facerestore clean-dataset` first")
         if self.broken_links or self.duplicates:
@@ -124,6 +121,11 @@ class ScanResult:
 
 
 SMALLEST_SIDE = 16  # px: no training size keeps smaller images
+
+
+def _first(paths: Sequence[str]) -> str:
+    """The first of `paths`, and ", ..." where there are more: an example in a one-line message."""
+    return paths[0] + (", ..." if len(paths) > 1 else "")
 
 
 def min_side_for(size: int) -> int:
