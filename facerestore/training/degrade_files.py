@@ -112,15 +112,12 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     assert_output_folder(dst)
     links: list[tuple[Path, str]] = []
     paths, problems = list_images([src], exclude=[dst], links=links)  # never dst, also not through a link: a rerun would degrade its own copies
-    if on_warning is not None:  # a folder link that holds SRC: not followed, but not without a word
-        for path, reason in links:
+    if on_warning is not None:  # a folder link that holds SRC, a broken link, a pipe, a folder that cannot be listed: left out, but not without a word
+        for path, reason in links + (problems if paths else []):  # with no image, the refusal below names the problem
             on_warning(f"skipped {path}: {reason}")
     if not paths:
         reason = problems[0][1] if problems else "no images"
         raise UsageError(f"{src}: {reason}", hint="pass an image or a folder of images")
-    if on_warning is not None:  # a broken link, a pipe, a folder that cannot be listed: left out, but not without a word
-        for path, reason in problems:
-            on_warning(f"skipped {path}: {reason}")
     root = src if src.is_dir() else src.parent
     if src.is_dir():
         assert_outside(dst, src, str(src), hint="write the degraded copies outside the source folder")
