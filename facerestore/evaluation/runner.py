@@ -511,7 +511,7 @@ class Evaluator:
                 sets.append(self._authenticity_set(items))
         else:
             sets.append(self._real_set(items))
-        notes = [f"{len(links)} folder {'link' if len(links) == 1 else 'links'} not followed, as {'it links' if len(links) == 1 else 'they link'} "
+        notes = [f"{counted(len(links), 'folder link')} not followed, as {verb(len(links), 'it links', 'they link')} "
                  f"to a folder that holds the input folder: {', '.join(str(p) for p, _ in links)}"] if links else []
         if self.resized:
             shown = ", ".join(f"{k} ({v})" for k, v in list(self.resized.items())[:5])
