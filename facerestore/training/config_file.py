@@ -17,7 +17,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,6 +26,7 @@ from facerestore.errors import UsageError
 CONFIG_FILE = "config.json"
 
 Config = TypeVar("Config")
+T = TypeVar("T")
 
 
 class InvalidSetting(UsageError):
@@ -35,6 +36,17 @@ class InvalidSetting(UsageError):
     def __init__(self, key: str, message: str, *, hint: str = "") -> None:
         super().__init__(message, hint=hint)
         self.key = key
+
+
+def checked_setting(key: str, check: Callable[[], T]) -> T:
+    """`check()`, its UsageError naming `key` (InvalidSetting), so config.json's reader can say which key
+    is wrong: for a config's checks that call a shared one (check_seed) rather than raise themselves."""
+    try:
+        return check()
+    except InvalidSetting:
+        raise
+    except UsageError as exc:
+        raise InvalidSetting(key, str(exc), hint=exc.hint) from None
 
 
 def read_run_json(path: Path, *, missing: str = "") -> object:
@@ -142,4 +154,4 @@ def fix(key: str | None = None) -> str:
     return f"fix {key or 'the file'}{' in the file' if key else ''}, or start a new run with another --out"
 
 
-__all__ = ["CONFIG_FILE", "InvalidSetting", "config_from_record", "fix", "read_config_json", "read_run_json", "shown"]
+__all__ = ["CONFIG_FILE", "InvalidSetting", "checked_setting", "config_from_record", "fix", "read_config_json", "read_run_json", "shown"]

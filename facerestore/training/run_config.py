@@ -24,7 +24,7 @@ from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, preset_of
 from facerestore.ranks import main_rank
 from facerestore.training.checkpoints import read_target_steps, write_json
-from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, config_from_record, fix, read_config_json
+from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, checked_setting, config_from_record, fix, read_config_json
 from facerestore.training.degradations import PRESETS as DEGRADATIONS
 from facerestore.training.out_lock import assert_free
 from facerestore.training.resume_recipe import recipe_record, refuse_checkpoint_changes, refuse_given_changes
@@ -67,10 +67,7 @@ class TrainConfig:
     time_limit: float | None = None  # seconds; this invocation only (not kept for --resume)
 
     def __post_init__(self) -> None:
-        try:
-            check_seed(self.seed)
-        except UsageError as exc:
-            raise InvalidSetting("seed", str(exc)) from None
+        checked_setting("seed", lambda: check_seed(self.seed))
         checks = [
             ("size", self.size >= 8, f"--size must be at least 8, got {self.size}"),
             ("steps", self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),

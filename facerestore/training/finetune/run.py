@@ -37,7 +37,6 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 
@@ -46,7 +45,7 @@ from facerestore.image_io import assert_apart, assert_output_folder
 from facerestore.ranks import main_rank
 from facerestore.training import distributed
 from facerestore.training.checkpoints import PREFIX, latest_checkpoint, read_checkpoint_state, read_target_steps, record_target_steps, write_json
-from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, config_from_record, fix, read_config_json, read_run_json, shown
+from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, checked_setting, config_from_record, fix, read_config_json, read_run_json, shown
 from facerestore.training.data import check_global_batch, substitution_warning
 from facerestore.training.finetune.data import Pair
 from facerestore.training.finetune.objectives import adapter_for, resolve_base_weights
@@ -75,8 +74,6 @@ from facerestore.plural import counted, verb
 
 CONFIG_VERSION = 1
 DEFAULT_LR = {"code": 1e-4, "image": 2e-5}  # DT-BFR: CodeFormer Adam 1e-4; SwinIR AdamW 2e-5
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,7 +114,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         # --base first: --lr and --base-fidelity default by it (stored resolved, so --resume compares values,
         # an explicit default is no change, and a run never follows a later change of the defaults)
-        objective = _checked("base", lambda: adapter_for(self.base)).objective
+        objective = checked_setting("base", lambda: adapter_for(self.base)).objective
         if self.lr is None:
             object.__setattr__(self, "lr", DEFAULT_LR[objective])
         if self.base_fidelity is None and self.base == "codeformer":
@@ -125,7 +122,7 @@ class FinetuneConfig:
         # the LR schedule is fixed when the run starts: extending it must not move decays already taken (or skipped)
         milestones = milestones_for(self.steps) if self.lr_milestones is None else tuple(int(m) for m in self.lr_milestones)
         object.__setattr__(self, "lr_milestones", milestones)
-        _checked("seed", lambda: check_seed(self.seed))
+        checked_setting("seed", lambda: check_seed(self.seed))
         for name in ("lpips_weight", "gan_weight", "feat_weight", "ce_weight"):  # the last two are config fields, not options
             weight = getattr(self, name)
             if not (weight >= 0 and math.isfinite(weight)):
@@ -149,21 +146,11 @@ class FinetuneConfig:
         for key, ok, text in checks:
             if not ok:
                 raise InvalidSetting(key, text)
-        _checked("base_fidelity", BaseSpec(name=self.base, fidelity=self.base_fidelity).check)
+        checked_setting("base_fidelity", BaseSpec(name=self.base, fidelity=self.base_fidelity).check)
         PseudoTargetPlan.from_options(self.k, self.l, self.n, self.size)  # names the one of k, l, n that is wrong
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _checked(key: str, check: Callable[[], T]) -> T:
-    """`check()`, its UsageError naming `key` (InvalidSetting), so config.json's reader can say which key is wrong."""
-    try:
-        return check()
-    except InvalidSetting:
-        raise
-    except UsageError as exc:
-        raise InvalidSetting(key, str(exc), hint=exc.hint) from None
 
 
 RECIPE = ("lq", "base", "base_weights", "base_fidelity", "prior_weights", "k", "l", "n", "size", "holdout", "real", "batch_size", "lr", "ema",
