@@ -1,4 +1,5 @@
-"""Helpers shared by several test files: small nets with known random weights, and lock checks."""
+"""Helpers shared by several test files: small nets with known random weights, lock checks, and
+2-process torchrun runs with the check of how their ranks stopped."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import dataclasses
 import errno
 import hashlib
 import math
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -99,3 +104,26 @@ def refuse_flock(monkeypatch, code: int = errno.EWOULDBLOCK) -> None:
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(fcntl, "flock", refuse)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(args: list, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`facerestore ARGS` under torchrun with 2 CPU processes of one thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facerestore", *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_all_ranks_stopped_with(done: subprocess.CompletedProcess, code: int, message: str) -> None:
+    """One error line, no worker traceback, and every rank's exit code is `code`. torchrun itself exits 1
+    whenever a worker fails, and stops the other ranks with SIGTERM (-15) at the first exit, so which
+    rank is the "root cause" and which shows -15 is a race: only the set of codes is checked."""
+    output = done.stdout + done.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], output
+    assert "[rank" not in done.stderr and "RuntimeError" not in done.stderr, output  # a worker's traceback (gloo's, at a barrier)
+    codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", done.stderr)]
+    root = int(re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", done.stderr, re.S).group(1))
+    assert done.returncode != 0 and root == code and set(codes) <= {code, -15}, done.stderr

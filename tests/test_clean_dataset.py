@@ -22,6 +22,7 @@ from facerestore.methods import idm as idm_module
 from facerestore.methods.idm import save_model
 from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
 from facerestore.training.clean_dataset import STATE_DIR
+from helpers import assert_all_ranks_stopped_with, torchrun
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -314,10 +315,8 @@ def test_torchrun_ranks_share_the_files_and_match_one_process(tmp_path, model):
     src = tmp_path / "src"
     for i in range(5):
         write_image(src / f"{i}.png", face(i, 32))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     args = ["--weights", str(model), "--steps", "2", "--device", "cpu", "-q"]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facerestore",
-                           "clean-dataset", str(src), "--out", str(tmp_path / "ddp"), *args], env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun(["clean-dataset", src, "--out", tmp_path / "ddp", *args], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     per_rank = {p.name: [json.loads(l)["path"] for l in p.read_text().splitlines()] for p in (tmp_path / "ddp" / STATE_DIR).glob("done-rank*.jsonl")}
     assert per_rank == {"done-rank0.jsonl": ["0.png", "2.png", "4.png"], "done-rank1.jsonl": ["1.png", "3.png"]}
@@ -334,10 +333,8 @@ def test_torchrun_json_lists_every_ranks_failures_and_a_rerun_with_one_process_c
         write_image(src / f"{i}.png", face(i, 32))
     for name in ("1.png", "2.png"):  # one file of each rank fails
         (src / name).write_bytes(b"junk")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     args = ["--out", str(out), "--weights", str(model), "--steps", "2", "--device", "cpu"]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facerestore",
-                           "clean-dataset", str(src), *args, "--json"], env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun(["clean-dataset", src, *args, "--json"], tmp_path)
     s = json.loads(done.stdout)  # rank 0 alone prints the summary
     assert (s["done"], s["failed"], s["complete"]) == (3, 2, 3)
     assert [path for path, _ in s["failures"]] == ["1.png", "2.png"], s["failures"]
@@ -449,22 +446,16 @@ def test_clean_dataset_releases_its_lock_however_it_ends(dataset, tmp_path, mode
 
 @pytest.mark.slow
 def test_torchrun_into_a_folder_in_use_is_refused_on_every_rank(tmp_path, model):
-    """Rank 0 holds the lock for its run; a second run's rank 0 is refused (exit 2) and its rank 1 writes nothing."""
+    """Rank 0 holds the lock for its run; a second run's rank 0 is refused (exit 2), and its rank 1 writes nothing and exits 2 too."""
     from facerestore.training.out_lock import output_lock
 
     src, out = tmp_path / "src", tmp_path / "out"
     for i in range(3):
         write_image(src / f"{i}.png", face(i, 32))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with output_lock(out):
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facerestore",
-                               "clean-dataset", str(src), "--out", str(out), "--weights", str(model), "--steps", "2", "--device", "cpu", "-q"],
-                              env=env, capture_output=True, text=True, timeout=300)
+        done = torchrun(["clean-dataset", src, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", "-q"], tmp_path)
         assert sorted(p.name for p in out.rglob("*")) == [".facerestore.lock"]
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {out} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out"], done.stderr
-    # torchrun's report: rank 0 exits 2; rank 1 exits 2 too, unless torchrun's SIGTERM reaches it first
-    assert done.returncode != 0 and "rank      : 0 (local_rank: 0)\n  exitcode  : 2 " in done.stderr, done.stderr
+    assert_all_ranks_stopped_with(done, 2, f"error: {out} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out")
 
 
 def test_a_rerun_says_how_many_temp_files_it_removed_in_good_english(dataset, tmp_path, model):

@@ -9,8 +9,6 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import get_type_hints
@@ -19,20 +17,18 @@ import numpy as np
 import pytest
 import test_finetune as shared
 import torch
-from helpers import seeded_state
+from helpers import lock_held, seeded_state, torchrun
 from test_finetune import FAST, face
 from typer.testing import CliRunner
 
 from facerestore.cli.app import app, register
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import read_image, write_image
-from helpers import lock_held
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 register()
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[1]
 
 lq = shared.lq  # the shared fixture
 weights = shared.weights  # the shared fixture
@@ -833,11 +829,8 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, weights, lq):
     plan = ["--prior-start", "16", "--prior-until", "8", "--prior-lowpass", "8"]  # torchrun would read --l / --n as its own options
     args = ["--unpaired", lq, "--base-weights", weights["codeformer"], "--prior-weights", weights["prior"], "--size", "64", *plan,
             "--holdout", "2", "--steps", "3", "--batch-size", "4", "--save-every", "2", "--workers", "0", "--device", "cpu", "-q"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     ddp = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facerestore", "finetune",
-               *[str(a) for a in args], "--out", str(ddp)]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = torchrun(["finetune", *args, "--out", ddp], tmp_path, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("fine-tuned codeformer: step 3 of 3") == 1
     single = tmp_path / "single"

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +15,9 @@ from typer.testing import CliRunner
 
 from facerestore.cli.app import app, register
 from facerestore.image_io import write_image
+from helpers import assert_all_ranks_stopped_with, torchrun
 
 register()
-REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--size", "32", "--model", "tiny", "--steps", "3", "--batch-size", "4", "--save-every", "2", "--workers", "0", "--device", "cpu", "-q"]
 
 
@@ -38,11 +35,8 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
     data = tmp_path / "faces"
     for i in range(6):
         write_image(data / f"{i}.png", face(i))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     ddp = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "facerestore", "train", str(data), "--out", str(ddp), *ARGS]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun(["train", data, "--out", ddp, *ARGS], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("step 3 of 3") == 1  # only rank 0 reports
 
@@ -68,30 +62,10 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
                 torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=1e-4, atol=1e-5)
 
     # a time limit is voted on by every rank, so both stop after the same step (none waits forever)
-    resume = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "-m", "facerestore", "train", "--out", str(ddp), "--resume", "--steps", "6", "--time-limit", "0.001s", "--workers", "0", "-q"]
-    done = subprocess.run(resume, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun(["train", "--out", ddp, "--resume", "--steps", "6", "--time-limit", "0.001s", "--workers", "0", "-q"], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("step 4 of 6") == 1 and len(losses(ddp)) == 4
     assert (ddp / "checkpoints" / "step_0000004").is_dir()
-
-
-def torchrun(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "facerestore", *map(str, args)]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def assert_all_ranks_stopped_with(done: subprocess.CompletedProcess, code: int, message: str) -> None:
-    """One error line, no worker traceback, and every rank's exit code is `code` (torchrun itself exits 1
-    whenever a worker fails; a rank it stopped with SIGTERM after the first exit shows -15)."""
-    output = done.stdout + done.stderr
-    errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], output
-    assert "[rank" not in done.stderr and "RuntimeError" not in done.stderr, output  # a worker's traceback (gloo's, at a barrier)
-    codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", done.stderr)]
-    root = int(re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", done.stderr, re.S).group(1))
-    assert done.returncode != 0 and root == code and set(codes) <= {code, -15}, done.stderr
 
 
 @pytest.mark.slow
@@ -133,7 +107,4 @@ def test_torchrun_into_a_run_folder_in_use_is_refused_and_writes_nothing(tmp_pat
     with output_lock(run):
         done = torchrun(["train", data, "--out", run, *ARGS], tmp_path)
         assert sorted(p.name for p in run.rglob("*")) == [".facerestore.lock"]
-    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {run} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out"], done.stderr
-    # torchrun's report: rank 0 exits 2; rank 1 exits 2 too, unless torchrun's SIGTERM reaches it first
-    assert done.returncode != 0 and "rank      : 0 (local_rank: 0)\n  exitcode  : 2 " in done.stderr, done.stderr
+    assert_all_ranks_stopped_with(done, 2, f"error: {run} is being written by another run (pid {os.getpid()}); wait for it to end, or choose another --out")
