@@ -1,3 +1,3 @@
-from facerestore.cli.app import main
+from facerestore.cli.entry import main
 
 main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -836,6 +837,34 @@ def test_ctrl_c_before_a_command_begins_its_work_is_one_line_and_130(command, tm
     assert result.output.strip() in ("interrupted before the command began its work; nothing was written",
                                      "interrupted before any copy was written; run the same command again")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_the_cli_libraries_import_is_one_line_and_130(monkeypatch, capsys):
+    """The console script imports typer and rich (hundreds of ms on a loaded machine) under the light
+    entry module's handler: a Ctrl-C there printed Python's traceback."""
+    from facerestore.cli import entry
+
+    class CtrlC:  # a finder that is asked for the CLI module and is "interrupted" while loading it
+        def find_spec(self, name, path=None, target=None):
+            if name == "facerestore.cli.app":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "facerestore.cli.app")
+    monkeypatch.setattr(sys, "meta_path", [CtrlC(), *sys.meta_path])
+    with pytest.raises(SystemExit) as stop:
+        entry.main()
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "interrupted before the command began its work; nothing was written\n"
+
+
+def test_the_console_script_and_python_m_use_the_light_entry():
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"facerestore": "facerestore.cli.entry:main"}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import facerestore.cli.entry"], capture_output=True, text=True)
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
+    assert "facerestore.cli.entry" in imported and not imported & {"typer", "rich", "click", "torch", "numpy"}
 
 
 @pytest.mark.parametrize("word, command", [("restre", "restore"), ("tarin", "train"), ("wieghts", "weights")])

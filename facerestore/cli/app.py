@@ -19,6 +19,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from facerestore import __version__
+from facerestore.cli.entry import INTERRUPTED_EARLY
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.ranks import main_rank
 
@@ -76,7 +77,7 @@ app = typer.Typer(
 def say_interrupted_early() -> None:
     """Ctrl-C before a command began its work: one line (the caller exits 130), as during the work."""
     if main_rank():
-        err.print("interrupted before the command began its work; nothing was written", markup=False)
+        err.print(INTERRUPTED_EARLY, markup=False)
 
 
 def fail(error: FaceRestoreError, debug: bool = False) -> NoReturn:
