@@ -127,3 +127,15 @@ def test_a_refusal_names_the_weights_files_not_their_records(tmp_path):
         "/runs/b/idm.safetensors (sha256 86d24d7dd010), steps: default -> 20); rerun with the same options")
     with pytest.raises(UsageError, match=r"\(weights: /runs/a/idm.safetensors \(sha256 5973cd461fa3\) -> my-idm\)"):
         check_settings(state, {**first, "weights": {"name": "my-idm"}}, True, "a cleaning run")
+
+
+def test_a_key_one_side_lacks_is_named_as_not_recorded_not_as_default(tmp_path):
+    """A settings.json missing a key (hand-edited, or written by an older version) showed it as
+    "default", the text of a recorded None; a key only the file has was left out of the list."""
+    state = tmp_path / ".state"
+    state.mkdir()
+    (state / "settings.json").write_text(json.dumps({"seed": 0, "tile": 8}))
+    with pytest.raises(UsageError) as info:
+        check_settings(state, {"seed": 0, "steps": None}, True, "a cleaning run")
+    assert info.value.one_line().startswith(
+        f"{tmp_path} holds a cleaning run made with other settings (steps: not recorded -> default, tile: 8 -> not recorded);")

@@ -195,6 +195,12 @@ def setting_text(value: object) -> str:
     return repr(value)
 
 
+def _recorded_text(settings: dict, key: str) -> str:
+    """A setting as a refusal shows it; a key one side lacks (a hand-edited file, or one an older
+    version wrote) is "not recorded", not the "default" a recorded None stands for."""
+    return setting_text(settings[key]) if key in settings else "not recorded"
+
+
 def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
     """Refuse to mix two settings in one resumable output folder; record them on the first run (rank 0).
 
@@ -208,7 +214,9 @@ def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
                              hint=f"if you made it with the options you give now, delete that file and rerun (they are recorded again); "
                                   f"else delete {state} to start over")
         if recorded != settings:
-            differ = ", ".join(f"{k}: {setting_text(recorded.get(k))} -> {setting_text(settings.get(k))}" for k in settings if recorded.get(k) != settings.get(k))
+            differ = ", ".join(f"{k}: {_recorded_text(recorded, k)} -> {_recorded_text(settings, k)}"
+                               for k in [*settings, *(k for k in recorded if k not in settings)]
+                               if k not in recorded or k not in settings or recorded[k] != settings[k])
             raise UsageError(f"{state.parent} holds {what} made with other settings ({differ})",
                              hint=f"rerun with the same options, choose another --out, or delete {state} to start over")
     elif main:
