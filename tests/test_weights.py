@@ -129,6 +129,25 @@ def test_a_file_of_another_format_is_said_to_be_no_checkpoint(tmp_path, name, da
     assert "pickle" not in str(info.value) or "nor as a pickle" in str(info.value)
 
 
+def test_a_zip_that_is_no_checkpoint_is_said_to_be_one_not_damaged(tmp_path):
+    """A zip of photos saved as model.pth read "truncated or damaged (PytorchStreamReader failed
+    locating file data.pkl)": its cure is another file, not another copy of this one."""
+    import zipfile
+
+    path = tmp_path / "model.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in ("a.png", "b.png", "c.png", "d.png"):
+            archive.writestr(f"faces/{name}", b"\x89PNG")
+    with pytest.raises(UnsupportedCheckpoint) as info:
+        read_state_dict(path)
+    assert info.value.one_line().startswith(f"{path} is not a PyTorch or safetensors checkpoint (a zip archive without the data.pkl "
+                                            "torch.save writes; it holds faces/a.png, faces/b.png, faces/c.png and 1 more)")
+    with zipfile.ZipFile(path, "w"):
+        pass
+    with pytest.raises(UnsupportedCheckpoint, match=r"checkpoint \(an empty zip archive\)"):
+        read_state_dict(path)
+
+
 def test_load_strict_names_the_file_and_first_mismatches():
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
     state = {"0.weight": torch.zeros(2, 4), "0.bias": torch.zeros(2), "x.y": torch.zeros(1)}
@@ -150,6 +169,23 @@ def test_resolve_from_weights_dir_converts_once(tiny_file, use_entry, monkeypatc
     assert torch.equal(read_state_dict(path)["bias"], tiny_state()["bias"])
     stamp = path.stat().st_mtime_ns
     assert store.resolve("tiny") == path and path.stat().st_mtime_ns == stamp  # converted once
+
+
+def test_a_damaged_catalogue_file_gets_the_catalogues_cure_even_where_the_cache_cannot_hold_a_conversion(tmp_path, use_entry, monkeypatch):
+    """An entry without a published sha256 is not hash-checked, so a damaged copy reaches the reader;
+    where no conversion could be written it was read later by path and got the "your own file"
+    advice (export it again from the run that wrote it) instead of the catalogue's."""
+    cut = tmp_path / "tiny.pth"
+    torch.save(tiny_state(), cut)
+    cut.write_bytes(cut.read_bytes()[:100])
+    use_entry(entry_for(cut, sha256=""))
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tmp_path))
+    store.cache_dir().mkdir(parents=True)
+    (store.cache_dir() / "converted").write_text("a file where the folder goes")  # mkdir fails, as in a read-only cache
+    with pytest.raises(UnsupportedCheckpoint) as info:
+        store.resolve("tiny")
+    assert info.value.one_line().startswith(f"{cut} is truncated or damaged (")
+    assert info.value.hint == "delete it and run `facerestore weights pull tiny`"
 
 
 def test_a_conversion_cut_short_is_made_again(tiny_file, use_entry, monkeypatch, isolated_home):

@@ -104,13 +104,31 @@ def _other_format(path: Path) -> str:
             head = handle.read(64)
     except OSError:
         return ""
-    if not head or head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a zip's first entry, or an empty zip's directory
+        return _other_zip(path)
+    if not head or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
         return ""
     if path.suffix.lower() == ".onnx":
         return "an ONNX model"
     if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
         return "a text file"
     return "it starts neither as a zip archive nor as a pickle"
+
+
+def _other_zip(path: Path) -> str:
+    """'' for a zip archive that is cut short or damaged (its directory at the end cannot be read) or
+    that holds a torch.save checkpoint (a `data.pkl`, at the top or in one folder), else what it holds."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return ""
+    if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+        return ""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"a zip archive without the data.pkl torch.save writes; it holds {shown}" if names else "an empty zip archive"
 
 
 def _damage(exc: Exception, text: str) -> str:

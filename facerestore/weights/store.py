@@ -225,25 +225,29 @@ def loadable(entry: WeightsEntry, path: Path) -> Path:
         return path
     from facerestore.weights.checkpoint import read_state_dict, save_safetensors
 
+    def read() -> dict:
+        try:
+            return read_state_dict(path)
+        except UnsupportedCheckpoint as exc:  # a catalogue file: the cure is the catalogue's, not the reader's generic one
+            raise type(exc)(str(exc), hint=fetch_again(entry)) from None
+
     target = _converted_path(entry, sha256_file(path))
     if target.is_file() and safetensors_complete(target):
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
-        return path  # a read-only cache: load the original every time
+        read()  # a read-only cache: the original is loaded every time, so check it here, where its cure is known
+        return path
     # one conversion at a time (torchrun ranks resolve alike): a process that waited finds the file made
     with exclusive(target, f"converting {path.name} to safetensors in {target.parent}"):
         if target.is_file() and safetensors_complete(target):
             return target
-        try:
-            state = read_state_dict(path)
-        except UnsupportedCheckpoint as exc:  # a catalogue file: the cure is the catalogue's, not the reader's generic one
-            raise type(exc)(str(exc), hint=fetch_again(entry)) from None
+        state = read()
         try:
             return save_safetensors(state, target, {"source": entry.filename, "source_sha256": sha256_file(path), "name": entry.name})
         except OSError:
-            return path  # no room or read-only cache: load the original every time
+            return path  # no room or read-only cache: load the original every time (it was read just now)
 
 
 def safetensors_complete(path: Path) -> bool:
