@@ -850,10 +850,18 @@ def assert_output_folder(path: Path, option: str = "--out") -> None:
     os.unlink(probe)
 
 
+def folder_relation(a: Path | str, b: Path | str) -> str | None:
+    """How folder `a` stands to folder `b`, links and `..` resolved: "is" (the same folder), "lies
+    inside", "holds", or None (apart). One answer for every command that keeps inputs, outputs and
+    validation faces apart."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return "is" if a == b else "lies inside" if a.is_relative_to(b) else "holds" if b.is_relative_to(a) else None
+
+
 def assert_outside(out: Path, folder: Path, where: str, hint: str) -> None:
-    """Refuse an output folder at or below an input folder (links and `..` resolved): a rerun would
-    read its own results, and a run's files would land among the user's."""
-    if Path(out).resolve().is_relative_to(Path(folder).resolve()):
+    """Refuse an output folder at or below an input folder: a rerun would read its own results, and
+    a run's files would land among the user's."""
+    if folder_relation(out, folder) in ("is", "lies inside"):
         raise UsageError(f"--out {out} lies inside {where}", hint=hint)
 
 
@@ -861,7 +869,7 @@ def assert_apart(out: Path, folder: Path, where: str, hint: str) -> None:
     """`assert_outside`, and also refuse an output folder that holds an input folder: outputs written
     under relative paths (OUT/targets/<rel>) could then overwrite the inputs (LQ_DIR = OUT/targets)."""
     assert_outside(out, folder, where, hint)
-    if Path(folder).resolve().is_relative_to(Path(out).resolve()):
+    if folder_relation(out, folder) == "holds":
         raise UsageError(f"--out {out} holds {where}: the outputs could overwrite it", hint=hint)
 
 

@@ -31,7 +31,7 @@ from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
-from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, check_encodable, output_format, pixel_counts, read_image, resize, to_samples, write_image
+from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, check_encodable, folder_relation, output_format, pixel_counts, read_image, resize, to_samples, write_image
 from facerestore.methods.base import RestorationMethod
 
 FACE_SIZE = 512
@@ -158,8 +158,9 @@ def assert_inputs_apart(inputs: Sequence[Path], options: RestoreOptions) -> None
         if not item.is_dir():
             continue
         for folder in written_folders(options):
-            if item.resolve().is_relative_to(folder.resolve()):
-                where = "is" if item.resolve() == folder.resolve() else f"lies inside {folder},"
+            relation = folder_relation(item, folder)
+            if relation in ("is", "lies inside"):
+                where = "is" if relation == "is" else f"lies inside {folder},"
                 raise UsageError(f"the input folder {item} {where} where this run writes its results (a rerun would restore them again)",
                                  hint=f"choose another -o, or move the images out of {folder}")
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import (IMAGE_EXTENSIONS, OUT_ONLY_HINT, assert_not_input, assert_output_folder, assert_outside, list_images, output_format, read_image,
+from facerestore.image_io import (IMAGE_EXTENSIONS, OUT_ONLY_HINT, assert_not_input, assert_output_folder, assert_outside, folder_relation, list_images, output_format, read_image,
                                   remove_stale_temps, write_bytes, write_image)
 from facerestore.training.degradations import DegradationParams, DegradationSpec, apply_degradation, preset as get_preset, sample_params
 from facerestore.training.loop import SOURCE_KEYS, manifest_records, open_manifest, read_settings, source_changed, source_fingerprint, source_stat
@@ -121,7 +121,7 @@ def degrade_tree(src: Path, dst: Path, *, preset: str = "eq11", seed: int = 0, e
     root = src if src.is_dir() else src.parent
     if src.is_dir():
         assert_outside(dst, src, str(src), hint="write the degraded copies outside the source folder")
-        if src.resolve().is_relative_to(dst.resolve()):  # the copies would land among the user's files beside src
+        if folder_relation(dst, src) == "holds":  # the copies would land among the user's files beside src
             raise UsageError(f"--out {dst} holds the source folder {src}", hint="write the degraded copies to a folder of their own")
     if not src.is_dir() and dst.resolve() == root.resolve():  # the copy would land among the user's files
         raise UsageError(f"--out {dst} is the folder of {src}", hint="write the degraded copy to another folder")

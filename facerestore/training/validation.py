@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import list_images
+from facerestore.image_io import folder_relation, list_images
 from facerestore.metrics.psnr import psnr
 from facerestore.training.data import load_face, to_tensor
 from facerestore.training.degradations import DegradationSpec, apply_degradation, sample_params
@@ -49,11 +49,9 @@ def training_overlap(val: Path | str, data: Sequence[str], targets: Sequence[str
     """The warning line for a --val folder that is, lies inside or holds a training data (or --targets)
     folder: its PSNR would then score faces the model trains on. Not an error: a smoke test may
     validate on its training faces on purpose."""
-    held = Path(val).resolve()
     for folders, what in ((data, "training data folder"), (targets, "--targets folder")):
         for folder in folders:
-            train = Path(folder).resolve()
-            relation = "is" if held == train else "lies inside" if held.is_relative_to(train) else "holds" if train.is_relative_to(held) else None
+            relation = folder_relation(val, folder)
             if relation:
                 return (f"warning: --val {val} {relation} the {what} {folder}: validation scores faces the model trains on; "
                         "pass a folder of held-out faces for a fair score")
