@@ -625,6 +625,30 @@ def test_lq_inputs_get_no_reference_scores_and_fid(hq, tmp_path, monkeypatch):
     assert missing.exit_code == 2 and "needs --ref-set" in missing.output
 
 
+def test_what_a_ref_set_walk_passes_over_is_named_in_a_warning(hq, tmp_path, monkeypatch):
+    """FID's reference statistics were computed without a --ref-set's broken links and folder links
+    up to itself, and nothing said so."""
+    import shutil
+
+    from facerestore.metrics import fid as fid_module
+    from facerestore.metrics import niqe as niqe_module
+
+    monkeypatch.setattr(niqe_module, "niqe", lambda image, **kw: float(np.mean(image)))
+    monkeypatch.setattr(fid_module, "load_inception", lambda *a, **kw: (lambda batch: batch.mean(dim=(2, 3))))
+    lq, ref = tmp_path / "lq", tmp_path / "ref"
+    write_image(lq / "a.png", pattern(0))
+    write_image(lq / "b.png", pattern(1))  # FID needs 2 images per set
+    shutil.copytree(hq, ref)
+    (ref / "gone.png").symlink_to(tmp_path / "nothing.png")
+    (ref / "up").symlink_to(tmp_path)
+    result = run("--lq", lq, "-m", "brighten", "--ref-set", ref, "-o", tmp_path / "report", "-q")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: --ref-set: skipped {ref / 'up'}: links to {tmp_path}, which holds {ref}: following it would search "
+                        f"outside {ref} and loop back into it (link to the folders you want instead)",
+                        f"warning: --ref-set: skipped {ref / 'gone.png'}: is a broken link (its target does not exist)"], result.output
+
+
 def test_lq_given_as_a_relative_path_links_and_lists_files_that_exist(hq, tmp_path, monkeypatch):
     from facerestore.metrics import niqe as niqe_module
 

@@ -980,6 +980,27 @@ def test_val_on_training_faces_warns_naming_both_folders(faces, tmp_path):
     assert result.exit_code == 0 and "warning" not in result.output, result.output
 
 
+def test_what_val_passes_over_is_named_in_warnings_after_the_checks(faces, tmp_path):
+    """A --val folder's broken link, folder link up to itself and undecodable image were passed over
+    without a word: validation then scored fewer faces than --val-count asked for, and nobody knew why."""
+    val = tmp_path / "val"
+    write_image(val / "a.png", face(1, 40))
+    (val / "b.png").write_bytes(b"junk")
+    (val / "c.png").symlink_to(tmp_path / "gone.png")
+    (val / "up").symlink_to(tmp_path)
+    args = ("--size", "32", "--model", "tiny", "--steps", "1", "-b", "2", "--workers", "0", "--device", "cpu", "--val-count", "4", "-q")
+    result = cli(faces / "a", "--out", tmp_path / "run", "--val", val, *args)
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("warning:")] == [
+        f"warning: --val: skipped {val / 'up'}: links to {tmp_path}, which holds {val}: following it would search outside {val} "
+        "and loop back into it (link to the folders you want instead)",
+        f"warning: --val: skipped {val / 'c.png'}: is a broken link (its target does not exist)",
+        f"warning: --val: skipped {val / 'b.png'}: is not an image file (or is corrupt)"]
+    # a refused run says only why: the warnings come once every check has passed
+    result = cli(faces / "a", "--out", tmp_path / "run", "--val", val, *args)
+    assert result.exit_code == 2 and "warning" not in result.output, result.output
+
+
 def test_cli_warns_about_files_that_failed_to_decode(faces, tmp_path):
     data = tmp_path / "data"
     good = write_image(data / "good.png", face(1, 40))

@@ -207,6 +207,14 @@ class InputItem:
     problem: str = ""  # why it cannot be read, found while listing (a broken link): it fails in every set as an unreadable file does
 
 
+def ref_set_left_out(ref_set: Path) -> list[tuple[Path, str]]:
+    """What the walk of a --ref-set folder passes over, and why: folder links not followed, broken
+    links, sub-folders that cannot be listed (FID's reference statistics are computed without them)."""
+    links: list[tuple[Path, str]] = []
+    _, problems = list_images([ref_set], links=links)
+    return [*links, *((path, reason) for path, reason in problems if path != ref_set)]
+
+
 def list_inputs(source: Path, limit: int | None = None, *, option: str = "--hq",
                 links: list[tuple[Path, str]] | None = None) -> tuple[list[InputItem], list[tuple[str, str]]]:
     """Image files of a folder (recursive, sorted) or one file -> (items, [(path, reason)] failures).
@@ -499,6 +507,9 @@ class Evaluator:
         items, failures = check_inputs(spec, links)
         for path, reason in links:  # not followed, and not a failure of any image
             self.tell(f"link:{path}", f"warning: skipped {path}: {reason}")
+        if spec.ref_set is not None and Path(spec.ref_set).is_dir():  # FID reads what the walk finds: say what it leaves out
+            for path, reason in ref_set_left_out(Path(spec.ref_set)):
+                self.tell(f"ref:{path}", f"warning: --ref-set: skipped {path}: {reason}")
         for path, reason in failures:
             self.tell(f"dup:{path}", f"error: {path}: {reason}")
         count = len(spec.degradations) + int(spec.authenticity) if spec.hq is not None else 1

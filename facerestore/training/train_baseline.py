@@ -47,7 +47,10 @@ def load_faces(folders: list[Path], limit: int | None = None, keep_size: bool = 
     keep_size exists because upsampling 256-pixel training faces to 512 gives soft targets, and a
     restorer trained on soft targets learns to soften sharp inputs.
     """
-    paths, _ = list_images(folders)
+    links: list[tuple[Path, str]] = []
+    paths, problems = list_images(folders, links=links)
+    for path, reason in [*links, *problems]:
+        print(f"skipped {path}: {reason}", flush=True)
     faces = []
     for path in paths[:limit]:
         try:

@@ -220,8 +220,10 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     # ---- validation first: a bad --val must stop the run before it writes anything, and on every rank
     # (a few images): on rank 0 alone, the others would wait for it at the first barrier
     val_faces: list[ValFace] = []
+    val_skipped: list[tuple[Path, str]] = []  # said once every check has passed, below
     if config.val:
-        val_faces = load_val_faces(Path(config.val), config.val_count, config.size, {name: preset(name) for name in config.val_presets}, config.seed)
+        val_faces = load_val_faces(Path(config.val), config.val_count, config.size, {name: preset(name) for name in config.val_presets}, config.seed,
+                                   skipped=val_skipped)
         message(f"{counted(len(val_faces), 'validation face')} from {config.val} ({', '.join(config.val_presets)})")
         if not d.main:  # rank 0 validates
             val_faces = []
@@ -253,8 +255,11 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     if check_memory:  # a step that cannot fit is one line now, not the OOM killer later; nothing is written yet
         check_step_memory(config, unet_config, d.device, d.world, main=d.main, resume=not fresh)
     # after every check: a warning before a refusal would be a second line about a run that never starts
-    if on_warning is not None and d.main and config.val and (overlap := training_overlap(config.val, config.data, config.targets)):
-        on_warning(overlap)
+    if on_warning is not None and d.main:
+        for path, reason in val_skipped:
+            on_warning(f"warning: --val: skipped {path}: {reason}")
+        if config.val and (overlap := training_overlap(config.val, config.data, config.targets)):
+            on_warning(overlap)
     if fresh:
         distributed.barrier(d)  # every rank has found no run here before rank 0 makes one (else: "already holds a config.json")
         if d.main:

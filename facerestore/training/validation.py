@@ -58,22 +58,30 @@ def training_overlap(val: Path | str, data: Sequence[str], targets: Sequence[str
     return None
 
 
-def load_val_faces(folder: Path, count: int, size: int, specs: dict[str, DegradationSpec], seed: int) -> list[ValFace]:
+def load_val_faces(folder: Path, count: int, size: int, specs: dict[str, DegradationSpec], seed: int,
+                   skipped: list[tuple[Path, str]] | None = None) -> list[ValFace]:
     """The first `count` readable images of `folder`, resized and degraded deterministically by each preset.
 
     With one preset a face's parameters are keyed by (seed, "val", i), as they always were; with
     several, by (seed, "val", name, i), so each severity is the same whichever others are validated.
+    `skipped`, when given, receives what was passed over on the way, and why (a folder link not
+    followed, a broken link, an image that does not decode), for the caller's warning lines.
     """
-    paths, problems = list_images([folder])
+    folder = Path(folder)
+    links: list[tuple[Path, str]] = []
+    paths, problems = list_images([folder], links=links)
     if problems and not paths:
         raise UsageError(f"--val {folder}: {problems[0][1]}", hint="pass a folder of aligned face images")
+    left_out = [*links, *((path, reason) for path, reason in problems if path != folder)]
     faces: list[ValFace] = []
     for path in paths:
         if len(faces) == count:
             break
         try:
             clean = load_face(str(path), size)
-        except FaceRestoreError:
+        except FaceRestoreError as exc:  # "PATH is not an image file ...": the reason, as list_images words its own
+            reason = str(exc)
+            left_out.append((path, reason[len(f"{path} "):] if reason.startswith(f"{path} ") else reason))
             continue
         degraded = {}
         for name, spec in specs.items():
@@ -83,6 +91,8 @@ def load_val_faces(folder: Path, count: int, size: int, specs: dict[str, Degrada
         faces.append(ValFace(clean=clean, degraded=degraded))
     if not faces:
         raise UsageError(f"--val {folder} holds no readable image", hint="pass a folder of aligned face images")
+    if skipped is not None:
+        skipped.extend(left_out)
     return faces
 
 
