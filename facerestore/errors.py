@@ -18,6 +18,12 @@ class FaceRestoreError(Exception):
         text = str(self)
         return f"{text}; {self.hint}" if self.hint else text
 
+    def one_line_for(self, path: object) -> str:
+        """`one_line`, led by the file it failed, where the message does not name it (an error of the
+        batch the file was in, such as running out of memory, rather than of the file)."""
+        text = self.one_line()
+        return text if str(path) in text else f"{path}: {text}"
+
 
 class UsageError(FaceRestoreError):
     """Invalid option values or combinations, found before any work (exit code 2)."""

@@ -33,6 +33,7 @@ from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
 from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, check_encodable, folder_relation, output_format, pixel_counts, read_image, resize, to_samples, write_image
 from facerestore.methods.base import RestorationMethod
+from facerestore.out_of_memory import BatchLimit
 
 FACE_SIZE = 512
 AUTO_UPSCALE = 2.0  # the references' --upscale default (GFPGAN, CodeFormer, DifFace)
@@ -113,20 +114,28 @@ def restore_crops(
     batch_size: int = 8,
     seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    limit: BatchLimit | None = None,
 ) -> list[np.ndarray]:
-    """Restore aligned crops in chunks of `batch_size`; same seed -> same output for each photo."""
+    """Restore aligned crops in chunks of `batch_size`; same seed -> same output for each photo.
+    `limit`: a run's shared BatchLimit, lowered where a chunk does not fit in memory."""
     generator = torch.Generator().manual_seed(seed)
+    limit = limit or BatchLimit(batch_size)
     restored: list[np.ndarray] = []
     for start in range(0, len(crops), batch_size):
-        restored.extend(_restore_batch(method, crops[start : start + batch_size], generator))
+        restored.extend(_restore_batch(method, crops[start : start + batch_size], generator, limit))
         if on_batch:
             on_batch(len(crops[start : start + batch_size]))
     return restored
 
 
-def _restore_batch(method: RestorationMethod, crops: Sequence[np.ndarray], generator: torch.Generator) -> list[np.ndarray]:
-    batch = torch.from_numpy(np.stack(crops).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
-    return list(method.restore(batch, generator=generator).permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy())
+def _restore_batch(method: RestorationMethod, crops: Sequence[np.ndarray], generator: torch.Generator,
+                   limit: BatchLimit | None = None) -> list[np.ndarray]:
+    """The crops restored, fewer at a time where they do not fit in memory together (out_of_memory)."""
+    def call(chunk: Sequence[np.ndarray]) -> list[np.ndarray]:
+        batch = torch.from_numpy(np.stack(chunk).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+        return list(method.restore(batch, generator=generator).permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy())
+
+    return (limit or BatchLimit(len(crops))).run(crops, call, generator=generator)
 
 
 def _side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -210,6 +219,7 @@ class Tools:
     parser: Parser | None = None  # face parsing for the paste mask (--parse)
     background: BackgroundUpsampler | None = None  # --bg-upsampler: Real-ESRGAN instead of Lanczos for the photo
     on_faces: Callable[[int], None] | None = None  # progress: called with the number of faces just restored
+    batch_limit: BatchLimit | None = None  # shared by every photo: lowered for the run when a batch does not fit (out_of_memory)
 
 
 def scale_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -283,7 +293,7 @@ def restore_picture(
         crop = resize(picture.rgb, FACE_SIZE, FACE_SIZE)  # as clean-dataset and evaluate do
         identity = np.array([[1.0, 0, 0], [0, 1.0, 0]])
         faces = [AlignedFace(crop=crop.astype(np.float32), affine=identity, inverse=identity)]
-        restored = _restore_batch(method, [faces[0].crop], generator)
+        restored = _restore_batch(method, [faces[0].crop], generator, tools.batch_limit)
         timings["restore"] = time.perf_counter() - clock
         if tools.on_faces:
             tools.on_faces(1)
@@ -304,7 +314,7 @@ def restore_picture(
         faces = [align_face(picture.rgb, f.landmarks, FACE_SIZE) for f in found[start : start + options.batch_size]]
         timings["align"] += time.perf_counter() - clock
         clock = time.perf_counter()
-        restored = _restore_batch(method, [f.crop for f in faces], generator)
+        restored = _restore_batch(method, [f.crop for f in faces], generator, tools.batch_limit)
         timings["restore"] += time.perf_counter() - clock
         if tools.on_faces:
             tools.on_faces(len(faces))
@@ -423,7 +433,7 @@ def restore_paths(
         try:
             result = restore_file(path, name, tools, options, namer)
         except FaceRestoreError as exc:
-            result = ImageResult(path=path, status="failed", error=exc.one_line())
+            result = ImageResult(path=path, status="failed", error=exc.one_line_for(path))
         except Exception as exc:  # a bug or a backend crash must not end the batch
             detail = traceback.format_exc() if debug else f"{type(exc).__name__}: {exc}"
             result = ImageResult(path=path, status="failed", error=f"{path}: internal error ({detail}); rerun with --debug and report it")

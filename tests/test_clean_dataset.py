@@ -520,3 +520,33 @@ def test_what_the_walk_leaves_out_is_named_also_with_quiet_or_json(tmp_path, mod
     (src / "gone.png").symlink_to(tmp_path / "missing.png")
     result = clean(src, "--out", out, "--weights", model, "--steps", "2", "--device", "cpu", flag)
     assert f"warning: skipped {src / 'gone.png'}: is a broken link (its target does not exist)" in result.stderr
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_split_with_one_warning_and_the_same_outputs(dataset, tmp_path, model, monkeypatch):
+    """Each face has its own seed, so a split batch restores every face as the whole batch would (up to
+    the rounding of batched convolutions, which a 16-bit PNG shows: within one 8-bit level)."""
+    from facerestore.methods import registry
+
+    args = ("--weights", model, "--steps", "2", "--device", "cpu", "-b", "4", "-q")
+    clean(dataset, "--out", tmp_path / "whole", *args)
+    real_build = registry.build_method
+
+    def small_gpu(name, options):
+        method = real_build(name, options)
+        real = method.restore_seeded
+
+        def restore_seeded(batch, seeds):
+            if batch.shape[0] > 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 3.81 GiB of which 1.10 GiB is free.")
+            return real(batch, seeds)
+
+        method.restore_seeded = restore_seeded
+        return method
+
+    monkeypatch.setattr(registry, "build_method", small_gpu)
+    result = clean(dataset, "--out", tmp_path / "split", *args)
+    assert [line for line in result.output.splitlines() if line.startswith(("warning:", "error:"))] == [
+        "warning: out of memory restoring 4 faces at once; going on with 2 at a time (pass --batch-size 2 to start there)",
+        "warning: out of memory restoring 2 faces at once; going on with 1 at a time (pass --batch-size 1 to start there)"], result.output
+    for rel in visible_files(dataset):
+        assert np.abs(read_image(tmp_path / "whole" / rel).rgb - read_image(tmp_path / "split" / rel).rgb).max() <= 1 / 255 + 1e-6, rel

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from facerestore.cli.app import app, register
@@ -775,6 +776,30 @@ def test_an_unreadable_path_is_our_one_line(crops, tmp_path, monkeypatch):
         [said] = result.output.strip().splitlines()
         assert said.startswith(line), said
     assert not [p.name for p in tmp_path.iterdir() if p.name not in ("crops", "faces", "model.safetensors", "mine.pth")]
+
+
+def test_a_face_that_does_not_fit_in_memory_fails_its_photo_with_one_line_naming_it(crops, tmp_path, tiny_baseline, monkeypatch):
+    """torch's OutOfMemoryError was an "internal error ... report it" (not a bug: a GPU too small)."""
+    from facerestore.methods import registry
+
+    write_image(crops / "second.png", cv2.resize(smooth(), (512, 512)))
+    real_build = registry.build_method
+
+    def small_gpu(name, options):
+        method = real_build(name, options)
+        method.restore = lambda batch, generator=None: (_ for _ in ()).throw(torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 3.81 GiB of which 1.10 GiB is free. "
+            "If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."))
+        return method
+
+    monkeypatch.setattr(registry, "build_method", small_gpu)
+    result = run(crops, "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "-q")
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {crops / name}: out of memory restoring one face (Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 3.81 GiB "
+                      "of which 1.10 GiB is free); close other programs that use the GPU, or run on the CPU with --device cpu"
+                      for name in ("face.png", "second.png")], result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
 
 
 def test_ctrl_c_is_one_line_and_exit_130_while_loading_and_while_restoring(crops, tmp_path, tiny_baseline, monkeypatch):

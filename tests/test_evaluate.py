@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from facerestore.cli.app import app, register
@@ -73,7 +74,7 @@ class Broken:
     info = MethodInfo("broken", "always fails", "none", "test", True)
 
     def restore(self, crops, generator=None):
-        raise RuntimeError("CUDA out of memory (simulated)")
+        raise RuntimeError("CUDNN_STATUS_INTERNAL_ERROR (simulated)")  # not out of memory: that one is retried (out_of_memory)
 
 
 class Interrupted:
@@ -83,7 +84,18 @@ class Interrupted:
         raise KeyboardInterrupt
 
 
-FAKES = {"identity": Identity, "brighten": Brighten, "broken": Broken, "interrupted": Interrupted}
+class SmallGpu:
+    """Identity that runs out of GPU memory above one face at a time."""
+
+    info = MethodInfo("small-gpu", "identity, one face at a time", "none", "test", True)
+
+    def restore(self, crops, generator=None):
+        if crops.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 3.81 GiB of which 1.10 GiB is free.")
+        return crops.clone()
+
+
+FAKES = {"identity": Identity, "brighten": Brighten, "broken": Broken, "interrupted": Interrupted, "small-gpu": SmallGpu}
 
 
 @pytest.fixture(autouse=True)
@@ -526,13 +538,25 @@ def test_a_failing_method_fails_only_its_rows(hq, tmp_path):
     out = tmp_path / "report"
     result = run("--hq", hq, "-m", "broken", "-m", "identity", "--metrics", "psnr", "-o", out, "-q")
     assert result.exit_code == 1
-    assert "broken failed: RuntimeError: CUDA out of memory (simulated)" in result.output
+    assert "broken failed: RuntimeError: CUDNN_STATUS_INTERNAL_ERROR (simulated)" in result.output
     data = results(out)
     assert row(data, "medium", "identity")["metrics"]["psnr"]["count"] == 2
     broken = row(data, "medium", "broken")["metrics"]["psnr"]
-    assert broken["status"] == "failed" and broken["count"] == 0 and "CUDA out of memory" in broken["reason"]
+    assert broken["status"] == "failed" and broken["count"] == 0 and "CUDNN_STATUS_INTERNAL_ERROR" in broken["reason"]
     assert "| broken | failed [1] |" in (out / "index.md").read_text()
     assert all("broken" in i["row_errors"] for i in data["sets"][0]["images"])
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_split_with_one_warning_and_scored_in_full(hq, tmp_path):
+    """It failed every batch of the method (its rows "failed"), though one face at a time fitted."""
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "small-gpu", "--degrade", "mild,medium", "--metrics", "psnr", "--batch-size", "2", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if line.startswith(("warning:", "error:"))] == [
+        "warning: out of memory restoring 2 faces at once; going on with 1 at a time (pass --batch-size 1 to start there)"]
+    data = results(out)
+    for preset in ("mild", "medium"):
+        assert row(data, preset, "small-gpu")["metrics"]["psnr"] == row(data, preset, "input")["metrics"]["psnr"]
 
 
 def test_a_missing_result_names_the_folder_that_was_searched(hq, tmp_path):

@@ -930,3 +930,16 @@ def test_the_real_folders_scan_is_summarised(tmp_path, lq):
     _, _, real, note = _check_options(config)
     assert len(real) == 6 and note == "6 real faces, 1 unreadable skipped, 1 too small skipped"
     assert _check_options(resolve_config(tmp_path / "run", resume=False, lq=lq, size=64))[3] == ""
+
+
+def test_a_fine_tuning_step_that_runs_out_of_memory_is_one_line(weights, lq, tmp_path, monkeypatch):
+    from facerestore.training.finetune import objectives
+
+    def too_big(self, batch, autocast):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB of which 1.10 GiB is free.")
+
+    monkeypatch.setattr(objectives.CodeObjective, "step", too_big)
+    text = one_line_error(run(*tiny_run_args(lq, tmp_path / "ft", weights)), 1)
+    assert text == ("error: out of memory in training step 1 with --batch-size 2 at --size 64 (Tried to allocate 2.00 GiB. GPU 0 has a total "
+                    "capacity of 7.79 GiB of which 1.10 GiB is free); start a new run with a smaller --batch-size or --size, or --amp, or "
+                    "train on a GPU with more memory (a resumed run keeps its --batch-size and --size)")

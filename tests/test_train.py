@@ -1130,3 +1130,28 @@ def test_scan_counts_a_link_up_and_a_pipe_and_never_enters_the_run_folder(tmp_pa
     assert [Path(f.source).name for f in scan.files] == ["a.png"] and scan.links_up == [str(root / "up")]
     assert scan.unreadable == [str(root / "pipe.png")]
     assert scan.summary() == f"1 training image, 1 unreadable skipped, 1 link to a folder above not followed ({root / 'up'})"
+
+
+def test_a_step_that_runs_out_of_memory_is_one_line_naming_the_batch_and_what_to_change(faces, tmp_path, monkeypatch):
+    """A GPU too small for the batch gave torch's traceback, with its advice about the allocator."""
+    import torch
+
+    from facerestore.training import trainer
+
+    real = trainer.x0_regression_loss
+    calls = []
+
+    def second_step_too_big(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB of which "
+                                         "1.10 GiB is free. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "x0_regression_loss", second_step_too_big)
+    result = cli(faces / "a", "--out", tmp_path / "run", "--size", "32", "--model", "tiny", "--steps", "3", "-b", "2", "--workers", "0", "--device", "cpu", "-q")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "error: out of memory in training step 2 with --batch-size 2 at --size 32 (Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+        "7.79 GiB of which 1.10 GiB is free); start a new run with a smaller --batch-size or --size, or --amp, or train on a GPU with more "
+        "memory (a resumed run keeps its --batch-size and --size)")

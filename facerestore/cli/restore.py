@@ -58,6 +58,7 @@ def restore_command(
     from facerestore.image_io import list_images
     from facerestore.methods.base import MethodOptions
     from facerestore.methods.registry import build_method
+    from facerestore.out_of_memory import BatchLimit
     from facerestore.pipeline import RestoreOptions, Tools, assert_inputs_apart, assert_output_layout, output_folders, restore_paths
 
     try:
@@ -126,7 +127,9 @@ def restore_command(
             progress.update(images, advance=1)
             finished.append(result)
 
-        tools = Tools(method=method_impl, detector=face_detector, parser=parser, background=background, on_faces=lambda n: progress.update(faces, advance=n))
+        limit = BatchLimit(batch_size, on_lower=lambda text: progress.console.print(f"warning: {text}", markup=False))
+        tools = Tools(method=method_impl, detector=face_detector, parser=parser, background=background, on_faces=lambda n: progress.update(faces, advance=n),
+                      batch_limit=limit)
         try:
             results = restore_paths(paths, [p for p in inputs if p.is_dir()], tools, options, on_image=report, debug=debug)
         except KeyboardInterrupt:

@@ -43,6 +43,7 @@ from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, list_images, read_image, resize, write_image
 from facerestore.metrics import METRICS, MetricResult, compute, compute_all
 from facerestore.metrics.fid import FEATURE_DIM as FID_FEATURES
+from facerestore.out_of_memory import BatchLimit
 from facerestore.plural import counted, verb
 
 FACE = 512
@@ -473,6 +474,7 @@ class Evaluator:
         self.on_message = on_message or (lambda line: None)
         self.on_total = on_total or (lambda n: None)
         self.restore_crops = restore or restore_crops
+        self.batch_limit = BatchLimit(spec.batch_size, on_lower=lambda text: self.tell(f"oom:{text}", f"warning: {text}"))  # shared by the methods and sets
         self.debug = debug  # a method's exception propagates (with its traceback) instead of failing its rows
         self.told: set[str] = set()
         self.resized: dict[str, str] = {}
@@ -562,7 +564,7 @@ class Evaluator:
         method = self.methods[label]
         start = time.perf_counter()
         try:
-            out = self.restore_crops(method, crops, batch_size=self.spec.batch_size, seed=seed)
+            out = self.restore_crops(method, crops, batch_size=self.spec.batch_size, seed=seed, limit=self.batch_limit)
         except Exception as exc:  # noqa: BLE001 - one method failing on one batch fails only that
             if self.debug:
                 raise

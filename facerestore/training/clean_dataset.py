@@ -48,6 +48,7 @@ from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import OUT_ONLY_HINT, Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, from_samples, list_images, read_image, write_image
 from facerestore.metrics.json_numbers import json_number, read_json_number
+from facerestore.out_of_memory import BatchLimit
 from facerestore.plural import counted
 from facerestore.training import distributed
 from facerestore.training.loop import check_settings, manifest_records, open_manifest, source_changed, source_fingerprint, source_stat
@@ -250,11 +251,12 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
 
     # one run at a time into out (training/out_lock), held by rank 0 for the whole run: the other ranks
     # write nothing before the barrier after check_settings, so a refused run's ranks write nothing at all
+    limit = BatchLimit(options.batch_size, on_lower=on_warning)  # lowered for the whole run when a batch does not fit (out_of_memory)
     with output_lock(out, hold=d.main, on_message=message):
-        return _clean_tree(options, d, paths, rels, method, detector, clock, message, on_file, on_start)
+        return _clean_tree(options, d, paths, rels, method, detector, limit, clock, message, on_file, on_start)
 
 
-def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], rels: list[str], method, detector, clock: float,
+def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], rels: list[str], method, detector, limit: BatchLimit, clock: float,
                 message: Callable[[str], None], on_file, on_start) -> CleanSummary:
     """The checked run of `_clean`, under out's lock: settings, manifests, cleanup, the files, the summary."""
     out = Path(options.out)
@@ -315,12 +317,12 @@ def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], r
         if options.detect:
             for i in todo:
                 fingerprint([i])
-                record(_clean_photo(paths[i], rels[i], out, method, detector, options, inputs))
+                record(_clean_photo(paths[i], rels[i], out, method, detector, limit, options, inputs))
         else:
             for start in range(0, len(todo), options.batch_size):
                 chunk = todo[start : start + options.batch_size]
                 fingerprint(chunk)
-                for result in _clean_faces(paths, rels, chunk, out, method, options, inputs):
+                for result in _clean_faces(paths, rels, chunk, out, method, limit, options, inputs):
                     record(result)
     finally:
         manifest.close()
@@ -348,7 +350,7 @@ def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], r
     )
 
 
-def _clean_faces(paths: list[Path], rels: list[str], chunk: list[int], out: Path, method, options: CleanOptions,
+def _clean_faces(paths: list[Path], rels: list[str], chunk: list[int], out: Path, method, limit: BatchLimit, options: CleanOptions,
                  inputs: set[Path]) -> list[FileResult]:
     """One batch of aligned faces; a file that fails is reported and the others go on."""
     results: list[FileResult] = []
@@ -365,10 +367,11 @@ def _clean_faces(paths: list[Path], rels: list[str], chunk: list[int], out: Path
         return results
     clock = time.perf_counter()
     try:
-        restored = _restore_faces(method, [resize(p.rgb, FACE, FACE) for _, p, _ in pictures], [file_seed(options.seed, rels[i]) for i, _, _ in pictures])
+        faces = [(resize(p.rgb, FACE, FACE), file_seed(options.seed, rels[i])) for i, p, _ in pictures]
+        restored = limit.run(faces, lambda part: _restore_faces(method, [crop for crop, _ in part], [seed for _, seed in part]))
     except FaceRestoreError as exc:
         per = (time.perf_counter() - clock) / len(pictures)
-        return results + [FileResult(rels[i], "failed", per + t, error=exc.one_line()) for i, _, t in pictures]
+        return results + [FileResult(rels[i], "failed", per + t, error=exc.one_line_for(paths[i])) for i, _, t in pictures]
     per_face = (time.perf_counter() - clock) / len(pictures)
     for (i, picture, read_time), face in zip(pictures, restored):
         clock = time.perf_counter()
@@ -384,13 +387,13 @@ def _clean_faces(paths: list[Path], rels: list[str], chunk: list[int], out: Path
     return results
 
 
-def _clean_photo(path: Path, rel: str, out: Path, method, detector, options: CleanOptions, inputs: set[Path]) -> FileResult:
+def _clean_photo(path: Path, rel: str, out: Path, method, detector, limit: BatchLimit, options: CleanOptions, inputs: set[Path]) -> FileResult:
     from facerestore.pipeline import RestoreOptions, Tools, restore_picture
 
     clock = time.perf_counter()
     try:
         picture = read_image(path)
-        tools = Tools(method=method, detector=detector)
+        tools = Tools(method=method, detector=detector, batch_limit=limit)
         restore_options = RestoreOptions(output=out, upscale=1.0, aligned=False, batch_size=options.batch_size, seed=file_seed(options.seed, rel), save_faces=False)
         photo, faces, _ = restore_picture(picture, tools, restore_options)
         if faces:
@@ -399,7 +402,7 @@ def _clean_photo(path: Path, rel: str, out: Path, method, detector, options: Cle
             assert_not_input(out / rel, inputs, hint=OUT_ONLY_HINT)
             write_bytes(out / rel, path.read_bytes())
     except FaceRestoreError as exc:
-        return FileResult(rel, "failed", time.perf_counter() - clock, error=exc.one_line())
+        return FileResult(rel, "failed", time.perf_counter() - clock, error=exc.one_line_for(path))
     score = _psnr(from_samples(photo), picture.rgb) if options.check else None
     notes = picture.notes("restored") if faces else ()  # a photo copied through keeps all its frames and its profile
     return FileResult(rel, "ok" if faces else "no-face", time.perf_counter() - clock, psnr=score, warnings=notes)

@@ -52,6 +52,7 @@ from facerestore.diffusion.losses import x0_regression_loss
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.diffusion.denoiser import ConcatCondition
 from facerestore.errors import BadWeightsOption, FaceRestoreError, UsageError
+from facerestore.out_of_memory import is_out_of_memory, step_out_of_memory
 from facerestore.image_io import assert_apart
 from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
@@ -383,6 +384,10 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
                 message(f"time limit of {format_duration(config.time_limit)} reached after step {step}")  # the command says how to go on
                 break
             clock = time.perf_counter()
+    except Exception as exc:
+        if is_out_of_memory(exc):  # torch's traceback and its allocator advice, as one line with what to change
+            raise step_out_of_memory(exc, step + 1, config.batch_size, config.size, d.world) from None
+        raise
     finally:
         stop.restore()
         if log is not None:

@@ -41,6 +41,7 @@ from facerestore.training.checkpoints import (
     optimizer_from_tensors,
     save_checkpoint,
 )
+from facerestore.out_of_memory import is_out_of_memory, step_out_of_memory
 from facerestore.training.data import StepBatches
 from facerestore.training.finetune.data import Pair, PairDataset
 from facerestore.training.finetune.objectives import (
@@ -255,6 +256,10 @@ def train_pairs(
                 checkpoint(step)
             stop.honour(step, last_saved, checkpoint, message)
             clock = time.perf_counter()
+    except Exception as exc:
+        if is_out_of_memory(exc):  # torch's traceback and its allocator advice, as one line with what to change
+            raise step_out_of_memory(exc, step + 1, settings.batch_size, settings.size, d.world) from None
+        raise
     finally:
         stop.restore()
         if log is not None:
