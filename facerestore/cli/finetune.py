@@ -131,6 +131,7 @@ def run_command(
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, mps or auto (default; under torchrun each process takes cuda:LOCAL_RANK).", show_default=False)] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Data-loading processes per training process (default 2; 0 loads in the training process).", show_default=False)] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights; a missing file is one error line naming what to import.")] = False,
+    skip_memory_check: Annotated[bool, typer.Option("--skip-memory-check", help="Fine-tune even where the check before stage 1 finds that a CodeFormer step needs more memory than is free (it errs on the safe side; e.g. with swap, or GPU memory about to be freed).")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars; only errors and the final lines.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -152,7 +153,7 @@ def run_command(
     bars = _progress(quiet, main)
     reporter = Reporter(on_stage=bars.stage, on_advance=bars.advance, on_message=bars.message, on_detail=bars.detail)
     try:
-        result = finetune_unpaired(config, resume=resume, reporter=reporter, on_step=bars.step)
+        result = finetune_unpaired(config, resume=resume, reporter=reporter, on_step=bars.step, check_memory=not skip_memory_check)
     except KeyboardInterrupt:
         bars.stop()
         if (run_dir / "config.json").is_file():  # written once the checks pass and the models load: --resume needs it

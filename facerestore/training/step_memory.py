@@ -32,6 +32,7 @@ import functools
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,17 +83,34 @@ def saved_bytes(unet: UNetConfig, size: int, batch: int, amp_dtype: torch.dtype 
     does (meta tensors are not autocast); should that private torch API fail, the float32 trace
     stands in, which only overestimates.
     """
+    def step(device: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with torch.device(device):  # only to build: under the device mode every op pays a Python call
+            net = IDMUNet(unet)
+        hq = torch.zeros(batch, OUT_CHANNELS, size, size, device=device)
+        lq, noise = torch.zeros_like(hq), torch.zeros_like(hq)
+        gamma = torch.full((batch,), 0.5, device=device)
+        return (lambda: x0_regression_loss(ConcatCondition(net, lq), hq, gamma, noise, p=1)[0]), [*net.parameters(), hq, lq, noise, gamma]
+
+    return traced_saved_bytes(step, amp_dtype)
+
+
+def traced_saved_bytes(step: Callable[[str], tuple[Callable[[], object], list[torch.Tensor]]], amp_dtype: torch.dtype | None = None) -> int:
+    """Bytes of the tensors autograd saves for backward while a training forward runs, each storage
+    counted once. `step(device)` builds the nets and inputs on `device` and returns (the forward, the
+    tensors not to count: weights, inputs). Run on the meta device, or under --amp on fake CPU tensors
+    whose autocast keeps 16-bit activations as a real step does (meta tensors are not autocast);
+    should that private torch API fail, the float32 trace stands in, which only overestimates."""
     if amp_dtype is not None:
         try:
             from torch._subclasses.fake_tensor import FakeTensorMode
 
-            return _trace(unet, size, batch, FakeTensorMode(), "cpu", amp_dtype)
+            return _trace(step, FakeTensorMode(), "cpu", amp_dtype)
         except Exception:  # noqa: BLE001 - a torch without FakeTensorMode, or an op it cannot fake
             pass
-    return _trace(unet, size, batch, contextlib.nullcontext(), "meta", None)
+    return _trace(step, contextlib.nullcontext(), "meta", None)
 
 
-def _trace(unet: UNetConfig, size: int, batch: int, mode: contextlib.AbstractContextManager, device: str, amp_dtype: torch.dtype | None) -> int:
+def _trace(step, mode: contextlib.AbstractContextManager, device: str, amp_dtype: torch.dtype | None) -> int:
     kept: dict[int, torch.UntypedStorage] = {}  # references keep each id unique while the trace runs
     skip: set[int] = set()
 
@@ -103,16 +121,12 @@ def _trace(unet: UNetConfig, size: int, batch: int, mode: contextlib.AbstractCon
         return tensor
 
     with mode:
-        with torch.device(device):  # only to build: under the device mode every op pays a Python call
-            net = IDMUNet(unet)
-        hq = torch.zeros(batch, OUT_CHANNELS, size, size, device=device)
-        lq, noise = torch.zeros_like(hq), torch.zeros_like(hq)
-        gamma = torch.full((batch,), 0.5, device=device)
-        given = [*(p.untyped_storage() for p in net.parameters()), *(t.untyped_storage() for t in (hq, lq, noise, gamma))]
+        forward, given = step(device)
+        given = [t.untyped_storage() for t in given]
         skip.update(id(s) for s in given)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                loss, _ = x0_regression_loss(ConcatCondition(net, lq), hq, gamma, noise, p=1)
+                loss = forward()
         total = sum(storage.nbytes() for storage in kept.values())
         del loss, given
     return total

@@ -66,6 +66,7 @@ from facerestore.training.finetune.pseudo_targets import (
     target_name,
 )
 from facerestore.training.finetune.report import ReportResult, write_report
+from facerestore.training.finetune.step_memory import check_finetune_memory
 from facerestore.training.finetune.trainer import StepReport, TrainSettings, milestones_for, train_pairs
 from facerestore.training.out_lock import assert_free, output_lock
 from facerestore.training.resume_recipe import recipe_record, refuse_checkpoint_changes, refuse_given_changes
@@ -291,15 +292,16 @@ class FinetuneResult:
 
 
 def finetune_unpaired(config: FinetuneConfig, *, resume: bool = False, reporter: Reporter | None = None,
-                      on_step: Callable[[StepReport], None] | None = None) -> FinetuneResult:
+                      on_step: Callable[[StepReport], None] | None = None, check_memory: bool = True) -> FinetuneResult:
     """Run (or continue) the three stages as the module docstring describes.
 
     Under torchrun one rank's error stops the others quietly with its code (`distributed.process_group`).
+    `check_memory=False` skips the refusal of a step too large for the memory (`finetune.step_memory`).
     """
     # before anything is written: the run folder records its batch size, and a resume keeps it
     check_global_batch(config.batch_size, distributed.world_size(), resume=resume)
     with distributed.process_group(config.device) as d:
-        return _run(config, d, resume, reporter or Reporter(), on_step)
+        return _run(config, d, resume, reporter or Reporter(), on_step, check_memory)
 
 
 def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, list[str], str]:
@@ -332,7 +334,7 @@ def _check_options(config: FinetuneConfig) -> tuple[PseudoTargetPlan, BaseSpec, 
     return plan, base, real, real_note
 
 
-def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Reporter, on_step) -> FinetuneResult:
+def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Reporter, on_step, check_memory: bool = True) -> FinetuneResult:
     run = Path(config.out)
     # before the lock, whose file goes in RUN
     assert_apart(run, Path(config.lq), f"the input folder {config.lq}", hint="write the run to a folder that neither is, lies inside nor holds the --unpaired folder")
@@ -343,10 +345,10 @@ def _run(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Re
     # barrier only once rank 0 holds it, so a refused run's ranks write nothing
     with output_lock(run, hold=d.main, on_message=reporter.message if d.main else None):
         distributed.barrier(d)
-        return _run_locked(config, d, resume, reporter, on_step)
+        return _run_locked(config, d, resume, reporter, on_step, check_memory)
 
 
-def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Reporter, on_step) -> FinetuneResult:
+def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, reporter: Reporter, on_step, check_memory: bool = True) -> FinetuneResult:
     """The three stages, under RUN's lock."""
     def message(text: str) -> None:
         if d.main:
@@ -383,6 +385,9 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
     # load what stage 1 needs now: a base checkpoint that does not fit (another size, another
     # architecture) or a prior missing offline is one line before anything is written
     base_method = base.build(str(d.device), config.offline, config.size)
+    if check_memory and adapter_for(config.base).objective == "code":  # stage 2's step, before hours of stage 1 (on every rank: each its device)
+        check_finetune_memory(base_method.net.config, size=config.size, batch_size=config.batch_size, amp=config.amp, workers=config.workers,
+                              device=d.device, world=d.world, main=d.main, resume=resume and latest_checkpoint(run) is not None)
     prepared = prepare(pseudo_options, str(d.device), faces=train, scan=scan_note, base_method=base_method) if stage1_left else None
     del base_method
 
