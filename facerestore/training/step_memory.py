@@ -230,12 +230,8 @@ def check_step_memory(config: TrainConfig, unet: UNetConfig, device: torch.devic
     if need.needs(batch) * sharing <= available:
         return
     model = f"the {config.model} model" if config.model and config.model != "custom" else "the model"
-    split = f" ({batch} in each of {world} processes)" if world > 1 else ""
-    shared = f" for the {sharing} processes on this machine" if sharing > 1 else ""
-    gpu = "the GPU" if device.index is None else f"GPU {device.index}"
-    where = f"this machine has {gigabytes(available)} available" if cpu else f"{gpu} has {gigabytes(available)} free"
-    message = (f"a step of {model} at --size {config.size} with --batch-size {config.batch_size}{split} "
-               f"needs {'about' if cpu else 'at least'} {gigabytes(need.needs(batch) * sharing)}{shared}, but {where}")
+    message = refusal(f"a step of {model} at --size {config.size} with --batch-size {config.batch_size}", batch, need.needs(batch), available,
+                      device, world, sharing)
     elsewhere = "train on a GPU or a machine with more memory" if cpu else "train on a GPU with more memory (or on more GPUs with torchrun)"
     if resume:
         raise UsageError(message, hint=f"a resumed run keeps its --batch-size, --size and --model: {elsewhere.replace('train', 'resume it', 1)}")
@@ -251,6 +247,18 @@ def check_step_memory(config: TrainConfig, unet: UNetConfig, device: torch.devic
     else:
         hint = elsewhere
     raise UsageError(message, hint=hint)
+
+
+def refusal(step: str, batch: int, need: int, available: int, device: torch.device, world: int, sharing: int) -> str:
+    """The line of a step that does not fit (train's and finetune's): `step` names it with its global
+    --batch-size ("a step of the base model at --size 512 with --batch-size 32"), `batch` is one
+    process's share, `need` what that process needs, `sharing` the processes on this machine's memory."""
+    cpu = device.type == "cpu"
+    split = f" ({batch} in each of {world} processes)" if world > 1 else ""
+    shared = f" for the {sharing} processes on this machine" if sharing > 1 else ""
+    gpu = "the GPU" if device.index is None else f"GPU {device.index}"
+    where = f"this machine has {gigabytes(available)} available" if cpu else f"{gpu} has {gigabytes(available)} free"
+    return f"{step}{split} needs {'about' if cpu else 'at least'} {gigabytes(need * sharing)}{shared}, but {where}"
 
 
 def _alternatives(config: TrainConfig, unet: UNetConfig, fits) -> list[tuple[str, object]]:
@@ -288,4 +296,5 @@ def local_processes() -> int:
         return 1
 
 
-__all__ = ["BASE", "StepMemory", "TRANSIENT", "available_bytes", "check_step_memory", "gigabytes", "local_processes", "saved_bytes", "step_memory"]
+__all__ = ["BASE", "StepMemory", "TRANSIENT", "available_bytes", "check_step_memory", "gigabytes", "local_processes", "refusal", "saved_bytes", "step_memory",
+           "traced_saved_bytes"]

@@ -31,7 +31,7 @@ import torch
 
 from facerestore.devices import training_amp_dtype
 from facerestore.errors import UsageError
-from facerestore.training.step_memory import BASE, PREFETCH, StepMemory, available_bytes, gigabytes, local_processes, traced_saved_bytes
+from facerestore.training.step_memory import BASE, PREFETCH, StepMemory, available_bytes, local_processes, refusal, traced_saved_bytes
 
 TRANSIENT = 0.25
 
@@ -84,12 +84,8 @@ def check_finetune_memory(net_config, *, size: int, batch_size: int, amp: bool, 
     need = code_step_memory(net_config, size, amp_dtype, ema=main, workers=workers, device=device.type)
     if need.needs(batch) * sharing <= available:
         return
-    split = f" ({batch} in each of {world} processes)" if world > 1 else ""
-    shared = f" for the {sharing} processes on this machine" if sharing > 1 else ""
-    gpu = "the GPU" if device.index is None else f"GPU {device.index}"
-    where = f"this machine has {gigabytes(available)} available" if cpu else f"{gpu} has {gigabytes(available)} free"
-    message = (f"a fine-tuning step of CodeFormer at --size {size} with --batch-size {batch_size}{split} needs "
-               f"{'about' if cpu else 'at least'} {gigabytes(need.needs(batch) * sharing)}{shared}, but {where}")
+    message = refusal(f"a fine-tuning step of CodeFormer at --size {size} with --batch-size {batch_size}", batch, need.needs(batch), available,
+                      device, world, sharing)
     elsewhere = "fine-tune on a GPU or a machine with more memory" if cpu else "fine-tune on a GPU with more memory (or on more GPUs with torchrun)"
     if resume:
         raise UsageError(message, hint=f"a resumed run keeps its --batch-size and --size: {elsewhere.replace('fine-tune', 'resume it', 1)}")
