@@ -60,7 +60,7 @@ def test_traced_activations_are_those_a_real_forward_saves_and_grow_linearly():
     traced = {b: fsm.code_step_memory(TINY_CF, SIZE, None, ema=False, device="cuda").per_sample * b for b in (1, 3)}
     real = {b: real_saved_bytes(b) for b in (1, 3)}
     inputs = 2 * 3 * SIZE * SIZE * 4  # lq and target, per sample
-    assert traced[1] - inputs == real[1]
+    assert traced[1] - inputs == pytest.approx(real[1], abs=16)  # the loss's few scalars are saved once a step
     assert traced[3] - 3 * inputs == pytest.approx(real[3], abs=16)  # linear, but for the loss's few scalars (saved once a step)
     # torch's fused attention saves less than the math path the meta device runs: the trace errs on the safe side
     assert real_saved_bytes(1, fused_attention=True) < real[1]
@@ -72,12 +72,12 @@ def test_the_step_adds_both_nets_the_trained_parts_adam_ema_and_on_the_cpu_a_mar
     total = sum(p.numel() for p in net.parameters())
     trained = sum(p.numel() for n, p in net.named_parameters() if n in trained_names)
     gpu = fsm.code_step_memory(TINY_CF, SIZE, None, ema=True, device="cuda")
-    assert gpu.fixed == total * 4 * 2 + trained * 4 * 4  # net + frozen copy; gradients, Adam's 2 moments, EMA of the trained
+    assert gpu.fixed == pytest.approx(total * 4 * 2 + trained * 4 * 4, abs=64)  # net + frozen copy; gradients, Adam's 2 moments, EMA of the trained
     assert fsm.code_step_memory(TINY_CF, SIZE, None, ema=False, device="cuda").fixed == gpu.fixed - trained * 4
     cpu = fsm.code_step_memory(TINY_CF, SIZE, None, ema=True, workers=2, device="cpu")
     inputs = 2 * 3 * SIZE * SIZE * 4
     assert cpu.fixed == gpu.fixed + sm.BASE
-    assert cpu.per_sample == pytest.approx((gpu.per_sample - inputs) * (1 + fsm.TRANSIENT) + inputs * (1 + 2 * (sm.PREFETCH + 1)), abs=1)
+    assert cpu.per_sample == pytest.approx((gpu.per_sample - inputs) * (1 + fsm.TRANSIENT_CODE) + inputs * (1 + 2 * (sm.PREFETCH + 1)), abs=1)
 
 
 def test_a_step_too_large_is_refused_before_stage_1_with_one_line(weights, lq, tmp_path, monkeypatch):
@@ -101,8 +101,56 @@ def test_on_a_gpu_the_least_a_step_needs_is_checked_per_process_and_amp_advised(
     monkeypatch.setattr(fsm, "available_bytes", lambda device: need.needs(2) + 1)
     monkeypatch.setattr(fsm, "training_amp_dtype", lambda device, amp, **kw: (None, None))  # this CPU-only machine has no bf16 GPU to ask
     with pytest.raises(UsageError) as info:
-        fsm.check_finetune_memory(TINY_CF, size=SIZE, batch_size=8, amp=False, workers=2, device=torch.device("cuda", 0), world=2)
+        fsm.check_finetune_memory("codeformer", TINY_CF, size=SIZE, batch_size=8, amp=False, workers=2, device=torch.device("cuda", 0), world=2)
     assert info.value.one_line() == (f"a fine-tuning step of CodeFormer at --size {SIZE} with --batch-size 8 (4 in each of 2 processes) needs at least "
                                      f"{sm.gigabytes(need.needs(4))}, but GPU 0 has {sm.gigabytes(need.needs(2) + 1)} free; use --batch-size 4 or less "
                                      "(or --amp), or fine-tune on a GPU with more memory (or on more GPUs with torchrun)")
-    fsm.check_finetune_memory(TINY_CF, size=SIZE, batch_size=4, amp=False, workers=2, device=torch.device("cuda", 0), world=2)  # fits: no word
+    fsm.check_finetune_memory("codeformer", TINY_CF, size=SIZE, batch_size=4, amp=False, workers=2, device=torch.device("cuda", 0), world=2)  # fits: no word
+
+
+def test_image_level_trace_is_what_a_real_restorer_lpips_and_discriminator_forward_saves():
+    """The image-level step: the restorer, LPIPS on its output, the (frozen for this term) discriminator
+    on its output, one graph; the trace counts what a real forward saves, per sample."""
+    from facerestore.nets.baseline_unet import BaselineUNet, BaselineUNetConfig
+    from facerestore.training.finetune.objectives import UNetDiscriminatorSN
+
+    config = BaselineUNetConfig(channels=(8, 16), blocks=1)
+    torch.manual_seed(0)
+    net = BaselineUNet(config).train()
+    perceptual = fsm._lpips_net("cpu")
+    disc = UNetDiscriminatorSN(8).train().requires_grad_(False)
+    x, target = torch.rand(2, 3, SIZE, SIZE), torch.rand(2, 3, SIZE, SIZE)
+    skip = {t.untyped_storage().data_ptr() for m in (net, perceptual, disc) for t in (*m.parameters(), *m.buffers())} | {x.data_ptr(), target.data_ptr()}
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(x).float()
+        logits = disc(out).float()
+        loss = (out - target).abs().mean() + perceptual(out, target, normalize=False).mean() + F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    loss.backward()
+    need = fsm.image_step_memory(config, SIZE, None, lpips=True, gan=True, disc_width=8, ema=True, device="cuda")
+    trained = sum(p.numel() for p in net.parameters()) + sum(p.numel() for p in disc.parameters())  # the discriminator has its own Adam
+    inputs = 3 * 3 * SIZE * SIZE * 4  # lq, target and a real face per sample
+    once = need.fixed - (trained * 4 * 4 + sum(p.numel() for p in perceptual.parameters()) * 4 + sum(p.numel() for p in net.parameters()) * 4)
+    assert (need.per_sample - inputs) * 2 + once == sum(seen.values())
+    assert 0 < once < need.per_sample / 10  # saved once a step: the discriminator's normalised weights
+
+
+def test_a_baseline_step_too_large_is_refused_naming_the_baseline(monkeypatch):
+    from facerestore.nets.baseline_unet import BaselineUNetConfig
+
+    config = BaselineUNetConfig(channels=(8, 16), blocks=1)
+    need = fsm.image_step_memory(config, SIZE, None, lpips=True, gan=True, disc_width=8, ema=True, workers=0, device="cpu")
+    monkeypatch.setattr(fsm, "available_bytes", lambda device: need.needs(3) + 1)
+    with pytest.raises(UsageError) as info:
+        fsm.check_finetune_memory("baseline", config, size=SIZE, batch_size=8, amp=False, workers=0, device=torch.device("cpu"),
+                                  lpips=True, gan=True, disc_width=8)
+    assert info.value.one_line() == (f"a fine-tuning step of the baseline at --size {SIZE} with --batch-size 8 needs about {sm.gigabytes(need.needs(8))}, "
+                                     f"but this machine has {sm.gigabytes(need.needs(3) + 1)} available; use --batch-size 3 or less, "
+                                     "or fine-tune on a GPU or a machine with more memory")

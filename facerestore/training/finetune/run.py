@@ -385,9 +385,10 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
     # load what stage 1 needs now: a base checkpoint that does not fit (another size, another
     # architecture) or a prior missing offline is one line before anything is written
     base_method = base.build(str(d.device), config.offline, config.size)
-    if check_memory and adapter_for(config.base).objective == "code":  # stage 2's step, before hours of stage 1 (on every rank: each its device)
-        check_finetune_memory(base_method.net.config, size=config.size, batch_size=config.batch_size, amp=config.amp, workers=config.workers,
-                              device=d.device, world=d.world, main=d.main, resume=resume and latest_checkpoint(run) is not None)
+    if check_memory:  # stage 2's step, before hours of stage 1 (on every rank: each its device)
+        check_finetune_memory(config.base, base_method.net.config, size=config.size, batch_size=config.batch_size, amp=config.amp,
+                              workers=config.workers, device=d.device, world=d.world, main=d.main, resume=resume and latest_checkpoint(run) is not None,
+                              lpips=config.lpips_weight > 0, gan=config.gan_weight > 0, disc_width=config.disc_width)
     prepared = prepare(pseudo_options, str(d.device), faces=train, scan=scan_note, base_method=base_method) if stage1_left else None
     del base_method
 
