@@ -21,9 +21,10 @@ a step of 1, 2 and 4 faces, 1360-1550 MB a face where the trace counts 1465; TRA
 
 Image level (a one-step restorer such as `baseline`, `objectives.ImageObjective`): the restorer, the
 LPIPS VGG on its output and the discriminator on its output, all in one graph (the discriminator's
-own step comes after that graph is freed, on half as much). Measured (bundled baseline, 512 px,
+own step, on real and restored faces, comes after that graph is freed, and saves less). Measured (bundled baseline, 512 px,
 LPIPS and a width-64 discriminator, 2026-12-06): 2066, 4506 and 8465 MB for 1, 2 and 4 faces,
-1980-2440 MB a face where the trace counts 1757; TRANSIENT_IMAGE = 0.6.
+1980-2440 MB a face (2110 by a least-squares line) where the trace counts 1757; TRANSIENT_IMAGE = 0.5
+keeps the estimate about 25% above the line, as TRANSIENT_CODE does for CodeFormer (1410 a face).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from facerestore.errors import UsageError
 from facerestore.training.step_memory import BASE, PREFETCH, StepMemory, available_bytes, local_processes, refusal, traced_saved_bytes
 
 TRANSIENT_CODE = 0.25
-TRANSIENT_IMAGE = 0.6
+TRANSIENT_IMAGE = 0.5
 
 
 def _traced(step, amp_dtype: torch.dtype | None) -> tuple[int, int]:
