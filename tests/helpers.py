@@ -127,3 +127,22 @@ def assert_all_ranks_stopped_with(done: subprocess.CompletedProcess, code: int, 
     codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", done.stderr)]
     root = int(re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", done.stderr, re.S).group(1))
     assert done.returncode != 0 and root == code and set(codes) <= {code, -15}, done.stderr
+
+
+def real_saved_bytes(forward, given) -> int:
+    """What `forward()` really saves for backward on the CPU: each storage once, by its address, the
+    storages of the tensors `given` (weights, inputs) not counted. The reference the meta-device
+    traces of the memory checks are held to."""
+    skip = {t.untyped_storage().data_ptr() for t in given}
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = forward()
+    del loss
+    return sum(seen.values())

@@ -19,6 +19,7 @@ from facerestore.nets.codeformer import CodeFormer
 from facerestore.training import step_memory as sm
 from facerestore.training.finetune import step_memory as fsm
 from facerestore.training.finetune.objectives import freeze_codeformer
+from helpers import real_saved_bytes as saved_bytes_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,9 +31,8 @@ SIZE = TINY_CF.img_size
 
 
 def real_saved_bytes(batch: int, fused_attention: bool = False) -> int:
-    """What a real code-level forward on the CPU saves for backward: each storage once, by address.
-    With the math attention of the meta trace unless `fused_attention` (torch's default kernel, which
-    keeps no attention matrix)."""
+    """What a real code-level forward on the CPU saves for backward, with the math attention of the meta
+    trace unless `fused_attention` (torch's default kernel, which keeps no attention matrix)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     torch.manual_seed(0)
@@ -40,20 +40,13 @@ def real_saved_bytes(batch: int, fused_attention: bool = False) -> int:
     freeze_codeformer(net)
     x = torch.rand(batch, 3, SIZE, SIZE) * 2 - 1
     codes = torch.randint(0, TINY_CF.codebook_size, (batch, TINY_CF.latent_size))
-    skip = {t.untyped_storage().data_ptr() for t in (*net.parameters(), *net.buffers(), x, codes)}
-    seen: dict[int, int] = {}
 
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
+    def forward():
+        with contextlib.nullcontext() if fused_attention else sdpa_kernel(SDPBackend.MATH):
+            logits, feat = net.code_forward(x)
+        return torch.mean((net.codebook_features(codes).detach() - feat.float()) ** 2) + F.cross_entropy(logits.float().permute(0, 2, 1), codes)
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), contextlib.nullcontext() if fused_attention else sdpa_kernel(SDPBackend.MATH):
-        logits, feat = net.code_forward(x)
-        loss = torch.mean((net.codebook_features(codes).detach() - feat.float()) ** 2) + F.cross_entropy(logits.float().permute(0, 2, 1), codes)
-    loss.backward()  # the graph was whole
-    return sum(seen.values())
+    return saved_bytes_of(forward, [*net.parameters(), *net.buffers(), x, codes])
 
 
 def test_traced_activations_are_those_a_real_forward_saves_and_grow_linearly():
@@ -120,25 +113,18 @@ def test_image_level_trace_is_what_a_real_restorer_lpips_and_discriminator_forwa
     perceptual = fsm._lpips_net("cpu")
     disc = UNetDiscriminatorSN(8).train().requires_grad_(False)
     x, target = torch.rand(2, 3, SIZE, SIZE), torch.rand(2, 3, SIZE, SIZE)
-    skip = {t.untyped_storage().data_ptr() for m in (net, perceptual, disc) for t in (*m.parameters(), *m.buffers())} | {x.data_ptr(), target.data_ptr()}
-    seen: dict[int, int] = {}
 
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def forward():
         out = net(x).float()
         logits = disc(out).float()
-        loss = (out - target).abs().mean() + perceptual(out, target, normalize=False).mean() + F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-    loss.backward()
+        return (out - target).abs().mean() + perceptual(out, target, normalize=False).mean() + F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+    real = saved_bytes_of(forward, [t for m in (net, perceptual, disc) for t in (*m.parameters(), *m.buffers())] + [x, target])
     need = fsm.image_step_memory(config, SIZE, None, lpips=True, gan=True, disc_width=8, ema=True, device="cuda")
     trained = sum(p.numel() for p in net.parameters()) + sum(p.numel() for p in disc.parameters())  # the discriminator has its own Adam
     inputs = 3 * 3 * SIZE * SIZE * 4  # lq, target and a real face per sample
     once = need.fixed - (trained * 4 * 4 + sum(p.numel() for p in perceptual.parameters()) * 4 + sum(p.numel() for p in net.parameters()) * 4)
-    assert (need.per_sample - inputs) * 2 + once == sum(seen.values())
+    assert (need.per_sample - inputs) * 2 + once == real
     assert 0 < once < need.per_sample / 10  # saved once a step: the discriminator's normalised weights
 
 

@@ -21,6 +21,7 @@ from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import IDMUNet, idm_unet_config, parameter_count
 from facerestore.training import step_memory as sm
 from facerestore.training.trainer import TrainConfig, train
+from helpers import real_saved_bytes as saved_bytes_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,26 +41,17 @@ def faces(tmp_path_factory) -> Path:
 
 
 def real_saved_bytes(unet: UNetConfig, size: int, batch: int, amp_dtype: torch.dtype | None = None) -> int:
-    """What a real forward on the CPU saves for backward: each storage once, by its address."""
+    """What a real forward on the CPU saves for backward."""
     torch.manual_seed(0)
     net = IDMUNet(unet)
     hq = torch.rand(batch, 3, size, size) * 2 - 1
     lq, noise, gamma = hq * 0.5, torch.randn_like(hq), torch.rand(batch) * 0.9 + 0.05
-    skip = {t.untyped_storage().data_ptr() for t in (*net.parameters(), hq, lq, noise, gamma)}
-    seen: dict[int, int] = {}
 
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def forward():
         with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            loss, _ = x0_regression_loss(ConcatCondition(net, lq), hq, gamma, noise, p=1)
-    total = sum(seen.values())
-    del loss
-    return total
+            return x0_regression_loss(ConcatCondition(net, lq), hq, gamma, noise, p=1)[0]
+
+    return saved_bytes_of(forward, [*net.parameters(), hq, lq, noise, gamma])
 
 
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
