@@ -11,6 +11,8 @@ import difflib
 import os
 import sys
 from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, NoReturn, Optional
 
 import click
@@ -41,14 +43,64 @@ class DefaultCommandGroup(TyperGroup):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        with one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
     def invoke(self, ctx: click.Context):
         """Each long command says what Ctrl-C kept while it works; before that (its imports, torch's
         take seconds, and its option checks) typer would exit 130 without a word."""
         try:
-            return super().invoke(ctx)
+            with one_line_usage_errors():  # a sub-command's options are parsed in here
+                return super().invoke(ctx)
         except KeyboardInterrupt:
             say_interrupted_early()
             raise typer.Exit(130) from None
+
+
+try:  # typer 0.29 and later carry their own click, whose errors are these classes
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on the click package
+    from click import exceptions as click_errors
+
+
+class OneLineUsageError(click_errors.UsageError):
+    """click's usage error as the one `error:` line every other refusal is (click prints the usage,
+    a blank line and "Error: ..." on four lines); exit 2 as before."""
+
+    def __init__(self, message: str, hint: str, ctx: click.Context | None = None) -> None:
+        super().__init__(message, ctx)
+        self.hint = hint
+
+    def show(self, file=None) -> None:
+        if main_rank():
+            err.print(f"error: {self.message}; {self.hint}", markup=False)
+
+
+@contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except (click_errors.NoArgsIsHelpError, OneLineUsageError):  # a command given nothing prints its help, as asked for
+        raise
+    except click_errors.UsageError as exc:
+        raise _one_line(exc) from None
+
+
+def _one_line(exc: click_errors.UsageError) -> OneLineUsageError:
+    """The message without click's trailing full stop; the hint: a close option name where there is
+    one (click's own "Possible options" lists any name that shares a few letters, --out for --bogus),
+    else the command's help."""
+    command = exc.ctx.command_path if exc.ctx is not None else "facerestore"
+    message = exc.format_message().strip().rstrip(".")
+    hint = f"see `{command} -h`"
+    if isinstance(exc, click_errors.NoSuchOption):
+        message = f"no such option: {exc.option_name}"
+        close = difflib.get_close_matches(exc.option_name, list(exc.possibilities or ()), n=1, cutoff=0.75)
+        if close:
+            hint = f"did you mean {close[0]}? (`{command} -h` lists the options)"
+    lowered = message[:1].lower() + message[1:] if message[1:2].islower() else message  # "No such ..." but not "PHOTO ..."
+    return OneLineUsageError(lowered, hint, exc.ctx)
 
 
 def _refuse_mistyped_command(word: str, commands: list[str]) -> None:
@@ -124,7 +176,10 @@ def main() -> None:
         say_interrupted_early()
         sys.exit(130)
     try:
-        app()
+        app(prog_name="facerestore")  # the command's name in its usage lines, also under `python -m facerestore`
+    except KeyboardInterrupt:  # while typer builds the command line (annotations, click objects), before click's own handler
+        say_interrupted_early()
+        sys.exit(130)
     except FaceRestoreError as exc:  # a command that forgot to catch: still one line
         if main_rank():
             err.print(f"error: {exc.one_line()}", markup=False)
