@@ -51,6 +51,18 @@ def torch_reason(exc: BaseException) -> str:
     return " ".join(kept[:2]).rstrip(".") or type(exc).__name__
 
 
+def on_cpu(exc: BaseException) -> bool:
+    """Whether the memory that ran out is the machine's (the CPU allocator's refusal), not a GPU's."""
+    return "DefaultCPUAllocator" in str(exc) or "can't allocate memory" in str(exc)
+
+
+def face_hint(exc: BaseException) -> str:
+    """What to do when not even one face fits."""
+    if on_cpu(exc):
+        return "close other programs, or run on a machine with more memory (or a GPU)"
+    return "close other programs that use the GPU, or run on the CPU with --device cpu"
+
+
 def free_cached_memory() -> None:
     """Give the allocator's cached blocks back, so the retry with fewer faces can use them."""
     if torch.cuda.is_available():
@@ -71,12 +83,11 @@ class BatchLimit:
         self.size = max(1, int(size))
         self.on_lower = on_lower
 
-    def run(self, items: Sequence[T], call: Callable[[Sequence[T]], list[R]], *, generator: torch.Generator | None = None,
-            what: str = "face", hint: str = "close other programs that use the GPU, or run on the CPU with --device cpu") -> list[R]:
-        """`call` on consecutive chunks of `items`, at most `size` long, the results joined in order.
+    def run(self, items: Sequence[T], call: Callable[[Sequence[T]], list[R]], *, generator: torch.Generator | None = None) -> list[R]:
+        """`call` on consecutive chunks of `items` (faces), at most `size` long, the results joined in order.
 
-        `generator`: the one `call` draws from, rewound before a retry. A chunk of one `what` that
-        does not fit raises OutOfMemory with `hint`."""
+        `generator`: the one `call` draws from, rewound before a retry. One face that does not fit
+        raises OutOfMemory, with advice for the memory that ran out (the GPU's or the machine's)."""
         results: list[R] = []
         start = 0
         while start < len(items):
@@ -91,10 +102,10 @@ class BatchLimit:
                 if state is not None:
                     generator.set_state(state)
                 if len(chunk) == 1:
-                    raise OutOfMemory(f"out of memory restoring one {what} ({torch_reason(exc)})", hint=hint) from None
+                    raise OutOfMemory(f"out of memory restoring one face ({torch_reason(exc)})", hint=face_hint(exc)) from None
                 self.size = len(chunk) // 2
                 if self.on_lower is not None:
-                    self.on_lower(f"out of memory restoring {len(chunk)} {what}s at once; going on with {self.size} at a time "
+                    self.on_lower(f"out of memory restoring {len(chunk)} faces at once; going on with {self.size} at a time "
                                   f"(pass --batch-size {self.size} to start there)")
                 continue
             start += len(chunk)
@@ -105,6 +116,7 @@ def step_out_of_memory(exc: BaseException, step: int, batch_size: int, size: int
     """The one line for a training step (train, finetune) that ran out of memory: no batch is split
     there, since the global batch is part of the run's recipe."""
     split = f" ({batch_size // world} in each of {world} processes)" if world > 1 else ""
+    elsewhere = "a machine with more memory" if on_cpu(exc) else "a GPU with more memory"
     return OutOfMemory(f"out of memory in training step {step} with --batch-size {batch_size}{split} at --size {size} ({torch_reason(exc)})",
-                       hint="start a new run with a smaller --batch-size or --size, or --amp, or train on a GPU with more memory "
+                       hint=f"start a new run with a smaller --batch-size or --size, or --amp, or train on {elsewhere} "
                             "(a resumed run keeps its --batch-size and --size)")

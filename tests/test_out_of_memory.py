@@ -109,3 +109,13 @@ def test_restore_crops_gives_the_same_faces_when_it_has_to_split_its_batches():
     got = restore_crops(method, crops, batch_size=8, seed=3, limit=BatchLimit(8, on_lower=told.append))
     assert len(got) == 5 and all(np.array_equal(a, b) for a, b in zip(got, expected))
     assert told == ["out of memory restoring 5 faces at once; going on with 2 at a time (pass --batch-size 2 to start there)"]
+
+
+def test_the_advice_fits_the_memory_that_ran_out():
+    """On the CPU "run on the CPU with --device cpu" was the advice for the CPU's own allocator."""
+    def refused(chunk):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes.")
+
+    with pytest.raises(OutOfMemory) as info:
+        BatchLimit(1).run([1], refused)
+    assert info.value.hint == "close other programs, or run on a machine with more memory (or a GPU)"
