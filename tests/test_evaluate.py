@@ -559,6 +559,18 @@ def test_a_batch_that_does_not_fit_in_memory_is_split_with_one_warning_and_score
         assert row(data, preset, "small-gpu")["metrics"]["psnr"] == row(data, preset, "input")["metrics"]["psnr"]
 
 
+def test_one_image_is_counted_in_good_english(tmp_path):
+    """"— 1 images." in the console, index.md and index.html; "1 of 1 images were not 512x512"."""
+    hq = tmp_path / "hq"
+    write_image(hq / "face0.png", pattern(0, 256))  # resized to 512, and said so
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "--degrade", "mild", "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    text = (out / "index.md").read_text() + (out / "index.html").read_text() + json.dumps(results(out)["notes"])
+    assert "1 images" not in text and " — 1 image." in text and "per-image scores (1 image)" in text
+    assert "1 of 1 image was not 512x512 and was resized" in text
+
+
 def test_a_missing_result_names_the_folder_that_was_searched(hq, tmp_path):
     theirs = tmp_path / "theirs"
     for key in ("face0", "face1"):
@@ -720,7 +732,7 @@ def test_real_faces_are_resized_and_landmarks_found(shared_data, tmp_path, tiny_
     assert row(data, "mild", "baseline")["metrics"]["lmd"]["status"] == "ok"
     assert row(data, "mild", "input")["metrics"]["lmd"]["mean"] < 20.0  # mild blur barely moves the landmarks
     assert "resized from 1024x1024 to 512x512 (area)" in data["sets"][0]["images"][0]["notes"][0]
-    assert "were resized" in data["notes"][0]
+    assert "1 of 1 image was not 512x512 and was resized" in data["notes"][0]
 
 
 # ------------------------------------------------------------------ options

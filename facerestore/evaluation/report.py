@@ -40,6 +40,7 @@ from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.file_modes import new_file_mode, new_folder_mode
 from facerestore.evaluation.runner import INPUT, EvalResult, SetResult, Summary
 from facerestore.image_io import assert_output_folder, write_image
+from facerestore.plural import counted
 from facerestore.metrics import METRICS, MetricResult
 from facerestore.metrics.json_numbers import json_number
 
@@ -441,7 +442,7 @@ def markdown_summary(result: EvalResult, *, grids: bool = False) -> list[str]:
     """One section per set: title, description, summary table, footnotes (and grid links)."""
     lines: list[str] = []
     for s in result.sets:
-        lines += [f"## {s.name}", "", s.description + f" — {len(s.images)} images.", ""]
+        lines += [f"## {s.name}", "", s.description + f" — {counted(len(s.images), 'image')}.", ""]
         head, rows, notes = summary_table(s)
         lines += _md_table(head, rows) + [""]
         lines += [f"{n}  " for n in notes] + ([""] if notes else [])
@@ -508,7 +509,7 @@ def write_html(result: EvalResult, folder: Path, command: Sequence[str] = ()) ->
     parts += [f"<li><b>note</b>: {html.escape(n)}</li>" for n in result.notes]
     parts.append("</ul><p class='note'>Tables show mean ± standard deviation over the images (n/N when a metric ran on only n of N). " + html.escape(MISSING_NOTE) + "</p>")
     for s in result.sets:
-        parts.append(f"<h2>{html.escape(s.name)}</h2><p>{html.escape(s.description)} — {len(s.images)} images.</p>")
+        parts.append(f"<h2>{html.escape(s.name)}</h2><p>{html.escape(s.description)} — {counted(len(s.images), 'image')}.</p>")
         head, rows, notes = summary_table(s)
         parts.append(_html_table(head, rows))
         parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
@@ -522,7 +523,7 @@ def write_html(result: EvalResult, folder: Path, command: Sequence[str] = ()) ->
             for row in s.rows:
                 file = image.files.get(row.label)
                 links.append([None, file if file and not Path(file).is_absolute() else None])
-        parts.append(f"<details><summary>per-image scores ({len(s.images)} images)</summary>{_html_table(head, rows, left=2, links=links)}</details>")
+        parts.append(f"<details><summary>per-image scores ({counted(len(s.images), 'image')})</summary>{_html_table(head, rows, left=2, links=links)}</details>")
     failures = result.all_failures()
     parts.append("<h2>Failures</h2>" + ("<ul>" + "".join(f"<li>{html.escape(failure_line(w, y))}</li>" for w, y in failures) + "</ul>" if failures else "<p>none</p>"))
     parts.append("</body></html>")

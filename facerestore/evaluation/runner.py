@@ -529,7 +529,7 @@ class Evaluator:
         if self.resized:
             shown = ", ".join(f"{k} ({v})" for k, v in list(self.resized.items())[:5])
             more = f" and {len(self.resized) - 5} more" if len(self.resized) > 5 else ""
-            notes.append(f"{len(self.resized)} of {len(items)} images were not {FACE}x{FACE} and were resized to it before evaluation (INTER_AREA when shrinking, INTER_CUBIC when enlarging): {shown}{more}")
+            notes.append(f"{len(self.resized)} of {counted(len(items), 'image')} {verb(len(self.resized), 'was', 'were')} not {FACE}x{FACE} and {verb(len(self.resized), 'was', 'were')} resized to it before evaluation (INTER_AREA when shrinking, INTER_CUBIC when enlarging): {shown}{more}")
         if self.external:
             notes.append("rows from --restored folders are another tool's results read from disk; they were not produced here, and are not in the authenticity test")
         result = EvalResult(spec, sets, self._describe_methods(), notes, failures, started)
