@@ -144,6 +144,17 @@ def test_invalid_k_l_n_are_usage_errors(options, message):
         PseudoTargetPlan.from_options(**options, size=512)
 
 
+@pytest.mark.parametrize("n, size, hint", [
+    (16, 100, "use --n 10 or 20 (they divide 100)"),  # it said "use a power of two such as 8 or 16": neither divides 100
+    (24, 512, "use --n 16 or 32 (they divide 512)"),
+    (16, 97, "use a --size divisible by 16, such as 96"),  # no factor up to 32 divides 97
+])
+def test_an_n_that_does_not_divide_the_size_gets_values_that_do(n, size, hint):
+    with pytest.raises(UsageError) as info:
+        PseudoTargetPlan.from_options(k=600, l=360, n=n, size=size)
+    assert info.value.hint == hint
+
+
 @pytest.mark.parametrize("options, suggested", [
     ({"k": 601}, "use 600 or 604"),
     ({"k": 2}, "use 4;"),  # not 0: K starts at 4

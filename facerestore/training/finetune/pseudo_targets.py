@@ -179,7 +179,10 @@ class PseudoTargetPlan:
         if n < 1:
             raise InvalidSetting("n", f"--n {n}: the low-pass factor N must be a positive integer", hint="the paper uses N=16 (8 for CodeFormer on 4x data)")
         if size % n:
-            raise InvalidSetting("n", f"--n {n} does not divide the working size {size} px", hint="use a power of two such as 8 or 16")
+            near = sorted(sorted((d for d in range(2, 33) if size % d == 0), key=lambda d: (abs(d - n), d))[:2])
+            hint = (f"use --n {' or '.join(map(str, near))} ({verb(len(near), 'it divides', 'they divide')} {size})" if near
+                    else f"use a --size divisible by {n}, such as {n * max(1, round(size / n))}")
+            raise InvalidSetting("n", f"--n {n} does not divide the working size {size} px", hint=hint)
         return cls(k=k, l=l, n=n)
 
 
