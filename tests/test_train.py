@@ -1057,6 +1057,7 @@ def test_a_missing_init_from_or_val_identity_is_a_usage_error_naming_its_option(
     assert "pickled" not in onnx.output and "unpickler" not in onnx.output
     arcface = cli(faces, "--out", tmp_path / "c", "--size", "32", "--val", faces, "--val-identity", tmp_path / "none.onnx")
     assert arcface.exit_code == 2 and "--val-identity" in one_error(arcface) and "--weights" not in arcface.output
+    assert arcface.output.strip() == one_error(arcface)  # alone: "N validation faces from ..." came first (QA)
     if importlib.util.find_spec("onnxruntime") is not None:  # a file that is no ONNX model: one line, not onnxruntime's traceback
         (tmp_path / "junk.onnx").write_text("<html>not found</html>")
         junk = cli(faces, "--out", tmp_path / "e", "--size", "32", "--val", faces, "--val-identity", tmp_path / "junk.onnx", "-q")

@@ -225,9 +225,9 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     if config.val:
         val_faces = load_val_faces(Path(config.val), config.val_count, config.size, {name: preset(name) for name in config.val_presets}, config.seed,
                                    skipped=val_skipped)
-        message(f"{counted(len(val_faces), 'validation face')} from {config.val} ({', '.join(config.val_presets)})")
-        if not d.main:  # rank 0 validates
-            val_faces = []
+    val_note = f"{counted(len(val_faces), 'validation face')} from {config.val} ({', '.join(config.val_presets)})" if config.val else ""
+    if not d.main:  # rank 0 validates
+        val_faces = []
     identity = val_identity(config)  # on every rank: a missing file stops them all, not rank 0 alone
 
     # ---- files and architecture
@@ -256,6 +256,8 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
     if check_memory:  # a step that cannot fit is one line now, not the OOM killer later; nothing is written yet
         check_step_memory(config, unet_config, d.device, d.world, main=d.main, resume=not fresh)
     # after every check: a warning before a refusal would be a second line about a run that never starts
+    if val_note:  # said once every check has passed, as the warnings: a refused run prints its error line alone
+        message(val_note)
     if on_warning is not None and d.main:
         for path, reason in val_skipped:
             on_warning(f"warning: --val: skipped {path}: {reason}")
