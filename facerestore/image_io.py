@@ -742,7 +742,9 @@ def _walk(folder: Path, unreadable: list[Path] | None = None, *, exclude: Sequen
     for root, dirs, names in os.walk(folder, followlinks=True, onerror=note):
         chain = chains.pop(root, ())
         kept = []
-        for name in dirs:
+        # sorted, real folders before links: a folder reached as `sub` and as `sublink -> sub` is read
+        # once, as `sub`, whatever order the file system lists them in
+        for name in sorted(dirs, key=lambda name: (os.path.islink(os.path.join(root, name)), name)):
             path = os.path.join(root, name)
             if name.startswith("."):
                 continue

@@ -733,3 +733,15 @@ def test_reading_a_broken_link_says_so(tmp_path):
     with pytest.raises(BadImage) as caught:
         read_image(tmp_path / "gone.png")
     assert caught.value.one_line() == f"{tmp_path / 'gone.png'} is a broken link (its target does not exist); fix or remove the link"
+
+
+@pytest.mark.parametrize("link", ["a-link", "sublink"], ids=["link-listed-first", "link-listed-last"])
+def test_a_folder_reached_by_a_link_too_is_read_under_its_own_path(tmp_path, link):
+    """Which of the two was kept followed the file system's listing order (QA: `sublink` before `sub`)."""
+    from facerestore.image_io import list_images
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.png").write_bytes(b"x")
+    (tmp_path / link).symlink_to("sub")
+    found, problems = list_images([tmp_path])
+    assert found == [tmp_path / "sub" / "a.png"] and problems == []
