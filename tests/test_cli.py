@@ -916,6 +916,26 @@ def test_command_line_mistakes_are_one_error_line_and_exit_2(args, line, monkeyp
     assert capsys.readouterr().err.strip() == line
 
 
+@pytest.mark.parametrize("args, where", [
+    (["", "-o", "out"], "as an argument"),
+    (["restore", "x.png", "-o", ""], "after -o"),
+    (["restore", "x.png", "--out="], "for --out"),
+    (["degrade", "", "--out", "y"], "as an argument"),
+    (["train", "faces", "--out", "run", "--val", ""], "after --val"),
+], ids=["photo", "out", "out-equals", "degrade", "val"])
+def test_an_empty_argument_is_refused_not_taken_for_the_current_folder(args, where, tmp_path, monkeypatch, capsys):
+    """Path("") is ".": `facerestore "$DIR" -o out` with DIR unset restored the whole current folder (QA)."""
+    from facerestore.cli.app import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["facerestore", *args])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: an empty value was given {where} (an unset shell variable?); pass a path or value, or leave it out"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_console_script_and_python_m_use_the_light_entry():
     import tomllib
 

@@ -38,6 +38,7 @@ class DefaultCommandGroup(TyperGroup):
     default_command = "restore"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _refuse_empty_arguments(args)
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
             _refuse_mistyped_command(args[0], list(self.commands))
             args = [self.default_command, *args]
@@ -101,6 +102,23 @@ def _one_line(exc: click_errors.UsageError) -> OneLineUsageError:
             hint = f"did you mean {close[0]}? (`{command} -h` lists the options)"
     lowered = message[:1].lower() + message[1:] if message[1:2].islower() else message  # "No such ..." but not "PHOTO ..."
     return OneLineUsageError(lowered, hint, exc.ctx)
+
+
+EMPTY_ALLOWED = ("--suffix",)  # an empty suffix is no suffix, as if none were given
+
+
+def _refuse_empty_arguments(args: list[str]) -> None:
+    """An empty argument is a path of "." to every option that takes one, so `facerestore "$DIR" -o out`
+    with DIR unset restored the whole current folder (and `-o ""` wrote into it)."""
+    for i, arg in enumerate(args):
+        option, _, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+        if value:
+            continue
+        option = option or (args[i - 1] if i and args[i - 1].startswith("-") and args[i - 1] != "--" else "")
+        if option in EMPTY_ALLOWED:
+            continue
+        where = f"for {option}" if "=" in arg else f"after {option}" if option else "as an argument"
+        raise UsageError(f"an empty value was given {where} (an unset shell variable?)", hint="pass a path or value, or leave it out")
 
 
 def _refuse_mistyped_command(word: str, commands: list[str]) -> None:
