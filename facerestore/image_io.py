@@ -769,6 +769,19 @@ def _walk(folder: Path, unreadable: list[Path] | None = None, *, exclude: Sequen
 BROKEN_LINK = "is a broken link (its target does not exist)"
 NOT_REGULAR = "is not a regular file"
 NO_IMAGES = f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
+PROBLEM_HINTS = {  # what to do about each reason list_images gives, for the commands that fail an input for it
+    BROKEN_LINK: "fix the link or remove it",
+    NOT_REGULAR: "pass image files (a pipe, socket or device is not read)",
+    "does not exist": "check the path",
+    "cannot be read (permission denied)": "make it readable (chmod a+rx), or copy it somewhere of yours",
+    "cannot be listed": "check that the folder is still there and readable",
+}
+
+
+def problem_line(path: Path, reason: str) -> str:
+    """An input list_images could not use, as its error line says it: the path, why, and what to do."""
+    hint = PROBLEM_HINTS.get(reason)
+    return f"{path}: {reason}; {hint}" if hint else f"{path}: {reason}"
 
 
 def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplicates: list[Path] | None = None,

@@ -507,7 +507,7 @@ def test_a_missing_input_alone_is_one_line(tmp_path):
     both = run(tmp_path / "nope.png", tmp_path / "gone.jpg", "-o", tmp_path / "out")
     lines = both.output.strip().splitlines()
     assert both.exit_code == 2 and len(lines) == 2, both.output
-    assert lines[0] == f"error: {tmp_path / 'nope.png'}: does not exist"
+    assert lines[0] == f"error: {tmp_path / 'nope.png'}: does not exist; check the path"
     assert lines[1].startswith(f"error: {tmp_path / 'gone.jpg'}: does not exist; pass image files")
 
 

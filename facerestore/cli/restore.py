@@ -55,7 +55,7 @@ def restore_command(
 
     from facerestore.background_upsampler import check_background_options, load_background_upsampler
     from facerestore.devices import cpu_bf16_tip, resolve_device
-    from facerestore.image_io import list_images
+    from facerestore.image_io import list_images, problem_line
     from facerestore.methods.base import MethodOptions
     from facerestore.methods.registry import build_method
     from facerestore.out_of_memory import BatchLimit
@@ -86,7 +86,7 @@ def restore_command(
         if not paths and missing:  # one line per bad input; the last one ends the run, with no extra summary line
             *missing, last = missing
         for path, reason in missing:
-            err.print(f"error: {path}: {reason}", markup=False)
+            err.print(f"error: {problem_line(path, reason)}", markup=False)
         if not paths:
             raise UsageError(f"{last[0]}: {last[1]}" if last else "no images found in the given inputs", hint=hint)
         dev = resolve_device(device)

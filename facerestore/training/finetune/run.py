@@ -137,7 +137,7 @@ class FinetuneConfig:
             ("holdout", self.holdout >= 0 and (self.holdout < 1 or float(self.holdout).is_integer()),
              f"--holdout {self.holdout}: give a fraction below 1 (e.g. 0.1) or a whole number of faces (e.g. 4)"),
             ("size", self.size >= 16, f"--size must be at least 16, got {self.size}"),
-            ("save_every", self.save_every >= 1, "--save-every must be at least 1"),
+            ("save_every", self.save_every >= 1, f"--save-every must be at least 1, got {self.save_every}"),
             ("keep", self.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {self.keep}"),
             ("workers", self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             ("pseudo_batch", self.pseudo_batch >= 1, f"--pseudo-batch must be at least 1, got {self.pseudo_batch}"),
