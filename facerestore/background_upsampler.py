@@ -102,8 +102,8 @@ def load_background_upsampler(name: str, *, device: str = "cpu", half: bool = Tr
     check_background_options(name, tile)
     if name == "none":
         return None
-    from facerestore.weights.checkpoint import display_name, read_state_dict
-    from facerestore.weights.store import resolve
+    from facerestore.weights.checkpoint import read_state_dict
+    from facerestore.weights.store import display_name, resolve
 
     entry, scale = UPSAMPLERS[name]
     path = resolve(entry, offline=offline)

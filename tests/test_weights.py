@@ -440,6 +440,38 @@ def test_a_methods_own_weights_errors_name_the_option_its_caller_gives(tmp_path,
             build_method(method, MethodOptions(weights="nope=x.pth", weights_option="--base-weights"))
 
 
+@pytest.mark.parametrize("method, value", [
+    ("baseline", "my-cf"), ("codeformer", "my-cf"), ("difface", "prior=my-cf,swinir=my-cf"), ("dr2", "ddpm=my-cf,enhancer=my-cf"), ("idm", "my-cf"),
+])
+def test_a_methods_loader_names_a_registered_pth_by_its_stored_file_and_name_not_its_conversion(tmp_path, method, value):
+    """A registered .pth is loaded from its safetensors conversion in cache/converted/ (a hashed name
+    the user never saw): every method's error names the stored file and the registered name instead."""
+    from facerestore.errors import BadWeightsFile
+    from facerestore.methods.base import MethodOptions
+    from facerestore.methods.registry import build_method
+
+    small = tmp_path / "small.pth"
+    torch.save({"a": torch.zeros(3)}, small)
+    store.import_file(small, name="my-cf")
+    with pytest.raises(BadWeightsFile) as info:
+        build_method(method, MethodOptions(weights=value))
+    line = info.value.one_line()
+    assert line.startswith(f"--weights: {store.cache_dir() / 'my-cf.pth'} (your weights 'my-cf') ") and "converted" not in line, line
+    assert "\n" not in line
+
+
+def test_display_name_finds_the_copy_a_conversion_was_made_from(tiny_file, use_entry, monkeypatch):
+    """A catalogue file in a FACERESTORE_WEIGHTS folder is named there; a conversion whose source is
+    gone keeps the "converted from" form; any other file is named as given."""
+    use_entry(entry_for(tiny_file))
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tiny_file.parent))
+    converted = store.resolve("tiny")
+    assert store.display_name(converted) == f"{tiny_file} (weights 'tiny')"
+    monkeypatch.delenv("FACERESTORE_WEIGHTS")
+    assert store.display_name(converted) == f"{converted} (converted from tiny.pth)"
+    assert store.display_name(tiny_file) == str(tiny_file)
+
+
 def test_import_checks_hash_and_registers_own_weights(tiny_file, use_entry, tmp_path):
     use_entry(entry_for(tiny_file))
     target = store.import_file(tiny_file)

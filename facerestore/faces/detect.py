@@ -115,11 +115,12 @@ class TorchRetinaFace:
 
         from facerestore.devices import fold_batch_norms, for_inference
         from facerestore.weights.checkpoint import load_strict, read_state_dict
+        from facerestore.weights.store import display_name
 
         self.torch = torch
         self.device = torch.device(device)
         self.net = RetinaFace(network_name=network, half=False, phase="test", device=self.device)
-        load_strict(self.net, read_state_dict(weights), weights)
+        load_strict(self.net, read_state_dict(weights), display_name(weights))
         fold_batch_norms(self.net.eval())
         for_inference(self.net, self.device)
         self.label = f"RetinaFace {network} (facexlib, torch), weights {source or weights}"

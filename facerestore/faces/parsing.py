@@ -52,10 +52,10 @@ class ParsingModel:
 def load_parser(device: str = "cpu", offline: bool | None = None) -> ParsingModel:
     """The parsing model from the weights catalogue (`parsing_parsenet`), loaded strictly, once per process."""
     from facerestore.weights.checkpoint import load_strict, read_state_dict
-    from facerestore.weights.store import resolve
+    from facerestore.weights.store import display_name, resolve
 
     path = resolve("parsing_parsenet", offline=offline)
-    return ParsingModel(load_strict(build_parsenet(), read_state_dict(path), path).to(device).eval())
+    return ParsingModel(load_strict(build_parsenet(), read_state_dict(path), display_name(path)).to(device).eval())
 
 
 @torch.inference_mode()

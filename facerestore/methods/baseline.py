@@ -19,7 +19,7 @@ from facerestore.errors import UnsupportedCheckpoint, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.baseline_unet import BaselineUNet, infer_config
 from facerestore.weights.checkpoint import BUNDLED_DAMAGED, load_strict, read_state_dict
-from facerestore.weights.store import loading_option, resolve_explicit
+from facerestore.weights.store import display_name, loading_option, resolve_explicit
 
 INFO = MethodInfo(
     name="baseline",
@@ -57,8 +57,8 @@ class BaselineMethod:
             try:
                 config = infer_config(state)
             except (KeyError, IndexError) as exc:
-                raise UnsupportedCheckpoint(f"{path} is not a baseline UNet checkpoint (no {exc})", hint="pass a file written by facerestore.training.train_baseline") from None
-            self.net = load_strict(BaselineUNet(config), state, path)
+                raise UnsupportedCheckpoint(f"{display_name(path)} is not a baseline UNet checkpoint (no {exc})", hint="pass a file written by facerestore.training.train_baseline") from None
+            self.net = load_strict(BaselineUNet(config), state, display_name(path))
         self.multiple = config.multiple
         self.device = torch.device(options.device)
         for_inference(self.net, self.device)

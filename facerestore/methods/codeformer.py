@@ -30,8 +30,8 @@ from facerestore.devices import autocast, autocast_dtype
 from facerestore.errors import UnsupportedCheckpoint, UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.codeformer import HINT, CodeFormer, infer_config
-from facerestore.weights.checkpoint import display_name, load_strict, read_state_dict
-from facerestore.weights.store import loading_option, resolve
+from facerestore.weights.checkpoint import load_strict, read_state_dict
+from facerestore.weights.store import display_name, loading_option, resolve
 
 DEFAULT_FIDELITY = 0.5  # the official inference scripts' w
 

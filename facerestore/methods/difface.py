@@ -309,7 +309,8 @@ def load_net(
     (`load_strict`). With `meta`, the net is built on the meta device and allocated uninitialised,
     so a 160M-parameter net is not randomly initialised only to be overwritten.
     """
-    from facerestore.weights.checkpoint import display_name, load_strict, read_state_dict
+    from facerestore.weights.checkpoint import load_strict, read_state_dict
+    from facerestore.weights.store import display_name
 
     state = read_state_dict(path)
     name = display_name(path)  # the cache's conversion of a .pth: name the file the user knows

@@ -141,17 +141,20 @@ def save_model(net: torch.nn.Module, path: Path | str, image_size: int, *, dtype
 
 def read_model_config(path: Path, state: dict[str, torch.Tensor]) -> tuple[UNetConfig, int]:
     """(UNet config, image size) from the file's metadata, its JSON sidecar, or the tensor shapes."""
+    from facerestore.weights.store import display_name
+
+    name = display_name(path)  # the cache's conversion of a registered .pth: the file the user knows
     meta: dict = {}
     if path.suffix == ".safetensors":
         meta = safetensors_metadata(path)
         if meta.get("format") not in (None, FORMAT):
-            raise UnsupportedCheckpoint(f"{path} is a {meta['format']!r} file, not an IDM model", hint="pass a model written by `facerestore train`")
+            raise UnsupportedCheckpoint(f"{name} is a {meta['format']!r} file, not an IDM model", hint="pass a model written by `facerestore train`")
     if "unet" in meta:
         try:
             data = json.loads(meta["unet"])
         except json.JSONDecodeError:
-            raise UnsupportedCheckpoint(f"{path}: its config metadata is not JSON", hint="the file is damaged; export it again") from None
-        return config_from_dict(data, str(path)), int(meta.get("image_size", FACE))
+            raise UnsupportedCheckpoint(f"{name}: its config metadata is not JSON", hint="the file is damaged; export it again") from None
+        return config_from_dict(data, name), int(meta.get("image_size", FACE))
     side = path.with_suffix(".json")
     if side.is_file():
         try:
@@ -160,7 +163,7 @@ def read_model_config(path: Path, state: dict[str, torch.Tensor]) -> tuple[UNetC
             raise UnsupportedCheckpoint(f"{side} cannot be read as JSON ({exc})", hint="fix or delete it") from None
         if isinstance(card, dict) and "unet" in card:
             return config_from_dict(card["unet"], str(side)), int(card.get("image_size", FACE))
-    return infer_idm_config(state, str(path)), FACE
+    return infer_idm_config(state, name), FACE
 
 
 def model_path(value: Path | str, option: str = "--weights") -> Path:
@@ -181,13 +184,16 @@ def model_path(value: Path | str, option: str = "--weights") -> Path:
 
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> IDMModel:
     """Read and strictly load an IDM model file; one-line errors for another architecture."""
+    from facerestore.weights.store import display_name
+
     path = Path(path)
     state = read_state_dict(path)
     config, image_size = read_model_config(path, state)
     net = IDMUNet(config)
-    load_strict(net, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, path)
+    name = display_name(path)  # the cache's conversion of a registered .pth: the file the user knows
+    load_strict(net, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, name)
     if image_size % config.multiple:
-        raise UnsupportedCheckpoint(f"{path}: image size {image_size} is not divisible by {config.multiple}", hint="the file's metadata is inconsistent")
+        raise UnsupportedCheckpoint(f"{name}: image size {image_size} is not divisible by {config.multiple}", hint="the file's metadata is inconsistent")
     return IDMModel(net=net.to(device).eval(), image_size=image_size, source=str(path))
 
 

@@ -178,9 +178,10 @@ def load_inception(weights: str | Path = WEIGHTS, offline: bool | None = None, d
 @lru_cache(maxsize=1)
 def _build(path: str, size: int, mtime_ns: int, device: str) -> InceptionFeatures:
     from facerestore.weights.checkpoint import load_strict, read_state_dict
+    from facerestore.weights.store import display_name
 
     net = build_fid_inception().to_empty(device="cpu")
-    load_strict(net, read_state_dict(path), path)
+    load_strict(net, read_state_dict(path), display_name(path))
     return InceptionFeatures(net, device)
 
 

@@ -216,20 +216,6 @@ def _sort_metadata(path: Path) -> None:
         handle.write(text.ljust(length, b" "))  # safetensors pads its header with spaces too
 
 
-def display_name(path: Path | str) -> str:
-    """How to name a checkpoint in an error: the cache's conversion of a .pth says which file it
-    was converted from (the one the user knows)."""
-    path = Path(path)
-    if path.suffix == ".safetensors" and path.parent.name == "converted":
-        try:
-            source = safetensors_metadata(path).get("source")
-        except Exception:  # an unreadable file: its own error says so
-            source = None
-        if source:
-            return f"{path} (converted from {source})"
-    return str(path)
-
-
 def safetensors_metadata(path: Path | str) -> dict[str, str]:
     from safetensors import safe_open
 

@@ -250,6 +250,37 @@ def loadable(entry: WeightsEntry, path: Path) -> Path:
             return path  # no room or read-only cache: load the original every time (it was read just now)
 
 
+def display_name(path: Path | str) -> str:
+    """How a loader names the file it read, in its errors: the cache's conversion of a pickled file
+    (`loadable`) has a hashed name the user never saw, so it is named by the copy it was converted
+    from, as the search folders hold it, and by its weights name; any other file as given."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or path.parent.name != "converted":
+        return str(path)
+    from facerestore.weights.checkpoint import safetensors_metadata
+
+    try:
+        meta = safetensors_metadata(path)
+    except Exception:  # an unreadable file: its own error says so
+        return str(path)
+    name, source, digest = meta.get("name", ""), meta.get("source", ""), meta.get("source_sha256", "")
+    if not source:
+        return str(path)
+    entry = load_catalogue().get(name)
+    stored = None
+    if entry is not None and entry.filename == source:
+        for copy in local_copies(name):
+            try:
+                if sha256_file(copy) == digest:  # remembered: the copy was hashed when it was resolved
+                    stored = copy
+                    break
+            except WeightsError:
+                continue
+    if stored is None:  # re-imported or deleted since: the conversion is all there is
+        return f"{path} (converted from {source})"
+    return f"{stored} ({'your ' if entry.local else ''}weights '{name}')"
+
+
 def safetensors_complete(path: Path) -> bool:
     """Whether the header parses and the file is as long as its tensors say: a conversion cut short
     (disk full, a killed process) is made again instead of failing every later run."""
