@@ -519,6 +519,22 @@ def test_import_refuses_what_is_not_a_checkpoint(tiny_file, use_entry, tmp_path)
     assert not store.cache_dir().exists() or list(store.cache_dir().iterdir()) == []
 
 
+def test_a_truncated_file_of_your_own_is_to_be_copied_or_exported_again_not_fetched_officially(tiny_file, use_entry, tmp_path):
+    """`--name` imports your own weights: no official file replaces them. The official file's cure is
+    only for a catalogue file whose hash nobody published (trusted on first use, so read first)."""
+    cut = tmp_path / "trunc.pth"
+    cut.write_bytes(tiny_file.read_bytes()[: tiny_file.stat().st_size // 2])
+    with pytest.raises(WeightsError) as own:
+        store.import_file(cut, name="t2")
+    line = own.value.one_line()
+    assert line.startswith(f"{cut} is not a readable checkpoint (") and "official" not in line, line
+    assert line.endswith("; nothing was stored; copy the whole file again, or export it again from the run that wrote it, then import it")
+    use_entry(entry_for(tiny_file, name="tiny", filename="trunc.pth", sha256=""))
+    with pytest.raises(WeightsError) as official:
+        store.import_file(cut)
+    assert official.value.hint == "nothing was stored; get the whole official file and try again"
+
+
 def test_registered_names_survive_quotes_in_file_names_and_are_readable_by_others(tiny_file, tmp_path):
     odd = tmp_path / 'my "best" \\ model.pth'
     odd.write_bytes(tiny_file.read_bytes())

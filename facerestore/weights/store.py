@@ -587,9 +587,14 @@ def import_file(file: Path | str, name: str | None = None, *, verify: bool = Tru
     return target
 
 
-def _assert_checkpoint(path: Path, what: str) -> None:
+OFFICIAL_AGAIN = "get the whole official file and try again"
+OWN_AGAIN = "copy the whole file again, or export it again from the run that wrote it, then import it"
+
+
+def _assert_checkpoint(path: Path, what: str, cure: str = OFFICIAL_AGAIN) -> None:
     """A file whose hash nobody published is trusted on first use, so it must at least be a checkpoint
-    (not an HTML error page, a cut-off download or the wrong file type) before it is stored."""
+    (not an HTML error page, a cut-off download or the wrong file type) before it is stored. `cure`:
+    the official file again for a catalogue entry; your own (`--name`) only you can copy again."""
     from facerestore.weights.checkpoint import read_state_dict
 
     try:
@@ -597,7 +602,7 @@ def _assert_checkpoint(path: Path, what: str) -> None:
     except WeightsError as exc:
         reason = str(exc).split(" (", 1)[1].rstrip(")") if " (" in str(exc) else str(exc)
         raise WeightsError(f"{what} is not a readable checkpoint ({reason})",
-                           hint="nothing was stored; get the whole official file and try again") from None
+                           hint=f"nothing was stored; {cure}") from None
 
 
 def _make_folder(folder: Path) -> None:
@@ -633,7 +638,7 @@ def _copy_atomic(source: Path, target: Path) -> None:
 def _register_local(source: Path, name: str, digest: str) -> Path:
     if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
-    _assert_checkpoint(source, str(source))
+    _assert_checkpoint(source, str(source), OWN_AGAIN)
     suffix = "" if name.casefold().endswith(source.suffix.casefold()) else source.suffix  # --name best.pth: not best.pth.pth
     target = cache_dir() / f"{name}{suffix}"
     taken = next((e for e in load_catalogue().values() if not e.local and e.filename.casefold() == target.name.casefold()), None)
