@@ -535,6 +535,43 @@ def test_a_truncated_file_of_your_own_is_to_be_copied_or_exported_again_not_fetc
     assert official.value.hint == "nothing was stored; get the whole official file and try again"
 
 
+def test_importing_another_file_under_your_name_replaces_it_and_deletes_the_file_it_replaced(tiny_file, tmp_path):
+    """A re-import under the same --name left the earlier file (a 376 MB my-cf.safetensors) in the
+    cache, registered by nothing, invisible to `weights list` and `verify`. Now the newer file
+    replaces it and the earlier one, and its conversion, are deleted; the same bytes change nothing."""
+    from typer.testing import CliRunner
+
+    from facerestore.cli.app import app, register
+
+    register()
+    first = save_safetensors(tiny_state(), tmp_path / "first.safetensors")
+    second, third = tmp_path / "second.pth", tmp_path / "third.pth"
+    torch.save({"weight": torch.ones(2, 3)}, second)
+    torch.save({"weight": torch.zeros(2, 3)}, third)
+    cache = store.cache_dir()
+
+    def files() -> list[str]:
+        return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file())
+
+    made = store.import_weights(first, name="my-cf")
+    assert made == store.Imported(cache / "my-cf.safetensors", "my-cf") and files() == ["my-cf.safetensors"]
+    result = CliRunner().invoke(app, ["weights", "import", str(second), "--name", "my-cf"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == (f"imported {second} -> {cache / 'my-cf.pth'}, replacing your earlier weights 'my-cf' "
+                                     f"(its file {cache / 'my-cf.safetensors'} is deleted)")
+    assert files() == ["my-cf.pth"] and list(store.verify_all())[-1] == ("my-cf", cache / "my-cf.pth", "ok")
+    store.resolve("my-cf")  # its conversion, in converted/
+    assert files() == [f"converted/my-cf-{sha(second)[:16]}.safetensors", "my-cf.pth"]
+
+    replaced = store.import_weights(third, name="my-cf")  # the same file name: overwritten, its old conversion deleted
+    assert replaced == store.Imported(cache / "my-cf.pth", "my-cf", replaced=True) and files() == ["my-cf.pth"]
+    assert torch.equal(read_state_dict(store.resolve("my-cf"))["weight"], torch.zeros(2, 3))
+    stamp = (cache / "my-cf.pth").stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["weights", "import", str(third), "--name", "my-cf"])
+    assert result.exit_code == 0 and result.output.strip() == f"{third} is already your weights 'my-cf' ({cache / 'my-cf.pth'}); nothing changed"
+    assert (cache / "my-cf.pth").stat().st_mtime_ns == stamp
+
+
 def test_registered_names_survive_quotes_in_file_names_and_are_readable_by_others(tiny_file, tmp_path):
     odd = tmp_path / 'my "best" \\ model.pth'
     odd.write_bytes(tiny_file.read_bytes())

@@ -103,10 +103,16 @@ def weights_import(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Replace a file whose sha256 was recorded on first use (entries with no sha256 in the catalogue); a catalogued sha256 is always checked.")] = False,
 ) -> None:
     """Copy a checkpoint into the cache: official files are recognised and checked by sha256."""
-    from facerestore.weights.store import import_file
+    from facerestore.weights.store import import_weights
 
     try:
-        target = import_file(file, name, verify=not no_verify)
+        done = import_weights(file, name, verify=not no_verify)
     except FaceRestoreError as exc:
         fail(exc)
-    err.print(f"imported {file} -> {target}", markup=False)
+    if done.unchanged:
+        err.print(f"{file} is already your weights '{done.name}' ({done.path}); nothing changed", markup=False)
+    elif done.replaced:
+        deleted = f" (its file {done.deleted} is deleted)" if done.deleted else ""
+        err.print(f"imported {file} -> {done.path}, replacing your earlier weights '{done.name}'{deleted}", markup=False)
+    else:
+        err.print(f"imported {file} -> {done.path}", markup=False)

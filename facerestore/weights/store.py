@@ -12,6 +12,7 @@ and takes the result, instead of writing into the same `.part` (torchrun ranks r
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from facerestore.errors import BadWeightsFile, BadWeightsOption, ChecksumMismatch, UnsupportedCheckpoint, UsageError, WeightsError
@@ -548,7 +550,24 @@ def verify_all() -> Iterator[tuple[str, Path | None, str]]:
             yield name, good or copies[0], "ok" if good else "mismatch"
 
 
+@dataclass(frozen=True)
+class Imported:
+    """What an import did, for the line `weights import` prints: a re-import under a name of your own
+    replaces the earlier file and deletes it, and the same bytes again change nothing."""
+
+    path: Path  # the file in the cache
+    name: str  # the weights name it is stored under
+    replaced: bool = False  # an earlier file of your own under this name was replaced
+    deleted: Path | None = None  # that earlier file, when it had another file name (another suffix): deleted
+    unchanged: bool = False  # the same bytes were already stored under this name: nothing was written
+
+
 def import_file(file: Path | str, name: str | None = None, *, verify: bool = True) -> Path:
+    """The file in the cache of `import_weights` (for callers that need no more)."""
+    return import_weights(file, name, verify=verify).path
+
+
+def import_weights(file: Path | str, name: str | None = None, *, verify: bool = True) -> Imported:
     """Copy a hand-downloaded checkpoint into the cache (checked), or register your own under `name`."""
     source = Path(file).expanduser()
     if source.is_dir():
@@ -584,7 +603,7 @@ def import_file(file: Path | str, name: str | None = None, *, verify: bool = Tru
     with exclusive(target, f"importing {source.name} into {target.parent}"):  # not while a download of it renames
         _copy_atomic(source, target)
         _record_sha256(entry, digest)
-    return target
+    return Imported(target, entry.name)
 
 
 OFFICIAL_AGAIN = "get the whole official file and try again"
@@ -635,7 +654,7 @@ def _copy_atomic(source: Path, target: Path) -> None:
         raise
 
 
-def _register_local(source: Path, name: str, digest: str) -> Path:
+def _register_local(source: Path, name: str, digest: str) -> Imported:
     if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
     _assert_checkpoint(source, str(source), OWN_AGAIN)
@@ -647,9 +666,13 @@ def _register_local(source: Path, name: str, digest: str) -> Path:
                          hint=f"to import the official file, pass --name {taken.name} (or no --name); for weights of your own, choose another --name")
     _make_folder(target.parent)
     registry = local_registry_path()
-    # two imports under one name: the file and its registered sha256 come from the same one; under
-    # any names: the registry is read and rewritten by one at a time, so neither registration is lost
-    with exclusive(target, f"importing {source.name} into {target.parent}"):
+    # one import of a name at a time, whatever its file's suffix: the file and its registered sha256
+    # come from the same one, and the file it replaces is the one registered before it; under any
+    # names: the registry is read and rewritten by one at a time, so neither registration is lost
+    with exclusive(cache_dir() / name, f"importing {source.name} into {target.parent}"):
+        earlier = _registered(name)
+        if earlier is not None and earlier.filename == target.name and earlier.sha256 == digest and _holds(target, digest):
+            return Imported(target, name, unchanged=True)
         _copy_atomic(source, target)
         with exclusive(registry):
             lines = registry.read_text(encoding="utf-8").splitlines() if registry.is_file() else []
@@ -661,7 +684,50 @@ def _register_local(source: Path, name: str, digest: str) -> Path:
             except OSError as exc:
                 raise WeightsError(f"cannot write {registry} ({exc.strerror or exc}); {name!r} is not registered",
                                    hint="free some disk space or point FACERESTORE_HOME elsewhere, then import it again") from None
-    return target
+        deleted = None
+        if earlier is not None and earlier.filename != target.name and not _file_of_another(earlier.filename, name) and _unlink(cache_dir() / earlier.filename):
+            deleted = cache_dir() / earlier.filename
+        _drop_conversions(name, keep=digest)
+    return Imported(target, name, replaced=earlier is not None, deleted=deleted)
+
+
+def _registered(name: str) -> WeightsEntry | None:
+    """The registration of your own weights under `name`, as the registry holds it now."""
+    entry = load_catalogue().get(name)
+    return entry if entry is not None and entry.local else None
+
+
+def _file_of_another(filename: str, name: str) -> bool:
+    """Whether a catalogue entry or a registration other than `name` stores its file as `filename`."""
+    return any(entry.filename == filename for other, entry in load_catalogue().items() if other != name)
+
+
+def _holds(path: Path, digest: str) -> bool:
+    try:
+        return path.is_file() and sha256_file(path) == digest
+    except WeightsError:
+        return False
+
+
+def _unlink(path: Path) -> bool:
+    """Delete a file the cache no longer uses; whether it was there. One that cannot be deleted (a
+    read-only cache) stays: the import itself succeeded."""
+    try:
+        path.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def _drop_conversions(name: str, keep: str) -> None:
+    """Delete the safetensors conversions of weights `name` made from any file but the one of sha256
+    `keep` (`_converted_path`: NAME-<16 hex>.safetensors; NAME-2's are not NAME's)."""
+    folder = cache_dir() / "converted"
+    prefix = f"{name}-"
+    for path in folder.glob(f"{glob.escape(prefix)}*.safetensors") if folder.is_dir() else ():
+        rest = path.name[len(prefix) : -len(".safetensors")]
+        if len(rest) == 16 and all(c in "0123456789abcdef" for c in rest) and rest != keep[:16]:
+            _unlink(path)
 
 
 def _toml_string(text: str) -> str:
