@@ -594,8 +594,8 @@ def test_a_name_that_ends_in_the_files_suffix_does_not_get_it_twice(tiny_file, t
     # the official file's own name: refused (it would shadow the catalogue's file), with the way to import it as that
     with pytest.raises(UsageError) as info:
         store.import_file(tiny_file, name="codeformer.pth")
-    assert "--name codeformer.pth would store tiny.pth as codeformer.pth, the file of the catalogued checkpoint codeformer" in info.value.one_line()
-    assert "to import the official file, pass --name codeformer" in info.value.hint
+    assert info.value.one_line().startswith("--name codeformer.pth is taken by the catalogued checkpoint codeformer (codeformer.pth)")
+    assert "to import the official file, pass no --name" in info.value.hint
 
 
 def test_a_file_name_that_is_not_utf8_is_registered(tiny_file, tmp_path):
@@ -682,9 +682,49 @@ def test_import_name_never_takes_a_catalogued_checkpoint_file(tiny_file, use_ent
     use_entry(entry_for(tiny_file, filename="x.pth"))  # the official 'tiny' is stored as x.pth
     other = tmp_path / "other.pth"
     torch.save({"weight": torch.ones(2, 3)}, other)
-    with pytest.raises(UsageError, match="the file of the catalogued checkpoint tiny"):
+    with pytest.raises(UsageError, match=r"^--name x is taken by the catalogued checkpoint tiny \(x\.pth\)"):
         store.import_file(other, name="x")
     assert not (store.cache_dir() / "x.pth").exists()
+
+
+@pytest.mark.parametrize("name, why, official", [
+    ("codeformer", "the catalogued checkpoint codeformer (codeformer.pth)", True),
+    ("codeformer.pth", "the catalogued checkpoint codeformer (codeformer.pth)", True),
+    ("CodeFormer.safetensors", "the catalogued checkpoint codeformer (codeformer.pth)", True),
+    ("dr2_ddpm", "the catalogued checkpoint dr2_ddpm (DR2_FFHQ.pkl)", True),
+    ("DR2_FFHQ", "the catalogued checkpoint dr2_ddpm (DR2_FFHQ.pkl)", True),
+    ("baseline", "the method baseline", False),
+    ("idm", "the method idm", False),
+    ("idm.pth", "the method idm", False),
+])
+def test_a_name_of_your_own_may_not_be_a_catalogue_method_or_official_file_name(tmp_path, name, why, official):
+    """`--name codeformer.pth` of a .safetensors was stored as codeformer.pth.safetensors, and `weights
+    verify` showed a `codeformer.pth ... ok` row beside `codeformer missing`; `--name baseline` and
+    `--name idm` were accepted, and `--name codeformer` imported a file as the official one. Every
+    such name is refused before anything is read or stored (exit 2), with the way out."""
+    from typer.testing import CliRunner
+
+    from facerestore.cli.app import app, register
+
+    register()
+    mine = save_safetensors(tiny_state(), tmp_path / "mine.safetensors")
+    result = CliRunner().invoke(app, ["weights", "import", str(mine), "--name", name])
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"error: --name {name} is taken by {why}, so it cannot name weights of your own; choose another --name"), line
+    assert ("to import the official file, pass no --name" in line) == official, line
+    assert not store.cache_dir().exists() and not any(entry.local for entry in load_catalogue().values())
+
+
+def test_a_name_whose_file_is_another_registrations_is_refused_and_names_like_methods_are_not(tiny_file, tmp_path):
+    """`--name best` of a .pth stored best.pth, the file of your weights 'best.pth', and broke it."""
+    store.import_file(tiny_file, name="best.pth")
+    with pytest.raises(UsageError) as info:
+        store.import_file(tiny_file, name="best")
+    assert info.value.one_line() == ("--name best would store tiny.pth as best.pth, the file of your weights 'best.pth'; "
+                                     "choose another --name, or import it with --name best.pth to replace those")
+    for name in ("idm.v2", "codeformer-ft", "my-baseline"):  # a method's name with more to it is a name of your own
+        assert store.import_file(tiny_file, name=name).is_file()
 
 
 def test_import_no_verify_cannot_store_a_file_that_fails_the_catalogued_hash(tiny_file, use_entry, tmp_path):

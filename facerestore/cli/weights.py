@@ -99,14 +99,15 @@ def weights_verify() -> None:
 @weights_app.command("import", context_settings=CONTEXT)
 def weights_import(
     file: Annotated[Path, typer.Argument(readable=False, help="A checkpoint you downloaded by hand (or trained / fine-tuned yourself).")],
-    name: Annotated[Optional[str], typer.Option("--name", help="Catalogue name to import it as, or a new name for your own weights.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="A name for weights of your own (then --weights NAME); not a catalogue, file or method name. Without it the file must be an official one, recognised by sha256 or file name.")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Replace a file whose sha256 was recorded on first use (entries with no sha256 in the catalogue); a catalogued sha256 is always checked.")] = False,
 ) -> None:
     """Copy a checkpoint into the cache: official files are recognised and checked by sha256."""
+    from facerestore.methods.registry import method_names
     from facerestore.weights.store import import_weights
 
     try:
-        done = import_weights(file, name, verify=not no_verify)
+        done = import_weights(file, name, verify=not no_verify, method_names=method_names())
     except FaceRestoreError as exc:
         fail(exc)
     if done.unchanged:

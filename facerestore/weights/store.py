@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -567,8 +567,10 @@ def import_file(file: Path | str, name: str | None = None, *, verify: bool = Tru
     return import_weights(file, name, verify=verify).path
 
 
-def import_weights(file: Path | str, name: str | None = None, *, verify: bool = True) -> Imported:
-    """Copy a hand-downloaded checkpoint into the cache (checked), or register your own under `name`."""
+def import_weights(file: Path | str, name: str | None = None, *, verify: bool = True, method_names: Collection[str] = ()) -> Imported:
+    """Copy a hand-downloaded checkpoint into the cache (checked), or register your own under `name`,
+    which may not be a catalogue name, an official file's name or one of `method_names` (the CLI
+    passes the restoration methods': weights/ knows no methods)."""
     source = Path(file).expanduser()
     if source.is_dir():
         raise UsageError(f"{source} is a folder, not a checkpoint file", hint="name the checkpoint file itself (.pth, .ckpt, .pkl or .safetensors)")
@@ -576,11 +578,11 @@ def import_weights(file: Path | str, name: str | None = None, *, verify: bool = 
         raise UsageError(f"{source} does not exist", hint="check the path")
     if not os.access(source, os.R_OK):  # else sha256_file's PermissionError traceback
         raise UsageError(f"{source} cannot be read (permission denied)", hint="make it readable (chmod a+r), or copy it somewhere of yours and import the copy")
+    if name is not None:
+        _check_own_name(name, method_names)
     digest = sha256_file(source)
     entries = load_catalogue()
-    if name is not None and name in entries and not entries[name].local:
-        entry = entries[name]
-    elif name is not None:
+    if name is not None:
         return _register_local(source, name, digest)
     else:
         entry = next((e for e in entries.values() if e.sha256 and e.sha256 == digest), None) or entry_for_filename(source.name)
@@ -654,16 +656,38 @@ def _copy_atomic(source: Path, target: Path) -> None:
         raise
 
 
-def _register_local(source: Path, name: str, digest: str) -> Imported:
+CHECKPOINT_SUFFIXES = (*PICKLED_SUFFIXES, ".safetensors", ".onnx")
+
+
+def _check_own_name(name: str, method_names: Collection[str]) -> None:
+    """UsageError (exit 2) for a --name that is not a name of your own: a catalogued checkpoint's name,
+    its file's name with or without a suffix (`codeformer.pth` would list a second `codeformer`, as
+    `codeformer.pth.safetensors`), or a method's (`--name idm`, then `-m dr2 --weights idm`)."""
     if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
-    _assert_checkpoint(source, str(source), OWN_AGAIN)
+    forms = {name.casefold()}
+    stem, dot, suffix = name.rpartition(".")
+    if dot and stem and f".{suffix}".casefold() in CHECKPOINT_SUFFIXES:
+        forms.add(stem.casefold())  # the name a file of it is taken for: codeformer.safetensors is codeformer
+    official = (e for e in load_catalogue().values() if not e.local)
+    entry = next((e for e in official if forms & {e.name.casefold(), e.filename.casefold(), Path(e.filename).stem.casefold()}), None)
+    if entry is not None:
+        raise UsageError(f"--name {name} is taken by the catalogued checkpoint {entry.name} ({entry.filename}), so it cannot name weights of your own",
+                         hint="choose another --name; to import the official file, pass no --name (it is recognised by sha256 or file name)")
+    method = next((m for m in method_names if m.casefold() in forms), None)
+    if method is not None:
+        raise UsageError(f"--name {name} is taken by the method {method}, so it cannot name weights of your own",
+                         hint=f"choose another --name, such as my-{method}")
+
+
+def _register_local(source: Path, name: str, digest: str) -> Imported:
     suffix = "" if name.casefold().endswith(source.suffix.casefold()) else source.suffix  # --name best.pth: not best.pth.pth
     target = cache_dir() / f"{name}{suffix}"
-    taken = next((e for e in load_catalogue().values() if not e.local and e.filename.casefold() == target.name.casefold()), None)
-    if taken is not None:
-        raise UsageError(f"--name {name} would store {source.name} as {target.name}, the file of the catalogued checkpoint {taken.name}",
-                         hint=f"to import the official file, pass --name {taken.name} (or no --name); for weights of your own, choose another --name")
+    owner = next((e for e in load_catalogue().values() if e.local and e.name != name and e.filename.casefold() == target.name.casefold()), None)
+    if owner is not None:  # --name best of a .pth: best.pth, the file of your weights 'best.pth'
+        raise UsageError(f"--name {name} would store {source.name} as {target.name}, the file of your weights '{owner.name}'",
+                         hint=f"choose another --name, or import it with --name {owner.name} to replace those")
+    _assert_checkpoint(source, str(source), OWN_AGAIN)
     _make_folder(target.parent)
     registry = local_registry_path()
     # one import of a name at a time, whatever its file's suffix: the file and its registered sha256
