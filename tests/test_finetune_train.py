@@ -374,5 +374,5 @@ def test_training_on_pairs_with_a_truncated_file_runs_and_counts_the_replacement
     run = tmp_path / "run"
     run.mkdir()
     result = train_pairs(run, code_settings(steps=2, save_every=2), cut, weights["codeformer"], CPU)  # one epoch: 4 samples
-    assert result.step == 2 and result.substituted == 1
+    assert result.step == 2 and result.substituted == 1 and result.unreadable == [cut[0].lq]  # named in the run's last warning
     assert sum(r.get("substituted", 0) for r in log(run)) == 1

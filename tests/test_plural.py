@@ -18,6 +18,8 @@ def test_the_verb_agrees_with_the_count():
 def test_the_substitution_line_agrees_with_its_count(tmp_path):
     from facerestore.training.data import substitution_warning
 
-    assert substitution_warning(1, tmp_path / "log.jsonl").startswith("warning: 1 sample came from a file that failed to decode and was replaced")
+    assert substitution_warning(1, tmp_path / "log.jsonl").startswith("warning: 1 sample came from a file that could not be read and was replaced")
     assert substitution_warning(2, tmp_path / "log.jsonl", "fine-tuning sample").startswith(
-        "warning: 2 fine-tuning samples came from a file that failed to decode and were replaced")
+        "warning: 2 fine-tuning samples came from a file that could not be read and were replaced")
+    assert substitution_warning(3, tmp_path / "log.jsonl", files=["a.png"]).endswith("; re-export or remove it")
+    assert "came from 2 files that could not be read (a.png and 1 more) and were replaced" in substitution_warning(3, tmp_path / "log.jsonl", files=["a.png", "b.png"])

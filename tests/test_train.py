@@ -1009,7 +1009,8 @@ def test_cli_warns_about_files_that_failed_to_decode(faces, tmp_path):
     assert result.exit_code == 0, result.output
     substituted = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])["substituted"]
     assert 0 < substituted < 4
-    assert f"warning: {substituted} samples came from a file that failed to decode" in result.output
+    assert (f"warning: {substituted} samples came from 1 file that could not be read ({data / 'cut.png'}) and were replaced by the next "
+            f"readable one (the per-step counts are in {tmp_path / 'run' / 'log.jsonl'}); re-export or remove it") in result.output
 
 
 def test_data_that_passes_the_scan_but_never_decodes_is_refused_before_the_run_folder_is_written(tmp_path):

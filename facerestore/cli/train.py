@@ -95,7 +95,7 @@ def train_command(
         if result.stopped_at_time_limit:
             err.print(f"stopped at the time limit; continue with: facerestore train --out {shlex.quote(str(run_dir))} --resume", markup=False)
         if result.substituted:
-            err.print(substitution_warning(result.substituted, run_dir / "log.jsonl"), markup=False)
+            err.print(substitution_warning(result.substituted, run_dir / "log.jsonl", files=result.unreadable), markup=False)
 
 
 def _stop(progress) -> None:

@@ -255,16 +255,17 @@ class FaceDataset(torch.utils.data.Dataset):
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return load_pair(self.files[i], self.size)
 
-    def _read(self, epoch: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """(source, target, substitutions): the k-th file of the epoch, or the next readable one."""
-        (source, target), tries = first_readable(self.order(epoch), k, self._load, "training images",
+    def _read(self, epoch: int, k: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """(source, target, the file that could not be read or ""): the k-th file of the epoch, or the next readable one."""
+        order = self.order(epoch)
+        (source, target), tries = first_readable(order, k, self._load, "training images",
                                                  hint="re-copy or re-export the files the run's files.json lists, or start a new run with another --out")
-        return source, target, tries
+        return source, target, self.files[int(order[k])].source if tries else ""
 
     def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
         n = int(n)
         epoch, k = divmod(n, len(self.files))
-        source, target, substituted = self._read(epoch, k)
+        source, target, unreadable = self._read(epoch, k)
         rng = np.random.default_rng(stable_seed(self.seed, "sample", n))
         if self.flip and rng.random() < 0.5:
             source, target = source[:, ::-1], target[:, ::-1]
@@ -276,7 +277,7 @@ class FaceDataset(torch.utils.data.Dataset):
         gamma = sample_noise_levels(self.schedule, 1, generator=g, kind=self.noise_levels)[0]
         noise = perturbed_noise((3, self.size, self.size), self.input_perturbation, generator=g)
         return {"lq": to_tensor(degraded), "hq": to_tensor(np.ascontiguousarray(target)), "gamma": gamma, "noise": noise,
-                "sample": torch.tensor(n), "substituted": torch.tensor(substituted > 0)}
+                "sample": torch.tensor(n), "substituted": torch.tensor(bool(unreadable)), "unreadable": unreadable}
 
 
 def load_pair(f: FaceFile, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -309,11 +310,14 @@ def first_readable(order: Sequence[int], k: int, load: Callable[[int], T], what:
     raise UsageError(f"none of the {what} can be decoded" + (f": {first}{more}" if first else ""), hint=hint)
 
 
-def substitution_warning(count: int, log: Path, what: str = "sample") -> str:
+def substitution_warning(count: int, log: Path, what: str = "sample", files: Sequence[str] = ()) -> str:
     """The line `train` and `finetune` end with when samples came from the next file because theirs
-    failed to decode (`FaceDataset`, `finetune.data.PairDataset`)."""
-    return (f"warning: {counted(count, what)} came from a file that failed to decode and {verb(count, 'was', 'were')} replaced by the next "
-            f"readable one (the per-step counts are in {log}); re-export or remove those files")
+    could not be read (cut short, damaged, or deleted since the run began; `FaceDataset`,
+    `finetune.data.PairDataset`), naming the files (the first of them) so they can be mended."""
+    which = (f"{counted(len(files), 'file')} that could not be read ({files[0]}{f' and {len(files) - 1} more' if len(files) > 1 else ''})"
+             if files else "a file that could not be read")
+    return (f"warning: {counted(count, what)} came from {which} and {verb(count, 'was', 'were')} replaced by the next readable one "
+            f"(the per-step counts are in {log}); re-export or remove {'it' if len(files) == 1 else 'them'}")
 
 
 def check_global_batch(batch: int, world: int, *, resume: bool | None = None) -> None:

@@ -104,6 +104,7 @@ class TrainResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     scan: str = ""
     substituted: int = 0
+    unreadable: list[str] = field(default_factory=list)  # the files those samples should have come from
     model: Path | None = None
     metrics: dict | None = None
     seconds_per_step: float = 0.0
@@ -337,6 +338,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
 
     step = start
     stop = StopAtStepEnd(enabled=not d.active)
+    unreadable: set[str] = set()  # files whose samples came from the next readable one, on this rank
     try:
         for batch in loader:
             reseed(config.seed, step, d.rank)
@@ -365,6 +367,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
             loss_sum, substituted, out_of_time = distributed.total(d, [loss.item(), float(batch["substituted"].sum()), float(out_of_time)])
             loss_value, substituted = loss_sum / d.world, int(substituted)
             result.substituted += substituted
+            unreadable.update(path for path in batch["unreadable"] if path)
             step_times.append(seconds)
             result.step = step
             result.losses.append((step, loss_value))
@@ -396,6 +399,7 @@ def _train(config: TrainConfig, d: distributed.Dist, *, resume: bool, unet: UNet
             log.close()
     if step > last_saved:
         checkpoint(step)
+    result.unreadable = sorted(set(distributed.gather(d, sorted(unreadable))))  # every rank's, for rank 0's warning
     result.model = run / "idm.safetensors"
     result.seconds_per_step = float(np.median(step_times)) if step_times else 0.0
     return result

@@ -63,6 +63,7 @@ class PairDataset(torch.utils.data.Dataset):
         epoch, k = divmod(n, len(self.pairs))
         order = permutation(len(self.pairs), self.seed, "pairs", epoch)
         (lq, target), passed = self._readable(order, k, self._load_pair, "(input, pseudo-target) pairs")
+        unreadable = self.pairs[int(order[k])].lq if passed else ""
         if self._flip(n, "flip"):
             lq, target = lq[:, ::-1], target[:, ::-1]
         item = {"lq": to_tensor(np.ascontiguousarray(lq)), "target": to_tensor(np.ascontiguousarray(target)), "sample": torch.tensor(n)}
@@ -71,8 +72,10 @@ class PairDataset(torch.utils.data.Dataset):
             order = permutation(len(self.real), self.seed, "real", epoch)
             real, passed_real = self._readable(order, k, lambda i: load_face(self.real[i], self.size), "--real faces")
             passed += passed_real
+            unreadable = unreadable or (self.real[int(order[k])] if passed_real else "")
             if self._flip(n, "real-flip"):
                 real = real[:, ::-1]
             item["real"] = to_tensor(np.ascontiguousarray(real))
         item["substituted"] = torch.tensor(passed > 0)
+        item["unreadable"] = str(unreadable)  # the file that could not be read, "" for none: named in the run's last warning
         return item

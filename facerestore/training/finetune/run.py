@@ -442,7 +442,7 @@ def _run_locked(config: FinetuneConfig, d: distributed.Dist, resume: bool, repor
                           on_message=reporter.message if d.main else None, recipe=recipe_record(config, RECIPE))
     _free(d.device)
     if outcome.substituted:
-        message(substitution_warning(outcome.substituted, run / "log.jsonl", "fine-tuning sample"))
+        message(substitution_warning(outcome.substituted, run / "log.jsonl", "fine-tuning sample", files=outcome.unreadable))
 
     # ---- stage 3: report on the held-out faces
     report = None

@@ -111,7 +111,8 @@ class TrainOutcome:
     model: Path | None = None
     seconds_per_step: float = 0.0
     lpips_used: bool = False
-    substituted: int = 0  # samples whose file failed to decode and was replaced (`finetune.data`)
+    substituted: int = 0  # samples whose file could not be read and was replaced (`finetune.data`)
+    unreadable: list[str] = field(default_factory=list)  # those files
 
 
 def _autocast(device: torch.device, amp: bool, message: Callable[[str], None]) -> Callable:
@@ -221,6 +222,7 @@ def train_pairs(
 
     step = start
     stop = StopAtStepEnd(enabled=not d.active)
+    unreadable: set[str] = set()  # files whose samples came from the next readable one, on this rank
     clock = time.perf_counter()
     try:
         for batch in loader:
@@ -230,7 +232,8 @@ def train_pairs(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
             substituted = float(batch["substituted"].sum())
-            batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items() if k not in ("sample", "substituted")}
+            unreadable.update(path for path in batch["unreadable"] if path)
+            batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items() if k not in ("sample", "substituted", "unreadable")}
             parts = objective.step(batch, autocast)
             if ema is not None:
                 with torch.no_grad():
@@ -266,6 +269,7 @@ def train_pairs(
             log.close()
     if step > last_saved or not export_path.is_file():
         checkpoint(step)
+    outcome.unreadable = sorted(set(distributed.gather(d, sorted(unreadable))))  # every rank's, for rank 0's warning
     outcome.model = export_path
     outcome.seconds_per_step = float(np.median(step_times)) if step_times else 0.0
     return outcome
