@@ -825,3 +825,19 @@ def test_a_download_a_command_starts_says_so_on_stderr(tiny_file, use_entry, ser
                                        "`facerestore weights pull tiny` fetches it ahead of time)\n")
     store.resolve("tiny")  # found: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_importing_a_device_or_a_damaged_file_whose_name_has_a_parenthesis_says_what_it_is(tmp_path):
+    """/dev/null "does not exist"; "DR2_FFHQ (1).pkl" cut short gave the reason "1).pkl is truncated or damaged (..."."""
+    with pytest.raises(UsageError) as info:
+        store.import_file("/dev/null", name="mine")
+    assert info.value.one_line().startswith("/dev/null is not a regular file; name the checkpoint file itself")
+    whole = tmp_path / "whole.pth"
+    torch.save(tiny_state(), whole)
+    cut = tmp_path / "my model (1).pth"
+    cut.write_bytes(whole.read_bytes()[:100])
+    with pytest.raises(WeightsError) as info:
+        store.import_file(cut, name="mine")
+    line = info.value.one_line()
+    head = f"{cut} is not a readable checkpoint ("
+    assert line.startswith(head) and not line[len(head):].startswith("1).pth") and "; nothing was stored;" in line, line

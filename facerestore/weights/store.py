@@ -574,6 +574,8 @@ def import_weights(file: Path | str, name: str | None = None, *, verify: bool = 
     source = Path(file).expanduser()
     if source.is_dir():
         raise UsageError(f"{source} is a folder, not a checkpoint file", hint="name the checkpoint file itself (.pth, .ckpt, .pkl or .safetensors)")
+    if source.exists() and not source.is_file():  # /dev/null, a pipe: not a file to copy
+        raise UsageError(f"{source} is not a regular file", hint="name the checkpoint file itself (.pth, .ckpt, .pkl or .safetensors)")
     if not source.is_file():
         raise UsageError(f"{source} does not exist", hint="check the path")
     if not os.access(source, os.R_OK):  # else sha256_file's PermissionError traceback
@@ -620,8 +622,10 @@ def _assert_checkpoint(path: Path, what: str, cure: str = OFFICIAL_AGAIN) -> Non
 
     try:
         read_state_dict(path)
-    except WeightsError as exc:
-        reason = str(exc).split(" (", 1)[1].rstrip(")") if " (" in str(exc) else str(exc)
+    except WeightsError as exc:  # "PATH is truncated or damaged (REASON)": the reason, found after the path (which may hold " (" itself)
+        text = str(exc)
+        rest = text[len(str(path)):] if text.startswith(str(path)) else text
+        reason = rest.split(" (", 1)[1].rstrip(")") if " (" in rest else rest.strip()
         raise WeightsError(f"{what} is not a readable checkpoint ({reason})",
                            hint=f"nothing was stored; {cure}") from None
 
