@@ -1001,3 +1001,23 @@ def test_the_progress_bar_counts_the_inputs_that_gave_no_image_as_the_summary_do
     result = run(crops, "--aligned", "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline)
     assert result.exit_code == 1 and "1 of 2 images restored" in result.output, result.output
     assert totals[0] == ("images", 2, 1)
+
+
+@pytest.mark.parametrize("rank, world, waits", [("1", "2", True), ("0", "2", False), ("0", "1", False)])
+def test_under_torchrun_a_rank_that_does_not_print_the_error_waits_for_the_one_that_does(rank, world, waits, monkeypatch, capsys):
+    """torchrun stops every process as soon as one exits: rank 1, refusing the same --batch-size as rank 0,
+    exited first and rank 0 died before it printed the line (CI: no error line at all)."""
+    import typer
+
+    from facerestore.cli import app as module
+    from facerestore.errors import UsageError
+
+    slept: list[float] = []
+    monkeypatch.setattr(module.time, "sleep", slept.append)
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    with pytest.raises(typer.Exit) as stop:
+        module.fail(UsageError("--batch-size 3 is the global batch and must be divisible by the 2 processes"))
+    assert stop.value.exit_code == 2
+    assert slept == ([module.MAIN_RANK_GRACE_S] if waits else [])
+    assert ("error: --batch-size 3" in capsys.readouterr().err) is (rank == "0")

@@ -858,7 +858,7 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, weights, lq):
 @pytest.mark.slow
 def test_an_error_on_every_rank_or_on_rank_0_alone_stops_all_ranks_with_its_code_and_one_line(tmp_path, weights, lq):
     """torchrun with 2 CPU processes (as tests/test_train_ddp.py does for `train`)."""
-    from test_train_ddp import assert_all_ranks_stopped_with, torchrun
+    from helpers import assert_all_ranks_stopped_with, torchrun
 
     plan = ["--prior-start", "16", "--prior-until", "8", "--prior-lowpass", "8"]  # torchrun would read --l / --n as its own options
     args = ["finetune", "--unpaired", lq, "--base-weights", weights["codeformer"], "--prior-weights", weights["prior"], "--size", "64", *plan,

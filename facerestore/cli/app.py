@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+import time
 from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -156,7 +157,21 @@ def fail(error: FaceRestoreError, debug: bool = False) -> NoReturn:
         err.print_exception()
     if main_rank():
         err.print(f"error: {error.one_line()}", markup=False)
+    else:
+        let_the_main_rank_speak()
     raise typer.Exit(error.exit_code)
+
+
+MAIN_RANK_GRACE_S = 3.0
+
+
+def let_the_main_rank_speak() -> None:
+    """Under torchrun, a rank other than 0 that stops waits a moment before it exits. torchrun stops
+    every process with SIGTERM as soon as one exits, and the ranks meet the same refusal (a --batch-size
+    the processes cannot split) at about the same time: a rank 1 that left first could stop rank 0,
+    the one that prints the line, before it printed it (seen in CI: no error line at all)."""
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        time.sleep(MAIN_RANK_GRACE_S)
 
 
 def write_failed(exc: OSError, then: str) -> FaceRestoreError:
@@ -201,4 +216,6 @@ def main() -> None:
     except FaceRestoreError as exc:  # a command that forgot to catch: still one line
         if main_rank():
             err.print(f"error: {exc.one_line()}", markup=False)
+        else:
+            let_the_main_rank_speak()
         sys.exit(exc.exit_code)
