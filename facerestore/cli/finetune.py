@@ -131,7 +131,7 @@ def run_command(
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, mps or auto (default; under torchrun each process takes cuda:LOCAL_RANK).", show_default=False)] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Data-loading processes per training process (default 2; 0 loads in the training process).", show_default=False)] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights; a missing file is one error line naming what to import.")] = False,
-    skip_memory_check: Annotated[bool, typer.Option("--skip-memory-check", help="Fine-tune even where the check before stage 1 finds that a CodeFormer step needs more memory than is free (it errs on the safe side; e.g. with swap, or GPU memory about to be freed).")] = False,
+    skip_memory_check: Annotated[bool, typer.Option("--skip-memory-check", help="Fine-tune even where the check before stage 1 finds that a fine-tuning step needs more memory than is free (it errs on the safe side; e.g. with swap, or GPU memory about to be freed).")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars; only errors and the final lines.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
