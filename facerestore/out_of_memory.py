@@ -26,9 +26,9 @@ from facerestore.errors import FaceRestoreError
 T = TypeVar("T")
 R = TypeVar("R")
 
-# torch.OutOfMemoryError (CUDA, and since 2.5 also XPU); the MPS backend and the CPU allocator raise a
-# plain RuntimeError with these words
-_OTHER_MESSAGES = ("MPS backend out of memory", "DefaultCPUAllocator: can't allocate memory", "out of memory")
+# torch.OutOfMemoryError (CUDA, and since 2.5 also XPU); the MPS backend ("MPS backend out of memory")
+# and the CPU allocator ("DefaultCPUAllocator: can't allocate memory") raise a plain RuntimeError
+_OTHER_MESSAGES = ("out of memory", "can't allocate memory")
 
 
 class OutOfMemory(FaceRestoreError):
@@ -53,7 +53,7 @@ def torch_reason(exc: BaseException) -> str:
 
 def on_cpu(exc: BaseException) -> bool:
     """Whether the memory that ran out is the machine's (the CPU allocator's refusal), not a GPU's."""
-    return "DefaultCPUAllocator" in str(exc) or "can't allocate memory" in str(exc)
+    return "can't allocate memory" in str(exc)
 
 
 def face_hint(exc: BaseException) -> str:
@@ -67,9 +67,8 @@ def free_cached_memory() -> None:
     """Give the allocator's cached blocks back, so the retry with fewer faces can use them."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    mps = getattr(torch, "mps", None)
-    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        mps.empty_cache()
+    if torch.backends.mps.is_available():
+        torch.mps.empty_cache()
 
 
 class BatchLimit:

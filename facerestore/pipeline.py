@@ -113,24 +113,17 @@ def restore_crops(
     *,
     batch_size: int = 8,
     seed: int = 0,
-    on_batch: Callable[[int], None] | None = None,
     limit: BatchLimit | None = None,
 ) -> list[np.ndarray]:
     """Restore aligned crops in chunks of `batch_size`; same seed -> same output for each photo.
-    `limit`: a run's shared BatchLimit, lowered where a chunk does not fit in memory."""
-    generator = torch.Generator().manual_seed(seed)
-    limit = limit or BatchLimit(batch_size)
-    restored: list[np.ndarray] = []
-    for start in range(0, len(crops), batch_size):
-        restored.extend(_restore_batch(method, crops[start : start + batch_size], generator, limit))
-        if on_batch:
-            on_batch(len(crops[start : start + batch_size]))
-    return restored
+    `limit`: a run's shared BatchLimit (of `batch_size`), lowered where a chunk does not fit in memory."""
+    return _restore_batch(method, crops, torch.Generator().manual_seed(seed), limit or BatchLimit(batch_size))
 
 
 def _restore_batch(method: RestorationMethod, crops: Sequence[np.ndarray], generator: torch.Generator,
                    limit: BatchLimit | None = None) -> list[np.ndarray]:
-    """The crops restored, fewer at a time where they do not fit in memory together (out_of_memory)."""
+    """The crops restored in chunks of the limit's size (all at once without one), fewer at a time
+    where they do not fit in memory together (out_of_memory)."""
     def call(chunk: Sequence[np.ndarray]) -> list[np.ndarray]:
         batch = torch.from_numpy(np.stack(chunk).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
         return list(method.restore(batch, generator=generator).permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy())
