@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from facerestore.errors import FaceRestoreError, UsageError
+from facerestore.image_io import assert_output_folder
+from facerestore.ranks import main_rank
 from facerestore.weights.file_lock import Busy, NoLocks, describe, peek, release, take
 
 LOCK_NAME = ".facerestore.lock"
@@ -54,6 +56,18 @@ def output_lock(out: Path, *, hold: bool = True, on_message: Callable[[str], Non
                 folder.rmdir()
             except OSError:
                 break
+
+
+def checked_run_folder(out: Path | str) -> Path:
+    """`out` as `train` and `finetune` first check it, before they read any option from it: a place a
+    run folder can be made and written, and no live run writing there (the main torchrun rank looks:
+    `assert_free`), so a second run is told the folder is in use, not that it holds a run already or
+    nothing to resume."""
+    out = Path(out)
+    assert_output_folder(out)
+    if main_rank():
+        assert_free(out)
+    return out
 
 
 def assert_free(out: Path) -> None:

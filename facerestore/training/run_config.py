@@ -19,14 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import assert_output_folder
 from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import PRESETS as MODEL_PRESETS, config_from_dict, config_to_dict, preset_of
-from facerestore.ranks import main_rank
 from facerestore.training.checkpoints import read_target_steps, write_json
 from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, checked_setting, config_from_record, fix, read_config_json
 from facerestore.training.degradations import PRESETS as DEGRADATIONS
-from facerestore.training.out_lock import assert_free
+from facerestore.training.out_lock import checked_run_folder
 from facerestore.training.resume_recipe import recipe_record, refuse_checkpoint_changes, refuse_given_changes
 from facerestore.training.seeds import check_seed
 
@@ -160,10 +158,7 @@ def resolve_config(out: Path | str, *, resume: bool, **given) -> TrainConfig:
     a given recipe option that differs from the stored one (exact resume keeps the recipe); --steps,
     validation, saving, device and worker options may change.
     """
-    out = Path(out)
-    assert_output_folder(out)
-    if main_rank():  # a run writing there now: say so, not "nothing to resume" (training/out_lock)
-        assert_free(out)
+    out = checked_run_folder(out)
     given = {k: v for k, v in given.items() if v is not None}
     for key in ("data", "targets"):
         if key in given:

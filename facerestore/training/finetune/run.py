@@ -41,8 +41,7 @@ from pathlib import Path
 import torch
 
 from facerestore.errors import UnsupportedCheckpoint, UsageError, WeightsError
-from facerestore.image_io import assert_apart, assert_output_folder
-from facerestore.ranks import main_rank
+from facerestore.image_io import assert_apart
 from facerestore.training import distributed
 from facerestore.training.checkpoints import PREFIX, latest_checkpoint, read_checkpoint_state, read_target_steps, record_target_steps, write_json
 from facerestore.training.config_file import CONFIG_FILE, InvalidSetting, checked_setting, config_from_record, fix, read_config_json, read_run_json, shown
@@ -68,7 +67,7 @@ from facerestore.training.finetune.pseudo_targets import (
 from facerestore.training.finetune.report import ReportResult, write_report
 from facerestore.training.finetune.step_memory import check_finetune_memory
 from facerestore.training.finetune.trainer import StepReport, TrainSettings, milestones_for, train_pairs
-from facerestore.training.out_lock import assert_free, output_lock
+from facerestore.training.out_lock import checked_run_folder, output_lock
 from facerestore.training.resume_recipe import recipe_record, refuse_checkpoint_changes, refuse_given_changes
 from facerestore.training.seeds import check_seed, stable_seed
 from facerestore.plural import counted, verb
@@ -171,10 +170,7 @@ def _weights_value(value: str | Path | None) -> str | None:
 
 def resolve_config(out: Path | str, *, resume: bool, **given) -> FinetuneConfig:
     """The run's config from the options given (None = not given); `--resume` starts from RUN/config.json."""
-    out = Path(out)
-    assert_output_folder(out)
-    if main_rank():  # a run writing there now: say so, not "already holds a run" (training/out_lock)
-        assert_free(out)
+    out = checked_run_folder(out)
     given = {k: v for k, v in given.items() if v is not None}
     for key in ("lq", "real"):
         if key in given:
