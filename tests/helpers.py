@@ -146,3 +146,19 @@ def real_saved_bytes(forward, given) -> int:
         loss = forward()
     del loss
     return sum(seen.values())
+
+
+def folders_without_usable_faces(root: Path) -> tuple[Path, Path]:
+    """(a folder with no image at all, a folder whose images are all too small or undecodable): what
+    `train` and `finetune` refuse with the reasons and what to do about each."""
+    import numpy as np
+
+    from facerestore.image_io import write_image
+
+    empty, poor = root / "empty", root / "poor"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    write_image(poor / "a.png", np.full((8, 8, 3), 0.5, np.float32))
+    write_image(poor / "b.png", np.full((12, 12, 3), 0.5, np.float32))
+    (poor / "c.jpg").write_bytes(b"junk")
+    return empty, poor

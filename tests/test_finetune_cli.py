@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import test_finetune as shared
 import torch
-from helpers import lock_held, seeded_state, torchrun
+from helpers import folders_without_usable_faces, lock_held, seeded_state, torchrun
 from test_finetune import FAST, face
 from typer.testing import CliRunner
 
@@ -185,12 +185,7 @@ def test_a_folder_without_a_usable_face_is_one_line_with_what_was_skipped_and_wh
     """"no usable faces in X (0 images, 1 unreadable skipped)" counted what was skipped but not why nor
     what to do about it, and advised the short side whatever the files were skipped for; an empty
     --real folder said only that it "holds no usable face images". Now as `train` says it."""
-    empty, poor = tmp_path / "empty", tmp_path / "poor"
-    empty.mkdir()
-    (empty / "notes.txt").write_text("not an image")
-    write_image(poor / "a.png", face(0, 8))
-    write_image(poor / "b.png", face(1, 12))
-    (poor / "c.jpg").write_bytes(b"junk")
+    empty, poor = folders_without_usable_faces(tmp_path)
     assert one_line_error(run(*tiny_run_args(empty, tmp_path / "r1", weights)), 2) == (
         f"error: no faces in {empty}: no jpg, jpeg, png, bmp, tif, tiff, webp file in it or below; pass the folder of low-quality aligned faces")
     skipped = (f"3 files skipped (2 smaller than 32 px on the short side, 1 unreadable); use faces at least 32 px on the short side "

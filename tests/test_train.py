@@ -27,7 +27,7 @@ from facerestore.training.data import FaceDataset, StepBatches, load_file_list, 
 from facerestore.training.degradations import preset
 from facerestore.diffusion import NoiseSchedule
 from facerestore.training.trainer import TrainConfig, parse_duration, resolve_config, train
-from helpers import lock_held
+from helpers import folders_without_usable_faces, lock_held
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -764,12 +764,7 @@ def test_a_negative_worker_count_is_refused_before_any_work(faces, tmp_path):
 def test_data_without_a_usable_image_is_one_line_with_what_was_skipped_and_why(tmp_path):
     """A folder without images was reported as "1 unreadable folder skipped", and skipped files only by
     a count, with advice about their size whatever the reason they were skipped for."""
-    empty, poor = tmp_path / "empty", tmp_path / "poor"
-    empty.mkdir()
-    (empty / "notes.txt").write_text("not an image")
-    write_image(poor / "a.png", face(0, 8))
-    write_image(poor / "b.png", face(1, 12))
-    (poor / "c.jpg").write_bytes(b"junk")
+    empty, poor = folders_without_usable_faces(tmp_path)
     line = one_error(r := cli(empty, "--out", tmp_path / "r1", "--size", "32", "--model", "tiny", "--steps", "1"))
     assert r.exit_code == 2 and line == (f"error: no training images in {empty}: no jpg, jpeg, png, bmp, tif, tiff, webp file in it or below; "
                                          "pass folders of aligned face images")
