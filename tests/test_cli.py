@@ -922,7 +922,9 @@ def test_command_line_mistakes_are_one_error_line_and_exit_2(args, line, monkeyp
     (["restore", "x.png", "--out="], "for --out"),
     (["degrade", "", "--out", "y"], "as an argument"),
     (["train", "faces", "--out", "run", "--val", ""], "after --val"),
-], ids=["photo", "out", "out-equals", "degrade", "val"])
+    (["--aligned", "", "-o", "out"], "as an argument"),
+    (["clean-dataset", "src", "--detect", "", "--out", "dst"], "as an argument"),
+], ids=["photo", "out", "out-equals", "degrade", "val", "after-a-flag", "after-a-subcommand-flag"])
 def test_an_empty_argument_is_refused_not_taken_for_the_current_folder(args, where, tmp_path, monkeypatch, capsys):
     """Path("") is ".": `facerestore "$DIR" -o out` with DIR unset restored the whole current folder (QA)."""
     from facerestore.cli.app import main

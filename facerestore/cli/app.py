@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Annotated, NoReturn, Optional
 
@@ -39,7 +39,7 @@ class DefaultCommandGroup(TyperGroup):
     default_command = "restore"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        _refuse_empty_arguments(args)
+        _refuse_empty_arguments(args, _flags_of(self))
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
             _refuse_mistyped_command(args[0], list(self.commands))
             args = [self.default_command, *args]
@@ -108,14 +108,25 @@ def _one_line(exc: click_errors.UsageError) -> OneLineUsageError:
 EMPTY_ALLOWED = ("--suffix",)  # an empty suffix is no suffix, as if none were given
 
 
-def _refuse_empty_arguments(args: list[str]) -> None:
+def _flags_of(command: click.Command) -> frozenset[str]:
+    """The option names, in every command, that take no value: an empty word after one of them is
+    an argument of its own, not that option's value."""
+    flags = {name for param in command.params if getattr(param, "is_flag", False) or getattr(param, "count", False)
+             for name in (*param.opts, *param.secondary_opts)}  # typer's vendored click: not click.Option
+    for sub in getattr(command, "commands", {}).values():
+        flags |= _flags_of(sub)
+    return frozenset(flags)
+
+
+def _refuse_empty_arguments(args: list[str], flags: Collection[str] = ()) -> None:
     """An empty argument is a path of "." to every option that takes one, so `facerestore "$DIR" -o out`
     with DIR unset restored the whole current folder (and `-o ""` wrote into it)."""
     for i, arg in enumerate(args):
         option, _, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
         if value:
             continue
-        option = option or (args[i - 1] if i and args[i - 1].startswith("-") and args[i - 1] != "--" else "")
+        before = args[i - 1] if i else ""
+        option = option or (before if before.startswith("-") and before != "--" and before not in flags else "")
         if option in EMPTY_ALLOWED:
             continue
         where = f"for {option}" if "=" in arg else f"after {option}" if option else "as an argument"
