@@ -716,6 +716,17 @@ def test_a_name_of_your_own_may_not_be_a_catalogue_method_or_official_file_name(
     assert not store.cache_dir().exists() and not any(entry.local for entry in load_catalogue().values())
 
 
+@pytest.mark.parametrize("name, method", [("idm", "idm"), ("baseline", "baseline"), ("IDM.pth", "idm"), ("codeformer.safetensors", None)])
+def test_the_python_api_refuses_a_method_name_as_the_cli_does(tiny_file, name, method):
+    """The refusal of method names lived in the CLI only (it passed them in), so
+    `import_weights(file, name="idm")` registered weights 'idm'; the store refuses them itself."""
+    with pytest.raises(UsageError) as info:
+        store.import_weights(tiny_file, name=name)
+    taken = f"the method {method}" if method else "the catalogued checkpoint codeformer (codeformer.pth)"
+    assert info.value.one_line().startswith(f"--name {name} is taken by {taken}, so it cannot name weights of your own"), info.value.one_line()
+    assert not store.cache_dir().exists() and not any(entry.local for entry in load_catalogue().values())
+
+
 def test_a_name_whose_file_is_another_registrations_is_refused_and_names_like_methods_are_not(tiny_file, tmp_path):
     """`--name best` of a .pth stored best.pth, the file of your weights 'best.pth', and broke it."""
     store.import_file(tiny_file, name="best.pth")

@@ -103,11 +103,10 @@ def weights_import(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Replace a file whose sha256 was recorded on first use (entries with no sha256 in the catalogue); a catalogued sha256 is always checked.")] = False,
 ) -> None:
     """Copy a checkpoint into the cache: official files are recognised and checked by sha256."""
-    from facerestore.methods.registry import method_names
     from facerestore.weights.store import import_weights
 
     try:
-        done = import_weights(file, name, verify=not no_verify, method_names=method_names())
+        done = import_weights(file, name, verify=not no_verify)
     except FaceRestoreError as exc:
         fail(exc)
     if done.unchanged:

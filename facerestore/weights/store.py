@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -567,10 +567,9 @@ def import_file(file: Path | str, name: str | None = None, *, verify: bool = Tru
     return import_weights(file, name, verify=verify).path
 
 
-def import_weights(file: Path | str, name: str | None = None, *, verify: bool = True, method_names: Collection[str] = ()) -> Imported:
+def import_weights(file: Path | str, name: str | None = None, *, verify: bool = True) -> Imported:
     """Copy a hand-downloaded checkpoint into the cache (checked), or register your own under `name`,
-    which may not be a catalogue name, an official file's name or one of `method_names` (the CLI
-    passes the restoration methods': weights/ knows no methods)."""
+    which may not be a catalogue name, an official file's name or a restoration method's name."""
     source = Path(file).expanduser()
     if source.is_dir():
         raise UsageError(f"{source} is a folder, not a checkpoint file", hint="name the checkpoint file itself (.pth, .ckpt, .pkl or .safetensors)")
@@ -581,7 +580,7 @@ def import_weights(file: Path | str, name: str | None = None, *, verify: bool = 
     if not os.access(source, os.R_OK):  # else sha256_file's PermissionError traceback
         raise UsageError(f"{source} cannot be read (permission denied)", hint="make it readable (chmod a+r), or copy it somewhere of yours and import the copy")
     if name is not None:
-        _check_own_name(name, method_names)
+        _check_own_name(name)
     digest = sha256_file(source)
     entries = load_catalogue()
     if name is not None:
@@ -663,7 +662,16 @@ def _copy_atomic(source: Path, target: Path) -> None:
 CHECKPOINT_SUFFIXES = (*PICKLED_SUFFIXES, ".safetensors", ".onnx")
 
 
-def _check_own_name(name: str, method_names: Collection[str]) -> None:
+def _method_names() -> list[str]:
+    """The restoration methods' names, looked up only when a --name is checked: the registry sits
+    above weights/ (the methods import this module) and imports torch, which a command that only
+    reads the catalogue must not pay for."""
+    from facerestore.methods.registry import method_names
+
+    return method_names()
+
+
+def _check_own_name(name: str) -> None:
     """UsageError (exit 2) for a --name that is not a name of your own: a catalogued checkpoint's name,
     its file's name with or without a suffix (`codeformer.pth` would list a second `codeformer`, as
     `codeformer.pth.safetensors`), or a method's (`--name idm`, then `-m dr2 --weights idm`)."""
@@ -678,7 +686,7 @@ def _check_own_name(name: str, method_names: Collection[str]) -> None:
     if entry is not None:
         raise UsageError(f"--name {name} is taken by the catalogued checkpoint {entry.name} ({entry.filename}), so it cannot name weights of your own",
                          hint="choose another --name; to import the official file, pass no --name (it is recognised by sha256 or file name)")
-    method = next((m for m in method_names if m.casefold() in forms), None)
+    method = next((m for m in _method_names() if m.casefold() in forms), None)
     if method is not None:
         raise UsageError(f"--name {name} is taken by the method {method}, so it cannot name weights of your own",
                          hint=f"choose another --name, such as my-{method}")
