@@ -570,6 +570,38 @@ def test_importing_another_file_under_your_name_replaces_it_and_deletes_the_file
     result = CliRunner().invoke(app, ["weights", "import", str(third), "--name", "my-cf"])
     assert result.exit_code == 0 and result.output.strip() == f"{third} is already your weights 'my-cf' ({cache / 'my-cf.pth'}); nothing changed"
     assert (cache / "my-cf.pth").stat().st_mtime_ns == stamp
+    result = CliRunner().invoke(app, ["weights", "import", str(third)])  # recognised by its sha256: still yours
+    assert result.exit_code == 0 and result.output.strip() == f"{third} is already your weights 'my-cf' ({cache / 'my-cf.pth'}); nothing changed"
+
+
+@pytest.mark.parametrize("published", [True, False], ids=["catalogued-sha256", "recorded-on-first-use"])
+def test_importing_an_official_file_already_in_the_cache_changes_nothing(tiny_file, use_entry, tmp_path, monkeypatch, published):
+    """The official file imported again (a second download of codeformer.pth) was copied again, 377 MB
+    for nothing; now the same bytes are noticed and the line says nothing changed, as for your own."""
+    from typer.testing import CliRunner
+
+    from facerestore.cli.app import app, register
+
+    register()
+    use_entry(entry_for(tiny_file, sha256="" if published is False else sha(tiny_file)))
+    first = store.import_weights(tiny_file)
+    target = store.cache_dir() / "tiny.pth"
+    assert first == store.Imported(target, "tiny", official=True)
+    stamp = target.stat().st_mtime_ns
+    again = tmp_path / "again" / "tiny.pth"  # another copy of the same bytes
+    again.parent.mkdir()
+    again.write_bytes(tiny_file.read_bytes())
+    copy = store._copy_atomic
+    monkeypatch.setattr(store, "_copy_atomic", lambda *a: pytest.fail("the same bytes must not be copied again"))
+    assert store.import_weights(again) == store.Imported(target, "tiny", unchanged=True, official=True)
+    result = CliRunner().invoke(app, ["weights", "import", str(again)])
+    assert result.exit_code == 0 and result.output.strip() == f"{again} is already the official weights 'tiny' ({target}); nothing changed", result.output
+    assert target.stat().st_mtime_ns == stamp
+    monkeypatch.setattr(store, "_copy_atomic", copy)
+    if not published:  # other bytes with --no-verify still replace a file whose hash was only recorded
+        torch.save({"weight": torch.ones(2, 3)}, again)
+        assert store.import_weights(again, verify=False) == store.Imported(target, "tiny", official=True)
+        assert sha(target) == sha(again) and store.expected_sha256(catalogue.get_entry("tiny")) == sha(again)
 
 
 def test_registered_names_survive_quotes_in_file_names_and_are_readable_by_others(tiny_file, tmp_path):

@@ -110,7 +110,8 @@ def weights_import(
     except FaceRestoreError as exc:
         fail(exc)
     if done.unchanged:
-        err.print(f"{file} is already your weights '{done.name}' ({done.path}); nothing changed", markup=False)
+        whose = "the official weights" if done.official else "your weights"
+        err.print(f"{file} is already {whose} '{done.name}' ({done.path}); nothing changed", markup=False)
     elif done.replaced:
         deleted = f" (its file {done.deleted} is deleted)" if done.deleted else ""
         err.print(f"imported {file} -> {done.path}, replacing your earlier weights '{done.name}'{deleted}", markup=False)

@@ -553,13 +553,15 @@ def verify_all() -> Iterator[tuple[str, Path | None, str]]:
 @dataclass(frozen=True)
 class Imported:
     """What an import did, for the line `weights import` prints: a re-import under a name of your own
-    replaces the earlier file and deletes it, and the same bytes again change nothing."""
+    replaces the earlier file and deletes it, and the same bytes again (yours or an official file's)
+    change nothing."""
 
     path: Path  # the file in the cache
     name: str  # the weights name it is stored under
     replaced: bool = False  # an earlier file of your own under this name was replaced
     deleted: Path | None = None  # that earlier file, when it had another file name (another suffix): deleted
     unchanged: bool = False  # the same bytes were already stored under this name: nothing was written
+    official: bool = False  # a catalogue checkpoint, not weights of your own (--name, or recognised by their sha256)
 
 
 def import_file(file: Path | str, name: str | None = None, *, verify: bool = True) -> Path:
@@ -604,9 +606,11 @@ def import_weights(file: Path | str, name: str | None = None, *, verify: bool = 
     target = cache_dir() / entry.filename
     _make_folder(target.parent)
     with exclusive(target, f"importing {source.name} into {target.parent}"):  # not while a download of it renames
+        if _unchanged(target, digest, expected_sha256(entry)):
+            return Imported(target, entry.name, unchanged=True, official=not entry.local)
         _copy_atomic(source, target)
         _record_sha256(entry, digest)
-    return Imported(target, entry.name)
+    return Imported(target, entry.name, official=not entry.local)
 
 
 OFFICIAL_AGAIN = "get the whole official file and try again"
@@ -707,7 +711,7 @@ def _register_local(source: Path, name: str, digest: str) -> Imported:
     # names: the registry is read and rewritten by one at a time, so neither registration is lost
     with exclusive(cache_dir() / name, f"importing {source.name} into {target.parent}"):
         earlier = _registered(name)
-        if earlier is not None and earlier.filename == target.name and earlier.sha256 == digest and _holds(target, digest):
+        if earlier is not None and earlier.filename == target.name and _unchanged(target, digest, earlier.sha256):
             return Imported(target, name, unchanged=True)
         _copy_atomic(source, target)
         with exclusive(registry):
@@ -736,6 +740,12 @@ def _registered(name: str) -> WeightsEntry | None:
 def _file_of_another(filename: str, name: str) -> bool:
     """Whether a catalogue entry or a registration other than `name` stores its file as `filename`."""
     return any(entry.filename == filename for other, entry in load_catalogue().items() if other != name)
+
+
+def _unchanged(target: Path, digest: str, recorded: str) -> bool:
+    """Whether importing bytes of sha256 `digest` to `target` would change nothing: the hash recorded
+    for it (catalogue, first use or registry) is theirs and the file there holds them already."""
+    return recorded == digest and _holds(target, digest)
 
 
 def _holds(path: Path, digest: str) -> bool:
