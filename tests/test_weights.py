@@ -604,6 +604,41 @@ def test_importing_an_official_file_already_in_the_cache_changes_nothing(tiny_fi
         assert sha(target) == sha(again) and store.expected_sha256(catalogue.get_entry("tiny")) == sha(again)
 
 
+def test_verified_json_forgets_files_deleted_or_replaced_since(tmp_path):
+    """verified.json kept a key for every file ever hashed (each download's source, every file an
+    import replaced): those that are gone or changed are dropped whenever it is written."""
+    import json
+
+    def remembered() -> set[str]:
+        return {key.rsplit("|", 2)[0] for key in json.loads(store._memo_path().read_text())}
+
+    gone, changed, kept, odd = (tmp_path / name for name in ("gone.pth", "changed.pth", "kept.pth", "a|b.pth"))
+    for path in (gone, changed, kept, odd):
+        path.write_bytes(path.name.encode())
+        store.sha256_file(path)
+    assert remembered() == {str(p.resolve()) for p in (gone, changed, kept, odd)}
+    gone.unlink()
+    changed.write_bytes(b"other bytes, another size")
+    new = tmp_path / "new.pth"
+    new.write_bytes(b"new")
+    store.sha256_file(new)  # any write prunes
+    assert remembered() == {str(p.resolve()) for p in (kept, odd, new)}
+    assert store.sha256_file(changed) == sha(changed)  # hashed again, not the stale answer
+
+
+def test_a_reimport_under_your_name_forgets_the_hash_of_the_file_it_deleted(tiny_file, tmp_path):
+    import json
+
+    first = save_safetensors(tiny_state(), tmp_path / "first.safetensors")
+    store.import_weights(first, name="my-cf")
+    stored = store.cache_dir() / "my-cf.safetensors"
+    store.resolve("my-cf")  # hashed on use: remembered
+    assert any(key.startswith(f"{stored.resolve()}|") for key in json.loads(store._memo_path().read_text()))
+    assert store.import_weights(tiny_file, name="my-cf").deleted == stored
+    memo = json.loads(store._memo_path().read_text())
+    assert not any(key.startswith(f"{stored.resolve()}|") for key in memo) and memo, memo
+
+
 def test_registered_names_survive_quotes_in_file_names_and_are_readable_by_others(tiny_file, tmp_path):
     odd = tmp_path / 'my "best" \\ model.pth'
     odd.write_bytes(tiny_file.read_bytes())

@@ -149,10 +149,31 @@ def _remember_sha256(path: Path, digest: str, key: str | None = None) -> str:
     def change(memo: dict) -> None:
         for old in [k for k in memo if k.startswith(f"{path}|")]:
             del memo[old]
+        _drop_stale(memo)
         memo[key] = digest
 
     _update_json(_memo_path(), change)
     return digest
+
+
+def _drop_stale(memo: dict) -> None:
+    """Forget the hashes of files that are gone or changed since (deleted, replaced by an import, a
+    download's source in ~/Downloads removed): their keys can never match again, and verified.json
+    would otherwise grow with every file ever hashed."""
+    for key in list(memo):
+        path = key.rsplit("|", 2)[0]  # PATH|SIZE|MTIME_NS, as sha256_file writes it (a path may hold '|')
+        try:
+            stat = os.stat(path)
+        except (OSError, ValueError):
+            del memo[key]
+            continue
+        if key != f"{path}|{stat.st_size}|{stat.st_mtime_ns}":
+            del memo[key]
+
+
+def _forget_stale_hashes() -> None:
+    """Prune verified.json now (an import deleted the file it replaced)."""
+    _update_json(_memo_path(), _drop_stale)
 
 
 def _recorded_path() -> Path:
@@ -727,6 +748,8 @@ def _register_local(source: Path, name: str, digest: str) -> Imported:
         deleted = None
         if earlier is not None and earlier.filename != target.name and not _file_of_another(earlier.filename, name) and _unlink(cache_dir() / earlier.filename):
             deleted = cache_dir() / earlier.filename
+        if earlier is not None:
+            _forget_stale_hashes()  # the file replaced or deleted just now
         _drop_conversions(name, keep=digest)
     return Imported(target, name, replaced=earlier is not None, deleted=deleted)
 
