@@ -495,6 +495,39 @@ def test_import_checks_hash_and_registers_own_weights(tiny_file, use_entry, tmp_
     assert "facerestore weights import FILE --name my-model" in damaged.value.one_line() and "pull" not in damaged.value.one_line()
 
 
+def test_an_official_file_with_no_published_sha256_under_another_name(tiny_file, use_entry, tmp_path):
+    """DR2's and DifFace's files have no published sha256, so a copy saved under another name
+    ("DR2_FFHQ (1).pkl") matched nothing. Its key layout would only tell the architecture (a fine-tune
+    has the same), so it is not guessed: the refusal names the file name each such entry is recognised
+    by; once a copy was accepted, its recorded sha256 recognises the same bytes under any name."""
+    published = tmp_path / "published.pth"
+    torch.save({"weight": torch.ones(2, 3)}, published)
+    use_entry(entry_for(tiny_file, sha256=""), entry_for(published, name="pub", filename="pub.pth"))
+    renamed = tmp_path / "tiny (1).pth"
+    renamed.write_bytes(tiny_file.read_bytes())
+    with pytest.raises(UsageError) as info:
+        store.import_weights(renamed)
+    assert info.value.one_line() == (f"{renamed} matches no catalogued checkpoint (by sha256 or file name); if it is an official file "
+                                     "with no published sha256, give it its official name and import it again: tiny.pth (tiny); "
+                                     "else register it as your own weights with `--name NAME`")
+    assert not store.cache_dir().exists()
+
+    store.import_weights(tiny_file)  # by its file name: trusted on first use, its sha256 recorded
+    target = store.cache_dir() / "tiny.pth"
+    assert store.import_weights(renamed) == store.Imported(target, "tiny", unchanged=True, official=True)
+    target.unlink()
+    assert store.import_weights(renamed) == store.Imported(target, "tiny", official=True) and sha(target) == sha(tiny_file)
+
+
+def test_with_every_sha256_published_the_refusal_only_offers_a_name_of_your_own(tiny_file, use_entry, tmp_path):
+    use_entry(entry_for(tiny_file))
+    mine = tmp_path / "mine.pth"
+    torch.save({"weight": torch.ones(2, 3)}, mine)
+    with pytest.raises(UsageError) as info:
+        store.import_weights(mine)
+    assert info.value.hint == "register it as your own weights with `--name NAME`"
+
+
 def test_import_of_a_folder_or_a_missing_file_is_a_usage_error(tmp_path):
     from typer.testing import CliRunner
 
@@ -754,21 +787,26 @@ def test_import_name_never_takes_a_catalogued_checkpoint_file(tiny_file, use_ent
     assert not (store.cache_dir() / "x.pth").exists()
 
 
+BY_SHA256 = "; to import the official file, pass no --name (it is recognised by sha256 or file name)"
+BY_NAME = "; to import the official file, name it DR2_FFHQ.pkl and pass no --name (with no published sha256 it is recognised by file name)"
+
+
 @pytest.mark.parametrize("name, why, official", [
-    ("codeformer", "the catalogued checkpoint codeformer (codeformer.pth)", True),
-    ("codeformer.pth", "the catalogued checkpoint codeformer (codeformer.pth)", True),
-    ("CodeFormer.safetensors", "the catalogued checkpoint codeformer (codeformer.pth)", True),
-    ("dr2_ddpm", "the catalogued checkpoint dr2_ddpm (DR2_FFHQ.pkl)", True),
-    ("DR2_FFHQ", "the catalogued checkpoint dr2_ddpm (DR2_FFHQ.pkl)", True),
-    ("baseline", "the method baseline", False),
-    ("idm", "the method idm", False),
-    ("idm.pth", "the method idm", False),
+    ("codeformer", "the catalogued checkpoint codeformer (codeformer.pth)", BY_SHA256),
+    ("codeformer.pth", "the catalogued checkpoint codeformer (codeformer.pth)", BY_SHA256),
+    ("CodeFormer.safetensors", "the catalogued checkpoint codeformer (codeformer.pth)", BY_SHA256),
+    ("dr2_ddpm", "the catalogued checkpoint dr2_ddpm (DR2_FFHQ.pkl)", BY_NAME),
+    ("DR2_FFHQ", "the catalogued checkpoint dr2_ddpm (DR2_FFHQ.pkl)", BY_NAME),
+    ("baseline", "the method baseline", ""),
+    ("idm", "the method idm", ""),
+    ("idm.pth", "the method idm", ""),
 ])
 def test_a_name_of_your_own_may_not_be_a_catalogue_method_or_official_file_name(tmp_path, name, why, official):
     """`--name codeformer.pth` of a .safetensors was stored as codeformer.pth.safetensors, and `weights
     verify` showed a `codeformer.pth ... ok` row beside `codeformer missing`; `--name baseline` and
     `--name idm` were accepted, and `--name codeformer` imported a file as the official one. Every
-    such name is refused before anything is read or stored (exit 2), with the way out."""
+    such name is refused before anything is read or stored (exit 2), with the way out: for an official
+    file with no published sha256 (DR2's), the file name it is recognised by."""
     from typer.testing import CliRunner
 
     from facerestore.cli.app import app, register
@@ -779,7 +817,7 @@ def test_a_name_of_your_own_may_not_be_a_catalogue_method_or_official_file_name(
     assert result.exit_code == 2, result.output
     [line] = result.output.strip().splitlines()
     assert line.startswith(f"error: --name {name} is taken by {why}, so it cannot name weights of your own; choose another --name"), line
-    assert ("to import the official file, pass no --name" in line) == official, line
+    assert line.endswith(official) and ("to import the official file" in line) == bool(official), line
     assert not store.cache_dir().exists() and not any(entry.local for entry in load_catalogue().values())
 
 

@@ -605,16 +605,9 @@ def import_weights(file: Path | str, name: str | None = None, *, verify: bool = 
     if name is not None:
         _check_own_name(name)
     digest = sha256_file(source)
-    entries = load_catalogue()
     if name is not None:
         return _register_local(source, name, digest)
-    else:
-        entry = next((e for e in entries.values() if e.sha256 and e.sha256 == digest), None) or entry_for_filename(source.name)
-        if entry is None:
-            raise UsageError(
-                f"{source} matches no catalogued checkpoint (by sha256 or file name)",
-                hint="register your own weights with `--name NAME`, or rename the file as `facerestore weights list` shows",
-            )
+    entry = _recognised(source, digest)
     expected = expected_sha256(entry)
     if expected and digest != expected and (verify or entry.sha256):  # a catalogued hash is checked at every use
         recorded = "" if entry.sha256 else " (recorded from the first copy; if that copy was wrong and this one is right, add --no-verify)"
@@ -632,6 +625,24 @@ def import_weights(file: Path | str, name: str | None = None, *, verify: bool = 
         _copy_atomic(source, target)
         _record_sha256(entry, digest)
     return Imported(target, entry.name, official=not entry.local)
+
+
+def _recognised(source: Path, digest: str) -> WeightsEntry:
+    """The catalogue entry `source` is a copy of, by sha256 (the catalogue's, or the one recorded when
+    a file without a published one was first fetched: the same bytes under another name), else by
+    file name. A file of an entry with no published sha256 is recognised by its name only: its key
+    layout would only say which architecture it is, and a fine-tune or another release of that
+    architecture (SPARNet's own SPARNetHD beside DR2's retrained one) has the same, so the refusal
+    names the file name each such entry is recognised by."""
+    entries = load_catalogue()
+    entry = next((e for e in entries.values() if expected_sha256(e) == digest), None) or entry_for_filename(source.name)
+    if entry is not None:
+        return entry
+    unpublished = [f"{e.filename} ({e.name})" for e in entries.values() if not e.local and not e.sha256]
+    rename = (f"if it is an official file with no published sha256, give it its official name and import it again: "
+              f"{', '.join(unpublished)}; else " if unpublished else "")
+    raise UsageError(f"{source} matches no catalogued checkpoint (by sha256 or file name)",
+                     hint=f"{rename}register it as your own weights with `--name NAME`")
 
 
 OFFICIAL_AGAIN = "get the whole official file and try again"
@@ -710,11 +721,19 @@ def _check_own_name(name: str) -> None:
     entry = next((e for e in official if forms & {e.name.casefold(), e.filename.casefold(), Path(e.filename).stem.casefold()}), None)
     if entry is not None:
         raise UsageError(f"--name {name} is taken by the catalogued checkpoint {entry.name} ({entry.filename}), so it cannot name weights of your own",
-                         hint="choose another --name; to import the official file, pass no --name (it is recognised by sha256 or file name)")
+                         hint="choose another --name; to import the official file, " + _how_recognised(entry))
     method = next((m for m in _method_names() if m.casefold() in forms), None)
     if method is not None:
         raise UsageError(f"--name {name} is taken by the method {method}, so it cannot name weights of your own",
                          hint=f"choose another --name, such as my-{method}")
+
+
+def _how_recognised(entry: WeightsEntry) -> str:
+    """How to import the official file of `entry` (`_recognised`): with no published sha256 only its
+    file name tells it, so the hint names the name to give it."""
+    if entry.sha256:
+        return "pass no --name (it is recognised by sha256 or file name)"
+    return f"name it {entry.filename} and pass no --name (with no published sha256 it is recognised by file name)"
 
 
 def _register_local(source: Path, name: str, digest: str) -> Imported:
