@@ -903,7 +903,11 @@ def test_ctrl_c_while_typer_builds_the_command_line_is_one_line_and_130(monkeypa
     (["weights", "bogus"], "error: no such command 'bogus'; see `facerestore weights -h`"),
     (["degrade"], "error: missing argument 'SRC'; see `facerestore degrade -h`"),
     (["finetune", "--unpaired", "x", "--out", "y", "--limit", "1"], "error: no such option: --limit; see `facerestore finetune run -h`"),
-], ids=["unknown", "close", "command", "missing", "no-false-suggestion"])
+    (["x.png", "--suffix"], "error: option '--suffix' requires an argument; see `facerestore restore -h`"),
+    (["degrade", "src", "--out"], "error: option '--out' requires an argument; see `facerestore degrade -h`"),
+    (["weights", "import", "f.pth", "--name"], "error: option '--name' requires an argument; see `facerestore weights import -h`"),
+    (["finetune", "--unpaired"], "error: option '--unpaired' requires an argument; see `facerestore finetune run -h`"),
+], ids=["unknown", "close", "command", "missing", "no-false-suggestion", "no-value", "no-value-degrade", "no-value-nested", "no-value-default-stage"])
 def test_command_line_mistakes_are_one_error_line_and_exit_2(args, line, monkeypatch, capsys):
     """click printed the usage, a hint, a blank line and "Error: ..." (four lines), and suggested any
     option sharing a few letters (--out for --bogus, --l for --limit)."""

@@ -33,7 +33,20 @@ PRECISION_HELP = ("Networks' precision: auto (bf16/fp16 on CUDA for the diffusio
                   "bf16 (on the CPU: faster where it has AMX or AVX512-BF16, slower elsewhere), fp16 (CUDA).")
 
 
-class DefaultCommandGroup(TyperGroup):
+COMMAND_PATH = "facerestore.command_path"  # ctx.meta key: the command being parsed, for usage errors without a context
+
+
+class CommandGroup(TyperGroup):
+    """Remembers which command it handed the arguments to: click raises some usage errors (an option
+    missing its value) with no context, and their hint should name that command's help, not the root's."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta[COMMAND_PATH] = f"{ctx.command_path} {name}"  # meta is shared by every nested context
+        return name, command, rest
+
+
+class DefaultCommandGroup(CommandGroup):
     """`facerestore photo.jpg` means `facerestore restore photo.jpg`."""
 
     default_command = "restore"
@@ -53,7 +66,7 @@ class DefaultCommandGroup(TyperGroup):
         """Each long command says what Ctrl-C kept while it works; before that (its imports, torch's
         take seconds, and its option checks) typer would exit 130 without a word."""
         try:
-            with one_line_usage_errors():  # a sub-command's options are parsed in here
+            with one_line_usage_errors(ctx):  # a sub-command's options are parsed in here
                 return super().invoke(ctx)
         except KeyboardInterrupt:
             say_interrupted_early()
@@ -80,20 +93,21 @@ class OneLineUsageError(click_errors.UsageError):
 
 
 @contextmanager
-def one_line_usage_errors() -> Iterator[None]:
+def one_line_usage_errors(ctx: click.Context | None = None) -> Iterator[None]:
     try:
         yield
     except (click_errors.NoArgsIsHelpError, OneLineUsageError):  # a command given nothing prints its help, as asked for
         raise
     except click_errors.UsageError as exc:
-        raise _one_line(exc) from None
+        raise _one_line(exc, ctx.meta.get(COMMAND_PATH, "facerestore") if ctx is not None else "facerestore") from None
 
 
-def _one_line(exc: click_errors.UsageError) -> OneLineUsageError:
+def _one_line(exc: click_errors.UsageError, parsing: str = "facerestore") -> OneLineUsageError:
     """The message without click's trailing full stop; the hint: a close option name where there is
     one (click's own "Possible options" lists any name that shares a few letters, --out for --bogus),
-    else the command's help."""
-    command = exc.ctx.command_path if exc.ctx is not None else "facerestore"
+    else the help of the command whose arguments were being parsed (`parsing`, when click gives the
+    error no context)."""
+    command = exc.ctx.command_path if exc.ctx is not None else parsing
     message = exc.format_message().strip().rstrip(".")
     hint = f"see `{command} -h`"
     if isinstance(exc, click_errors.NoSuchOption):

@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from facerestore.cli.app import CONTEXT, app, err, fail, out
+from facerestore.cli.app import CONTEXT, CommandGroup, app, err, fail, out
 from facerestore.errors import FaceRestoreError
 
-weights_app = typer.Typer(help="List, download, verify and import model weights.", context_settings=CONTEXT, no_args_is_help=True, rich_markup_mode=None)
+weights_app = typer.Typer(cls=CommandGroup, help="List, download, verify and import model weights.", context_settings=CONTEXT, no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(weights_app, name="weights")
 
 
