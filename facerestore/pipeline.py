@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class RestoreOptions:
             raise UsageError("--upscale does nothing with --aligned: restored faces are written at 512x512", hint="drop --upscale, or drop --aligned to paste the faces back into the photo")
         if self.suffix is not None and any(sep in self.suffix for sep in ("/", "\\")):
             raise UsageError(f"--suffix {self.suffix!r} holds a path separator", hint="use a plain word such as restored")
+        if self.suffix is not None and any(unicodedata.category(c) == "Cc" for c in self.suffix):  # a newline in every file name
+            raise UsageError(f"--suffix {self.suffix!r} holds a control character (a newline, tab, ...)", hint="use a plain word such as restored")
 
     def scale_for(self, height: int, width: int) -> float:
         """The output scale of a photo: --upscale, else 2 for photos up to 1500 px and 1 above, as

@@ -471,6 +471,8 @@ def test_a_weights_role_a_multi_file_method_lacks_lists_its_roles(tmp_path):
         (["--min-face", "-3"], "--min-face must be 0 or more"),
         (["--min-face", "inf"], "--min-face must be 0 or more"),  # no face is that large: every photo would be 'no face'
         (["--suffix", "../escaped"], "holds a path separator"),
+        (["--suffix", "a\nb"], "--suffix 'a\\nb' holds a control character"),
+        (["--suffix", "tab\t"], "holds a control character"),
     ],
 )
 def test_usage_errors_exit_2_before_any_work(tmp_path, args, message, tiny_baseline):
