@@ -53,6 +53,11 @@ _DEEP_EXTS = frozenset({".png", ".tif", ".tiff"})
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
+def holds_alpha(path: Path) -> bool:
+    """Whether the format `path` names keeps transparency (JPEG and BMP do not)."""
+    return path.suffix.lower() in _ALPHA_EXTS
+
+
 @dataclass(frozen=True, eq=False)
 class Picture:
     """A decoded image: display-oriented float RGB plus what is needed to write it back alike."""
@@ -75,11 +80,17 @@ class Picture:
         return dict(bit_depth=self.bit_depth, gray=self.gray, icc=self.icc, exif=self.exif if exif else None, lossless=self.webp_lossless,
                     full_chroma=self.full_chroma)
 
-    def notes(self, action: str) -> tuple[str, ...]:
+    def notes(self, action: str, written_as: Path | None = None) -> tuple[str, ...]:
         """The warning lines restore, degrade and clean-dataset print for this file: read, but not all
-        of it or not as it meant; `action` is what was done to the first frame ("restored")."""
+        of it or not as it meant; `action` is what was done to the first frame ("restored"), and
+        `written_as` the file it goes to, whose format may hold no transparency."""
         frames = (f"{self.path} holds {self.frames} frames; only the first is {action}, and written as one still image",) if self.frames > 1 else ()
-        return frames + tuple(self.read_warnings)
+        flattened = ()
+        if written_as is not None and not holds_alpha(written_as) and self.alpha is not None and float(self.alpha.min()) < 1.0:
+            form = {"JPG": "JPEG"}.get(written_as.suffix.lstrip(".").upper(), written_as.suffix.lstrip(".").upper())
+            flattened = (f"{self.path} has transparent pixels, which {form} cannot hold: {written_as.name} shows them on white "
+                         f"(pass --ext png to keep the transparency)",)
+        return frames + tuple(self.read_warnings) + flattened
 
     @property
     def height(self) -> int:
@@ -147,12 +158,14 @@ def round_to_levels(values: np.ndarray, top: float, *, in_place: bool = False) -
     return np.rint(scaled, out=scaled)
 
 
-def to_samples(rgb: np.ndarray, dtype: type, gray: bool = False) -> np.ndarray:
+def to_samples(rgb: np.ndarray, dtype: type, gray: bool = False, over_white: np.ndarray | None = None) -> np.ndarray:
     """An HxWx3 float [0, 1], uint8 or uint16 image -> HxWx3 (HxWx1 when `gray`) samples of `dtype`
     (uint8 or uint16), rounded. Integer input of that dtype is used as it is (no copy), and other
     input is converted a band of rows at a time: a 50 MP uint8 photo no longer goes through two
-    600 MB float32 copies to be written."""
-    if rgb.dtype == dtype and not gray:
+    600 MB float32 copies to be written. `over_white`: an HxW alpha to flatten the image onto white
+    with, as image editors export transparency to JPEG (dropping alpha alone would show whatever
+    colours the transparent pixels hold)."""
+    if rgb.dtype == dtype and not gray and over_white is None:
         return rgb
     top = float(np.iinfo(dtype).max)
     out = np.empty((*rgb.shape[:2], 1 if gray else 3), dtype)
@@ -162,6 +175,9 @@ def to_samples(rgb: np.ndarray, dtype: type, gray: bool = False) -> np.ndarray:
             part = part.astype(np.float32) / 255.0
         elif part.dtype == np.uint16:
             part = part.astype(np.float32) / 65535.0
+        if over_white is not None:
+            weight = np.asarray(over_white[band], dtype=np.float32)[:, :, None]
+            part = part * weight + (1.0 - weight)
         if gray:
             part = (part[:, :, 0] * 0.299 + part[:, :, 1] * 0.587 + part[:, :, 2] * 0.114)[:, :, None]
         out[band] = _quantize(part, top, dtype)
@@ -537,14 +553,15 @@ def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: in
                        hint="this is a bug in the caller; please report it")
     if rgb.shape[2] == 1:
         rgb = np.repeat(rgb, 3, axis=2)
-    if alpha is not None and (ext not in _ALPHA_EXTS):
-        alpha = None  # JPEG and BMP have no alpha channel
     if alpha is not None:
         alpha = np.asarray(alpha, dtype=np.float32).reshape(rgb.shape[:2])
+    over_white = alpha if ext not in _ALPHA_EXTS else None  # JPEG and BMP have no alpha channel: flattened
+    if over_white is not None:
+        alpha = None
     deep = bit_depth == 16 and ext in _DEEP_EXTS
     quantize = _to_uint16 if deep else to_uint8
 
-    samples = to_samples(rgb, np.uint16 if deep else np.uint8, gray)
+    samples = to_samples(rgb, np.uint16 if deep else np.uint8, gray, over_white=over_white)
     if alpha is not None:
         samples = np.dstack([samples, quantize(alpha)])
     if gray and (ext == ".webp" or (alpha is not None and deep)):
@@ -665,7 +682,7 @@ def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None,
                 lossless: bool = False, full_chroma: bool = False) -> Path:
     """Encode by extension and write atomically; returns the path written.
 
-    Formats that cannot hold alpha (JPEG, BMP) drop it; formats that cannot hold 16 bits write 8.
+    Formats that cannot hold alpha (JPEG, BMP) get the image flattened onto white; formats that cannot hold 16 bits write 8.
     `icc` and `exif` (a source's, `Picture.encoding()`) are embedded where the format holds them
     (PNG, JPEG, WebP; TIFF the profile only); `lossless` applies to WebP, `full_chroma` (4:4:4) to JPEG.
     The file appears complete or not at all (encode, temp file in the same folder, fsync, rename).

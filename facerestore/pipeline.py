@@ -346,7 +346,7 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     if not options.aligned:  # refused before any work: an output over an input, or one its format cannot hold
         target = namer.image(name, path)
         check_encodable(target, round(picture.width * upscale), round(picture.height * upscale))
-    result.warnings.extend(picture.notes("restored"))
+    result.warnings.extend(picture.notes("restored", written_as=target or namer.face("restored_faces", name, None, suffix=True)))
     keep = picture.encoding(exif=False)  # the faces: the photo's colour profile and depth, not its camera data
     # with --aligned the restored face is the result: it keeps the crop's transparency
     face_alpha = resize(picture.alpha, FACE_SIZE, FACE_SIZE) if options.aligned and picture.alpha is not None else None

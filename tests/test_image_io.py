@@ -47,6 +47,20 @@ def test_jpeg_round_trip_is_close(tmp_path):
     assert np.abs(pic.rgb - rgb).mean() < 0.02
 
 
+@pytest.mark.parametrize("ext", ["jpg", "bmp"])
+def test_a_format_without_alpha_gets_the_image_flattened_onto_white(tmp_path, ext):
+    """Dropping alpha alone showed the colours hidden under transparent pixels (QA: magenta rows)."""
+    rgb = np.zeros((16, 16, 3), np.float32)
+    rgb[..., [0, 2]] = 1.0  # magenta everywhere
+    alpha = np.repeat(np.array([0.0, 0.5, 1.0, 1.0], np.float32), 4)[:, None].repeat(16, axis=1)  # rows: clear, half, opaque
+    pic = read_image(write_image(tmp_path / f"x.{ext}", rgb, alpha=alpha))
+    assert pic.alpha is None
+    tolerance = 0.03 if ext == "jpg" else 1 / 255
+    np.testing.assert_allclose(pic.rgb[1, 8], [1, 1, 1], atol=tolerance)  # clear: white, not magenta
+    np.testing.assert_allclose(pic.rgb[6, 8], [1, 0.5, 1], atol=tolerance)  # half: halfway to white
+    np.testing.assert_allclose(pic.rgb[13, 8], [1, 0, 1], atol=tolerance)  # opaque: as it was
+
+
 def test_rgba_png_keeps_alpha_exactly(tmp_path):
     rgb = to_uint8(_rgb()).astype(np.float32) / 255
     alpha = np.linspace(0, 1, 24 * 40, dtype=np.float32).reshape(24, 40)
@@ -348,7 +362,8 @@ def test_encoding_holds_at_most_two_copies_of_the_photo(tmp_path, monkeypatch, e
     assert peak < 2.2 * photo_bytes, peak / photo_bytes
     read = cv2.imread(str(written), cv2.IMREAD_UNCHANGED)
     if ext != ".jpg":
-        assert np.array_equal(read[:, :, 2::-1], to_uint8(rgb))
+        flattened = with_alpha and ext == ".bmp"  # onto white: BMP holds no alpha
+        assert np.array_equal(read[:, :, 2::-1], to_uint8(rgb * alpha[:, :, None] + (1 - alpha[:, :, None]) if flattened else rgb))
     if with_alpha and ext == ".png":
         assert np.array_equal(read[:, :, 3], to_uint8(alpha))
 

@@ -191,6 +191,29 @@ def test_alpha_and_16_bit_survive(tmp_path, three_faces):
     assert face.bit_depth == 16
 
 
+FORMAT_NAMES = {"jpg": "JPEG", "bmp": "BMP", "png": "PNG"}
+
+
+@pytest.mark.parametrize("ext, warned", [("jpg", True), ("png", False), ("bmp", True)])
+def test_transparency_a_format_cannot_hold_is_flattened_with_a_warning(tmp_path, three_faces, ext, warned):
+    alpha = np.ones((200, 440), np.float32)
+    alpha[:, :20] = 0.0
+    source = write_image(tmp_path / "p.png", photo(), alpha=alpha)
+    result = run_file(tmp_path, source, Darken(), upscale=1, ext=ext)
+    flattened = [line for line in result.warnings if "transparent pixels" in line]
+    assert flattened == ([f"{source} has transparent pixels, which {FORMAT_NAMES[ext]} cannot hold: p.{ext} shows them on white "
+                          "(pass --ext png to keep the transparency)"] if warned else [])
+    out = read_image(tmp_path / "out" / "restored_imgs" / f"p.{ext}")
+    assert (out.alpha is None) == warned
+    if warned:
+        assert out.rgb[100, :15].min() > 0.9  # white where the photo was transparent
+
+
+def test_an_opaque_alpha_channel_written_as_jpeg_is_no_news(tmp_path, three_faces):
+    source = write_image(tmp_path / "p.png", photo(), alpha=np.ones((200, 440), np.float32))
+    assert run_file(tmp_path, source, Darken(), upscale=1, ext="jpg").warnings == []
+
+
 def test_upscaling_a_cutout_leaves_no_dark_halo():
     """A white cutout on transparent black: the black under alpha 0 must not darken the enlarged edge."""
     rgb = np.zeros((32, 32, 3), np.float32)

@@ -207,7 +207,7 @@ def _degrade_one(path: Path, rel: Path, target: Path, dst: Path, spec: Degradati
     try:
         picture = read_image(path)
         if on_warning is not None:
-            for line in picture.notes("degraded"):
+            for line in picture.notes("degraded", written_as=target):
                 on_warning(line)
         rng = numpy_rng(seed, "degrade", rel.as_posix())
         params = sample_params(rng, spec)
