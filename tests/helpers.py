@@ -47,13 +47,14 @@ def seeded_state(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
 
 
 def pin_catalogue_hashes(monkeypatch, paths: dict[str, Path], names: dict[str, str]) -> None:
-    """Give the catalogue entries (role -> entry name) the tiny files' sha256, so resolving them checks the hash."""
+    """Give the catalogue entries (role -> entry name) the tiny files' sha256 and size, so resolving them
+    checks the hash (and `weights list`, which hashes nothing, does not take them for cut-short copies)."""
     from facerestore.weights import catalogue
 
     entries = dict(catalogue.official_catalogue())
     for role, name in names.items():
         if role in paths:
-            entries[name] = dataclasses.replace(entries[name], sha256=hashlib.sha256(paths[role].read_bytes()).hexdigest())
+            entries[name] = dataclasses.replace(entries[name], sha256=hashlib.sha256(paths[role].read_bytes()).hexdigest(), size=paths[role].stat().st_size)
     monkeypatch.setattr(catalogue, "official_catalogue", lambda: entries)
 
 

@@ -209,11 +209,85 @@ def test_a_damaged_copy_in_a_weights_folder_does_not_hide_a_good_one(tiny_file, 
     (shared / "tiny.pth").write_bytes(tiny_file.read_bytes()[:-10])
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared))
     assert torch.equal(read_state_dict(store.resolve("tiny"))["bias"], tiny_state()["bias"])
-    assert list(store.verify_all()) == [("tiny", store.cache_dir() / "tiny.pth", "ok")]
-    (store.cache_dir() / "tiny.pth").write_bytes(b"damaged too")
+    good = store.cache_dir() / "tiny.pth"
+    assert list(store.verify_all()) == [("tiny", shared / "tiny.pth", "mismatch", good), ("tiny", good, "ok", None)]
+    good.write_bytes(b"damaged too")
     with pytest.raises(ChecksumMismatch, match="shared/tiny.pth has sha256"):  # none good: the first copy's error
         store.resolve("tiny")
-    assert list(store.verify_all()) == [("tiny", shared / "tiny.pth", "mismatch")]
+    assert list(store.verify_all()) == [("tiny", shared / "tiny.pth", "mismatch", None), ("tiny", good, "mismatch", None)]
+
+
+def weights_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from facerestore.cli.app import app, register
+
+    register()
+    return CliRunner().invoke(app, ["weights", *args], catch_exceptions=False)
+
+
+def test_list_verify_and_loading_name_the_same_copy_past_a_damaged_one(tiny_file, use_entry, monkeypatch, tmp_path):
+    """`weights list` named the first file found, a damaged one that loading passes over, and
+    `weights verify` named only the good one, saying nothing of the damaged copy in front of it."""
+    use_entry(entry_for(tiny_file))
+    good = store.import_file(tiny_file)  # in the cache, searched last
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "tiny.pth").write_bytes(tiny_file.read_bytes()[:-10])  # cut short: its size alone tells
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared))
+    assert store.copy_in_use("tiny") == store.Choice(good, ((shared / "tiny.pth", f"{good.stat().st_size - 10} bytes, not {good.stat().st_size}"),))
+    assert store.locate("tiny") == good
+
+    listing = weights_cli("list")
+    assert listing.exit_code == 0, listing.output
+    lines = listing.output.splitlines()
+    assert lines[1].split("\t")[-1] == str(good.parent)
+    assert f"tiny: {shared / 'tiny.pth'} is damaged (" in listing.output
+    assert f"; runs pass over it and use the copy in {good.parent}; delete it" in listing.output
+
+    verify = weights_cli("verify")
+    assert verify.exit_code == 1  # a damaged file was found, though runs still work
+    assert [line.split() for line in verify.output.splitlines()] == [
+        ["tiny", "mismatch", str(shared / "tiny.pth"), "(passed", "over:", str(good), "is", "used)"],
+        ["tiny", "ok", str(good)],
+    ]
+    (shared / "tiny.pth").unlink()
+    assert weights_cli("verify").exit_code == 0
+
+
+def test_list_hashes_nothing_and_says_which_copy_is_not_checked_yet(tiny_file, use_entry, monkeypatch, tmp_path):
+    """A listing reads no checkpoint: a copy damaged in place keeps its size, so until a run or
+    `weights verify` hashes it, list names it as the copy a run tries first and says it is unchecked;
+    once hashed, list names the good copy loading takes."""
+    use_entry(entry_for(tiny_file))
+    good = store.import_file(tiny_file)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    data = bytearray(tiny_file.read_bytes())
+    data[-1] ^= 0xFF
+    (shared / "tiny.pth").write_bytes(bytes(data))
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared))
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} was hashed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "read_sha256", no_hashing)
+        assert store.copy_in_use("tiny") == store.Choice(shared / "tiny.pth", checked=False)
+        row = weights_cli("list").output.splitlines()[1].split("\t")
+        assert row[-1] == f"{shared} (sha256 not checked yet)"
+    assert store.locate("tiny") == good  # loading hashes it and passes over it
+    assert store.copy_in_use("tiny") == store.Choice(good, ((shared / "tiny.pth", "sha256 mismatch"),))
+    assert weights_cli("list").output.splitlines()[1].split("\t")[-1] == str(good.parent)
+
+
+def test_list_says_when_every_copy_is_damaged(tiny_file, use_entry, monkeypatch):
+    use_entry(entry_for(tiny_file))
+    target = store.import_file(tiny_file)
+    target.write_bytes(b"cut")
+    listing = weights_cli("list")
+    assert listing.output.splitlines()[1].split("\t")[-1] == "damaged (below)"
+    assert f"tiny: {target} is damaged (3 bytes, not {tiny_file.stat().st_size}); delete it and " in listing.output
 
 
 def test_wrong_hash_is_refused(tiny_file, use_entry, monkeypatch):
@@ -476,7 +550,7 @@ def test_import_checks_hash_and_registers_own_weights(tiny_file, use_entry, tmp_
     use_entry(entry_for(tiny_file))
     target = store.import_file(tiny_file)
     assert target == store.cache_dir() / "tiny.pth" and sha(target) == sha(tiny_file)
-    assert [s for n, _, s in store.verify_all()] == ["ok"]
+    assert [line.status for line in store.verify_all()] == ["ok"]
 
     mine = tmp_path / "finetuned.pth"
     torch.save({"params_ema": tiny_state()}, mine)
@@ -592,7 +666,7 @@ def test_importing_another_file_under_your_name_replaces_it_and_deletes_the_file
     assert result.exit_code == 0, result.output
     assert result.output.strip() == (f"imported {second} -> {cache / 'my-cf.pth'}, replacing your earlier weights 'my-cf' "
                                      f"(its file {cache / 'my-cf.safetensors'} is deleted)")
-    assert files() == ["my-cf.pth"] and list(store.verify_all())[-1] == ("my-cf", cache / "my-cf.pth", "ok")
+    assert files() == ["my-cf.pth"] and list(store.verify_all())[-1] == ("my-cf", cache / "my-cf.pth", "ok", None)
     store.resolve("my-cf")  # its conversion, in converted/
     assert files() == [f"converted/my-cf-{sha(second)[:16]}.safetensors", "my-cf.pth"]
 
@@ -750,20 +824,20 @@ def test_verify_reports_mismatch(tiny_file, use_entry):
     use_entry(entry_for(tiny_file))
     target = store.import_file(tiny_file)
     target.write_bytes(b"corrupted")
-    assert [s for _, _, s in store.verify_all()] == ["mismatch"]
+    assert [line.status for line in store.verify_all()] == ["mismatch"]
 
 
 def test_verify_rereads_a_file_damaged_in_place(tiny_file, use_entry):
     """Bit rot or a tool that restores timestamps keeps size and mtime: only reading the bytes finds it."""
     use_entry(entry_for(tiny_file))
     target = store.import_file(tiny_file)
-    assert [s for _, _, s in store.verify_all()] == ["ok"]  # hashed and remembered
+    assert [line.status for line in store.verify_all()] == ["ok"]  # hashed and remembered
     stat = target.stat()
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
     target.write_bytes(bytes(data))
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert [s for _, _, s in store.verify_all()] == ["mismatch"]
+    assert [line.status for line in store.verify_all()] == ["mismatch"]
 
 
 def test_saved_safetensors_get_the_umask_mode_not_mkstemps_0600(tmp_path):

@@ -16,19 +16,24 @@ app.add_typer(weights_app, name="weights")
 
 @weights_app.command("list", context_settings=CONTEXT)
 def weights_list() -> None:
-    """Every catalogued checkpoint: file, size, license and where it is (or how to get it)."""
+    """Every catalogued checkpoint: file, size, license and where the copy a run loads is (or how to get it); hashes nothing."""
     from rich.table import Table
     from rich.text import Text
 
     from facerestore.weights.catalogue import load_catalogue
-    from facerestore.weights.store import cache_dir, find_local
+    from facerestore.weights.store import cache_dir, copy_in_use, fetch_again
 
-    rows, manual = [], []
+    rows, manual, damaged = [], [], []
     for name, entry in load_catalogue().items():
-        local = find_local(name)
+        choice = copy_in_use(name)  # the copy a run loads, told without hashing any file
         size = f"{entry.size / 1e6:.1f} MB" if entry.size else "?"
-        if local:
-            where = str(local.parent)
+        for path, why in choice.passed_over if choice else ():
+            cure = f"runs pass over it and use the copy in {choice.used.parent}; delete it" if choice.used else fetch_again(entry)
+            damaged.append(f"{name}: {path} is damaged ({why}); {cure}")
+        if choice and choice.used:
+            where = str(choice.used.parent) + ("" if choice.checked else " (sha256 not checked yet)")
+        elif choice:
+            where = "damaged (below)"
         elif entry.urls:
             where = "downloads on first use"
         else:
@@ -51,7 +56,7 @@ def weights_list() -> None:
         for row in rows:
             table.add_row(*(Text(value) for value in row))
         out.print(table)
-    for line in manual:
+    for line in manual + damaged:
         out.print(line, markup=False)
     out.print(f"cache: {cache_dir()} (FACERESTORE_HOME moves it; FACERESTORE_WEIGHTS adds folders to search first)", markup=False)
 
@@ -86,13 +91,14 @@ def weights_pull(
 
 @weights_app.command("verify", context_settings=CONTEXT)
 def weights_verify() -> None:
-    """Check the sha256 of every checkpoint found locally (exit 1 if any differs)."""
+    """Read every local checkpoint again and check its sha256, damaged copies a run passes over included (exit 1 if any differs)."""
     from facerestore.weights.store import verify_all
 
     bad = 0
-    for name, path, status in verify_all():
-        bad += status == "mismatch"
-        out.print(f"{name:32s} {status:10s} {path or ''}", markup=False)
+    for line in verify_all():
+        bad += line.status == "mismatch"
+        passed_over = f" (passed over: {line.used} is used)" if line.used else ""
+        out.print(f"{line.name:32s} {line.status:10s} {line.path or ''}{passed_over}", markup=False)
     raise typer.Exit(1 if bad else 0)
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from facerestore.errors import BadWeightsFile, BadWeightsOption, ChecksumMismatch, UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.file_modes import new_file_mode
@@ -117,8 +118,7 @@ def sha256_file(path: Path, *, fresh: bool = False) -> str:
     its size and mtime)."""
     path = Path(path).resolve()
     try:
-        stat = path.stat()
-        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        key = _memo_key(path)
         memo = _read_json(_memo_path())
         if key in memo and not fresh:
             return memo[key]
@@ -126,6 +126,23 @@ def sha256_file(path: Path, *, fresh: bool = False) -> str:
     except OSError as exc:
         raise WeightsError(f"cannot read {path} ({exc.strerror or exc})", hint="check its permissions (or its disk)") from None
     return _remember_sha256(path, digest, key)
+
+
+def _memo_key(path: Path) -> str:
+    """PATH|SIZE|MTIME_NS of a resolved path: a file changed since it was hashed has another key."""
+    stat = path.stat()
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def remembered_sha256(path: Path) -> str | None:
+    """The sha256 remembered for `path` as it is now, without reading it; None if it was not hashed
+    since it last changed (or is gone)."""
+    path = Path(path).resolve()
+    try:
+        key = _memo_key(path)
+    except OSError:
+        return None
+    return _read_json(_memo_path()).get(key)
 
 
 def read_sha256(path: Path) -> str:
@@ -143,8 +160,7 @@ def _remember_sha256(path: Path, digest: str, key: str | None = None) -> str:
     keeps size and mtime, so its first use need not read the whole file again)."""
     path = Path(path).resolve()
     if key is None:
-        stat = path.stat()
-        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        key = _memo_key(path)
 
     def change(memo: dict) -> None:
         for old in [k for k in memo if k.startswith(f"{path}|")]:
@@ -225,17 +241,76 @@ def local_copies(name: str) -> list[Path]:
     return [folder / entry.filename for folder in folders if (folder / entry.filename).is_file()]
 
 
-def first_good_copy(entry: WeightsEntry, copies: list[Path]) -> Path:
-    """The first copy that passes `check_file`: a damaged file in the first FACERESTORE_WEIGHTS folder
-    must not hide a good one in the cache. With none good, the first copy's error."""
-    first_error = None
+@dataclass(frozen=True)
+class Choice:
+    """Which local copy of a checkpoint a run loads: the first in search order that is not damaged
+    (a damaged file in the first FACERESTORE_WEIGHTS folder must not hide a good one in the cache).
+    Loading, `weights list` and `weights verify` all choose with `choose_copy`, so they name the same file."""
+
+    used: Path | None  # None: every copy is damaged, and a run fails
+    passed_over: tuple[tuple[Path, str], ...] = ()  # the damaged copies before it (all of them when `used` is None), each with why
+    checked: bool = True  # `used` is known to hold the expected sha256, or none is known to check it against
+
+
+def choose_copy(copies: list[Path], damage: Callable[[Path], str]) -> Choice:
+    """The first of `copies` for which `damage` (why the copy is damaged, '' if it is not) says nothing."""
+    passed_over = []
     for path in copies:
+        why = damage(path)
+        if not why:
+            return Choice(path, tuple(passed_over))
+        passed_over.append((path, why))
+    return Choice(None, tuple(passed_over))
+
+
+def first_good_copy(entry: WeightsEntry, copies: list[Path]) -> Path:
+    """The copy a run loads (`choose_copy` with `check_file`); with none good, the first copy's error."""
+    errors: dict[Path, ChecksumMismatch] = {}
+
+    def damage(path: Path) -> str:
         try:
             check_file(entry, path)
-            return path
         except ChecksumMismatch as exc:
-            first_error = first_error or exc
-    raise first_error
+            errors[path] = exc
+            return str(exc)
+        return ""
+
+    choice = choose_copy(copies, damage)
+    if choice.used is None:
+        raise errors[copies[0]]
+    return choice.used
+
+
+def copy_in_use(name: str) -> Choice | None:
+    """The copy of `name` a run would load, as `weights list` shows it: chosen as loading chooses, but
+    reading no file (a listing must not hash gigabytes). A copy is known damaged by its remembered
+    sha256 or, for a catalogued file, by a size other than the catalogue's; the copy chosen is marked
+    unchecked when its sha256 was not read since it last changed (a run reads it then, and passes over
+    it if it is damaged; `weights verify` reads them all). None: no copy on this machine."""
+    entry = get_entry(name)
+    copies = local_copies(name)
+    if not copies:
+        return None
+    expected = expected_sha256(entry)
+    if not expected:  # nothing to check a copy against: a run takes the first
+        return Choice(copies[0])
+
+    def known_damage(path: Path) -> str:
+        digest = remembered_sha256(path)
+        if digest is not None:
+            return "" if digest == expected else "sha256 mismatch"
+        try:
+            size = path.stat().st_size
+        except OSError:  # gone since it was found: loading would say so
+            return ""
+        if entry.sha256 and entry.size and size != entry.size:  # the catalogue's size goes with its sha256
+            return f"{size} bytes, not {entry.size}"
+        return ""
+
+    choice = choose_copy(copies, known_damage)
+    if choice.used is None:
+        return choice
+    return Choice(choice.used, choice.passed_over, checked=remembered_sha256(choice.used) == expected)
 
 
 def _converted_path(entry: WeightsEntry, digest: str) -> Path:
@@ -556,19 +631,32 @@ def _download_locked(entry: WeightsEntry, target: Path, progress: Progress | Non
 # ---------------------------------------------------------------- verify, import
 
 
-def verify_all() -> Iterator[tuple[str, Path | None, str]]:
-    """(name, path, status) for every entry: ok, mismatch, unchecked (no hash known) or missing."""
+class Verified(NamedTuple):
+    """One line of `weights verify`."""
+
+    name: str
+    path: Path | None
+    status: str  # ok, mismatch, unchecked (no hash known) or missing
+    used: Path | None = None  # for a damaged copy passed over: the good copy a run loads instead
+
+
+def verify_all() -> Iterator[Verified]:
+    """Every entry's copies a run looks at, each read again: the damaged ones passed over (mismatch,
+    with the copy used instead), then the one a run loads (ok), or each copy when all are damaged."""
     for name, entry in load_catalogue().items():
         copies = local_copies(name)
         if not copies:
-            yield name, None, "missing"
+            yield Verified(name, None, "missing")
             continue
         expected = expected_sha256(entry)
         if not expected:
-            yield name, copies[0], "unchecked"
-        else:  # the copy a run would use: the first good one
-            good = next((path for path in copies if sha256_file(path, fresh=True) == expected), None)
-            yield name, good or copies[0], "ok" if good else "mismatch"
+            yield Verified(name, copies[0], "unchecked")
+            continue
+        choice = choose_copy(copies, lambda path: "" if sha256_file(path, fresh=True) == expected else "sha256 mismatch")
+        for path, _ in choice.passed_over:
+            yield Verified(name, path, "mismatch", choice.used)
+        if choice.used is not None:
+            yield Verified(name, choice.used, "ok")
 
 
 @dataclass(frozen=True)
@@ -623,6 +711,7 @@ def import_weights(file: Path | str, name: str | None = None, *, verify: bool = 
         if _unchanged(target, digest, expected_sha256(entry)):
             return Imported(target, entry.name, unchanged=True, official=not entry.local)
         _copy_atomic(source, target)
+        _remember_sha256(target, digest)  # the bytes hashed just now: `weights list` need not call it unchecked
         _record_sha256(entry, digest)
     return Imported(target, entry.name, official=not entry.local)
 
@@ -754,6 +843,7 @@ def _register_local(source: Path, name: str, digest: str) -> Imported:
         if earlier is not None and earlier.filename == target.name and _unchanged(target, digest, earlier.sha256):
             return Imported(target, name, unchanged=True)
         _copy_atomic(source, target)
+        _remember_sha256(target, digest)
         with exclusive(registry):
             lines = registry.read_text(encoding="utf-8").splitlines() if registry.is_file() else []
             lines = _drop_table(lines, name)
