@@ -180,6 +180,7 @@ def test_a_damaged_catalogue_file_gets_the_catalogues_cure_even_where_the_cache_
     cut.write_bytes(cut.read_bytes()[:100])
     use_entry(entry_for(cut, sha256=""))
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tmp_path))
+    monkeypatch.delenv("FACERESTORE_OFFLINE")  # online: `weights pull` can fetch it again
     store.cache_dir().mkdir(parents=True)
     (store.cache_dir() / "converted").write_text("a file where the folder goes")  # mkdir fails, as in a read-only cache
     with pytest.raises(UnsupportedCheckpoint) as info:
@@ -287,15 +288,40 @@ def test_list_says_when_every_copy_is_damaged(tiny_file, use_entry, monkeypatch)
     target.write_bytes(b"cut")
     listing = weights_cli("list")
     assert listing.output.splitlines()[1].split("\t")[-1] == "damaged (below)"
-    assert f"tiny: {target} is damaged (3 bytes, not {tiny_file.stat().st_size}); delete it and " in listing.output
+    assert f"tiny: {target} is damaged (3 bytes, not {tiny_file.stat().st_size}); {OFFLINE_CURE}\n" in listing.output  # conftest: offline
 
 
 def test_wrong_hash_is_refused(tiny_file, use_entry, monkeypatch):
     use_entry(entry_for(tiny_file, sha256="0" * 64))
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tiny_file.parent))
+    monkeypatch.delenv("FACERESTORE_OFFLINE")
     with pytest.raises(ChecksumMismatch, match="tiny.pth has sha256") as info:
         store.resolve("tiny")
-    assert "weights pull tiny" in info.value.one_line()
+    assert info.value.hint == "the file is corrupt or another version: delete it and run `facerestore weights pull tiny`"
+
+
+OFFLINE_CURE = ("downloads are off, so get a good copy of tiny.pth from https://example.invalid/tiny.pth "
+                "and run `facerestore weights import tiny.pth`")
+
+
+@pytest.mark.parametrize("offline", ["--offline", "FACERESTORE_OFFLINE", "HF_HUB_OFFLINE"])
+def test_a_damaged_copy_offline_says_to_import_a_good_one_not_to_pull(tiny_file, use_entry, monkeypatch, offline):
+    """`weights pull` cannot download offline: the cure of every catalogue file's damaged copy, found
+    by its sha256 or by reading it, says to import a good copy instead."""
+    monkeypatch.delenv("FACERESTORE_OFFLINE")
+    if offline != "--offline":
+        monkeypatch.setenv(offline, "1")
+    flag = True if offline == "--offline" else None  # as the CLI passes it: True or unset
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tiny_file.parent))
+    use_entry(entry_for(tiny_file, sha256="0" * 64))
+    with pytest.raises(ChecksumMismatch) as mismatch:
+        store.resolve("tiny", offline=flag)
+    assert mismatch.value.hint == f"the file is corrupt or another version: {OFFLINE_CURE}"
+    tiny_file.write_bytes(tiny_file.read_bytes()[:100])
+    use_entry(entry_for(tiny_file, sha256=""))  # no sha256 to check: reading it finds the damage
+    with pytest.raises(UnsupportedCheckpoint) as unreadable:
+        store.resolve("tiny", offline=flag)
+    assert unreadable.value.one_line().startswith(f"{tiny_file} is truncated or damaged (") and unreadable.value.hint == OFFLINE_CURE
 
 
 @pytest.mark.parametrize("recorded", [True, False], ids=["sha256-recorded", "no-sha256"])

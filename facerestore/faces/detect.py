@@ -147,7 +147,7 @@ def _weights_file(name: str, explicit: Path | None = None, offline: bool | None 
         path = resolve(name, explicit=explicit, offline=offline)
         return path, path
     source = locate(name, offline=offline)
-    return source, loadable(get_entry(name), source)
+    return source, loadable(get_entry(name), source, offline)
 
 
 def load_detector(name: str = "auto", device: str = "cpu", weights: Path | None = None, offline: bool | None = None) -> RetinaFaceHeads:

@@ -206,19 +206,25 @@ def _record_sha256(entry: WeightsEntry, digest: str) -> None:
         _update_json(_recorded_path(), lambda recorded: recorded.update({entry.name: digest}))
 
 
-def check_file(entry: WeightsEntry, path: Path) -> None:
+def check_file(entry: WeightsEntry, path: Path, offline: bool | None = None) -> None:
+    """ChecksumMismatch if `path` is not `entry`'s file; `offline` words the cure (fetch_again)."""
     expected = expected_sha256(entry)
     if expected:
         actual = sha256_file(path)
         if actual != expected:
-            raise ChecksumMismatch(f"{path} has sha256 {actual[:16]}..., but {entry.name} should be {expected}", hint=f"the file is corrupt or another version: {fetch_again(entry)}")
+            raise ChecksumMismatch(f"{path} has sha256 {actual[:16]}..., but {entry.name} should be {expected}",
+                                   hint=f"the file is corrupt or another version: {fetch_again(entry, offline)}")
 
 
-def fetch_again(entry: WeightsEntry) -> str:
-    """How to replace a damaged copy of `entry`: `weights pull` only fetches what has a URL; the
-    rest (DR2's files, on a file share) and the user's own weights are imported again."""
+def fetch_again(entry: WeightsEntry, offline: bool | None = None) -> str:
+    """How to replace a damaged copy of `entry` (every catalogue file's sha256 mismatch and unreadable
+    copy says this): `weights pull` only fetches what has a URL, and only online (`offline`: as
+    `is_offline`); the rest (DR2's files, on a file share, any file offline) and the user's own
+    weights are imported (a good copy in the cache is used past a damaged one elsewhere)."""
     if entry.local:
         return f"import a good copy again with `facerestore weights import FILE --name {entry.name}`"
+    if entry.urls and is_offline(offline):
+        return f"downloads are off, so get a good copy of {entry.filename} from {entry.urls[0]} and run `facerestore weights import {entry.filename}`"
     if entry.urls:
         return f"delete it and run `facerestore weights pull {entry.name}`"
     where = f" ({entry.note})" if entry.note else ""
@@ -263,13 +269,13 @@ def choose_copy(copies: list[Path], damage: Callable[[Path], str]) -> Choice:
     return Choice(None, tuple(passed_over))
 
 
-def first_good_copy(entry: WeightsEntry, copies: list[Path]) -> Path:
+def first_good_copy(entry: WeightsEntry, copies: list[Path], offline: bool | None = None) -> Path:
     """The copy a run loads (`choose_copy` with `check_file`); with none good, the first copy's error."""
     errors: dict[Path, ChecksumMismatch] = {}
 
     def damage(path: Path) -> str:
         try:
-            check_file(entry, path)
+            check_file(entry, path, offline)
         except ChecksumMismatch as exc:
             errors[path] = exc
             return str(exc)
@@ -317,8 +323,9 @@ def _converted_path(entry: WeightsEntry, digest: str) -> Path:
     return cache_dir() / "converted" / f"{entry.name}-{digest[:16]}.safetensors"
 
 
-def loadable(entry: WeightsEntry, path: Path) -> Path:
-    """A pickled checkpoint is converted once to safetensors in the cache; later loads read that."""
+def loadable(entry: WeightsEntry, path: Path, offline: bool | None = None) -> Path:
+    """A pickled checkpoint is converted once to safetensors in the cache; later loads read that
+    (`offline` words the cure of a damaged one)."""
     if path.suffix not in PICKLED_SUFFIXES:
         return path
     from facerestore.weights.checkpoint import read_state_dict, save_safetensors
@@ -327,7 +334,7 @@ def loadable(entry: WeightsEntry, path: Path) -> Path:
         try:
             return read_state_dict(path)
         except UnsupportedCheckpoint as exc:  # a catalogue file: the cure is the catalogue's, not the reader's generic one
-            raise type(exc)(str(exc), hint=fetch_again(entry)) from None
+            raise type(exc)(str(exc), hint=fetch_again(entry, offline)) from None
 
     target = _converted_path(entry, sha256_file(path))
     if target.is_file() and safetensors_complete(target):
@@ -427,7 +434,7 @@ def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | No
     the command-line option `explicit` came from, named in its errors (None: none did)."""
     if explicit is not None:
         return resolve_explicit(explicit, offline=offline, progress=progress, catalogued=(name,), option=option)
-    return loadable(get_entry(name), locate(name, offline=offline, progress=progress))
+    return loadable(get_entry(name), locate(name, offline=offline, progress=progress), offline)
 
 
 def locate(name: str, *, offline: bool | None = None, progress: Progress | None = None) -> Path:
@@ -436,7 +443,7 @@ def locate(name: str, *, offline: bool | None = None, progress: Progress | None 
     entry = get_entry(name)
     copies = local_copies(name)
     if copies:
-        return first_good_copy(entry, copies)
+        return first_good_copy(entry, copies, offline)
     if entry.local:
         raise WeightsError(f"{entry.filename} (your weights '{name}') is missing from {cache_dir()}", hint=f"import it again with `facerestore weights import FILE --name {name}`")
     if is_offline(offline):
