@@ -872,14 +872,29 @@ def assert_output_folder(path: Path, option: str = "--out") -> None:
     if not existing.is_dir():
         raise UsageError(f"{option} {path} cannot be made: {existing} is a file, not a folder", hint="pass a folder under an existing folder")
     where = "" if existing == path else f" ({existing} is not writable)"
-    if not os.access(existing, os.W_OK | os.X_OK):
+    refusal = refuses_new_files(existing)
+    if refusal == NOT_WRITABLE:
         raise UsageError(f"{option} {path} cannot be written{where}", hint="choose a folder you can write to")
-    try:  # root passes access(); /proc, /sys and read-only mounts still refuse: ask the file system itself
-        handle, probe = tempfile.mkstemp(prefix=".facerestore-probe-", dir=existing)
+    if refusal:
+        raise UsageError(f"{option} {path} cannot be written ({existing} refuses new files: {refusal})", hint="choose a folder you can write to")
+
+
+NOT_WRITABLE = "not writable"
+
+
+def refuses_new_files(folder: Path) -> str | None:
+    """Why an existing folder takes no new file (the file system's reason, or NOT_WRITABLE), or None
+    when it takes them. A temp file is made (and deleted) to ask the file system itself, which names
+    its reason ("Read-only file system", "Permission denied"): root passes access() whatever the
+    permission bits, and /proc or /sys pass it too. access() still says no where the permissions
+    do (a folder made for root only, seen by another user)."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".facerestore-probe-", dir=folder)
     except OSError as exc:
-        raise UsageError(f"{option} {path} cannot be written ({existing} refuses new files: {exc.strerror or exc})", hint="choose a folder you can write to") from None
+        return exc.strerror or str(exc)
     os.close(handle)
     os.unlink(probe)
+    return NOT_WRITABLE if not os.access(folder, os.W_OK | os.X_OK) else None
 
 
 def folder_relation(a: Path | str, b: Path | str) -> str | None:

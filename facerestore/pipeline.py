@@ -32,7 +32,7 @@ from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
-from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, check_encodable, folder_relation, output_format, pixel_counts, read_image, resize, to_samples, write_image
+from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, check_encodable, folder_relation, output_format, pixel_counts, NOT_WRITABLE, refuses_new_files, read_image, resize, to_samples, write_image
 from facerestore.methods.base import RestorationMethod
 from facerestore.out_of_memory import BatchLimit
 
@@ -171,12 +171,22 @@ def assert_inputs_apart(inputs: Sequence[Path], options: RestoreOptions) -> None
 
 
 def assert_output_layout(options: RestoreOptions) -> None:
-    """Refuse a file where one of the folders this run writes into belongs (`OUT/restored_faces` a
-    file): every write would fail, one photo after another, each with a hint about free space."""
+    """Refuse an output folder this run writes into that cannot take its files (`OUT/restored_faces` a
+    file, a broken link, a read-only mount): every write would fail, one photo after another, each
+    after its faces were restored. -o itself is checked before (image_io.assert_output_folder), so a
+    folder still to be made inside it can be made."""
     for folder in written_folders(options):
+        if folder.is_symlink() and not folder.exists():
+            raise UsageError(f"-o {options.output}: {folder} is a broken link, and this run writes its results into it",
+                             hint="fix the link or remove it, or choose another -o")
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"-o {options.output}: {folder} is a file, not a folder, and this run writes its results into it",
                              hint="move that file away, or choose another -o")
+        refusal = refuses_new_files(folder) if folder.is_dir() else None
+        if refusal:
+            why = "is not writable" if refusal == NOT_WRITABLE else f"cannot be written ({refusal})"
+            raise UsageError(f"-o {options.output}: {folder} {why}, and this run writes its results into it",
+                             hint="make it writable, or choose another -o")
 
 
 class OutputNamer:

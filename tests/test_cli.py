@@ -246,6 +246,50 @@ def test_a_file_where_an_output_folder_belongs_is_a_usage_error_before_any_work(
     assert (out / "restored_faces").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["restored_faces"]
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize(("folder", "aligned", "code"), [("restored_imgs", False, 2), ("cmp", True, 2), ("restored_imgs", True, 0)])
+def test_an_output_folder_this_run_writes_into_that_refuses_files_is_a_usage_error_before_any_work(tmp_path, crops, tiny_baseline, folder, aligned, code):
+    """`OUT/restored_imgs` on a read-only mount: each photo was restored, then failed at its write, one
+    line per photo, exit 1. A link to /proc stands in for the mount: it refuses new files even to root.
+    --aligned writes no photo, so there a read-only restored_imgs/ is no obstacle."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / folder).symlink_to("/proc")
+    result = run(crops, "-o", out, "-m", "baseline", "--weights", tiny_baseline, *(["--aligned"] if aligned else []))
+    assert result.exit_code == code, result.output
+    if code == 2:
+        assert result.output.strip().startswith(f"error: -o {out}: {out / folder} cannot be written (")
+        assert result.output.strip().endswith("and this run writes its results into it; make it writable, or choose another -o")
+        assert sorted(p.name for p in out.iterdir()) == [folder]  # nothing restored, nothing written
+    else:
+        assert (out / "restored_faces" / "face.png").is_file()
+
+
+def test_an_output_folder_this_run_writes_into_without_write_permission_is_a_usage_error(tmp_path, crops, tiny_baseline, monkeypatch):
+    """Another user's folder: access() says no (faked, as root passes permission bits)."""
+    import os
+
+    import facerestore.image_io
+
+    out = tmp_path / "out"
+    (out / "restored_faces").mkdir(parents=True)
+    real = os.access
+    monkeypatch.setattr(facerestore.image_io.os, "access", lambda p, mode: False if Path(p) == out / "restored_faces" else real(p, mode))
+    result = run(crops, "-o", out, "-m", "baseline", "--weights", tiny_baseline)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: -o {out}: {out / 'restored_faces'} is not writable, and this run writes its results into it; "
+                                     "make it writable, or choose another -o")
+
+
+def test_a_broken_link_where_an_output_folder_belongs_is_a_usage_error(tmp_path, crops, tiny_baseline):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cmp").symlink_to(tmp_path / "gone")
+    result = run(crops, "-o", out, "-m", "baseline", "--weights", tiny_baseline)
+    assert result.exit_code == 2, result.output
+    assert f"error: -o {out}: {out / 'cmp'} is a broken link" in result.output and not (tmp_path / "gone").exists()
+
+
 def test_a_folder_where_an_output_file_belongs_fails_that_photo_with_what_is_in_the_way(tmp_path, crops, tiny_baseline):
     (tmp_path / "out" / "restored_faces" / "face.png").mkdir(parents=True)
     result = run(crops, "-o", tmp_path / "out", "-m", "baseline", "--weights", tiny_baseline, "--aligned")
