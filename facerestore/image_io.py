@@ -795,9 +795,10 @@ PROBLEM_HINTS = {  # what to do about each reason list_images gives, for the com
 }
 
 
-def problem_line(path: Path, reason: str) -> str:
-    """An input list_images could not use, as its error line says it: the path, why, and what to do."""
-    hint = PROBLEM_HINTS.get(reason)
+def problem_line(path: Path, reason: str, hint: str | None = None) -> str:
+    """An input list_images could not use, as its error line says it: the path, why, and what to do
+    (`hint`, else the one PROBLEM_HINTS has for the reason)."""
+    hint = hint or PROBLEM_HINTS.get(reason)
     return f"{path}: {reason}; {hint}" if hint else f"{path}: {reason}"
 
 

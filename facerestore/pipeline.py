@@ -17,7 +17,7 @@ import time
 import traceback
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,9 @@ from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
-from facerestore.image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, assert_not_input, check_encodable, folder_relation, output_format, pixel_counts, NOT_WRITABLE, refuses_new_files, read_image, resize, to_samples, write_image
+from facerestore.image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NO_IMAGES, NOT_WRITABLE, Picture, assert_not_input, check_encodable,
+                                  folder_relation, is_image_path, output_format, pixel_counts, read_image, refuses_new_files, resize,
+                                  to_samples, write_image)
 from facerestore.methods.base import RestorationMethod
 from facerestore.out_of_memory import BatchLimit
 
@@ -144,6 +146,34 @@ OUTPUT_FOLDERS = ("restored_imgs", "cropped_faces", "restored_faces", "cmp")
 def output_folders(output: Path) -> list[Path]:
     """Where restore writes under `output`: what a scan of the inputs must not read back."""
     return [Path(output) / folder for folder in OUTPUT_FOLDERS]
+
+
+def explain_own_results(missing: Sequence[tuple[Path, str]], output: Path) -> tuple[list[tuple[Path, str]], dict[Path, str]]:
+    """list_images' inputs that gave no image, where a folder "has no images" because the images it
+    holds all lie in this run's output folders (`facerestore out -o out` after a run into out), which
+    are never read as inputs, saying so instead; with the hint for each such folder, by path."""
+    explained, hints = [], {}
+    for path, reason in missing:
+        own = own_results_reason(path, output) if reason == NO_IMAGES else None
+        explained.append((path, own or reason))
+        if own:
+            hints[path] = "pass another -o, or the folder of the original photos"
+    return explained, hints
+
+
+def own_results_reason(folder: Path, output: Path) -> str | None:
+    """Why `folder` gave no image, when the images it holds all lie in this run's output folders;
+    None when those hold none ("folder has no images" is then the truth)."""
+    held = [f for f in output_folders(output) if folder_relation(f, folder) == "lies inside" and any(map(is_image_path, _files_below(f)))]
+    if not held:
+        return None
+    names = ", ".join(f"{os.path.relpath(f, folder)}/" for f in held)
+    return f"holds images only in this run's own output folders ({names}), which are never read as inputs"
+
+
+def _files_below(folder: Path) -> Iterator[Path]:
+    for root, _, names in os.walk(folder):
+        yield from (Path(root) / name for name in names)
 
 
 def written_folders(options: RestoreOptions) -> list[Path]:

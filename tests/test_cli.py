@@ -546,6 +546,24 @@ def test_nothing_to_do_is_a_usage_error(tmp_path):
     assert result.exit_code == 2 and "folder has no images" in result.output
 
 
+def test_a_folder_holding_only_this_runs_results_says_so_and_what_to_pass(tmp_path):
+    """`facerestore out -o out` after a run into out said "out: folder has no images", while the user
+    can see images there: they are the run's own results, which are never read back as inputs."""
+    out = tmp_path / "out"
+    write_image(out / "restored_imgs" / "a.png", smooth())
+    write_image(out / "cmp" / "a_00.png", smooth())
+    (out / "restored_faces").mkdir()  # holds no image: not named
+    result = run(out, "-o", out)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: {out}: holds images only in this run's own output folders (restored_imgs/, cmp/), which are "
+                                     "never read as inputs; pass another -o, or the folder of the original photos")
+    result = run(tmp_path, "-o", out)  # OUT inside the input folder: named from there
+    assert result.exit_code == 2 and "(out/restored_imgs/, out/cmp/)" in result.output, result.output
+    (out / "restored_imgs" / "a.png").unlink()
+    (out / "cmp" / "a_00.png").unlink()
+    assert "folder has no images" in run(out, "-o", out).output
+
+
 def test_a_missing_input_alone_is_one_line(tmp_path):
     result = run(tmp_path / "nope.png", "-o", tmp_path / "out")
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output

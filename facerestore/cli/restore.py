@@ -59,7 +59,8 @@ def restore_command(
     from facerestore.methods.base import MethodOptions
     from facerestore.methods.registry import build_method
     from facerestore.out_of_memory import BatchLimit
-    from facerestore.pipeline import RestoreOptions, Tools, assert_inputs_apart, assert_output_layout, output_folders, restore_paths
+    from facerestore.pipeline import (RestoreOptions, Tools, assert_inputs_apart, assert_output_layout, explain_own_results, output_folders,
+                                      restore_paths)
 
     try:
         if aligned:  # these act on detection and paste-back, which --aligned skips
@@ -79,6 +80,7 @@ def restore_command(
         assert_output_layout(options)
         links: list[tuple[Path, str]] = []
         paths, missing = list_images(inputs, exclude=output_folders(output), links=links)
+        missing, hints = explain_own_results(missing, output)
         for link, reason in links:  # not an input that failed: a folder link the walk does not follow (image_io._walk)
             err.print(f"warning: skipped {link}: {reason}", markup=False)
         hint = "pass image files (jpg, png, webp, tif, bmp) or folders holding them"
@@ -86,9 +88,9 @@ def restore_command(
         if not paths and missing:  # one line per bad input; the last one ends the run, with no extra summary line
             *missing, last = missing
         for path, reason in missing:
-            err.print(f"error: {problem_line(path, reason)}", markup=False)
+            err.print(f"error: {problem_line(path, reason, hints.get(path))}", markup=False)
         if not paths:
-            raise UsageError(f"{last[0]}: {last[1]}" if last else "no images found in the given inputs", hint=hint)
+            raise UsageError(f"{last[0]}: {last[1]}" if last else "no images found in the given inputs", hint=hints.get(last[0], hint) if last else hint)
         dev = resolve_device(device)
         offline_flag = True if offline else None
         method_impl = build_method(method, MethodOptions(
