@@ -96,7 +96,7 @@ def main() -> None:
     warm = read_image(paths[0])
     warm_crops: list = []
 
-    def keep_first(first: int, faces, restored) -> None:
+    def keep_first(first: int, count: int, faces, restored) -> None:
         if not warm_crops and faces:
             warm_crops.append(faces[0].crop)
 
@@ -116,7 +116,7 @@ def main() -> None:
         picture, read_s = timed(read_image, path)
         crops: list = []
         _, n, t = restore_picture(picture, Tools(method=method, detector=detector), options,
-                                  on_faces=lambda first, faces, restored: crops.extend(f.crop for f in faces))
+                                  on_faces=lambda first, count, faces, restored: crops.extend(f.crop for f in faces))
         single = float("nan")
         if crops and not args.no_single:
             _, single = timed(restore_crops, method, crops, batch_size=1, seed=0)

@@ -2,7 +2,7 @@
 
 Output layout follows GFPGAN (the convention users know, ANCHORS.md 3.3):
   restored_imgs/<name>[_suffix].<ext>    whole photo (not with --aligned)
-  cropped_faces/<name>_<ii>.png          aligned input crops
+  cropped_faces/<name>_<ii>.png          aligned input crops (ii: face_number)
   restored_faces/<name>_<ii>[_suffix].png
   cmp/<name>_<ii>.png                    crop | restored, side by side
 Every file is written to a temp file and renamed; an input file is never overwritten. Folder
@@ -219,6 +219,13 @@ def assert_output_layout(options: RestoreOptions) -> None:
                              hint="make it writable, or choose another -o")
 
 
+def face_number(index: int, faces: int) -> str:
+    """`_07`: the tag of face `index` in its photo's face files, two digits as in GFPGAN's layout, or as
+    many as the photo's last index needs (`_007` ... `_276` for 277 faces), so that a photo's face files
+    sort in face order (`_18`, `_180`, `_19` did)."""
+    return f"_{index:0{max(2, len(str(faces - 1)))}d}"
+
+
 class OutputNamer:
     """Paths in the GFPGAN layout; keeps sub-folders of folder inputs apart so names never collide."""
 
@@ -238,8 +245,9 @@ class OutputNamer:
         suffix = f"_{self.options.suffix}" if self.options.suffix else ""
         return self._path("restored_imgs", f"{name}{suffix}", ext)
 
-    def face(self, folder: str, name: str, index: int | None, suffix: bool = False) -> Path:
-        tag = "" if index is None else f"_{index:02d}"
+    def face(self, folder: str, name: str, index: int | None, suffix: bool = False, *, of: int = 1) -> Path:
+        """Face `index` of the `of` faces of a photo (None with --aligned: the crop is the face)."""
+        tag = "" if index is None else face_number(index, of)
         end = f"_{self.options.suffix}" if suffix and self.options.suffix else ""
         # with --aligned the restored face is the result (there is no photo), so --ext applies to it
         main = self.options.aligned and folder == "restored_faces" and self.options.ext != "auto"
@@ -301,7 +309,7 @@ def prepare_background(picture: Picture, upscale: float, upsampler: BackgroundUp
     return to_samples(scale_background(picture.rgb, picture.alpha, size), dtype)  # rounded and clipped
 
 
-FacesCallback = Callable[[int, Sequence[AlignedFace], Sequence[np.ndarray]], None]
+FacesCallback = Callable[[int, int, Sequence[AlignedFace], Sequence[np.ndarray]], None]
 
 
 def restore_picture(
@@ -316,9 +324,10 @@ def restore_picture(
     photo-sized background (copied, or resized for --upscale), made once per photo; `paste` only the
     per-face work, so that it divides by the number of faces.
 
-    Faces are aligned, restored, pasted and handed to `on_faces(index of the first, aligned faces,
-    restored crops)` one batch at a time and then dropped, so memory does not grow with the number
-    of faces (two 3 MB crops per face: a 600-face class photo would hold several GB). One generator
+    Faces are aligned, restored, pasted and handed to `on_faces(index of the first, number of faces in
+    the photo, aligned faces, restored crops)` one batch at a time and then dropped, so memory does
+    not grow with the number of faces (two 3 MB crops per face: a 600-face class photo would hold
+    several GB). One generator
     per photo, drawn in face order: the same seed gives the same output whatever the batching."""
     method, detector = tools.method, tools.detector
     timings: Counter[str] = Counter()
@@ -334,7 +343,7 @@ def restore_picture(
         if tools.on_faces:
             tools.on_faces(1)
         if on_faces:
-            on_faces(0, faces, restored)
+            on_faces(0, 1, faces, restored)
         return None, 1, dict(timings)
     assert detector is not None
     found = detect_faces(picture.rgb, detector, threshold=options.detection_threshold, min_eye_distance=options.min_face)
@@ -363,7 +372,7 @@ def restore_picture(
         paste_faces(photo, [(r, f.inverse) for r, f in zip(restored, faces)], upscale=upscale, masks=masks, out=photo)
         timings["paste"] += time.perf_counter() - clock
         if on_faces:
-            on_faces(start, faces, restored)
+            on_faces(start, len(found), faces, restored)
     timings.setdefault("restore", 0.0)
     return photo, len(found), dict(timings)
 
@@ -392,15 +401,15 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     face_alpha = resize(picture.alpha, FACE_SIZE, FACE_SIZE) if options.aligned and picture.alpha is not None else None
     writing = 0.0
 
-    def write_faces(first: int, faces: Sequence[AlignedFace], restored: Sequence[np.ndarray]) -> None:
+    def write_faces(first: int, count: int, faces: Sequence[AlignedFace], restored: Sequence[np.ndarray]) -> None:
         nonlocal writing
         clock = time.perf_counter()
         for index, (face, out) in enumerate(zip(faces, restored), first):
             tag = None if options.aligned else index
             if not options.aligned:
-                result.outputs.append(write_image(namer.face("cropped_faces", name, tag), face.crop, **keep))
-            result.outputs.append(write_image(namer.face("restored_faces", name, tag, suffix=True), out, alpha=face_alpha, **keep))
-            result.outputs.append(write_image(namer.face("cmp", name, tag), _side_by_side(face.crop, out), **keep))
+                result.outputs.append(write_image(namer.face("cropped_faces", name, tag, of=count), face.crop, **keep))
+            result.outputs.append(write_image(namer.face("restored_faces", name, tag, suffix=True, of=count), out, alpha=face_alpha, **keep))
+            result.outputs.append(write_image(namer.face("cmp", name, tag, of=count), _side_by_side(face.crop, out), **keep))
         writing += time.perf_counter() - clock
 
     try:

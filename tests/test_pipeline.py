@@ -171,6 +171,24 @@ def test_only_one_batch_of_crops_is_held_at_a_time(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out" / "restored_faces").iterdir()) == [f"class_{i:02d}.png" for i in range(7)]
 
 
+@pytest.mark.parametrize(("index", "faces", "tag"), [(0, 1, "_00"), (7, 99, "_07"), (99, 100, "_99"), (7, 101, "_007"), (276, 277, "_276"), (5, 1000, "_005"), (5, 1001, "_0005")])
+def test_face_numbers_have_one_width_per_photo(index, faces, tag):
+    assert pipeline.face_number(index, faces) == tag
+
+
+def test_the_face_files_of_a_photo_of_over_100_faces_sort_in_face_order(tmp_path, monkeypatch):
+    """A 277-face class photo gave 17_18.png, 17_180.png, ... 17_19.png: the width changed at face 100."""
+    grid = [(8 + 20 * (i % 21), 8 + 38 * (i // 21)) for i in range(101)]
+    monkeypatch.setattr(pipeline, "detect_faces", lambda image, detector, **kw: faces_at(*grid, scale=0.02))
+    monkeypatch.setattr(pipeline, "write_image", lambda path, *args, **kwargs: Path(path))  # the names are the point, not 303 PNGs
+    source = write_image(tmp_path / "class.png", photo())
+    result = run_file(tmp_path, source, Darken(), upscale=1)
+    assert result.faces == 101
+    for folder in ("cropped_faces", "restored_faces", "cmp"):
+        names = [p.name for p in result.outputs if p.parent.name == folder]
+        assert names == [f"class_{i:03d}.png" for i in range(101)], folder
+
+
 def test_batching_does_not_change_results():
     crops = [np.random.default_rng(i).random((512, 512, 3), dtype=np.float32) for i in range(3)]
     together = restore_crops(Darken(), crops, batch_size=8, seed=3)
