@@ -19,10 +19,14 @@ class FaceRestoreError(Exception):
         return f"{text}; {self.hint}" if self.hint else text
 
     def one_line_for(self, path: object) -> str:
-        """`one_line`, led by the file it failed, where the message does not name it (an error of the
-        batch the file was in, such as running out of memory, rather than of the file)."""
+        """`one_line`, led by the file it failed: as it is where the message opens with that file
+        (`x.png is truncated ...`, `x.png: 30x40 is not ...`), else `x.png: ` before it (an error of the
+        batch the file was in, such as running out of memory, or about an output written for it).
+        Only the opening counts: an output path that holds the input's name (`out/restored_imgs/x.png`)
+        does not say which input failed."""
         text = self.one_line()
-        return text if str(path) in text else f"{path}: {text}"
+        name = str(path)
+        return text if text.startswith((f"{name} ", f"{name}:")) else f"{name}: {text}"
 
 
 class UsageError(FaceRestoreError):

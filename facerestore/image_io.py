@@ -795,11 +795,19 @@ PROBLEM_HINTS = {  # what to do about each reason list_images gives, for the com
 }
 
 
+def problem_text(path: Path, reason: str) -> str:
+    """An input list_images could not use, and why, as one sentence led by the input: its reasons say
+    what the input is or does (`x.png is a broken link ...`, `x does not exist`), so they follow the
+    path without a colon; NO_IMAGES is a clause of its own (`in: folder has no images ...`)."""
+    return f"{path}: {reason}" if reason == NO_IMAGES else f"{path} {reason}"
+
+
 def problem_line(path: Path, reason: str, hint: str | None = None) -> str:
-    """An input list_images could not use, as its error line says it: the path, why, and what to do
-    (`hint`, else the one PROBLEM_HINTS has for the reason)."""
+    """problem_text as its error line says it, with what to do (`hint`, else the one PROBLEM_HINTS has
+    for the reason)."""
     hint = hint or PROBLEM_HINTS.get(reason)
-    return f"{path}: {reason}; {hint}" if hint else f"{path}: {reason}"
+    text = problem_text(path, reason)
+    return f"{text}; {hint}" if hint else text
 
 
 def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplicates: list[Path] | None = None,

@@ -555,7 +555,7 @@ def test_a_folder_holding_only_this_runs_results_says_so_and_what_to_pass(tmp_pa
     (out / "restored_faces").mkdir()  # holds no image: not named
     result = run(out, "-o", out)
     assert result.exit_code == 2, result.output
-    assert result.output.strip() == (f"error: {out}: holds images only in this run's own output folders (restored_imgs/, cmp/), which are "
+    assert result.output.strip() == (f"error: {out} holds images only in this run's own output folders (restored_imgs/, cmp/), which are "
                                      "never read as inputs; pass another -o, or the folder of the original photos")
     result = run(tmp_path, "-o", out)  # OUT inside the input folder: named from there
     assert result.exit_code == 2 and "(out/restored_imgs/, out/cmp/)" in result.output, result.output
@@ -567,12 +567,12 @@ def test_a_folder_holding_only_this_runs_results_says_so_and_what_to_pass(tmp_pa
 def test_a_missing_input_alone_is_one_line(tmp_path):
     result = run(tmp_path / "nope.png", "-o", tmp_path / "out")
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output
-    assert "nope.png: does not exist" in result.output and "pass image files" in result.output
+    assert "nope.png does not exist" in result.output and "pass image files" in result.output
     both = run(tmp_path / "nope.png", tmp_path / "gone.jpg", "-o", tmp_path / "out")
     lines = both.output.strip().splitlines()
     assert both.exit_code == 2 and len(lines) == 2, both.output
-    assert lines[0] == f"error: {tmp_path / 'nope.png'}: does not exist; check the path"
-    assert lines[1].startswith(f"error: {tmp_path / 'gone.jpg'}: does not exist; pass image files")
+    assert lines[0] == f"error: {tmp_path / 'nope.png'} does not exist; check the path"
+    assert lines[1].startswith(f"error: {tmp_path / 'gone.jpg'} does not exist; pass image files")
 
 
 def test_missing_weights_offline_is_one_actionable_line(tmp_path):
@@ -829,7 +829,7 @@ def test_an_unreadable_path_is_our_one_line(crops, tmp_path, monkeypatch):
             f"error: --init-from {model} cannot be read (permission denied); make it readable (chmod a+r), or copy it somewhere of yours and pass the copy",
         ("train", crops, "-o", tmp_path / "run", "--size", "32", "--workers", "0", "--device", "cpu"):
             f"error: data folder {crops} cannot be read (permission denied); make it readable (chmod a+rx), or pass a copy of yours",
-        (crops, "-o", tmp_path / "out"): f"error: {crops}: cannot be read (permission denied); pass image files",
+        (crops, "-o", tmp_path / "out"): f"error: {crops} cannot be read (permission denied); pass image files",
         ("evaluate", "--hq", crops, "-m", "baseline", "-o", tmp_path / "report"): f"error: --hq {crops}: cannot be read (permission denied); pass a folder",
         ("weights", "import", tmp_path / "mine.pth", "--name", "mine"):
             f"error: {tmp_path / 'mine.pth'} cannot be read (permission denied); make it readable (chmod a+r), or copy it somewhere of yours and import the copy",
@@ -1052,6 +1052,29 @@ def test_restore_never_follows_a_link_out_of_its_input_folder_nor_into_its_outpu
         assert [Path(r["path"]) for r in summary["results"]] == [crops / "face.png"] and summary["missing"] == []
         assert (f"warning: skipped {crops / 'up'}: links to {tmp_path.resolve()}, which holds {crops}: following it would search outside {crops} "
                 "and loop back into it (link to the folders you want instead)") in result.stderr
+
+
+def test_every_error_line_of_restore_leads_with_its_input_and_no_colon_before_a_verb(tmp_path, tiny_baseline):
+    """The lines said `error: in/gone.png: is a broken link`, `error: in/cut.png is truncated` and, for an
+    output over its own input, `error: refusing to write out/restored_imgs/x.png: ...` (no input first:
+    the input's name was found inside the output path, so it was not put in front)."""
+    import os
+
+    folder = tmp_path / "in"
+    write_image(folder / "cut.png", smooth())
+    (folder / "cut.png").write_bytes((folder / "cut.png").read_bytes()[:300])
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    os.mkfifo(folder / "pipe.png")
+    out = tmp_path / "out"
+    own = write_image(out / "restored_imgs" / "x.png", smooth())
+    result = run(folder, own, "-o", out, "-m", "baseline", "--weights", tiny_baseline, "-q")
+    assert result.exit_code == 1, result.output
+    assert sorted(line for line in result.output.splitlines() if line.startswith("error:")) == sorted([
+        f"error: {folder / 'gone.png'} is a broken link (its target does not exist); fix the link or remove it",
+        f"error: {folder / 'pipe.png'} is not a regular file; pass image files (a pipe, socket or device is not read)",
+        f"error: {folder / 'cut.png'} is truncated (the PNG ends before its last chunk); re-copy or re-export the file",
+        f"error: {own}: refusing to write {own}: it would overwrite the input {own}; choose another output folder or --suffix",
+    ])
 
 
 def test_the_progress_bar_counts_the_inputs_that_gave_no_image_as_the_summary_does(crops, tmp_path, tiny_baseline, monkeypatch):

@@ -318,6 +318,17 @@ def test_a_photo_that_fails_late_leaves_none_of_its_face_files(tmp_path, three_f
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
+@pytest.mark.parametrize(("message", "line"), [
+    ("x.png is truncated", "x.png is truncated"),  # names the input first: as it is
+    ("x.png: 30x40 is not a square aligned face crop", "x.png: 30x40 is not a square aligned face crop"),
+    ("out of memory restoring one face", "x.png: out of memory restoring one face"),
+    ("cannot write out/restored_imgs/x.png (Read-only file system)", "x.png: cannot write out/restored_imgs/x.png (Read-only file system)"),
+    ("x.pngs is truncated", "x.png: x.pngs is truncated"),  # another file whose name starts alike
+])
+def test_a_failed_photo_s_line_leads_with_the_photo_once(message, line):
+    assert FaceRestoreError(message, hint="do this").one_line_for(Path("x.png")) == f"{line}; do this"
+
+
 def test_default_upscale_is_2_up_to_1500_px_and_1_above(tmp_path):
     auto = RestoreOptions(output=tmp_path)
     assert auto.scale_for(1500, 1000) == 2.0 and auto.scale_for(1000, 1500) == 2.0

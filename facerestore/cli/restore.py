@@ -55,7 +55,7 @@ def restore_command(
 
     from facerestore.background_upsampler import check_background_options, load_background_upsampler
     from facerestore.devices import cpu_bf16_tip, resolve_device
-    from facerestore.image_io import list_images, problem_line
+    from facerestore.image_io import list_images, problem_line, problem_text
     from facerestore.methods.base import MethodOptions
     from facerestore.methods.registry import build_method
     from facerestore.out_of_memory import BatchLimit
@@ -90,7 +90,7 @@ def restore_command(
         for path, reason in missing:
             err.print(f"error: {problem_line(path, reason, hints.get(path))}", markup=False)
         if not paths:
-            raise UsageError(f"{last[0]}: {last[1]}" if last else "no images found in the given inputs", hint=hints.get(last[0], hint) if last else hint)
+            raise UsageError(problem_text(*last) if last else "no images found in the given inputs", hint=hints.get(last[0], hint) if last else hint)
         dev = resolve_device(device)
         offline_flag = True if offline else None
         method_impl = build_method(method, MethodOptions(
