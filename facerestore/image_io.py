@@ -864,7 +864,7 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplica
         elif item.exists():  # a pipe, socket or device: reading it could block or never end
             problems.append((item, NOT_REGULAR))
         else:
-            problems.append((item, "does not exist"))
+            problems.append((item, BROKEN_LINK if item.is_symlink() else "does not exist"))
     return found, problems
 
 

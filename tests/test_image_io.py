@@ -329,6 +329,8 @@ def test_list_images_follows_linked_folders_once_and_reports_broken_links(tmp_pa
     found, problems = list_images([root])
     assert found == [root / "a.png", root / "linked" / "b.png"]
     assert problems == [(root / "gone.png", "is a broken link (its target does not exist)")]
+    _, problems = list_images([root / "gone.png", tmp_path / "never.png"])  # named on the command line
+    assert problems == [(root / "gone.png", "is a broken link (its target does not exist)"), (tmp_path / "never.png", "does not exist")]
 
 
 def test_list_images_skips_excluded_folders_inside_a_walk_but_not_named_ones(tmp_path):
