@@ -349,10 +349,11 @@ def test_a_pair_or_real_face_that_fails_to_decode_is_replaced_by_the_next_and_fl
     truncate(Path(reals[0]))
     damaged = PairDataset(cut, size=64, seed=3, flip=False, real=reals)
     intact = PairDataset(pairs, size=64, seed=3, flip=False, real=real_faces)
-    flags = []
+    flags, named = [], set()
     for n in range(8):  # two epochs of pairs
         item, reference = damaged[n], intact[n]
         flags.append(bool(item["substituted"]))
+        named.add(item["unreadable"])
         for key in ("lq", "target", "real"):
             matches = [m for m in range(12) if torch.equal(item[key], intact[m][key])]
             assert matches, (n, key)  # always a real sample of the intact set, never a crash
@@ -360,6 +361,8 @@ def test_a_pair_or_real_face_that_fails_to_decode_is_replaced_by_the_next_and_fl
         assert bool(item["substituted"]) == replaced, n
         assert torch.equal(item["lq"], damaged[n]["lq"])  # deterministic
     assert 0 < sum(flags) < 8
+    # the file that failed is named, the pseudo-target too: not the input beside it, which is fine
+    assert cut[2].target in named and named <= {"", cut[1].lq, cut[2].target, reals[0]}
 
 
 def test_training_on_pairs_with_a_truncated_file_runs_and_counts_the_replacements(weights, pairs, tmp_path):

@@ -688,6 +688,28 @@ def test_a_file_that_fails_to_decode_is_replaced_and_counted(tmp_path):
     assert sorted(flags) == [False, True]
 
 
+def test_a_damaged_cleaned_target_is_named_not_its_source(tmp_path):
+    """--targets: a target cut short was blamed on its (sound) source in the run's last warning, and
+    a target with no readable header was counted as usable by the scan."""
+    originals, cleaned = tmp_path / "orig", tmp_path / "clean"
+    for i in range(3):
+        write_image(originals / f"{i}.png", face(i, 40))
+        write_image(cleaned / f"{i}.png", face(i + 3, 40))
+    cut = cleaned / "1.png"
+    cut.write_bytes(cut.read_bytes()[:60])  # the header survives, the pixels do not
+    (cleaned / "2.png").write_bytes(b"junk")
+    scan = scan_faces([originals], [cleaned], min_side=16)
+    assert [Path(f.source).name for f in scan.files] == ["0.png", "1.png"]
+    assert scan.unreadable_targets == [str(cleaned / "2.png")] and scan.skipped == 1 and not scan.unreadable
+    assert scan.summary() == f"2 training images, 1 with an unreadable cleaned target skipped ({cleaned / '2.png'})"
+    ds = FaceDataset(scan.files, size=32, seed=0, degradation=preset("none"), schedule=NoiseSchedule.named("linear"))
+    named = {ds[n]["unreadable"] for n in range(2)}
+    assert named == {"", str(cut)}
+    refused = scan_faces([originals], [cleaned], min_side=16)
+    refused.files.clear()
+    assert "1 with an unreadable cleaned target in --targets" in str(refused.nothing_usable([originals], 32))
+
+
 def test_ranks_split_each_global_batch():
     single = list(StepBatches(start_step=3, steps=5, global_batch=4))
     split = [list(StepBatches(start_step=3, steps=5, global_batch=4, rank=r, world=2)) for r in (0, 1)]

@@ -1,8 +1,8 @@
 """Training data: folders of aligned faces -> (degraded, clean, noise level, noise) samples.
 
 Files. `scan_faces` lists every image under the data folders (recursively, sorted), reads only each
-header, and skips unreadable files, images whose short side is below `min_side`, broken links and
-second paths to a file already listed (a link to it) with a count.
+header (and that of its cleaned target), and skips unreadable files, images whose short side is below
+`min_side`, broken links and second paths to a file already listed (a link to it) with a count.
 For the extrinsic iteration (IDM sec. 3.3) a folder of cleaned targets x* = f(x) can stand beside
 each data folder: the input is still degraded from the original x, the target is x* with the same
 relative path (what `facerestore clean-dataset` writes).
@@ -58,6 +58,7 @@ class ScanResult:
     unreadable: list[str]
     tiny: list[str]
     missing_targets: list[str]
+    unreadable_targets: list[str] = field(default_factory=list)  # cleaned targets (--targets) whose header cannot be read
     broken_links: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # another path to a file already listed
     unreadable_folders: list[str] = field(default_factory=list)  # sub-folders the walk could not list
@@ -66,7 +67,8 @@ class ScanResult:
 
     @property
     def skipped(self) -> int:
-        return len(self.unreadable) + len(self.tiny) + len(self.missing_targets) + len(self.broken_links) + len(self.duplicates) + len(self.unreadable_folders)
+        return (len(self.unreadable) + len(self.tiny) + len(self.missing_targets) + len(self.unreadable_targets)
+                + len(self.broken_links) + len(self.duplicates) + len(self.unreadable_folders))
 
     def summary(self, noun: str = "training image") -> str:
         """'N training images, M unreadable skipped, ...'; `noun` names what the files are to the command."""
@@ -77,6 +79,8 @@ class ScanResult:
             parts.append(f"{len(self.tiny)} too small skipped")
         if self.missing_targets:
             parts.append(f"{len(self.missing_targets)} without a cleaned target skipped")
+        if self.unreadable_targets:
+            parts.append(f"{len(self.unreadable_targets)} with an unreadable cleaned target skipped ({_first(self.unreadable_targets)})")
         if self.broken_links:
             parts.append(f"{counted(len(self.broken_links), 'broken link')} skipped")
         if self.duplicates:
@@ -100,7 +104,8 @@ class ScanResult:
             return UsageError(f"no {what} in {where}: no {extensions} file in {'it' if len(folders) == 1 else 'them'} or below", hint=hint)
         min_side = min_side_for(size)
         reasons = [(self.tiny, f"smaller than {min_side} px on the short side"), (self.unreadable, "unreadable"),
-                   (self.missing_targets, "without a cleaned target in --targets"), (self.broken_links, "broken links"),
+                   (self.missing_targets, "without a cleaned target in --targets"),
+                   (self.unreadable_targets, "with an unreadable cleaned target in --targets"), (self.broken_links, "broken links"),
                    (self.duplicates, "second paths to a file already listed")]
         why = ", ".join([f"{len(paths)} {reason}" for paths, reason in reasons if paths]
                         + ([f"{counted(len(self.unreadable_folders), 'folder')} that cannot be listed"] if self.unreadable_folders else []))
@@ -113,6 +118,8 @@ class ScanResult:
             advice.append(f"re-export or remove the unreadable files ({_first(self.unreadable)})")
         if self.missing_targets:
             advice.append("clean the data folders into --targets with `facerestore clean-dataset` first")
+        if self.unreadable_targets:
+            advice.append(f"remove the unreadable cleaned targets ({_first(self.unreadable_targets)}) and run `facerestore clean-dataset` again to redo them")
         if self.broken_links or self.duplicates:
             advice.append("link to the images themselves")
         if self.unreadable_folders:
@@ -181,6 +188,9 @@ def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: 
                 if not target.is_file():
                     result.missing_targets.append(str(path))
                     continue
+                if _header_size(target) is None:  # as for sources: a damaged target is skipped, named, not blamed on its source
+                    result.unreadable_targets.append(str(target))
+                    continue
             result.files.append(FaceFile(source=str(path), target=str(target)))
     return result
 
@@ -219,8 +229,15 @@ def to_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.clip(resize(centre_square(rgb), size, size), 0.0, 1.0).astype(np.float32)
 
 
-def load_face(path: str, size: int) -> np.ndarray:
-    return to_square(read_image(Path(path)).rgb, size)
+def load_face(path: str, size: int, *, failed: list[str] | None = None) -> np.ndarray:
+    """One face at size x size; on BadImage `path` is appended to `failed` (when given) first, so a
+    caller loading several files knows which one could not be read."""
+    try:
+        return to_square(read_image(Path(path)).rgb, size)
+    except BadImage:
+        if failed is not None:
+            failed.append(path)
+        raise
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -252,15 +269,14 @@ class FaceDataset(torch.utils.data.Dataset):
             self._orders[epoch] = permutation(len(self.files), self.seed, epoch)
         return self._orders[epoch]
 
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return load_pair(self.files[i], self.size)
-
     def _read(self, epoch: int, k: int) -> tuple[np.ndarray, np.ndarray, str]:
-        """(source, target, the file that could not be read or ""): the k-th file of the epoch, or the next readable one."""
+        """(source, target, the file that could not be read or ""): the k-th file of the epoch, or the
+        next readable one. The file named is the one that failed, source or cleaned target."""
         order = self.order(epoch)
-        (source, target), tries = first_readable(order, k, self._load, "training images",
+        failed: list[str] = []
+        (source, target), tries = first_readable(order, k, lambda i: load_pair(self.files[i], self.size, failed=failed), "training images",
                                                  hint="re-copy or re-export the files the run's files.json lists, or start a new run with another --out")
-        return source, target, self.files[int(order[k])].source if tries else ""
+        return source, target, failed[0] if tries else ""
 
     def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
         n = int(n)
@@ -280,10 +296,11 @@ class FaceDataset(torch.utils.data.Dataset):
                 "sample": torch.tensor(n), "substituted": torch.tensor(bool(unreadable)), "unreadable": unreadable}
 
 
-def load_pair(f: FaceFile, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(source, target) of one training file at size x size (BadImage when either fails to decode)."""
-    source = load_face(f.source, size)
-    return source, source if f.target == f.source else load_face(f.target, size)
+def load_pair(f: FaceFile, size: int, *, failed: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(source, target) of one training file at size x size (BadImage when either fails to decode,
+    after appending the path of the one that failed to `failed`: the warning names that file)."""
+    source = load_face(f.source, size, failed=failed)
+    return source, source if f.target == f.source else load_face(f.target, size, failed=failed)
 
 
 def check_decodable(files: Sequence[FaceFile], size: int, folders: Sequence[str]) -> None:

@@ -54,16 +54,17 @@ class PairDataset(torch.utils.data.Dataset):
     def _readable(self, order: np.ndarray, k: int, load: Callable[[int], T], what: str) -> tuple[T, int]:
         return first_readable(order, k, load, f"{len(order)} {what}", hint="re-copy or re-export them")
 
-    def _load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load_pair(self, i: int, failed: list[str]) -> tuple[np.ndarray, np.ndarray]:
         pair = self.pairs[i]
-        return load_face(pair.lq, self.size), load_face(pair.target, self.size)
+        return load_face(pair.lq, self.size, failed=failed), load_face(pair.target, self.size, failed=failed)
 
     def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
         n = int(n)
         epoch, k = divmod(n, len(self.pairs))
         order = permutation(len(self.pairs), self.seed, "pairs", epoch)
-        (lq, target), passed = self._readable(order, k, self._load_pair, "(input, pseudo-target) pairs")
-        unreadable = self.pairs[int(order[k])].lq if passed else ""
+        failed: list[str] = []  # the input or pseudo-target that could not be read: the warning names it
+        (lq, target), passed = self._readable(order, k, lambda i: self._load_pair(i, failed), "(input, pseudo-target) pairs")
+        unreadable = failed[0] if passed else ""
         if self._flip(n, "flip"):
             lq, target = lq[:, ::-1], target[:, ::-1]
         item = {"lq": to_tensor(np.ascontiguousarray(lq)), "target": to_tensor(np.ascontiguousarray(target)), "sample": torch.tensor(n)}
