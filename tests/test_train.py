@@ -432,6 +432,20 @@ def test_init_from_starts_from_the_earlier_model(faces, tmp_path):
     assert result.step == 1 and json.loads((second / "config.json").read_text())["unet"]["channel_mult"] == [1, 1]
     with pytest.raises(UsageError, match="another architecture"):
         train(config(faces, tmp_path / "third", steps=1, model="tiny", init_from=str(first)))
+    # a --model that does not take --size either: the conflict first, where following '--size 64' led to it
+    with pytest.raises(UsageError, match="another architecture than --model small"):
+        train(config(faces, tmp_path / "third", steps=1, model="small", init_from=str(first)))
+
+
+def test_init_from_with_its_own_model_at_a_size_it_does_not_take_asks_for_another_size(faces, tmp_path):
+    from facerestore.nets.idm_unet import size_multiple
+
+    first = tmp_path / "first"
+    train(config(faces, first, steps=1, model="tiny"))
+    odd = 32 + size_multiple("tiny") // 2  # 34
+    with pytest.raises(UsageError, match="tiny model needs an image size divisible by") as info:
+        train(config(faces, tmp_path / "second", steps=1, size=odd, model="tiny", init_from=str(first)))
+    assert "--size" in info.value.hint
 
 
 def test_a_model_started_from_init_from_names_its_preset_in_its_card(faces, tmp_path):

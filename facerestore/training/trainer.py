@@ -55,7 +55,7 @@ from facerestore.errors import BadWeightsOption, FaceRestoreError, UsageError
 from facerestore.out_of_memory import is_out_of_memory, step_out_of_memory
 from facerestore.image_io import assert_apart
 from facerestore.nets.guided_unet import UNetConfig
-from facerestore.nets.idm_unet import IDMUNet, idm_unet_config
+from facerestore.nets.idm_unet import IDMUNet, idm_unet_config, preset_of
 from facerestore.training import distributed
 from facerestore.training.checkpoints import (
     latest_checkpoint,
@@ -126,11 +126,14 @@ def _size_hint(model: str, size: int) -> str:
 def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[str], None]) -> tuple[UNetConfig, dict | None]:
     """(architecture, initial weights or None) for a new run."""
     init_state = None
+    size_error: UsageError | None = None  # --model does not take --size: said after --init-from's architecture is compared
     if unet is None and config.model not in (None, "custom"):
         try:
             unet = idm_unet_config(config.model, config.size)
         except ValueError as exc:
-            raise UsageError(str(exc), hint=_size_hint(config.model, config.size)) from None
+            size_error = UsageError(str(exc), hint=_size_hint(config.model, config.size))
+            if not config.init_from:
+                raise size_error from None
     if config.init_from:
         from facerestore.methods.idm import load_model, model_path
         from facerestore.weights.catalogue import load_catalogue
@@ -144,7 +147,9 @@ def _unet_for(config: TrainConfig, unet: UNetConfig | None, message: Callable[[s
         path = resolve_explicit(model_path(config.init_from, "--init-from"), offline=True, catalogued=(), option="--init-from")
         with loading_option("--init-from"):  # a damaged file or another model: exit 2, as a missing one
             loaded = load_model(path)
-        if unet is not None and unet != loaded.net.config:
+        if size_error is not None and preset_of(loaded.net.config, loaded.image_size) == config.model:
+            raise size_error  # the right model at a size it does not take: --size is what to change
+        if size_error is not None or (unet is not None and unet != loaded.net.config):  # first: following a --size hint would not help
             raise UsageError(f"--init-from {config.init_from} has another architecture than --model {config.model}",
                              hint="drop --model: the architecture comes from the checkpoint")
         unet = loaded.net.config
