@@ -574,7 +574,7 @@ def test_resume_refuses_a_recipe_other_than_its_checkpoints_and_allows_the_sched
                       "set them back in config.json (and resume with the same options), or start a new run with another --out")
     path.write_text(original)
     given = one_line_error(run(*resume, "--steps", "3", "--lr", "0.5", "--batch-size", "4", "--unpaired", lq / "a"), 2)
-    assert given == (f"error: --resume keeps the recipe of the run in {out}, but --unpaired '{lq}' -> '{lq / 'a'}', --batch-size 2 -> 4, --lr 0.0001 -> 0.5; "
+    assert given == (f"error: --resume keeps the recipe of the run in {out}, but --unpaired {lq} -> {lq / 'a'}, --batch-size 2 -> 4, --lr 0.0001 -> 0.5; "
                      "drop these options or give the run's values, or start a new run with another --out")
     assert len((out / "log.jsonl").read_text().splitlines()) == 2  # neither trained
     allowed = run(*resume, "--steps", "3", "--save-every", "1", "--keep", "3", "--pseudo-batch", "1", "--offline")

@@ -364,7 +364,7 @@ def test_a_run_is_not_overwritten_and_resume_keeps_the_recipe(faces, tmp_path):
     data["train"]["model"] = None  # a run started without --model
     (run / "config.json").write_text(json.dumps(data))
     assert resolve_config(run, resume=True, model="base").model == "base"  # naming the default is no change
-    with pytest.raises(UsageError, match="--model 'base' -> 'small'"):
+    with pytest.raises(UsageError, match="--model base -> small"):
         resolve_config(run, resume=True, model="small")
 
 
@@ -837,6 +837,18 @@ def test_a_hand_edited_run_config_is_one_line_naming_the_file_and_the_key(faces,
     result = cli("--out", run, "--resume", "--steps", "2", "--workers", "0", "-q")
     assert result.exit_code == 2 and one_error(result) == f"error: {path}{said} start a new run with another --out"
     assert len(log_losses(run)) == 1  # nothing trained
+
+
+def test_resume_refusal_shows_values_as_the_command_line_writes_them(faces, tmp_path):
+    """It showed Python reprs: DATA_DIR ('/data',) -> ('/val',), --amp False -> True, --init-from default -> '/r1'."""
+    run, other, first = tmp_path / "run", tmp_path / "other", tmp_path / "r1"
+    other.mkdir()
+    first.mkdir()
+    train(config(faces, run, steps=1), unet=MICRO)
+    with pytest.raises(UsageError) as info:
+        resolve_config(run, resume=True, data=(str(faces), str(other)), amp=True, init_from=str(first))
+    assert str(info.value) == (f"--resume keeps the recipe of the run in {run}, but DATA_DIR {faces.resolve()} -> {faces.resolve()} {other.resolve()}, "
+                               f"--amp off -> on, --init-from (none) -> {first.resolve()}")
 
 
 def test_resume_refuses_a_recipe_other_than_its_checkpoints_and_allows_the_schedule_to_change(faces, tmp_path):

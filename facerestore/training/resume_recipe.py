@@ -5,7 +5,8 @@ sample and every update, so a resume that changed it would no longer continue th
 twice: the recipe options given on the command line against the run's config.json
 (`refuse_given_changes`), and config.json against the recipe the newest checkpoint recorded
 (`refuse_checkpoint_changes`), which finds a config.json edited after that checkpoint was written.
-Either refusal is one line naming the folder (or its config.json) and each change, old -> new.
+Either refusal is one line naming the folder (or its config.json) and each change, old -> new (the
+first as values are written on the command line: `--amp off -> on`, `DATA_DIR /a -> /b`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,24 @@ def refuse_given_changes(run: Path | str, stored: object, given: Mapping[str, ob
     differ = [k for k in keys if given.get(k) is not None and given[k] != getattr(stored, k)]
     if differ:
         named = options or {}
-        shown = ", ".join(f"{named.get(k, '--' + k.replace('_', '-'))} {setting_text(getattr(stored, k))} -> {setting_text(given[k])}" for k in differ)
+        shown = ", ".join(f"{named.get(k, '--' + k.replace('_', '-'))} {option_text(getattr(stored, k))} -> {option_text(given[k])}" for k in differ)
         raise UsageError(f"--resume keeps the recipe of the run in {run}, but {shown}",
                          hint="drop these options or give the run's values, or start a new run with another --out")
+
+
+def option_text(value: object) -> str:
+    """A recipe value as it is written on the command line, not as Python shows it: folders joined by
+    spaces (DATA_DIR /data/a /data/b), a flag as on / off, a path without quotes, an option not given
+    as (none); a weights record as `setting_text` shows it."""
+    if value is None or (isinstance(value, (tuple, list)) and not value):
+        return "(none)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return " ".join(option_text(v) for v in value)
+    if isinstance(value, dict):
+        return setting_text(value)
+    return str(value)
 
 
 def refuse_checkpoint_changes(run: Path | str, checkpoint: Path, recorded: object, now: Mapping[str, object]) -> None:
@@ -53,4 +69,4 @@ def _as_json(value: object) -> object:
     return [_as_json(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
-__all__ = ["recipe_record", "refuse_checkpoint_changes", "refuse_given_changes"]
+__all__ = ["option_text", "recipe_record", "refuse_checkpoint_changes", "refuse_given_changes"]
