@@ -150,6 +150,15 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
     assert not pt_out.exists()
 
 
+def test_a_prior_weights_file_of_another_model_asks_for_the_prior_alone(tmp_path, weights, lq):
+    """The hint was difface's --weights one: '... (prior=) and swinir_restoration512_L1.pth (swinir=)';
+    --prior-weights takes one file, with no roles, and SwinIR has no part in fine-tuning."""
+    text = one_line_error(run("finetune", "pseudo-targets", lq, "--out", tmp_path / "pt", "--base", "baseline", "--prior-weights", weights["codeformer"],
+                              "--size", "64", "--device", "cpu"), 2, "--prior-weights")
+    assert text.endswith("; pass DifFace's iddpm_ffhq512_ema500000.pth"), text
+    assert "swinir" not in text.lower() and "prior=" not in text
+
+
 def test_the_missing_base_weights_line_also_names_a_missing_prior(tmp_path, weights, lq):
     """With neither codeformer.pth nor the DifFace prior on the machine, the line named only
     codeformer.pth: the prior's was the next run's error. One run says everything to fetch

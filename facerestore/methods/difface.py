@@ -378,13 +378,15 @@ class DifFaceNets:
     size: int = FACE
 
 
-HINT = "pass DifFace's iddpm_ffhq512_ema500000.pth (prior=) and swinir_restoration512_L1.pth (swinir=)"
+HINT = "pass DifFace's iddpm_ffhq512_ema500000.pth (prior=) and swinir_restoration512_L1.pth (swinir=)"  # --weights ROLE=FILE
+PRIOR_HINT = "pass DifFace's iddpm_ffhq512_ema500000.pth"  # an option that takes the prior alone (finetune --prior-weights)
 
 
-def load_difface_prior(path: Path) -> torch.nn.Module:
+def load_difface_prior(path: Path, *, hint: str = HINT) -> torch.nn.Module:
     """The DifFace 512 prior (guided-diffusion UNet, RGB x_t -> eps and v) from a resolved file, strictly.
 
-    Shared with the unpaired fine-tuning's pseudo-target stage (Kuai et al. 2025 use the same prior).
+    Shared with the unpaired fine-tuning's pseudo-target stage (Kuai et al. 2025 use the same prior),
+    which passes PRIOR_HINT: its --prior-weights takes one file, with no roles and no SwinIR.
     """
     from facerestore.nets.guided_unet import GuidedUNet
     from facerestore.nets.guided_unet import infer_config as infer_unet
@@ -396,7 +398,7 @@ def load_difface_prior(path: Path) -> torch.nn.Module:
             return "its UNet resamples inside residual blocks, as DR2's DDPM does (is it dr2_ddpm's file?); the DifFace prior does not"
         return ""
 
-    return load_net(Path(path), "DifFace prior (guided-diffusion UNet)", infer_unet, GuidedUNet, unet_check, hint=HINT)
+    return load_net(Path(path), "DifFace prior (guided-diffusion UNet)", infer_unet, GuidedUNet, unet_check, hint=hint)
 
 
 def load_difface_nets(options: MethodOptions) -> DifFaceNets:

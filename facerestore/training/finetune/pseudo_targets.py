@@ -333,9 +333,9 @@ def check_prior_option(weights: str | Path | None) -> None:
 
 def load_prior(path: Path, device: torch.device) -> LearnedRangeDenoiser:
     from facerestore.devices import Autocast, autocast_dtype
-    from facerestore.methods.difface import load_difface_prior
+    from facerestore.methods.difface import PRIOR_HINT, load_difface_prior
 
-    prior = load_difface_prior(path).to(device).eval().requires_grad_(False)
+    prior = load_difface_prior(path, hint=PRIOR_HINT).to(device).eval().requires_grad_(False)
     return LearnedRangeDenoiser(Autocast(prior, autocast_dtype(device)), NoiseSchedule.named("linear", T), clip_x0=True)
 
 
