@@ -917,8 +917,9 @@ def folder_relation(a: Path | str, b: Path | str) -> str | None:
 def assert_outside(out: Path, folder: Path, where: str, hint: str) -> None:
     """Refuse an output folder at or below an input folder: a rerun would read its own results, and
     a run's files would land among the user's."""
-    if folder_relation(out, folder) in ("is", "lies inside"):
-        raise UsageError(f"--out {out} lies inside {where}", hint=hint)
+    relation = folder_relation(out, folder)
+    if relation in ("is", "lies inside"):  # "--out ds is the dataset ds", "--out ds/cl lies inside the dataset ds"
+        raise UsageError(f"--out {out} {relation} {where}", hint=hint)
 
 
 def assert_apart(out: Path, folder: Path, where: str, hint: str) -> None:

@@ -222,6 +222,14 @@ def test_an_out_that_holds_the_dataset_is_refused_before_the_model_loads(dataset
     assert mine.read_bytes() == before and not (tmp_path / STATE_DIR).exists() and not (tmp_path / "sub").exists()
 
 
+def test_an_out_that_is_the_dataset_says_so(dataset, tmp_path):
+    """`-o ds` for the dataset ds said '--out ds lies inside the dataset ds'."""
+    same = clean(dataset, "--out", dataset, "--weights", tmp_path / "nosuch.safetensors", check_exit=2)
+    assert f"--out {dataset} is the dataset {dataset};" in same.output
+    inside = clean(dataset, "--out", dataset / "cl", "--weights", tmp_path / "nosuch.safetensors", check_exit=2)
+    assert f"--out {dataset / 'cl'} lies inside the dataset {dataset};" in inside.output
+
+
 def test_detect_mode_copies_photos_without_faces_through(tmp_path, tiny_baseline):
     src = tmp_path / "photos"
     wall = face(5, 96, 128)

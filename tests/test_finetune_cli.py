@@ -127,8 +127,8 @@ def test_bad_inputs_are_one_line_before_any_work(tmp_path, weights, lq):
     one_line_error(run("finetune", "--out", out, "--resume"), 2, "nothing to resume")
     one_line_error(run("finetune", "--out", out), 2, "no input folder given", "--unpaired LQ_DIR")
     before = sorted(p.name for p in lq.iterdir())
-    for inside in (lq, lq / "run"):
-        one_line_error(run(*tiny_run_args(lq, inside, weights)), 2, "lies inside the input folder")
+    for inside, relation in ((lq, "is"), (lq / "run", "lies inside")):
+        one_line_error(run(*tiny_run_args(lq, inside, weights)), 2, f"--out {inside} {relation} the input folder")
     assert sorted(p.name for p in lq.iterdir()) == before  # not even a config.json among the faces
     assert not out.exists()  # nothing was written by any of these
 
@@ -222,7 +222,7 @@ def test_an_out_folder_holding_an_input_folder_is_refused_before_any_work(tmp_pa
     pt = ["finetune", "pseudo-targets", "--size", "64", *FAST, "--device", "cpu", "-q"]
     one_line_error(run(*pt, out / "targets", "--out", out), 2, f"--out {out} holds the input folder {out / 'targets'}")
     one_line_error(run(*pt, out / "targets" / "a", "--out", out / "targets"), 2, "holds the input folder")
-    one_line_error(run(*pt, out, "--out", out), 2, "lies inside the input folder")  # equality, as before
+    one_line_error(run(*pt, out, "--out", out), 2, f"--out {out} is the input folder {out}")  # equality, as before
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
 
     args = tiny_run_args(out / "targets", out, weights)

@@ -406,8 +406,8 @@ def test_a_folder_with_a_config_or_inside_the_data_is_not_a_new_run(faces, tmp_p
     with pytest.raises(UsageError, match="already holds a config.json"):
         train(config(faces, mine), unet=MICRO)
     assert (mine / "config.json").read_text() == '{"my": 1}' and sorted(p.name for p in mine.iterdir()) == ["config.json"]
-    for out in (faces, faces / "run"):
-        with pytest.raises(UsageError, match="lies inside the training data"):
+    for out, relation in ((faces, "is"), (faces / "run", "lies inside")):
+        with pytest.raises(UsageError, match=f"{relation} the training data"):
             train(config(faces, out), unet=MICRO)
     assert not (faces / "run").exists() and not (faces / "log.jsonl").exists()
     with pytest.raises(UsageError):  # a bad --val stops the run before it writes its config
