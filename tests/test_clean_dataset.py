@@ -135,6 +135,26 @@ def test_bad_files_fail_one_line_each_and_are_retried(dataset, tmp_path, model):
     assert "1 restored, 1 failed, 4 already done" in third.output and done.is_file()
 
 
+def test_outputs_whose_source_is_gone_are_kept_and_said(dataset, tmp_path, model):
+    """A source moved out of SRC left its output in DST without a word ('4 of 4 complete'); it is
+    never deleted (it may be all that is left of it), but the summary counts it, names one, and --json lists them."""
+    out = tmp_path / "out"
+    args = ("--out", out, "--weights", model, "--steps", "2", "--device", "cpu")
+    clean(dataset, *args)
+    (dataset / "sub" / "b.jpg").rename(tmp_path / "b.jpg")
+    (dataset / "a.png").unlink()
+    again = clean(dataset, *args)
+    assert "0 restored, 0 failed, 3 already done; 3 of 3 complete" in again.output
+    assert f"2 outputs in {out} have no source any more (e.g. {out / 'a.png'}); they are kept" in again.output
+    assert (out / "a.png").is_file() and (out / "sub" / "b.jpg").is_file()
+    (out / "a.png").unlink()  # what the user removed is not counted
+    assert summary(dataset, *args)["no_source"] == ["sub/b.jpg"]
+    one = clean(dataset, *args)
+    assert f"1 output in {out} has no source any more ({out / 'sub' / 'b.jpg'}); it is kept" in one.output
+    limited = summary(dataset, *args, "--limit", "1")  # --limit leaves files out of this run, not out of SRC
+    assert limited["no_source"] == ["sub/b.jpg"]
+
+
 def write_manifest(path: Path, entries: list[dict], torn: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(e) + "\n" for e in entries) + torn)

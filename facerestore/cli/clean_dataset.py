@@ -89,6 +89,10 @@ def clean_dataset_command(
         if summary.no_face:
             line += f"; {counted(summary.no_face, 'photo')} without a face copied through"
         err.print(line, markup=False)
+        if summary.no_source:
+            many = len(summary.no_source) > 1
+            err.print(f"{counted(len(summary.no_source), 'output')} in {dst} {'have' if many else 'has'} no source any more "
+                      f"({'e.g. ' if many else ''}{dst / summary.no_source[0]}); {'they are' if many else 'it is'} kept", markup=False)
         if summary.check:
             c = summary.check
             err.print(f"authenticity (PSNR of f(x) vs x over {counted(c['count'], 'image')}): mean {c['mean_psnr']:.2f} dB, worst {c['worst_psnr']:.2f} dB ({c['worst_path']})", markup=False)

@@ -15,7 +15,8 @@ not listed (a file written but not yet listed is simply redone). Stale temp file
 DST's lock (training/out_lock): a second run into DST is refused, so no live temp file is taken for stale.
 Each entry also keeps the size, mtime and sha256 of its source (taken before it was read): a
 source replaced by another image at the same path since is restored again, its stale output removed
-first (entries written before sources were recorded are trusted).
+first (entries written before sources were recorded are trusted). An output whose source is gone
+from SRC (deleted or moved since) is kept, never deleted, and the summary says how many there are.
 Each entry carries the number of the run that wrote it, so the manifests merge by recency however
 the ranks were numbered: a file failed by rank 1 of a 2-process run and restored by a 1-process
 rerun is done, whichever rank's manifest is read last (see `_read_manifests`).
@@ -121,6 +122,7 @@ class CleanSummary:
     seconds_per_image: float  # restore + I/O time per image, summed over ranks / images
     complete: int  # files of SRC listed as done after this run
     changed: int = 0  # done before, redone by this run because their source changed since (all ranks; counted in done or failed)
+    no_source: list[str] = field(default_factory=list)  # outputs in DST listed as done whose source is gone from SRC: kept, said
     check: dict | None = None  # with --check: mean, worst, worst_path, count (over every done file)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, error) of every rank's failures, by path
 
@@ -231,6 +233,7 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
             on_warning(f"skipped {path}: {reason}")
     if not paths:
         raise UsageError(f"{src} holds no images", hint="pass a folder of jpg, png, webp, tif or bmp images")
+    present = {p.relative_to(src).as_posix() for p in paths}  # all of SRC, --limit or not: an output of none of them has no source
     if options.limit is not None:
         paths = paths[: options.limit]
     rels = [p.relative_to(src).as_posix() for p in paths]
@@ -253,12 +256,13 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     # write nothing before the barrier after check_settings, so a refused run's ranks write nothing at all
     limit = BatchLimit(options.batch_size, on_lower=on_warning)  # lowered for the whole run when a batch does not fit (out_of_memory)
     with output_lock(out, hold=d.main, on_message=message):
-        return _clean_tree(options, d, paths, rels, method, detector, limit, clock, message, on_file, on_start)
+        return _clean_tree(options, d, paths, rels, present, method, detector, limit, clock, message, on_file, on_start)
 
 
-def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], rels: list[str], method, detector, limit: BatchLimit, clock: float,
-                message: Callable[[str], None], on_file, on_start) -> CleanSummary:
-    """The checked run of `_clean`, under out's lock: settings, manifests, cleanup, the files, the summary."""
+def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], rels: list[str], present: set[str], method, detector, limit: BatchLimit,
+                clock: float, message: Callable[[str], None], on_file, on_start) -> CleanSummary:
+    """The checked run of `_clean`, under out's lock: settings, manifests, cleanup, the files, the summary.
+    `present`: the relative path of every image SRC holds now (before --limit)."""
     out = Path(options.out)
     state = out / STATE_DIR
     check_settings(state, _settings(options), d.main, "a cleaning run")
@@ -333,6 +337,8 @@ def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], r
     entries = _read_manifests(state)
     wanted = set(rels)
     complete = sum(1 for p, e in entries.items() if p in wanted and _is_done(e) and (out / p).is_file())
+    # outputs of sources deleted or moved since: never deleted (they are the user's files now), but said
+    no_source = sorted(p for p, e in entries.items() if p not in present and _is_done(e) and (out / p).is_file())
     check = None
     if options.check:
         scores = [(read_json_number(e["psnr"]), p) for p, e in entries.items()
@@ -346,7 +352,7 @@ def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], r
     return CleanSummary(
         total=len(rels), skipped=int(counts[4]), done=int(counts[0]), failed=int(counts[1]), no_face=int(counts[2]),
         seconds=time.perf_counter() - clock, seconds_per_image=counts[3] / restored if restored else 0.0,
-        complete=complete, changed=int(counts[5]), check=check, failures=failures,
+        complete=complete, changed=int(counts[5]), check=check, failures=failures, no_source=no_source,
     )
 
 
