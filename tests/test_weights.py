@@ -560,6 +560,34 @@ def test_a_methods_loader_names_a_registered_pth_by_its_stored_file_and_name_not
     assert "\n" not in line
 
 
+@pytest.mark.parametrize("method, value", [
+    ("baseline", "my-st"), ("difface", "prior=my-st,swinir=my-st"), ("idm", "my-st"),
+])
+def test_a_methods_loader_names_a_registered_safetensors_by_its_stored_file_and_name(tmp_path, method, value):
+    """A registered .safetensors is loaded as stored (no conversion): its errors name the weights
+    too, as a registered .pth's do (docs/weights.md promises the name in every such error)."""
+    from facerestore.errors import BadWeightsFile
+    from facerestore.methods.base import MethodOptions
+    from facerestore.methods.registry import build_method
+
+    small = tmp_path / "small.safetensors"
+    save_safetensors({"a": torch.zeros(3)}, small)
+    store.import_file(small, name="my-st")
+    with pytest.raises(BadWeightsFile) as info:
+        build_method(method, MethodOptions(weights=value))
+    line = info.value.one_line()
+    assert line.startswith(f"--weights: {store.cache_dir() / 'my-st.safetensors'} (your weights 'my-st') "), line
+
+
+def test_display_name_names_a_stored_file_only_where_the_store_keeps_it(tmp_path):
+    """The same file name outside the cache is just a file the user passed: no weights name."""
+    small = tmp_path / "my-st.safetensors"
+    save_safetensors({"a": torch.zeros(3)}, small)
+    stored = store.import_file(small, name="my-st")
+    assert store.display_name(stored) == f"{stored} (your weights 'my-st')"
+    assert store.display_name(small) == str(small)
+
+
 def test_display_name_finds_the_copy_a_conversion_was_made_from(tiny_file, use_entry, monkeypatch):
     """A catalogue file in a FACERESTORE_WEIGHTS folder is named there; a conversion whose source is
     gone keeps the "converted from" form; any other file is named as given."""

@@ -358,10 +358,11 @@ def loadable(entry: WeightsEntry, path: Path, offline: bool | None = None) -> Pa
 def display_name(path: Path | str) -> str:
     """How a loader names the file it read, in its errors: the cache's conversion of a pickled file
     (`loadable`) has a hashed name the user never saw, so it is named by the copy it was converted
-    from, as the search folders hold it, and by its weights name; any other file as given."""
+    from, as the search folders hold it, and by its weights name; a catalogue or registered file
+    loaded as it is stored (a `.safetensors`) by its path and weights name; any other file as given."""
     path = Path(path)
     if path.suffix != ".safetensors" or path.parent.name != "converted":
-        return str(path)
+        return _stored_name(path)
     from facerestore.weights.checkpoint import safetensors_metadata
 
     try:
@@ -383,7 +384,26 @@ def display_name(path: Path | str) -> str:
                 continue
     if stored is None:  # re-imported or deleted since: the conversion is all there is
         return f"{path} (converted from {source})"
-    return f"{stored} ({'your ' if entry.local else ''}weights '{name}')"
+    return _with_weights_name(stored, entry)
+
+
+def _with_weights_name(path: Path, entry: WeightsEntry) -> str:
+    """`path (weights 'NAME')`, or `(your weights 'NAME')` for one the user registered."""
+    return f"{path} ({'your ' if entry.local else ''}weights '{entry.name}')"
+
+
+def _stored_name(path: Path) -> str:
+    """`path` with its weights name when it is the file of a catalogue or registered entry where the
+    search folders keep it (the cache for a registered one); any other file as given."""
+    entry = entry_for_filename(path.name)
+    if entry is None:
+        return str(path)
+    folders = [cache_dir()] if entry.local else search_dirs()
+    try:
+        kept = any(path.resolve().parent == folder.resolve() for folder in folders)
+    except OSError:
+        return str(path)
+    return _with_weights_name(path, entry) if kept else str(path)
 
 
 def safetensors_complete(path: Path) -> bool:
