@@ -180,6 +180,35 @@ def test_report_names_the_weights_each_method_ran_with(hq, tmp_path, tiny_baseli
     assert f"; weights {models / 'mine.safetensors'} — " in (out / "index.md").read_text()
 
 
+def test_report_records_a_registered_name_as_the_file_it_resolved_to(hq, tmp_path, tiny_baseline):
+    """`--weights baseline:my-model` is a name the user may reuse for another file tomorrow: the
+    report keeps the absolute path of the file it measured, with the name beside it."""
+    from facerestore.weights import store
+
+    stored = store.import_file(tiny_baseline, name="my-model")
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "baseline", "-m", "identity", "--weights", "baseline:my-model", "--degrade", "mild",
+                 "--metrics", "psnr", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    baseline = results(out)["methods"]["baseline"]
+    assert baseline["weights"] == str(stored) and Path(baseline["weights"]).is_absolute()
+    assert baseline["weights_name"] == "my-model"
+    assert f"; weights {stored} (my-model) — " in (out / "index.md").read_text()
+
+
+def test_weights_record_makes_each_role_of_a_list_absolute(tmp_path, tiny_baseline, monkeypatch):
+    """A multi-file method's ROLE=VALUE list: every file absolute, every name its stored file."""
+    from facerestore.cli.evaluate import weights_record
+    from facerestore.weights import store
+
+    stored = store.import_file(tiny_baseline, name="my-prior")
+    (tmp_path / "swin.pth").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert weights_record("prior=my-prior,swinir=swin.pth") == {
+        "weights": f"prior={stored},swinir={tmp_path / 'swin.pth'}", "weights_name": "prior=my-prior,swinir=swin.pth"}
+    assert weights_record("swin.pth") == {"weights": str(tmp_path / "swin.pth")}
+
+
 def test_report_files_and_json_cover_every_method_and_metric(hq, tmp_path, tiny_baseline):
     out = tmp_path / "report"
     result = run(

@@ -34,12 +34,38 @@ def method_weights(methods: list[str], values: list[str]) -> dict[str, str]:
     return chosen
 
 
-def weights_record(spec: str) -> str:
-    """What a report keeps of a method's --weights: an existing file or folder as an absolute path, so
-    the report names the model it measured wherever it was run from; a registered name or a
-    ROLE=FILE list as given."""
+def weights_record(spec: str) -> dict[str, str]:
+    """What a report keeps of a method's --weights (`methods.NAME.weights`): the absolute path of every
+    file it names, so the report names the model it measured wherever it was run from and after a
+    registered name is reused; a registered or catalogue name is recorded as the file it resolved
+    to, with the value as given beside it (`weights_name`). In a ROLE=VALUE list each value is."""
     path = Path(spec).expanduser()
-    return str(path.absolute()) if path.exists() else spec
+    if path.exists():
+        return {"weights": str(path.absolute())}
+    parts = [_recorded_value(part) for part in spec.split(",")]
+    record = {"weights": ",".join(text for text, _ in parts)}
+    if any(named for _, named in parts):
+        record["weights_name"] = spec
+    return record
+
+
+def _recorded_value(part: str) -> tuple[str, bool]:
+    """One `VALUE` or `ROLE=VALUE` of --weights -> (its record, whether VALUE was a weights name)."""
+    from facerestore.errors import WeightsError
+    from facerestore.weights.catalogue import load_catalogue
+    from facerestore.weights.store import locate
+
+    role, eq, value = part.partition("=") if "=" in part else ("", "", part)
+    value = value.strip()
+    path = Path(value).expanduser()
+    if value and path.exists():
+        return f"{role}{eq}{path.absolute()}", False
+    if value in load_catalogue():
+        try:
+            return f"{role}{eq}{locate(value, offline=True)}", True  # the method just loaded it: found, not fetched
+        except WeightsError:
+            return part, False
+    return part, False
 
 
 def build_methods(names: list[str], *, device: str, weights: dict[str, str], offline: bool | None, steps: int | None,
@@ -152,7 +178,7 @@ def evaluate_command(
             )
             result = evaluator.run()
         for name, given in chosen_weights.items():  # the report says which model a method's rows measured
-            result.methods[name]["weights"] = weights_record(given)
+            result.methods[name].update(weights_record(given))
         data = report.write_report(result, staging, command)
         report.publish(staging, output)
     except FaceRestoreError as exc:

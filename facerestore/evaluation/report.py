@@ -429,6 +429,7 @@ def _preamble(result: EvalResult, command: Sequence[str]) -> list[tuple[str, str
     items.append(("run", f"facerestore {__version__}, device {spec.device}, seed {spec.seed}, batch {spec.batch_size}, {result.seconds:.1f} s"))
     for label, info in result.methods.items():
         weights = f"; weights {info['weights']}" if info.get("weights") else ""
+        weights += f" ({info['weights_name']})" if weights and info.get("weights_name") else ""
         items.append((label, info.get("summary", "") + weights + (f" — {info['license']}" if info.get("license") else "")))
     for m in spec.metrics or ():
         items.append((TITLES.get(m, m), f"{METRICS[m].summary} ({METRICS[m].better} is better)"))
