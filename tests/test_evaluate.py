@@ -451,11 +451,17 @@ def test_a_ref_set_fid_cannot_use_is_refused_before_any_model_loads(hq, tmp_path
     np.save(tmp_path / "array.npy", np.zeros(2048))
     (tmp_path / "array.npy").rename(tmp_path / "array.npz")
     (tmp_path / "notes.txt").write_text("faces")
+    (tmp_path / "hollow.npz").write_bytes(b"")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "keys.npz").read_bytes()[:100])  # a zip cut short
+    np.savez(tmp_path / "objects.npz", mu=np.array([{"a": 1}], dtype=object), sigma=np.eye(2048))
     expected = {
         "empty": "holds 0 images; FID needs at least 2",
         "one": "holds 1 image; FID needs at least 2",
-        "junk.npz": "is not a readable .npz (",
-        "array.npz": "is not a readable .npz (one array, not an archive of named arrays)",
+        "junk.npz": "is not an .npz archive (it is no zip file)",
+        "array.npz": "is not an .npz archive (it is an .npy: one array, not an archive of named arrays)",
+        "hollow.npz": "is not an .npz archive (it is empty)",
+        "cut.npz": "is not a readable .npz (a zip archive cut short or damaged)",
+        "objects.npz": "is not a readable .npz (it holds pickled (object) arrays, which are never loaded)",
         "keys.npz": "has no mu or sigma (it holds: mean, cov)",
         "small.npz": "mu has shape [3] and sigma [3, 3]; FID needs mu [2048] and sigma [2048, 2048]",
         "nan.npz": "mu and sigma must be finite numbers",
@@ -468,6 +474,7 @@ def test_a_ref_set_fid_cannot_use_is_refused_before_any_model_loads(hq, tmp_path
         [line] = result.output.strip().splitlines()
         assert line.startswith(f"error: --ref-set {tmp_path / name}") and message in line, line
         assert line.endswith("an .npz of FID statistics (mu [2048], sigma [2048, 2048]) as pytorch-fid saves them"), line
+        assert "allow_pickle" not in line, line  # numpy's advice to load a file's code is never passed on
         assert not (tmp_path / "out").exists()
 
     real = os.access  # root reads anything: simulate a file this user may not read

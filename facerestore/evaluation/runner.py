@@ -154,16 +154,22 @@ def check_ref_set(ref_set: Path, feature_dim: int | None = FID_FEATURES) -> None
         return
     if not ref_set.name.lower().endswith(".npz"):
         raise UsageError(f"--ref-set {ref_set} is neither a folder of images nor an .npz of FID statistics", hint=hint)
+    kind = _npz_kind(ref_set)
+    if kind:
+        raise UsageError(f"--ref-set {ref_set} is not an .npz archive ({kind})", hint=hint)
     try:
         data = np.load(ref_set, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):  # an .npy saved under an .npz name
-            raise ValueError("one array, not an archive of named arrays")
         with data:
             missing = [key for key in ("mu", "sigma") if key not in data.files]
             if missing:
                 raise UsageError(f"--ref-set {ref_set} has no {' or '.join(missing)} (it holds: {', '.join(data.files) or 'nothing'})", hint=hint)
             mu, sigma = data["mu"], data["sigma"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except ValueError as exc:  # numpy's words would suggest allow_pickle=True, which runs the file's code
+        why = "it holds pickled (object) arrays, which are never loaded" if "pickle" in str(exc) else str(exc)
+        raise UsageError(f"--ref-set {ref_set} is not a readable .npz ({why})", hint=hint) from None
+    except (EOFError, zipfile.BadZipFile):
+        raise UsageError(f"--ref-set {ref_set} is not a readable .npz (a zip archive cut short or damaged)", hint=hint) from None
+    except OSError as exc:
         raise UsageError(f"--ref-set {ref_set} is not a readable .npz ({exc})", hint=hint) from None
     dim = feature_dim if feature_dim is not None else (len(mu) if mu.ndim == 1 else -1)
     if mu.ndim != 1 or len(mu) != dim or sigma.shape != (dim, dim):
@@ -171,6 +177,21 @@ def check_ref_set(ref_set: Path, feature_dim: int | None = FID_FEATURES) -> None
         raise UsageError(f"--ref-set {ref_set}: mu has shape {list(mu.shape)} and sigma {list(sigma.shape)}; FID needs {want}", hint=hint)
     if not (np.issubdtype(mu.dtype, np.number) and np.issubdtype(sigma.dtype, np.number)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise UsageError(f"--ref-set {ref_set}: mu and sigma must be finite numbers", hint=hint)
+
+
+def _npz_kind(path: Path) -> str:
+    """Why `path` is no .npz by its first bytes ('' when it starts as a zip archive, as an .npz does):
+    numpy would read anything else as a pickle and answer with advice to load it unsafely."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(6)
+    except OSError:
+        return ""  # np.load says what is wrong with reading it
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return ""
+    if head.startswith(b"\x93NUMPY"):
+        return "it is an .npy: one array, not an archive of named arrays"
+    return "it is no zip file" if head else "it is empty"
 
 
 def _metrics(spec: EvalSpec) -> tuple[str, ...]:
