@@ -105,7 +105,9 @@ def resolve_spec(spec: EvalSpec) -> EvalSpec:
         if not label or label in labels or label == INPUT:
             raise UsageError(f"--restored {label}={folder}: the label {label!r} is empty, reserved or already used", hint="give each results folder its own label: --restored LABEL=DIR")
         if not Path(folder).is_dir():
-            raise UsageError(f"--restored {label}={folder}: {folder} is not a folder")
+            what = "is a file, not a folder" if Path(folder).exists() else "does not exist"
+            raise UsageError(f"--restored {label}={folder}: {folder} {what}",
+                             hint="pass --restored LABEL=DIR, DIR the folder of that tool's restored faces (e.g. its restored_faces/), named as the inputs")
         labels.append(label)
     degradations = tuple(presets.check_preset(p) for p in split_list(spec.degradations))
     if len(set(degradations)) != len(degradations):
