@@ -949,6 +949,16 @@ def test_a_name_of_your_own_may_not_be_a_catalogue_method_or_official_file_name(
     assert not store.cache_dir().exists() and not any(entry.local for entry in load_catalogue().values())
 
 
+@pytest.mark.parametrize("name", [".hidden", "..", "a/b", "x y"])
+def test_a_name_that_is_no_plain_visible_file_name_is_refused(tiny_file, name):
+    """`--name .hidden` was stored as a dot-file that `ls` hides in the cache; it is refused as
+    `..`, `a/b` and `x y` are, before anything is stored."""
+    with pytest.raises(UsageError) as info:
+        store.import_weights(tiny_file, name=name)
+    assert info.value.one_line().startswith(f"--name {name!r}: use letters, digits, '-', '_' and '.' only"), info.value.one_line()
+    assert not store.cache_dir().exists() and not any(entry.local for entry in load_catalogue().values())
+
+
 @pytest.mark.parametrize("name, method", [("idm", "idm"), ("baseline", "baseline"), ("IDM.pth", "idm"), ("codeformer.safetensors", None)])
 def test_the_python_api_refuses_a_method_name_as_the_cli_does(tiny_file, name, method):
     """The refusal of method names lived in the CLI only (it passed them in), so

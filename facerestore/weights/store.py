@@ -829,6 +829,9 @@ def _check_own_name(name: str) -> None:
     `codeformer.pth.safetensors`), or a method's (`--name idm`, then `-m dr2 --weights idm`)."""
     if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
+    if name.startswith("."):  # its file would be hidden from `ls` in the cache
+        raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only, and no '.' first",
+                         hint=f"choose a name that starts with a letter or digit, such as {name.lstrip('.')}")
     forms = {name.casefold()}
     stem, dot, suffix = name.rpartition(".")
     if dot and stem and f".{suffix}".casefold() in CHECKPOINT_SUFFIXES:
