@@ -468,8 +468,9 @@ def test_an_error_page_for_an_unpublished_hash_is_never_stored_or_trusted(tiny_f
     RangeHandler.honour_range = True
     use_entry(entry_for(tiny_file, sha256="", urls=(server,)))
     monkeypatch.setenv("FACERESTORE_OFFLINE", "0")
-    with pytest.raises(WeightsError, match="is not a readable checkpoint"):
+    with pytest.raises(WeightsError) as info:
         store.resolve("tiny")
+    assert info.value.one_line().endswith(" is not a PyTorch or safetensors checkpoint (a text file); nothing was stored; get the whole official file and try again")
     assert list(store.cache_dir().iterdir()) == [] and store.expected_sha256(catalogue.get_entry("tiny")) == ""
     RangeHandler.payload = tiny_file.read_bytes()  # the server works again: the right file is taken
     assert store.resolve("tiny").is_file() and store.expected_sha256(catalogue.get_entry("tiny")) == sha(tiny_file)
@@ -673,10 +674,22 @@ def test_import_refuses_what_is_not_a_checkpoint(tiny_file, use_entry, tmp_path)
     use_entry(entry_for(tiny_file, sha256=""))
     page = tmp_path / "tiny.pth"
     page.write_text("<html>not found</html>")
-    with pytest.raises(WeightsError, match="is not a readable checkpoint"):
+    with pytest.raises(WeightsError, match=r"is not a PyTorch or safetensors checkpoint \(a text file\)"):
         store.import_file(page)  # trust on first use would have recorded this page's hash
-    with pytest.raises(WeightsError, match="is not a readable checkpoint"):
+    with pytest.raises(WeightsError, match=r"is not a PyTorch or safetensors checkpoint \(a text file\)"):
         store.import_file(page, name="mine")
+    assert not store.cache_dir().exists() or list(store.cache_dir().iterdir()) == []
+
+
+def test_a_file_of_your_own_that_is_no_checkpoint_is_not_said_to_be_truncated(tmp_path):
+    """`weights import some.jpg --name pic` was told to copy the whole file again, the cure of a cut
+    copy: it is said to be no checkpoint at all, in the words `--weights` uses for it."""
+    picture = tmp_path / "some.jpg"
+    picture.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)))
+    with pytest.raises(WeightsError) as info:
+        store.import_file(picture, name="pic")
+    assert info.value.one_line() == (f"{picture} is not a PyTorch or safetensors checkpoint (it starts neither as a zip archive nor as a pickle); "
+                                     "nothing was stored; pass a checkpoint saved with torch.save (.pth, .pt, .ckpt) or a .safetensors file")
     assert not store.cache_dir().exists() or list(store.cache_dir().iterdir()) == []
 
 

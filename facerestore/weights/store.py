@@ -768,14 +768,18 @@ OWN_AGAIN = "copy the whole file again, or export it again from the run that wro
 def _assert_checkpoint(path: Path, what: str, cure: str = OFFICIAL_AGAIN) -> None:
     """A file whose hash nobody published is trusted on first use, so it must at least be a checkpoint
     (not an HTML error page, a cut-off download or the wrong file type) before it is stored. `cure`:
-    the official file again for a catalogue entry; your own (`--name`) only you can copy again."""
+    the official file again for a catalogue entry; your own (`--name`) only you can copy again. A file
+    that is no checkpoint at all (a photo, a web page, pickled objects) is said to be one in the
+    reader's words, as `--weights` says it: copying it again would not help."""
     from facerestore.weights.checkpoint import read_state_dict
 
     try:
         read_state_dict(path)
     except WeightsError as exc:  # "PATH is truncated or damaged (REASON)": the reason, found after the path (which may hold " (" itself)
         text = str(exc)
-        rest = text[len(str(path)):] if text.startswith(str(path)) else text
+        rest = text[len(str(path)):] if text.startswith(str(path)) else f" {text}"
+        if not rest.startswith(" is truncated or damaged") and exc.hint:  # another format or pickled objects
+            raise WeightsError(f"{what}{rest}", hint=f"nothing was stored; {cure if cure != OWN_AGAIN else exc.hint}") from None
         reason = rest.split(" (", 1)[1].rstrip(")") if " (" in rest else rest.strip()
         raise WeightsError(f"{what} is not a readable checkpoint ({reason})",
                            hint=f"nothing was stored; {cure}") from None
