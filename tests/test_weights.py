@@ -256,6 +256,27 @@ def test_list_verify_and_loading_name_the_same_copy_past_a_damaged_one(tiny_file
     assert weights_cli("verify").exit_code == 0
 
 
+def test_a_run_that_passes_over_a_damaged_copy_warns_once(tiny_file, use_entry, monkeypatch, tmp_path, capsys):
+    """A damaged copy in a FACERESTORE_WEIGHTS folder was passed over in silence when a good one lay
+    further on: only `weights list` or `verify` told. Loading now says it once per process, naming the
+    damaged copy, the copy used and the cure."""
+    monkeypatch.setattr(store, "_warned_passed_over", set())
+    use_entry(entry_for(tiny_file))
+    good = store.import_file(tiny_file)  # in the cache, searched last
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "tiny.pth").write_bytes(tiny_file.read_bytes()[:-10])
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared))
+    capsys.readouterr()
+    assert store.locate("tiny") == good and store.locate("tiny") == good
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (f"warning: {shared / 'tiny.pth'} (weights 'tiny') is damaged (sha256 mismatch) and is passed over; this run uses {good}; "
+                    "delete it or put a good copy in its place (`facerestore weights verify` checks every copy)")
+    (shared / "tiny.pth").write_bytes(tiny_file.read_bytes())  # repaired: nothing to say
+    monkeypatch.setattr(store, "_warned_passed_over", set())
+    assert store.locate("tiny") == shared / "tiny.pth" and capsys.readouterr().err == ""
+
+
 def test_list_hashes_nothing_and_says_which_copy_is_not_checked_yet(tiny_file, use_entry, monkeypatch, tmp_path):
     """A listing reads no checkpoint: a copy damaged in place keeps its size, so until a run or
     `weights verify` hashes it, list names it as the copy a run tries first and says it is unchecked;

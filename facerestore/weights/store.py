@@ -284,7 +284,23 @@ def first_good_copy(entry: WeightsEntry, copies: list[Path], offline: bool | Non
     choice = choose_copy(copies, damage)
     if choice.used is None:
         raise errors[copies[0]]
+    for path, _ in choice.passed_over:
+        _warn_passed_over(entry, path, choice.used)
     return choice.used
+
+
+_warned_passed_over: set[Path] = set()  # the damaged copies this process has warned about
+
+
+def _warn_passed_over(entry: WeightsEntry, damaged: Path, used: Path) -> None:
+    """One stderr line per damaged copy per process (as `--detector auto` warns of a detector it
+    passes over): the run goes on with a good copy further on, but silently it would pass over the
+    damaged one on every run, and only `weights list` or `weights verify` would tell."""
+    if damaged in _warned_passed_over:
+        return
+    _warned_passed_over.add(damaged)
+    print(f"warning: {_with_weights_name(damaged, entry)} is damaged (sha256 mismatch) and is passed over; this run uses {used}; "
+          "delete it or put a good copy in its place (`facerestore weights verify` checks every copy)", file=sys.stderr, flush=True)
 
 
 def copy_in_use(name: str) -> Choice | None:
