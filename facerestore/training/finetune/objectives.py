@@ -104,12 +104,13 @@ def load_base_net(base: str, path: Path) -> nn.Module:
         return load_codeformer(path, "cpu").float().train().requires_grad_(True)
     from facerestore.nets.baseline_unet import BaselineUNet, infer_config
     from facerestore.weights.checkpoint import load_strict, read_state_dict
+    from facerestore.weights.store import display_name
 
     state = {k: v.float() for k, v in read_state_dict(path).items()}
     try:
         config = infer_config(state)
     except (KeyError, IndexError) as exc:
-        raise UnsupportedCheckpoint(f"{path} is not a baseline UNet checkpoint (no {exc})", hint="pass a file written by facerestore.training.train_baseline") from None
+        raise UnsupportedCheckpoint(f"{display_name(path)} is not a baseline UNet checkpoint (no {exc})", hint="pass a file written by facerestore.training.train_baseline") from None
     return load_strict(BaselineUNet(config), state, path).train()
 
 
