@@ -433,6 +433,34 @@ def test_download_resumes_checks_and_renames(tiny_file, use_entry, server, isola
     assert seen[-1] == (len(RangeHandler.payload), len(RangeHandler.payload))
 
 
+def test_weights_pull_replaces_a_damaged_copy_a_run_refuses(tiny_file, use_entry, server, isolated_home, monkeypatch, tmp_path):
+    """A damaged copy in a FACERESTORE_WEIGHTS share that cannot be deleted made `weights pull`, the
+    cure every run names, fail as the run did: pull downloads a good copy into the cache, which
+    later runs use past the damaged one."""
+    from typer.testing import CliRunner
+
+    from facerestore.cli.app import app, register
+
+    register()
+    RangeHandler.payload = tiny_file.read_bytes()
+    RangeHandler.honour_range = True
+    use_entry(entry_for(tiny_file, urls=(server,)))
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "tiny.pth").write_bytes(RangeHandler.payload[:-10] + b"x" * 10)  # same size, other bytes
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(share))
+    monkeypatch.setenv("FACERESTORE_OFFLINE", "0")
+    with pytest.raises(ChecksumMismatch):  # a run names the cure and downloads nothing
+        store.resolve("tiny")
+    assert RangeHandler.requests == []
+    result = CliRunner().invoke(app, ["weights", "pull", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert RangeHandler.requests == [None]
+    assert (store.cache_dir() / "tiny.pth").read_bytes() == RangeHandler.payload
+    assert store.locate("tiny") == store.cache_dir() / "tiny.pth"  # runs now use it, past the damaged copy
+    assert (share / "tiny.pth").exists()  # the share is never written
+
+
 @pytest.mark.parametrize("published", [True, False])
 def test_a_download_is_read_once_to_hash_it(tiny_file, use_entry, server, isolated_home, monkeypatch, published):
     """The `.part` is hashed, then renamed: its first use (the check, the safetensors conversion's

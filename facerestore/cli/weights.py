@@ -80,7 +80,8 @@ def weights_pull(
         for name in names:
             task = progress.add_task(name, total=None)
             try:
-                path = resolve(name, progress=lambda done, total, task=task: progress.update(task, completed=done, total=total or None))
+                path = resolve(name, progress=lambda done, total, task=task: progress.update(task, completed=done, total=total or None),
+                               replace_damaged=True)
                 progress.console.print(f"{name}: {path}", markup=False)
             except FaceRestoreError as exc:
                 failed = True

@@ -465,21 +465,31 @@ def also_missing(first: str, names: list[str]) -> str:
 
 
 def resolve(name: str, *, explicit: Path | str | None = None, offline: bool | None = None, progress: Progress | None = None,
-            option: str | None = "--weights") -> Path:
+            option: str | None = "--weights", replace_damaged: bool = False) -> Path:
     """A verified, loadable file for catalogue entry `name` (downloading it if allowed); `option` is
-    the command-line option `explicit` came from, named in its errors (None: none did)."""
+    the command-line option `explicit` came from, named in its errors (None: none did);
+    `replace_damaged`: see `locate`."""
     if explicit is not None:
         return resolve_explicit(explicit, offline=offline, progress=progress, catalogued=(name,), option=option)
-    return loadable(get_entry(name), locate(name, offline=offline, progress=progress), offline)
+    return loadable(get_entry(name), locate(name, offline=offline, progress=progress, replace_damaged=replace_damaged), offline)
 
 
-def locate(name: str, *, offline: bool | None = None, progress: Progress | None = None) -> Path:
+def locate(name: str, *, offline: bool | None = None, progress: Progress | None = None, replace_damaged: bool = False) -> Path:
     """The verified file of catalogue entry `name`, found in the search folders or downloaded, before
-    `loadable` converts it: the file a report names (the conversion in the cache has a hashed name)."""
+    `loadable` converts it: the file a report names (the conversion in the cache has a hashed name).
+
+    With every local copy damaged a run fails, naming the cure; `replace_damaged` (`weights pull`,
+    which is asked to download) downloads a good copy into the cache instead, where runs use it past
+    a damaged one that cannot be deleted (a read-only FACERESTORE_WEIGHTS share)."""
     entry = get_entry(name)
     copies = local_copies(name)
     if copies:
-        return first_good_copy(entry, copies, offline)
+        try:
+            return first_good_copy(entry, copies, offline)
+        except ChecksumMismatch:
+            if not (replace_damaged and entry.urls and not entry.local and not is_offline(offline)):
+                raise
+        return download(entry, progress=progress)
     if entry.local:
         raise WeightsError(f"{entry.filename} (your weights '{name}') is missing from {cache_dir()}", hint=f"import it again with `facerestore weights import FILE --name {name}`")
     if is_offline(offline):
