@@ -249,6 +249,10 @@ def test_auto_passes_over_a_damaged_optional_detector_with_one_warning(tmp_path,
     assert [line.split(": ", 2)[2].split(" has ")[0] for line in lines] == [str(resnet), str(mobilenet)]
     assert all(line.startswith("warning: --detector auto uses the bundled detector instead: ") for line in lines)
 
+    load_detector.cache_clear()
+    monkeypatch.setenv("RANK", "1")  # under torchrun rank 0 alone says it
+    assert isinstance(load_detector("auto"), detect.OnnxRetinaFace) and capsys.readouterr().err == ""
+
 
 def test_a_restore_with_a_damaged_optional_detector_file_succeeds(tmp_path, monkeypatch, tiny_baseline):
     """The QA run: a damaged detection_mobilenet0.25_Final.pth in FACERESTORE_WEIGHTS made

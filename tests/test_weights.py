@@ -272,6 +272,10 @@ def test_a_run_that_passes_over_a_damaged_copy_warns_once(tiny_file, use_entry, 
     [line] = capsys.readouterr().err.splitlines()
     assert line == (f"warning: {shared / 'tiny.pth'} (weights 'tiny') is damaged (sha256 mismatch) and is passed over; this run uses {good}; "
                     "delete it or put a good copy in its place (`facerestore weights verify` checks every copy)")
+    monkeypatch.setattr(store, "_warned_passed_over", set())
+    monkeypatch.setenv("RANK", "1")  # under torchrun rank 0 alone says it
+    assert store.locate("tiny") == good and capsys.readouterr().err == ""
+    monkeypatch.delenv("RANK")
     (shared / "tiny.pth").write_bytes(tiny_file.read_bytes())  # repaired: nothing to say
     monkeypatch.setattr(store, "_warned_passed_over", set())
     assert store.locate("tiny") == shared / "tiny.pth" and capsys.readouterr().err == ""

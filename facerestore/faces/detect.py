@@ -207,7 +207,9 @@ def _auto_detector(device: str, offline: bool | None) -> RetinaFaceHeads:
         break
     else:
         detector, used = OnnxRetinaFace(), "the bundled detector"
-    for exc in damaged:
+    from facerestore.ranks import main_rank
+
+    for exc in damaged if main_rank() else ():  # under torchrun every rank falls back: one line
         print(f"warning: --detector auto uses {used} instead: {exc.one_line()}", file=sys.stderr, flush=True)
     return detector
 

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 from facerestore.errors import BadWeightsFile, BadWeightsOption, ChecksumMismatch, UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.file_modes import new_file_mode
+from facerestore.ranks import main_rank
 from facerestore.weights.catalogue import WeightsEntry, entry_for_filename, get_entry, load_catalogue, local_registry_path
 from facerestore.weights.file_lock import exclusive
 
@@ -296,7 +297,7 @@ def _warn_passed_over(entry: WeightsEntry, damaged: Path, used: Path) -> None:
     """One stderr line per damaged copy per process (as `--detector auto` warns of a detector it
     passes over): the run goes on with a good copy further on, but silently it would pass over the
     damaged one on every run, and only `weights list` or `weights verify` would tell."""
-    if damaged in _warned_passed_over:
+    if damaged in _warned_passed_over or not main_rank():  # under torchrun every rank passes over it: one line
         return
     _warned_passed_over.add(damaged)
     print(f"warning: {_with_weights_name(damaged, entry)} is damaged (sha256 mismatch) and is passed over; this run uses {used}; "
