@@ -409,7 +409,7 @@ def test_a_rerun_with_other_settings_starts_over(tree, tmp_path, monkeypatch):
     interrupt_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         degrade_tree(tree, out, preset="severe", on_message=said.append)
-    assert said == [f"{out} held copies made with other settings (preset 'medium' -> 'severe'); degrading every image again"]
+    assert said == [f"{out} held copies made with other settings (--preset medium -> severe); degrading every image again"]
     assert not (out / "degradations.json").exists()  # it listed medium copies, one of which is severe now
     monkeypatch.undo()
     result = run("degrade", tree, "--out", out, "--preset", "severe")

@@ -91,7 +91,7 @@ def _earlier_records(state: Path, settings: dict, stale: list[Path], on_message:
     if recorded == settings:
         return _read_records(state / MANIFEST)
     if isinstance(recorded, dict) and on_message is not None:
-        differ = ", ".join(f"{k} {recorded.get(k)!r} -> {settings[k]!r}" for k in ("preset", "seed") if recorded.get(k) != settings[k])
+        differ = ", ".join(f"--{k} {recorded.get(k, '(none)')} -> {settings[k]}" for k in ("preset", "seed") if recorded.get(k) != settings[k])
         differ = differ or f"the ranges of preset {settings['preset']} changed since"
         on_message(f"{state.parent} held copies made with other settings ({differ}); degrading every image again")
     (state / MANIFEST).unlink(missing_ok=True)
