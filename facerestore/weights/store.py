@@ -135,15 +135,16 @@ def _memo_key(path: Path) -> str:
     return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def remembered_sha256(path: Path) -> str | None:
+def remembered_sha256(path: Path, memo: dict | None = None) -> str | None:
     """The sha256 remembered for `path` as it is now, without reading it; None if it was not hashed
-    since it last changed (or is gone)."""
+    since it last changed (or is gone). `memo`: verified.json as read once by a caller asking for
+    several files."""
     path = Path(path).resolve()
     try:
         key = _memo_key(path)
     except OSError:
         return None
-    return _read_json(_memo_path()).get(key)
+    return (_read_json(_memo_path()) if memo is None else memo).get(key)
 
 
 def read_sha256(path: Path) -> str:
@@ -178,13 +179,12 @@ def _drop_stale(memo: dict) -> None:
     download's source in ~/Downloads removed): their keys can never match again, and verified.json
     would otherwise grow with every file ever hashed."""
     for key in list(memo):
-        path = key.rsplit("|", 2)[0]  # PATH|SIZE|MTIME_NS, as sha256_file writes it (a path may hold '|')
+        path = key.rsplit("|", 2)[0]  # _memo_key's PATH|SIZE|MTIME_NS (a path may hold '|')
         try:
-            stat = os.stat(path)
+            current = _memo_key(Path(path))
         except (OSError, ValueError):
-            del memo[key]
-            continue
-        if key != f"{path}|{stat.st_size}|{stat.st_mtime_ns}":
+            current = None
+        if key != current:
             del memo[key]
 
 
@@ -318,8 +318,10 @@ def copy_in_use(name: str) -> Choice | None:
     if not expected:  # nothing to check a copy against: a run takes the first
         return Choice(copies[0])
 
+    memo = _read_json(_memo_path())  # read once for every copy
+
     def known_damage(path: Path) -> str:
-        digest = remembered_sha256(path)
+        digest = remembered_sha256(path, memo)
         if digest is not None:
             return "" if digest == expected else "sha256 mismatch"
         try:
@@ -333,7 +335,7 @@ def copy_in_use(name: str) -> Choice | None:
     choice = choose_copy(copies, known_damage)
     if choice.used is None:
         return choice
-    return Choice(choice.used, choice.passed_over, checked=remembered_sha256(choice.used) == expected)
+    return Choice(choice.used, choice.passed_over, checked=remembered_sha256(choice.used, memo) == expected)
 
 
 def _converted_path(entry: WeightsEntry, digest: str) -> Path:
