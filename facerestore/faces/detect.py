@@ -188,18 +188,16 @@ def _auto_detector(device: str, offline: bool | None) -> RetinaFaceHeads:
     Built once per process (`_load_detector`'s cache), so the warning is printed once; printed here,
     as the weights store prints a download's start, since every command that detects loads it."""
     from facerestore.errors import WeightsError
-    from facerestore.weights.catalogue import get_entry
-    from facerestore.weights.store import first_good_copy, loadable, local_copies
+    from facerestore.ranks import main_rank
+    from facerestore.weights.store import local_copies
 
     damaged: list[WeightsError] = []
     for network in AUTO_ORDER:
-        entry = get_entry(WEIGHTS_OF[network])
-        copies = local_copies(entry.name)
-        if not copies:
+        if not local_copies(WEIGHTS_OF[network]):
             continue
-        try:  # never downloads: only the copies found are looked at
-            source = first_good_copy(entry, copies, offline)
-            detector: RetinaFaceHeads = TorchRetinaFace(network.split("_", 1)[1], loadable(entry, source, offline), device, source)
+        try:  # never downloads: with copies present, locate only chooses among them
+            source, path = _weights_file(WEIGHTS_OF[network], offline=offline)
+            detector: RetinaFaceHeads = TorchRetinaFace(network.split("_", 1)[1], path, device, source)
         except WeightsError as exc:
             damaged.append(exc)
             continue
@@ -207,8 +205,6 @@ def _auto_detector(device: str, offline: bool | None) -> RetinaFaceHeads:
         break
     else:
         detector, used = OnnxRetinaFace(), "the bundled detector"
-    from facerestore.ranks import main_rank
-
     for exc in damaged if main_rank() else ():  # under torchrun every rank falls back: one line
         print(f"warning: --detector auto uses {used} instead: {exc.one_line()}", file=sys.stderr, flush=True)
     return detector
