@@ -26,6 +26,19 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def memory_not_known(monkeypatch) -> None:
+    """The train and finetune memory checks compare a step's estimate with the memory the machine has
+    free at that moment: finetune's default step (21 GB) passed on an idle 24 GB machine and was
+    refused while other jobs ran, so a test of something else failed on the refusal. Here free
+    memory is unknown, which skips the checks; their own tests set the figure they need."""
+    from facerestore.training import step_memory
+    from facerestore.training.finetune import step_memory as finetune_step_memory
+
+    monkeypatch.setattr(step_memory, "available_bytes", lambda device: None)
+    monkeypatch.setattr(finetune_step_memory, "available_bytes", lambda device: None)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
