@@ -22,7 +22,7 @@ import torch
 
 from facerestore.devices import for_inference
 from facerestore.errors import UnsupportedCheckpoint, UsageError
-from facerestore.image_io import to_samples
+from facerestore.image_io import from_samples, to_samples
 
 # --bg-upsampler value -> (weights catalogue name, the net's scale)
 UPSAMPLERS = {"realesrgan": ("realesrgan_x2plus", 2), "realesrgan-x4": ("realesrgan_x4plus", 4)}
@@ -53,7 +53,7 @@ class BackgroundUpsampler:
         return int(self.model.scale)
 
     def enlarge(self, rgb: np.ndarray, size: tuple[int, int], dtype: type = np.uint8) -> np.ndarray:
-        """HxWx3 float [0, 1] -> samples of `dtype` (uint8, uint16, or float32 for [0, 1]) at `size`
+        """HxWx3 float [0, 1] (or uint8 / uint16 samples) -> samples of `dtype` (uint8, uint16, or float32 for [0, 1]) at `size`
         (width, height): the net at its scale, then Lanczos to `size` where that differs."""
         height, width = rgb.shape[:2]
         native = (width * self.scale, height * self.scale)
@@ -69,7 +69,8 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def upscale_tiles(model, rgb: np.ndarray, out: np.ndarray, *, tile: int = DEFAULT_TILE, pad: int = TILE_PAD) -> np.ndarray:
-    """Run `model` (scale s) over `rgb` (HxWx3 float [0, 1]) tile by tile into `out` (sH x sW x 3,
+    """Run `model` (scale s) over `rgb` (HxWx3 float [0, 1], or uint8 / uint16 samples, made float a
+    tile at a time) tile by tile into `out` (sH x sW x 3,
     float32 or uint8 / uint16 samples, rounded). Each tile is cut with `pad` pixels of context on
     every side where the photo has them, and only its own part of the result is kept, so a pad
     wider than the net's receptive field gives exactly the untiled result. Tile and pad are rounded
@@ -86,7 +87,9 @@ def upscale_tiles(model, rgb: np.ndarray, out: np.ndarray, *, tile: int = DEFAUL
             bottom, right = min(top + step, height), min(left + step, width)
             y0, x0 = max(top - pad, 0), max(left - pad, 0)
             y1, x1 = min(bottom + pad, height), min(right + pad, width)
-            patch = torch.from_numpy(np.ascontiguousarray(rgb[y0:y1, x0:x1], dtype=np.float32)).permute(2, 0, 1)[None]
+            part = rgb[y0:y1, x0:x1]
+            part = from_samples(part) if part.dtype.kind == "u" else np.ascontiguousarray(part, dtype=np.float32)
+            patch = torch.from_numpy(part).permute(2, 0, 1)[None]
             result = model(patch.to(device=device, dtype=dtype))[0]
             own = result[:, (top - y0) * scale : (bottom - y0) * scale, (left - x0) * scale : (right - x0) * scale]
             own = own.permute(1, 2, 0).float().cpu().numpy()

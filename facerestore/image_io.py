@@ -60,9 +60,13 @@ def holds_alpha(path: Path) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class Picture:
-    """A decoded image: display-oriented float RGB plus what is needed to write it back alike."""
+    """A decoded image: display-oriented RGB samples plus what is needed to write it back alike.
 
-    rgb: np.ndarray  # float32 HxWx3 in [0, 1], RGB, EXIF orientation applied
+    The pixels are kept as the file's own integer samples, not float32: a 48 MP photo is 144 MB in
+    uint8 against 576 MB in float32, and the pipeline detects, aligns and pastes from the samples
+    without ever holding a photo-sized float copy."""
+
+    samples: np.ndarray  # uint8 (uint16 for a 16-bit source) HxWx3, RGB, EXIF orientation applied
     alpha: np.ndarray | None  # float32 HxW in [0, 1], or None when the source has no alpha
     bit_depth: int  # 8 or 16: write outputs at the depth the source had
     gray: bool  # single-channel source or identical channels: write the output gray too
@@ -93,12 +97,18 @@ class Picture:
         return frames + tuple(self.read_warnings) + flattened
 
     @property
+    def rgb(self) -> np.ndarray:
+        """The pixels as float32 HxWx3 in [0, 1]: a new copy at every access, 4 bytes per sample, for
+        the face-sized images of training and evaluation; photo-sized work reads `samples`."""
+        return from_samples(self.samples)
+
+    @property
     def height(self) -> int:
-        return int(self.rgb.shape[0])
+        return int(self.samples.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.rgb.shape[1])
+        return int(self.samples.shape[1])
 
 
 OUTPUT_FORMATS = ("auto", "png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
@@ -498,7 +508,7 @@ def _cmyk_to_srgb(img: Image.Image, path: Path) -> tuple[Image.Image, bytes | No
                                       "they were converted to RGB without it, so colours may be off",)
 
 def _to_picture(arr: np.ndarray, *, path: Path, orientation: int, not_image: BadImage, **meta) -> Picture:
-    """Decoded 8/16-bit samples (gray, gray+alpha, RGB, RGBA) -> an upright float Picture."""
+    """Decoded 8/16-bit samples (gray, gray+alpha, RGB, RGBA) -> an upright Picture."""
     if arr.ndim not in (2, 3) or arr.size == 0 or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
         raise not_image
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -509,14 +519,14 @@ def _to_picture(arr: np.ndarray, *, path: Path, orientation: int, not_image: Bad
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     if channels in (1, 2):  # gray, gray + alpha
         luma = arr if arr.ndim == 2 else arr[:, :, 0]
-        rgb = np.repeat((luma.astype(np.float32) / scale)[:, :, None], 3, axis=2)
+        samples = np.repeat(luma[:, :, None], 3, axis=2)
         alpha = arr[:, :, 1].astype(np.float32) / scale if channels == 2 else None
         gray = True
     else:
-        rgb = arr[:, :, :3].astype(np.float32) / scale
+        samples = arr if channels == 3 else np.ascontiguousarray(arr[:, :, :3])
         alpha = arr[:, :, 3].astype(np.float32) / scale if channels == 4 else None
         gray = bool(np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 1], arr[:, :, 2]))
-    return Picture(rgb=rgb, alpha=alpha, bit_depth=bit_depth, gray=gray, path=path, **meta)
+    return Picture(samples=samples, alpha=alpha, bit_depth=bit_depth, gray=gray, path=path, **meta)
 
 
 def _jpeg_full_chroma(img: Image.Image) -> bool:

@@ -300,12 +300,12 @@ def prepare_background(picture: Picture, upscale: float, upsampler: BackgroundUp
     scripts run it there too: the net's output resized back to the photo's size)."""
     dtype = np.uint16 if picture.bit_depth == 16 else np.uint8
     if upsampler is not None:
-        return upsampler.enlarge(picture.rgb, (round(picture.width * upscale), round(picture.height * upscale)), dtype)
+        return upsampler.enlarge(picture.samples, (round(picture.width * upscale), round(picture.height * upscale)), dtype)
     if upscale == 1:
-        return to_samples(picture.rgb, dtype)
+        return picture.samples.copy()  # pasted into, while later faces are still aligned from the photo
     size = (round(picture.width * upscale), round(picture.height * upscale))
     if picture.alpha is None:
-        return scale_background(to_samples(picture.rgb, dtype), None, size)  # saturated: no overshoot to clip
+        return scale_background(picture.samples, None, size)  # saturated: no overshoot to clip
     return to_samples(scale_background(picture.rgb, picture.alpha, size), dtype)  # rounded and clipped
 
 
@@ -346,17 +346,17 @@ def restore_picture(
             on_faces(0, 1, faces, restored)
         return None, 1, dict(timings)
     assert detector is not None
-    found = detect_faces(picture.rgb, detector, threshold=options.detection_threshold, min_eye_distance=options.min_face)
-    found = select_faces(found, picture.rgb.shape, only_center_face=options.only_center_face)
+    found = detect_faces(picture.samples, detector, threshold=options.detection_threshold, min_eye_distance=options.min_face)
+    found = select_faces(found, picture.samples.shape, only_center_face=options.only_center_face)
     timings["detect"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    height, width = picture.rgb.shape[:2]
+    height, width = picture.height, picture.width
     upscale = options.scale_for(height, width)
     photo = prepare_background(picture, upscale, tools.background)  # one photo-sized integer array, pasted into in place
     timings["prepare"] = time.perf_counter() - clock
     for start in range(0, len(found), options.batch_size):
         clock = time.perf_counter()
-        faces = [align_face(picture.rgb, f.landmarks, FACE_SIZE) for f in found[start : start + options.batch_size]]
+        faces = [align_face(picture.samples, f.landmarks, FACE_SIZE) for f in found[start : start + options.batch_size]]
         timings["align"] += time.perf_counter() - clock
         clock = time.perf_counter()
         restored = _restore_batch(method, [f.crop for f in faces], generator, tools.batch_limit)

@@ -33,6 +33,26 @@ def test_align_maps_landmarks_onto_template():
     np.testing.assert_allclose(face.affine @ np.r_[face.inverse, [[0, 0, 1]]], np.c_[np.eye(2), np.zeros(2)], atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("where", ["inside", "cut by the edge", "mostly outside", "rotated"])
+def test_a_crop_from_samples_is_the_crop_from_their_floats(dtype, where):
+    """The pipeline aligns from the photo's integer samples, making only the region the crop reads
+    float: the same crop as from a float copy of the whole photo, border included."""
+    top = np.iinfo(dtype).max
+    samples = np.rint(smooth_image(600, 800) * top).astype(dtype)
+    samples[::7] = top // 3  # texture: a region one pixel short would show
+    landmarks = {"inside": FFHQ_TEMPLATE_512 * 0.5 + [300.0, 150.0], "cut by the edge": FFHQ_TEMPLATE_512 * 0.6 - [60.0, 40.0],
+                 "mostly outside": FFHQ_TEMPLATE_512 * 0.4 + [700.0, 520.0]}.get(where)
+    if landmarks is None:
+        angle = 0.6
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        landmarks = (FFHQ_TEMPLATE_512 - 256) @ rotation.T * 0.7 + [400.0, 300.0]
+    whole = align_face(samples.astype(np.float32) / np.float32(top), landmarks)
+    region = align_face(samples, landmarks)
+    np.testing.assert_allclose(region.crop, whole.crop, atol=1e-6)
+    np.testing.assert_array_equal(region.affine, whole.affine)
+
+
 @pytest.mark.parametrize("upscale", [1, 2, 3])
 def test_round_trip_is_subpixel_exact(upscale):
     """Align a crop and paste it back unchanged: the photo must come back (no half-pixel shift)."""

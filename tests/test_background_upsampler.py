@@ -146,18 +146,17 @@ def test_sixteen_bit_photos_get_sixteen_bit_samples(weights_folder, one_thread):
 
 def test_the_pipeline_pastes_into_the_upsampled_background(weights_folder, one_thread):
     upsampler = load_background_upsampler("realesrgan", tile=32)
-    picture = Picture(rgb=photo(40, 50), alpha=None, bit_depth=8, gray=False)
+    picture = Picture(samples=np.rint(photo(40, 50) * 255).astype(np.uint8), alpha=None, bit_depth=8, gray=False)
     background = pipeline.prepare_background(picture, 2.0, upsampler)
-    np.testing.assert_array_equal(background, upsampler.enlarge(picture.rgb, (100, 80), np.uint8))
+    np.testing.assert_array_equal(background, upsampler.enlarge(picture.rgb, (100, 80), np.uint8))  # samples, tile by tile, as floats
     lanczos = pipeline.prepare_background(picture, 2.0)
     assert np.abs(background.astype(int) - lanczos).mean() > 1  # the tiny net is not Lanczos
 
 
 def test_without_an_upsampler_the_background_is_lanczos_as_before():
     """--bg-upsampler none: the background of every earlier version, uint8 OpenCV Lanczos of the samples."""
-    rgb = photo(40, 50)
-    picture = Picture(rgb=rgb, alpha=None, bit_depth=8, gray=False)
-    samples = np.rint(rgb * 255).astype(np.uint8)
+    samples = np.rint(photo(40, 50) * 255).astype(np.uint8)
+    picture = Picture(samples=samples, alpha=None, bit_depth=8, gray=False)
     np.testing.assert_array_equal(pipeline.prepare_background(picture, 2.0, None),
                                   cv2.resize(samples, (100, 80), interpolation=cv2.INTER_LANCZOS4))
 

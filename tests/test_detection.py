@@ -309,6 +309,45 @@ def test_bundled_detector_agrees_with_official_mobilenet(shared_data, shared_wei
     assert np.median(errors) < 0.12 and max(errors) < 0.3
 
 
+class RecordingHeads:
+    """Heads that find nothing and keep the batch the detector was given."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+
+    def __call__(self, batch: np.ndarray):
+        self.batches.append(batch)
+        return no_faces(*batch.shape[2:])[1:]
+
+
+@pytest.mark.parametrize("shape", [(300, 400), (1500, 2600)])  # detected at its size; shrunk to 3 MP
+def test_samples_reach_the_detector_as_their_floats_do(shape):
+    """The pipeline detects on the photo's uint8 / uint16 samples (no float copy of the photo): the
+    net sees what it sees for the same photo in float, within the shrink's integer rounding."""
+    rng = np.random.default_rng(3)
+    samples16 = rng.integers(0, 65536, (*shape, 3), dtype=np.uint16)
+    samples8 = (samples16 >> 8).astype(np.uint8)
+    for samples in (samples8, samples16):
+        as_float, as_samples = RecordingHeads(), RecordingHeads()
+        detect_faces(samples.astype(np.float32) / np.iinfo(samples.dtype).max, as_float)
+        detect_faces(samples, as_samples)
+        for a, b in zip(as_float.batches, as_samples.batches, strict=True):
+            assert a.shape == b.shape
+            shrunk = a.shape[2:] != shape
+            tolerance = 0.51 if shrunk and samples.dtype == np.uint8 else 0.01  # a level of 255, or float rounding
+            assert np.abs(a - b).max() <= tolerance, (samples.dtype, a.shape)
+
+
+def test_real_photos_give_the_same_faces_from_samples_as_from_floats(shared_data, shared_weights, monkeypatch):
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared_weights))
+    detector = load_detector("auto")
+    for path in [shared_data / "photos" / "groups" / "5.jpg", shared_data / "photos" / "large" / "20200320.101220.jpg"]:
+        picture = read_image(path)
+        a, b = detect_faces(picture.rgb, detector), detect_faces(picture.samples, detector)
+        assert len(a) == len(b) > 0, path
+        assert max(_match(a, b)) < 0.01, path  # of the eye distance
+
+
 def test_real_photos_face_counts(shared_data, shared_weights, monkeypatch):
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared_weights))
     detector = load_detector("auto")  # finds the official mobile0.25 in FACERESTORE_WEIGHTS

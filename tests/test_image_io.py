@@ -370,6 +370,27 @@ def test_encoding_holds_at_most_two_copies_of_the_photo(tmp_path, monkeypatch, e
         assert np.array_equal(read[:, :, 3], to_uint8(alpha))
 
 
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_a_read_photo_holds_its_samples_not_a_float_copy(tmp_path, bit_depth):
+    """A decoded photo was float32 (576 MB at 48 MP, made through two float temporaries); now it is
+    the file's own samples, and `rgb` gives the same floats as before on demand."""
+    import tracemalloc
+
+    rgb = np.random.default_rng(7).random((600, 800, 3), dtype=np.float32)
+    path = write_image(tmp_path / "p.png", rgb, bit_depth=bit_depth)
+    tracemalloc.start()
+    picture = read_image(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    assert picture.samples.dtype == dtype and picture.samples.shape == (600, 800, 3)
+    # the file's bytes, the decoded samples and OpenCV's reordered copy; a float copy alone is 4 / (bit_depth / 8) times the samples
+    assert peak < path.stat().st_size + 2.2 * picture.samples.nbytes, peak / picture.samples.nbytes
+    top = np.float32(65535 if bit_depth == 16 else 255)
+    np.testing.assert_array_equal(picture.rgb, picture.samples.astype(np.float32) / top)
+    assert picture.rgb.dtype == np.float32 and (picture.width, picture.height) == (800, 600)
+
+
 def test_quantizing_rounds_clips_and_zeroes_nan():
     values = np.array([np.nan, -np.inf, -0.2, 0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, 1.3, np.inf], np.float32)
     assert to_uint8(values).tolist() == [0, 0, 0, 0, 0, 2, 128, 255, 255, 255]  # halves to even, as np.round

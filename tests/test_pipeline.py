@@ -139,6 +139,28 @@ def test_restoring_a_large_photo_holds_no_float_copy_of_it(tmp_path, monkeypatch
     assert peak < 0.6 * out.size * 4, peak / 1e6  # below a float32 copy of the output, with room for the face's arrays
 
 
+def test_detection_and_alignment_read_the_samples_not_a_float_photo(tmp_path, monkeypatch):
+    """At --upscale 1 the pipeline's numpy memory is the uint8 background and one face's float
+    region: the decoded photo stays in samples (a float32 copy was 4 times their size)."""
+    import tracemalloc
+
+    seen = []
+
+    def detect(image, detector, **kw):
+        seen.append(image.dtype)
+        return faces_at((300, 200), scale=0.5)
+
+    monkeypatch.setattr(pipeline, "detect_faces", detect)
+    picture = read_image(write_image(tmp_path / "big.png", photo(1500, 2000)))
+    tracemalloc.start()
+    out, faces, _ = pipeline.restore_picture(picture, Tools(method=Darken(), detector=object()), RestoreOptions(output=tmp_path, upscale=1, batch_size=1))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert faces == 1 and seen == [np.uint8] and out.dtype == np.uint8
+    # the background copy (1x) and the face's arrays (1x here); a float copy of the photo alone is 4x
+    assert peak < 3 * picture.samples.nbytes, peak / picture.samples.nbytes
+
+
 def test_only_one_batch_of_crops_is_held_at_a_time(tmp_path, monkeypatch):
     """A class photo of 600 faces must not hold 600 pairs of 3 MB crops: align, restore, paste and
     write a batch, then drop it."""

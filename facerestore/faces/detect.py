@@ -286,9 +286,12 @@ def _detect_at(image: np.ndarray, detector: RetinaFaceHeads, scale: DetectionSca
         work = image
     else:
         size = (round(width * factor), round(height * factor))
+        if factor > 1 and image.dtype.kind != "f":  # a small photo: enlarged in float, as OpenCV's integer bilinear rounds
+            image = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
         work = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA)
     work_h, work_w = work.shape[:2]
-    bgr = np.ascontiguousarray(work[..., ::-1], dtype=np.float32) * 255.0 - BGR_MEAN
+    levels = 255.0 if work.dtype.kind == "f" else 255.0 / np.iinfo(work.dtype).max  # float [0, 1], or samples
+    bgr = np.ascontiguousarray(work[..., ::-1], dtype=np.float32) * np.float32(levels) - BGR_MEAN
     loc, conf, landmarks = detector(np.ascontiguousarray(bgr.transpose(2, 0, 1)[None]))
     scores = conf[0, :, 1]
     selected = scores >= threshold  # "at least" (docs): --detection-threshold 1 keeps a saturated 1.0
@@ -326,7 +329,8 @@ def detect_faces(
     nms_threshold: float = 0.4,
     min_eye_distance: float = 5.0,
 ) -> tuple[DetectedFace, ...]:
-    """Detect faces in an RGB float [0,1] image; returns them by descending score."""
+    """Detect faces in an RGB image (float [0, 1], or uint8 / uint16 samples, which a large photo is
+    shrunk in without a float copy); returns them by descending score."""
     found = [_detect_at(image, detector, scale, threshold) for scale in detection_scales(*image.shape[:2])]
     boxes, scores, points = (np.concatenate(parts) for parts in zip(*found))
     if not len(scores):
