@@ -279,10 +279,10 @@ def _decode_cv2(data: bytes) -> np.ndarray | None:
         return None
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    if arr.ndim == 3 and arr.shape[2] == 3:  # reordered in place: a second photo-sized array would double the read's peak
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=arr)
     if arr.ndim == 3 and arr.shape[2] == 4:
-        return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+        return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA, dst=arr)
     return arr if arr.ndim == 2 else None
 
 

@@ -417,10 +417,11 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
         result.seconds.update(timings)
         clock = time.perf_counter()
         if photo is not None:
-            alpha = picture.alpha
+            alpha, encoding = picture.alpha, picture.encoding()
+            del picture  # its samples, as large as the photo, are done with: the encoder's copy takes their place
             if alpha is not None and upscale != 1:
                 alpha = scale_alpha(alpha, (photo.shape[1], photo.shape[0]))
-            result.outputs.append(write_image(target, photo, alpha=alpha, **picture.encoding()))
+            result.outputs.append(write_image(target, photo, alpha=alpha, **encoding))
     except BaseException:  # a failed photo (or Ctrl-C) leaves none of its face files behind
         for written in result.outputs:
             Path(written).unlink(missing_ok=True)
