@@ -14,7 +14,7 @@ from facerestore.errors import UsageError
 from facerestore.image_io import write_image
 from facerestore.methods.idm import load_model, save_model
 from facerestore.nets.idm_unet import IDMUNet, UNetConfig
-from facerestore.training.ship_snapshot import best_step, main, ship
+from facerestore.training.ship_snapshot import best_step, gains, main, ship
 from facerestore.training.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -136,3 +136,17 @@ def test_ship_best_writes_the_chosen_step_and_the_reason(tmp_path):
     assert card["chosen_step"] == expected and card["choice"].startswith("--step best of 2 validations")
     with pytest.raises(SystemExit, match="neither a step number nor `best`"):
         main([str(run), "--step", "last", "--out", str(tmp_path / "models")])
+
+
+def test_ship_best_without_identity_names_the_psnr_fallback(tmp_path):
+    # a run validated without --val-identity scores PSNR only: the reason must not call PSNR "identity"
+    _, run = trained_run(tmp_path, steps=2)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any("identity" in key for entry in history for key in entry)
+    step, _ = best_step(history, run)
+    psnr = [value for metric, value in gains(next(e for e in history if e["step"] == step)) if metric == "psnr"]
+    main([str(run), "--step", "best", "--out", str(tmp_path / "models")])
+    choice = json.loads((tmp_path / "models" / "idm.json").read_text())["choice"]
+    assert f"worst PSNR gain {min(psnr):+.3f} dB (no identity scores in the validation)" in choice
+    assert f"mean PSNR gain {sum(psnr) / len(psnr):+.3f} dB" in choice
+    assert "identity gain" not in choice

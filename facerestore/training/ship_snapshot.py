@@ -76,7 +76,8 @@ def gains(entry: dict) -> list[tuple[str, float]]:
 def best_step(history: list, run: Path) -> tuple[int, str]:
     """The validated step to ship and why: most counts (PSNR and identity per preset) that beat the
     input, then the largest worst identity gain (identity is what later steps lose, docs/idm-model.md),
-    then the largest mean PSNR gain."""
+    or the largest worst PSNR gain where the run was validated without identity, then the largest
+    mean PSNR gain."""
     def score(entry: dict) -> tuple[int, float, float]:
         g = gains(entry)
         identity = [v for m, v in g if m == "identity"] or [v for m, v in g if m == "psnr"]
@@ -88,8 +89,11 @@ def best_step(history: list, run: Path) -> tuple[int, str]:
         raise UsageError(f"{run}: no validation with input and output numbers to choose from", hint="pass --step and --why, chosen by hand")
     best = max(entries, key=lambda e: (score(e), -e["step"]))
     beaten, worst, mean_psnr = score(best)
+    # the second key falls back to PSNR when the run scored no identity (trained without --val-identity): say which it is
+    worst_text = (f"worst identity gain {worst:+.4f}" if any(m == "identity" for m, _ in gains(best))
+                  else f"worst PSNR gain {worst:+.3f} dB (no identity scores in the validation)")
     return best["step"], (f"--step best of {len(entries)} validations: beats the input on {beaten} of {len(gains(best))} counts, "
-                          f"worst identity gain {worst:+.4f}, mean PSNR gain {mean_psnr:+.3f} dB")
+                          f"{worst_text}, mean PSNR gain {mean_psnr:+.3f} dB")
 
 
 def is_trainer_run(run: Path) -> bool:
@@ -194,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="the --out folder of a `facerestore train` or `train_bundled_idm` run")
     parser.add_argument("--step", required=True, help="the validated step to ship, or `best`: the one that beats the input on the most "
-                        "counts (PSNR and identity per validated preset), then with the largest worst identity gain")
+                        "counts (PSNR and identity per validated preset), then with the largest worst identity gain (worst PSNR gain "
+                        "where the run scored no identity)")
     parser.add_argument("--why", default=None, help="why this step: kept in the card as `choice` (required unless --step best)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "models",
                         help="where idm.safetensors and idm.json go (default: the package's models folder)")
