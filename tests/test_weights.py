@@ -734,6 +734,26 @@ def test_import_refuses_what_is_not_a_checkpoint(tiny_file, use_entry, tmp_path)
     assert not store.cache_dir().exists() or list(store.cache_dir().iterdir()) == []
 
 
+def test_import_of_a_file_that_is_no_checkpoint_exits_2_with_or_without_a_name(tiny_file, use_entry, tmp_path):
+    """The FILE `weights import` was given is as wrong as a bad `--weights` file: the command line must
+    change (docs/usage.md's exit codes). With --name it exited 1, without it 2."""
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(bytes(torch.randint(0, 256, (1000,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).tolist()))
+    named = weights_cli("import", str(junk), "--name", "my-idm")
+    assert named.exit_code == 2, named.output
+    assert f"{junk} is not a PyTorch or safetensors checkpoint (it starts neither as a zip archive nor as a pickle); nothing was stored" in named.output
+    unnamed = weights_cli("import", str(junk))
+    assert unnamed.exit_code == 2 and f"{junk} matches no catalogued checkpoint" in unnamed.output, unnamed.output
+    use_entry(entry_for(tiny_file, filename="junk.pth", sha256=""))  # an official file with no published hash: read before it is trusted
+    official = weights_cli("import", str(junk))
+    assert official.exit_code == 2 and "nothing was stored; get the whole official file and try again" in official.output, official.output
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(tiny_file.read_bytes()[: tiny_file.stat().st_size // 2])
+    truncated = weights_cli("import", str(cut), "--name", "my-cut")
+    assert truncated.exit_code == 2 and f"{cut} is not a readable checkpoint (" in truncated.output, truncated.output
+    assert not store.cache_dir().exists() or not list(store.cache_dir().glob("*.pth"))
+
+
 def test_a_file_of_your_own_that_is_no_checkpoint_is_not_said_to_be_truncated(tmp_path):
     """`weights import some.jpg --name pic` was told to copy the whole file again, the cure of a cut
     copy: it is said to be no checkpoint at all, in the words `--weights` uses for it."""

@@ -760,7 +760,7 @@ def import_weights(file: Path | str, name: str | None = None, *, verify: bool = 
             hint="download the official file again, or register it as your own weights with --name and a name of your own",
         )
     if not entry.sha256:
-        _assert_checkpoint(source, str(source))
+        _assert_checkpoint(source, str(source), error=BadWeightsFile)
     target = cache_dir() / entry.filename
     _make_folder(target.parent)
     with exclusive(target, f"importing {source.name} into {target.parent}"):  # not while a download of it renames
@@ -794,12 +794,14 @@ OFFICIAL_AGAIN = "get the whole official file and try again"
 OWN_AGAIN = "copy the whole file again, or export it again from the run that wrote it, then import it"
 
 
-def _assert_checkpoint(path: Path, what: str, cure: str = OFFICIAL_AGAIN) -> None:
+def _assert_checkpoint(path: Path, what: str, cure: str = OFFICIAL_AGAIN, error: type[WeightsError] = WeightsError) -> None:
     """A file whose hash nobody published is trusted on first use, so it must at least be a checkpoint
     (not an HTML error page, a cut-off download or the wrong file type) before it is stored. `cure`:
     the official file again for a catalogue entry; your own (`--name`) only you can copy again. A file
     that is no checkpoint at all (a photo, a web page, pickled objects) is said to be one in the
-    reader's words, as `--weights` says it: copying it again would not help."""
+    reader's words, as `--weights` says it: copying it again would not help. `error`: BadWeightsFile
+    (exit 2) for the FILE `weights import` was given, as for a `--weights` file; a download stays a
+    WeightsError (exit 1): the command line was right."""
     from facerestore.weights.checkpoint import read_state_dict
 
     try:
@@ -808,10 +810,10 @@ def _assert_checkpoint(path: Path, what: str, cure: str = OFFICIAL_AGAIN) -> Non
         text = str(exc)
         rest = text[len(str(path)):] if text.startswith(str(path)) else f" {text}"
         if not rest.startswith(" is truncated or damaged") and exc.hint:  # another format or pickled objects
-            raise WeightsError(f"{what}{rest}", hint=f"nothing was stored; {cure if cure != OWN_AGAIN else exc.hint}") from None
+            raise error(f"{what}{rest}", hint=f"nothing was stored; {cure if cure != OWN_AGAIN else exc.hint}") from None
         reason = rest.split(" (", 1)[1].rstrip(")") if " (" in rest else rest.strip()
-        raise WeightsError(f"{what} is not a readable checkpoint ({reason})",
-                           hint=f"nothing was stored; {cure}") from None
+        raise error(f"{what} is not a readable checkpoint ({reason})",
+                    hint=f"nothing was stored; {cure}") from None
 
 
 def _make_folder(folder: Path) -> None:
@@ -895,7 +897,7 @@ def _register_local(source: Path, name: str, digest: str) -> Imported:
     if owner is not None:  # --name best of a .pth: best.pth, the file of your weights 'best.pth'
         raise UsageError(f"--name {name} would store {source.name} as {target.name}, the file of your weights '{owner.name}'",
                          hint=f"choose another --name, or import it with --name {owner.name} to replace those")
-    _assert_checkpoint(source, str(source), OWN_AGAIN)
+    _assert_checkpoint(source, str(source), OWN_AGAIN, BadWeightsFile)
     _make_folder(target.parent)
     registry = local_registry_path()
     # one import of a name at a time, whatever its file's suffix: the file and its registered sha256
