@@ -1,6 +1,7 @@
 """Train the `baseline` restorer shipped inside the package (the fast one-step offline restorer).
 
-    python -m facerestore.training.train_baseline --data DIR [DIR ...] --val DIR --out facerestore/models --keep-size
+    python -m facerestore.training.train_baseline --data DIR [DIR ...] --val DIR --out runs/baseline --keep-size
+    cp runs/baseline/baseline.safetensors runs/baseline/baseline.json facerestore/models/   # steps/ stays out of the package
 
 One-step L1 regression (IDM eq. 7 without the diffusion: x_d -> x) of a BaselineUNet on random crops of
 faces resized to 512 (with --keep-size, as the shipped model: kept at their own size up to 512, eq. 11

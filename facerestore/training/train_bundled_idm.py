@@ -1,6 +1,7 @@
 """Train the IDM model shipped inside the package (`--method idm` with no weights) on CPU.
 
-    python -m facerestore.training.train_bundled_idm --data DIR [DIR ...] --val DIR --out facerestore/models
+    python -m facerestore.training.train_bundled_idm --data DIR [DIR ...] --val DIR --out runs/bundled-idm
+    python -m facerestore.training.ship_snapshot runs/bundled-idm --step best     # the chosen step into facerestore/models
 
 IDM's intrinsic iteration (eq. 5-7: x0 regression with L1 from x_t concatenated with x_d, noise
 levels drawn SR3-style) of the `compact` IDMUNet, with the shipped baseline's data recipe: faces kept
