@@ -734,6 +734,18 @@ def test_import_refuses_what_is_not_a_checkpoint(tiny_file, use_entry, tmp_path)
     assert not store.cache_dir().exists() or list(store.cache_dir().iterdir()) == []
 
 
+def test_list_claims_no_license_for_weights_of_your_own(tiny_file):
+    """Weights imported with --name showed "your own weights non-commercial": a model you train carries
+    your data's license (docs/weights.md), which the tool cannot know. Catalogue entries keep theirs."""
+    store.import_file(tiny_file, name="my-base")
+    listing = weights_cli("list")
+    assert listing.exit_code == 0, listing.output
+    rows = {line.split("\t")[0]: line.split("\t") for line in listing.output.splitlines() if "\t" in line}
+    assert rows["my-base"][3] == "your own weights", rows["my-base"]
+    assert rows["codeformer"][3] == "NTU S-Lab License 1.0 non-commercial", rows["codeformer"]
+    assert rows["detection_mobilenet0.25_Final"][3] == "MIT", rows["detection_mobilenet0.25_Final"]
+
+
 def test_import_of_a_file_that_is_no_checkpoint_exits_2_with_or_without_a_name(tiny_file, use_entry, tmp_path):
     """The FILE `weights import` was given is as wrong as a bad `--weights` file: the command line must
     change (docs/usage.md's exit codes). With --name it exited 1, without it 2."""

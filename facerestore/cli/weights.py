@@ -40,7 +40,9 @@ def weights_list() -> None:
             where = "manual download (below)"
             manual.append(f"{name}: {entry.note}; then `facerestore weights import {entry.filename}`")
         license_text = entry.license.split(" (")[0]
-        if not entry.commercial_use and "commercial" not in license_text.lower():  # "non-commercial research only" says it already
+        # "non-commercial research only" says it already; weights of your own (`import --name`) carry their
+        # data's and base model's license, which the tool cannot know: no claim either way
+        if not entry.local and not entry.commercial_use and "commercial" not in license_text.lower():
             license_text += " non-commercial"
         rows.append((name, entry.filename, size, license_text, where))
     header = ("name", "file", "size", "license", "where")
