@@ -1,7 +1,7 @@
 """Speed and memory of each restoration method per setting (steps), faces per photo and precision.
 
     python bench/bench_methods.py                      # CPU: --quick (1 face, the fewest steps)
-    python bench/bench_methods.py --full --faces 1,4   # CPU: the methods' real settings (slow: DifFace ~4 min/face)
+    python bench/bench_methods.py --full --faces 1,4   # CPU: the methods' real settings (slow: DifFace ~11 min/face on 2 CPU cores, docs/methods.md)
     python bench/bench_methods.py --device cuda        # GPU: --full, faces 1,4,16,64, fp32 and bf16
 
 What is timed: `pipeline.restore_crops` on aligned 512 crops, i.e. exactly what `facerestore` runs
