@@ -53,8 +53,9 @@ class BackgroundUpsampler:
         return int(self.model.scale)
 
     def enlarge(self, rgb: np.ndarray, size: tuple[int, int], dtype: type = np.uint8) -> np.ndarray:
-        """HxWx3 float [0, 1] (or uint8 / uint16 samples) -> samples of `dtype` (uint8, uint16, or float32 for [0, 1]) at `size`
-        (width, height): the net at its scale, then Lanczos to `size` where that differs."""
+        """HxWx3 float [0, 1] (or uint8 / uint16 samples) -> samples of `dtype` (uint8, uint16, or
+        float32 for [0, 1]) at `size` (width, height): the net at its scale, then Lanczos to `size`
+        where that differs."""
         height, width = rgb.shape[:2]
         native = (width * self.scale, height * self.scale)
         out = np.empty((native[1], native[0], 3), dtype)
@@ -70,8 +71,7 @@ def _round_up(value: int, multiple: int) -> int:
 
 def upscale_tiles(model, rgb: np.ndarray, out: np.ndarray, *, tile: int = DEFAULT_TILE, pad: int = TILE_PAD) -> np.ndarray:
     """Run `model` (scale s) over `rgb` (HxWx3 float [0, 1], or uint8 / uint16 samples, made float a
-    tile at a time) tile by tile into `out` (sH x sW x 3,
-    float32 or uint8 / uint16 samples, rounded). Each tile is cut with `pad` pixels of context on
+    tile at a time) tile by tile into `out` (sH x sW x 3, float32 or uint8 / uint16 samples, rounded). Each tile is cut with `pad` pixels of context on
     every side where the photo has them, and only its own part of the result is kept, so a pad
     wider than the net's receptive field gives exactly the untiled result. Tile and pad are rounded
     up to the net's size multiple: the x2 model pixel-unshuffles its input, and a tile starting at
