@@ -418,6 +418,91 @@ def test_a_rerun_with_other_settings_starts_over(tree, tmp_path, monkeypatch):
     assert report["preset"] == "severe" and [r["sigma"] for r in report["images"]] == [8.0, 8.0, 8.0]
 
 
+def copies(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".facerestore" not in p.as_posix()
+                  and not p.name.startswith("degradations."))
+
+
+def test_a_start_over_removes_the_earlier_copies_it_will_not_rewrite_and_a_same_settings_rerun_keeps_and_names_them(tree, tmp_path):
+    """QA: `-p mild`, rm a source, `-p medium` said it started over but left the mild copy of the
+    gone source (and `--ext png` then `-p mild` left a severe .png beside the mild .jpg): a later
+    train read two presets. A rerun with the same settings keeps such copies and says so."""
+    out = tmp_path / "out"
+    assert run("degrade", tree, "--out", out, "--preset", "mild", "-q").exit_code == 0
+    (tree / "sub" / "c.png").unlink()
+    same = run("degrade", tree, "--out", out, "--preset", "mild")
+    assert same.exit_code == 0 and "0 degraded with preset mild, 2 already done, 0 failed" in same.output
+    assert (f"1 copy in {out} has no source any more ({out / 'sub' / 'c.png'}); it is kept, but not in degradations.json: "
+            "delete it if train or evaluate should not read it") in " ".join(same.output.split())
+    assert copies(out) == ["a.png", "sub/b.jpg", "sub/c.png"]
+    medium = run("degrade", tree, "--out", out, "--preset", "medium")
+    assert medium.exit_code == 0 and medium.output.splitlines()[0] == (
+        f"{out} held copies made with other settings (--preset mild -> medium); degrading every image again "
+        "and removing 1 earlier copy it will not rewrite (another --ext, or a source that is gone)")
+    assert copies(out) == ["a.png", "sub/b.jpg"]
+
+    # another --ext: same settings keep the .jpg (and say so); the start-over after removes the severe .png
+    assert run("degrade", tree, "--out", out, "--preset", "severe", "-q").exit_code == 0
+    png = run("degrade", tree, "--out", out, "--preset", "severe", "--ext", "png")
+    assert png.exit_code == 0 and "1 degraded with preset severe, 1 already done, 0 failed" in png.output
+    assert f"1 copy in {out} was made with another --ext ({out / 'sub' / 'b.jpg'}); it is kept" in " ".join(png.output.split())
+    assert copies(out) == ["a.png", "sub/b.jpg", "sub/b.png"]
+    mild = run("degrade", tree, "--out", out, "--preset", "mild")
+    assert mild.exit_code == 0 and "removing 1 earlier copy it will not rewrite" in mild.output
+    assert run("degrade", tree, "--out", tmp_path / "fresh", "--preset", "mild", "-q").exit_code == 0
+    assert copies(out) == copies(tmp_path / "fresh") == ["a.png", "sub/b.jpg"]
+    for name in ("degradations.json", "a.png", "sub/b.jpg"):
+        assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
+
+
+def test_a_start_over_removes_only_listed_copies_inside_dst(tree, tmp_path):
+    """Records that name a file outside DST (through a link, '..', an absolute path), a link, a file
+    that is not an image, or the user's own files in DST: none of them is removed."""
+    from facerestore.training.degrade_files import MANIFEST, STATE_DIR
+
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    assert run("degrade", tree, "--out", out, "--preset", "mild", "-q").exit_code == 0
+    write_image(outside / "x.png", face_like(16, 16))
+    (out / "away").symlink_to(outside)
+    (out / "link.png").symlink_to(outside / "x.png")
+    (out / "notes.txt").write_text("mine")
+    write_image(out / "mine.png", face_like(16, 16))
+    listed = ["away/x.png", "../outside/x.png", str(outside / "x.png"), "link.png", "notes.txt", 7, ""]
+    with open(out / STATE_DIR / MANIFEST, "a") as manifest:
+        manifest.writelines(json.dumps({"path": p, "source": "x.png"}) + "\n" for p in listed)
+    (tree / "sub" / "c.png").unlink()
+    result = run("degrade", tree, "--out", out, "--preset", "medium")
+    assert result.exit_code == 0 and "removing 1 earlier copy it will not rewrite" in result.output  # sub/c.png only
+    assert (outside / "x.png").is_file() and (out / "link.png").is_symlink() and (out / "notes.txt").is_file() and (out / "mine.png").is_file()
+    assert not (out / "sub" / "c.png").exists()
+
+
+def test_a_start_over_whose_redo_fails_leaves_no_copy_of_the_other_preset(tree, tmp_path):
+    out = tmp_path / "out"
+    assert run("degrade", tree, "--out", out, "--preset", "mild", "-q").exit_code == 0
+    (tree / "sub" / "c.png").write_bytes(b"not an image any more")
+    result = run("degrade", tree, "--out", out, "--preset", "medium")
+    assert result.exit_code == 1 and "2 degraded with preset medium, 1 failed" in result.output
+    assert copies(out) == ["a.png", "sub/b.jpg"]
+
+
+def test_a_dst_from_before_the_manifest_is_cleaned_by_its_degradations_json(tree, tmp_path):
+    """Runs before done.jsonl left only degradations.json: it lists the copies just as well."""
+    import shutil
+
+    from facerestore.training.degrade_files import STATE_DIR
+
+    out = tmp_path / "out"
+    assert run("degrade", tree, "--out", out, "--preset", "mild", "-q").exit_code == 0
+    shutil.rmtree(out / STATE_DIR)
+    (tree / "a.png").unlink()
+    result = run("degrade", tree, "--out", out, "--preset", "medium")
+    assert result.exit_code == 0 and result.output.splitlines()[0] == (
+        f"{out} held copies whose settings are unknown ({out / STATE_DIR / 'settings.json'} is missing or unreadable); "
+        "degrading every image again and removing 1 earlier copy it will not rewrite (another --ext, or a source that is gone)")
+    assert copies(out) == ["sub/b.jpg", "sub/c.png"]
+
+
 def test_a_rerun_removes_the_temp_files_a_killed_write_left_and_nothing_else(tree, tmp_path):
     out = tmp_path / "out"
     stale = [out / ".a.png.k3x9q2zw.tmp", out / "sub" / ".c.png.0a1b2c3d.tmp", out / ".degradations.json.zz8y7x6w.tmp"]

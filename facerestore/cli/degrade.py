@@ -44,4 +44,10 @@ def degrade_command(
         earlier += f", {counted(report.changed, 'changed file')} redone" if report.changed else ""
         err.print(f"{report.written} degraded with preset {preset}{earlier}, {report.failed} failed -> {dst} (parameters: {report.json_path.name}, {report.csv_path.name})",
                   markup=False)
+        for kept, why in ((report.no_source, ("has", "have", "no source any more")), (report.other_format, ("was", "were", "made with another --ext"))):
+            if kept:  # never deleted on a rerun with the same settings (as clean-dataset's), but a later train or evaluate would read them
+                one = len(kept) == 1
+                err.print(f"{counted(len(kept), 'copy', 'copies')} in {dst} {why[0] if one else why[1]} {why[2]} ({'' if one else 'e.g. '}{dst / kept[0]}); "
+                          f"{'it is' if one else 'they are'} kept, but not in degradations.json: delete {'it' if one else 'them'} "
+                          f"if train or evaluate should not read {'it' if one else 'them'}", markup=False)
     raise typer.Exit(1 if report.failed else 0)

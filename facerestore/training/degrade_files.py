@@ -21,7 +21,11 @@ was read): a source replaced by another image at the same path since is degraded
 copy removed first (records written before sources were recorded are trusted). The manifest is kept
 for the settings in
 .facerestore-degrade/settings.json (preset, seed, the preset's ranges): a rerun with other settings
-starts over, dropping the manifest and the degradations.json / .csv of the earlier settings.
+starts over, dropping the manifest and the degradations.json / .csv of the earlier settings, and first
+the copies they list (else DST would mix two presets: a copy of another --ext, or of a source that is
+gone, is never rewritten). Only what they list is removed, and only a plain file whose folder lies
+inside DST (never through a link out of it). A rerun with the same settings removes nothing: such a
+copy is kept and counted in `no_source` / `other_format`, for the summary to say.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ import dataclasses
 import io
 import json
 import os
+import stat as stat_mode
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import (IMAGE_EXTENSIONS, OUT_ONLY_HINT, assert_not_input, assert_output_folder, assert_outside, folder_relation, list_images, output_format, read_image,
@@ -58,6 +63,10 @@ class DegradeReport:
     records: list[dict]  # every copy of the run, as in degradations.json (those of earlier runs included)
     skipped: int = 0  # copies an interrupted earlier run had finished (same settings)
     changed: int = 0  # copies redone because their source changed since they were made (counted in written or failed)
+    # copies an earlier run with the same settings made that this run does not list (so neither does
+    # degradations.json): kept, never deleted, for the summary to say (a start-over removes them)
+    no_source: list[str] = field(default_factory=list)  # their source is gone from SRC
+    other_format: list[str] = field(default_factory=list)  # their source is still there: made with another --ext
 
 
 def _settings(preset: str, seed: int, spec: DegradationSpec) -> dict:
@@ -82,18 +91,61 @@ def _public(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in SOURCE_KEYS}
 
 
-def _earlier_records(state: Path, settings: dict, stale: list[Path], on_message: Callable[[str], None] | None) -> dict[str, dict]:
+def _own_copy(dst: Path, listed: object) -> Path | None:
+    """DST/`listed` where an earlier run's record names a copy that may be removed: a relative path
+    without '..' and with an image extension, a plain file (not a link) in a folder that resolves
+    inside DST; else None (a damaged or edited record never reaches a file outside DST)."""
+    if not isinstance(listed, str):
+        return None
+    rel = PurePosixPath(listed)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.parts[0].startswith(".facerestore") or rel.suffix.lower() not in IMAGE_EXTENSIONS:
+        return None
+    copy = dst.joinpath(*rel.parts)
+    try:
+        if not copy.parent.resolve().is_relative_to(dst.resolve()) or not stat_mode.S_ISREG(copy.lstat().st_mode):
+            return None
+    except (OSError, RuntimeError):  # gone, or a link loop
+        return None
+    return copy
+
+
+def _listed_copies(state: Path, json_path: Path) -> list[str]:
+    """The copies the earlier settings' manifest lists, and its degradations.json (a run from before
+    the manifest wrote only that one): this command's own outputs."""
+    listed = list(_read_records(state / MANIFEST))
+    try:
+        images = json.loads(json_path.read_text()).get("images", [])
+        listed += [str(image["path"]) for image in images if isinstance(image, dict) and "path" in image]
+    except (OSError, ValueError, AttributeError, TypeError):  # none, or not degrade's: it lists nothing
+        pass
+    return list(dict.fromkeys(listed))
+
+
+def _earlier_records(state: Path, settings: dict, stale: list[Path], targets: set[str], on_message: Callable[[str], None] | None) -> dict[str, dict]:
     """The records an interrupted run with these settings left; with other (or unknown) settings the
-    run starts over: their manifest goes, then the `stale` files made from it, then the settings are
-    recorded (in that order, so a kill in between never pairs a manifest with the wrong settings)."""
+    run starts over: the copies their manifest lists go (`targets` are this run's: the others would
+    stay, of the other preset, beside this run's), then the manifest, then the `stale` files made
+    from it, then the settings are recorded (in that order, so a kill in between never pairs a
+    manifest with the wrong settings, nor loses the list of copies still to remove)."""
     path = state / "settings.json"
     recorded = read_settings(state)  # None where it is missing or unreadable (not JSON, not UTF-8, not an object)
     if recorded == settings:
         return _read_records(state / MANIFEST)
+    dst = state.parent
+    copies = [(listed, copy) for listed in _listed_copies(state, dst / "degradations.json") if (copy := _own_copy(dst, listed)) is not None]
+    left = sum(1 for listed, _ in copies if listed not in targets)  # those this run rewrites are simply degraded again
+    removing = f" and removing {counted(left, 'earlier copy', 'earlier copies')} it will not rewrite (another --ext, or a source that is gone)" if left else ""
     if isinstance(recorded, dict) and on_message is not None:
         differ = ", ".join(f"--{k} {recorded.get(k, '(none)')} -> {settings[k]}" for k in ("preset", "seed") if recorded.get(k) != settings[k])
         differ = differ or f"the ranges of preset {settings['preset']} changed since"
-        on_message(f"{state.parent} held copies made with other settings ({differ}); degrading every image again")
+        on_message(f"{dst} held copies made with other settings ({differ}); degrading every image again{removing}")
+    elif left and on_message is not None:
+        on_message(f"{dst} held copies whose settings are unknown ({path} is missing or unreadable); degrading every image again{removing}")
+    for _, copy in copies:  # all of them: a copy whose redo fails leaves no copy of the other preset
+        try:
+            copy.unlink(missing_ok=True)
+        except OSError as exc:
+            raise FaceRestoreError(f"cannot remove {copy} ({exc.strerror or exc})", hint="check the permissions of --out") from None
     (state / MANIFEST).unlink(missing_ok=True)
     for file in stale:
         file.unlink(missing_ok=True)
@@ -154,7 +206,7 @@ def _degrade_all(paths: list[Path], rels: list[Path], targets: list[Path], dst: 
         on_message(f"removed {counted(removed, 'unfinished temporary file')} of an earlier run")
     try:
         state.mkdir(parents=True, exist_ok=True)
-        earlier = _earlier_records(state, _settings(preset, seed, spec), [json_path, csv_path], on_message)
+        earlier = _earlier_records(state, _settings(preset, seed, spec), [json_path, csv_path], {t.as_posix() for t in targets}, on_message)
         manifest = open_manifest(state / MANIFEST)
     except OSError as exc:  # write_bytes says its own line
         raise FaceRestoreError(f"cannot write into {state} ({exc.strerror or exc})", hint="check free space and permissions") from None
@@ -191,6 +243,10 @@ def _degrade_all(paths: list[Path], rels: list[Path], targets: list[Path], dst: 
                 raise FaceRestoreError(f"cannot write {state / MANIFEST} ({exc.strerror or exc})", hint="check free space and permissions") from None
             done[target.as_posix()] = record
     records = [done[t.as_posix()] for t in targets if t.as_posix() in done]  # in the order of the files, as an uninterrupted run
+    # copies of the same settings this run does not list: kept (as clean-dataset keeps an output whose source is gone), but said
+    wanted, sources = {t.as_posix() for t in targets}, {r.as_posix() for r in rels}
+    left = sorted(p for p in earlier if p not in wanted and _own_copy(dst, p) is not None)
+    no_source = [p for p in left if earlier[p].get("source") not in sources]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["path", "source", *FIELDS])
     writer.writeheader()
@@ -198,7 +254,7 @@ def _degrade_all(paths: list[Path], rels: list[Path], targets: list[Path], dst: 
     write_bytes(json_path, (json.dumps({"preset": preset, "seed": seed, "spec": dataclasses.asdict(spec), "images": records}, indent=1) + "\n").encode())
     write_bytes(csv_path, buffer.getvalue().encode())
     return DegradeReport(written=len(records) - skipped, failed=failed, json_path=json_path, csv_path=csv_path, records=records, skipped=skipped,
-                         changed=changed)
+                         changed=changed, no_source=no_source, other_format=[p for p in left if p not in no_source])
 
 
 def _degrade_one(path: Path, rel: Path, target: Path, dst: Path, spec: DegradationSpec, seed: int, inputs: set[Path],
