@@ -9,7 +9,7 @@ per photo (all faces of the photo in chunks of --batch-size). Detection, alignme
 are in bench/bench_pipeline.py. Each row is the median of --repeats runs after one warm-up run.
 
 Settings ("steps"): baseline and codeformer are one pass; difface takes --steps S (UNet calls,
-Table VIII of the paper: 200/100/40/20/8; default 100) plus one SwinIR pass; dr2 runs its presets
+Table VIII of the paper: 200/100/40/20/8; default start/4 = 100 at --start 400) plus one SwinIR pass; dr2 runs its presets
 (mild 21, medium 26, severe 31 UNet calls at 256, then SPARNetHD at 512). --quick uses difface
 --steps 1 and 2, and dr2 (N=16, tau=98 and 97), 2 and 3 calls; a least-squares fit over the
 settings of a method gives its cost per call and its fixed cost (SwinIR, SPARNetHD, resizing), and

@@ -264,6 +264,26 @@ def test_default_run_calls_the_prior_100_times_from_t396(monkeypatch):
     assert [t for (t,) in method.nets.prior.seen] == list(range(396, -1, -4)) and len(method.nets.prior.seen) == 100
 
 
+@pytest.mark.parametrize("start, calls", [(200, 50), (800, 200)])
+def test_the_default_steps_are_start_over_4_as_documented(start, calls):
+    """QA: restore -h, docs/methods.md and `facerestore methods` said the default --steps is 100, but
+    without --steps the grid is ddim250 (stride 4, DifFace's code at any start index): --start 200
+    runs 50 calls, --start 800 runs 200. The texts now say start/4; this holds them to the count."""
+    from typing import get_type_hints
+
+    from facerestore.cli.restore import restore_command
+    from facerestore.methods.difface import INFO
+
+    method = stand_in(start=start)
+    method.restore(faces(1), torch.Generator().manual_seed(0))
+    assert [t for (t,) in method.nets.prior.seen] == list(range(start - 4, -1, -4)) and len(method.nets.prior.seen) == calls == start // 4
+    said = "start/4 steps: 100 at the default --start 400"
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    steps_help = next(m for m in get_type_hints(restore_command, include_extras=True)["steps"].__metadata__ if hasattr(m, "help")).help
+    assert said in INFO.knobs["steps"] and said in steps_help and f"| `--steps S` | {said} |" in docs
+    assert "then start/4 DDIM steps (100; eta 0.5)" in INFO.summary
+
+
 def test_one_face_is_the_engines_reference_checked_composition():
     """restore() == the engine's DifFace recipe (diffusion/__init__.py; ddim_step raw-eps is checked
     against guided-diffusion / DifFace in test_diffusion_reference.py) with one generator seeded by

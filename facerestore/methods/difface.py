@@ -11,7 +11,8 @@ Pipeline, per batch of aligned 512 crops (all faces of a photo go through every 
 Notation (paper -> code):
 
     N (= 400)       start          the timestep the estimate is diffused to (`--start`)
-    S (= 100)       steps          UNet calls (`--steps`); stride = N / S, grid = range(0, T, stride)
+    S (= N/4 = 100) steps          UNet calls (`--steps`); stride = N / S, grid = range(0, T, stride); default
+                                   stride 4 (upstream's hard-coded ddim250; its start index moves on that grid), so N/4 calls
     eta (= 0.5)     eta            DDIM randomness (paper eq. 6, DDIM eq. 16): 0 faithful, 1 ancestral
     f(.)            SwinIR         DifFace's `swinir_restoration512_L1.pth`, [0,1] RGB in and out
     eps_theta       UNet           DifFace's `iddpm_ffhq512_ema500000.pth`, 6 channels (eps, v)
@@ -84,14 +85,14 @@ WEIGHT_ROLES = {"prior": "difface_prior", "swinir": "difface_swinir"}
 
 INFO = MethodInfo(
     name="difface",
-    summary="DifFace (Yue & Loy 2024): SwinIR estimate diffused to t=400, then 100 DDIM steps (eta 0.5) of a 512 FFHQ diffusion prior",
+    summary="DifFace (Yue & Loy 2024): SwinIR estimate diffused to t=400 (--start), then start/4 DDIM steps (100; eta 0.5) of a 512 FFHQ diffusion prior",
     paper="DifFace: Blind Face Restoration with Diffused Error Contraction, IEEE TPAMI 2024 (arXiv 2212.06512)",
     license="NTU S-Lab License 1.0: NON-COMMERCIAL use only (code and both checkpoints)",
     commercial_use=False,
     weights=("difface_prior", "difface_swinir"),
     weight_roles=tuple(WEIGHT_ROLES),
     knobs={
-        "steps": "UNet calls, default 100; must divide --start (Table VIII: 200, 100, 40, 20, 8); stride = start / steps",
+        "steps": "UNet calls, default start/4 steps: 100 at the default --start 400 (DifFace's ddim250 grid, stride 4); else must divide --start (Table VIII: 200, 100, 40, 20, 8); stride = start / steps",
         "eta": "DDIM eta in [0,1], default 0.5: 0 = most faithful (PSNR, identity), 1 = most realistic (FID)",
         "start": "timestep t the SwinIR estimate is diffused to, default 400 (1..999; higher = more prior, less fidelity)",
         "weights": "prior=FILE,swinir=FILE (a bare FILE is the prior); default: the catalogue's difface_prior, difface_swinir",
