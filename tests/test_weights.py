@@ -93,8 +93,19 @@ def test_pickled_code_is_never_executed(tmp_path):
         read_state_dict(bad)
     assert "\n" not in info.value.one_line()
     assert "weights_only" not in info.value.one_line()  # torch's advice to load unsafely is not passed on
-    assert "the safe unpickler refused it" in info.value.one_line()
+    assert "holds pickled data other than plain tensors" in info.value.one_line()
     assert not marker.exists()
+
+
+def test_a_pickled_global_is_named_without_torchs_advice_to_allow_it(tmp_path):
+    """torch's refusal goes on "Please use `torch.serialization.add_safe_globals([print])` ...", which
+    the line quoted cut mid-sentence: advice to allow-list the global, against the line's own hint."""
+    path = tmp_path / "pickle.pth"
+    torch.save({"a": 1, "fn": print}, path)
+    with pytest.raises(UnsupportedCheckpoint) as info:
+        read_state_dict(path)
+    assert info.value.one_line() == (f"{path} holds a pickled object (builtins.print), not only tensors; facerestore runs no pickled "
+                                     "code: save the weights alone with torch.save(model.state_dict(), FILE)")
 
 
 @pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy-pickle"])

@@ -9,6 +9,7 @@ and converted once to safetensors (a plain tensor file that memory-maps and cann
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,10 +91,22 @@ def _load_failure(path: Path, exc: Exception) -> UnsupportedCheckpoint:
         return UnsupportedCheckpoint(f"{path} is not a PyTorch or safetensors checkpoint ({other})",
                                      hint="pass a checkpoint saved with torch.save (.pth, .pt, .ckpt) or a .safetensors file")
     if "WeightsUnpickler error:" in text:  # a global, a class, an opcode torch.save never writes: not damage
-        detail = next((line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()), "")
-        return UnsupportedCheckpoint(f"{path} holds pickled data other than plain tensors (the safe unpickler refused it: {detail[:200]})",
+        return UnsupportedCheckpoint(f"{path} {_refused(text.split('WeightsUnpickler error:', 1)[1])}",
                                      hint="facerestore runs no pickled code: save the weights alone with torch.save(model.state_dict(), FILE)")
     return UnsupportedCheckpoint(f"{path} is truncated or damaged ({_damage(exc, text)})", hint=OWN_FILE_HINT)
+
+
+def _refused(detail: str) -> str:
+    """What the safe unpickler refused, without its advice: torch's line goes on to recommend
+    allow-listing the global (`add_safe_globals`), the opposite of what facerestore does, so only
+    the refused global's name is quoted (torch writes a builtin's without its `builtins.` module)."""
+    found = re.search(r"GLOBAL (\S+) was not an allowed global", detail)
+    if found:
+        name = found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}"
+        return f"holds a pickled object ({name}), not only tensors"
+    first = next((line.strip() for line in detail.splitlines() if line.strip()), "")
+    first = first.split(". ", 1)[0].rstrip(".")[:200]  # "Unsupported operand 149": a first sentence, no advice
+    return f"holds pickled data other than plain tensors ({first or 'the safe unpickler refused it'})"
 
 
 def _other_format(path: Path) -> str:
