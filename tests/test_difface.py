@@ -142,8 +142,12 @@ def test_parse_weights_roles():
     assert parse_weights("p.pth", roles, "prior") == {"prior": "p.pth"}
     assert parse_weights("swinir=s.pth, prior=p.pth", roles, "prior") == {"swinir": "s.pth", "prior": "p.pth"}
     assert parse_weights("difface_swinir=s.pth", roles, "prior") == {"swinir": "s.pth"}
-    with pytest.raises(UsageError, match="twice"):
+    with pytest.raises(UsageError) as info:
         parse_weights("a.pth,prior=b.pth", roles, "prior")
+    assert info.value.one_line() == "--weights names the prior twice (a FILE without ROLE= is the prior); give one prior file: prior=FILE once"
+    with pytest.raises(UsageError) as info:
+        parse_weights("swinir=a.pth,swinir=a.pth", roles, "prior")
+    assert info.value.one_line() == "--weights names the swinir twice; give one swinir file: swinir=FILE once"
     # a folder name holding a comma stays one path: what follows a comma is a new item only as ROLE=
     assert parse_weights("prior=runs/a,b/prior.pth,swinir=s.pth", roles, "prior") == {"prior": "runs/a,b/prior.pth", "swinir": "s.pth"}
     with pytest.raises(UsageError, match="unknown role 'prio'"):

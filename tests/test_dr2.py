@@ -98,9 +98,9 @@ def test_default_is_medium_and_overrides():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"dr2_tau": 99}, "omega"),
-        ({"dr2_tau": 100}, "outside"),
-        ({"dr2_tau": -1}, "outside"),
+        ({"dr2_tau": 99}, "outside 0..98"),
+        ({"dr2_tau": 100}, "outside 0..98"),
+        ({"dr2_tau": -1}, "outside 0..98"),
         ({"dr2_n": 3}, "dividing 256"),
         ({"dr2_n": 0}, "dividing 256"),
         ({"dr2_preset": "extreme"}, "not a preset"),
@@ -113,6 +113,22 @@ def test_default_is_medium_and_overrides():
 def test_usage_errors_come_before_any_weights_are_read(options, message):
     with pytest.raises(UsageError, match=message):
         DR2Method(MethodOptions(**options))
+
+
+def test_usage_error_lines_say_what_to_do():
+    """--dr2-tau -1 said "outside the indices 0..99", and 99 was then refused by a second message; the
+    weights conflicts had no hint at all."""
+    for tau in (-1, 99, 1000):
+        with pytest.raises(UsageError) as info:
+            DR2Method(MethodOptions(dr2_tau=tau))
+        assert info.value.one_line() == (f"--dr2-tau {tau} is outside 0..98: tau is an index on the 100-step grid and DR2 must stop below "
+                                         "its start omega (at most 99); pass --dr2-tau 0..98 (bigger removes more degradation; the presets "
+                                         "use 22, 35), or leave it out")
+    assert DR2Setting.checked(2, 98).omega == 99  # the top of the range runs
+    with pytest.raises(UsageError) as info:
+        DR2Method(MethodOptions(no_enhancer=True, weights="enhancer=b.pth"))
+    assert info.value.one_line() == ("--weights names an enhancer= file, but --no-enhancer skips the enhancer; drop enhancer=FILE from "
+                                     "--weights to run without the enhancer, or drop --no-enhancer to use it")
 
 
 def test_missing_baidu_weights_offline_is_one_actionable_line(tmp_path):
@@ -135,10 +151,20 @@ def test_missing_weights_line_names_both_baidu_files():
         DR2Method(MethodOptions())
     line = info.value.one_line()
     assert line.startswith("DR2_FFHQ.pkl (weights 'dr2_ddpm') is not on this machine")
-    assert line.endswith("; also missing, get and import it the same way: SPARNetHD_FFHQ_DR2aug.pth (weights 'dr2_sparnethd', from the same place)")
+    assert line.endswith("; also missing, get and import it the same way: SPARNetHD_FFHQ_DR2aug.pth (weights 'dr2_sparnethd', from the same place); "
+                         "or pass --no-enhancer, which needs no SPARNetHD_FFHQ_DR2aug.pth")
     with pytest.raises(WeightsError) as info:
         DR2Method(MethodOptions(no_enhancer=True))  # needs the DDPM alone
-    assert "also missing" not in info.value.one_line()
+    assert "also missing" not in info.value.one_line() and "--no-enhancer" not in info.value.one_line()
+
+
+def test_a_missing_enhancer_says_no_enhancer_needs_none(tiny_states, tmp_path):
+    paths = save_official(tiny_states, tmp_path / "w", roles=("ddpm",))
+    with pytest.raises(WeightsError) as info:
+        DR2Method(MethodOptions(weights=str(paths["ddpm"])))
+    assert info.value.one_line().startswith("SPARNetHD_FFHQ_DR2aug.pth (weights 'dr2_sparnethd') is not on this machine")
+    assert info.value.one_line().endswith("; then run `facerestore weights import SPARNetHD_FFHQ_DR2aug.pth` or put it in a folder named by "
+                                          "FACERESTORE_WEIGHTS; or pass --no-enhancer, which needs no SPARNetHD_FFHQ_DR2aug.pth")
 
 
 # ------------------------------------------------------------------ resizing

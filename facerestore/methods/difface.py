@@ -285,7 +285,8 @@ def parse_weights(value: Path | str | None, roles: Mapping[str, str], primary: s
         else:
             role, target = primary, item
         if role in chosen:
-            raise UsageError(f"{option} names the {role} twice")
+            bare = f" (a FILE without ROLE= is the {primary})" if role == primary and any(c.strip() and "=" not in c for c in items) else ""
+            raise UsageError(f"{option} names the {role} twice{bare}", hint=f"give one {role} file: {role}=FILE once")
         if not target.strip():
             raise UsageError(f"{option} {item!r}: no file after '='")
         chosen[role] = target.strip()
@@ -337,11 +338,13 @@ def load_net(
 
 
 def resolve_weights(roles: Mapping[str, str], chosen: Mapping[str, Path | str], offline: bool | None,
-                    option: str = "--weights") -> dict[str, Path]:
+                    option: str = "--weights", *, spare: Mapping[str, str] | None = None) -> dict[str, Path]:
     """role -> a loadable file: the explicit one when given (its errors name `option`), else the catalogue entry.
     Every explicit one is checked first: a typo in `swinir=FILE` is found before the prior downloads.
     When a catalogue file is missing, its line also names the method's other missing files: DR2's two
-    Baidu files (or DifFace's two downloads) are then fetched in one go, not one per rerun."""
+    Baidu files (or DifFace's two downloads) are then fetched in one go, not one per rerun.
+    `spare`: role -> how to run without that file (DR2's --no-enhancer), added where it is missing."""
+    spare = spare or {}
     from facerestore.weights.store import also_missing, check_weights_option, local_copies, resolve
 
     for role, value in chosen.items():
@@ -356,9 +359,11 @@ def resolve_weights(roles: Mapping[str, str], chosen: Mapping[str, Path | str], 
         try:
             paths[role] = resolve(name, explicit=chosen.get(role), offline=offline, option=option)
         except WeightsError as exc:
-            others = [roles[r] for r in roles if r != role and r not in paths and missing(r)]
+            others = [r for r in roles if r != role and r not in paths and missing(r)]
             if was_missing and others:
-                exc.hint = f"{exc.hint}; {also_missing(name, others)}" if exc.hint else also_missing(name, others)
+                exc.hint = "; ".join(filter(None, (exc.hint, also_missing(name, [roles[r] for r in others]))))
+            if was_missing:
+                exc.hint = "; ".join(filter(None, (exc.hint, *(spare[r] for r in (role, *others) if r in spare))))
             raise
     return paths
 

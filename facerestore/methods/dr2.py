@@ -108,6 +108,7 @@ from facerestore.methods.difface import (
     resolve_weights,
 )
 from facerestore.methods.registry import check_method_options
+from facerestore.weights.catalogue import get_entry
 
 T = 1000
 RESPACING = "100"
@@ -191,8 +192,11 @@ class DR2Setting:
     def checked(cls, n: int, tau: int) -> DR2Setting:
         if int(n) != n or n < 1 or SIZE % int(n):
             raise UsageError(f"--dr2-n {n} must be a positive integer dividing {SIZE} (1, 2, 4, 8, 16, ...): DR2 filters its 256 image by N")
-        if int(tau) != tau or not 0 <= tau < len(GRID):
-            raise UsageError(f"--dr2-tau {tau} is outside the 100-step grid's indices 0..{len(GRID) - 1}")
+        if int(tau) != tau or not 0 <= tau <= len(GRID) - 2:  # tau < omega <= 99, the grid's last index
+            raise UsageError(
+                f"--dr2-tau {tau} is outside 0..{len(GRID) - 2}: tau is an index on the 100-step grid and DR2 must stop below its start omega (at most {len(GRID) - 1})",
+                hint=f"pass --dr2-tau 0..{len(GRID) - 2} (bigger removes more degradation; the presets use {', '.join(sorted({str(t) for _, t in PRESETS.values()}))}), or leave it out",
+            )
         setting = cls(int(n), int(tau))
         if setting.tau >= setting.omega:
             raise UsageError(
@@ -300,9 +304,11 @@ def load_dr2_nets(options: MethodOptions) -> DR2Nets:
     chosen = parse_weights(options.weights, roles, "ddpm", options.weights_option)
     if options.no_enhancer:
         if "enhancer" in chosen:
-            raise UsageError(f"{options.weights_option} names an enhancer= file, but --no-enhancer skips the enhancer")
+            raise UsageError(f"{options.weights_option} names an enhancer= file, but --no-enhancer skips the enhancer",
+                             hint=f"drop enhancer=FILE from {options.weights_option} to run without the enhancer, or drop --no-enhancer to use it")
         del roles["enhancer"]
-    paths = resolve_weights(roles, chosen, options.offline, options.weights_option)
+    spare = {"enhancer": f"or pass --no-enhancer, which needs no {get_entry(WEIGHT_ROLES['enhancer']).filename}"}
+    paths = resolve_weights(roles, chosen, options.offline, options.weights_option, spare=spare)
 
     def unet_check(c) -> str:
         if c.in_channels != 3 or c.out_channels != 6:
