@@ -231,6 +231,72 @@ def test_wrong_or_truncated_checkpoints_are_one_line(tiny_states, tmp_path):
         DR2Method(MethodOptions(weights=f"ddpm={tmp_path / 'prior.pth'},enhancer={paths['enhancer']}"))
 
 
+def test_import_refuses_another_architecture_under_an_official_name(tiny_states, tmp_path):
+    """DifFace's prior saved as DR2_FFHQ.pkl was imported and its sha256 recorded as dr2_ddpm's (no
+    published one), after which the real file was refused; now the loader's own checks run first."""
+    import dataclasses
+
+    from facerestore.errors import BadWeightsFile
+    from facerestore.weights import store
+    from facerestore.weights.catalogue import get_entry
+
+    wrong = tmp_path / "wrong" / "DR2_FFHQ.pkl"
+    wrong.parent.mkdir()
+    torch.save(GuidedUNet(dataclasses.replace(TINY_DDPM, resblock_updown=False)).state_dict(), wrong)
+    with pytest.raises(BadWeightsFile) as info:
+        store.import_weights(wrong)
+    line = info.value.one_line()
+    assert info.value.exit_code == 2 and "\n" not in line
+    assert line.startswith(f"{wrong} has the name of dr2_ddpm's file but does not fit the DR2 DDPM (guided-diffusion UNet): its UNet resamples "
+                           "outside residual blocks")
+    assert "; it fits difface_prior (iddpm_ffhq512_ema500000.pth) instead; nothing was stored; if it is difface_prior's file, name it " \
+           "iddpm_ffhq512_ema500000.pth and import that; else get the official DR2_FFHQ.pkl (only on a Baidu" in line
+    enhancer = tmp_path / "wrong" / "SPARNetHD_FFHQ_DR2aug.pth"  # the DDPM under the enhancer's name
+    torch.save(tiny_states["ddpm"], enhancer)
+    with pytest.raises(BadWeightsFile, match="has the name of dr2_sparnethd's file but is not a SPARNetHD enhancer checkpoint .* it fits dr2_ddpm"):
+        store.import_weights(enhancer)
+    assert not (store.cache_dir() / "DR2_FFHQ.pkl").exists() and store.expected_sha256(get_entry("dr2_ddpm")) == ""
+
+    paths = save_official(tiny_states, tmp_path / "w")
+    for path in paths.values():  # the real files are then imported, as before
+        assert store.import_weights(path).path == store.cache_dir() / path.name
+    assert DR2Method(MethodOptions()).nets.enhancer is not None
+
+
+def test_a_wrong_copy_in_the_cache_says_how_to_replace_it(tiny_states, tmp_path, monkeypatch):
+    """A wrong file stored before import checked architectures (its sha256 recorded as the official
+    one): the run named it but only said to pass DR2's files; `import --no-verify` replaces it."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from facerestore.weights import store
+
+    cached = store.cache_dir() / "DR2_FFHQ.pkl"
+    cached.parent.mkdir(parents=True)
+    torch.save(GuidedUNet(dataclasses.replace(TINY_DDPM, resblock_updown=False)).state_dict(), cached)
+    (store.home_dir() / "recorded_sha256.json").write_text(json.dumps({"dr2_ddpm": hashlib.sha256(cached.read_bytes()).hexdigest()}))
+    with pytest.raises(UnsupportedCheckpoint) as info:
+        DR2Method(MethodOptions(no_enhancer=True))
+    line = info.value.one_line()
+    assert info.value.exit_code == 1 and line.startswith(f"{cached} (weights 'dr2_ddpm') does not fit the DR2 DDPM")
+    assert line.endswith("that copy is not the official DR2_FFHQ.pkl (only on a Baidu Cloud share (code dr2e) linked from https://github.com/"
+                         "Kaldwin0106/DR2_Drgradation_Remover (a community Google Drive mirror is linked in its issue #4)): get the official "
+                         "file and run `facerestore weights import --no-verify DR2_FFHQ.pkl`, which replaces it")
+    paths = save_official(tiny_states, tmp_path / "w", roles=("ddpm",))
+    store.import_weights(paths["ddpm"], verify=False)  # what the line says
+    assert DR2Method(MethodOptions(no_enhancer=True)).nets.enhancer is None
+
+    shared = tmp_path / "shared"  # a wrong copy in a FACERESTORE_WEIGHTS folder is for its owner to delete
+    shared.mkdir()
+    torch.save(GuidedUNet(dataclasses.replace(TINY_DDPM, resblock_updown=False)).state_dict(), shared / "SPARNetHD_FFHQ_DR2aug.pth")
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared))
+    with pytest.raises(UnsupportedCheckpoint) as info:
+        DR2Method(MethodOptions())
+    assert info.value.one_line().startswith(f"{shared / 'SPARNetHD_FFHQ_DR2aug.pth'} (weights 'dr2_sparnethd') is not a SPARNetHD enhancer checkpoint")
+    assert info.value.one_line().endswith("): delete it or put the official file in its place")
+
+
 def test_cli_end_to_end_with_catalogue_weights(tiny_states, tmp_path, monkeypatch):
     """`facerestore face.png --aligned -m dr2 --dr2-n 2 --dr2-tau 98`: omega = 99, two DDPM calls at t=999, 989."""
     from facerestore.cli.app import app, register

@@ -365,7 +365,7 @@ def test_a_damaged_copy_of_weights_with_no_url_is_to_be_imported_again_not_pulle
     """DR2's files are on a file share only: `weights pull` cannot fetch them, so a damaged copy in the
     cache (caught by its recorded sha256, or by reading it when none was recorded) says to import it."""
     note = "only on a Baidu Cloud share (code dr2e)"
-    use_entry(entry_for(tiny_file, name="dr2_ddpm", sha256="", urls=(), note=note))
+    use_entry(entry_for(tiny_file, name="share_only", sha256="", urls=(), note=note))  # not dr2_ddpm: import checks its architecture
     if recorded:
         store.import_file(tiny_file)  # trust on first use records its sha256
         folder = store.cache_dir()
@@ -375,7 +375,7 @@ def test_a_damaged_copy_of_weights_with_no_url_is_to_be_imported_again_not_pulle
         monkeypatch.setenv("FACERESTORE_WEIGHTS", str(folder))
     (folder / "tiny.pth").write_bytes(tiny_file.read_bytes()[: tiny_file.stat().st_size // 2])
     with pytest.raises(WeightsError) as info:
-        store.resolve("dr2_ddpm")
+        store.resolve("share_only")
     line = info.value.one_line()
     assert str(folder / "tiny.pth") in line and "\n" not in line, line
     assert "`facerestore weights import tiny.pth`" in info.value.hint and note in info.value.hint and "pull" not in line, line

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from facerestore.devices import autocast, autocast_dtype
-from facerestore.errors import UnsupportedCheckpoint, UsageError
+from facerestore.errors import UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.codeformer import HINT, CodeFormer, infer_config
-from facerestore.weights.checkpoint import load_strict, read_state_dict
+from facerestore.weights.checkpoint import fitting_net, load_strict, read_state_dict
 from facerestore.weights.store import display_name, loading_option, resolve
 
 DEFAULT_FIDELITY = 0.5  # the official inference scripts' w
@@ -57,16 +57,18 @@ def load_codeformer(path: Path | str, device: torch.device | str = "cpu") -> Cod
     """
     state = read_state_dict(path)
     name = display_name(path)
-    try:
-        config = infer_config(state)
-    except UnsupportedCheckpoint as exc:
-        first = ", ".join(list(state)[:3])
-        raise UnsupportedCheckpoint(f"{name} is not a CodeFormer checkpoint ({exc}; its first keys: {first})", hint=HINT) from None
-    with torch.device("meta"):
-        net = CodeFormer(config)
+    _, net = fitting_net(state, name, "CodeFormer", infer_config, CodeFormer, hint=HINT)
     net = net.to_empty(device=device)
     load_strict(net, state, name)
     return net.eval().requires_grad_(False)
+
+
+def fit_codeformer(state, source: str) -> None:
+    fitting_net(state, source, "CodeFormer", infer_config, CodeFormer, hint=HINT)
+
+
+# catalogue name -> the checks this method's loader makes on that file's state dict (`weights import`)
+FITS = {"codeformer": fit_codeformer}
 
 
 class CodeFormerMethod:

@@ -75,9 +75,10 @@ from facerestore.diffusion import (
     randn_like,
     sample,
 )
-from facerestore.errors import UnsupportedCheckpoint, UsageError, WeightsError
+from facerestore.errors import UsageError, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.methods.registry import check_method_options
+from facerestore.weights.checkpoint import fitting_net
 
 T = 1000  # both priors: linear schedule, T = 1000
 FACE = 512
@@ -311,29 +312,18 @@ def load_net(
     (`load_strict`). With `meta`, the net is built on the meta device and allocated uninitialised,
     so a 160M-parameter net is not randomly initialised only to be overwritten.
     """
-    from facerestore.weights.checkpoint import load_strict, read_state_dict
+    from facerestore.weights.checkpoint import fitting_net, load_strict, read_state_dict
     from facerestore.weights.store import display_name
 
     state = read_state_dict(path)
     name = display_name(path)  # the cache's conversion of a .pth: name the file the user knows
-    try:
-        config = infer(state)
-    except (UnsupportedCheckpoint, KeyError, IndexError, ValueError) as exc:  # keys or shapes of something else
-        first = ", ".join(list(state)[:3])
-        raise UnsupportedCheckpoint(f"{name} is not a {what} checkpoint ({exc}; its first keys: {first})", hint=hint) from None
-    problem = check(config) if check else ""
-    if problem:
-        raise UnsupportedCheckpoint(f"{name} does not fit the {what}: {problem}", hint=hint)
+    config, net = fitting_net(state, name, what, infer, build, check, meta=meta, hint=hint)
     if meta:
-        with torch.device("meta"):
-            net = build(config)
         persistent = set(net.state_dict())
         if any(name not in persistent for name, _ in net.named_buffers()):
             net = build(config)  # non-persistent buffers would stay uninitialised: build for real
         else:
             net = net.to_empty(device="cpu")
-    else:
-        net = build(config)
     return load_strict(net, state, name).eval()
 
 
@@ -388,43 +378,69 @@ HINT = "pass DifFace's iddpm_ffhq512_ema500000.pth (prior=) and swinir_restorati
 PRIOR_HINT = "pass DifFace's iddpm_ffhq512_ema500000.pth"  # an option that takes the prior alone (finetune --prior-weights)
 
 
+PRIOR_WHAT = "DifFace prior (guided-diffusion UNet)"
+SWINIR_WHAT = "DifFace SwinIR estimator"
+
+
+def _prior_parts() -> tuple[Callable, Callable]:
+    """(infer_config, build) of the prior's net, imported when a file is read."""
+    from facerestore.nets.guided_unet import GuidedUNet, infer_config
+
+    return infer_config, GuidedUNet
+
+
+def _swinir_parts() -> tuple[Callable, Callable]:
+    from facerestore.nets.swinir import build_swinir, infer_config
+
+    return infer_config, build_swinir
+
+
+def prior_check(c) -> str:
+    """Why a guided-diffusion UNet config is not the DifFace prior's ('' if it is)."""
+    if c.in_channels != 3 or c.out_channels != 6:
+        return f"its UNet maps {c.in_channels} -> {c.out_channels} channels; the DifFace prior maps an RGB x_t to eps and v (3 -> 6)"
+    if c.resblock_updown:  # the one trace that tells the two official diffusion UNets apart at any size
+        return "its UNet resamples inside residual blocks, as DR2's DDPM does (is it dr2_ddpm's file?); the DifFace prior does not"
+    return ""
+
+
+def swinir_check(c) -> str:
+    if c.in_channels != 3 or c.upscale != c.unshuffle:
+        return f"this SwinIR maps RGB x{c.upscale}/{c.unshuffle} with {c.in_channels} channels; DifFace's estimator keeps the size of an RGB face"
+    return ""
+
+
+def fit_prior(state: Mapping[str, torch.Tensor], source: str) -> None:
+    fitting_net(state, source, PRIOR_WHAT, *_prior_parts(), prior_check, hint=HINT)
+
+
+def fit_swinir(state: Mapping[str, torch.Tensor], source: str) -> None:
+    fitting_net(state, source, SWINIR_WHAT, *_swinir_parts(), swinir_check, meta=False, hint=HINT)
+
+
+# catalogue name -> the checks this method's loader makes on that file's state dict (`weights import`)
+FITS = {"difface_prior": fit_prior, "difface_swinir": fit_swinir}
+
+
 def load_difface_prior(path: Path, *, hint: str = HINT) -> torch.nn.Module:
     """The DifFace 512 prior (guided-diffusion UNet, RGB x_t -> eps and v) from a resolved file, strictly.
 
     Shared with the unpaired fine-tuning's pseudo-target stage (Kuai et al. 2025 use the same prior),
     which passes PRIOR_HINT: its --prior-weights takes one file, with no roles and no SwinIR.
     """
-    from facerestore.nets.guided_unet import GuidedUNet
-    from facerestore.nets.guided_unet import infer_config as infer_unet
-
-    def unet_check(c) -> str:
-        if c.in_channels != 3 or c.out_channels != 6:
-            return f"its UNet maps {c.in_channels} -> {c.out_channels} channels; the DifFace prior maps an RGB x_t to eps and v (3 -> 6)"
-        if c.resblock_updown:  # the one trace that tells the two official diffusion UNets apart at any size
-            return "its UNet resamples inside residual blocks, as DR2's DDPM does (is it dr2_ddpm's file?); the DifFace prior does not"
-        return ""
-
-    return load_net(Path(path), "DifFace prior (guided-diffusion UNet)", infer_unet, GuidedUNet, unet_check, hint=hint)
+    return load_net(Path(path), PRIOR_WHAT, *_prior_parts(), prior_check, hint=hint)
 
 
 def load_difface_nets(options: MethodOptions) -> DifFaceNets:
-    from facerestore.nets.swinir import build_swinir
-    from facerestore.nets.swinir import infer_config as infer_swinir
-
     chosen = parse_weights(options.weights, WEIGHT_ROLES, "prior", options.weights_option)
     paths = resolve_weights(WEIGHT_ROLES, chosen, options.offline, options.weights_option)
 
-    def swinir_check(c) -> str:
-        if c.in_channels != 3 or c.upscale != c.unshuffle:
-            return f"this SwinIR maps RGB x{c.upscale}/{c.unshuffle} with {c.in_channels} channels; DifFace's estimator keeps the size of an RGB face"
-        return ""
+    from facerestore.weights.store import loading_option, wrong_copy_hint
 
-    from facerestore.weights.store import loading_option
-
-    with loading_option(options.weights_option, named="prior" in chosen):  # a bad file named by --weights: exit 2
+    with loading_option(options.weights_option, named="prior" in chosen, otherwise=wrong_copy_hint(WEIGHT_ROLES["prior"])):  # a bad --weights file: exit 2
         prior = load_difface_prior(paths["prior"])
-    with loading_option(options.weights_option, named="swinir" in chosen):
-        estimator = load_net(paths["swinir"], "DifFace SwinIR estimator", infer_swinir, build_swinir, swinir_check, meta=False, hint=HINT)
+    with loading_option(options.weights_option, named="swinir" in chosen, otherwise=wrong_copy_hint(WEIGHT_ROLES["swinir"])):
+        estimator = load_net(paths["swinir"], SWINIR_WHAT, *_swinir_parts(), swinir_check, meta=False, hint=HINT)
     return DifFaceNets(prior=prior, estimator=estimator)
 
 

@@ -109,6 +109,7 @@ from facerestore.methods.difface import (
 )
 from facerestore.methods.registry import check_method_options
 from facerestore.weights.catalogue import get_entry
+from facerestore.weights.checkpoint import fitting_net
 
 T = 1000
 RESPACING = "100"
@@ -294,12 +295,51 @@ class DR2Nets:
 HINT = "pass DR2's DR2_FFHQ.pkl (ddpm=) and SPARNetHD_FFHQ_DR2aug.pth (enhancer=), imported from the Baidu share"
 
 
-def load_dr2_nets(options: MethodOptions) -> DR2Nets:
-    from facerestore.nets.guided_unet import GuidedUNet
-    from facerestore.nets.guided_unet import infer_config as infer_unet
-    from facerestore.nets.sparnet import SPARNetHD
-    from facerestore.nets.sparnet import infer_config as infer_sparnet
+DDPM_WHAT = "DR2 DDPM (guided-diffusion UNet)"
+SPARNET_WHAT = "SPARNetHD enhancer"
 
+
+def _ddpm_parts() -> tuple[Callable, Callable]:
+    """(infer_config, build) of the DDPM's net, imported when a file is read."""
+    from facerestore.nets.guided_unet import GuidedUNet, infer_config
+
+    return infer_config, GuidedUNet
+
+
+def _sparnet_parts() -> tuple[Callable, Callable]:
+    from facerestore.nets.sparnet import SPARNetHD, infer_config
+
+    return infer_config, SPARNetHD
+
+
+def ddpm_check(c) -> str:
+    """Why a guided-diffusion UNet config is not DR2's DDPM ('' if it is)."""
+    if c.in_channels != 3 or c.out_channels != 6:
+        return f"its UNet maps {c.in_channels} -> {c.out_channels} channels; DR2's DDPM maps an RGB x_t to eps and v (3 -> 6)"
+    if not c.resblock_updown:  # the one trace that tells the two official diffusion UNets apart at any size
+        return "its UNet resamples outside residual blocks, as DifFace's prior does (is it difface_prior's file?); DR2's DDPM resamples inside them"
+    return ""
+
+
+def sparnet_check(c) -> str:
+    if c.in_channels != 3 or c.out_channels != 3:
+        return f"this SPARNet maps {c.in_channels} -> {c.out_channels} channels; the enhancer maps RGB to RGB"
+    return ""
+
+
+def fit_ddpm(state, source: str) -> None:
+    fitting_net(state, source, DDPM_WHAT, *_ddpm_parts(), ddpm_check, hint=HINT)
+
+
+def fit_sparnet(state, source: str) -> None:
+    fitting_net(state, source, SPARNET_WHAT, *_sparnet_parts(), sparnet_check, hint=HINT)
+
+
+# catalogue name -> the checks this method's loader makes on that file's state dict (`weights import`)
+FITS = {"dr2_ddpm": fit_ddpm, "dr2_sparnethd": fit_sparnet}
+
+
+def load_dr2_nets(options: MethodOptions) -> DR2Nets:
     roles = dict(WEIGHT_ROLES)
     chosen = parse_weights(options.weights, roles, "ddpm", options.weights_option)
     if options.no_enhancer:
@@ -310,26 +350,15 @@ def load_dr2_nets(options: MethodOptions) -> DR2Nets:
     spare = {"enhancer": f"or pass --no-enhancer, which needs no {get_entry(WEIGHT_ROLES['enhancer']).filename}"}
     paths = resolve_weights(roles, chosen, options.offline, options.weights_option, spare=spare)
 
-    def unet_check(c) -> str:
-        if c.in_channels != 3 or c.out_channels != 6:
-            return f"its UNet maps {c.in_channels} -> {c.out_channels} channels; DR2's DDPM maps an RGB x_t to eps and v (3 -> 6)"
-        if not c.resblock_updown:  # the one trace that tells the two official diffusion UNets apart at any size
-            return "its UNet resamples outside residual blocks, as DifFace's prior does (is it difface_prior's file?); DR2's DDPM resamples inside them"
-        return ""
+    from facerestore.weights.store import loading_option, wrong_copy_hint
 
-    def sparnet_check(c) -> str:
-        if c.in_channels != 3 or c.out_channels != 3:
-            return f"this SPARNet maps {c.in_channels} -> {c.out_channels} channels; the enhancer maps RGB to RGB"
-        return ""
-
-    from facerestore.weights.store import loading_option
-
-    with loading_option(options.weights_option, named="ddpm" in chosen):  # a bad file named by --weights: exit 2
-        ddpm = load_net(paths["ddpm"], "DR2 DDPM (guided-diffusion UNet)", infer_unet, GuidedUNet, unet_check, hint=HINT)
+    # a bad file named by --weights: exit 2; a wrong copy among the catalogue's: how to replace it
+    with loading_option(options.weights_option, named="ddpm" in chosen, otherwise=wrong_copy_hint(WEIGHT_ROLES["ddpm"])):
+        ddpm = load_net(paths["ddpm"], DDPM_WHAT, *_ddpm_parts(), ddpm_check, hint=HINT)
     enhancer = None
     if "enhancer" in paths:
-        with loading_option(options.weights_option, named="enhancer" in chosen):
-            enhancer = load_net(paths["enhancer"], "SPARNetHD enhancer", infer_sparnet, SPARNetHD, sparnet_check, hint=HINT)
+        with loading_option(options.weights_option, named="enhancer" in chosen, otherwise=wrong_copy_hint(WEIGHT_ROLES["enhancer"])):
+            enhancer = load_net(paths["enhancer"], SPARNET_WHAT, *_sparnet_parts(), sparnet_check, hint=HINT)
     return DR2Nets(ddpm=ddpm, enhancer=enhancer)
 
 

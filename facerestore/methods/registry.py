@@ -9,8 +9,10 @@ too, so library callers get the same answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 from facerestore.errors import UnknownMethod, UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions, RestorationMethod
@@ -86,6 +88,19 @@ def _knobs(name: str) -> dict[str, str]:
         return method_info(name).knobs
     except ImportError:  # a backend whose dependencies are missing names no knobs
         return {}
+
+
+def checkpoint_fits() -> dict[str, Callable[[Mapping[str, Any], str], None]]:
+    """Catalogue name -> the checks its method's loader makes on a state dict (architecture, config,
+    every key and shape; `FITS` in each method module), for `weights import` to run before it stores
+    an official file or records its sha256."""
+    fits: dict[str, Callable[[Mapping[str, Any], str], None]] = {}
+    for module, _ in _BACKENDS.values():
+        try:
+            fits.update(getattr(import_module(module), "FITS", {}))
+        except ImportError:  # a backend whose dependencies are missing checks nothing
+            continue
+    return fits
 
 
 def build_method(name: str, options: MethodOptions) -> RestorationMethod:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -166,16 +167,56 @@ def describe_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, to
     return "; ".join(parts)
 
 
-def load_strict(net: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path | str = "checkpoint") -> torch.nn.Module:
-    """Load every key or raise one line naming the file and the first mismatched keys (no partial load)."""
+def check_fits(net: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path | str = "checkpoint") -> None:
+    """One line naming the file and the first mismatched keys unless `state` has every key and shape of
+    `net`; reads no tensor, so `net` may live on the meta device."""
     problem = describe_mismatch(net.state_dict(), state)
     if problem:
         raise UnsupportedCheckpoint(
             f"{source} does not fit {type(net).__name__}: {problem}",
             hint="it is another architecture or a truncated file; pass the checkpoint this method expects",
         )
+
+
+def load_strict(net: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path | str = "checkpoint") -> torch.nn.Module:
+    """Load every key or raise one line naming the file and the first mismatched keys (no partial load)."""
+    check_fits(net, state, source)
     net.load_state_dict(state, strict=True)
     return net
+
+
+def fitting_net(
+    state: Mapping[str, torch.Tensor],
+    source: Path | str,
+    what: str,
+    infer: Callable[[Mapping[str, torch.Tensor]], Any],
+    build: Callable[[Any], torch.nn.Module],
+    check: Callable[[Any], str] | None = None,
+    *,
+    meta: bool = True,
+    hint: str = "",
+) -> tuple[Any, torch.nn.Module]:
+    """The config `state` describes and its net built on the meta device (no memory; `meta` False: on
+    the CPU, for a net that cannot be built there), after every check
+    a method's loader makes before it loads: keys of this architecture (`infer`), a config the method
+    can use (`check` returns why not), every key and shape (`check_fits`). Loaders then allocate the
+    net and load; `weights import` runs it alone, so a file of another architecture under an official
+    name is refused before its sha256 is recorded. Each failure is one UnsupportedCheckpoint naming `source`."""
+    try:
+        config = infer(state)
+    except (UnsupportedCheckpoint, KeyError, IndexError, ValueError) as exc:  # keys or shapes of something else
+        first = ", ".join(list(state)[:3])
+        raise UnsupportedCheckpoint(f"{source} is not a {what} checkpoint ({exc}; its first keys: {first})", hint=hint) from None
+    problem = check(config) if check else ""
+    if problem:
+        raise UnsupportedCheckpoint(f"{source} does not fit the {what}: {problem}", hint=hint)
+    if meta:
+        with torch.device("meta"):
+            net = build(config)
+    else:  # a net whose construction reads values (spandrel's SwinIR calls .item()): built on the CPU
+        net = build(config)
+    check_fits(net, state, source)
+    return config, net
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: Path | str, metadata: dict[str, str] | None = None) -> Path:

@@ -25,13 +25,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from facerestore.errors import BadWeightsFile, BadWeightsOption, ChecksumMismatch, UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.file_modes import new_file_mode
 from facerestore.ranks import main_rank
 from facerestore.weights.catalogue import WeightsEntry, entry_for_filename, get_entry, load_catalogue, local_registry_path
 from facerestore.weights.file_lock import exclusive
+
+if TYPE_CHECKING:
+    from facerestore.weights.checkpoint import StateDict
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total or 0)
 CHUNK = 1 << 20
@@ -673,7 +676,8 @@ def _download_locked(entry: WeightsEntry, target: Path, progress: Progress | Non
             )
         if not entry.sha256:
             try:
-                _assert_checkpoint(part, f"downloaded {entry.filename} from {url}")
+                what = f"downloaded {entry.filename} from {url}"
+                _assert_architecture(entry, _assert_checkpoint(part, what), what)
             except WeightsError:
                 part.unlink(missing_ok=True)  # an error page or the like: never stored, never trusted
                 raise
@@ -759,8 +763,8 @@ def import_weights(file: Path | str, name: str | None = None, *, verify: bool = 
             f"{source} has sha256 {digest[:16]}..., but {entry.name} ({entry.filename}) should be {expected}{recorded}",
             hint="download the official file again, or register it as your own weights with --name and a name of your own",
         )
-    if not entry.sha256:
-        _assert_checkpoint(source, str(source), error=BadWeightsFile)
+    if not entry.sha256:  # trusted on first use: it must be a checkpoint, of this entry's architecture
+        _assert_architecture(entry, _assert_checkpoint(source, str(source), error=BadWeightsFile), str(source), BadWeightsFile)
     target = cache_dir() / entry.filename
     _make_folder(target.parent)
     with exclusive(target, f"importing {source.name} into {target.parent}"):  # not while a download of it renames
@@ -794,7 +798,7 @@ OFFICIAL_AGAIN = "get the whole official file and try again"
 OWN_AGAIN = "copy the whole file again, or export it again from the run that wrote it, then import it"
 
 
-def _assert_checkpoint(path: Path, what: str, cure: str = OFFICIAL_AGAIN, error: type[WeightsError] = WeightsError) -> None:
+def _assert_checkpoint(path: Path, what: str, cure: str = OFFICIAL_AGAIN, error: type[WeightsError] = WeightsError) -> StateDict:
     """A file whose hash nobody published is trusted on first use, so it must at least be a checkpoint
     (not an HTML error page, a cut-off download or the wrong file type) before it is stored. `cure`:
     the official file again for a catalogue entry; your own (`--name`) only you can copy again. A file
@@ -805,7 +809,7 @@ def _assert_checkpoint(path: Path, what: str, cure: str = OFFICIAL_AGAIN, error:
     from facerestore.weights.checkpoint import read_state_dict
 
     try:
-        read_state_dict(path)
+        return read_state_dict(path)
     except WeightsError as exc:  # "PATH is truncated or damaged (REASON)": the reason, found after the path (which may hold " (" itself)
         text = str(exc)
         rest = text[len(str(path)):] if text.startswith(str(path)) else f" {text}"
@@ -814,6 +818,62 @@ def _assert_checkpoint(path: Path, what: str, cure: str = OFFICIAL_AGAIN, error:
         reason = rest.split(" (", 1)[1].rstrip(")") if " (" in rest else rest.strip()
         raise error(f"{what} is not a readable checkpoint ({reason})",
                     hint=f"nothing was stored; {cure}") from None
+
+
+def _checkpoint_fits() -> dict[str, Callable[[StateDict, str], None]]:
+    """catalogue name -> its method's loader checks (`methods.registry.checkpoint_fits`), looked up only
+    when an official file is stored: the methods sit above weights/ (as for `_method_names`)."""
+    from facerestore.methods.registry import checkpoint_fits
+
+    return checkpoint_fits()
+
+
+def _assert_architecture(entry: WeightsEntry, state: StateDict, what: str, error: type[WeightsError] = WeightsError) -> None:
+    """A file stored as `entry`'s official one with no published sha256 must be a checkpoint of the
+    architecture `entry`'s method loads (the same checks its loader makes, on the meta device): else
+    the first copy's sha256 was recorded as the official one, and the real file refused after it.
+    The refusal says which other official file it fits, where one does."""
+    fits = _checkpoint_fits()
+    fit = fits.get(entry.name)
+    if fit is None:
+        return
+    try:
+        fit(state, what)
+    except UnsupportedCheckpoint as exc:
+        text = str(exc)
+        reason = text[len(what):].strip() if text.startswith(what) else text
+        entries = load_catalogue()
+        like = next((entries[other] for other, other_fit in fits.items() if other != entry.name and other in entries and _fits(other_fit, state)), None)
+        looks = f"; it fits {like.name} ({like.filename}) instead" if like else ""
+        where = entry.urls[0] if entry.urls else entry.note
+        official = f"the official {entry.filename}" + (f" ({where})" if where else "")
+        cure = (f"if it is {like.name}'s file, name it {like.filename} and import that; else get {official}" if like
+                else f"get {official}, or register this file as your own weights with --name NAME")
+        raise error(f"{what} has the name of {entry.name}'s file but {reason}{looks}", hint=f"nothing was stored; {cure}") from None
+
+
+def _fits(fit: Callable[[StateDict, str], None], state: StateDict) -> bool:
+    try:
+        fit(state, "")
+    except Exception:  # any refusal, or a config the meta build cannot make: not that file
+        return False
+    return True
+
+
+def wrong_copy_hint(name: str) -> str:
+    """How to replace the copy of catalogue entry `name` a run loads when it is of another architecture
+    (a file stored under the official name before `weights import` checked that, or put in a folder by
+    hand), the hint of the run's error: not `--weights`, which the user did not pass. In the cache, a
+    new import replaces it; `--no-verify` because the wrong copy's sha256 may have been recorded."""
+    entry = get_entry(name)
+    if entry.local:
+        return fetch_again(entry)
+    choice = copy_in_use(name)
+    where = entry.urls[0] if entry.urls else entry.note
+    official = f"the official {entry.filename}" + (f" ({where})" if where else "")
+    if choice is not None and choice.used is not None and choice.used.parent.resolve() != cache_dir().resolve():
+        return f"that copy is not {official}: delete it or put the official file in its place"
+    return f"that copy is not {official}: get the official file and run `facerestore weights import --no-verify {entry.filename}`, which replaces it"
 
 
 def _make_folder(folder: Path) -> None:
