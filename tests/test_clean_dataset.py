@@ -220,7 +220,7 @@ def test_usage_errors(dataset, tmp_path, model, monkeypatch):
     data[-2] ^= 0x01
     retrained.write_bytes(bytes(data))
     mixed = clean(dataset, "--out", tmp_path / "r", "--weights", retrained, "--steps", "2", "--device", "cpu", check_exit=2)
-    assert "other settings" in mixed.output
+    assert "other settings (weights: " in mixed.output and "(sha256 " in mixed.output
     assert "inside" in clean(dataset, "--out", dataset / "clean", "--weights", model, check_exit=2).output
     assert "is used only with --detect" in clean(dataset, "--out", tmp_path / "d", "--detector", "bundled", check_exit=2).output
     assert "does not exist" in clean(tmp_path / "nowhere", "--out", out, check_exit=2).output
@@ -578,3 +578,98 @@ def test_a_batch_that_does_not_fit_in_memory_is_split_with_one_warning_and_the_s
         "warning: out of memory restoring 2 faces at once; going on with 1 at a time (pass --batch-size 1 to start there)"], result.output
     for rel in visible_files(dataset):
         assert np.abs(read_image(tmp_path / "whole" / rel).rgb - read_image(tmp_path / "split" / rel).rgb).max() <= 1 / 255 + 1e-6, rel
+
+
+# ------------------------------------------------------------------ what settings.json records of the model
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _settings_json(out: Path) -> dict:
+    return json.loads((out / STATE_DIR / "settings.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def difface_states():
+    from test_difface import GuidedUNet, TINY_PRIOR, TINY_SWINIR, build_swinir, seeded_state
+
+    return {"prior": seeded_state(GuidedUNet(TINY_PRIOR), 0), "swinir": seeded_state(build_swinir(TINY_SWINIR), 1),
+            "other_prior": seeded_state(GuidedUNet(TINY_PRIOR), 5)}
+
+
+def test_catalogue_weights_are_recorded_by_sha256_and_a_replaced_one_is_refused(dataset, tmp_path, monkeypatch, difface_states):
+    """No --weights: the catalogue's copies in FACERESTORE_WEIGHTS (converted in the cache) are what ran;
+    settings.json used to say "weights": null, and a rerun after the prior was replaced mixed two models."""
+    from helpers import pin_catalogue_hashes
+    from test_difface import save_official
+
+    names = {"prior": "difface_prior", "swinir": "difface_swinir"}
+    paths = save_official(difface_states, tmp_path / "weights")
+    pin_catalogue_hashes(monkeypatch, paths, names)
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tmp_path / "weights"))
+    out, args = tmp_path / "out", ("-m", "difface", "--steps", "1", "--device", "cpu", "--limit", "1", "-q")
+    clean(dataset, "--out", out, *args)
+    files = _settings_json(out)["files"]
+    assert {role: r["sha256"] for role, r in files.items()} == {"prior": _sha(paths["prior"]), "swinir": _sha(paths["swinir"])}
+    assert all(str(paths[role]) in r["path"] for role, r in files.items()) and _settings_json(out)["precision"] == "fp32"
+
+    old = _sha(paths["prior"])
+    torch.save(difface_states["other_prior"], paths["prior"])  # a new version of the catalogue's prior
+    pin_catalogue_hashes(monkeypatch, paths, names)
+    refused = clean(dataset, "--out", out, *args[:-3], check_exit=2)
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {out} holds a cleaning run made with other settings (weights prior: "), refused.output
+    assert f"(sha256 {old[:12]}) -> " in lines[0] and f"(sha256 {_sha(paths['prior'])[:12]}))" in lines[0] and "swinir" not in lines[0]
+    assert len(manifest(out)) == 1  # nothing restored with the other prior
+
+
+def test_each_role_file_and_the_precision_are_recorded_and_a_change_is_refused(dataset, tmp_path, difface_states):
+    """`--weights prior=A,swinir=B` was recorded as the bare string: replacing A was accepted ("1 restored
+    ... 1 already done"); and --precision bf16 went into an fp32 tree."""
+    from test_difface import save_official
+
+    paths = save_official(difface_states, tmp_path / "weights")
+    spec = f"prior={paths['prior']},swinir={paths['swinir']}"
+    out, args = tmp_path / "out", ("-m", "difface", "--weights", spec, "--steps", "1", "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--limit", "1", "-q")
+    recorded = _settings_json(out)
+    assert recorded["files"] == {role: {"path": str(paths[role].resolve()), "sha256": _sha(paths[role])} for role in ("prior", "swinir")}
+    assert recorded["precision"] == "fp32"
+
+    bf16 = clean(dataset, "--out", out, *args, "--precision", "bf16", check_exit=2)
+    assert "other settings (precision: 'fp32' -> 'bf16')" in bf16.output
+
+    torch.save(difface_states["other_prior"], paths["prior"])
+    mixed = clean(dataset, "--out", out, *args, check_exit=2)
+    assert f"other settings (weights prior: {paths['prior'].resolve()} (sha256 {recorded['files']['prior']['sha256'][:12]}) -> " in mixed.output
+    assert len(manifest(out)) == 1
+
+
+def test_a_tree_from_before_files_were_recorded_resumes_and_records_them(dataset, tmp_path, model):
+    """A settings.json without "files" and "precision" (the previous version's) is trusted on those, as
+    that version did, so a finished half of a tree is not refused after an upgrade; the rerun then
+    records them, and from then on a changed file is refused."""
+    out, args = tmp_path / "out", ("--weights", model, "--steps", "2", "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--limit", "2", "-q")
+    settings = out / STATE_DIR / "settings.json"
+    old = {k: v for k, v in _settings_json(out).items() if k not in ("files", "precision")}
+    settings.write_text(json.dumps(old, indent=1) + "\n")
+
+    resumed = summary(dataset, "--out", out, *args)
+    assert (resumed["skipped"], resumed["done"], resumed["complete"]) == (2, 3, 5)
+    assert _settings_json(out) == old | {"files": {"weights": {"path": str(Path(model).resolve()), "sha256": _sha(model)}}, "precision": "fp32"}
+    assert "precision: 'fp32' -> 'bf16'" in clean(dataset, "--out", out, *args, "--precision", "bf16", check_exit=2).output
+
+
+def test_the_bundled_model_is_recorded_as_the_file_inside_the_package(dataset, tmp_path, monkeypatch, model):
+    """No --weights with idm: the bundled file runs; its sha256 is what a rerun compares (a reinstall
+    with a retrained bundled model must not finish a tree the old one began)."""
+    monkeypatch.setattr(idm_module, "bundled_weights", lambda: Path(model))  # the bundled model, small
+    out = tmp_path / "out"
+    clean(dataset, "--out", out, "--steps", "2", "--device", "cpu", "--limit", "1", "-q")
+    recorded = _settings_json(out)
+    assert recorded["weights"] is None and recorded["files"] == {"weights": {"path": str(Path(model).resolve()), "sha256": _sha(model)}}

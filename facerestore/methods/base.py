@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -48,8 +48,38 @@ class MethodOptions:
 
 
 class RestorationMethod(Protocol):
-    """crops [B,3,512,512] in [0,1] -> restored crops of the same shape, in [0,1]."""
+    """crops [B,3,512,512] in [0,1] -> restored crops of the same shape, in [0,1].
+
+    Every built-in method also keeps `weights_files` (role -> the file each network was read from,
+    the bundled one included) and `autocast` (the dtype its networks run in, None = float32): what
+    `clean-dataset` records so a tree never mixes two models (see `loaded_weights`, `precision_name`).
+    """
 
     info: MethodInfo
 
     def restore(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
+def run_options(method: object) -> dict[str, Any]:
+    """The method-specific options `method` runs with, defaults filled in (steps, eta, fidelity...; {}
+    for a method without any): what a report records beside the summary, so it states what ran."""
+    options = getattr(method, "run_options", None)
+    return dict(options()) if callable(options) else {}
+
+
+def run_summary(method: object) -> str:
+    """One line on what `method` does, with the numbers it runs with (its `describe()`), else its
+    `info.summary`: a static text that names default values would contradict a run with others."""
+    describe = getattr(method, "describe", None)
+    return describe() if callable(describe) else getattr(getattr(method, "info", None), "summary", "")
+
+
+def loaded_weights(method: object) -> dict[str, Path]:
+    """role -> the file `method` read each of its networks from ({} for one built from networks in memory)."""
+    return dict(getattr(method, "weights_files", None) or {})
+
+
+def precision_name(method: object) -> str:
+    """The precision `method`'s networks run in, as `--precision` names it (what `auto` resolved to)."""
+    dtype = getattr(method, "autocast", None)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")

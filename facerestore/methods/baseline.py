@@ -60,6 +60,7 @@ class BaselineMethod:
                 raise UnsupportedCheckpoint(f"{display_name(path)} is not a baseline UNet checkpoint (no {exc})", hint="pass a file written by facerestore.training.train_baseline") from None
             self.net = load_strict(BaselineUNet(config), state, display_name(path))
         self.multiple = config.multiple
+        self.weights_files = {"weights": path}
         self.device = torch.device(options.device)
         for_inference(self.net, self.device)
 

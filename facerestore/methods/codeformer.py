@@ -88,7 +88,11 @@ class CodeFormerMethod:
         path = resolve("codeformer", explicit=options.weights, offline=options.offline, option=options.weights_option)
         with loading_option(options.weights_option, named=options.weights is not None):  # a bad --weights file: exit 2
             self.net = load_codeformer(path, self.device)
+        self.weights_files = {"weights": path}
         self.fidelity = float(fidelity)
+
+    def run_options(self) -> dict[str, float]:
+        return {"fidelity": self.fidelity}
 
     @torch.inference_mode()
     def restore(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,7 @@ from facerestore.diffusion import (
 from facerestore.errors import UsageError, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.methods.registry import check_method_options
+from facerestore.plural import counted
 from facerestore.weights.checkpoint import fitting_net
 
 T = 1000  # both priors: linear schedule, T = 1000
@@ -372,6 +373,7 @@ class DifFaceNets:
     prior: torch.nn.Module
     estimator: torch.nn.Module
     size: int = FACE
+    files: Mapping[str, Path] = field(default_factory=dict)  # role -> the file each net was read from
 
 
 HINT = "pass DifFace's iddpm_ffhq512_ema500000.pth (prior=) and swinir_restoration512_L1.pth (swinir=)"  # --weights ROLE=FILE
@@ -441,7 +443,7 @@ def load_difface_nets(options: MethodOptions) -> DifFaceNets:
         prior = load_difface_prior(paths["prior"])
     with loading_option(options.weights_option, named="swinir" in chosen, otherwise=wrong_copy_hint(WEIGHT_ROLES["swinir"])):
         estimator = load_net(paths["swinir"], SWINIR_WHAT, *_swinir_parts(), swinir_check, meta=False, hint=HINT)
-    return DifFaceNets(prior=prior, estimator=estimator)
+    return DifFaceNets(prior=prior, estimator=estimator, files=dict(paths))
 
 
 class DifFaceMethod:
@@ -455,10 +457,21 @@ class DifFaceMethod:
         self.device = torch.device(options.device)
         self.autocast = autocast_dtype(self.device, options.precision)
         self.nets = nets if nets is not None else load_difface_nets(options)
+        self.weights_files = dict(self.nets.files)
         for_inference(self.nets.prior, self.device)
         for_inference(self.nets.estimator, self.device)
         self.schedule = NoiseSchedule.named("linear", T)
         self.callback: Callable[[Progress], None] | None = None  # per-UNet-call progress, if wanted
+
+    def run_options(self) -> dict[str, Any]:
+        """--steps (UNet calls), --eta, --start as this run uses them."""
+        return {"steps": self.plan.calls, "eta": self.plan.eta, "start": self.plan.noise_t}
+
+    def describe(self) -> str:
+        """INFO.summary with this run's numbers, not the defaults."""
+        p = self.plan
+        return (f"DifFace (Yue & Loy 2024): SwinIR estimate diffused to t={p.noise_t}, then {counted(p.calls, 'DDIM step')} "
+                f"(eta {p.eta:g}) of a 512 FFHQ diffusion prior")
 
     @torch.inference_mode()
     def estimate(self, crops: torch.Tensor) -> torch.Tensor:

@@ -77,9 +77,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -290,6 +291,7 @@ class DR2Nets:
     enhancer: torch.nn.Module | None
     size: int = SIZE
     enhancer_size: int = FACE
+    files: Mapping[str, Path] = field(default_factory=dict)  # role -> the file each net was read from
 
 
 HINT = "pass DR2's DR2_FFHQ.pkl (ddpm=) and SPARNetHD_FFHQ_DR2aug.pth (enhancer=), imported from the Baidu share"
@@ -359,7 +361,7 @@ def load_dr2_nets(options: MethodOptions) -> DR2Nets:
     if "enhancer" in paths:
         with loading_option(options.weights_option, named="enhancer" in chosen, otherwise=wrong_copy_hint(WEIGHT_ROLES["enhancer"])):
             enhancer = load_net(paths["enhancer"], SPARNET_WHAT, *_sparnet_parts(), sparnet_check, hint=HINT)
-    return DR2Nets(ddpm=ddpm, enhancer=enhancer)
+    return DR2Nets(ddpm=ddpm, enhancer=enhancer, files=dict(paths))
 
 
 class DR2Method:
@@ -386,6 +388,7 @@ class DR2Method:
             self.nets = dataclasses.replace(self.nets, enhancer=None)
         elif self.nets.enhancer is None:
             raise UsageError("dr2 needs its enhancer unless --no-enhancer is given")
+        self.weights_files = {role: path for role, path in self.nets.files.items() if role != "enhancer" or self.nets.enhancer is not None}
         for_inference(self.nets.ddpm, self.device)
         if self.nets.enhancer is not None:
             self.nets.enhancer.to(self.device).eval()
@@ -393,6 +396,16 @@ class DR2Method:
         self.schedule = NoiseSchedule.named("linear", T)
         self.callback: Callable[[Progress], None] | None = None  # per-UNet-call progress, if wanted
         self.last_choices: list[AutoChoice] = []  # filled by --dr2-auto: one per face of the last batch
+
+    def run_options(self) -> dict:
+        """The (N, tau) this run uses, or the candidates --dr2-auto chooses among, and whether SPARNetHD enhances.
+        `preset`: the preset whose values they are (None where --dr2-n / --dr2-tau made others)."""
+        enhancer = self.nets.enhancer is not None
+        if self.auto:
+            return {"auto": True, "candidates": [[s.n, s.tau] for s in self.settings], "enhancer": enhancer}
+        s = self.settings[0]
+        preset = next((name for name, values in PRESETS.items() if values == (s.n, s.tau)), None)
+        return {"preset": preset, "n": s.n, "tau": s.tau, "enhancer": enhancer}
 
     @torch.inference_mode()
     def remove_degradation(self, y: torch.Tensor, setting: DR2Setting, seeds: Sequence[int]) -> torch.Tensor:

@@ -70,6 +70,7 @@ from facerestore.errors import BadWeightsOption, UnsupportedCheckpoint, UsageErr
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.methods.difface import PerFaceSteps, face_generators, face_seeds, per_face_noise  # shared per-face noise
 from facerestore.methods.registry import check_method_options
+from facerestore.plural import counted
 from facerestore.nets.guided_unet import UNetConfig
 from facerestore.nets.idm_unet import IDMUNet, config_from_dict, config_to_dict, infer_idm_config
 from facerestore.weights.checkpoint import BUNDLED_DAMAGED, load_strict, read_state_dict, safetensors_metadata, save_safetensors
@@ -258,7 +259,7 @@ class IDMMethod:
         self.steps = DEFAULT_STEPS if options.steps is None else int(options.steps)
         grid_for(self.steps)  # validate before reading weights
         self.precision = options.precision
-        autocast_dtype(options.device, self.precision)  # likewise
+        self.autocast = autocast_dtype(options.device, self.precision)  # likewise
         if options.weights is not None:
             from facerestore.weights.store import resolve_explicit
 
@@ -275,8 +276,16 @@ class IDMMethod:
 
         with loading_option(options.weights_option, named=options.weights is not None, otherwise=BUNDLED_DAMAGED):  # a bad --weights file: exit 2
             self.model = load_model(path, self.device)
+        self.weights_files = {"weights": path}
         for_inference(self.model.net, self.device)
         self.schedule = NoiseSchedule.named(SCHEDULE_NAME, T)
+
+    def run_options(self) -> dict[str, int]:
+        return {"steps": self.steps}
+
+    def describe(self) -> str:
+        """INFO.summary with this run's number of steps."""
+        return f"IDM (Zhao et al. 2023): conditional diffusion, x_t concatenated with the degraded face, x0 regression, {counted(self.steps, 'DDPM step')}"
 
     @property
     def image_size(self) -> int:

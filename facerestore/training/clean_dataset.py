@@ -20,8 +20,10 @@ from SRC (deleted or moved since) is kept, never deleted, and the summary says h
 Each entry carries the number of the run that wrote it, so the manifests merge by recency however
 the ranks were numbered: a file failed by rank 1 of a 2-process run and restored by a 1-process
 rerun is done, whichever rank's manifest is read last (see `_read_manifests`).
-The first run records its settings (method, weights, steps, seed, mode); a rerun with other
-settings is refused, so one tree never mixes two models.
+The first run records its settings (method, weights, steps, seed, mode, and what they resolved to:
+every weights file the method loaded, by sha256, and the precision its networks ran in); a rerun with
+other settings, or whose files or precision differ, is refused, so one tree never mixes two models.
+A tree begun by a version that recorded no files or precision resumes as before and records them then.
 
 Sharded. Under torchrun, file i of the sorted list belongs to rank i % WORLD_SIZE, before anything
 is filtered, so every file has exactly one owner however far each rank got. Each file's noise
@@ -52,10 +54,12 @@ from facerestore.metrics.json_numbers import json_number, read_json_number
 from facerestore.out_of_memory import BatchLimit
 from facerestore.plural import counted
 from facerestore.training import distributed
-from facerestore.training.loop import check_settings, manifest_records, open_manifest, source_changed, source_fingerprint, source_stat
+from facerestore.methods.base import loaded_weights, precision_name
+from facerestore.training.loop import (check_settings, manifest_records, open_manifest, read_settings, setting_text, source_changed, source_fingerprint,
+                                       source_stat, write_settings)
 from facerestore.training.out_lock import output_lock
 from facerestore.training.seeds import check_seed, stable_seed
-from facerestore.weights.store import sha256_file
+from facerestore.weights.store import loaded_record, sha256_file
 
 STATE_DIR = ".facerestore-clean"
 FACE = 512
@@ -130,7 +134,11 @@ class CleanSummary:
         return {k: v for k, v in self.__dict__.items() if k != "failures"} | {"failures": [list(f) for f in self.failures]}
 
 
-def _settings(options: CleanOptions) -> dict:
+def _settings(options: CleanOptions, method) -> dict:
+    """What settings.json records: the options as given (`weights`: the --weights file by its sha256, or
+    the value as written), and what they resolved to: `files`, every file the method loaded (each role,
+    catalogue copies and the bundled model included) by path and sha256 (weights.store.loaded_record:
+    remembered, so a rerun does not hash hundreds of MB again), and the `precision` its networks ran in."""
     weights = options.weights
     described = None
     if weights is not None:
@@ -139,7 +147,35 @@ def _settings(options: CleanOptions) -> dict:
             path = path / "idm.safetensors"
         # the content, not the size: a model retrained in place must not finish a tree another began
         described = {"path": str(path.resolve()), "sha256": sha256_file(path)} if path.is_file() else {"name": str(weights)}
-    return {"method": options.method, "weights": described, "steps": options.steps, "seed": options.seed, "detect": options.detect}
+    files = {role: loaded_record(file) for role, file in sorted(loaded_weights(method).items())}
+    return {"method": options.method, "weights": described, "steps": options.steps, "seed": options.seed, "detect": options.detect,
+            "files": files, "precision": precision_name(method)}
+
+
+RESOLVED_KEYS = ("files", "precision")  # recorded since these were: a settings.json without them is from an older version
+
+
+def _as_recorded(settings: dict, recorded: dict | None, out: Path) -> dict:
+    """The settings to compare with the recorded ones (`check_settings`).
+
+    A tree begun by a version that did not record `files` and `precision` is compared on the keys it
+    has, as then, so it stays resumable; `_clean_tree` then records them. The files are compared by
+    role and sha256, not path (the same catalogue file found in another folder is the same model);
+    one that differs is refused here with the files named, not as a dict."""
+    if recorded is None:
+        return settings
+    settings = {k: v for k, v in settings.items() if k not in RESOLVED_KEYS or k in recorded}
+    mine, theirs = settings.get("files"), recorded.get("files")
+    if not isinstance(mine, dict) or not isinstance(theirs, dict):
+        return settings
+    digests = {role: (r.get("sha256") if isinstance(r, dict) else None) for role, r in theirs.items()}
+    if {role: r["sha256"] for role, r in mine.items()} == digests or recorded.get("method") != settings["method"]:
+        return settings | {"files": theirs}  # the same files (or another method, refused by its name)
+    differ = ", ".join(f"{'weights' if role == 'weights' else f'weights {role}'}: {setting_text(theirs[role]) if role in theirs else 'not recorded'} -> "
+                       f"{setting_text(mine[role]) if role in mine else 'not loaded'}"
+                       for role in sorted({*mine, *theirs}) if role not in mine or role not in theirs or mine[role]["sha256"] != digests[role])
+    raise UsageError(f"{out} holds a cleaning run made with other settings ({differ})",
+                     hint=f"rerun with the same weights files (put the original back), choose another --out, or delete {out / STATE_DIR} to start over")
 
 
 def _read_manifests(state: Path) -> dict[str, dict]:
@@ -265,7 +301,10 @@ def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], r
     `present`: the relative path of every image SRC holds now (before --limit)."""
     out = Path(options.out)
     state = out / STATE_DIR
-    check_settings(state, _settings(options), d.main, "a cleaning run")
+    settings, recorded = _settings(options, method), read_settings(state)
+    check_settings(state, _as_recorded(settings, recorded, out), d.main, "a cleaning run")
+    if d.main and recorded is not None and any(k not in recorded for k in RESOLVED_KEYS):
+        write_settings(state, recorded | {k: settings[k] for k in RESOLVED_KEYS})  # an older tree: checked from now on
     distributed.barrier(d)
     state.mkdir(parents=True, exist_ok=True)
 

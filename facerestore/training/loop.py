@@ -220,10 +220,16 @@ def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
             raise UsageError(f"{state.parent} holds {what} made with other settings ({differ})",
                              hint=f"rerun with the same options, choose another --out, or delete {state} to start over")
     elif main:
-        try:
-            state.mkdir(parents=True, exist_ok=True)
-            tmp = state / ".settings.json.tmp"
-            tmp.write_text(json.dumps(settings, indent=1) + "\n")
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise FaceRestoreError(f"cannot write {path} ({exc.strerror or exc})", hint="check free space and permissions") from None
+        write_settings(state, settings)
+
+
+def write_settings(state: Path, settings: dict) -> None:
+    """Write `state`/settings.json atomically (temp file + rename): a kill leaves the old one or the new one."""
+    path = state / "settings.json"
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        tmp = state / ".settings.json.tmp"
+        tmp.write_text(json.dumps(settings, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise FaceRestoreError(f"cannot write {path} ({exc.strerror or exc})", hint="check free space and permissions") from None

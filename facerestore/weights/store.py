@@ -409,6 +409,24 @@ def display_name(path: Path | str) -> str:
     return _with_weights_name(stored, entry)
 
 
+def loaded_record(path: Path | str) -> dict[str, str]:
+    """{"path", "sha256"} of a file a method loaded, for a settings file that must tell a model replaced
+    in place. A conversion in the cache (`loadable`) is named by its original's sha256, kept in its
+    metadata (what `sha256sum` of the file the user has says; not hashed again); any other file by
+    `sha256_file` (remembered per path, size and mtime, so hundreds of MB are hashed once)."""
+    path = Path(path).resolve()
+    if path.suffix == ".safetensors" and path.parent.name == "converted":
+        from facerestore.weights.checkpoint import safetensors_metadata
+
+        try:
+            digest = safetensors_metadata(path).get("source_sha256", "")
+        except Exception:  # noqa: BLE001 - unreadable metadata: hash the file itself
+            digest = ""
+        if digest:
+            return {"path": display_name(path), "sha256": digest}
+    return {"path": str(path), "sha256": sha256_file(path)}
+
+
 def _with_weights_name(path: Path, entry: WeightsEntry) -> str:
     """`path (weights 'NAME')`, or `(your weights 'NAME')` for one the user registered."""
     return f"{path} ({'your ' if entry.local else ''}weights '{entry.name}')"
