@@ -815,6 +815,26 @@ def test_weights_go_to_the_method_they_name():
         method_weights(["baseline"], ["a", "baseline:b"])
 
 
+def test_weights_for_a_method_that_is_not_evaluated_say_so(hq, tmp_path, monkeypatch):
+    """`-m codeformer --weights dr2:FILE` read 'dr2:FILE' as a path ("no such file"), and `-m dr2,codeformer
+    --weights idm:FILE` asked for METHOD:FILE, which is what was written. A file whose name starts with
+    a method's name and a colon is still a file."""
+    from facerestore.cli.evaluate import method_weights
+    from facerestore.errors import UsageError
+
+    for methods, value in ((["codeformer"], "dr2:/w/x.pth"), (["dr2", "codeformer"], "idm:/w/x.pth")):
+        with pytest.raises(UsageError) as caught:
+            method_weights(methods, [value])
+        assert str(caught.value) == f"--weights {value}: {value.partition(':')[0]} is not among the evaluated methods ({', '.join(methods)})"
+        assert caught.value.hint.startswith(f"add {value.partition(':')[0]} to --method")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "idm:old.safetensors").write_bytes(b"x")
+    assert method_weights(["baseline"], ["idm:old.safetensors"]) == {"baseline": "idm:old.safetensors"}
+    assert method_weights(["baseline"], ["C:/w.st"]) == {"baseline": "C:/w.st"}
+    result = run("--hq", hq, "-m", "baseline", "--weights", "dr2:/w/x.pth", "-o", tmp_path / "r")
+    assert result.exit_code == 2 and "--weights dr2:/w/x.pth: dr2 is not among the evaluated methods (baseline)" in result.output
+
+
 def test_a_link_to_a_folder_above_the_inputs_is_named_and_not_evaluated(hq, tmp_path):
     """hq/up -> .. made evaluate read every image beside --hq (an earlier report's grids included) as inputs."""
     write_image(tmp_path / "beside" / "x.png", np.zeros((512, 512, 3), np.float32))
@@ -825,3 +845,42 @@ def test_a_link_to_a_folder_above_the_inputs_is_named_and_not_evaluated(hq, tmp_
     assert result.output.splitlines()[0].startswith(f"warning: skipped {hq / 'up'}: links to {tmp_path.resolve()}, which holds {hq}:")
     data = results(out)
     assert all(s["images_total"] == 2 for s in data["sets"]) and not any("up/" in i["key"] for s in data["sets"] for i in s["images"])
+
+
+def test_the_report_states_the_method_options_that_ran(hq, tmp_path, monkeypatch):
+    """`-m difface --steps 1` wrote "then 100 DDIM steps (eta 0.5)" (INFO.summary's defaults) and no
+    options; results.json and index.md now say what ran, defaults filled in."""
+    from facerestore.methods.difface import DifFaceMethod, DifFaceNets
+    from helpers import StandInLearnedRange, StandInResidual
+
+    from facerestore.methods import registry
+
+    built = registry.build_method
+    monkeypatch.setattr(registry, "build_method", lambda name, options: DifFaceMethod(
+        options, nets=DifFaceNets(StandInLearnedRange(), StandInResidual(), size=64)) if name == "difface" else built(name, options))
+    out = tmp_path / "r"
+    result = run("--hq", hq, "-m", "difface", "--steps", "1", "--metrics", FAST, "--limit", "1", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    methods = results(out)["methods"]
+    assert methods["difface"]["summary"] == "DifFace (Yue & Loy 2024): SwinIR estimate diffused to t=400, then 1 DDIM step (eta 0.5) of a 512 FFHQ diffusion prior"
+    assert methods["difface"]["options"] == {"steps": 1, "eta": 0.5, "start": 400, "precision": "fp32"}
+    line = next(line for line in (out / "index.md").read_text().splitlines() if line.startswith("- **difface**"))
+    assert "then 1 DDIM step (eta 0.5) of" in line and "; options: steps 1, eta 0.5, start 400, precision fp32" in line
+
+
+def test_each_method_says_the_options_it_runs_with():
+    """What `methods.NAME.options` records: the values the plan holds, defaults filled in."""
+    from facerestore.methods.base import MethodOptions, run_options, run_summary
+    from facerestore.methods.codeformer import CodeFormerMethod
+    from facerestore.methods.idm import IDMMethod
+    from test_dr2 import stand_in as dr2
+
+    assert run_options(dr2()) == {"preset": "medium", "n": 8, "tau": 35, "enhancer": True}
+    assert run_options(dr2(dr2_preset="mild", no_enhancer=True)) == {"preset": "mild", "n": 4, "tau": 22, "enhancer": False}
+    assert run_options(dr2(dr2_tau=30)) == {"preset": None, "n": 8, "tau": 30, "enhancer": True}
+    assert run_options(dr2(dr2_auto=True))["candidates"] == [[4, 22], [8, 35], [16, 35]]
+    codeformer = object.__new__(CodeFormerMethod)  # the net is not what is asked about
+    codeformer.fidelity = 0.7
+    assert run_options(codeformer) == {"fidelity": 0.7}
+    idm = IDMMethod(MethodOptions(steps=4))  # the bundled model
+    assert run_options(idm) == {"steps": 4} and run_summary(idm).endswith("x0 regression, 4 DDPM steps")

@@ -16,12 +16,19 @@ from facerestore.plural import counted
 
 
 def method_weights(methods: list[str], values: list[str]) -> dict[str, str]:
-    """--weights FILE (one method) or METHOD:SPEC (any number) -> {method: spec}."""
+    """--weights FILE (one method) or METHOD:SPEC (any number) -> {method: spec}. A METHOD: prefix naming
+    a method that is not evaluated is refused as that, not read as part of a path (an existing file
+    whose name starts so is still a file; "C:/w.st" names no method)."""
+    from facerestore.methods.registry import method_names
+
     chosen: dict[str, str] = {}
     for value in values:
         prefix, colon, rest = value.partition(":")
         if colon and prefix in methods:
             name, spec = prefix, rest
+        elif colon and prefix in method_names() and not Path(value).expanduser().exists():  # a file named "idm:x" is a file
+            raise UsageError(f"--weights {value}: {prefix} is not among the evaluated methods ({', '.join(methods)})",
+                             hint=f"add {prefix} to --method, or write --weights METHOD:FILE for one of {', '.join(methods)}")
         elif len(methods) == 1:
             name, spec = methods[0], value
         else:

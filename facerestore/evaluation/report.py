@@ -430,10 +430,21 @@ def _preamble(result: EvalResult, command: Sequence[str]) -> list[tuple[str, str
     for label, info in result.methods.items():
         weights = f"; weights {info['weights']}" if info.get("weights") else ""
         weights += f" ({info['weights_name']})" if weights and info.get("weights_name") else ""
-        items.append((label, info.get("summary", "") + weights + (f" — {info['license']}" if info.get("license") else "")))
+        options = ", ".join(f"{k} {_option_text(v)}" for k, v in (info.get("options") or {}).items())
+        options = f"; options: {options}" if options else ""
+        items.append((label, info.get("summary", "") + options + weights + (f" — {info['license']}" if info.get("license") else "")))
     for m in spec.metrics or ():
         items.append((TITLES.get(m, m), f"{METRICS[m].summary} ({METRICS[m].better} is better)"))
     return items
+
+
+def _option_text(value: Any) -> str:
+    """A method option as index.md shows it: 0.5, true, none, [[4, 22], [8, 35]]."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value).replace("null", "none")
+    if isinstance(value, float):
+        return f"{value:g}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 MISSING_NOTE = "Values that could not be computed say why (unavailable: missing weights or no face found; failed: an error) in the notes under each table."

@@ -440,7 +440,7 @@ class SetResult:
 class EvalResult:
     spec: EvalSpec
     sets: list[SetResult]
-    methods: dict[str, dict[str, Any]]  # label -> what it is (summary, license, options)
+    methods: dict[str, dict[str, Any]]  # label -> what it is (summary, paper, license, options: the method options that ran)
     notes: list[str]
     failures: list[tuple[str, str]]  # problems outside any set (duplicate names)
     started: float
@@ -561,13 +561,16 @@ class Evaluator:
 
     def _describe_methods(self) -> dict[str, dict[str, Any]]:
         described: dict[str, dict[str, Any]] = {}
+        from facerestore.methods.base import precision_name, run_options, run_summary
+
         for name, method in self.methods.items():
             info = getattr(method, "info", None)
             described[name] = {
                 "kind": "method",
-                "summary": getattr(info, "summary", ""),
+                "summary": run_summary(method),  # with the numbers this run used, not the defaults
                 "paper": getattr(info, "paper", ""),
                 "license": getattr(info, "license", ""),
+                "options": run_options(method) | {"precision": precision_name(method)},  # what ran, defaults filled in
             }
         for label, folder in self.external.items():
             described[label] = {"kind": "restored", "summary": f"results read from {folder}", "paper": "", "license": ""}
