@@ -492,8 +492,11 @@ def test_an_input_replaced_at_the_same_path_gets_a_new_pseudo_target_on_a_rerun(
     assert stages == [("base outputs (codeformer)", 1), ("pseudo-targets (diffusion prior)", 1)]  # its base output is redone too
     fresh = tmp_path / "fresh"
     generate_pseudo_targets(_pseudo_options(src, fresh, weights, limit=4))
-    for rel in ("base/a/01.png", "targets/a/01.png"):
-        assert (out / rel).read_bytes() == (fresh / rel).read_bytes(), rel
+    for rel in ("base/a/01.png", "targets/a/01.png"):  # the new image's, not the old one's: as a fresh run makes them
+        redone, made_fresh = read_image(out / rel).samples.astype(int), read_image(fresh / rel).samples.astype(int)
+        # the rerun restores it alone, the fresh run in a batch of 4: float rounding moves a few samples by a level
+        difference = np.abs(redone - made_fresh)
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.001, (rel, difference.max(), (difference > 0).mean())
     assert all((out / "targets" / rel).stat().st_mtime_ns == stamps[rel] for rel in rels if rel != "a/01.png")
     last = json.loads((out / ".facerestore-pseudo" / "done-rank0.jsonl").read_text().splitlines()[-1])
     data = (src / "a" / "01.png").read_bytes()
