@@ -862,7 +862,7 @@ def test_resume_refuses_a_recipe_other_than_its_checkpoints_and_allows_the_sched
     path.write_text(original.replace('"lr": 0.001', '"lr": 0.002').replace('"degradation": "eq11"', '"degradation": "mixed"'))
     edited = cli("--out", run, "--resume", "--steps", "3", "--workers", "0", "-q")
     assert edited.exit_code == 2 and one_error(edited) == (
-        f"error: {path} differs from the recipe of its checkpoint step_0000002: lr 0.001 -> 0.002, degradation 'eq11' -> 'mixed'; "
+        f'error: {path} differs from the recipe of its checkpoint step_0000002: lr 0.001 -> 0.002, degradation "eq11" -> "mixed"; '  # as config.json holds them
         "set them back in config.json (and resume with the same options), or start a new run with another --out")
     path.write_text(original)
     given = cli("--out", run, "--resume", "--steps", "3", "--lr", "0.5", "--batch-size", "4", "--workers", "0", "-q")

@@ -6,11 +6,13 @@ twice: the recipe options given on the command line against the run's config.jso
 (`refuse_given_changes`), and config.json against the recipe the newest checkpoint recorded
 (`refuse_checkpoint_changes`), which finds a config.json edited after that checkpoint was written.
 Either refusal is one line naming the folder (or its config.json) and each change, old -> new (the
-first as values are written on the command line: `--amp off -> on`, `DATA_DIR /a -> /b`).
+first as values are written on the command line: `--amp off -> on`, `DATA_DIR /a -> /b`; the second
+as config.json holds them: `amp false -> true`, `degradation "eq11" -> "mixed"`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -60,9 +62,17 @@ def refuse_checkpoint_changes(run: Path | str, checkpoint: Path, recorded: objec
         return
     differ = [k for k in now if k in recorded and recorded[k] != now[k]]
     if differ:
-        shown = ", ".join(f"{k} {setting_text(recorded[k])} -> {setting_text(now[k])}" for k in differ)
+        shown = ", ".join(f"{k} {_as_written(recorded[k])} -> {_as_written(now[k])}" for k in differ)
         raise UsageError(f"{Path(run) / CONFIG_FILE} differs from the recipe of its checkpoint {checkpoint.name}: {shown}",
                          hint=f"set {'them' if len(differ) > 1 else 'it'} back in {CONFIG_FILE} (and resume with the same options), or start a new run with another --out")
+
+
+def _as_written(value: object) -> str:
+    """A config.json value as that file holds it (`"eq11"`, `false`, `["/data/a"]`, `null`), since the
+    refusal asks to set it back there; a weights record as `setting_text` shows it."""
+    if isinstance(value, dict) and ("path" in value or set(value) == {"name"}):
+        return setting_text(value)
+    return json.dumps(value)
 
 
 def _as_json(value: object) -> object:
