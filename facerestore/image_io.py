@@ -954,5 +954,11 @@ def assert_not_input(path: Path, inputs: set[Path], hint: str = "choose another 
                 same = os.path.samefile(target, inp)
             except OSError:
                 same = False
-        if same:
-            raise BadImage(f"refusing to write {path}: it would overwrite the input {inp}", hint=hint)
+        if same:  # led by the output path: the line of an input whose output it is names it once
+            if os.path.abspath(path) == os.path.abspath(inp):
+                what = "is an input"
+            elif Path(path).is_symlink():
+                what = f"is a link to the input {inp}"
+            else:
+                what = f"is the input {inp} by another path"
+            raise BadImage(f"{path} {what}, so writing an output there would overwrite the input", hint=hint)

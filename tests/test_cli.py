@@ -1057,7 +1057,8 @@ def test_restore_never_follows_a_link_out_of_its_input_folder_nor_into_its_outpu
 def test_every_error_line_of_restore_leads_with_its_input_and_no_colon_before_a_verb(tmp_path, tiny_baseline):
     """The lines said `error: in/gone.png: is a broken link`, `error: in/cut.png is truncated` and, for an
     output over its own input, `error: refusing to write out/restored_imgs/x.png: ...` (no input first:
-    the input's name was found inside the output path, so it was not put in front)."""
+    the input's name was found inside the output path, so it was not put in front), then
+    `error: out/restored_imgs/x.png: refusing to write out/restored_imgs/x.png: ...` (the path twice)."""
     import os
 
     folder = tmp_path / "in"
@@ -1073,7 +1074,7 @@ def test_every_error_line_of_restore_leads_with_its_input_and_no_colon_before_a_
         f"error: {folder / 'gone.png'} is a broken link (its target does not exist); fix the link or remove it",
         f"error: {folder / 'pipe.png'} is not a regular file; pass image files (a pipe, socket or device is not read)",
         f"error: {folder / 'cut.png'} is truncated (the PNG ends before its last chunk); re-copy or re-export the file",
-        f"error: {own}: refusing to write {own}: it would overwrite the input {own}; choose another output folder or --suffix",
+        f"error: {own} is an input, so writing an output there would overwrite the input; choose another output folder or --suffix",
     ])
 
 
