@@ -455,6 +455,17 @@ def test_a_start_over_removes_the_earlier_copies_it_will_not_rewrite_and_a_same_
         assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
 
 
+def test_a_start_over_removes_the_temp_file_a_killed_write_left_beside_a_copy_of_another_ext(tree, tmp_path):
+    """The temp files of a killed run were removed beside this run's targets only: one beside an
+    earlier copy in another --ext stayed after that copy was removed."""
+    out = tmp_path / "out"
+    assert run("degrade", tree, "--out", out, "--preset", "mild", "--ext", "png", "-q").exit_code == 0
+    stray = out / "sub" / ".b.png.k1ll3d42.tmp"  # as write_image names its temp file for sub/b.png
+    stray.write_bytes(b"half a png")
+    assert run("degrade", tree, "--out", out, "--preset", "medium", "-q").exit_code == 0
+    assert not stray.exists() and copies(out) == ["a.png", "sub/b.jpg", "sub/c.png"]
+
+
 def test_a_start_over_removes_only_listed_copies_inside_dst(tree, tmp_path):
     """Records that name a file outside DST (through a link, '..', an absolute path), a link, a file
     that is not an image, or the user's own files in DST: none of them is removed."""

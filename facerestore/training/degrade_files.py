@@ -146,6 +146,7 @@ def _earlier_records(state: Path, settings: dict, stale: list[Path], targets: se
             copy.unlink(missing_ok=True)
         except OSError as exc:
             raise FaceRestoreError(f"cannot remove {copy} ({exc.strerror or exc})", hint="check the permissions of --out") from None
+    remove_stale_temps([copy for _, copy in copies])  # a killed write of a copy this run will not rewrite (another --ext) left its temp file
     (state / MANIFEST).unlink(missing_ok=True)
     for file in stale:
         file.unlink(missing_ok=True)
