@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from facerestore.errors import BadImage
+from facerestore.image_io import from_samples
 
 # left eye, right eye, nose, left mouth corner, right mouth corner (x, y) for a 512 crop
 FFHQ_TEMPLATE_512 = np.array(
@@ -123,8 +124,7 @@ def _float_region(samples: np.ndarray, affine: np.ndarray, width: int, height: i
     y0 = min(max(int(np.floor(source[:, 1].min())) - 2, 0), rows - 1)
     x1 = max(min(int(np.ceil(source[:, 0].max())) + 3, columns), x0 + 1)
     y1 = max(min(int(np.ceil(source[:, 1].max())) + 3, rows), y0 + 1)
-    region = samples[y0:y1, x0:x1].astype(np.float32)
-    region /= np.float32(np.iinfo(samples.dtype).max)  # in place: x / 255, as from_samples gives
+    region = from_samples(samples[y0:y1, x0:x1])
     moved = affine.copy()
     moved[:, 2] += affine[:, :2] @ np.array([x0, y0], dtype=np.float64)
     return region, moved

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from facerestore.errors import UsageError
+from facerestore.image_io import from_samples
 
 BGR_MEAN = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 PRIOR_STEPS = (8, 16, 32)
@@ -287,7 +288,7 @@ def _detect_at(image: np.ndarray, detector: RetinaFaceHeads, scale: DetectionSca
     else:
         size = (round(width * factor), round(height * factor))
         if factor > 1 and image.dtype.kind != "f":  # a small photo: enlarged in float, as OpenCV's integer bilinear rounds
-            image = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+            image = from_samples(image)
         work = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA)
     work_h, work_w = work.shape[:2]
     levels = 255.0 if work.dtype.kind == "f" else 255.0 / np.iinfo(work.dtype).max  # float [0, 1], or samples
