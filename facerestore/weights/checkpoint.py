@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,59 @@ def fitting_net(
         net = build(config)
     check_fits(net, state, source)
     return config, net
+
+
+Parts = tuple[Callable[[Mapping[str, torch.Tensor]], Any], Callable[[Any], torch.nn.Module]]
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """One network role of a method (DifFace's prior, DR2's enhancer, CodeFormer), declared once: its
+    loader (`load`) and `weights import` (`fit`, a method's `FITS`) then make the same checks.
+
+    what:   the net as errors name it ("DifFace SwinIR estimator")
+    parts:  () -> (infer_config, build), imported only when a file is read (keeps `--help` fast)
+    check:  config -> why the method cannot use it ('' if it can)
+    meta:   build on the meta device (False: a net whose construction reads values, as SwinIR's)
+    hint:   the hint of every refusal
+    """
+
+    what: str
+    parts: Callable[[], Parts]
+    check: Callable[[Any], str] | None = None
+    meta: bool = True
+    hint: str = ""
+
+    def fitting(self, state: Mapping[str, torch.Tensor], source: Path | str) -> tuple[Any, torch.nn.Module]:
+        """`fitting_net` for this role: the config and the net (on the meta device with `meta`)."""
+        infer, build = self.parts()
+        return fitting_net(state, source, self.what, infer, build, self.check, meta=self.meta, hint=self.hint)
+
+    def fit(self, state: Mapping[str, torch.Tensor], source: str) -> None:
+        """Every check `load` makes before it allocates, alone: what `weights import` runs (`FITS`)."""
+        self.fitting(state, source)
+
+    def load(self, path: Path | str, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """Read `path` safely, read its config from the tensors, build, and load every key strictly; eval mode.
+
+        Any mismatch is one `UnsupportedCheckpoint` line naming the file (never a partial load):
+        an unreadable or truncated file (`read_state_dict`), keys of another architecture (`infer`),
+        a config the method cannot use (`check` returns a reason), missing / unexpected / reshaped keys
+        (`load_strict`). With `meta`, the net is built on the meta device and allocated uninitialised
+        on `device`, so a 160M-parameter net is not randomly initialised only to be overwritten.
+        """
+        from facerestore.weights.store import display_name
+
+        state = read_state_dict(path)
+        name = display_name(path)  # the cache's conversion of a .pth: name the file the user knows
+        config, net = self.fitting(state, name)
+        if self.meta:
+            persistent = set(net.state_dict())
+            if any(buffer not in persistent for buffer, _ in net.named_buffers()):
+                net = self.parts()[1](config)  # non-persistent buffers would stay uninitialised: build for real
+            else:
+                net = net.to_empty(device=device)
+        return load_strict(net, state, name).to(device).eval()
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: Path | str, metadata: dict[str, str] | None = None) -> Path:
