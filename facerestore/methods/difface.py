@@ -48,14 +48,15 @@ also be a name registered with `facerestore weights import --name`. Without it t
 `difface_prior` and `difface_swinir` are resolved (FACERESTORE_WEIGHTS folders, the cache, download).
 
 This module also holds what the diffusion methods share (dr2.py imports it): per-face generators
-and steps, `--weights ROLE=FILE` parsing, strict loading with one-line errors, the autocast policy.
+and steps, `--weights ROLE=FILE` parsing, the guided-diffusion UNet's `NetSpec` parts (strict loading
+with one-line errors is `weights.checkpoint.NetSpec.load`), the autocast policy.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ from facerestore.errors import UsageError, WeightsError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.methods.registry import check_method_options
 from facerestore.plural import counted
-from facerestore.weights.checkpoint import fitting_net
+from facerestore.weights.checkpoint import NetSpec, Parts
 
 T = 1000  # both priors: linear schedule, T = 1000
 FACE = 512
@@ -295,39 +296,6 @@ def parse_weights(value: Path | str | None, roles: Mapping[str, str], primary: s
     return chosen
 
 
-def load_net(
-    path: Path,
-    what: str,
-    infer: Callable[[Mapping[str, torch.Tensor]], Any],
-    build: Callable[[Any], torch.nn.Module],
-    check: Callable[[Any], str] | None = None,
-    *,
-    meta: bool = True,
-    hint: str = "",
-) -> torch.nn.Module:
-    """Read `path` safely, read its config from the tensors, build, and load every key strictly.
-
-    Any mismatch is one `UnsupportedCheckpoint` line naming the file (never a partial load):
-    an unreadable or truncated file (`read_state_dict`), keys of another architecture (`infer`),
-    a config the method cannot use (`check` returns a reason), missing / unexpected / reshaped keys
-    (`load_strict`). With `meta`, the net is built on the meta device and allocated uninitialised,
-    so a 160M-parameter net is not randomly initialised only to be overwritten.
-    """
-    from facerestore.weights.checkpoint import fitting_net, load_strict, read_state_dict
-    from facerestore.weights.store import display_name
-
-    state = read_state_dict(path)
-    name = display_name(path)  # the cache's conversion of a .pth: name the file the user knows
-    config, net = fitting_net(state, name, what, infer, build, check, meta=meta, hint=hint)
-    if meta:
-        persistent = set(net.state_dict())
-        if any(name not in persistent for name, _ in net.named_buffers()):
-            net = build(config)  # non-persistent buffers would stay uninitialised: build for real
-        else:
-            net = net.to_empty(device="cpu")
-    return load_strict(net, state, name).eval()
-
-
 def resolve_weights(roles: Mapping[str, str], chosen: Mapping[str, Path | str], offline: bool | None,
                     option: str = "--weights", *, spare: Mapping[str, str] | None = None) -> dict[str, Path]:
     """role -> a loadable file: the explicit one when given (its errors name `option`), else the catalogue entry.
@@ -380,18 +348,14 @@ HINT = "pass DifFace's iddpm_ffhq512_ema500000.pth (prior=) and swinir_restorati
 PRIOR_HINT = "pass DifFace's iddpm_ffhq512_ema500000.pth"  # an option that takes the prior alone (finetune --prior-weights)
 
 
-PRIOR_WHAT = "DifFace prior (guided-diffusion UNet)"
-SWINIR_WHAT = "DifFace SwinIR estimator"
-
-
-def _prior_parts() -> tuple[Callable, Callable]:
-    """(infer_config, build) of the prior's net, imported when a file is read."""
+def guided_unet_parts() -> Parts:
+    """(infer_config, build) of a guided-diffusion UNet (DifFace's prior, DR2's DDPM), imported when a file is read."""
     from facerestore.nets.guided_unet import GuidedUNet, infer_config
 
     return infer_config, GuidedUNet
 
 
-def _swinir_parts() -> tuple[Callable, Callable]:
+def _swinir_parts() -> Parts:
     from facerestore.nets.swinir import build_swinir, infer_config
 
     return infer_config, build_swinir
@@ -412,16 +376,11 @@ def swinir_check(c) -> str:
     return ""
 
 
-def fit_prior(state: Mapping[str, torch.Tensor], source: str) -> None:
-    fitting_net(state, source, PRIOR_WHAT, *_prior_parts(), prior_check, hint=HINT)
-
-
-def fit_swinir(state: Mapping[str, torch.Tensor], source: str) -> None:
-    fitting_net(state, source, SWINIR_WHAT, *_swinir_parts(), swinir_check, meta=False, hint=HINT)
-
+PRIOR = NetSpec("DifFace prior (guided-diffusion UNet)", guided_unet_parts, prior_check, hint=HINT)
+SWINIR = NetSpec("DifFace SwinIR estimator", _swinir_parts, swinir_check, meta=False, hint=HINT)  # spandrel's SwinIR reads values while it is built
 
 # catalogue name -> the checks this method's loader makes on that file's state dict (`weights import`)
-FITS = {"difface_prior": fit_prior, "difface_swinir": fit_swinir}
+FITS = {WEIGHT_ROLES["prior"]: PRIOR.fit, WEIGHT_ROLES["swinir"]: SWINIR.fit}
 
 
 def load_difface_prior(path: Path, *, hint: str = HINT) -> torch.nn.Module:
@@ -430,7 +389,7 @@ def load_difface_prior(path: Path, *, hint: str = HINT) -> torch.nn.Module:
     Shared with the unpaired fine-tuning's pseudo-target stage (Kuai et al. 2025 use the same prior),
     which passes PRIOR_HINT: its --prior-weights takes one file, with no roles and no SwinIR.
     """
-    return load_net(Path(path), PRIOR_WHAT, *_prior_parts(), prior_check, hint=hint)
+    return replace(PRIOR, hint=hint).load(Path(path))
 
 
 def load_difface_nets(options: MethodOptions) -> DifFaceNets:
@@ -442,7 +401,7 @@ def load_difface_nets(options: MethodOptions) -> DifFaceNets:
     with loading_option(options.weights_option, named="prior" in chosen, otherwise=wrong_copy_hint(WEIGHT_ROLES["prior"])):  # a bad --weights file: exit 2
         prior = load_difface_prior(paths["prior"])
     with loading_option(options.weights_option, named="swinir" in chosen, otherwise=wrong_copy_hint(WEIGHT_ROLES["swinir"])):
-        estimator = load_net(paths["swinir"], SWINIR_WHAT, *_swinir_parts(), swinir_check, meta=False, hint=HINT)
+        estimator = SWINIR.load(paths["swinir"])
     return DifFaceNets(prior=prior, estimator=estimator, files=dict(paths))
 
 

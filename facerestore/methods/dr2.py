@@ -102,7 +102,7 @@ from facerestore.methods.difface import (
     PerFaceSteps,
     face_generators,
     face_seeds,
-    load_net,
+    guided_unet_parts,
     parse_weights,
     per_face_noise,
     resize,
@@ -110,7 +110,7 @@ from facerestore.methods.difface import (
 )
 from facerestore.methods.registry import check_method_options
 from facerestore.weights.catalogue import get_entry
-from facerestore.weights.checkpoint import fitting_net
+from facerestore.weights.checkpoint import NetSpec, Parts
 
 T = 1000
 RESPACING = "100"
@@ -297,18 +297,7 @@ class DR2Nets:
 HINT = "pass DR2's DR2_FFHQ.pkl (ddpm=) and SPARNetHD_FFHQ_DR2aug.pth (enhancer=), imported from the Baidu share"
 
 
-DDPM_WHAT = "DR2 DDPM (guided-diffusion UNet)"
-SPARNET_WHAT = "SPARNetHD enhancer"
-
-
-def _ddpm_parts() -> tuple[Callable, Callable]:
-    """(infer_config, build) of the DDPM's net, imported when a file is read."""
-    from facerestore.nets.guided_unet import GuidedUNet, infer_config
-
-    return infer_config, GuidedUNet
-
-
-def _sparnet_parts() -> tuple[Callable, Callable]:
+def _sparnet_parts() -> Parts:
     from facerestore.nets.sparnet import SPARNetHD, infer_config
 
     return infer_config, SPARNetHD
@@ -329,16 +318,11 @@ def sparnet_check(c) -> str:
     return ""
 
 
-def fit_ddpm(state, source: str) -> None:
-    fitting_net(state, source, DDPM_WHAT, *_ddpm_parts(), ddpm_check, hint=HINT)
-
-
-def fit_sparnet(state, source: str) -> None:
-    fitting_net(state, source, SPARNET_WHAT, *_sparnet_parts(), sparnet_check, hint=HINT)
-
+DDPM = NetSpec("DR2 DDPM (guided-diffusion UNet)", guided_unet_parts, ddpm_check, hint=HINT)
+ENHANCER = NetSpec("SPARNetHD enhancer", _sparnet_parts, sparnet_check, hint=HINT)
 
 # catalogue name -> the checks this method's loader makes on that file's state dict (`weights import`)
-FITS = {"dr2_ddpm": fit_ddpm, "dr2_sparnethd": fit_sparnet}
+FITS = {WEIGHT_ROLES["ddpm"]: DDPM.fit, WEIGHT_ROLES["enhancer"]: ENHANCER.fit}
 
 
 def load_dr2_nets(options: MethodOptions) -> DR2Nets:
@@ -356,11 +340,11 @@ def load_dr2_nets(options: MethodOptions) -> DR2Nets:
 
     # a bad file named by --weights: exit 2; a wrong copy among the catalogue's: how to replace it
     with loading_option(options.weights_option, named="ddpm" in chosen, otherwise=wrong_copy_hint(WEIGHT_ROLES["ddpm"])):
-        ddpm = load_net(paths["ddpm"], DDPM_WHAT, *_ddpm_parts(), ddpm_check, hint=HINT)
+        ddpm = DDPM.load(paths["ddpm"])
     enhancer = None
     if "enhancer" in paths:
         with loading_option(options.weights_option, named="enhancer" in chosen, otherwise=wrong_copy_hint(WEIGHT_ROLES["enhancer"])):
-            enhancer = load_net(paths["enhancer"], SPARNET_WHAT, *_sparnet_parts(), sparnet_check, hint=HINT)
+            enhancer = ENHANCER.load(paths["enhancer"])
     return DR2Nets(ddpm=ddpm, enhancer=enhancer, files=dict(paths))
 
 
