@@ -30,8 +30,8 @@ from facerestore.devices import autocast, autocast_dtype
 from facerestore.errors import UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions
 from facerestore.nets.codeformer import HINT, CodeFormer, infer_config
-from facerestore.weights.checkpoint import fitting_net, load_strict, read_state_dict
-from facerestore.weights.store import display_name, loading_option, resolve
+from facerestore.weights.checkpoint import NetSpec, Parts
+from facerestore.weights.store import loading_option, resolve
 
 DEFAULT_FIDELITY = 0.5  # the official inference scripts' w
 
@@ -49,26 +49,24 @@ INFO = MethodInfo(
 )
 
 
+def _codeformer_parts() -> Parts:
+    """(infer_config, build): the net's module is imported with this one already (it names HINT)."""
+    return infer_config, CodeFormer
+
+
+CODEFORMER = NetSpec("CodeFormer", _codeformer_parts, hint=HINT)
+
+# catalogue name -> the checks this method's loader makes on that file's state dict (`weights import`)
+FITS = {"codeformer": CODEFORMER.fit}
+
+
 def load_codeformer(path: Path | str, device: torch.device | str = "cpu") -> CodeFormer:
     """A CodeFormer in eval mode with every tensor of the checkpoint at `path` loaded strictly.
 
-    The net is built on the meta device and allocated uninitialised (no wasted random init of 94M
-    parameters); `load_strict` then fills every tensor or raises before anything is used.
+    The net is built on the meta device and allocated uninitialised on `device` (no wasted random
+    init of 94M parameters); `load_strict` then fills every tensor or raises before anything is used.
     """
-    state = read_state_dict(path)
-    name = display_name(path)
-    _, net = fitting_net(state, name, "CodeFormer", infer_config, CodeFormer, hint=HINT)
-    net = net.to_empty(device=device)
-    load_strict(net, state, name)
-    return net.eval().requires_grad_(False)
-
-
-def fit_codeformer(state, source: str) -> None:
-    fitting_net(state, source, "CodeFormer", infer_config, CodeFormer, hint=HINT)
-
-
-# catalogue name -> the checks this method's loader makes on that file's state dict (`weights import`)
-FITS = {"codeformer": fit_codeformer}
+    return CODEFORMER.load(path, device).requires_grad_(False)
 
 
 class CodeFormerMethod:
