@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail
+from facerestore.cli.method_options import Dr2Auto, Dr2N, Dr2Preset, Dr2Tau, Eta, Fidelity, NoEnhancer, Start, Steps, method_knobs
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.image_io import DEFAULT_MAX_PIXELS, assert_output_folder
 from facerestore.plural import counted, verb
@@ -19,15 +20,15 @@ def restore_command(
     inputs: Annotated[list[Path], typer.Argument(metavar="PHOTO_OR_FOLDER", readable=False, help="Photos or folders of photos (folders are searched recursively).", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", "--out", readable=False, help="Output folder: restored_imgs/, restored_faces/, cropped_faces/, cmp/.")] = Path("results"),
     method: Annotated[str, typer.Option("-m", "--method", help="Restoration method (`facerestore methods` lists them); default: the model bundled with facerestore.")] = "baseline",
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (network calls) of difface and idm, method default when omitted (difface: start/4 steps: 100 at the default --start 400, DifFace's ddim250 grid; else a divisor of --start, e.g. 200, 100, 40, 20, 8; idm: 10); other methods refuse it.")] = None,
-    fidelity: Annotated[Optional[float], typer.Option("-w", "--fidelity", help="codeformer: fidelity weight w in [0,1]; higher keeps more of the input (default 0.5, 0.7 suggested for photos).", show_default=False)] = None,
-    eta: Annotated[Optional[float], typer.Option("--eta", help="difface: DDIM eta in [0,1] (default 0.5); 0 = most faithful to the input, 1 = most realistic.", show_default=False)] = None,
-    start: Annotated[Optional[int], typer.Option("--start", help="difface: timestep 1..999 the SwinIR estimate is diffused to (default 400); higher = more generated detail, less fidelity.", show_default=False)] = None,
-    dr2_n: Annotated[Optional[int], typer.Option("--dr2-n", help="dr2: low-pass factor N dividing 256 (overrides the preset's N); bigger removes more degradation.", show_default=False)] = None,
-    dr2_tau: Annotated[Optional[int], typer.Option("--dr2-tau", help="dr2: output step tau, 0..98 on the 100-step grid (overrides the preset's tau); bigger removes more degradation.", show_default=False)] = None,
-    dr2_preset: Annotated[Optional[str], typer.Option("--dr2-preset", help="dr2: (N, tau) for mild (4,22), medium (8,35) or severe (16,35) degradation; default medium.", show_default=False)] = None,
-    dr2_auto: Annotated[bool, typer.Option("--dr2-auto", help="dr2: try the three presets on each face and keep the one with the best NIQE + low-frequency fidelity score (3x slower; not in the paper).")] = False,
-    no_enhancer: Annotated[bool, typer.Option("--no-enhancer", help="dr2: skip the SPARNetHD enhancer and return DR2's degradation-free estimate upsampled to 512.")] = False,
+    steps: Steps = None,
+    fidelity: Fidelity = None,
+    eta: Eta = None,
+    start: Start = None,
+    dr2_n: Dr2N = None,
+    dr2_tau: Dr2Tau = None,
+    dr2_preset: Dr2Preset = None,
+    dr2_auto: Dr2Auto = False,
+    no_enhancer: NoEnhancer = False,
     upscale: Annotated[Optional[float], typer.Option("-s", "--upscale", help="Scale of the output photo: the background is resized, faces are restored at 512 and pasted at this scale. Default: 2, or 1 for photos over 1500 px on their long side.", show_default=False)] = None,
     aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are already aligned face crops (FFHQ alignment): no detection, no paste-back.")] = False,
     only_center_face: Annotated[bool, typer.Option("--only-center-face", help="Restore only the face nearest the image centre.")] = False,
@@ -94,8 +95,9 @@ def restore_command(
         dev = resolve_device(device)
         offline_flag = True if offline else None
         method_impl = build_method(method, MethodOptions(
-            device=dev, weights=weights, offline=offline_flag, steps=steps, fidelity=fidelity, eta=eta, start=start, precision=precision,
-            dr2_n=dr2_n, dr2_tau=dr2_tau, dr2_preset=dr2_preset, dr2_auto=dr2_auto, no_enhancer=no_enhancer,
+            device=dev, weights=weights, offline=offline_flag, precision=precision,
+            **method_knobs(steps=steps, fidelity=fidelity, eta=eta, start=start, dr2_n=dr2_n, dr2_tau=dr2_tau, dr2_preset=dr2_preset,
+                    dr2_auto=dr2_auto, no_enhancer=no_enhancer),
         ))
         face_detector = parser = background = None
         if not aligned:

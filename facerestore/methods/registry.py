@@ -53,12 +53,23 @@ def check_method_options(info: MethodInfo, options: MethodOptions) -> None:
     """UsageError if a method-specific option is set that `info.knobs` does not list, or a weights
     option gives a ROLE= to a method of one file."""
     check_weights_roles(info, options)
-    defaults = MethodOptions()
-    for option, flag in METHOD_SPECIFIC.items():
-        if option not in info.knobs and getattr(options, option) != getattr(defaults, option):
-            users = [n for n in _BACKENDS if option in _knobs(n)]
+    for option in set_method_options(options):
+        if option not in info.knobs:
+            flag, users = METHOD_SPECIFIC[option], methods_taking(option)
             where = f"it is an option of {', '.join(users)}" if users else "no method uses it"
             raise UsageError(f"{flag} is not used by method {info.name!r}; {where}", hint=f"drop {flag} or choose --method {users[0]}" if users else "")
+
+
+def set_method_options(options: MethodOptions) -> list[str]:
+    """The method-specific fields of `options` that are set (differ from MethodOptions' defaults), in
+    METHOD_SPECIFIC's order: what `check_method_options` and evaluate's routing act on."""
+    defaults = MethodOptions()
+    return [option for option in METHOD_SPECIFIC if getattr(options, option) != getattr(defaults, option)]
+
+
+def methods_taking(option: str) -> list[str]:
+    """Every method whose `MethodInfo.knobs` lists the MethodOptions field `option` (e.g. "eta" -> ["difface"])."""
+    return [name for name in _BACKENDS if option in _knobs(name)]
 
 
 def check_weights_roles(info: MethodInfo, options: MethodOptions) -> None:
