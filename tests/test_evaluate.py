@@ -422,6 +422,9 @@ def test_a_failed_swap_into_out_names_out_and_keeps_the_new_report_beside_it(hq,
         (["--hq", "{hq}", "-m", "identity", "--restored", "x={hq}/face0.png"], "face0.png is a file, not a folder; pass --restored LABEL=DIR"),
         (["--hq", "{hq}", "-m", "baseline", "-m", "idm", "--fidelity", "0.7"], "--fidelity is not used by baseline, idm"),
         (["--hq", "{hq}", "-m", "baseline", "--steps", "5"], "--steps is not used by baseline"),
+        (["--hq", "{hq}", "-m", "codeformer", "--eta", "0.2"], "--eta is not used by codeformer; it is an option of difface; drop --eta, or add --method difface"),
+        (["--hq", "{hq}", "-m", "codeformer", "-m", "idm", "--dr2-preset", "severe"], "--dr2-preset is not used by codeformer, idm; it is an option of dr2"),
+        (["--hq", "{hq}", "--restored", "x={hq}", "--no-enhancer"], "--no-enhancer needs a --method; it is an option of dr2"),
         (["--hq", "{hq}", "-m", "identity", "--seed", "-1"], "--seed must be between 0 and 2^63-1"),
     ],
 )
@@ -884,3 +887,63 @@ def test_each_method_says_the_options_it_runs_with():
     assert run_options(codeformer) == {"fidelity": 0.7}
     idm = IDMMethod(MethodOptions(steps=4))  # the bundled model
     assert run_options(idm) == {"steps": 4} and run_summary(idm).endswith("x0 regression, 4 DDPM steps")
+
+
+def test_every_method_option_goes_to_the_evaluated_methods_that_take_it(hq, tmp_path, monkeypatch):
+    """evaluate took only --steps and -w: `-m difface --eta 0.2` was "No such option", and dr2 ran
+    only at its medium preset. Each option now reaches the methods whose knobs list it, and no other."""
+    from facerestore.methods import registry
+
+    seen = {}
+
+    def capture(name, options):
+        seen[name] = options
+        return Identity()
+
+    monkeypatch.setattr(registry, "build_method", capture)
+    result = run("--hq", hq, "-m", "difface,dr2,codeformer", "--eta", "0.2", "--start", "300", "--dr2-preset", "severe", "--no-enhancer",
+                 "-w", "0.7", "--steps", "3", "--metrics", FAST, "--limit", "1", "-o", tmp_path / "r", "-q")
+    assert result.exit_code == 0, result.output
+    picked = {name: {k: v for k, v in vars(o).items() if k in registry.METHOD_SPECIFIC and v not in (None, False)} for name, o in seen.items()}
+    assert picked == {"difface": {"eta": 0.2, "start": 300, "steps": 3}, "dr2": {"dr2_preset": "severe", "no_enhancer": True}, "codeformer": {"fidelity": 0.7}}
+
+
+def test_a_method_option_no_evaluated_method_takes_is_refused_before_any_model_loads(hq, tmp_path, monkeypatch):
+    from facerestore.cli.evaluate import route_method_options
+    from facerestore.cli.method_options import method_knobs
+    from facerestore.errors import UsageError
+    from facerestore.methods import registry
+
+    monkeypatch.setattr(registry, "build_method", lambda name, options: pytest.fail("a model loaded before the options were checked"))
+    for flag, value in (("--eta", "0.2"), ("--start", "300"), ("--dr2-n", "4"), ("--dr2-tau", "20"), ("--dr2-auto", None), ("--no-enhancer", None)):
+        result = run("--hq", hq, "-m", "codeformer", flag, *([value] if value else []), "-o", tmp_path / "r")
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [f"error: {flag} is not used by codeformer; it is an option of {'difface' if flag in ('--eta', '--start') else 'dr2'}; "
+                                                      f"drop {flag}, or add --method {'difface' if flag in ('--eta', '--start') else 'dr2'}"]
+    none = dict.fromkeys(("steps", "fidelity", "eta", "start", "dr2_n", "dr2_tau", "dr2_preset"))
+    knobs = method_knobs(**none, dr2_auto=False, no_enhancer=False)
+    assert route_method_options(["idm", "dr2"], knobs | {"steps": 4, "dr2_auto": True}) == {"idm": {"steps": 4}, "dr2": {"dr2_auto": True}}
+    with pytest.raises(UsageError, match="--steps is not used by dr2, codeformer; it is an option of difface, idm"):
+        route_method_options(["dr2", "codeformer"], knobs | {"steps": 4})
+
+
+def test_the_report_records_the_difface_and_dr2_options_given(hq, tmp_path, monkeypatch):
+    """What `methods.NAME.options` says is what ran with --eta/--start and --dr2-preset/--no-enhancer."""
+    from facerestore.methods import registry
+    from facerestore.methods.difface import DifFaceMethod, DifFaceNets
+    from test_dr2 import stand_in as dr2
+    from helpers import StandInLearnedRange, StandInResidual
+
+    def stand_ins(name, options):
+        if name == "difface":
+            return DifFaceMethod(options, nets=DifFaceNets(StandInLearnedRange(), StandInResidual(), size=64))
+        return dr2(**{k: getattr(options, k) for k in ("dr2_preset", "no_enhancer")})
+
+    monkeypatch.setattr(registry, "build_method", stand_ins)
+    out = tmp_path / "r"
+    result = run("--hq", hq, "-m", "difface", "-m", "dr2", "--eta", "0.2", "--start", "300", "--steps", "1", "--dr2-preset", "severe", "--no-enhancer",
+                 "--metrics", FAST, "--limit", "1", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    methods = results(out)["methods"]
+    assert methods["difface"]["options"] == {"steps": 1, "eta": 0.2, "start": 300, "precision": "fp32"}
+    assert methods["dr2"]["options"] == {"preset": "severe", "n": 16, "tau": 35, "enhancer": False, "precision": "fp32"}

@@ -6,11 +6,13 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from collections.abc import Mapping
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
 from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out, write_failed
+from facerestore.cli.method_options import Dr2Auto, Dr2N, Dr2Preset, Dr2Tau, Eta, Fidelity, NoEnhancer, Start, Steps, method_knobs
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.plural import counted
 
@@ -75,25 +77,35 @@ def _recorded_value(part: str) -> tuple[str, bool]:
     return part, False
 
 
-def build_methods(names: list[str], *, device: str, weights: dict[str, str], offline: bool | None, steps: int | None,
-                  fidelity: float | None = None, precision: str = "auto") -> dict:
-    """Every method built before any image is touched (a missing checkpoint stops the run at once).
-
-    --steps and --fidelity go to the methods that have that knob; it is an error if none of them has it.
-    """
+def route_method_options(names: list[str], knobs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """method -> the method options it gets: each one set in `knobs` (MethodOptions keywords, as
+    method_options.method_knobs makes them) goes to the evaluated methods that take it (their
+    `MethodInfo.knobs`, which `restore` checks too). One that none of them takes is a UsageError
+    naming the methods that do: a knob is never silently dropped."""
     from facerestore.methods import registry
     from facerestore.methods.base import MethodOptions
 
-    knobs = {"steps": (steps, "it sets the number of diffusion steps of difface and idm"), "fidelity": (fidelity, "it is codeformer's fidelity weight w")}
-    for knob, (value, what) in knobs.items():
-        if value is not None and not any(knob in registry.method_info(n).knobs for n in names):
-            raise UsageError(f"--{knob} is not used by {', '.join(names)}", hint=f"drop --{knob} ({what})")
-    built = {}
-    for name in names:
-        given = {knob: value for knob, (value, _) in knobs.items() if value is not None and knob in registry.method_info(name).knobs}
-        options = MethodOptions(device=device, weights=weights.get(name), offline=offline, precision=precision, **given)
-        built[name] = registry.build_method(name, options)
-    return built
+    chosen = MethodOptions(**knobs)
+    takers = {option: [n for n in names if option in registry.method_info(n).knobs] for option in registry.set_method_options(chosen)}
+    for option, users in takers.items():
+        if not users:
+            flag, others = registry.METHOD_SPECIFIC[option], registry.methods_taking(option)
+            where = f"it is an option of {', '.join(others)}" if others else "no method uses it"
+            refused = f"{flag} is not used by {', '.join(names)}" if names else f"{flag} needs a --method"
+            raise UsageError(f"{refused}; {where}", hint=f"drop {flag}, or add --method {others[0]}" if others else f"drop {flag}")
+    return {name: {option: getattr(chosen, option) for option, users in takers.items() if name in users} for name in names}
+
+
+def build_methods(names: list[str], *, device: str, weights: dict[str, str], offline: bool | None, knobs: Mapping[str, Any] | None = None,
+                  precision: str = "auto") -> dict:
+    """Every method built before any image is touched (a missing checkpoint stops the run at once),
+    each with the method options `route_method_options` gives it."""
+    from facerestore.methods import registry
+    from facerestore.methods.base import MethodOptions
+
+    routed = route_method_options(names, knobs or {})
+    return {name: registry.build_method(name, MethodOptions(device=device, weights=weights.get(name), offline=offline, precision=precision, **routed[name]))
+            for name in names}
 
 
 def parse_restored(values: list[str]) -> tuple[tuple[str, Path], ...]:
@@ -123,8 +135,15 @@ def evaluate_command(
     precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
     authenticity: Annotated[bool, typer.Option("--authenticity", help="Also run the IDM authenticity test on the --hq references: f(x) vs x and f(f(x)) vs f(x) (and f(f(x)) vs x) per method.")] = False,
     restored: Annotated[Optional[list[str]], typer.Option("--restored", help="Score another tool's results as an extra row: LABEL=DIR with files named after the inputs (DIR/SET/NAME.png with several --degrade; run that tool on OUT/inputs/).", show_default=False)] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Diffusion steps for the methods that have this knob (difface, idm).", show_default=False)] = None,
-    fidelity: Annotated[Optional[float], typer.Option("-w", "--fidelity", help="codeformer: fidelity weight w in [0,1] (default 0.5); other methods do not take it.", show_default=False)] = None,
+    steps: Steps = None,
+    fidelity: Fidelity = None,
+    eta: Eta = None,
+    start: Start = None,
+    dr2_n: Dr2N = None,
+    dr2_tau: Dr2Tau = None,
+    dr2_preset: Dr2Preset = None,
+    dr2_auto: Dr2Auto = False,
+    no_enhancer: NoEnhancer = False,
     batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="Faces restored together in one batch.")] = 8,
     grid_images: Annotated[int, typer.Option("--grid-images", help="Images shown in the comparison grids of each table (4 per PNG); 0 for none.")] = 8,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights: missing method weights are an error, missing metric weights make the metric unavailable.")] = False,
@@ -132,7 +151,10 @@ def evaluate_command(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Evaluate methods on synthetic degradations of clean faces (--hq) or on real degraded faces (--lq),
-    optionally with the IDM authenticity test, and write a report (Markdown, HTML, JSON, image grids)."""
+    optionally with the IDM authenticity test, and write a report (Markdown, HTML, JSON, image grids).
+
+    The method options (--steps, -w/--fidelity, --eta, --start, --dr2-*, --no-enhancer) are those of
+    `restore`: each goes to the evaluated methods that take it; one that none of them takes is refused."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from facerestore.devices import resolve_device
@@ -149,6 +171,9 @@ def evaluate_command(
             restored=parse_restored(restored or []), batch_size=batch_size, grid_images=grid_images,
             offline=True if offline else None,
         ))
+        knobs = method_knobs(steps=steps, fidelity=fidelity, eta=eta, start=start, dr2_n=dr2_n, dr2_tau=dr2_tau, dr2_preset=dr2_preset,
+                      dr2_auto=dr2_auto, no_enhancer=no_enhancer)
+        route_method_options(list(spec.methods), knobs)  # a knob no evaluated method takes: exit 2 before the folders are read
         chosen_weights = method_weights(list(spec.methods), weights or []) if weights else {}
         if chosen_weights and not spec.methods:
             raise UsageError("--weights needs a --method")
@@ -156,8 +181,7 @@ def evaluate_command(
         dev = resolve_device(device)
         spec = replace(spec, device=dev)
         staging = report.prepare_output(output, [hq, lq, ref_set, *(folder for _, folder in spec.restored)])
-        built = build_methods(list(spec.methods), device=dev, weights=chosen_weights, offline=spec.offline, steps=steps, fidelity=fidelity,
-                              precision=precision)
+        built = build_methods(list(spec.methods), device=dev, weights=chosen_weights, offline=spec.offline, knobs=knobs, precision=precision)
     except FaceRestoreError as exc:
         if staging is not None:
             report.discard(staging)
