@@ -656,12 +656,13 @@ def test_a_tree_from_before_files_were_recorded_resumes_and_records_them(dataset
     out, args = tmp_path / "out", ("--weights", model, "--steps", "2", "--device", "cpu")
     clean(dataset, "--out", out, *args, "--limit", "2", "-q")
     settings = out / STATE_DIR / "settings.json"
-    old = {k: v for k, v in _settings_json(out).items() if k not in ("files", "precision")}
+    old = {k: v for k, v in _settings_json(out).items() if k not in ("files", "precision", "options")}
     settings.write_text(json.dumps(old, indent=1) + "\n")
 
     resumed = summary(dataset, "--out", out, *args)
     assert (resumed["skipped"], resumed["done"], resumed["complete"]) == (2, 3, 5)
-    assert _settings_json(out) == old | {"files": {"weights": {"path": str(Path(model).resolve()), "sha256": _sha(model)}}, "precision": "fp32"}
+    assert _settings_json(out) == old | {"files": {"weights": {"path": str(Path(model).resolve()), "sha256": _sha(model)}}, "precision": "fp32",
+                                         "options": {"steps": 2}}
     assert "precision: 'fp32' -> 'bf16'" in clean(dataset, "--out", out, *args, "--precision", "bf16", check_exit=2).output
 
 
@@ -673,3 +674,88 @@ def test_the_bundled_model_is_recorded_as_the_file_inside_the_package(dataset, t
     clean(dataset, "--out", out, "--steps", "2", "--device", "cpu", "--limit", "1", "-q")
     recorded = _settings_json(out)
     assert recorded["weights"] is None and recorded["files"] == {"weights": {"path": str(Path(model).resolve()), "sha256": _sha(model)}}
+
+
+# ------------------------------------------------------------------ the method options of restore
+
+
+@pytest.fixture
+def dr2_stand_in(monkeypatch):
+    """dr2 on stand-in nets (DR2 at 64, the enhancer at 128): its options and run_options are the real ones."""
+    from facerestore.methods import registry
+    from facerestore.methods.dr2 import DR2Method, DR2Nets
+    from helpers import StandInLearnedRange, StandInResidual
+
+    real = registry.build_method
+
+    def build(name, options):
+        if name != "dr2":
+            return real(name, options)
+        registry.check_method_options(registry.method_info(name), options)
+        torch.manual_seed(0)
+        return DR2Method(options, nets=DR2Nets(StandInLearnedRange(), StandInResidual(), size=64, enhancer_size=128))
+
+    monkeypatch.setattr(registry, "build_method", build)
+
+
+def test_a_dr2_preset_is_recorded_and_a_rerun_with_another_is_refused_naming_it(dataset, tmp_path, dr2_stand_in):
+    """clean-dataset took only --steps: dr2 always ran at its medium preset. The options now reach the
+    method, settings.json records what it ran with, and a tree never mixes two presets."""
+    out, args = tmp_path / "out", ("-m", "dr2", "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--dr2-preset", "severe", "--limit", "1", "-q")
+    assert _settings_json(out)["options"] == {"preset": "severe", "n": 16, "tau": 35, "enhancer": True}
+
+    refused = clean(dataset, "--out", out, *args, "--dr2-preset", "medium", check_exit=2)
+    assert refused.output.strip().splitlines() == [
+        f"error: {out} holds a cleaning run made with other settings (options preset: 'severe' -> 'medium', options n: 16 -> 8); "
+        f"rerun with the options it was made with, choose another --out, or delete {out / STATE_DIR} to start over"]
+    assert "options enhancer: True -> False" in clean(dataset, "--out", out, *args, "--dr2-preset", "severe", "--no-enhancer", check_exit=2).output
+    assert "options preset: 'severe' -> none, options tau: 35 -> 30" in clean(dataset, "--out", out, *args, "--dr2-n", "16", "--dr2-tau", "30", check_exit=2).output
+    assert len(manifest(out)) == 1  # nothing restored with other options
+    # the same (N, tau) however it is spelled is the same run
+    resumed = summary(dataset, "--out", out, *args, "--dr2-n", "16", "--dr2-tau", "35", "--limit", "2")
+    assert (resumed["skipped"], resumed["done"]) == (1, 1)
+
+
+def test_difface_eta_and_start_are_recorded_and_another_eta_is_refused(dataset, tmp_path, difface_states):
+    from test_difface import save_official
+
+    paths = save_official(difface_states, tmp_path / "weights")
+    out = tmp_path / "out"
+    args = ("-m", "difface", "--weights", f"prior={paths['prior']},swinir={paths['swinir']}", "--steps", "1", "--start", "300", "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--eta", "0.2", "--limit", "1", "-q")
+    assert _settings_json(out)["options"] == {"steps": 1, "eta": 0.2, "start": 300}
+    refused = clean(dataset, "--out", out, *args, check_exit=2)
+    assert f"error: {out} holds a cleaning run made with other settings (options eta: 0.2 -> 0.5); " in refused.output
+    assert "other settings (steps: 1 -> 2)" in clean(dataset, "--out", out, *args[:-4], "--steps", "2", "--start", "300", "--eta", "0.2", "--device", "cpu", check_exit=2).output
+    assert len(manifest(out)) == 1
+
+
+def test_a_tree_from_before_method_options_were_recorded_resumes_at_the_defaults_and_records_them(dataset, tmp_path, dr2_stand_in):
+    """A settings.json without "options" was written by a version that ran every method option but
+    --steps at its default: a rerun that keeps them resumes and records them; one that sets another is
+    refused before anything is restored, not mixed in and recorded as if it had made the whole tree."""
+    out, args = tmp_path / "out", ("-m", "dr2", "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--limit", "1", "-q")
+    settings = out / STATE_DIR / "settings.json"
+    old = {k: v for k, v in _settings_json(out).items() if k != "options"}
+    settings.write_text(json.dumps(old, indent=1) + "\n")
+
+    refused = clean(dataset, "--out", out, *args, "--dr2-preset", "severe", "--no-enhancer", check_exit=2)
+    lines = refused.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: {out} holds a cleaning run made with other settings (--dr2-preset: default -> 'severe', --no-enhancer: default -> set); "
+        "the earlier facerestore that began it ran dr2 at its defaults: drop --dr2-preset, --no-enhancer to resume it"), refused.output
+    assert _settings_json(out) == old and len(manifest(out)) == 1
+
+    resumed = summary(dataset, "--out", out, *args, "--limit", "2")
+    assert (resumed["skipped"], resumed["done"]) == (1, 1)
+    assert _settings_json(out) == old | {"options": {"preset": "medium", "n": 8, "tau": 35, "enhancer": True}}
+    assert "options preset: 'medium' -> 'severe'" in clean(dataset, "--out", out, *args, "--dr2-preset", "severe", check_exit=2).output
+
+
+def test_a_method_option_the_method_does_not_take_is_refused_before_anything_is_recorded(dataset, tmp_path, model):
+    out = tmp_path / "out"
+    refused = clean(dataset, "--out", out, "--weights", model, "--eta", "0.2", "--device", "cpu", check_exit=2)
+    assert "--eta is not used by method 'idm'; it is an option of difface" in refused.output
+    assert not (out / STATE_DIR / "settings.json").exists()

@@ -69,6 +69,23 @@ def test_each_method_option_help_names_every_method_that_takes_it():
     assert "idm: 10" in helps["--steps"]
 
 
+def test_restore_evaluate_and_clean_dataset_take_every_method_option_with_the_same_help():
+    """evaluate took only --steps and -w, clean-dataset only --steps, each with its own help text."""
+    import typer
+
+    from facerestore.methods.registry import METHOD_SPECIFIC
+
+    commands = typer.main.get_command(app).commands
+    declared = {}
+    for name in ("restore", "evaluate", "clean-dataset"):
+        params = {p.name: p for p in commands[name].params if p.name in METHOD_SPECIFIC}
+        assert set(params) == set(METHOD_SPECIFIC), name
+        declared[name] = {option: (tuple(p.opts), p.help) for option, p in params.items()}
+        assert all(METHOD_SPECIFIC[option] in opts for option, (opts, _) in declared[name].items()), name
+    assert declared["restore"] == declared["evaluate"] == declared["clean-dataset"]
+    assert declared["restore"]["fidelity"][0] == ("-w", "--fidelity")
+
+
 def test_no_help_doubles_an_argument_ellipsis():
     """typer adds '...' to a list argument's metavar itself: train's metavar 'DATA_DIR...' showed as
     `[DATA_DIR...]...` in its usage line."""

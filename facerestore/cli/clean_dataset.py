@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, main_rank, write_failed
+from facerestore.cli.method_options import Dr2Auto, Dr2N, Dr2Preset, Dr2Tau, Eta, Fidelity, NoEnhancer, Start, Steps, method_knobs
 from facerestore.errors import FaceRestoreError
 from facerestore.plural import counted
 
@@ -19,7 +20,15 @@ def clean_dataset_command(
     dst: Annotated[Path, typer.Option("--out", "-o", readable=False, help="Folder for the cleaned copy: same relative paths, formats and sizes (must neither be, lie inside nor hold SRC).", show_default=False)],
     method: Annotated[str, typer.Option("-m", "--method", help="Restoration method (`facerestore methods`); IDM's extrinsic iteration uses idm.")] = "idm",
     weights: Annotated[Optional[str], typer.Option("--weights", help="Model file (idm: a .safetensors or a `facerestore train` run folder), or a registered name.", show_default=False)] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="idm: DDPM steps (default 10); difface: UNet calls.", show_default=False)] = None,
+    steps: Steps = None,
+    fidelity: Fidelity = None,
+    eta: Eta = None,
+    start: Start = None,
+    dr2_n: Dr2N = None,
+    dr2_tau: Dr2Tau = None,
+    dr2_preset: Dr2Preset = None,
+    dr2_auto: Dr2Auto = False,
+    no_enhancer: NoEnhancer = False,
     detect: Annotated[bool, typer.Option("--detect", help="Images are whole photos: detect, align, restore and paste faces back (default: every image is one aligned face).")] = False,
     check: Annotated[bool, typer.Option("--check", help="Measure IDM's authenticity criterion: PSNR of each output against its input (mean and worst in the summary).")] = False,
     batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="Faces restored together.")] = 4,
@@ -34,7 +43,10 @@ def clean_dataset_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
-    """Restore every image of SRC into DST (resumable: a rerun does only what is missing; shards over torchrun ranks)."""
+    """Restore every image of SRC into DST (resumable: a rerun does only what is missing; shards over torchrun ranks).
+
+    The method options (--steps, -w/--fidelity, --eta, --start, --dr2-*, --no-enhancer) are those of
+    `restore`; what the method ran with is recorded in DST, and a rerun with other values is refused."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from facerestore.devices import cpu_bf16_tip, resolve_device
@@ -61,9 +73,11 @@ def clean_dataset_command(
             progress.console.print(text, markup=False)
 
     try:
-        options = CleanOptions(src=src, out=dst, method=method, weights=weights, steps=steps, detect=detect, check=check,
+        options = CleanOptions(src=src, out=dst, method=method, weights=weights, detect=detect, check=check,
                                batch_size=batch_size, seed=seed, device=device, precision=precision, offline=True if offline else None,
-                               detector=detector, jpeg_quality=jpeg_quality, limit=limit)
+                               detector=detector, jpeg_quality=jpeg_quality, limit=limit,
+                               **method_knobs(steps=steps, fidelity=fidelity, eta=eta, start=start, dr2_n=dr2_n, dr2_tau=dr2_tau,
+                                              dr2_preset=dr2_preset, dr2_auto=dr2_auto, no_enhancer=no_enhancer))
         summary = clean_dataset(options, on_file=on_file, on_message=on_message, on_start=on_start,
                                 on_warning=lambda line: progress.console.print(f"warning: {line}", markup=False))  # also with -q and --json, as restore's
     except KeyboardInterrupt:

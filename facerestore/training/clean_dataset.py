@@ -21,9 +21,12 @@ Each entry carries the number of the run that wrote it, so the manifests merge b
 the ranks were numbered: a file failed by rank 1 of a 2-process run and restored by a 1-process
 rerun is done, whichever rank's manifest is read last (see `_read_manifests`).
 The first run records its settings (method, weights, steps, seed, mode, and what they resolved to:
-every weights file the method loaded, by sha256, and the precision its networks ran in); a rerun with
-other settings, or whose files or precision differ, is refused, so one tree never mixes two models.
-A tree begun by a version that recorded no files or precision resumes as before and records them then.
+every weights file the method loaded, by sha256, the precision its networks ran in, and the method's
+own options as they ran, defaults filled in: its `run_options()`, e.g. DR2's preset, n, tau, enhancer);
+a rerun with other settings, or whose files, precision or method options differ, is refused, so one
+tree never mixes two models. A tree begun by a version that recorded no files, precision or method
+options resumes as before and records them then; such a version ran every method option but --steps
+at its default, so a rerun that sets another one is refused there (`_check_unrecorded_options`).
 
 Sharded. Under torchrun, file i of the sorted list belongs to rank i % WORLD_SIZE, before anything
 is filtered, so every file has exactly one owner however far each rank got. Each file's noise
@@ -41,7 +44,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +57,8 @@ from facerestore.metrics.json_numbers import json_number, read_json_number
 from facerestore.out_of_memory import BatchLimit
 from facerestore.plural import counted
 from facerestore.training import distributed
-from facerestore.methods.base import loaded_weights, precision_name
+from facerestore.methods.base import MethodOptions, loaded_weights, precision_name, run_options
+from facerestore.methods.registry import METHOD_SPECIFIC, set_method_options
 from facerestore.training.loop import (check_settings, manifest_records, open_manifest, read_settings, setting_text, source_changed, source_fingerprint,
                                        source_stat, write_settings)
 from facerestore.training.out_lock import output_lock
@@ -71,7 +75,16 @@ class CleanOptions:
     out: Path
     method: str = "idm"
     weights: str | None = None
+    # the method options of `restore` (MethodOptions' fields of the same names; None / False: the method's default)
     steps: int | None = None
+    fidelity: float | None = None
+    eta: float | None = None
+    start: int | None = None
+    dr2_n: int | None = None
+    dr2_tau: int | None = None
+    dr2_preset: str | None = None
+    dr2_auto: bool = False
+    no_enhancer: bool = False
     detect: bool = False
     check: bool = False
     batch_size: int = 4
@@ -93,6 +106,11 @@ class CleanOptions:
         check_seed(self.seed)
         if self.detector != "auto" and not self.detect:
             raise UsageError(f"--detector {self.detector} is used only with --detect", hint="add --detect to restore whole photos, or drop --detector")
+
+    def method_options(self) -> MethodOptions:
+        """The MethodOptions the method is built with (device, weights and the rest as given)."""
+        return MethodOptions(weights=self.weights, offline=self.offline, precision=self.precision,
+                             **{option: getattr(self, option) for option in METHOD_SPECIFIC})
 
 
 @dataclass
@@ -138,7 +156,9 @@ def _settings(options: CleanOptions, method) -> dict:
     """What settings.json records: the options as given (`weights`: the --weights file by its sha256, or
     the value as written), and what they resolved to: `files`, every file the method loaded (each role,
     catalogue copies and the bundled model included) by path and sha256 (weights.store.loaded_record:
-    remembered, so a rerun does not hash hundreds of MB again), and the `precision` its networks ran in."""
+    remembered, so a rerun does not hash hundreds of MB again), the `precision` its networks ran in, and
+    `options`, the method's options as it runs them, defaults filled in (`run_options`: --dr2-preset
+    severe and --dr2-n 16 --dr2-tau 35 are the same run; --dr2-preset medium and none are too)."""
     weights = options.weights
     described = None
     if weights is not None:
@@ -148,23 +168,46 @@ def _settings(options: CleanOptions, method) -> dict:
         # the content, not the size: a model retrained in place must not finish a tree another began
         described = {"path": str(path.resolve()), "sha256": sha256_file(path)} if path.is_file() else {"name": str(weights)}
     files = {role: loaded_record(file) for role, file in sorted(loaded_weights(method).items())}
+    ran = json.loads(json.dumps(run_options(method)))  # as settings.json holds it (lists, not tuples), so an equal one compares equal
     return {"method": options.method, "weights": described, "steps": options.steps, "seed": options.seed, "detect": options.detect,
-            "files": files, "precision": precision_name(method)}
+            "files": files, "precision": precision_name(method), "options": ran}
 
 
-RESOLVED_KEYS = ("files", "precision")  # recorded since these were: a settings.json without them is from an older version
+RESOLVED_KEYS = ("files", "precision", "options")  # recorded since these were: a settings.json without them is from an older version
+
+
+def _check_unrecorded_options(options: CleanOptions, recorded: dict | None, out: Path) -> None:
+    """A tree begun by a version that recorded no method options was cleaned with each of them but
+    --steps (recorded apart) at the method's default: that version took no other. Resuming it with one
+    set would mix two settings in the tree and then record the new one as if it had made it all."""
+    if recorded is None or "options" in recorded or recorded.get("method") != options.method:
+        return  # another method is refused by its name (check_settings)
+    given = [o for o in set_method_options(options.method_options()) if o != "steps"]
+    if given:
+        flags = ", ".join(METHOD_SPECIFIC[o] for o in given)
+        values = ", ".join(f"{METHOD_SPECIFIC[o]}: default -> {'set' if getattr(options, o) is True else repr(getattr(options, o))}" for o in given)
+        raise UsageError(f"{out} holds a cleaning run made with other settings ({values})",
+                         hint=f"the earlier facerestore that began it ran {options.method} at its defaults: drop {flags} to resume it, "
+                              f"choose another --out, or delete {out / STATE_DIR} to start over")
 
 
 def _as_recorded(settings: dict, recorded: dict | None, out: Path) -> dict:
     """The settings to compare with the recorded ones (`check_settings`).
 
-    A tree begun by a version that did not record `files` and `precision` is compared on the keys it
-    has, as then, so it stays resumable; `_clean_tree` then records them. The files are compared by
-    role and sha256, not path (the same catalogue file found in another folder is the same model);
-    one that differs is refused here with the files named, not as a dict."""
+    A tree begun by a version that did not record `files`, `precision` or `options` is compared on the
+    keys it has, as then, so it stays resumable; `_clean_tree` then records them. The files are compared
+    by role and sha256, not path (the same catalogue file found in another folder is the same model);
+    one that differs is refused here with the files named, not as a dict. So are method options that
+    differ while the rest agrees (`options preset: 'medium' -> 'severe'`); where another setting differs
+    too, that one is named (`steps: 2 -> 3`, which moves `options steps` with it)."""
     if recorded is None:
         return settings
     settings = {k: v for k, v in settings.items() if k not in RESOLVED_KEYS or k in recorded}
+    return _as_recorded_options(_as_recorded_files(settings, recorded, out), recorded, out)
+
+
+def _as_recorded_files(settings: dict, recorded: dict, out: Path) -> dict:
+    """`settings` with the files as recorded where they are the same files; refused here if they differ."""
     mine, theirs = settings.get("files"), recorded.get("files")
     if not isinstance(mine, dict) or not isinstance(theirs, dict):
         return settings
@@ -176,6 +219,30 @@ def _as_recorded(settings: dict, recorded: dict | None, out: Path) -> dict:
                        for role in sorted({*mine, *theirs}) if role not in mine or role not in theirs or mine[role]["sha256"] != digests[role])
     raise UsageError(f"{out} holds a cleaning run made with other settings ({differ})",
                      hint=f"rerun with the same weights files (put the original back), choose another --out, or delete {out / STATE_DIR} to start over")
+
+
+def _as_recorded_options(settings: dict, recorded: dict, out: Path) -> dict:
+    """`settings` with the method options as recorded where the method's options alone differ from
+    the record: refused here, each differing option named; where other settings differ too they are
+    left to `check_settings`, which names those, not the options as two dicts."""
+    mine, theirs = settings.get("options"), recorded.get("options")
+    if not isinstance(mine, dict) or not isinstance(theirs, dict) or mine == theirs:
+        return settings
+    if {k: v for k, v in settings.items() if k != "options"} != {k: v for k, v in recorded.items() if k != "options"}:
+        return settings | {"options": theirs}
+    differ = ", ".join(f"options {key}: {_option_text(theirs, key)} -> {_option_text(mine, key)}"
+                       for key in [*mine, *(k for k in theirs if k not in mine)] if key not in mine or key not in theirs or mine[key] != theirs[key])
+    raise UsageError(f"{out} holds a cleaning run made with other settings ({differ})",
+                     hint=f"rerun with the options it was made with, choose another --out, or delete {out / STATE_DIR} to start over")
+
+
+def _option_text(options: dict, key: str) -> str:
+    """One of a method's run_options as a refusal shows it: None is "none" (DR2's preset where --dr2-n
+    or --dr2-tau set other values), not the "default" it means among the settings; an option that run
+    did not have (--dr2-auto's candidates beside a fixed preset) is "not used"."""
+    if key not in options:
+        return "not used"
+    return "none" if options[key] is None else repr(options[key])
 
 
 def _read_manifests(state: Path) -> dict[str, dict]:
@@ -276,12 +343,10 @@ def _clean(options: CleanOptions, d: distributed.Dist, on_file, on_message, on_s
     # the method and detector first: a mistyped option must fail before the settings are recorded,
     # or the folder would refuse the corrected rerun
     from facerestore.devices import resolve_device
-    from facerestore.methods.base import MethodOptions
     from facerestore.methods.registry import build_method
 
     device = str(d.device) if d.active else resolve_device(options.device)
-    method = build_method(options.method, MethodOptions(device=device, weights=options.weights, offline=options.offline, steps=options.steps,
-                                                               precision=options.precision))
+    method = build_method(options.method, replace(options.method_options(), device=device))
     detector = None
     if options.detect:
         from facerestore.faces.detect import load_detector
@@ -302,9 +367,10 @@ def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], r
     out = Path(options.out)
     state = out / STATE_DIR
     settings, recorded = _settings(options, method), read_settings(state)
+    _check_unrecorded_options(options, recorded, out)
     check_settings(state, _as_recorded(settings, recorded, out), d.main, "a cleaning run")
     if d.main and recorded is not None and any(k not in recorded for k in RESOLVED_KEYS):
-        write_settings(state, recorded | {k: settings[k] for k in RESOLVED_KEYS})  # an older tree: checked from now on
+        write_settings(state, recorded | {k: settings[k] for k in RESOLVED_KEYS if k not in recorded})  # an older tree: checked from now on
     distributed.barrier(d)
     state.mkdir(parents=True, exist_ok=True)
 
