@@ -41,7 +41,7 @@ from facerestore.errors import BadImage, FaceRestoreError, UsageError
 from facerestore.evaluation import presets
 from facerestore.faces.align import check_aligned_crop
 from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, list_images, read_image, resize, write_image
-from facerestore.metrics import METRICS, MetricResult, compute, compute_all
+from facerestore.metrics import METRICS, MetricResult, compute, compute_all, metric_failure
 from facerestore.metrics.fid import FEATURE_DIM as FID_FEATURES
 from facerestore.out_of_memory import BatchLimit
 from facerestore.plural import counted, verb
@@ -77,6 +77,7 @@ class EvalSpec:
     device: str = "cpu"
     offline: bool | None = None
     metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    ref_listing: RefListing | None = field(default=None, repr=False, compare=False)  # resolve_spec's walk of a --ref-set folder, which the run reuses
 
     @property
     def mode(self) -> str:
@@ -130,19 +131,38 @@ def resolve_spec(spec: EvalSpec) -> EvalSpec:
         raise UsageError(f"--batch-size must be at least 1, got {spec.batch_size}")
     if spec.grid_images < 0 or spec.grid_rows < 1:
         raise UsageError(f"--grid-images must be 0 or more, got {spec.grid_images}")
+    listing = None
     if spec.ref_set is not None:
-        check_ref_set(Path(spec.ref_set), feature_dim=None if spec.metric_options.get("fid", {}).get("extractor") else FID_FEATURES)
+        listing = check_ref_set(Path(spec.ref_set), feature_dim=None if spec.metric_options.get("fid", {}).get("extractor") else FID_FEATURES)
     metrics = _metrics(spec)
-    return replace(spec, methods=methods, degradations=degradations, metrics=metrics)
+    return replace(spec, methods=methods, degradations=degradations, metrics=metrics, ref_listing=listing)
 
 
-def check_ref_set(ref_set: Path, feature_dim: int | None = FID_FEATURES) -> None:
+@dataclass(frozen=True)
+class RefListing:
+    """The one walk of a --ref-set folder (a folder of 70 000 FFHQ faces is what users pass): the images
+    FID reads, and what the walk passed over with why (folder links not followed, broken links,
+    sub-folders that cannot be listed), for the run's warnings."""
+
+    images: tuple[Path, ...]
+    left_out: tuple[tuple[Path, str], ...] = ()
+
+
+def list_ref_set(ref_set: Path) -> RefListing:
+    """Walk a --ref-set folder once (`image_io.list_images`, as FID would)."""
+    links: list[tuple[Path, str]] = []
+    found, problems = list_images([ref_set], links=links)
+    return RefListing(tuple(found), (*links, *((path, reason) for path, reason in problems if path != ref_set)))
+
+
+def check_ref_set(ref_set: Path, feature_dim: int | None = FID_FEATURES) -> RefListing | None:
     """Refuse a --ref-set FID cannot use (UsageError, exit 2) before any model loads: found only when
     FID runs, after the whole evaluation, it made the FID column 'failed' and the run exit 0.
 
     Cheap: a folder must hold at least 2 images (not decoded here); an .npz must open (no pickles) and
     hold `mu` [D] and `sigma` [D, D] of finite numbers, D = `feature_dim` (2048, the FID Inception's
-    pool3) unless another feature extractor is used (None: any D).
+    pool3) unless another feature extractor is used (None: any D). A folder's listing is returned, so
+    the run reads the images this walk found instead of walking it again (None for an .npz).
     """
     hint = "pass a folder of at least 2 high-quality aligned faces, or an .npz of FID statistics (mu [2048], sigma [2048, 2048]) as pytorch-fid saves them"
     if not ref_set.exists():
@@ -150,10 +170,10 @@ def check_ref_set(ref_set: Path, feature_dim: int | None = FID_FEATURES) -> None
     if not os.access(ref_set, os.R_OK | (os.X_OK if ref_set.is_dir() else 0)):
         raise UsageError(f"--ref-set {ref_set} cannot be read (permission denied)", hint="make it readable (chmod a+r), or copy it somewhere of yours and pass the copy")
     if ref_set.is_dir():
-        found, _ = list_images([ref_set])
-        if len(found) < 2:
-            raise UsageError(f"--ref-set {ref_set} holds {counted(len(found), 'image')}; FID needs at least 2", hint=hint)
-        return
+        listing = list_ref_set(ref_set)
+        if len(listing.images) < 2:
+            raise UsageError(f"--ref-set {ref_set} holds {counted(len(listing.images), 'image')}; FID needs at least 2", hint=hint)
+        return listing
     if not ref_set.name.lower().endswith(".npz"):
         raise UsageError(f"--ref-set {ref_set} is neither a folder of images nor an .npz of FID statistics", hint=hint)
     kind = _npz_kind(ref_set)
@@ -179,6 +199,7 @@ def check_ref_set(ref_set: Path, feature_dim: int | None = FID_FEATURES) -> None
         raise UsageError(f"--ref-set {ref_set}: mu has shape {list(mu.shape)} and sigma {list(sigma.shape)}; FID needs {want}", hint=hint)
     if not (np.issubdtype(mu.dtype, np.number) and np.issubdtype(sigma.dtype, np.number)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise UsageError(f"--ref-set {ref_set}: mu and sigma must be finite numbers", hint=hint)
+    return None
 
 
 def _npz_kind(path: Path) -> str:
@@ -229,14 +250,6 @@ class InputItem:
     key: str
     path: Path
     problem: str = ""  # why it cannot be read, found while listing (a broken link): it fails in every set as an unreadable file does
-
-
-def ref_set_left_out(ref_set: Path) -> list[tuple[Path, str]]:
-    """What the walk of a --ref-set folder passes over, and why: folder links not followed, broken
-    links, sub-folders that cannot be listed (FID's reference statistics are computed without them)."""
-    links: list[tuple[Path, str]] = []
-    _, problems = list_images([ref_set], links=links)
-    return [*links, *((path, reason) for path, reason in problems if path != ref_set)]
 
 
 def list_inputs(source: Path, limit: int | None = None, *, option: str = "--hq",
@@ -501,6 +514,8 @@ class Evaluator:
         self.debug = debug  # a method's exception propagates (with its traceback) instead of failing its rows
         self.told: set[str] = set()
         self.resized: dict[str, str] = {}
+        self.ref_images: list[Path] | None = None  # the images of a --ref-set folder, from its one walk
+        self.references: dict[tuple[str, ...], Any] = {}  # FID reference -> its statistics (or why there are none), computed once
         self.external = dict(spec.restored)
         self.options = self._metric_options()
         image_metrics = [m for m in spec.metrics or () if not METRICS[m].on_sets]
@@ -533,7 +548,9 @@ class Evaluator:
         for path, reason in links:  # not followed, and not a failure of any image
             self.tell(f"link:{path}", f"warning: skipped {path}: {reason}")
         if spec.ref_set is not None and Path(spec.ref_set).is_dir():  # FID reads what the walk finds: say what it leaves out
-            for path, reason in ref_set_left_out(Path(spec.ref_set)):
+            listing = spec.ref_listing or list_ref_set(Path(spec.ref_set))  # resolve_spec walked it already
+            self.ref_images = list(listing.images)
+            for path, reason in listing.left_out:
                 self.tell(f"ref:{path}", f"warning: --ref-set: skipped {path}: {reason}")
         for path, reason in failures:
             self.tell(f"dup:{path}", f"error: {path}: {reason}")
@@ -654,11 +671,36 @@ class Evaluator:
         if len(result.grid_tiles) < self.spec.grid_images and all(t is not None for t in tiles):
             result.grid_tiles.append((key, [_tile(t) for t in tiles]))  # type: ignore[arg-type]
 
+    def _fid_reference(self, references: list[str]) -> Any:
+        """The FID reference of a set: --ref-set (the images its one walk found, or its .npz), else the
+        set's own references (`references`)."""
+        if self.spec.ref_set is None:
+            return references
+        return self.ref_images if self.ref_images is not None else self.spec.ref_set
+
+    def _reference_statistics(self, metric: str, reference: Any) -> Any:
+        """`reference` as FID statistics, computed once per run and shared by every row and set (each
+        row read all 70 000 images of an FFHQ --ref-set again), or the MetricResult saying why it
+        cannot be; another set metric gets `reference` as it is."""
+        if metric != "fid":
+            return reference
+        key = tuple(map(str, reference)) if isinstance(reference, list) else (str(reference),)
+        if key not in self.references:
+            from facerestore.metrics.fid import reference_statistics
+
+            start = time.perf_counter()
+            try:
+                self.references[key] = reference_statistics(reference, **self.options.get(metric, {}))
+            except Exception as exc:  # noqa: BLE001 - as compute() would report it, for every row
+                self.references[key] = metric_failure(metric, exc, time.perf_counter() - start)
+        return self.references[key]
+
     def _set_fid(self, result: SetResult, sets: Mapping[str, list[str]], reference: Any) -> None:
         for metric in self.set_metrics:
+            prepared = self._reference_statistics(metric, reference)
             for row, files in sets.items():
                 paths = [self.staging / f if not Path(f).is_absolute() else Path(f) for f in files]
-                score = compute(metric, paths, reference, **self.options.get(metric, {}))
+                score = prepared if isinstance(prepared, MetricResult) else compute(metric, paths, prepared, **self.options.get(metric, {}))
                 if not score.ok:
                     self.tell(f"metric:{metric}:{score.status}", f"warning: {metric} {score.status} ({result.name}, {row}): {score.reason}")
                 result.set_scores.setdefault(row, {})[metric] = score
@@ -722,7 +764,7 @@ class Evaluator:
                 self._grid_add(result, record.key, [degraded, *(outputs[label][i] for label in outputs), reference])
             self.on_progress(len(chunk))
         if self.set_metrics:
-            self._set_fid(result, fid_sets, spec.ref_set if spec.ref_set is not None else references)
+            self._set_fid(result, fid_sets, self._fid_reference(references))
         return result
 
     def _real_set(self, items: list[InputItem]) -> SetResult:
@@ -749,7 +791,7 @@ class Evaluator:
                 self._grid_add(result, record.key, [image, *(outputs[label][i] for label in outputs)])
             self.on_progress(len(chunk))
         if self.set_metrics:
-            self._set_fid(result, fid_sets, spec.ref_set)
+            self._set_fid(result, fid_sets, self._fid_reference([]))
         return result
 
     def _authenticity_set(self, items: list[InputItem]) -> SetResult:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Literal
 from facerestore.errors import FaceRestoreError, NoFaceFound, UsageError, WeightsError
 from facerestore.metrics.result import MetricResult, MetricUnavailable
 
-__all__ = ["METRICS", "MetricResult", "MetricSpec", "MetricUnavailable", "compute", "compute_all", "metric_names"]
+__all__ = ["METRICS", "MetricResult", "MetricSpec", "MetricUnavailable", "compute", "compute_all", "metric_failure", "metric_names"]
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,19 @@ def compute(name: str, restored: Any, reference: Any = None, **options: Any) -> 
     try:
         function = spec.load()
         value = function(restored, reference, **options) if spec.needs_reference else function(restored, **options)
-    except UNAVAILABLE as exc:
-        return MetricResult(name, None, "unavailable", exc.one_line(), time.perf_counter() - start)
-    except FaceRestoreError as exc:
-        return MetricResult(name, None, "failed", exc.one_line(), time.perf_counter() - start)
     except Exception as exc:  # noqa: BLE001 - a report must survive a broken metric
-        return MetricResult(name, None, "failed", f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
+        return metric_failure(name, exc, time.perf_counter() - start)
     return MetricResult(name, float(value), "ok", "", time.perf_counter() - start)
+
+
+def metric_failure(name: str, exc: Exception, seconds: float = 0.0) -> MetricResult:
+    """The result of metric `name` that raised `exc`: unavailable (missing weights or package, no face
+    found) or failed, with its one-line reason (also for work done ahead for it, as FID's reference)."""
+    if isinstance(exc, UNAVAILABLE):
+        return MetricResult(name, None, "unavailable", exc.one_line(), seconds)
+    if isinstance(exc, FaceRestoreError):
+        return MetricResult(name, None, "failed", exc.one_line(), seconds)
+    return MetricResult(name, None, "failed", f"{type(exc).__name__}: {exc}", seconds)
 
 
 def compute_all(

@@ -62,7 +62,8 @@ class FrechetStats:
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or len(features) < 2:
             raise UsageError(f"FID needs at least 2 images per set, got {len(features)}")
-        return cls(features.mean(0), np.cov(features, rowvar=False), len(features), features)
+        small = len(features) < features.shape[1]  # only `stats_distance`'s low-rank form reads them; 70 000 x 2048 would hold 1.1 GB
+        return cls(features.mean(0), np.cov(features, rowvar=False), len(features), features if small else None)
 
     def save(self, path: Path | str) -> None:
         np.savez(path, mu=self.mu, sigma=self.sigma, count=self.count)
@@ -237,6 +238,22 @@ def set_statistics(images: ImageSet, extractor: Extractor, *, batch_size: int = 
     if _is_statistics(images):
         return FrechetStats.load(images)  # type: ignore[arg-type]
     return FrechetStats.from_features(set_features(images, extractor, batch_size=batch_size))
+
+
+def reference_statistics(
+    reference: ImageSet,
+    *,
+    extractor: Extractor | None = None,
+    weights: str | Path = WEIGHTS,
+    offline: bool | None = None,
+    device: str = "cpu",
+    batch_size: int = 8,
+) -> FrechetStats:
+    """The statistics of a reference set, for `fid` of many sets against it (an evaluation's rows and
+    sets): read once instead of once per comparison (the same options as `fid`)."""
+    if extractor is None and not _is_statistics(reference):
+        extractor = load_inception(weights, offline, device)
+    return set_statistics(reference, extractor, batch_size=batch_size)  # type: ignore[arg-type]
 
 
 def fid(
