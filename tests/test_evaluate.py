@@ -600,6 +600,61 @@ def test_a_batch_that_does_not_fit_in_memory_is_split_with_one_warning_and_score
         assert row(data, preset, "small-gpu")["metrics"]["psnr"] == row(data, preset, "input")["metrics"]["psnr"]
 
 
+def test_warnings_of_loading_weights_and_detectors_are_said_once_and_kept_in_the_report(hq, tmp_path, monkeypatch):
+    """A damaged weights copy passed over while a method loaded, or while it ran, and `--detector auto`
+    falling back to another detector, were printed on stderr by the store and the detector and missing
+    from the report; the report's warnings list lacked them. Now each is said once and recorded."""
+    import hashlib
+
+    from facerestore.faces import detect
+    from facerestore.methods import registry
+    from facerestore.weights import catalogue, store
+    from facerestore.weights.catalogue import WeightsEntry
+
+    entries = {}
+    for name in ("tiny_a", "tiny_b"):
+        source = tmp_path / "src" / f"{name}.pth"
+        source.parent.mkdir(exist_ok=True)
+        torch.save(torch.nn.Linear(3, 2).state_dict(), source)
+        entries[name] = WeightsEntry(name=name, filename=source.name, urls=(), sha256=hashlib.sha256(source.read_bytes()).hexdigest(),
+                                     size=source.stat().st_size, license="MIT", commercial_use=True)
+    real_catalogue = catalogue.official_catalogue()
+    monkeypatch.setattr(catalogue, "official_catalogue", lambda: {**real_catalogue, **entries})
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in entries:
+        store.import_file(tmp_path / "src" / f"{name}.pth")  # the good copy, in the cache
+        (shared / f"{name}.pth").write_bytes(b"cut short")  # a damaged one, searched first
+    (shared / "detection_Resnet50_Final.pth").write_bytes(b"cut short")
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared))
+    monkeypatch.setattr(store, "_warned_passed_over", set())
+    detect.load_detector.cache_clear()
+
+    class Loads(Identity):
+        def __init__(self):
+            store.locate("tiny_a")  # while the methods load, before the run
+
+        def restore(self, crops, generator=None):
+            store.locate("tiny_b")  # a part loaded on first use, during the run
+            detect.load_detector("auto")
+            return crops.clone()
+
+    monkeypatch.setattr(registry, "build_method", lambda name, options: Loads())
+    out = tmp_path / "report"
+    result = run("--hq", hq, "-m", "identity", "--metrics", "psnr", "-o", out, "-q")
+    detect.load_detector.cache_clear()
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(said) == 3 and len(result.output.splitlines()) == 3, result.output  # each once, nothing else
+    assert said[0].startswith(f"warning: {shared / 'tiny_a.pth'} (weights 'tiny_a') is damaged")
+    assert said[1].startswith(f"warning: {shared / 'tiny_b.pth'} (weights 'tiny_b') is damaged")
+    assert said[2].startswith(f"warning: --detector auto uses the bundled detector instead: {shared / 'detection_Resnet50_Final.pth'} has sha256")
+    assert results(out)["warnings"] == [line.removeprefix("warning: ") for line in said]
+    index = (out / "index.md").read_text()
+    assert all(f"- **warning**: {line.removeprefix('warning: ')}\n" in index for line in said)
+    assert html.escape(said[0].removeprefix("warning: ")) in (out / "index.html").read_text()
+
+
 def test_one_image_is_counted_in_good_english(tmp_path):
     """"— 1 images." in the console, index.md and index.html; "1 of 1 images were not 512x512"."""
     hq = tmp_path / "hq"

@@ -15,6 +15,7 @@ from facerestore.cli.app import CONTEXT, PRECISION_HELP, app, err, fail, out, wr
 from facerestore.cli.method_options import Dr2Auto, Dr2N, Dr2Preset, Dr2Tau, Eta, Fidelity, NoEnhancer, Start, Steps, method_knobs
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.plural import counted
+from facerestore.warning_lines import routed
 
 
 def method_weights(methods: list[str], values: list[str]) -> dict[str, str]:
@@ -163,6 +164,11 @@ def evaluate_command(
 
     command = ["facerestore", "evaluate", *sys.argv[2:]] if len(sys.argv) > 1 and sys.argv[1] == "evaluate" else []
     staging = None
+    loading_warnings: list[str] = []  # said while the methods load (a damaged weights copy passed over)
+
+    def loading_warning(line: str) -> None:
+        loading_warnings.append(line)
+        err.print(line, markup=False)
     try:
         names = list(split_list(method))
         spec = resolve_spec(EvalSpec(
@@ -181,7 +187,8 @@ def evaluate_command(
         dev = resolve_device(device)
         spec = replace(spec, device=dev)
         staging = report.prepare_output(output, [hq, lq, ref_set, *(folder for _, folder in spec.restored)])
-        built = build_methods(list(spec.methods), device=dev, weights=chosen_weights, offline=spec.offline, knobs=knobs, precision=precision)
+        with routed(loading_warning):  # said now, and kept in the report with the run's
+            built = build_methods(list(spec.methods), device=dev, weights=chosen_weights, offline=spec.offline, knobs=knobs, precision=precision)
     except FaceRestoreError as exc:
         if staging is not None:
             report.discard(staging)
@@ -208,6 +215,7 @@ def evaluate_command(
                 on_total=lambda total: progress.update(task, total=total), debug=debug,
             )
             result = evaluator.run()
+        result.warnings[:0] = loading_warnings
         for name, given in chosen_weights.items():  # the report says which model a method's rows measured
             result.methods[name].update(weights_record(given))
         data = report.write_report(result, staging, command)

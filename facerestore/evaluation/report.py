@@ -400,6 +400,7 @@ def to_json(result: EvalResult, command: Sequence[str] = ()) -> dict[str, Any]:
         "metrics": {m: {"summary": METRICS[m].summary, "better": METRICS[m].better, "needs_reference": METRICS[m].needs_reference, "on_sets": METRICS[m].on_sets} for m in spec.metrics or ()},
         "methods": result.methods,
         "notes": result.notes,
+        "warnings": [warning_text(line) for line in result.warnings],
         "failures": [{"what": what, "error": why} for what, why in result.all_failures()],
         "sets": sets,
     }
@@ -467,6 +468,7 @@ def write_markdown(result: EvalResult, folder: Path, command: Sequence[str] = ()
     lines = ["# facerestore evaluation", ""]
     lines += [f"- **{k}**: {v}" for k, v in _preamble(result, command)]
     lines += [f"- **note**: {n}" for n in result.notes]
+    lines += [f"- **warning**: {warning_text(w)}" for w in result.warnings]
     lines += ["", "Tables show mean ± standard deviation over the images (n/N when a metric ran on only n of N). " + MISSING_NOTE, ""]
     lines += markdown_summary(result, grids=True)
     lines += ["## Per-image scores", ""]
@@ -476,6 +478,11 @@ def write_markdown(result: EvalResult, folder: Path, command: Sequence[str] = ()
     failures = result.all_failures()
     lines += ["## Failures", ""] + ([f"- {failure_line(what, why)}" for what, why in failures] or ["none"]) + [""]
     _write_text(folder / "index.md", "\n".join(lines))
+
+
+def warning_text(line: str) -> str:
+    """A warning line as the report lists it, under the heading "warning" (without "warning: ")."""
+    return line.removeprefix("warning: ")
 
 
 def failure_line(what: str, why: str) -> str:
@@ -519,6 +526,7 @@ def write_html(result: EvalResult, folder: Path, command: Sequence[str] = ()) ->
         value = f"<code>{html.escape(v)}</code>" if k == "command" else html.escape(v)
         parts.append(f"<li><b>{html.escape(k)}</b>: {value}</li>")
     parts += [f"<li><b>note</b>: {html.escape(n)}</li>" for n in result.notes]
+    parts += [f"<li><b>warning</b>: {html.escape(warning_text(w))}</li>" for w in result.warnings]
     parts.append("</ul><p class='note'>Tables show mean ± standard deviation over the images (n/N when a metric ran on only n of N). " + html.escape(MISSING_NOTE) + "</p>")
     for s in result.sets:
         parts.append(f"<h2>{html.escape(s.name)}</h2><p>{html.escape(s.description)} — {counted(len(s.images), 'image')}.</p>")

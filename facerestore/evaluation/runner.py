@@ -45,6 +45,7 @@ from facerestore.metrics import METRICS, MetricResult, compute, compute_all, met
 from facerestore.metrics.fid import FEATURE_DIM as FID_FEATURES
 from facerestore.out_of_memory import BatchLimit
 from facerestore.plural import counted, verb
+from facerestore.warning_lines import routed
 
 FACE = 512
 TILE = 256  # side of one image in the comparison grids
@@ -458,6 +459,7 @@ class EvalResult:
     failures: list[tuple[str, str]]  # problems outside any set (duplicate names)
     started: float
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # every "warning: ..." line said during the run, the lower layers' included (`warning_lines`)
 
     def all_failures(self) -> list[tuple[str, str]]:
         seen: dict[tuple[str, str], None] = dict.fromkeys(self.failures)
@@ -486,7 +488,7 @@ class Evaluator:
 
     `on_total(n)` is called once with the number of image steps (images x sets), `on_progress(n)`
     after each batch of each set; `on_message(line)` with warnings (a metric unavailable, an image
-    or a method failing), each said once. `restore` replaces `pipeline.restore_crops` (tests).
+    or a method failing, a lower layer's `warning_lines.warn`), each said once. `restore` replaces `pipeline.restore_crops` (tests).
     """
 
     def __init__(
@@ -513,6 +515,7 @@ class Evaluator:
         self.batch_limit = BatchLimit(spec.batch_size, on_lower=lambda text: self.tell(f"oom:{text}", f"warning: {text}"))  # shared by the methods and sets
         self.debug = debug  # a method's exception propagates (with its traceback) instead of failing its rows
         self.told: set[str] = set()
+        self.warnings: list[str] = []
         self.resized: dict[str, str] = {}
         self.ref_images: list[Path] | None = None  # the images of a --ref-set folder, from its one walk
         self.references: dict[tuple[str, ...], Any] = {}  # FID reference -> its statistics (or why there are none), computed once
@@ -536,11 +539,19 @@ class Evaluator:
     def tell(self, key: str, line: str) -> None:
         if key not in self.told:
             self.told.add(key)
+            if line.startswith("warning: "):  # the report lists them; errors are its failures already
+                self.warnings.append(line)
             self.on_message(line)
 
     # -------------------------------------------------------------- entry point
 
     def run(self) -> EvalResult:
+        """The whole evaluation; the lower layers' warning lines (a damaged weights copy passed over
+        while a metric loads its net) are said through `on_message` and kept in the result, as its own."""
+        with routed(lambda line: self.tell(f"said:{line}", line)):
+            return self._run()
+
+    def _run(self) -> EvalResult:
         started = time.time()
         spec = self.spec
         links: list[tuple[Path, str]] = []
@@ -572,7 +583,7 @@ class Evaluator:
             notes.append(f"{len(self.resized)} of {counted(len(items), 'image')} {verb(len(self.resized), 'was', 'were')} not {FACE}x{FACE} and {verb(len(self.resized), 'was', 'were')} resized to it before evaluation (INTER_AREA when shrinking, INTER_CUBIC when enlarging): {shown}{more}")
         if self.external:
             notes.append("rows from --restored folders are another tool's results read from disk; they were not produced here, and are not in the authenticity test")
-        result = EvalResult(spec, sets, self._describe_methods(), notes, failures, started)
+        result = EvalResult(spec, sets, self._describe_methods(), notes, failures, started, warnings=self.warnings)
         result.seconds = time.time() - started
         return result
 

@@ -30,7 +30,6 @@ Choices where the references disagree (ANCHORS.md 1.6), and why:
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 
 from facerestore.errors import UsageError
 from facerestore.image_io import from_samples
+from facerestore.warning_lines import warn
 
 BGR_MEAN = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 PRIOR_STEPS = (8, 16, 32)
@@ -186,8 +186,9 @@ def _auto_detector(device: str, offline: bool | None) -> RetinaFaceHeads:
     `auto` is documented as the best detector whose weights are present, so a damaged copy (sha256
     mismatch, cut short) is passed over like a missing one: one warning line per damaged file names
     it, what is used instead and the cure, and the run goes on (an explicit --detector still fails).
-    Built once per process (`_load_detector`'s cache), so the warning is printed once; printed here,
-    as the weights store prints a download's start, since every command that detects loads it."""
+    Built once per process (`_load_detector`'s cache), so the warning is said once; said here (on
+    stderr, or to the command that routes warnings to its report: `warning_lines`), since every
+    command that detects loads it."""
     from facerestore.errors import WeightsError
     from facerestore.ranks import main_rank
     from facerestore.weights.store import local_copies
@@ -207,7 +208,7 @@ def _auto_detector(device: str, offline: bool | None) -> RetinaFaceHeads:
     else:
         detector, used = OnnxRetinaFace(), "the bundled detector"
     for exc in damaged if main_rank() else ():  # under torchrun every rank falls back: one line
-        print(f"warning: --detector auto uses {used} instead: {exc.one_line()}", file=sys.stderr, flush=True)
+        warn(f"warning: --detector auto uses {used} instead: {exc.one_line()}")
     return detector
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from facerestore.errors import BadWeightsFile, BadWeightsOption, ChecksumMismatch, UnsupportedCheckpoint, UsageError, WeightsError
 from facerestore.file_modes import new_file_mode
 from facerestore.ranks import main_rank
+from facerestore.warning_lines import warn
 from facerestore.weights.catalogue import WeightsEntry, entry_for_filename, get_entry, load_catalogue, local_registry_path
 from facerestore.weights.file_lock import exclusive
 
@@ -297,14 +298,14 @@ _warned_passed_over: set[Path] = set()  # the damaged copies this process has wa
 
 
 def _warn_passed_over(entry: WeightsEntry, damaged: Path, used: Path) -> None:
-    """One stderr line per damaged copy per process (as `--detector auto` warns of a detector it
+    """One warning line per damaged copy per process (as `--detector auto` warns of a detector it
     passes over): the run goes on with a good copy further on, but silently it would pass over the
     damaged one on every run, and only `weights list` or `weights verify` would tell."""
     if damaged in _warned_passed_over or not main_rank():  # under torchrun every rank passes over it: one line
         return
     _warned_passed_over.add(damaged)
-    print(f"warning: {_with_weights_name(damaged, entry)} is damaged (sha256 mismatch) and is passed over; this run uses {used}; "
-          "delete it or put a good copy in its place (`facerestore weights verify` checks every copy)", file=sys.stderr, flush=True)
+    warn(f"warning: {_with_weights_name(damaged, entry)} is damaged (sha256 mismatch) and is passed over; this run uses {used}; "
+         "delete it or put a good copy in its place (`facerestore weights verify` checks every copy)")
 
 
 def copy_in_use(name: str) -> Choice | None:
