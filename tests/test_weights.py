@@ -327,6 +327,22 @@ def test_list_says_when_every_copy_is_damaged(tiny_file, use_entry, monkeypatch)
     assert f"tiny: {target} is damaged (3 bytes, not {tiny_file.stat().st_size}); {OFFLINE_CURE}\n" in listing.output  # conftest: offline
 
 
+def test_list_shows_the_size_of_the_copy_on_disk_and_marks_one_the_catalogue_disagrees_with(tiny_file, use_entry, monkeypatch, tmp_path):
+    """The size column was the catalogue's even for a file on disk: '?' for DR2's and DifFace's files
+    (no published size), and a wrong or partial copy showed the size it should have had."""
+    size = tiny_file.stat().st_size
+    use_entry(entry_for(tiny_file, name="unsized", sha256="", size=0),
+              entry_for(tiny_file, name="sized", filename="sized.pth", sha256="", size=size + 1),  # a size but no sha256: a run still loads it
+              entry_for(tiny_file, name="far", filename="far.pth", sha256="", size=5_000_000),
+              entry_for(tiny_file, name="absent", filename="absent.pth", sha256="0" * 64, size=5_000_000))
+    store.import_file(tiny_file)
+    for name in ("sized.pth", "far.pth"):
+        (store.cache_dir() / name).write_bytes(tiny_file.read_bytes())
+    rows = {line.split("\t")[0]: line.split("\t")[2] for line in weights_cli("list").output.splitlines()[1:5]}
+    assert rows == {"unsized": f"{size / 1e3:.1f} kB", "sized": f"{size} bytes (catalogue: {size + 1} bytes)",
+                    "far": f"{size / 1e3:.1f} kB (catalogue: 5.0 MB)", "absent": "5.0 MB"}
+
+
 def test_wrong_hash_is_refused(tiny_file, use_entry, monkeypatch):
     use_entry(entry_for(tiny_file, sha256="0" * 64))
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tiny_file.parent))

@@ -16,7 +16,7 @@ app.add_typer(weights_app, name="weights")
 
 @weights_app.command("list", context_settings=CONTEXT)
 def weights_list() -> None:
-    """Every catalogued checkpoint: file, size, license and where the copy a run loads is (or how to get it); hashes nothing."""
+    """Every catalogued checkpoint: file, size (of the copy on disk, where there is one), license and where the copy a run loads is (or how to get it); hashes nothing."""
     from rich.table import Table
     from rich.text import Text
 
@@ -26,7 +26,7 @@ def weights_list() -> None:
     rows, manual, damaged = [], [], []
     for name, entry in load_catalogue().items():
         choice = copy_in_use(name)  # the copy a run loads, told without hashing any file
-        size = f"{entry.size / 1e6:.1f} MB" if entry.size else "?"
+        size = size_text(choice.used if choice else None, entry.size)
         for path, why in choice.passed_over if choice else ():
             cure = f"runs pass over it and use the copy in {choice.used.parent}; delete it" if choice.used else fetch_again(entry)
             damaged.append(f"{name}: {path} is damaged ({why}); {cure}")
@@ -61,6 +61,26 @@ def weights_list() -> None:
     for line in manual + damaged:
         out.print(line, markup=False)
     out.print(f"cache: {cache_dir()} (FACERESTORE_HOME moves it; FACERESTORE_WEIGHTS adds folders to search first)", markup=False)
+
+
+def size_text(path: Path | None, catalogued: int) -> str:
+    """The size column: the real size of the copy a run loads (the catalogue's is only what a download
+    will be, and unknown, '?', for the files with no published sha256); where it differs from the
+    catalogue's, both, since that copy is another version or cut short. Without a copy, the catalogue's."""
+    def mb(size: int) -> str:
+        return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB" if size >= 1000 else f"{size} bytes"
+
+    try:
+        real = path.stat().st_size if path is not None else None
+    except OSError:  # gone since it was found
+        real = None
+    if real is None:
+        return mb(catalogued) if catalogued else "?"
+    if not catalogued or real == catalogued:
+        return mb(real)
+    if mb(real) == mb(catalogued):  # too close for MB to tell apart
+        return f"{real} bytes (catalogue: {catalogued} bytes)"
+    return f"{mb(real)} (catalogue: {mb(catalogued)})"
 
 
 @weights_app.command("pull", context_settings=CONTEXT)
