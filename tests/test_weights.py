@@ -397,6 +397,47 @@ def test_a_damaged_copy_of_weights_with_no_url_is_to_be_imported_again_not_pulle
     assert "`facerestore weights import tiny.pth`" in info.value.hint and note in info.value.hint and "pull" not in line, line
 
 
+def test_the_official_file_after_a_wrong_first_copy_is_told_how_to_replace_the_recorded_sha256(tiny_file, use_entry, tmp_path, monkeypatch, server):
+    """With no published sha256 the first copy's is recorded; the official file imported after a wrong
+    first copy was refused with "add --no-verify" in the message and a hint to download it again (which
+    the same check refuses), and a run or a download named no way out at all. Each now says how to
+    record the official file's sha256 in place of the wrong one: `weights import --no-verify FILE`."""
+    from typer.testing import CliRunner
+
+    from facerestore.cli.app import app, register
+
+    register()
+    use_entry(entry_for(tiny_file, name="share_only", sha256="", urls=(), note="only on a file share"))
+    store.import_file(tiny_file)  # the wrong first copy: its sha256 is recorded
+    official = tmp_path / "official" / "tiny.pth"
+    official.parent.mkdir()
+    torch.save({"weight": torch.ones(2, 3)}, official)
+    cure = "if this is the official file and that first copy was not, `facerestore weights import --no-verify {}` records its sha256 instead"
+    with pytest.raises(ChecksumMismatch) as refused:
+        store.import_weights(official)
+    line = refused.value.one_line()
+    assert str(refused.value).endswith(" (recorded from its first copy, as no sha256 is published)") and "add --no-verify" not in line
+    assert refused.value.hint == cure.format(official) + "; else get the official file, or register this one as your own weights with --name NAME"
+
+    cached = store.cache_dir() / "tiny.pth"
+    cached.write_bytes(official.read_bytes())  # put in place by hand: a run refuses it
+    with pytest.raises(ChecksumMismatch) as run:
+        store.resolve("share_only")
+    assert run.value.hint.startswith(cure.format(cached) + "; else delete it, get the official tiny.pth again (only on a file share)")
+    result = CliRunner().invoke(app, ["weights", "import", "--no-verify", str(cached)])  # as the hint says
+    assert result.exit_code == 0, result.output
+    assert store.expected_sha256(catalogue.get_entry("share_only")) == sha(official) and store.resolve("share_only")
+
+    RangeHandler.payload, RangeHandler.honour_range = tiny_file.read_bytes(), True  # the other way round: a download after a wrong copy
+    use_entry(entry_for(tiny_file, name="share_only", sha256="", urls=(server,)))
+    cached.unlink()
+    monkeypatch.setenv("FACERESTORE_OFFLINE", "0")
+    with pytest.raises(ChecksumMismatch) as download:
+        store.resolve("share_only")
+    assert download.value.hint.endswith("(the expected sha256 was recorded from its first copy, as no sha256 is published: if that copy was wrong, "
+                                        "get the official file and run `facerestore weights import --no-verify tiny.pth`, which records its sha256 instead)")
+
+
 def test_offline_missing_file_names_file_url_sha_and_import(tiny_file, use_entry):
     use_entry(entry_for(tiny_file))
     with pytest.raises(WeightsError) as info:

@@ -16,6 +16,7 @@ import glob
 import hashlib
 import json
 import os
+import shlex
 import sys
 import shutil
 import tempfile
@@ -212,13 +213,29 @@ def _record_sha256(entry: WeightsEntry, digest: str) -> None:
 
 
 def check_file(entry: WeightsEntry, path: Path, offline: bool | None = None) -> None:
-    """ChecksumMismatch if `path` is not `entry`'s file; `offline` words the cure (fetch_again)."""
+    """ChecksumMismatch if `path` is not `entry`'s file; `offline` words the cure (fetch_again). Against
+    a sha256 recorded from a first copy (no published one), the copy may be the right one and that
+    first copy the wrong one: the cure says how to record this copy's sha256 instead."""
     expected = expected_sha256(entry)
     if expected:
         actual = sha256_file(path)
         if actual != expected:
-            raise ChecksumMismatch(f"{path} has sha256 {actual[:16]}..., but {entry.name} should be {expected}",
-                                   hint=f"the file is corrupt or another version: {fetch_again(entry, offline)}")
+            if entry.sha256:
+                raise ChecksumMismatch(f"{path} has sha256 {actual[:16]}..., but {entry.name} should be {expected}",
+                                       hint=f"the file is corrupt or another version: {fetch_again(entry, offline)}")
+            raise ChecksumMismatch(f"{path} has sha256 {actual[:16]}..., but {entry.name} should be {expected} ({RECORDED})",
+                                   hint=f"{rerecord(path)}; else {fetch_again(entry, offline)}")
+
+
+RECORDED = "recorded from its first copy, as no sha256 is published"
+
+
+def rerecord(path: Path | str) -> str:
+    """How to replace a recorded sha256 (an entry with no published one) with that of `path`, the
+    official file stored after a wrong first copy: `weights import --no-verify` skips only the recorded
+    hash, still checks the file is a checkpoint of the entry's architecture, and records its sha256."""
+    return (f"if this is the official file and that first copy was not, `facerestore weights import --no-verify {shlex.quote(str(path))}` "
+            "records its sha256 instead")
 
 
 def fetch_again(entry: WeightsEntry, offline: bool | None = None) -> str:
@@ -691,7 +708,8 @@ def _download_locked(entry: WeightsEntry, target: Path, progress: Progress | Non
             raise ChecksumMismatch(
                 f"downloaded {entry.filename} from {url} has sha256 {digest[:16]}..., expected {expected}",
                 hint=f"the download was corrupted or the file changed upstream; run `facerestore weights pull {entry.name}` again"
-                + ("" if entry.sha256 else " (the expected sha256 was recorded from an earlier copy: if that copy was wrong, import this one with `facerestore weights import FILE --no-verify`)"),
+                + ("" if entry.sha256 else f" (the expected sha256 was {RECORDED}: if that copy was wrong, get the official file and run "
+                   f"`facerestore weights import --no-verify {entry.filename}`, which records its sha256 instead)"),
             )
         if not entry.sha256:
             try:
@@ -777,11 +795,11 @@ def import_weights(file: Path | str, name: str | None = None, *, verify: bool = 
     entry = _recognised(source, digest)
     expected = expected_sha256(entry)
     if expected and digest != expected and (verify or entry.sha256):  # a catalogued hash is checked at every use
-        recorded = "" if entry.sha256 else " (recorded from the first copy; if that copy was wrong and this one is right, add --no-verify)"
-        raise ChecksumMismatch(
-            f"{source} has sha256 {digest[:16]}..., but {entry.name} ({entry.filename}) should be {expected}{recorded}",
-            hint="download the official file again, or register it as your own weights with --name and a name of your own",
-        )
+        if entry.sha256:
+            raise ChecksumMismatch(f"{source} has sha256 {digest[:16]}..., but {entry.name} ({entry.filename}) should be {expected}",
+                                   hint="download the official file again, or register it as your own weights with --name and a name of your own")
+        raise ChecksumMismatch(f"{source} has sha256 {digest[:16]}..., but {entry.name} ({entry.filename}) should be {expected} ({RECORDED})",
+                               hint=f"{rerecord(source)}; else get the official file, or register this one as your own weights with --name NAME")
     if not entry.sha256:  # trusted on first use: it must be a checkpoint, of this entry's architecture
         _assert_architecture(entry, _assert_checkpoint(source, str(source), error=BadWeightsFile), str(source), BadWeightsFile)
     target = cache_dir() / entry.filename
