@@ -270,7 +270,8 @@ def test_list_verify_and_loading_name_the_same_copy_past_a_damaged_one(tiny_file
 def test_a_run_that_passes_over_a_damaged_copy_warns_once(tiny_file, use_entry, monkeypatch, tmp_path, capsys):
     """A damaged copy in a FACERESTORE_WEIGHTS folder was passed over in silence when a good one lay
     further on: only `weights list` or `verify` told. Loading now says it once per process, naming the
-    damaged copy, the copy used and the cure."""
+    damaged copy, the copy used and the cure, with the reason `weights list` gives: a copy cut short
+    was "(sha256 mismatch)" in the warning and "(N bytes, not M)" in the listing."""
     monkeypatch.setattr(store, "_warned_passed_over", set())
     use_entry(entry_for(tiny_file))
     good = store.import_file(tiny_file)  # in the cache, searched last
@@ -281,8 +282,17 @@ def test_a_run_that_passes_over_a_damaged_copy_warns_once(tiny_file, use_entry, 
     capsys.readouterr()
     assert store.locate("tiny") == good and store.locate("tiny") == good
     [line] = capsys.readouterr().err.splitlines()
-    assert line == (f"warning: {shared / 'tiny.pth'} (weights 'tiny') is damaged (sha256 mismatch) and is passed over; this run uses {good}; "
-                    "delete it or put a good copy in its place (`facerestore weights verify` checks every copy)")
+    size = tiny_file.stat().st_size
+    assert line == (f"warning: {shared / 'tiny.pth'} (weights 'tiny') is damaged ({size - 10} bytes, not {size}) and is passed over; "
+                    f"this run uses {good}; delete it or put a good copy in its place (`facerestore weights verify` checks every copy)")
+    assert f"tiny: {shared / 'tiny.pth'} is damaged ({size - 10} bytes, not {size}); runs pass over it" in weights_cli("list").output
+    data = bytearray(tiny_file.read_bytes())
+    data[-1] ^= 0xFF  # damaged in place, its size kept: only its sha256 tells
+    (shared / "tiny.pth").write_bytes(bytes(data))
+    monkeypatch.setattr(store, "_warned_passed_over", set())
+    assert store.locate("tiny") == good
+    assert "(weights 'tiny') is damaged (sha256 mismatch) and is passed over;" in capsys.readouterr().err
+    assert f"tiny: {shared / 'tiny.pth'} is damaged (sha256 mismatch); runs pass over it" in weights_cli("list").output
     monkeypatch.setattr(store, "_warned_passed_over", set())
     monkeypatch.setenv("RANK", "1")  # under torchrun rank 0 alone says it
     assert store.locate("tiny") == good and capsys.readouterr().err == ""
@@ -290,6 +300,43 @@ def test_a_run_that_passes_over_a_damaged_copy_warns_once(tiny_file, use_entry, 
     (shared / "tiny.pth").write_bytes(tiny_file.read_bytes())  # repaired: nothing to say
     monkeypatch.setattr(store, "_warned_passed_over", set())
     assert store.locate("tiny") == shared / "tiny.pth" and capsys.readouterr().err == ""
+
+
+def test_a_copy_that_differs_from_a_recorded_first_copy_is_told_how_to_record_its_sha256(tiny_file, use_entry, monkeypatch, tmp_path, capsys):
+    """With no published sha256 (DifFace's, DR2's files) the first copy's is recorded; an official copy
+    in a FACERESTORE_WEIGHTS folder that differs from it was called damaged, to be deleted, by a run's
+    warning and by `weights list`, though it may be the official file and the first copy the wrong
+    one. Both now say it differs from the copy recorded earlier and give `weights import --no-verify FILE`."""
+    monkeypatch.setattr(store, "_warned_passed_over", set())
+    use_entry(entry_for(tiny_file, name="share_only", sha256="", urls=(), note="only on a file share"))
+    first = store.import_file(tiny_file)  # the first copy: its sha256 is recorded
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    official = shared / "tiny.pth"
+    torch.save({"weight": torch.ones(2, 3), "bias": torch.ones(2)}, official)
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared))
+    differs = "differs from the copy recorded earlier (no sha256 is published; the first copy's was recorded)"
+    rerecord = (f"if this is the official file and that first copy was not, `facerestore weights import --no-verify {official}` "
+                "records its sha256 instead")
+    capsys.readouterr()
+    assert store.locate("share_only") == first
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (f"warning: {official} (weights 'share_only') {differs} and is passed over; this run uses {first}; "
+                    f"{rerecord}; else delete it or put a good copy in its place (`facerestore weights verify` checks every copy)")
+    listing = weights_cli("list").output
+    assert f"share_only: {official} {differs}; runs pass over it and use the copy in {first.parent}; {rerecord}; else delete it\n" in listing
+    assert "damaged" not in listing
+
+    first.write_bytes(b"x" + first.read_bytes())  # no copy matches the recorded sha256: a run fails
+    with pytest.raises(ChecksumMismatch):
+        store.locate("share_only")
+    assert (f"share_only: {official} {differs}; {rerecord}; else delete it, get the official tiny.pth again (only on a file share) "
+            "and run `facerestore weights import tiny.pth`\n") in weights_cli("list").output
+
+    assert weights_cli("import", "--no-verify", str(official)).exit_code == 0  # as told: the official copy's sha256 is recorded
+    capsys.readouterr()
+    assert store.locate("share_only") == official and capsys.readouterr().err == ""
+    assert "differs from the copy recorded earlier" not in weights_cli("list").output
 
 
 def test_list_hashes_nothing_and_says_which_copy_is_not_checked_yet(tiny_file, use_entry, monkeypatch, tmp_path):

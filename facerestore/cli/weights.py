@@ -21,15 +21,18 @@ def weights_list() -> None:
     from rich.text import Text
 
     from facerestore.weights.catalogue import load_catalogue
-    from facerestore.weights.store import cache_dir, copy_in_use, fetch_again
+    from facerestore.weights.store import cache_dir, copy_in_use, damaged_copy, fetch_again, unless_rerecorded
 
     rows, manual, damaged = [], [], []
     for name, entry in load_catalogue().items():
         choice = copy_in_use(name)  # the copy a run loads, told without hashing any file
         size = size_text(choice.used if choice else None, entry.size)
         for path, why in choice.passed_over if choice else ():
-            cure = f"runs pass over it and use the copy in {choice.used.parent}; delete it" if choice.used else fetch_again(entry)
-            damaged.append(f"{name}: {path} is damaged ({why}); {cure}")
+            if choice.used:
+                cure = f"runs pass over it and use the copy in {choice.used.parent}; " + unless_rerecorded(entry, path, "delete it")
+            else:
+                cure = unless_rerecorded(entry, path, fetch_again(entry))
+            damaged.append(f"{name}: {damaged_copy(entry, str(path), why)}; {cure}")
         if choice and choice.used:
             where = str(choice.used.parent) + ("" if choice.checked else " (sha256 not checked yet)")
         elif choice:

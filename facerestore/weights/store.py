@@ -300,29 +300,65 @@ def first_good_copy(entry: WeightsEntry, copies: list[Path], offline: bool | Non
             check_file(entry, path, offline)
         except ChecksumMismatch as exc:
             errors[path] = exc
-            return str(exc)
+            return damage_reason(entry, path, sha256_file(path)) or "sha256 mismatch"  # hashed just now: remembered
         return ""
 
     choice = choose_copy(copies, damage)
     if choice.used is None:
         raise errors[copies[0]]
-    for path, _ in choice.passed_over:
-        _warn_passed_over(entry, path, choice.used)
+    for path, why in choice.passed_over:
+        _warn_passed_over(entry, path, why, choice.used)
     return choice.used
 
 
 _warned_passed_over: set[Path] = set()  # the damaged copies this process has warned about
 
 
-def _warn_passed_over(entry: WeightsEntry, damaged: Path, used: Path) -> None:
+def _warn_passed_over(entry: WeightsEntry, damaged: Path, why: str, used: Path) -> None:
     """One warning line per damaged copy per process (as `--detector auto` warns of a detector it
     passes over): the run goes on with a good copy further on, but silently it would pass over the
-    damaged one on every run, and only `weights list` or `weights verify` would tell."""
+    damaged one on every run, and only `weights list` or `weights verify` would tell. `why`:
+    `damage_reason`, as `weights list` gives it."""
     if damaged in _warned_passed_over or not main_rank():  # under torchrun every rank passes over it: one line
         return
     _warned_passed_over.add(damaged)
-    warn(f"warning: {_with_weights_name(damaged, entry)} is damaged (sha256 mismatch) and is passed over; this run uses {used}; "
-         "delete it or put a good copy in its place (`facerestore weights verify` checks every copy)")
+    cure = unless_rerecorded(entry, damaged, "delete it or put a good copy in its place")
+    warn(f"warning: {damaged_copy(entry, _with_weights_name(damaged, entry), why)} and is passed over; this run uses {used}; "
+         f"{cure} (`facerestore weights verify` checks every copy)")
+
+
+def damage_reason(entry: WeightsEntry, path: Path, digest: str | None, expected: str | None = None) -> str:
+    """Why `path` is not `entry`'s file, in the words a run's warning and `weights list` share; '' if
+    nothing known says so. `digest`: its sha256 where known (None: not read since it last changed,
+    so only a size other than the catalogue's tells); `expected`: `expected_sha256`, where the caller
+    has it. A copy cut short is told by its size, which says more than a sha256 mismatch (the
+    catalogue's size goes with its published sha256 only)."""
+    expected = expected_sha256(entry) if expected is None else expected
+    if not expected or digest == expected:
+        return ""
+    try:
+        size = path.stat().st_size
+    except OSError:  # gone since it was found: loading would say so
+        return ""
+    if entry.sha256 and entry.size and size != entry.size:
+        return f"{size} bytes, not {entry.size}"
+    if digest is None:
+        return ""
+    return "sha256 mismatch" if entry.sha256 else "no sha256 is published; the first copy's was recorded"
+
+
+def damaged_copy(entry: WeightsEntry, shown: str, why: str) -> str:
+    """`SHOWN is damaged (WHY)`; against a sha256 recorded from a first copy (none published) the copy
+    may be the official file and that first copy the wrong one, so it is said only to differ."""
+    if entry.sha256:
+        return f"{shown} is damaged ({why})"
+    return f"{shown} differs from the copy recorded earlier ({why})"
+
+
+def unless_rerecorded(entry: WeightsEntry, path: Path, cure: str) -> str:
+    """`cure` for a copy passed over, after `rerecord`'s where its sha256 was checked against a
+    recorded first copy's (no published one)."""
+    return cure if entry.sha256 else f"{rerecord(path)}; else {cure}"
 
 
 def copy_in_use(name: str) -> Choice | None:
@@ -341,19 +377,7 @@ def copy_in_use(name: str) -> Choice | None:
 
     memo = _read_json(_memo_path())  # read once for every copy
 
-    def known_damage(path: Path) -> str:
-        digest = remembered_sha256(path, memo)
-        if digest is not None:
-            return "" if digest == expected else "sha256 mismatch"
-        try:
-            size = path.stat().st_size
-        except OSError:  # gone since it was found: loading would say so
-            return ""
-        if entry.sha256 and entry.size and size != entry.size:  # the catalogue's size goes with its sha256
-            return f"{size} bytes, not {entry.size}"
-        return ""
-
-    choice = choose_copy(copies, known_damage)
+    choice = choose_copy(copies, lambda path: damage_reason(entry, path, remembered_sha256(path, memo), expected))
     if choice.used is None:
         return choice
     return Choice(choice.used, choice.passed_over, checked=remembered_sha256(choice.used, memo) == expected)
