@@ -390,6 +390,23 @@ def test_list_shows_the_size_of_the_copy_on_disk_and_marks_one_the_catalogue_dis
                     "far": f"{size / 1e3:.1f} kB (catalogue: 5.0 MB)", "absent": "5.0 MB"}
 
 
+def test_list_shows_the_size_of_a_damaged_copy_not_the_catalogues(tiny_file, use_entry, monkeypatch, tmp_path):
+    """With every copy damaged the size column showed the catalogue's size (CodeFormer's 376.6 MB for a
+    2.7 MB file beside "damaged (below)"): it is the copy on disk's, the catalogue's beside it."""
+    size = tiny_file.stat().st_size
+    use_entry(entry_for(tiny_file))
+    target = store.import_file(tiny_file)
+    target.write_bytes(tiny_file.read_bytes()[:300])
+    row = weights_cli("list").output.splitlines()[1].split("\t")
+    assert (row[2], row[-1]) == (f"300 bytes (catalogue: {size / 1e3:.1f} kB)", "damaged (below)")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "tiny.pth").write_bytes(tiny_file.read_bytes())  # a good copy: its size, as the catalogue's
+    monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared))
+    row = weights_cli("list").output.splitlines()[1].split("\t")
+    assert (row[2], row[-1]) == (f"{size / 1e3:.1f} kB", f"{shared} (sha256 not checked yet)")
+
+
 def test_wrong_hash_is_refused(tiny_file, use_entry, monkeypatch):
     use_entry(entry_for(tiny_file, sha256="0" * 64))
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(tiny_file.parent))

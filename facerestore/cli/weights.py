@@ -26,7 +26,8 @@ def weights_list() -> None:
     rows, manual, damaged = [], [], []
     for name, entry in load_catalogue().items():
         choice = copy_in_use(name)  # the copy a run loads, told without hashing any file
-        size = size_text(choice.used if choice else None, entry.size)
+        # the copy on disk: the one a run loads, else the first damaged one (a run fails on it)
+        size = size_text((choice.used or choice.passed_over[0][0]) if choice else None, entry.size)
         for path, why in choice.passed_over if choice else ():
             if choice.used:
                 cure = f"runs pass over it and use the copy in {choice.used.parent}; " + unless_rerecorded(entry, path, "delete it")
@@ -67,9 +68,10 @@ def weights_list() -> None:
 
 
 def size_text(path: Path | None, catalogued: int) -> str:
-    """The size column: the real size of the copy a run loads (the catalogue's is only what a download
-    will be, and unknown, '?', for the files with no published sha256); where it differs from the
-    catalogue's, both, since that copy is another version or cut short. Without a copy, the catalogue's."""
+    """The size column: the real size of the copy on disk, the one a run loads or, with every copy
+    damaged, the first (the catalogue's is only what a download will be, and unknown, '?', for the
+    files with no published sha256); where it differs from the catalogue's, both, since that copy is
+    another version or cut short. Without a copy, the catalogue's."""
     def mb(size: int) -> str:
         return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB" if size >= 1000 else f"{size} bytes"
 
