@@ -60,6 +60,14 @@ CODEFORMER = NetSpec("CodeFormer", _codeformer_parts, hint=HINT)
 FITS = {"codeformer": CODEFORMER.fit}
 
 
+def _fidelity(options: MethodOptions) -> float:
+    """-w/--fidelity, checked (a UsageError before any weights are read)."""
+    fidelity = DEFAULT_FIDELITY if options.fidelity is None else options.fidelity
+    if not 0.0 <= fidelity <= 1.0:  # also rejects NaN
+        raise UsageError(f"--fidelity must be in [0,1], got {fidelity}", hint="0 favours quality, 1 fidelity to the input; 0.5 is the default")
+    return float(fidelity)
+
+
 def load_codeformer(path: Path | str, device: torch.device | str = "cpu") -> CodeFormer:
     """A CodeFormer in eval mode with every tensor of the checkpoint at `path` loaded strictly.
 
@@ -78,19 +86,22 @@ class CodeFormerMethod:
     info = INFO
 
     def __init__(self, options: MethodOptions) -> None:
-        fidelity = DEFAULT_FIDELITY if options.fidelity is None else options.fidelity
-        if not 0.0 <= fidelity <= 1.0:  # also rejects NaN
-            raise UsageError(f"--fidelity must be in [0,1], got {fidelity}", hint="0 favours quality, 1 fidelity to the input; 0.5 is the default")
+        fidelity = _fidelity(options)
         self.device = torch.device(options.device)
         self.autocast = autocast_dtype(self.device, options.precision, auto_on_cuda=False)  # before reading weights
         path = resolve("codeformer", explicit=options.weights, offline=options.offline, option=options.weights_option)
         with loading_option(options.weights_option, named=options.weights is not None):  # a bad --weights file: exit 2
             self.net = load_codeformer(path, self.device)
         self.weights_files = {"weights": path}
-        self.fidelity = float(fidelity)
+        self.fidelity = fidelity
 
     def run_options(self) -> dict[str, float]:
         return {"fidelity": self.fidelity}
+
+    @staticmethod
+    def planned_options(options: MethodOptions) -> dict[str, float]:
+        """`run_options` of the method `options` build, without reading any weights."""
+        return {"fidelity": _fidelity(options)}
 
     @torch.inference_mode()
     def restore(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

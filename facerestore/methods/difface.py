@@ -405,6 +405,10 @@ def load_difface_nets(options: MethodOptions) -> DifFaceNets:
     return DifFaceNets(prior=prior, estimator=estimator, files=dict(paths))
 
 
+def _run_options(plan: DifFacePlan) -> dict[str, Any]:
+    return {"steps": plan.calls, "eta": plan.eta, "start": plan.noise_t}
+
+
 class DifFaceMethod:
     """DifFace on aligned 512 crops; see the module docstring for the pipeline and its choices."""
 
@@ -424,7 +428,12 @@ class DifFaceMethod:
 
     def run_options(self) -> dict[str, Any]:
         """--steps (UNet calls), --eta, --start as this run uses them."""
-        return {"steps": self.plan.calls, "eta": self.plan.eta, "start": self.plan.noise_t}
+        return _run_options(self.plan)
+
+    @staticmethod
+    def planned_options(options: MethodOptions) -> dict[str, Any]:
+        """`run_options` of the method `options` build, without reading any weights."""
+        return _run_options(DifFacePlan.from_options(options.steps, options.start, options.eta))
 
     def describe(self) -> str:
         """INFO.summary with this run's numbers, not the defaults."""

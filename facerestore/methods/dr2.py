@@ -223,6 +223,15 @@ def settings_from_options(options: MethodOptions) -> tuple[DR2Setting, ...]:
     return (DR2Setting.checked(n, tau),)
 
 
+def _run_options(settings: tuple[DR2Setting, ...], auto: bool, enhancer: bool) -> dict:
+    """DR2Method.run_options from what it is made of."""
+    if auto:
+        return {"auto": True, "candidates": [[s.n, s.tau] for s in settings], "enhancer": enhancer}
+    s = settings[0]
+    preset = next((name for name, values in PRESETS.items() if values == (s.n, s.tau)), None)
+    return {"preset": preset, "n": s.n, "tau": s.tau, "enhancer": enhancer}
+
+
 # ------------------------------------------------------------------ resizing as the reference
 
 
@@ -384,12 +393,13 @@ class DR2Method:
     def run_options(self) -> dict:
         """The (N, tau) this run uses, or the candidates --dr2-auto chooses among, and whether SPARNetHD enhances.
         `preset`: the preset whose values they are (None where --dr2-n / --dr2-tau made others)."""
-        enhancer = self.nets.enhancer is not None
-        if self.auto:
-            return {"auto": True, "candidates": [[s.n, s.tau] for s in self.settings], "enhancer": enhancer}
-        s = self.settings[0]
-        preset = next((name for name, values in PRESETS.items() if values == (s.n, s.tau)), None)
-        return {"preset": preset, "n": s.n, "tau": s.tau, "enhancer": enhancer}
+        return _run_options(self.settings, self.auto, self.nets.enhancer is not None)
+
+    @staticmethod
+    def planned_options(options: MethodOptions) -> dict:
+        """`run_options` of the method `options` build, without reading any weights (clean-dataset
+        compares them with those of a run that recorded none)."""
+        return _run_options(settings_from_options(options), options.dr2_auto, not options.no_enhancer)
 
     @torch.inference_mode()
     def remove_degradation(self, y: torch.Tensor, setting: DR2Setting, seeds: Sequence[int]) -> torch.Tensor:

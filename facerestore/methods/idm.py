@@ -251,13 +251,19 @@ def idm_sample(
     return sample(denoiser, x, grid_for(steps), schedule=schedule, step=step, callback=callback)
 
 
+def _steps(options: MethodOptions) -> int:
+    """--steps, checked against the sampling grids (a UsageError before any weights are read)."""
+    steps = DEFAULT_STEPS if options.steps is None else int(options.steps)
+    grid_for(steps)
+    return steps
+
+
 class IDMMethod:
     info = INFO
 
     def __init__(self, options: MethodOptions) -> None:
         check_method_options(INFO, options)
-        self.steps = DEFAULT_STEPS if options.steps is None else int(options.steps)
-        grid_for(self.steps)  # validate before reading weights
+        self.steps = _steps(options)  # validated before reading weights
         self.precision = options.precision
         self.autocast = autocast_dtype(options.device, self.precision)  # likewise
         if options.weights is not None:
@@ -282,6 +288,11 @@ class IDMMethod:
 
     def run_options(self) -> dict[str, int]:
         return {"steps": self.steps}
+
+    @staticmethod
+    def planned_options(options: MethodOptions) -> dict[str, int]:
+        """`run_options` of the method `options` build, without reading any weights."""
+        return {"steps": _steps(options)}
 
     def describe(self) -> str:
         """INFO.summary with this run's number of steps."""

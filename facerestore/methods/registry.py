@@ -67,6 +67,14 @@ def set_method_options(options: MethodOptions) -> list[str]:
     return [option for option in METHOD_SPECIFIC if getattr(options, option) != getattr(defaults, option)]
 
 
+def planned_run_options(name: str, options: MethodOptions) -> dict[str, Any]:
+    """The `run_options()` of the method `build_method(name, options)` would build, without building it
+    (no weights are read): each backend's `planned_options`, {} for a method without options."""
+    module, cls = _lookup(name)
+    planned = getattr(getattr(import_module(module), cls), "planned_options", None)
+    return dict(planned(options)) if callable(planned) else {}
+
+
 def methods_taking(option: str) -> list[str]:
     """Every method whose `MethodInfo.knobs` lists the MethodOptions field `option` (e.g. "eta" -> ["difface"])."""
     return [name for name in _BACKENDS if option in _knobs(name)]
