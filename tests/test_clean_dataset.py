@@ -656,7 +656,7 @@ def test_a_tree_from_before_files_were_recorded_resumes_and_records_them(dataset
     out, args = tmp_path / "out", ("--weights", model, "--steps", "2", "--device", "cpu")
     clean(dataset, "--out", out, *args, "--limit", "2", "-q")
     settings = out / STATE_DIR / "settings.json"
-    old = {k: v for k, v in _settings_json(out).items() if k not in ("files", "precision", "options")}
+    old = {k: v for k, v in _settings_json(out).items() if k not in ("files", "precision", "options")} | {"steps": 2}  # as given, at the top
     settings.write_text(json.dumps(old, indent=1) + "\n")
 
     resumed = summary(dataset, "--out", out, *args)
@@ -680,22 +680,33 @@ def test_the_bundled_model_is_recorded_as_the_file_inside_the_package(dataset, t
 
 
 @pytest.fixture
-def dr2_stand_in(monkeypatch):
+def dr2_stand_in(monkeypatch, request):
     """dr2 on stand-in nets (DR2 at 64, the enhancer at 128): its options and run_options are the real ones."""
     from facerestore.methods import registry
     from facerestore.methods.dr2 import DR2Method, DR2Nets
     from helpers import StandInLearnedRange, StandInResidual
 
     real = registry.build_method
+    files = request.getfixturevalue("dr2_stand_in_files") if "dr2_stand_in_files" in request.fixturenames else {}
 
     def build(name, options):
         if name != "dr2":
             return real(name, options)
         registry.check_method_options(registry.method_info(name), options)
         torch.manual_seed(0)
-        return DR2Method(options, nets=DR2Nets(StandInLearnedRange(), StandInResidual(), size=64, enhancer_size=128))
+        return DR2Method(options, nets=DR2Nets(StandInLearnedRange(), StandInResidual(), size=64, enhancer_size=128, files=files))
 
     monkeypatch.setattr(registry, "build_method", build)
+    return files
+
+
+@pytest.fixture
+def dr2_stand_in_files(tmp_path):
+    """Two files for the stand-in nets to say they were read from (their sha256 is what is recorded)."""
+    files = {"ddpm": tmp_path / "DR2_FFHQ.pkl", "enhancer": tmp_path / "SPARNetHD_FFHQ_DR2aug.pth"}
+    for role, path in files.items():
+        path.write_bytes(role.encode())
+    return files
 
 
 def test_a_dr2_preset_is_recorded_and_a_rerun_with_another_is_refused_naming_it(dataset, tmp_path, dr2_stand_in):
@@ -707,10 +718,10 @@ def test_a_dr2_preset_is_recorded_and_a_rerun_with_another_is_refused_naming_it(
 
     refused = clean(dataset, "--out", out, *args, "--dr2-preset", "medium", check_exit=2)
     assert refused.output.strip().splitlines() == [
-        f"error: {out} holds a cleaning run made with other settings (options preset: 'severe' -> 'medium', options n: 16 -> 8); "
+        f"error: {out} holds a cleaning run made with other settings (--dr2-preset: 'severe' -> 'medium', --dr2-n: 16 -> 8); "
         f"rerun with the options it was made with, choose another --out, or delete {out / STATE_DIR} to start over"]
-    assert "options enhancer: True -> False" in clean(dataset, "--out", out, *args, "--dr2-preset", "severe", "--no-enhancer", check_exit=2).output
-    assert "options preset: 'severe' -> none, options tau: 35 -> 30" in clean(dataset, "--out", out, *args, "--dr2-n", "16", "--dr2-tau", "30", check_exit=2).output
+    assert "(--no-enhancer: not set -> set)" in clean(dataset, "--out", out, *args, "--dr2-preset", "severe", "--no-enhancer", check_exit=2).output
+    assert "--dr2-preset: 'severe' -> none, --dr2-tau: 35 -> 30" in clean(dataset, "--out", out, *args, "--dr2-n", "16", "--dr2-tau", "30", check_exit=2).output
     assert len(manifest(out)) == 1  # nothing restored with other options
     # the same (N, tau) however it is spelled is the same run
     resumed = summary(dataset, "--out", out, *args, "--dr2-n", "16", "--dr2-tau", "35", "--limit", "2")
@@ -726,8 +737,8 @@ def test_difface_eta_and_start_are_recorded_and_another_eta_is_refused(dataset, 
     clean(dataset, "--out", out, *args, "--eta", "0.2", "--limit", "1", "-q")
     assert _settings_json(out)["options"] == {"steps": 1, "eta": 0.2, "start": 300}
     refused = clean(dataset, "--out", out, *args, check_exit=2)
-    assert f"error: {out} holds a cleaning run made with other settings (options eta: 0.2 -> 0.5); " in refused.output
-    assert "other settings (steps: 1 -> 2)" in clean(dataset, "--out", out, *args[:-4], "--steps", "2", "--start", "300", "--eta", "0.2", "--device", "cpu", check_exit=2).output
+    assert f"error: {out} holds a cleaning run made with other settings (--eta: 0.2 -> 0.5); " in refused.output
+    assert "other settings (--steps: 1 -> 2)" in clean(dataset, "--out", out, *args[:-4], "--steps", "2", "--start", "300", "--eta", "0.2", "--device", "cpu", check_exit=2).output
     assert len(manifest(out)) == 1
 
 
@@ -738,20 +749,20 @@ def test_a_tree_from_before_method_options_were_recorded_resumes_at_the_defaults
     out, args = tmp_path / "out", ("-m", "dr2", "--device", "cpu")
     clean(dataset, "--out", out, *args, "--limit", "1", "-q")
     settings = out / STATE_DIR / "settings.json"
-    old = {k: v for k, v in _settings_json(out).items() if k != "options"}
+    old = {k: v for k, v in _settings_json(out).items() if k != "options"} | {"steps": None}  # as given, at the top
     settings.write_text(json.dumps(old, indent=1) + "\n")
 
     refused = clean(dataset, "--out", out, *args, "--dr2-preset", "severe", "--no-enhancer", check_exit=2)
     lines = refused.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        f"error: {out} holds a cleaning run made with other settings (--dr2-preset: default -> 'severe', --no-enhancer: default -> set); "
-        "the earlier facerestore that began it ran dr2 at its defaults: drop --dr2-preset, --no-enhancer to resume it"), refused.output
+        f"error: {out} holds a cleaning run made with other settings (--dr2-preset: 'medium' -> 'severe', --dr2-n: 8 -> 16, --no-enhancer: not set -> set); "
+        "the earlier facerestore that began it ran every dr2 option but --steps at its default: drop the others to resume it"), refused.output
     assert _settings_json(out) == old and len(manifest(out)) == 1
 
     resumed = summary(dataset, "--out", out, *args, "--limit", "2")
     assert (resumed["skipped"], resumed["done"]) == (1, 1)
     assert _settings_json(out) == old | {"options": {"preset": "medium", "n": 8, "tau": 35, "enhancer": True}}
-    assert "options preset: 'medium' -> 'severe'" in clean(dataset, "--out", out, *args, "--dr2-preset", "severe", check_exit=2).output
+    assert "--dr2-preset: 'medium' -> 'severe'" in clean(dataset, "--out", out, *args, "--dr2-preset", "severe", check_exit=2).output
 
 
 def test_a_method_option_the_method_does_not_take_is_refused_before_anything_is_recorded(dataset, tmp_path, model):
@@ -759,3 +770,84 @@ def test_a_method_option_the_method_does_not_take_is_refused_before_anything_is_
     refused = clean(dataset, "--out", out, "--weights", model, "--eta", "0.2", "--device", "cpu", check_exit=2)
     assert "--eta is not used by method 'idm'; it is an option of difface" in refused.output
     assert not (out / STATE_DIR / "settings.json").exists()
+
+
+def test_steps_typed_at_the_default_is_the_same_run(dataset, tmp_path, model, difface_states):
+    """`--steps 10` (idm's default) after a run without it was refused (steps: default -> 10), though
+    settings.json recorded options.steps 10; so was difface's --steps 75 at --start 300 (start/4)."""
+    from test_difface import save_official
+
+    out, args = tmp_path / "out", ("--weights", model, "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--limit", "1", "-q")
+    assert _settings_json(out)["options"] == {"steps": 10} and "steps" not in _settings_json(out)
+    resumed = summary(dataset, "--out", out, *args, "--steps", "10", "--limit", "2")
+    assert (resumed["skipped"], resumed["done"]) == (1, 1)
+    assert "(--steps: 10 -> 2)" in clean(dataset, "--out", out, *args, "--steps", "2", check_exit=2).output
+
+    paths = save_official(difface_states, tmp_path / "weights")
+    out, args = tmp_path / "out-difface", ("-m", "difface", "--weights", f"prior={paths['prior']},swinir={paths['swinir']}", "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--start", "8", "--limit", "1", "-q")
+    assert _settings_json(out)["options"] == {"steps": 2, "eta": 0.5, "start": 8}
+    assert summary(dataset, "--out", out, *args, "--steps", "2", "--start", "8", "--limit", "1")["skipped"] == 1
+
+
+def test_a_tree_recorded_with_top_level_steps_resumes_and_compares_the_steps_as_they_ran(dataset, tmp_path, model):
+    """A tree with "steps" as given at the top level (an older version's, with or without "options"):
+    --steps at the default it ran resumes it; other steps are refused, named by the flag."""
+    out, args = tmp_path / "out", ("--weights", model, "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--limit", "1", "-q")
+    settings = out / STATE_DIR / "settings.json"
+    for old in (_settings_json(out) | {"steps": None}, {k: v for k, v in _settings_json(out).items() if k not in ("files", "precision", "options")} | {"steps": None}):
+        settings.write_text(json.dumps(old, indent=1) + "\n")
+        assert summary(dataset, "--out", out, *args, "--steps", "10", "--limit", "1")["skipped"] == 1
+        settings.write_text(json.dumps(old, indent=1) + "\n")
+        assert "(--steps: 10 -> 2)" in clean(dataset, "--out", out, *args, "--steps", "2", check_exit=2).output
+
+
+def test_a_tree_from_before_method_options_were_recorded_takes_options_typed_at_their_defaults(dataset, tmp_path, dr2_stand_in):
+    """Such a tree ran dr2 at its defaults: --dr2-preset medium, or --dr2-n 8 (the medium preset's N),
+    is that run and resumes it; they were refused as "set at all"."""
+    out, args = tmp_path / "out", ("-m", "dr2", "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--limit", "1", "-q")
+    settings = out / STATE_DIR / "settings.json"
+    old = {k: v for k, v in _settings_json(out).items() if k != "options"} | {"steps": None}
+    for typed in (("--dr2-preset", "medium"), ("--dr2-n", "8", "--dr2-tau", "35")):
+        settings.write_text(json.dumps(old, indent=1) + "\n")
+        assert summary(dataset, "--out", out, *args, *typed, "--limit", "1")["skipped"] == 1
+        assert _settings_json(out)["options"] == {"preset": "medium", "n": 8, "tau": 35, "enhancer": True}
+
+
+def test_a_rerun_with_no_enhancer_is_refused_naming_the_flag_not_the_enhancers_file(dataset, tmp_path, dr2_stand_in, dr2_stand_in_files):
+    out, args = tmp_path / "out", ("-m", "dr2", "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--limit", "1", "-q")
+    assert set(_settings_json(out)["files"]) == {"ddpm", "enhancer"}
+    refused = clean(dataset, "--out", out, *args, "--no-enhancer", check_exit=2)
+    assert refused.output.strip().splitlines() == [
+        f"error: {out} holds a cleaning run made with other settings (--no-enhancer: not set -> set); "
+        f"rerun with the options it was made with, choose another --out, or delete {out / STATE_DIR} to start over"]
+
+
+def test_every_run_option_is_named_by_a_flag_clean_dataset_takes():
+    from facerestore.methods.base import MethodOptions
+    from facerestore.methods.registry import planned_run_options
+    from facerestore.training.clean_dataset import RUN_OPTION_FLAGS
+
+    keys = {*planned_run_options("idm", MethodOptions()), *planned_run_options("difface", MethodOptions()), *planned_run_options("codeformer", MethodOptions()),
+            *planned_run_options("dr2", MethodOptions()), *planned_run_options("dr2", MethodOptions(dr2_auto=True))}
+    assert keys == set(RUN_OPTION_FLAGS)
+    usage = clean("--help").output
+    assert all(part in usage for flag in RUN_OPTION_FLAGS.values() for part in flag.split("/"))
+
+
+def test_the_same_weights_files_by_a_relative_path_resume_the_tree(dataset, tmp_path, monkeypatch, difface_states):
+    """--weights ROLE=FILE,... was compared as written: the same files by a relative path were refused."""
+    from test_difface import save_official
+
+    paths = save_official(difface_states, tmp_path / "weights")
+    out, args = tmp_path / "out", ("-m", "difface", "--steps", "1", "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--weights", f"prior={paths['prior']},swinir={paths['swinir']}", "--limit", "1", "-q")
+    monkeypatch.chdir(tmp_path / "weights")
+    relative = f"prior={paths['prior'].name},swinir={paths['swinir'].name}"
+    assert summary(dataset, "--out", out, *args, "--weights", relative, "--limit", "1")["skipped"] == 1
+    torch.save(difface_states["other_prior"], paths["prior"])  # what was loaded still counts: another file is refused
+    assert "other settings (weights prior: " in clean(dataset, "--out", out, *args, "--weights", relative, check_exit=2).output

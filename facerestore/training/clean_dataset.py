@@ -23,10 +23,11 @@ rerun is done, whichever rank's manifest is read last (see `_read_manifests`).
 The first run records its settings (method, weights, steps, seed, mode, and what they resolved to:
 every weights file the method loaded, by sha256, the precision its networks ran in, and the method's
 own options as they ran, defaults filled in: its `run_options()`, e.g. DR2's preset, n, tau, enhancer);
-a rerun with other settings, or whose files, precision or method options differ, is refused, so one
-tree never mixes two models. A tree begun by a version that recorded no files, precision or method
-options resumes as before and records them then; such a version ran every method option but --steps
-at its default, so a rerun that sets another one is refused there (`_check_unrecorded_options`).
+a rerun whose files, precision, method options or other settings differ is refused, so one tree
+never mixes two models. What ran is compared, not its spelling: --steps 10 is idm's default, and the
+same --weights files by another path are the same files. A tree begun by a version that recorded no
+files, precision or method options resumes as before and records them then; such a version ran every
+method option but --steps at its default, so a rerun that runs another one is refused there (`_as_recorded`).
 
 Sharded. Under torchrun, file i of the sorted list belongs to rank i % WORLD_SIZE, before anything
 is filtered, so every file has exactly one owner however far each rank got. Each file's noise
@@ -58,7 +59,7 @@ from facerestore.out_of_memory import BatchLimit
 from facerestore.plural import counted
 from facerestore.training import distributed
 from facerestore.methods.base import MethodOptions, loaded_weights, precision_name, run_options
-from facerestore.methods.registry import METHOD_SPECIFIC, set_method_options
+from facerestore.methods.registry import METHOD_SPECIFIC, planned_run_options
 from facerestore.training.loop import (check_settings, manifest_records, open_manifest, read_settings, setting_text, source_changed, source_fingerprint,
                                        source_stat, write_settings)
 from facerestore.training.out_lock import output_lock
@@ -158,7 +159,9 @@ def _settings(options: CleanOptions, method) -> dict:
     catalogue copies and the bundled model included) by path and sha256 (weights.store.loaded_record:
     remembered, so a rerun does not hash hundreds of MB again), the `precision` its networks ran in, and
     `options`, the method's options as it runs them, defaults filled in (`run_options`: --dr2-preset
-    severe and --dr2-n 16 --dr2-tau 35 are the same run; --dr2-preset medium and none are too)."""
+    severe and --dr2-n 16 --dr2-tau 35 are the same run; --dr2-preset medium and none are too; so are
+    idm's --steps 10 and none). --steps is recorded there only: a tree recorded before `options` holds
+    it as given, at the top level (`_as_recorded`)."""
     weights = options.weights
     described = None
     if weights is not None:
@@ -168,42 +171,73 @@ def _settings(options: CleanOptions, method) -> dict:
         # the content, not the size: a model retrained in place must not finish a tree another began
         described = {"path": str(path.resolve()), "sha256": sha256_file(path)} if path.is_file() else {"name": str(weights)}
     files = {role: loaded_record(file) for role, file in sorted(loaded_weights(method).items())}
-    ran = json.loads(json.dumps(run_options(method)))  # as settings.json holds it (lists, not tuples), so an equal one compares equal
-    return {"method": options.method, "weights": described, "steps": options.steps, "seed": options.seed, "detect": options.detect,
-            "files": files, "precision": precision_name(method), "options": ran}
+    return {"method": options.method, "weights": described, "seed": options.seed, "detect": options.detect,
+            "files": files, "precision": precision_name(method), "options": _as_json(run_options(method))}
+
+
+def _as_json(value: dict) -> dict:
+    """As settings.json holds it (lists, not tuples), so an equal one compares equal."""
+    return json.loads(json.dumps(value))
 
 
 RESOLVED_KEYS = ("files", "precision", "options")  # recorded since these were: a settings.json without them is from an older version
 
-
-def _check_unrecorded_options(options: CleanOptions, recorded: dict | None, out: Path) -> None:
-    """A tree begun by a version that recorded no method options was cleaned with each of them but
-    --steps (recorded apart) at the method's default: that version took no other. Resuming it with one
-    set would mix two settings in the tree and then record the new one as if it had made it all."""
-    if recorded is None or "options" in recorded or recorded.get("method") != options.method:
-        return  # another method is refused by its name (check_settings)
-    given = [o for o in set_method_options(options.method_options()) if o != "steps"]
-    if given:
-        flags = ", ".join(METHOD_SPECIFIC[o] for o in given)
-        values = ", ".join(f"{METHOD_SPECIFIC[o]}: default -> {'set' if getattr(options, o) is True else repr(getattr(options, o))}" for o in given)
-        raise UsageError(f"{out} holds a cleaning run made with other settings ({values})",
-                         hint=f"the earlier facerestore that began it ran {options.method} at its defaults: drop {flags} to resume it, "
-                              f"choose another --out, or delete {out / STATE_DIR} to start over")
+# run_options key -> the flag that sets it (cli/method_options.py declares them), as a refusal names it
+RUN_OPTION_FLAGS = {"steps": "--steps", "fidelity": "-w/--fidelity", "eta": "--eta", "start": "--start", "preset": "--dr2-preset",
+                    "n": "--dr2-n", "tau": "--dr2-tau", "auto": "--dr2-auto", "candidates": "--dr2-auto", "enhancer": "--no-enhancer"}
+_SWITCHES = {"auto": False, "enhancer": True}  # run_options keys of on/off flags -> the value they have without the flag
 
 
 def _as_recorded(settings: dict, recorded: dict | None, out: Path) -> dict:
-    """The settings to compare with the recorded ones (`check_settings`).
+    """The settings to compare with the recorded ones (`check_settings`); a difference in the method's
+    options or files is refused here, named by the flags and files, not as dicts.
 
-    A tree begun by a version that did not record `files`, `precision` or `options` is compared on the
-    keys it has, as then, so it stays resumable; `_clean_tree` then records them. The files are compared
-    by role and sha256, not path (the same catalogue file found in another folder is the same model);
-    one that differs is refused here with the files named, not as a dict. So are method options that
-    differ while the rest agrees (`options preset: 'medium' -> 'severe'`); where another setting differs
-    too, that one is named (`steps: 2 -> 3`, which moves `options steps` with it)."""
+    What ran is compared, not how it was spelled: --steps through `options` (idm's --steps 10 is its
+    default), --weights through `files`, by role and sha256 (the same files by another path, relative
+    or found in another folder, are the same model). A tree begun by a version that did not record
+    `files`, `precision` or `options` is compared on the keys it has, as then, so it stays resumable
+    (`_clean_tree` then records them); its method options are those of the method's defaults with its
+    recorded --steps: that version took no other option."""
     if recorded is None:
         return settings
-    settings = {k: v for k, v in settings.items() if k not in RESOLVED_KEYS or k in recorded}
-    return _as_recorded_options(_as_recorded_files(settings, recorded, out), recorded, out)
+    mine = {k: v for k, v in settings.items() if k not in RESOLVED_KEYS or k in recorded}
+    if "steps" in recorded:  # as given, beside `options` or, in an older tree, alone: compared through the options
+        mine["steps"] = recorded["steps"]
+    if "files" in recorded:
+        mine["weights"] = recorded.get("weights")
+    if recorded.get("method") != settings["method"]:
+        return mine | {k: recorded[k] for k in ("files", "options") if k in recorded}  # refused by the method's name
+    _check_options(settings, mine, recorded, out)
+    return _as_recorded_files(mine | {k: recorded[k] for k in ("options",) if k in recorded}, recorded, out)
+
+
+def _check_options(settings: dict, mine: dict, recorded: dict, out: Path) -> None:
+    """Refuse a run whose method options differ from the recorded ones, each named by its flag, where
+    the rest agrees but for the files (--no-enhancer loads one file fewer: the option is the cause);
+    where other settings differ, `check_settings` names those first."""
+    older = "options" not in recorded
+    if older:
+        try:
+            theirs = _as_json(planned_run_options(settings["method"], MethodOptions(steps=recorded.get("steps"))))
+        except FaceRestoreError:  # steps this version refuses: no run of it has them
+            theirs = {"steps": recorded.get("steps")}
+    else:
+        theirs = recorded["options"]
+    ran = settings["options"]
+    if not isinstance(theirs, dict) or ran == theirs:
+        return
+    rest = ("files", "options", "steps")
+    if {k: v for k, v in mine.items() if k not in rest} != {k: v for k, v in recorded.items() if k not in rest}:
+        return
+    named: dict[str, str] = {}
+    for key in [*ran, *(k for k in theirs if k not in ran)]:
+        flag = RUN_OPTION_FLAGS.get(key, key)
+        if flag not in named and (key not in ran or key not in theirs or ran[key] != theirs[key]):
+            named[flag] = f"{flag}: {_option_text(theirs, key)} -> {_option_text(ran, key)}"
+    before = (f"the earlier facerestore that began it ran every {settings['method']} option but --steps at its default: drop the others to resume it"
+              if older else "rerun with the options it was made with")
+    raise UsageError(f"{out} holds a cleaning run made with other settings ({', '.join(named.values())})",
+                     hint=f"{before}, choose another --out, or delete {out / STATE_DIR} to start over")
 
 
 def _as_recorded_files(settings: dict, recorded: dict, out: Path) -> dict:
@@ -212,8 +246,8 @@ def _as_recorded_files(settings: dict, recorded: dict, out: Path) -> dict:
     if not isinstance(mine, dict) or not isinstance(theirs, dict):
         return settings
     digests = {role: (r.get("sha256") if isinstance(r, dict) else None) for role, r in theirs.items()}
-    if {role: r["sha256"] for role, r in mine.items()} == digests or recorded.get("method") != settings["method"]:
-        return settings | {"files": theirs}  # the same files (or another method, refused by its name)
+    if {role: r["sha256"] for role, r in mine.items()} == digests:
+        return settings | {"files": theirs}  # the same files
     differ = ", ".join(f"{'weights' if role == 'weights' else f'weights {role}'}: {setting_text(theirs[role]) if role in theirs else 'not recorded'} -> "
                        f"{setting_text(mine[role]) if role in mine else 'not loaded'}"
                        for role in sorted({*mine, *theirs}) if role not in mine or role not in theirs or mine[role]["sha256"] != digests[role])
@@ -221,25 +255,12 @@ def _as_recorded_files(settings: dict, recorded: dict, out: Path) -> dict:
                      hint=f"rerun with the same weights files (put the original back), choose another --out, or delete {out / STATE_DIR} to start over")
 
 
-def _as_recorded_options(settings: dict, recorded: dict, out: Path) -> dict:
-    """`settings` with the method options as recorded where the method's options alone differ from
-    the record: refused here, each differing option named; where other settings differ too they are
-    left to `check_settings`, which names those, not the options as two dicts."""
-    mine, theirs = settings.get("options"), recorded.get("options")
-    if not isinstance(mine, dict) or not isinstance(theirs, dict) or mine == theirs:
-        return settings
-    if {k: v for k, v in settings.items() if k != "options"} != {k: v for k, v in recorded.items() if k != "options"}:
-        return settings | {"options": theirs}
-    differ = ", ".join(f"options {key}: {_option_text(theirs, key)} -> {_option_text(mine, key)}"
-                       for key in [*mine, *(k for k in theirs if k not in mine)] if key not in mine or key not in theirs or mine[key] != theirs[key])
-    raise UsageError(f"{out} holds a cleaning run made with other settings ({differ})",
-                     hint=f"rerun with the options it was made with, choose another --out, or delete {out / STATE_DIR} to start over")
-
-
 def _option_text(options: dict, key: str) -> str:
-    """One of a method's run_options as a refusal shows it: None is "none" (DR2's preset where --dr2-n
-    or --dr2-tau set other values), not the "default" it means among the settings; an option that run
-    did not have (--dr2-auto's candidates beside a fixed preset) is "not used"."""
+    """One of a method's run_options as a refusal shows it: an on/off flag as "set" or "not set"
+    (--no-enhancer: set where the enhancer is off); None is "none" (DR2's preset where --dr2-n or
+    --dr2-tau set other values); an option that run did not have (--dr2-n beside --dr2-auto) is "not used"."""
+    if key in _SWITCHES:
+        return "set" if options.get(key, _SWITCHES[key]) != _SWITCHES[key] else "not set"
     if key not in options:
         return "not used"
     return "none" if options[key] is None else repr(options[key])
@@ -367,7 +388,6 @@ def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], r
     out = Path(options.out)
     state = out / STATE_DIR
     settings, recorded = _settings(options, method), read_settings(state)
-    _check_unrecorded_options(options, recorded, out)
     check_settings(state, _as_recorded(settings, recorded, out), d.main, "a cleaning run")
     if d.main and recorded is not None and any(k not in recorded for k in RESOLVED_KEYS):
         write_settings(state, recorded | {k: settings[k] for k in RESOLVED_KEYS if k not in recorded})  # an older tree: checked from now on
