@@ -1038,3 +1038,38 @@ def test_the_report_records_the_difface_and_dr2_options_given(hq, tmp_path, monk
     methods = results(out)["methods"]
     assert methods["difface"]["options"] == {"steps": 1, "eta": 0.2, "start": 300, "precision": "fp32"}
     assert methods["dr2"]["options"] == {"preset": "severe", "n": 16, "tau": 35, "enhancer": False, "precision": "fp32"}
+
+
+def test_a_bad_option_value_of_any_method_is_refused_before_the_first_method_loads(hq, tmp_path, monkeypatch):
+    """Each method checked its values while it was built, one after another: `-m codeformer,idm --steps 0`
+    stopped at codeformer's missing weights (exit 1), and `-m difface,dr2 --dr2-preset nope` said the
+    bad preset only after difface had loaded. Every method's rules now run before any of them loads."""
+    from facerestore.methods import registry
+
+    monkeypatch.setattr(registry, "build_method", lambda name, options: pytest.fail(f"{name} loaded before the options were checked"))
+    for args, line in (
+        (("-m", "codeformer,idm", "--steps", "0"), "error: --steps must be between 1 and 1000 for idm (the paper uses 10), got 0"),
+        (("-m", "difface,dr2", "--dr2-preset", "nope"), "error: --dr2-preset 'nope' is not a preset; use one of mild, medium, severe"),
+        (("-m", "dr2,difface", "--steps", "7"), "error: --steps 7 does not divide --start 400"),
+        (("-m", "idm,codeformer", "-w", "2"), "error: --fidelity must be in [0,1], got 2.0"),
+    ):
+        result = run("--hq", hq, *args, "-o", tmp_path / "r")
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[0].startswith(line), result.output
+        assert not (tmp_path / "r").exists()
+
+
+def test_a_refused_method_option_is_refused_before_the_ref_set_folder_is_read(hq, tmp_path, monkeypatch):
+    """`resolve_spec` lists a --ref-set folder (70 000 faces for FFHQ) before the refusal of an option no
+    evaluated method takes, or of a bad value, which needs no folder: both now come first."""
+    from facerestore.evaluation import runner
+
+    monkeypatch.setattr(runner, "list_ref_set", lambda folder: pytest.fail("--ref-set was read before the method options were checked"))
+    for args, line in (
+        (("-m", "codeformer", "--eta", "0.2"), "error: --eta is not used by codeformer; it is an option of difface"),
+        (("-m", "idm", "--steps", "0"), "error: --steps must be between 1 and 1000 for idm"),
+    ):
+        result = run("--hq", hq, *args, "--ref-set", hq, "-o", tmp_path / "r")
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(line), result.output
+

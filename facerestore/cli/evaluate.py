@@ -97,16 +97,33 @@ def route_method_options(names: list[str], knobs: Mapping[str, Any]) -> dict[str
     return {name: {option: getattr(chosen, option) for option, users in takers.items() if name in users} for name in names}
 
 
+def check_every_method(options: Mapping[str, Any]) -> None:
+    """A UsageError for any value a method would refuse (`--steps 0`, `--dr2-preset nope`, a bad ROLE=),
+    from every method's rules (`registry.check_options`) before the first one loads: built one after
+    another, a bad value for the second was said only after the first had loaded, or was hidden
+    behind its missing-weights error. `options`: method -> MethodOptions, or the keywords routed to
+    it. A method given no option and no file of its own has nothing to refuse and is passed over."""
+    from facerestore.methods import registry
+    from facerestore.methods.base import MethodOptions
+
+    for name, given in options.items():
+        chosen = given if isinstance(given, MethodOptions) else MethodOptions(**given)
+        if registry.set_method_options(chosen) or chosen.weights is not None:
+            registry.check_options(name, chosen)
+
+
 def build_methods(names: list[str], *, device: str, weights: dict[str, str], offline: bool | None, knobs: Mapping[str, Any] | None = None,
                   precision: str = "auto") -> dict:
     """Every method built before any image is touched (a missing checkpoint stops the run at once),
-    each with the method options `route_method_options` gives it."""
+    each with the method options `route_method_options` gives it; every method's options are checked
+    before the first one loads."""
     from facerestore.methods import registry
     from facerestore.methods.base import MethodOptions
 
     routed = route_method_options(names, knobs or {})
-    return {name: registry.build_method(name, MethodOptions(device=device, weights=weights.get(name), offline=offline, precision=precision, **routed[name]))
-            for name in names}
+    options = {name: MethodOptions(device=device, weights=weights.get(name), offline=offline, precision=precision, **routed[name]) for name in names}
+    check_every_method(options)
+    return {name: registry.build_method(name, options[name]) for name in names}
 
 
 def parse_restored(values: list[str]) -> tuple[tuple[str, Path], ...]:
@@ -171,15 +188,17 @@ def evaluate_command(
         err.print(line, markup=False)
     try:
         names = list(split_list(method))
+        knobs = method_knobs(steps=steps, fidelity=fidelity, eta=eta, start=start, dr2_n=dr2_n, dr2_tau=dr2_tau, dr2_preset=dr2_preset,
+                      dr2_auto=dr2_auto, no_enhancer=no_enhancer)
+        # a knob no evaluated method takes, or a value one of them refuses: exit 2 before any folder
+        # is read (resolve_spec lists a --ref-set folder, 70 000 faces for FFHQ) and any model loads
+        check_every_method(route_method_options(names, knobs))
         spec = resolve_spec(EvalSpec(
             methods=tuple(names), hq=hq, lq=lq, degradations=tuple(degrade or ()), seed=seed, ref_set=ref_set,
             metrics=None if metrics is None else (metrics,), limit=limit, authenticity=authenticity,
             restored=parse_restored(restored or []), batch_size=batch_size, grid_images=grid_images,
             offline=True if offline else None,
         ))
-        knobs = method_knobs(steps=steps, fidelity=fidelity, eta=eta, start=start, dr2_n=dr2_n, dr2_tau=dr2_tau, dr2_preset=dr2_preset,
-                      dr2_auto=dr2_auto, no_enhancer=no_enhancer)
-        route_method_options(list(spec.methods), knobs)  # a knob no evaluated method takes: exit 2 before the folders are read
         chosen_weights = method_weights(list(spec.methods), weights or []) if weights else {}
         if chosen_weights and not spec.methods:
             raise UsageError("--weights needs a --method")

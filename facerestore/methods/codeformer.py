@@ -77,6 +77,12 @@ def load_codeformer(path: Path | str, device: torch.device | str = "cpu") -> Cod
     return CODEFORMER.load(path, device).requires_grad_(False)
 
 
+def check_options(options: MethodOptions) -> None:
+    """The registry's hook: a UsageError for a bad --fidelity, reading no weights (a command building
+    several methods refuses it before any of them loads)."""
+    _fidelity(options)
+
+
 class CodeFormerMethod:
     """crops [B,3,512,512] in [0,1] -> restored crops, all faces in one batched forward pass.
 

@@ -409,6 +409,13 @@ def _run_options(plan: DifFacePlan) -> dict[str, Any]:
     return {"steps": plan.calls, "eta": plan.eta, "start": plan.noise_t}
 
 
+def check_options(options: MethodOptions) -> None:
+    """The registry's hook: a UsageError for a bad --steps / --start / --eta or --weights list, reading no
+    weights (a command building several methods refuses it before any of them loads)."""
+    DifFacePlan.from_options(options.steps, options.start, options.eta)
+    parse_weights(options.weights, WEIGHT_ROLES, "prior", options.weights_option)
+
+
 class DifFaceMethod:
     """DifFace on aligned 512 crops; see the module docstring for the pipeline and its choices."""
 

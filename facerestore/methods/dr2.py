@@ -232,6 +232,13 @@ def _run_options(settings: tuple[DR2Setting, ...], auto: bool, enhancer: bool) -
     return {"preset": preset, "n": s.n, "tau": s.tau, "enhancer": enhancer}
 
 
+def check_options(options: MethodOptions) -> None:
+    """The registry's hook: a UsageError for bad --dr2-* values or combinations or a bad --weights list,
+    reading no weights (a command building several methods refuses it before any of them loads)."""
+    settings_from_options(options)
+    parse_weights(options.weights, WEIGHT_ROLES, "ddpm", options.weights_option)
+
+
 # ------------------------------------------------------------------ resizing as the reference
 
 

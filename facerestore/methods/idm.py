@@ -258,6 +258,12 @@ def _steps(options: MethodOptions) -> int:
     return steps
 
 
+def check_options(options: MethodOptions) -> None:
+    """The registry's hook: a UsageError for a bad --steps, reading no weights (a command building several
+    methods refuses it before any of them loads)."""
+    _steps(options)
+
+
 class IDMMethod:
     info = INFO
 

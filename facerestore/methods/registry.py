@@ -3,8 +3,11 @@
 Method-specific options (`--steps`, `--eta`, `--start`, `--dr2-*`, `--no-enhancer`) are REFUSED,
 not ignored, by a method that does not use them: `check_method_options` compares the options a user
 set with the knobs the method's `MethodInfo` lists, and raises a UsageError (exit 2) before any
-weights are read. `build_method` runs it for every method; the diffusion methods run it themselves
-too, so library callers get the same answer.
+weights are read. `check_options` adds the values' own rules (`--steps 0`, an unknown `--dr2-preset`):
+each method module's `check_options(options)` hook, which reads no weights, so a command building
+several methods can refuse a bad value of any of them before the first one loads. `build_method`
+runs it for every method; the methods run their rules themselves too, so library callers get the
+same answer.
 """
 
 from __future__ import annotations
@@ -122,9 +125,19 @@ def checkpoint_fits() -> dict[str, Callable[[Mapping[str, Any], str], None]]:
     return fits
 
 
+def check_options(name: str, options: MethodOptions) -> None:
+    """UsageError if method `name` would refuse `options`: a knob it does not take, or a value its
+    module's `check_options` hook refuses. Reads no weights and builds no network."""
+    module, _ = _lookup(name)
+    check_method_options(method_info(name), options)
+    hook = getattr(import_module(module), "check_options", None)
+    if callable(hook):
+        hook(options)
+
+
 def build_method(name: str, options: MethodOptions) -> RestorationMethod:
     module, cls = _lookup(name)
-    check_method_options(method_info(name), options)
+    check_options(name, options)
     return getattr(import_module(module), cls)(options)
 
 
