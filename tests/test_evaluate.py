@@ -1073,3 +1073,26 @@ def test_a_refused_method_option_is_refused_before_the_ref_set_folder_is_read(hq
         assert result.exit_code == 2, result.output
         assert result.output.startswith(line), result.output
 
+
+def test_the_dr2_summary_says_the_settings_that_ran(hq, tmp_path, monkeypatch):
+    """With --no-enhancer, `methods.dr2.summary` said "then SPARNetHD enhances to 512" (INFO.summary's fixed
+    text) and never named N, tau or --dr2-auto; DR2Method.describe() now says what ran."""
+    from facerestore.methods import registry
+    from facerestore.methods.base import run_summary
+    from test_dr2 import stand_in as dr2
+
+    assert run_summary(dr2()) == ("DR2 (Wang et al. 2023): a 64 DDPM removes degradation (low-pass N=8, 26 DDPM steps from t=605, "
+                                  "stopped early at tau=35, t=353), then SPARNetHD enhances to 128")
+    auto = run_summary(dr2(dr2_auto=True))
+    assert "chosen per face among (4, 22), (8, 35), (16, 35)" in auto and "(--dr2-auto)" in auto
+
+    monkeypatch.setattr(registry, "build_method", lambda name, options: dr2(**{k: getattr(options, k) for k in ("dr2_preset", "dr2_tau", "no_enhancer")}))
+    out = tmp_path / "r"
+    result = run("--hq", hq, "-m", "dr2", "--dr2-preset", "mild", "--dr2-tau", "30", "--no-enhancer", "--metrics", FAST, "--limit", "1", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    summary = results(out)["methods"]["dr2"]["summary"]
+    assert summary == ("DR2 (Wang et al. 2023): a 64 DDPM removes degradation (low-pass N=4, 21 DDPM steps from t=505, "
+                       "stopped early at tau=30, t=303), then upsampled to 128 without the SPARNetHD enhancer")
+    for page in ("index.md", "index.html"):
+        text = (out / page).read_text()
+        assert "without the SPARNetHD enhancer" in text and "SPARNetHD enhances" not in text, page

@@ -109,6 +109,7 @@ from facerestore.methods.difface import (
     resolve_weights,
 )
 from facerestore.methods.registry import check_method_options
+from facerestore.plural import counted
 from facerestore.weights.catalogue import get_entry
 from facerestore.weights.checkpoint import NetSpec, Parts
 
@@ -407,6 +408,20 @@ class DR2Method:
         """`run_options` of the method `options` build, without reading any weights (clean-dataset
         compares them with those of a run that recorded none)."""
         return _run_options(settings_from_options(options), options.dr2_auto, not options.no_enhancer)
+
+    def describe(self) -> str:
+        """INFO.summary with this run's (N, tau) or --dr2-auto's candidates, and what makes the 512 face
+        (SPARNetHD, or the upsampled estimate with --no-enhancer): INFO.summary's fixed text said
+        SPARNetHD enhanced a --no-enhancer run."""
+        size, face = self.nets.size, self.nets.enhancer_size
+        if self.auto:
+            candidates = ", ".join(f"({s.n}, {s.tau})" for s in self.settings)
+            removal = f"with (N, tau) chosen per face among {candidates} by NIQE + low-band drift (--dr2-auto)"
+        else:
+            s = self.settings[0]
+            removal = f"(low-pass N={s.n}, {counted(s.calls, 'DDPM step')} from t={s.start_t}, stopped early at tau={s.tau}, t={s.stop_t})"
+        then = f"then SPARNetHD enhances to {face}" if self.nets.enhancer is not None else f"then upsampled to {face} without the SPARNetHD enhancer"
+        return f"DR2 (Wang et al. 2023): a {size} DDPM removes degradation {removal}, {then}"
 
     @torch.inference_mode()
     def remove_degradation(self, y: torch.Tensor, setting: DR2Setting, seeds: Sequence[int]) -> torch.Tensor:
