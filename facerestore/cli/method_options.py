@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-Steps = Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (network calls) of difface and idm, method default when omitted (difface: start/4 steps: 100 at the default --start 400, DifFace's ddim250 grid; else a divisor of --start, e.g. 200, 100, 40, 20, 8; idm: 10); other methods refuse it.")]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (network calls) of difface and idm, method default when omitted (difface: start/4 steps: 100 at the default --start 400, DifFace's ddim250 grid; else a divisor of --start, e.g. 200, 100, 40, 20, 8; idm: 10); no other method takes it.")]
 Fidelity = Annotated[Optional[float], typer.Option("-w", "--fidelity", help="codeformer: fidelity weight w in [0,1]; higher keeps more of the input (default 0.5, 0.7 suggested for photos).", show_default=False)]
 Eta = Annotated[Optional[float], typer.Option("--eta", help="difface: DDIM eta in [0,1] (default 0.5); 0 = most faithful to the input, 1 = most realistic.", show_default=False)]
 Start = Annotated[Optional[int], typer.Option("--start", help="difface: timestep 1..999 the SwinIR estimate is diffused to (default 400); higher = more generated detail, less fidelity.", show_default=False)]
