@@ -77,12 +77,6 @@ def load_codeformer(path: Path | str, device: torch.device | str = "cpu") -> Cod
     return CODEFORMER.load(path, device).requires_grad_(False)
 
 
-def check_options(options: MethodOptions) -> None:
-    """The registry's hook: a UsageError for a bad --fidelity, reading no weights (a command building
-    several methods refuses it before any of them loads)."""
-    _fidelity(options)
-
-
 class CodeFormerMethod:
     """crops [B,3,512,512] in [0,1] -> restored crops, all faces in one batched forward pass.
 
@@ -106,7 +100,8 @@ class CodeFormerMethod:
 
     @staticmethod
     def planned_options(options: MethodOptions) -> dict[str, float]:
-        """`run_options` of the method `options` build, without reading any weights."""
+        """`run_options` of the method `options` build, or the UsageError for a bad --fidelity its build raises
+        before reading weights: the registry's one hook (clean-dataset's plan, the check before any loads)."""
         return {"fidelity": _fidelity(options)}
 
     @torch.inference_mode()

@@ -409,13 +409,6 @@ def _run_options(plan: DifFacePlan) -> dict[str, Any]:
     return {"steps": plan.calls, "eta": plan.eta, "start": plan.noise_t}
 
 
-def check_options(options: MethodOptions) -> None:
-    """The registry's hook: a UsageError for a bad --steps / --start / --eta or --weights list, reading no
-    weights (a command building several methods refuses it before any of them loads)."""
-    DifFacePlan.from_options(options.steps, options.start, options.eta)
-    parse_weights(options.weights, WEIGHT_ROLES, "prior", options.weights_option)
-
-
 class DifFaceMethod:
     """DifFace on aligned 512 crops; see the module docstring for the pipeline and its choices."""
 
@@ -439,8 +432,12 @@ class DifFaceMethod:
 
     @staticmethod
     def planned_options(options: MethodOptions) -> dict[str, Any]:
-        """`run_options` of the method `options` build, without reading any weights."""
-        return _run_options(DifFacePlan.from_options(options.steps, options.start, options.eta))
+        """`run_options` of the method `options` build, or the UsageError its build raises before reading
+        weights (a bad --steps / --start / --eta or --weights list): the registry's one hook, for
+        clean-dataset's plan and for the check a command building several methods runs before any loads."""
+        plan = DifFacePlan.from_options(options.steps, options.start, options.eta)
+        parse_weights(options.weights, WEIGHT_ROLES, "prior", options.weights_option)
+        return _run_options(plan)
 
     def describe(self) -> str:
         """INFO.summary with this run's numbers, not the defaults."""

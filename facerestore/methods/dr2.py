@@ -233,13 +233,6 @@ def _run_options(settings: tuple[DR2Setting, ...], auto: bool, enhancer: bool) -
     return {"preset": preset, "n": s.n, "tau": s.tau, "enhancer": enhancer}
 
 
-def check_options(options: MethodOptions) -> None:
-    """The registry's hook: a UsageError for bad --dr2-* values or combinations or a bad --weights list,
-    reading no weights (a command building several methods refuses it before any of them loads)."""
-    settings_from_options(options)
-    parse_weights(options.weights, WEIGHT_ROLES, "ddpm", options.weights_option)
-
-
 # ------------------------------------------------------------------ resizing as the reference
 
 
@@ -405,9 +398,13 @@ class DR2Method:
 
     @staticmethod
     def planned_options(options: MethodOptions) -> dict:
-        """`run_options` of the method `options` build, without reading any weights (clean-dataset
-        compares them with those of a run that recorded none)."""
-        return _run_options(settings_from_options(options), options.dr2_auto, not options.no_enhancer)
+        """`run_options` of the method `options` build, or the UsageError its build raises before reading
+        weights (bad --dr2-* values or combinations, a bad --weights list): the registry's one hook, for
+        clean-dataset's plan (compared with a run that recorded none) and for the check a command
+        building several methods runs before any loads."""
+        settings = settings_from_options(options)
+        parse_weights(options.weights, WEIGHT_ROLES, "ddpm", options.weights_option)
+        return _run_options(settings, options.dr2_auto, not options.no_enhancer)
 
     def describe(self) -> str:
         """INFO.summary with this run's (N, tau) or --dr2-auto's candidates, and what makes the 512 face

@@ -258,12 +258,6 @@ def _steps(options: MethodOptions) -> int:
     return steps
 
 
-def check_options(options: MethodOptions) -> None:
-    """The registry's hook: a UsageError for a bad --steps, reading no weights (a command building several
-    methods refuses it before any of them loads)."""
-    _steps(options)
-
-
 class IDMMethod:
     info = INFO
 
@@ -297,7 +291,8 @@ class IDMMethod:
 
     @staticmethod
     def planned_options(options: MethodOptions) -> dict[str, int]:
-        """`run_options` of the method `options` build, without reading any weights."""
+        """`run_options` of the method `options` build, or the UsageError for a bad --steps its build raises
+        before reading weights: the registry's one hook (clean-dataset's plan, the check before any loads)."""
         return {"steps": _steps(options)}
 
     def describe(self) -> str:

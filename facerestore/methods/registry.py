@@ -3,11 +3,13 @@
 Method-specific options (`--steps`, `--eta`, `--start`, `--dr2-*`, `--no-enhancer`) are REFUSED,
 not ignored, by a method that does not use them: `check_method_options` compares the options a user
 set with the knobs the method's `MethodInfo` lists, and raises a UsageError (exit 2) before any
-weights are read. `check_options` adds the values' own rules (`--steps 0`, an unknown `--dr2-preset`):
-each method module's `check_options(options)` hook, which reads no weights, so a command building
-several methods can refuse a bad value of any of them before the first one loads. `build_method`
-runs it for every method; the methods run their rules themselves too, so library callers get the
-same answer.
+weights are read. `check_options` adds the values' own rules (`--steps 0`, an unknown `--dr2-preset`,
+a bad `--weights` ROLE= list) through each method's one hook, the staticmethod `planned_options(options)`:
+the `run_options()` the method would have, or the UsageError its build raises before reading weights.
+So a command building several methods can refuse a bad value of any of them before the first one
+loads, and clean-dataset can compare what a method would run with without loading it
+(`planned_run_options`). `build_method` runs the check for every method; the methods run their
+rules themselves too, so library callers get the same answer.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def set_method_options(options: MethodOptions) -> list[str]:
 
 def planned_run_options(name: str, options: MethodOptions) -> dict[str, Any]:
     """The `run_options()` of the method `build_method(name, options)` would build, without building it
-    (no weights are read): each backend's `planned_options`, {} for a method without options."""
+    (no weights are read): each backend's `planned_options`, {} for a method without options. A
+    UsageError for a value or a --weights list that build would refuse."""
     module, cls = _lookup(name)
     planned = getattr(getattr(import_module(module), cls), "planned_options", None)
     return dict(planned(options)) if callable(planned) else {}
@@ -126,13 +129,10 @@ def checkpoint_fits() -> dict[str, Callable[[Mapping[str, Any], str], None]]:
 
 
 def check_options(name: str, options: MethodOptions) -> None:
-    """UsageError if method `name` would refuse `options`: a knob it does not take, or a value its
-    module's `check_options` hook refuses. Reads no weights and builds no network."""
-    module, _ = _lookup(name)
+    """UsageError if method `name` would refuse `options`: a knob it does not take, or a value or
+    --weights list its `planned_options` refuses. Reads no weights and builds no network."""
     check_method_options(method_info(name), options)
-    hook = getattr(import_module(module), "check_options", None)
-    if callable(hook):
-        hook(options)
+    planned_run_options(name, options)
 
 
 def build_method(name: str, options: MethodOptions) -> RestorationMethod:
