@@ -1074,6 +1074,30 @@ def test_a_refused_method_option_is_refused_before_the_ref_set_folder_is_read(hq
         assert result.output.startswith(line), result.output
 
 
+def test_an_enhancer_file_with_no_enhancer_and_a_bad_precision_are_refused_before_any_method_loads(hq, tmp_path, monkeypatch):
+    """DR2's enhancer= file beside --no-enhancer was refused while dr2's nets loaded, and a --precision the
+    device cannot run while its method was built: both after the methods before it had loaded. Both are
+    now refused with the other option checks, before any method loads, the precision before --ref-set is
+    read too, on the device the run resolves (--device auto is the CPU here)."""
+    from facerestore.evaluation import runner as eval_runner
+    from facerestore.methods import registry
+
+    monkeypatch.setattr(registry, "build_method", lambda name, options: pytest.fail(f"{name} loaded before the options were checked"))
+    monkeypatch.setattr(eval_runner, "list_ref_set", lambda folder: pytest.fail("--ref-set was read before the method options were checked"))
+    assert not torch.cuda.is_available()
+    result = run("--hq", hq, "-m", "idm,dr2", "--no-enhancer", "--weights", "dr2:enhancer=x.pth", "-o", tmp_path / "r")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --weights names an enhancer= file, but --no-enhancer skips the enhancer"), result.output
+    for args, line in (
+        (("-m", "idm,codeformer", "--precision", "fp16"), "error: --precision fp16 needs a CUDA GPU"),
+        (("-m", "baseline", "--precision", "fp16", "--device", "cpu"), "error: --precision fp16 needs a CUDA GPU"),
+        (("-m", "idm", "--precision", "fp64"), "error: --precision 'fp64' is not a precision"),
+    ):
+        result = run("--hq", hq, *args, "--ref-set", hq, "-o", tmp_path / "r")
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(line), result.output
+
+
 def test_the_dr2_summary_says_the_settings_that_ran(hq, tmp_path, monkeypatch):
     """With --no-enhancer, `methods.dr2.summary` said "then SPARNetHD enhances to 512" (INFO.summary's fixed
     text) and never named N, tau or --dr2-auto; DR2Method.describe() now says what ran."""

@@ -98,30 +98,38 @@ def route_method_options(names: list[str], knobs: Mapping[str, Any]) -> dict[str
 
 
 def check_every_method(options: Mapping[str, Any]) -> None:
-    """A UsageError for any value a method would refuse (`--steps 0`, `--dr2-preset nope`, a bad ROLE=),
-    from every method's rules (`registry.check_options`) before the first one loads: built one after
-    another, a bad value for the second was said only after the first had loaded, or was hidden
-    behind its missing-weights error. `options`: method -> MethodOptions, or the keywords routed to
-    it. A method given no option and no file of its own has nothing to refuse and is passed over."""
+    """A UsageError for any value a method would refuse (`--steps 0`, `--dr2-preset nope`, a bad ROLE=,
+    an enhancer= file with --no-enhancer, --precision fp16 on the CPU), from every method's rules
+    (`registry.check_options`) before the first one loads: built one after another, a bad value for
+    the second was said only after the first had loaded, or was hidden behind its missing-weights
+    error. `options`: method -> MethodOptions, or the keywords routed to it. A method given no option,
+    no file of its own and --precision auto has nothing to refuse and is passed over."""
     from facerestore.methods import registry
     from facerestore.methods.base import MethodOptions
 
     for name, given in options.items():
         chosen = given if isinstance(given, MethodOptions) else MethodOptions(**given)
-        if registry.set_method_options(chosen) or chosen.weights is not None:
+        if registry.set_method_options(chosen) or chosen.weights is not None or chosen.precision != MethodOptions.precision:
             registry.check_options(name, chosen)
+
+
+def method_options(names: list[str], *, device: str, weights: Mapping[str, str], offline: bool | None, knobs: Mapping[str, Any] | None = None,
+                   precision: str = "auto") -> dict:
+    """method -> the MethodOptions it is built with: the method options `route_method_options` gives it,
+    its --weights, and the run's resolved device and --precision."""
+    from facerestore.methods.base import MethodOptions
+
+    routed = route_method_options(names, knobs or {})
+    return {name: MethodOptions(device=device, weights=weights.get(name), offline=offline, precision=precision, **routed[name]) for name in names}
 
 
 def build_methods(names: list[str], *, device: str, weights: dict[str, str], offline: bool | None, knobs: Mapping[str, Any] | None = None,
                   precision: str = "auto") -> dict:
     """Every method built before any image is touched (a missing checkpoint stops the run at once),
-    each with the method options `route_method_options` gives it; every method's options are checked
-    before the first one loads."""
+    each with its `method_options`; every method's options are checked before the first one loads."""
     from facerestore.methods import registry
-    from facerestore.methods.base import MethodOptions
 
-    routed = route_method_options(names, knobs or {})
-    options = {name: MethodOptions(device=device, weights=weights.get(name), offline=offline, precision=precision, **routed[name]) for name in names}
+    options = method_options(names, device=device, weights=weights, offline=offline, knobs=knobs, precision=precision)
     check_every_method(options)
     return {name: registry.build_method(name, options[name]) for name in names}
 
@@ -190,9 +198,11 @@ def evaluate_command(
         names = list(split_list(method))
         knobs = method_knobs(steps=steps, fidelity=fidelity, eta=eta, start=start, dr2_n=dr2_n, dr2_tau=dr2_tau, dr2_preset=dr2_preset,
                       dr2_auto=dr2_auto, no_enhancer=no_enhancer)
-        # a knob no evaluated method takes, or a value one of them refuses: exit 2 before any folder
-        # is read (resolve_spec lists a --ref-set folder, 70 000 faces for FFHQ) and any model loads
-        check_every_method(route_method_options(names, knobs))
+        # a knob no evaluated method takes, or a value one of them refuses (--precision on the device the
+        # run resolves): exit 2 before any folder is read (resolve_spec lists a --ref-set folder, 70 000
+        # faces for FFHQ) and any model loads
+        dev = resolve_device(device)
+        check_every_method(method_options(names, device=dev, weights={}, offline=None, knobs=knobs, precision=precision))
         spec = resolve_spec(EvalSpec(
             methods=tuple(names), hq=hq, lq=lq, degradations=tuple(degrade or ()), seed=seed, ref_set=ref_set,
             metrics=None if metrics is None else (metrics,), limit=limit, authenticity=authenticity,
@@ -203,7 +213,6 @@ def evaluate_command(
         if chosen_weights and not spec.methods:
             raise UsageError("--weights needs a --method")
         check_inputs(spec)  # an empty folder or unmatched --restored names: exit 2 before any model loads
-        dev = resolve_device(device)
         spec = replace(spec, device=dev)
         staging = report.prepare_output(output, [hq, lq, ref_set, *(folder for _, folder in spec.restored)])
         with routed(loading_warning):  # said now, and kept in the report with the run's

@@ -335,13 +335,20 @@ ENHANCER = NetSpec("SPARNetHD enhancer", _sparnet_parts, sparnet_check, hint=HIN
 FITS = {WEIGHT_ROLES["ddpm"]: DDPM.fit, WEIGHT_ROLES["enhancer"]: ENHANCER.fit}
 
 
+def chosen_weights(options: MethodOptions) -> dict[str, Path | str]:
+    """--weights as role -> file, reading none; a UsageError for a bad list or for an enhancer= file
+    beside --no-enhancer, which skips the enhancer (`planned_options` says it before any method loads)."""
+    chosen = parse_weights(options.weights, WEIGHT_ROLES, "ddpm", options.weights_option)
+    if options.no_enhancer and "enhancer" in chosen:
+        raise UsageError(f"{options.weights_option} names an enhancer= file, but --no-enhancer skips the enhancer",
+                         hint=f"drop enhancer=FILE from {options.weights_option} to run without the enhancer, or drop --no-enhancer to use it")
+    return chosen
+
+
 def load_dr2_nets(options: MethodOptions) -> DR2Nets:
     roles = dict(WEIGHT_ROLES)
-    chosen = parse_weights(options.weights, roles, "ddpm", options.weights_option)
+    chosen = chosen_weights(options)
     if options.no_enhancer:
-        if "enhancer" in chosen:
-            raise UsageError(f"{options.weights_option} names an enhancer= file, but --no-enhancer skips the enhancer",
-                             hint=f"drop enhancer=FILE from {options.weights_option} to run without the enhancer, or drop --no-enhancer to use it")
         del roles["enhancer"]
     spare = {"enhancer": f"or pass --no-enhancer, which needs no {get_entry(WEIGHT_ROLES['enhancer']).filename}"}
     paths = resolve_weights(roles, chosen, options.offline, options.weights_option, spare=spare)
@@ -399,11 +406,11 @@ class DR2Method:
     @staticmethod
     def planned_options(options: MethodOptions) -> dict:
         """`run_options` of the method `options` build, or the UsageError its build raises before reading
-        weights (bad --dr2-* values or combinations, a bad --weights list): the registry's one hook, for
-        clean-dataset's plan (compared with a run that recorded none) and for the check a command
-        building several methods runs before any loads."""
+        weights (bad --dr2-* values or combinations, a bad --weights list, an enhancer= file with
+        --no-enhancer): the registry's one hook, for clean-dataset's plan (compared with a run that
+        recorded none) and for the check a command building several methods runs before any loads."""
         settings = settings_from_options(options)
-        parse_weights(options.weights, WEIGHT_ROLES, "ddpm", options.weights_option)
+        chosen_weights(options)
         return _run_options(settings, options.dr2_auto, not options.no_enhancer)
 
     def describe(self) -> str:

@@ -19,6 +19,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from facerestore.devices import autocast_dtype
 from facerestore.errors import UnknownMethod, UsageError
 from facerestore.methods.base import MethodInfo, MethodOptions, RestorationMethod
 
@@ -129,10 +130,13 @@ def checkpoint_fits() -> dict[str, Callable[[Mapping[str, Any], str], None]]:
 
 
 def check_options(name: str, options: MethodOptions) -> None:
-    """UsageError if method `name` would refuse `options`: a knob it does not take, or a value or
-    --weights list its `planned_options` refuses. Reads no weights and builds no network."""
+    """UsageError if method `name` would refuse `options`: a knob it does not take, a value or
+    --weights list its `planned_options` refuses, or a --precision its device cannot run (every method
+    asks `devices.autocast_dtype`, whose `auto_on_cuda` changes what auto means, never what it refuses;
+    `options.device` as the run resolved it). Reads no weights and builds no network."""
     check_method_options(method_info(name), options)
     planned_run_options(name, options)
+    autocast_dtype(options.device, options.precision)
 
 
 def build_method(name: str, options: MethodOptions) -> RestorationMethod:
