@@ -222,11 +222,13 @@ def test_a_damaged_copy_in_a_weights_folder_does_not_hide_a_good_one(tiny_file, 
     monkeypatch.setenv("FACERESTORE_WEIGHTS", str(shared))
     assert torch.equal(read_state_dict(store.resolve("tiny"))["bias"], tiny_state()["bias"])
     good = store.cache_dir() / "tiny.pth"
-    assert list(store.verify_all()) == [("tiny", shared / "tiny.pth", "mismatch", good), ("tiny", good, "ok", None)]
+    size = good.stat().st_size
+    cut = f"{size - 10} bytes, not {size}"  # why, as `weights list` says it
+    assert list(store.verify_all()) == [("tiny", shared / "tiny.pth", "mismatch", good, cut), ("tiny", good, "ok", None, "")]
     good.write_bytes(b"damaged too")
     with pytest.raises(ChecksumMismatch, match="shared/tiny.pth has sha256"):  # none good: the first copy's error
         store.resolve("tiny")
-    assert list(store.verify_all()) == [("tiny", shared / "tiny.pth", "mismatch", None), ("tiny", good, "mismatch", None)]
+    assert list(store.verify_all()) == [("tiny", shared / "tiny.pth", "mismatch", None, cut), ("tiny", good, "mismatch", None, f"11 bytes, not {size}")]
 
 
 def weights_cli(*args: str):
@@ -259,10 +261,14 @@ def test_list_verify_and_loading_name_the_same_copy_past_a_damaged_one(tiny_file
 
     verify = weights_cli("verify")
     assert verify.exit_code == 1  # a damaged file was found, though runs still work
-    assert [line.split() for line in verify.output.splitlines()] == [
+    assert [line.split() for line in verify.output.splitlines()[:2]] == [
         ["tiny", "mismatch", str(shared / "tiny.pth"), "(passed", "over:", str(good), "is", "used)"],
         ["tiny", "ok", str(good)],
     ]
+    # then why and what to do, the line `weights list` gives (verify said "mismatch" alone)
+    size = good.stat().st_size
+    damaged = f"tiny: {shared / 'tiny.pth'} is damaged ({size - 10} bytes, not {size}); runs pass over it and use the copy in {good.parent}; delete it"
+    assert verify.output.splitlines()[2:] == [damaged] and damaged in listing.output.splitlines()
     (shared / "tiny.pth").unlink()
     assert weights_cli("verify").exit_code == 0
 
@@ -326,6 +332,9 @@ def test_a_copy_that_differs_from_a_recorded_first_copy_is_told_how_to_record_it
     listing = weights_cli("list").output
     assert f"share_only: {official} {differs}; runs pass over it and use the copy in {first.parent}; {rerecord}; else delete it\n" in listing
     assert "damaged" not in listing
+    verify = weights_cli("verify")  # said "mismatch" alone: now the same reason and cure
+    assert verify.exit_code == 1 and verify.output.splitlines()[-1] == (
+        f"share_only: {official} {differs}; runs pass over it and use the copy in {first.parent}; {rerecord}; else delete it")
 
     first.write_bytes(b"x" + first.read_bytes())  # no copy matches the recorded sha256: a run fails
     with pytest.raises(ChecksumMismatch):
@@ -950,7 +959,7 @@ def test_importing_another_file_under_your_name_replaces_it_and_deletes_the_file
     assert result.exit_code == 0, result.output
     assert result.output.strip() == (f"imported {second} -> {cache / 'my-cf.pth'}, replacing your earlier weights 'my-cf' "
                                      f"(its file {cache / 'my-cf.safetensors'} is deleted)")
-    assert files() == ["my-cf.pth"] and list(store.verify_all())[-1] == ("my-cf", cache / "my-cf.pth", "ok", None)
+    assert files() == ["my-cf.pth"] and list(store.verify_all())[-1] == ("my-cf", cache / "my-cf.pth", "ok", None, "")
     store.resolve("my-cf")  # its conversion, in converted/
     assert files() == [f"converted/my-cf-{sha(second)[:16]}.safetensors", "my-cf.pth"]
 

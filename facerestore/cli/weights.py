@@ -21,7 +21,7 @@ def weights_list() -> None:
     from rich.text import Text
 
     from facerestore.weights.catalogue import load_catalogue
-    from facerestore.weights.store import cache_dir, copy_in_use, damaged_copy, fetch_again, unless_rerecorded
+    from facerestore.weights.store import cache_dir, copy_in_use, damaged_line
 
     rows, manual, damaged = [], [], []
     for name, entry in load_catalogue().items():
@@ -29,11 +29,7 @@ def weights_list() -> None:
         # the copy on disk: the one a run loads, else the first damaged one (a run fails on it)
         size = size_text((choice.used or choice.passed_over[0][0]) if choice else None, entry.size)
         for path, why in choice.passed_over if choice else ():
-            if choice.used:
-                cure = f"runs pass over it and use the copy in {choice.used.parent}; " + unless_rerecorded(entry, path, "delete it")
-            else:
-                cure = unless_rerecorded(entry, path, fetch_again(entry))
-            damaged.append(f"{name}: {damaged_copy(entry, str(path), why)}; {cure}")
+            damaged.append(damaged_line(name, entry, path, why, choice.used))
         if choice and choice.used:
             where = str(choice.used.parent) + ("" if choice.checked else " (sha256 not checked yet)")
         elif choice:
@@ -119,15 +115,19 @@ def weights_pull(
 
 @weights_app.command("verify", context_settings=CONTEXT)
 def weights_verify() -> None:
-    """Read every local checkpoint again and check its sha256, damaged copies a run passes over included (exit 1 if any differs)."""
-    from facerestore.weights.store import verify_all
+    """Read every local checkpoint again and check its sha256, damaged copies a run passes over included (exit 1 if any differs); each one that differs is then named with why and what to do, as `weights list` does."""
+    from facerestore.weights.catalogue import get_entry
+    from facerestore.weights.store import damaged_line, verify_all
 
-    bad = 0
+    damaged = []
     for line in verify_all():
-        bad += line.status == "mismatch"
+        if line.status == "mismatch" and line.path is not None:
+            damaged.append(damaged_line(line.name, get_entry(line.name), line.path, line.why, line.used))
         passed_over = f" (passed over: {line.used} is used)" if line.used else ""
         out.print(f"{line.name:32s} {line.status:10s} {line.path or ''}{passed_over}", markup=False)
-    raise typer.Exit(1 if bad else 0)
+    for text in damaged:
+        out.print(text, markup=False)
+    raise typer.Exit(1 if damaged else 0)
 
 
 @weights_app.command("import", context_settings=CONTEXT)

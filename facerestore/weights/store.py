@@ -355,6 +355,16 @@ def damaged_copy(entry: WeightsEntry, shown: str, why: str) -> str:
     return f"{shown} differs from the copy recorded earlier ({why})"
 
 
+def damaged_line(name: str, entry: WeightsEntry, path: Path, why: str, used: Path | None) -> str:
+    """`weights list`'s and `weights verify`'s line on a damaged copy: what is wrong with it (`why`:
+    `damage_reason`) and what to do, given the copy a run uses instead (None: a run fails)."""
+    if used:
+        cure = f"runs pass over it and use the copy in {used.parent}; " + unless_rerecorded(entry, path, "delete it")
+    else:
+        cure = unless_rerecorded(entry, path, fetch_again(entry))
+    return f"{name}: {damaged_copy(entry, str(path), why)}; {cure}"
+
+
 def unless_rerecorded(entry: WeightsEntry, path: Path, cure: str) -> str:
     """`cure` for a copy passed over, after `rerecord`'s where its sha256 was checked against a
     recorded first copy's (no published one)."""
@@ -759,11 +769,12 @@ class Verified(NamedTuple):
     path: Path | None
     status: str  # ok, mismatch, unchecked (no hash known) or missing
     used: Path | None = None  # for a damaged copy passed over: the good copy a run loads instead
+    why: str = ""  # for a mismatch: `damage_reason`, as `weights list` gives it ("100000 bytes, not 13616099")
 
 
 def verify_all() -> Iterator[Verified]:
     """Every entry's copies a run looks at, each read again: the damaged ones passed over (mismatch,
-    with the copy used instead), then the one a run loads (ok), or each copy when all are damaged."""
+    with the copy used instead and why), then the one a run loads (ok), or each copy when all are damaged."""
     for name, entry in load_catalogue().items():
         copies = local_copies(name)
         if not copies:
@@ -773,9 +784,13 @@ def verify_all() -> Iterator[Verified]:
         if not expected:
             yield Verified(name, copies[0], "unchecked")
             continue
-        choice = choose_copy(copies, lambda path: "" if sha256_file(path, fresh=True) == expected else "sha256 mismatch")
-        for path, _ in choice.passed_over:
-            yield Verified(name, path, "mismatch", choice.used)
+        def damage(path: Path, entry: WeightsEntry = entry, expected: str = expected) -> str:
+            digest = sha256_file(path, fresh=True)
+            return "" if digest == expected else damage_reason(entry, path, digest, expected) or "sha256 mismatch"
+
+        choice = choose_copy(copies, damage)
+        for path, why in choice.passed_over:
+            yield Verified(name, path, "mismatch", choice.used, why)
         if choice.used is not None:
             yield Verified(name, choice.used, "ok")
 
