@@ -1098,6 +1098,26 @@ def test_an_enhancer_file_with_no_enhancer_and_a_bad_precision_are_refused_befor
         assert result.output.startswith(line), result.output
 
 
+def test_a_bad_weights_list_is_refused_before_the_ref_set_folder_is_read(hq, tmp_path, monkeypatch):
+    """--weights was split by method and its ROLE= lists checked after `resolve_spec` had listed the
+    --ref-set folder (70 000 faces for FFHQ); neither reads a weights file, so both now come first."""
+    from facerestore.evaluation import runner as eval_runner
+    from facerestore.methods import registry
+
+    monkeypatch.setattr(registry, "build_method", lambda name, options: pytest.fail(f"{name} loaded before --weights was checked"))
+    monkeypatch.setattr(eval_runner, "list_ref_set", lambda folder: pytest.fail("--ref-set was read before --weights was checked"))
+    for args, line in (
+        (("-m", "idm,dr2", "--weights", "x.pth"), "error: --weights 'x.pth': with several --method, say which one it is for"),
+        (("-m", "idm", "--weights", "dr2:x.pth"), "error: --weights dr2:x.pth: dr2 is not among the evaluated methods (idm)"),
+        (("-m", "difface", "--weights", "nope=x.pth"), "error: --weights 'nope=x.pth': unknown role 'nope'"),
+        (("-m", "codeformer", "--weights", "prior=x.pth"), "error: --weights prior=x.pth: method 'codeformer' has no weights role 'prior'"),
+        (("-m", "idm,dr2", "--no-enhancer", "--weights", "dr2:enhancer=x.pth"), "error: --weights names an enhancer= file, but --no-enhancer skips the enhancer"),
+    ):
+        result = run("--hq", hq, *args, "--ref-set", hq, "-o", tmp_path / "r")
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(line), result.output
+
+
 def test_the_dr2_summary_says_the_settings_that_ran(hq, tmp_path, monkeypatch):
     """With --no-enhancer, `methods.dr2.summary` said "then SPARNetHD enhances to 512" (INFO.summary's fixed
     text) and never named N, tau or --dr2-auto; DR2Method.describe() now says what ran."""

@@ -198,19 +198,19 @@ def evaluate_command(
         names = list(split_list(method))
         knobs = method_knobs(steps=steps, fidelity=fidelity, eta=eta, start=start, dr2_n=dr2_n, dr2_tau=dr2_tau, dr2_preset=dr2_preset,
                       dr2_auto=dr2_auto, no_enhancer=no_enhancer)
-        # a knob no evaluated method takes, or a value one of them refuses (--precision on the device the
-        # run resolves): exit 2 before any folder is read (resolve_spec lists a --ref-set folder, 70 000
-        # faces for FFHQ) and any model loads
+        # a knob no evaluated method takes, a value one of them refuses (--precision on the device the
+        # run resolves) or a --weights it cannot read as METHOD:ROLE=FILE (no file is read): exit 2 before
+        # any folder is read (resolve_spec lists a --ref-set folder, 70 000 faces for FFHQ) and any model loads
         dev = resolve_device(device)
-        check_every_method(method_options(names, device=dev, weights={}, offline=None, knobs=knobs, precision=precision))
+        chosen_weights = method_weights(list(dict.fromkeys(names)), weights) if weights and names else {}  # a name given twice: resolve_spec says so
+        check_every_method(method_options(names, device=dev, weights=chosen_weights, offline=None, knobs=knobs, precision=precision))
         spec = resolve_spec(EvalSpec(
             methods=tuple(names), hq=hq, lq=lq, degradations=tuple(degrade or ()), seed=seed, ref_set=ref_set,
             metrics=None if metrics is None else (metrics,), limit=limit, authenticity=authenticity,
             restored=parse_restored(restored or []), batch_size=batch_size, grid_images=grid_images,
             offline=True if offline else None,
         ))
-        chosen_weights = method_weights(list(spec.methods), weights or []) if weights else {}
-        if chosen_weights and not spec.methods:
+        if weights and not spec.methods:
             raise UsageError("--weights needs a --method")
         check_inputs(spec)  # an empty folder or unmatched --restored names: exit 2 before any model loads
         spec = replace(spec, device=dev)
