@@ -827,6 +827,19 @@ def test_a_rerun_with_no_enhancer_is_refused_naming_the_flag_not_the_enhancers_f
         f"rerun with the options it was made with, choose another --out, or delete {out / STATE_DIR} to start over"]
 
 
+def test_a_rerun_with_other_options_and_another_seed_is_refused_naming_both(dataset, tmp_path, dr2_stand_in, dr2_stand_in_files):
+    """With the method options and another setting both changed, the refusal named the setting alone
+    (seed: 0 -> 1); the options were said only by the next rerun, once the seed was put back. One line
+    now names every difference, the options by their flags."""
+    out, args = tmp_path / "out", ("-m", "dr2", "--device", "cpu")
+    clean(dataset, "--out", out, *args, "--limit", "1", "-q")
+    refused = clean(dataset, "--out", out, *args, "--seed", "1", "--dr2-preset", "severe", "--no-enhancer", check_exit=2)
+    assert refused.output.strip().splitlines() == [
+        f"error: {out} holds a cleaning run made with other settings (seed: 0 -> 1, --dr2-preset: 'medium' -> 'severe', --dr2-n: 8 -> 16, "
+        f"--no-enhancer: not set -> set); rerun with the settings it was made with, choose another --out, or delete {out / STATE_DIR} to start over"]
+    assert len(manifest(out)) == 1
+
+
 def test_every_run_option_is_named_by_a_flag_clean_dataset_takes():
     from facerestore.methods.base import MethodOptions
     from facerestore.methods.registry import planned_run_options

@@ -60,7 +60,7 @@ from facerestore.plural import counted
 from facerestore.training import distributed
 from facerestore.methods.base import MethodOptions, loaded_weights, precision_name, run_options
 from facerestore.methods.registry import METHOD_SPECIFIC, planned_run_options
-from facerestore.training.loop import (check_settings, manifest_records, open_manifest, read_settings, setting_text, source_changed, source_fingerprint,
+from facerestore.training.loop import (check_settings, manifest_records, open_manifest, read_settings, setting_differences, setting_text, source_changed, source_fingerprint,
                                        source_stat, write_settings)
 from facerestore.training.out_lock import output_lock
 from facerestore.training.seeds import check_seed, stable_seed
@@ -190,7 +190,9 @@ _SWITCHES = {"auto": False, "enhancer": True}  # run_options keys of on/off flag
 
 def _as_recorded(settings: dict, recorded: dict | None, out: Path) -> dict:
     """The settings to compare with the recorded ones (`check_settings`); a difference in the method's
-    options or files is refused here, named by the flags and files, not as dicts.
+    options or files is refused here, named by the flags and files, not as dicts, in one line with
+    every other setting that differs (a rerun with another --seed and --dr2-preset was told the seed,
+    and the preset only on the next rerun).
 
     What ran is compared, not how it was spelled: --steps through `options` (idm's --steps 10 is its
     default), --weights through `files`, by role and sha256 (the same files by another path, relative
@@ -207,14 +209,29 @@ def _as_recorded(settings: dict, recorded: dict | None, out: Path) -> dict:
         mine["weights"] = recorded.get("weights")
     if recorded.get("method") != settings["method"]:
         return mine | {k: recorded[k] for k in ("files", "options") if k in recorded}  # refused by the method's name
-    _check_options(settings, mine, recorded, out)
-    return _as_recorded_files(mine | {k: recorded[k] for k in ("options",) if k in recorded}, recorded, out)
+    options, older = _option_differences(settings, recorded)
+    # --no-enhancer loads one file fewer: where the options differ, they are the cause of the files'
+    files = [] if options else _file_differences(mine, recorded)
+    if options or files:
+        rest = ("files", "options", "steps")
+        others = setting_differences({k: v for k, v in recorded.items() if k not in rest}, {k: v for k, v in mine.items() if k not in rest})
+        if options and older:
+            first = f"the earlier facerestore that began it ran every {settings['method']} option but --steps at its default: drop the others to resume it"
+        elif others:
+            first = "rerun with the settings it was made with"
+        elif options:
+            first = "rerun with the options it was made with"
+        else:
+            first = "rerun with the same weights files (put the original back)"
+        raise UsageError(f"{out} holds a cleaning run made with other settings ({', '.join(others + options + files)})",
+                         hint=f"{first}, choose another --out, or delete {out / STATE_DIR} to start over")
+    same_files = isinstance(mine.get("files"), dict) and isinstance(recorded.get("files"), dict)  # by sha256: the same files, perhaps by another path
+    return mine | {k: recorded[k] for k in ("options",) if k in recorded} | ({"files": recorded["files"]} if same_files else {})
 
 
-def _check_options(settings: dict, mine: dict, recorded: dict, out: Path) -> None:
-    """Refuse a run whose method options differ from the recorded ones, each named by its flag, where
-    the rest agrees but for the files (--no-enhancer loads one file fewer: the option is the cause);
-    where other settings differ, `check_settings` names those first."""
+def _option_differences(settings: dict, recorded: dict) -> tuple[list[str], bool]:
+    """Each method option that differs from the recorded ones, as `--FLAG: RECORDED -> NOW`, and whether
+    the tree is from a version that recorded none (its options: the defaults with its --steps)."""
     older = "options" not in recorded
     if older:
         try:
@@ -225,34 +242,25 @@ def _check_options(settings: dict, mine: dict, recorded: dict, out: Path) -> Non
         theirs = recorded["options"]
     ran = settings["options"]
     if not isinstance(theirs, dict) or ran == theirs:
-        return
-    rest = ("files", "options", "steps")
-    if {k: v for k, v in mine.items() if k not in rest} != {k: v for k, v in recorded.items() if k not in rest}:
-        return
+        return [], older
     named: dict[str, str] = {}
     for key in [*ran, *(k for k in theirs if k not in ran)]:
         flag = RUN_OPTION_FLAGS.get(key, key)
         if flag not in named and (key not in ran or key not in theirs or ran[key] != theirs[key]):
             named[flag] = f"{flag}: {_option_text(theirs, key)} -> {_option_text(ran, key)}"
-    before = (f"the earlier facerestore that began it ran every {settings['method']} option but --steps at its default: drop the others to resume it"
-              if older else "rerun with the options it was made with")
-    raise UsageError(f"{out} holds a cleaning run made with other settings ({', '.join(named.values())})",
-                     hint=f"{before}, choose another --out, or delete {out / STATE_DIR} to start over")
+    return list(named.values()), older
 
 
-def _as_recorded_files(settings: dict, recorded: dict, out: Path) -> dict:
-    """`settings` with the files as recorded where they are the same files; refused here if they differ."""
+def _file_differences(settings: dict, recorded: dict) -> list[str]:
+    """Each weights file (by role) `settings` loaded that is not the recorded one by sha256, as
+    `weights ROLE: RECORDED -> NOW`; none where either side has no files to compare."""
     mine, theirs = settings.get("files"), recorded.get("files")
     if not isinstance(mine, dict) or not isinstance(theirs, dict):
-        return settings
+        return []
     digests = {role: (r.get("sha256") if isinstance(r, dict) else None) for role, r in theirs.items()}
-    if {role: r["sha256"] for role, r in mine.items()} == digests:
-        return settings | {"files": theirs}  # the same files
-    differ = ", ".join(f"{'weights' if role == 'weights' else f'weights {role}'}: {setting_text(theirs[role]) if role in theirs else 'not recorded'} -> "
-                       f"{setting_text(mine[role]) if role in mine else 'not loaded'}"
-                       for role in sorted({*mine, *theirs}) if role not in mine or role not in theirs or mine[role]["sha256"] != digests[role])
-    raise UsageError(f"{out} holds a cleaning run made with other settings ({differ})",
-                     hint=f"rerun with the same weights files (put the original back), choose another --out, or delete {out / STATE_DIR} to start over")
+    return [f"{'weights' if role == 'weights' else f'weights {role}'}: {setting_text(theirs[role]) if role in theirs else 'not recorded'} -> "
+            f"{setting_text(mine[role]) if role in mine else 'not loaded'}"
+            for role in sorted({*mine, *theirs}) if role not in mine or role not in theirs or mine[role]["sha256"] != digests[role]]
 
 
 def _option_text(options: dict, key: str) -> str:

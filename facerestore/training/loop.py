@@ -201,6 +201,13 @@ def _recorded_text(settings: dict, key: str) -> str:
     return setting_text(settings[key]) if key in settings else "not recorded"
 
 
+def setting_differences(recorded: dict, settings: dict) -> list[str]:
+    """`KEY: RECORDED -> NOW` for each setting that differs, as `check_settings`' refusal names them."""
+    return [f"{k}: {_recorded_text(recorded, k)} -> {_recorded_text(settings, k)}"
+            for k in [*settings, *(k for k in recorded if k not in settings)]
+            if k not in recorded or k not in settings or recorded[k] != settings[k]]
+
+
 def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
     """Refuse to mix two settings in one resumable output folder; record them on the first run (rank 0).
 
@@ -214,10 +221,7 @@ def check_settings(state: Path, settings: dict, main: bool, what: str) -> None:
                              hint=f"if you made it with the options you give now, delete that file and rerun (they are recorded again); "
                                   f"else delete {state} to start over")
         if recorded != settings:
-            differ = ", ".join(f"{k}: {_recorded_text(recorded, k)} -> {_recorded_text(settings, k)}"
-                               for k in [*settings, *(k for k in recorded if k not in settings)]
-                               if k not in recorded or k not in settings or recorded[k] != settings[k])
-            raise UsageError(f"{state.parent} holds {what} made with other settings ({differ})",
+            raise UsageError(f"{state.parent} holds {what} made with other settings ({', '.join(setting_differences(recorded, settings))})",
                              hint=f"rerun with the same options, choose another --out, or delete {state} to start over")
     elif main:
         write_settings(state, settings)
