@@ -19,6 +19,7 @@ which has to become RGB: through its embedded CMYK profile into sRGB when it has
 
 from __future__ import annotations
 
+import errno
 import functools
 import glob
 import hashlib
@@ -794,15 +795,29 @@ def _walk(folder: Path, unreadable: list[Path] | None = None, *, exclude: Sequen
 
 
 BROKEN_LINK = "is a broken link (its target does not exist)"
+LINK_LOOP = "is a link loop (its links lead back to each other, never to a file)"
 NOT_REGULAR = "is not a regular file"
 NO_IMAGES = f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
 PROBLEM_HINTS = {  # what to do about each reason list_images gives, for the commands that fail an input for it
     BROKEN_LINK: "fix the link or remove it",
+    LINK_LOOP: "fix the link or remove it",
     NOT_REGULAR: "pass image files (a pipe, socket or device is not read)",
     "does not exist": "check the path",
     "cannot be read (permission denied)": "make it readable (chmod a+rx), or copy it somewhere of yours",
     "cannot be listed": "check that the folder is still there and readable",
 }
+
+
+def _dead_link(path: Path) -> str:
+    """Why a link leads to no file: LINK_LOOP where following it comes back to a link already
+    followed (`a.jpg -> b.jpg -> a.jpg`: "target does not exist" sends the user looking for a file),
+    else BROKEN_LINK."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return LINK_LOOP
+    return BROKEN_LINK
 
 
 def problem_text(path: Path, reason: str) -> str:
@@ -860,7 +875,7 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplica
                 if p.is_file():
                     files.append(p)
                 elif p.is_symlink() and not p.exists():
-                    odd.append((p, BROKEN_LINK))
+                    odd.append((p, _dead_link(p)))
                 elif p.exists() and not p.is_dir():  # a pipe, socket or device named like an image
                     odd.append((p, NOT_REGULAR))
             problems += sorted(odd) + [(d, "cannot be read (permission denied)" if not os.access(d, os.R_OK | os.X_OK) else "cannot be listed")
@@ -874,7 +889,7 @@ def list_images(inputs: Sequence[Path], exclude: Sequence[Path] = (), *, duplica
         elif item.exists():  # a pipe, socket or device: reading it could block or never end
             problems.append((item, NOT_REGULAR))
         else:
-            problems.append((item, BROKEN_LINK if item.is_symlink() else "does not exist"))
+            problems.append((item, _dead_link(item) if item.is_symlink() else "does not exist"))
     return found, problems
 
 

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from facerestore import image_io
 from facerestore.errors import BadImage
-from facerestore.image_io import assert_not_input, list_images, read_image, to_uint8, write_image
+from facerestore.image_io import assert_not_input, list_images, problem_line, read_image, to_uint8, write_image
 
 SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 
@@ -331,6 +331,22 @@ def test_list_images_follows_linked_folders_once_and_reports_broken_links(tmp_pa
     assert problems == [(root / "gone.png", "is a broken link (its target does not exist)")]
     _, problems = list_images([root / "gone.png", tmp_path / "never.png"])  # named on the command line
     assert problems == [(root / "gone.png", "is a broken link (its target does not exist)"), (tmp_path / "never.png", "does not exist")]
+
+
+def test_list_images_calls_a_link_loop_a_loop_not_a_missing_target(tmp_path):
+    """`loop1.jpg -> loop2.jpg -> loop1.jpg` has no missing target: "broken link (its target does not
+    exist)" sent the user looking for a file."""
+    root = tmp_path / "data"
+    write_image(root / "a.png", np.zeros((4, 4, 3), np.float32))
+    (root / "loop1.jpg").symlink_to("loop2.jpg")
+    (root / "loop2.jpg").symlink_to("loop1.jpg")
+    loop = "is a link loop (its links lead back to each other, never to a file)"
+    found, problems = list_images([root])
+    assert found == [root / "a.png"]
+    assert problems == [(root / "loop1.jpg", loop), (root / "loop2.jpg", loop)]
+    _, problems = list_images([root / "loop1.jpg"])  # named on the command line
+    assert problems == [(root / "loop1.jpg", loop)]
+    assert problem_line(root / "loop1.jpg", loop) == f"{root / 'loop1.jpg'} {loop}; fix the link or remove it"
 
 
 def test_list_images_skips_excluded_folders_inside_a_walk_but_not_named_ones(tmp_path):

@@ -40,7 +40,7 @@ from facerestore.training.seeds import check_seed
 from facerestore.errors import BadImage, FaceRestoreError, UsageError
 from facerestore.evaluation import presets
 from facerestore.faces.align import check_aligned_crop
-from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, list_images, read_image, resize, write_image
+from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, LINK_LOOP, list_images, read_image, resize, write_image
 from facerestore.metrics import METRICS, MetricResult, compute, compute_all, metric_failure
 from facerestore.metrics.fid import FEATURE_DIM as FID_FEATURES
 from facerestore.out_of_memory import BatchLimit
@@ -269,7 +269,7 @@ def list_inputs(source: Path, limit: int | None = None, *, option: str = "--hq",
     broken = [(path, reason) for path, reason in problems if path != source]  # links and sub-folders that cannot be listed, inside the folder
     if not paths:
         if broken:
-            links = sum(reason == BROKEN_LINK for _, reason in broken)
+            links = sum(reason in (BROKEN_LINK, LINK_LOOP) for _, reason in broken)
             what = " and ".join(counted(n, noun) for n, noun in ((links, "broken link"), (len(broken) - links, "unreadable folder")) if n)
             raise UsageError(f"{option} {source}: no image to evaluate, only {what} (first: {broken[0][0]})", hint=hint)
         raise UsageError(f"{option} {source}: {problems[0][1] if problems else 'no images'}", hint=hint)

@@ -37,7 +37,7 @@ from PIL import Image
 from facerestore.diffusion.losses import NoiseLevels, perturbed_noise, sample_noise_levels
 from facerestore.diffusion.schedule import NoiseSchedule
 from facerestore.errors import BadImage, UsageError
-from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, NO_IMAGES, NOT_REGULAR, list_images, read_image, resize
+from facerestore.image_io import BROKEN_LINK, IMAGE_EXTENSIONS, LINK_LOOP, NO_IMAGES, NOT_REGULAR, list_images, read_image, resize
 from facerestore.training.config_file import fix, read_run_json, shown
 from facerestore.training.degradations import DegradationSpec, sample_params, apply_degradation, to_gray
 from facerestore.training.seeds import permutation, stable_seed
@@ -169,9 +169,9 @@ def scan_faces(data: Sequence[Path], targets: Sequence[Path] = (), *, min_side: 
         links: list[tuple[Path, str]] = []
         paths, problems = list_images([folder], exclude, duplicates=duplicates, links=links)
         result.links_up += [str(p) for p, _ in links]
-        result.broken_links += [str(p) for p, reason in problems if reason == BROKEN_LINK]
+        result.broken_links += [str(p) for p, reason in problems if reason in (BROKEN_LINK, LINK_LOOP)]
         result.unreadable += [str(p) for p, reason in problems if reason == NOT_REGULAR]  # a pipe or socket named like an image
-        result.unreadable_folders += [str(p) for p, reason in problems if reason not in (BROKEN_LINK, NO_IMAGES) and p.is_dir()]
+        result.unreadable_folders += [str(p) for p, reason in problems if reason not in (BROKEN_LINK, LINK_LOOP, NO_IMAGES) and p.is_dir()]
         result.empty_folders += [str(p) for p, reason in problems if reason == NO_IMAGES]
         result.duplicates += [str(p) for p in duplicates]
         for path in paths:
