@@ -746,6 +746,19 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def _loop_reason(real: str, chain: Sequence[tuple[str, Path]], folder: Path, held: Path) -> str:
+    """Why _walk leaves out a link to `real` that holds `held`, a folder on the way down (`chain`: real
+    path, path walked). A link to the folder it lies in (`self -> .`) or to one above it inside the walk
+    (`sub/up -> ..`) is said to be the loop it is: "search outside" would be wrong, it stays inside."""
+    if chain and real == chain[-1][0]:
+        return "links to its own folder (a loop; remove the link)"
+    above = [shown for inner, shown in chain if inner == real]
+    if above:
+        return f"links to {above[0]}, a folder above it (a loop; remove the link)"
+    return (f"links to {real}, which holds {held}: following it would search outside {folder} "
+            "and loop back into it (link to the folders you want instead)")
+
+
 def _walk(folder: Path, unreadable: list[Path] | None = None, *, exclude: Sequence[str] = (),
           links: list[tuple[Path, str]] | None = None) -> Iterator[Path]:
     """Every file below `folder`, following linked folders (a dataset assembled from links) but each
@@ -782,8 +795,7 @@ def _walk(folder: Path, unreadable: list[Path] | None = None, *, exclude: Sequen
             holds = [shown for inner, shown in chain if _within(inner, real)]
             if holds and os.path.islink(path):  # only a link can point up; bind mounts are left alone
                 if links is not None:
-                    links.append((Path(path), f"links to {real}, which holds {holds[0]}: following it would search outside {folder} "
-                                               "and loop back into it (link to the folders you want instead)"))
+                    links.append((Path(path), _loop_reason(real, chain, folder, holds[0])))
                 continue
             if real in visited:
                 continue

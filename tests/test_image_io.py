@@ -748,7 +748,23 @@ def test_a_link_to_a_folder_above_is_named_not_followed(tmp_path):
     assert reasons[root / "up"] == (f"links to {tmp_path.resolve()}, which holds {root}: following it would search outside {root} "
                                     "and loop back into it (link to the folders you want instead)")
     assert reasons[root / "disk"].startswith("links to /, which holds")
-    assert reasons[root / "linked" / "inner" / "back"].startswith(f"links to {elsewhere.resolve()}, which holds {root / 'linked'}:")
+    assert reasons[root / "linked" / "inner" / "back"] == f"links to {root / 'linked'}, a folder above it (a loop; remove the link)"
+
+
+def test_a_link_to_its_own_folder_or_one_above_inside_the_walk_is_called_a_loop(tmp_path):
+    """`d/self -> .` and `d/sub/up -> ..` were said to "search outside" the folder walked, which they
+    do not: they lead back into it, and the warning now says so plainly."""
+    root = tmp_path / "links"
+    write_image(root / "d" / "sub" / "a.png", np.zeros((4, 4, 3), np.float32))
+    (root / "d" / "self").symlink_to(".")
+    (root / "d" / "sub" / "up").symlink_to("..")
+    links: list = []
+    found, problems = list_images([root], links=links)
+    assert found == [root / "d" / "sub" / "a.png"] and problems == []
+    assert dict(links) == {
+        root / "d" / "self": "links to its own folder (a loop; remove the link)",
+        root / "d" / "sub" / "up": f"links to {root / 'd'}, a folder above it (a loop; remove the link)",
+    }
 
 
 def test_a_walk_never_enters_an_excluded_folder_even_through_a_link(tmp_path, monkeypatch):
