@@ -39,7 +39,7 @@ from PIL import Image
 
 from facerestore.errors import BadImage, UsageError
 from facerestore.file_modes import new_file_mode
-from facerestore.image_meta import EXIF_HEADER, embed_jpeg, embed_png, icc_colour_space, read_exif, read_icc
+from facerestore.image_meta import EXIF_HEADER, embed_jpeg, embed_png, icc_colour_space, read_exif, read_icc, sized_exif
 
 DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -582,6 +582,7 @@ def _encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: in
     samples = np.ascontiguousarray(samples)
     space = "GRAY" if samples.shape[2] in (1, 2) else "RGB"
     icc = icc if icc_colour_space(icc) == space else None  # a profile of another colour space would be invalid
+    exif = sized_exif(exif, samples.shape[1], samples.shape[0]) if exif else None  # the size written, not the camera's
 
     if ext == ".webp":
         return _encode_pillow_webp(samples, jpeg_quality, lossless, icc, exif)

@@ -6,8 +6,9 @@ camera and GPS data and sorts wrongly in a photo library. So the bytes are read 
 and put back into the encoded file: an APP1/APP2 segment in JPEG, an eXIf/iCCP chunk in PNG (WebP
 and TIFF are written by Pillow and tifffile, which take them as arguments).
 
-EXIF is made to describe the output: the orientation is set to 1 (the pixels are stored upright) and
-the embedded thumbnail (IFD1) is unlinked, since it shows the unrestored photo.
+EXIF is made to describe the output: the orientation is set to 1 (the pixels are stored upright),
+the embedded thumbnail (IFD1) is unlinked, since it shows the unrestored photo, and the pixel size
+tags are set to the size written (`sized_exif`: an upright or upscaled photo has another size).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from PIL import Image
 
 EXIF_HEADER = b"Exif\x00\x00"
 _ORIENTATION = 0x0112
-_SHORT = 3
+_EXIF_IFD = 0x8769  # IFD0's pointer to the Exif sub-IFD
+_IMAGE_WIDTH, _IMAGE_LENGTH = 0x0100, 0x0101  # IFD0 (some cameras record them in JPEG EXIF too)
+_PIXEL_X, _PIXEL_Y = 0xA002, 0xA003  # Exif IFD: PixelXDimension, PixelYDimension
+_SHORT, _LONG = 3, 4
 JPEG_SEGMENT_MAX = 65533  # payload bytes of one JPEG marker segment (its length field counts itself)
 ICC_CHUNK_MAX = JPEG_SEGMENT_MAX - 14  # "ICC_PROFILE\0" + sequence number + count
 
@@ -66,6 +70,45 @@ def upright_exif(tiff: bytes) -> bytes | None:
         if tag == _ORIENTATION and kind == _SHORT and number == 1:
             struct.pack_into(order + "H", data, entry + 8, 1)
     struct.pack_into(order + "I", data, end, 0)  # no next IFD: the thumbnail is gone
+    return bytes(data)
+
+
+def sized_exif(tiff: bytes, width: int, height: int) -> bytes:
+    """`tiff` (upright_exif's bytes) with PixelXDimension / PixelYDimension (Exif IFD) and ImageWidth /
+    ImageLength (IFD0, where present) set to `width` x `height`, the size of the file it goes into: a
+    rotated or upscaled photo kept its camera's 4032x3024. Each value fits its 4-byte field (a SHORT
+    too small for the size becomes a LONG), so nothing moves; malformed IFDs are left as they are."""
+    order = "<" if tiff[:2] == b"II" else ">"
+    data = bytearray(tiff)
+
+    def entries(ifd: int) -> range:
+        if ifd < 8 or ifd + 2 > len(data):
+            return range(0)
+        (count,) = struct.unpack_from(order + "H", data, ifd)
+        end = ifd + 2 + 12 * count
+        return range(ifd + 2, end, 12) if end <= len(data) else range(0)
+
+    def set_size(ifd: int, sizes: dict[int, int]) -> int:
+        """Sets the tags of `sizes` in the IFD at `ifd`; returns its Exif IFD pointer, 0 if none."""
+        pointer = 0
+        for entry in entries(ifd):
+            tag, kind, number = struct.unpack_from(order + "HHI", data, entry)
+            if tag == _EXIF_IFD and kind == _LONG and number == 1:
+                (pointer,) = struct.unpack_from(order + "I", data, entry + 8)
+            elif tag in sizes and kind in (_SHORT, _LONG) and number == 1:
+                value = sizes[tag]
+                if kind == _SHORT and value <= 0xFFFF:
+                    struct.pack_into(order + "HH", data, entry + 8, value, 0)  # left-justified in the field
+                else:
+                    struct.pack_into(order + "HHII", data, entry, tag, _LONG, 1, value)
+        return pointer
+
+    if len(data) < 8:
+        return tiff
+    (first,) = struct.unpack_from(order + "I", data, 4)
+    exif_ifd = set_size(first, {_IMAGE_WIDTH: width, _IMAGE_LENGTH: height})
+    if exif_ifd and exif_ifd != first:
+        set_size(exif_ifd, {_PIXEL_X: width, _PIXEL_Y: height})
     return bytes(data)
 
 

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from facerestore import image_io
 from facerestore.errors import BadImage
-from facerestore.image_io import assert_not_input, list_images, problem_line, read_image, to_uint8, write_image
+from facerestore.image_io import assert_not_input, list_images, problem_line, read_image, resize, to_uint8, write_image
 
 SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 
@@ -527,6 +527,39 @@ def test_outputs_carry_the_colour_profile_and_upright_exif(tmp_path, ext):
         assert (exif.get(0x0112), exif.get(0x010F), exif.get_ifd(0x8769).get(0x9003)) == (1, "OPPO", "2018:07:16 17:15:19")
     assert out.size == (40, 60)  # stored upright: orientation 1, so no viewer turns it again
     assert not pic.encoding(exif=False)["exif"]
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png", "webp"])
+def test_exif_pixel_size_is_the_size_written(tmp_path, ext):
+    """A phone photo stored 4032x3024 with orientation 6, restored upright (and at -s 2), kept
+    PixelXDimension 4032 / PixelYDimension 3024 in its Exif IFD: the size of the camera's pixels,
+    not of the file's."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x0100], exif[0x0101] = 6, 60, 40
+    exif.get_ifd(0x8769).update({0xA002: 60, 0xA003: 40, 0x9003: "2018:07:16 17:15:19"})
+    Image.fromarray(_raw(40, 60)).save(tmp_path / "camera.jpg", exif=exif.tobytes())
+    pic = read_image(tmp_path / "camera.jpg")
+    for width, height in ((40, 60), (80, 120)):  # upright; upright and upscaled
+        rgb = pic.rgb if width == 40 else resize(pic.rgb, width, height)
+        out = Image.open(write_image(tmp_path / f"out{width}.{ext}", rgb, **pic.encoding())).getexif()
+        sub = out.get_ifd(0x8769)
+        assert (sub.get(0xA002), sub.get(0xA003), out.get(0x0100), out.get(0x0101)) == (width, height, width, height)
+        assert (out.get(0x0112), sub.get(0x9003)) == (1, "2018:07:16 17:15:19")
+
+
+def test_sized_exif_widens_a_short_size_tag_and_reads_both_byte_orders():
+    import struct
+
+    from facerestore.image_meta import sized_exif
+
+    for order in ("<", ">"):
+        head = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(order + "I", 8)
+        ifd0 = struct.pack(order + "H", 1) + struct.pack(order + "HHII", 0x8769, 4, 1, 26) + struct.pack(order + "I", 0)
+        sub = struct.pack(order + "H", 2) + struct.pack(order + "HHIHH", 0xA002, 3, 1, 4032, 0) + struct.pack(order + "HHII", 0xA003, 4, 1, 3024)
+        fixed = sized_exif(head + ifd0 + sub + struct.pack(order + "I", 0), 70000, 6048)
+        assert struct.unpack_from(order + "HHII", fixed, 28) == (0xA002, 4, 1, 70000)  # over 65535: a LONG now
+        assert struct.unpack_from(order + "HHII", fixed, 40) == (0xA003, 4, 1, 6048)
+    assert sized_exif(b"II*\x00" + struct.pack("<I", 4000), 1, 1) == b"II*\x00" + struct.pack("<I", 4000)
 
 
 def test_upright_exif_resets_orientation_and_unlinks_the_thumbnail():
