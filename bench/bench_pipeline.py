@@ -125,7 +125,7 @@ def main() -> None:
         nan = float("nan")
         print(
             f"| {path.name} | {picture.width}x{picture.height} | {detection_sizes(picture.height, picture.width)} | {n} | {read_s:.3f} | {t.get('detect', 0):.3f} | {t.get('prepare', 0):.3f} | {t.get('align', 0):.3f} | "
-            f"{t['restore']:.3f} | {single:.3f} | {1000 * t.get('paste', 0) / n if n else nan:.1f} | {total:.3f} | {t['restore'] / n if n else nan:.3f} |"
+            f"{t.get('restore', 0):.3f} | {single:.3f} | {1000 * t.get('paste', 0) / n if n else nan:.1f} | {total:.3f} | {t.get('restore', 0) / n if n else nan:.3f} |"
         )
     faces = sum(r[0] for r in rows)
     with_faces = [r for r in rows if r[0]]

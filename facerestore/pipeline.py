@@ -373,8 +373,7 @@ def restore_picture(
         timings["paste"] += time.perf_counter() - clock
         if on_faces:
             on_faces(start, len(found), faces, restored)
-    timings.setdefault("restore", 0.0)
-    return photo, len(found), dict(timings)
+    return photo, len(found), dict(timings)  # only the stages that ran: no `restore` without a face
 
 
 def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, namer: OutputNamer) -> ImageResult:

@@ -296,6 +296,14 @@ def test_no_face_writes_the_photo(tmp_path, monkeypatch):
     np.testing.assert_allclose(read_image(result.outputs[0]).rgb, read_image(source).rgb, atol=1 / 255)
 
 
+def test_a_photo_without_faces_lists_no_restore_time(tmp_path, monkeypatch):
+    """--json's `seconds` lists only the stages that ran (docs/usage.md); a photo without a face
+    said `"restore": 0.0`, as if the method had run."""
+    monkeypatch.setattr(pipeline, "detect_faces", lambda image, detector, **kw: ())
+    result = run_file(tmp_path, write_image(tmp_path / "p.png", photo()), Darken(), upscale=1)
+    assert sorted(result.to_json()["seconds"]) == ["detect", "prepare", "read", "write"]
+
+
 def test_parsing_mask_is_used(tmp_path, three_faces):
     source = write_image(tmp_path / "p.png", photo())
     opts = RestoreOptions(output=tmp_path / "out", upscale=1)
