@@ -971,22 +971,46 @@ def assert_apart(out: Path, folder: Path, where: str, hint: str) -> None:
 OUT_ONLY_HINT = "choose another --out folder"  # assert_not_input's hint for the commands with no --suffix (clean-dataset, degrade)
 
 
-def assert_not_input(path: Path, inputs: set[Path], hint: str = "choose another output folder or --suffix") -> None:
-    """Refuse an output path that is one of the inputs (after resolving links and `..`); `hint` names
-    the options of the command that writes it."""
-    target = Path(path).resolve()
-    for inp in inputs:
-        same = target == Path(inp).resolve()
-        if not same and target.exists() and Path(inp).exists():
+class InputPaths:
+    """A run's inputs, indexed once by resolved path and by (device, inode): each output is then
+    looked up in O(1) instead of resolving and stat-ing every input again (2,000 inputs made that
+    0.1 s per output path, minutes per run). The inode catches another path to an input that
+    resolving does not: a hard link, or other letter case on a case-insensitive disk."""
+
+    def __init__(self, inputs: Iterable[Path]) -> None:
+        self.by_path: dict[Path, Path] = {}
+        self.by_inode: dict[tuple[int, int], Path] = {}
+        for inp in map(Path, inputs):
+            self.by_path.setdefault(inp.resolve(), inp)
             try:
-                same = os.path.samefile(target, inp)
-            except OSError:
-                same = False
-        if same:  # led by the output path: the line of an input whose output it is names it once
-            if os.path.abspath(path) == os.path.abspath(inp):
-                what = "is an input"
-            elif Path(path).is_symlink():
-                what = f"is a link to the input {inp}"
-            else:
-                what = f"is the input {inp} by another path"
-            raise BadImage(f"{path} {what}, so writing an output there would overwrite the input", hint=hint)
+                info = os.stat(inp)
+            except OSError:  # gone, or unreadable: the resolved path still guards it
+                continue
+            self.by_inode.setdefault((info.st_dev, info.st_ino), inp)
+
+    def match(self, path: Path) -> Path | None:
+        """The input `path` is (the same file by any path), or None."""
+        target = Path(path).resolve()
+        if target in self.by_path:
+            return self.by_path[target]
+        try:
+            info = os.stat(target)
+        except OSError:  # not there yet: no input is it
+            return None
+        return self.by_inode.get((info.st_dev, info.st_ino))
+
+
+def assert_not_input(path: Path, inputs: set[Path] | InputPaths, hint: str = "choose another output folder or --suffix") -> None:
+    """Refuse an output path that is one of the inputs (after resolving links and `..`, or the same
+    file by a hard link); `hint` names the options of the command that writes it. Callers that check
+    many outputs pass an `InputPaths`, built once."""
+    index = inputs if isinstance(inputs, InputPaths) else InputPaths(inputs)
+    inp = index.match(path)
+    if inp is not None:  # led by the output path: the line of an input whose output it is names it once
+        if os.path.abspath(path) == os.path.abspath(inp):
+            what = "is an input"
+        elif Path(path).is_symlink():
+            what = f"is a link to the input {inp}"
+        else:
+            what = f"is the input {inp} by another path"
+        raise BadImage(f"{path} {what}, so writing an output there would overwrite the input", hint=hint)

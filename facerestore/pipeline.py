@@ -32,7 +32,7 @@ from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
-from facerestore.image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NO_IMAGES, NOT_WRITABLE, Picture, assert_not_input, check_encodable,
+from facerestore.image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NO_IMAGES, NOT_WRITABLE, InputPaths, Picture, assert_not_input, check_encodable,
                                   folder_relation, is_image_path, output_format, pixel_counts, read_image, refuses_new_files, resize,
                                   to_samples, write_image)
 from facerestore.methods.base import RestorationMethod
@@ -231,7 +231,7 @@ class OutputNamer:
 
     def __init__(self, options: RestoreOptions, inputs: set[Path]) -> None:
         self.options = options
-        self.inputs = inputs
+        self.inputs = InputPaths(inputs)  # indexed once: every output path is looked up, not compared with every input
 
     def _path(self, folder: str, name: str, ext: str) -> Path:
         path = self.options.output / folder / f"{name}.{ext}"
