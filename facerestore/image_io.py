@@ -691,8 +691,9 @@ def check_encodable(path: Path, width: int, height: int) -> None:
 
 def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None, bit_depth: int = 8,
                 gray: bool = False, jpeg_quality: int = 95, icc: bytes | None = None, exif: bytes | None = None,
-                lossless: bool = False, full_chroma: bool = False) -> Path:
-    """Encode by extension and write atomically; returns the path written.
+                lossless: bool = False, full_chroma: bool = False, staged: StagedWrites | None = None) -> Path:
+    """Encode by extension and write atomically; returns the path written (with `staged`: written
+    to a temp file only, renamed into place by `staged.commit()`).
 
     Formats that cannot hold alpha (JPEG, BMP) get the image flattened onto white; formats that cannot hold 16 bits write 8.
     `icc` and `exif` (a source's, `Picture.encoding()`) are embedded where the format holds them
@@ -710,12 +711,19 @@ def write_image(path: Path, rgb: np.ndarray, *, alpha: np.ndarray | None = None,
     except (ValueError, OSError, MemoryError) as e:  # Pillow's and tifffile's encoders
         raise BadImage(f"cannot encode {path} ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})",
                        hint="try another --ext") from None
-    return write_bytes(path, payload)
+    return write_bytes(path, payload) if staged is None else staged.add(path, payload)
 
 
 def write_bytes(path: Path, payload: bytes) -> Path:
     """Write a file atomically (temp file in the same folder, fsync, rename); one-line BadImage on failure."""
     path = Path(path)
+    _replace(_write_temp(path, payload), path)
+    return path
+
+
+def _write_temp(path: Path, payload: bytes) -> str:
+    """`payload` written whole to a temp file beside `path` (named by temp_prefix, so that
+    remove_stale_temps finds it after a kill); returns its name. Nothing is left on failure."""
     if path.is_dir():  # os.replace would fail with "Is a directory" after the encode, and the hint would be about free space
         raise BadImage(f"cannot write {path}: a folder of that name is in the way", hint="move that folder away, or choose another output folder")
     try:
@@ -729,17 +737,70 @@ def write_bytes(path: Path, payload: bytes) -> Path:
             tmp.flush()
             os.fsync(tmp.fileno())
         os.chmod(tmp.name, new_file_mode())  # NamedTemporaryFile makes 0600 files
-        os.replace(tmp.name, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp.name)
-        except OSError:
-            pass
+        _unlink_quietly(tmp.name)
         if isinstance(e, OSError):
-            raise BadImage(f"cannot write {path} ({e.strerror or e})",
-                           hint="check free space and permissions") from None
+            raise BadImage(f"cannot write {path} ({e.strerror or e})", hint="check free space and permissions") from None
         raise
-    return path
+    return tmp.name
+
+
+def _replace(tmp: str, path: Path) -> None:
+    """Rename a written temp file onto `path`; the temp is removed if that fails."""
+    try:
+        os.replace(tmp, path)
+    except BaseException as e:
+        _unlink_quietly(tmp)
+        if isinstance(e, OSError):
+            raise BadImage(f"cannot write {path} ({e.strerror or e})", hint="check free space and permissions") from None
+        raise
+
+
+def _unlink_quietly(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+class StagedWrites:
+    """Files that belong together (a photo and its face files) written whole to temp files beside
+    their targets and renamed into place only by `commit`: a set that fails or is interrupted
+    part-way leaves the earlier run's files as they were (replacing each at once, then deleting the
+    new ones on failure, lost them), and a finished set replaces them. Use as a context manager:
+    leaving it without a commit (an exception, Ctrl-C) deletes the temps."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, Path]] = []
+
+    def add(self, path: Path, payload: bytes) -> Path:
+        path = Path(path)
+        self.pending.append((_write_temp(path, payload), path))
+        return path
+
+    def commit(self) -> list[Path]:
+        """Rename every temp onto its target, in the order written; returns the targets."""
+        done = []
+        try:
+            while self.pending:
+                tmp, path = self.pending[0]
+                _replace(tmp, path)
+                self.pending.pop(0)
+                done.append(path)
+        finally:
+            self.discard()  # after a failed rename: the temps not renamed
+        return done
+
+    def discard(self) -> None:
+        """Delete the temps not yet committed."""
+        while self.pending:
+            _unlink_quietly(self.pending.pop()[0])
+
+    def __enter__(self) -> StagedWrites:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
 
 
 def _within(path: str, folder: str) -> bool:

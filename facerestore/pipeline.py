@@ -5,7 +5,9 @@ Output layout follows GFPGAN (the convention users know, ANCHORS.md 3.3):
   cropped_faces/<name>_<ii>.png          aligned input crops (ii: face_number)
   restored_faces/<name>_<ii>[_suffix].png
   cmp/<name>_<ii>.png                    crop | restored, side by side
-Every file is written to a temp file and renamed; an input file is never overwritten. Folder
+Every file of a photo is written to a temp file, and all are renamed into place once the photo is
+done (a failed or interrupted photo leaves an earlier run's files as they were); an input file is
+never overwritten. Folder
 inputs skip these four folders of the output (`output_folders`), so a rerun into an output folder
 inside the input tree does not restore its own earlier results.
 """
@@ -32,7 +34,7 @@ from facerestore.faces.align import AlignedFace, align_face, check_aligned_crop
 from facerestore.faces.detect import RetinaFaceHeads, detect_faces, select_faces
 from facerestore.faces.parsing import Parser
 from facerestore.faces.paste import paste_faces
-from facerestore.image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NO_IMAGES, NOT_WRITABLE, InputPaths, Picture, assert_not_input, check_encodable,
+from facerestore.image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NO_IMAGES, NOT_WRITABLE, InputPaths, Picture, StagedWrites, assert_not_input, check_encodable,
                                   folder_relation, is_image_path, output_format, pixel_counts, read_image, refuses_new_files, resize,
                                   to_samples, write_image)
 from facerestore.methods.base import RestorationMethod
@@ -399,6 +401,10 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
     # with --aligned the restored face is the result: it keeps the crop's transparency
     face_alpha = resize(picture.alpha, FACE_SIZE, FACE_SIZE) if options.aligned and picture.alpha is not None else None
     writing = 0.0
+    # the photo's files are written to temp files and renamed into place together once all are
+    # written: a failed or interrupted photo (Ctrl-C) leaves none of them, and an earlier run's
+    # files for it as they were (docs/usage.md: a rerun deletes nothing)
+    staged = StagedWrites()
 
     def write_faces(first: int, count: int, faces: Sequence[AlignedFace], restored: Sequence[np.ndarray]) -> None:
         nonlocal writing
@@ -406,12 +412,13 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
         for index, (face, out) in enumerate(zip(faces, restored), first):
             tag = None if options.aligned else index
             if not options.aligned:
-                result.outputs.append(write_image(namer.face("cropped_faces", name, tag, of=count), face.crop, **keep))
-            result.outputs.append(write_image(namer.face("restored_faces", name, tag, suffix=True, of=count), out, alpha=face_alpha, **keep))
-            result.outputs.append(write_image(namer.face("cmp", name, tag, of=count), _side_by_side(face.crop, out), **keep))
+                result.outputs.append(write_image(namer.face("cropped_faces", name, tag, of=count), face.crop, staged=staged, **keep))
+            result.outputs.append(write_image(namer.face("restored_faces", name, tag, suffix=True, of=count), out, alpha=face_alpha,
+                                              staged=staged, **keep))
+            result.outputs.append(write_image(namer.face("cmp", name, tag, of=count), _side_by_side(face.crop, out), staged=staged, **keep))
         writing += time.perf_counter() - clock
 
-    try:
+    with staged:  # left without the commit: its temp files are deleted
         photo, result.faces, timings = restore_picture(picture, tools, options, on_faces=write_faces if options.save_faces else None)
         result.seconds.update(timings)
         clock = time.perf_counter()
@@ -420,11 +427,8 @@ def restore_file(path: Path, name: str, tools: Tools, options: RestoreOptions, n
             del picture  # its samples, as large as the photo, are done with: the encoder's copy takes their place
             if alpha is not None and upscale != 1:
                 alpha = scale_alpha(alpha, (photo.shape[1], photo.shape[0]))
-            result.outputs.append(write_image(target, photo, alpha=alpha, **encoding))
-    except BaseException:  # a failed photo (or Ctrl-C) leaves none of its face files behind
-        for written in result.outputs:
-            Path(written).unlink(missing_ok=True)
-        raise
+            result.outputs.append(write_image(target, photo, alpha=alpha, staged=staged, **encoding))
+        staged.commit()
     result.seconds["write"] = writing + time.perf_counter() - clock
     if not result.faces:
         result.status = "no-face"

@@ -290,6 +290,28 @@ def test_atomic_write_replaces_only_after_success(tmp_path, monkeypatch):
         write_image(tmp_path / "x.gif", _rgb())
 
 
+def test_staged_writes_appear_together_at_commit_and_leave_no_temp_when_dropped(tmp_path, monkeypatch):
+    old = write_image(tmp_path / "a.png", _rgb())
+    before = old.read_bytes()
+    with image_io.StagedWrites() as staged:
+        write_image(old, _rgb(seed=3), staged=staged)
+        write_image(tmp_path / "b.png", _rgb(seed=4), staged=staged)
+        assert old.read_bytes() == before and not (tmp_path / "b.png").exists()  # nothing in place before the commit
+        assert len(list(tmp_path.glob(f"{image_io.temp_prefix(old)}*.tmp"))) == 1  # the name remove_stale_temps finds
+    assert old.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # dropped: temps deleted
+    with image_io.StagedWrites() as staged:
+        write_image(old, _rgb(seed=3), staged=staged)
+        write_image(tmp_path / "b.png", _rgb(seed=4), staged=staged)
+        assert staged.commit() == [old, tmp_path / "b.png"]
+    assert old.read_bytes() != before and sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+    staged = image_io.StagedWrites()
+    write_image(tmp_path / "c.png", _rgb(), staged=staged)
+    monkeypatch.setattr(image_io.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(BadImage, match="c.png .No space left"):
+        staged.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]  # the failed rename's temp is gone too
+
+
 def test_list_images(tmp_path):
     for rel in ["b/2.PNG", "b/c/1.jpg", "a.jpeg", "b/notes.txt", "b/.hidden/z.png", "b/._y.jpg"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

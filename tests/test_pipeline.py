@@ -348,6 +348,61 @@ def test_a_photo_that_fails_late_leaves_none_of_its_face_files(tmp_path, three_f
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
+class InterruptedAfter(Darken):
+    """Darken, with Ctrl-C pressed while restoring the batch after the first `batches`."""
+
+    def __init__(self, batches: int, error: BaseException = KeyboardInterrupt()) -> None:
+        super().__init__()
+        self.limit, self.error = batches, error
+
+    def restore(self, crops: torch.Tensor, generator=None) -> torch.Tensor:
+        if len(self.batches) == self.limit:
+            raise self.error
+        return 1 - super().restore(crops, generator)  # not what the first run wrote
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """Every file under `out`, temp files (hidden) included, by relative path."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("backend crash")])
+def test_a_rerun_interrupted_after_some_faces_leaves_the_earlier_run_s_files(tmp_path, three_faces, error):
+    """The rerun replaced face 0 and 1's files, then deleted its own new ones on Ctrl-C: the earlier
+    run's were lost, and cropped_faces/restored_faces/cmp held faces 2 only (docs/usage.md: a rerun
+    deletes nothing)."""
+    source = write_image(tmp_path / "p.png", photo())
+    run_file(tmp_path, source, Darken(), batch_size=1, upscale=1)
+    before = _files(tmp_path / "out")
+    assert len(before) == 10  # the photo and 3 x 3 face files
+    with pytest.raises(type(error)):
+        run_file(tmp_path, source, InterruptedAfter(2, error), batch_size=1, upscale=1)
+    assert _files(tmp_path / "out") == before  # the same files, the same bytes, no temp file left
+
+
+def test_a_rerun_whose_photo_cannot_be_written_leaves_the_earlier_face_files(tmp_path, three_faces, monkeypatch):
+    source = write_image(tmp_path / "p.png", photo())
+    run_file(tmp_path, source, Darken(), upscale=1)
+    before = _files(tmp_path / "out")
+    (tmp_path / "out" / "restored_imgs" / "p.png").unlink()
+    (tmp_path / "out" / "restored_imgs" / "p.png").mkdir()  # in the way of the photo's write
+    with pytest.raises(BadImage, match="a folder of that name is in the way"):
+        run_file(tmp_path, source, InterruptedAfter(99), upscale=1)
+    after = _files(tmp_path / "out")
+    assert after == {k: v for k, v in before.items() if k != "restored_imgs/p.png"} and len(after) == 9
+
+
+def test_a_finished_rerun_replaces_the_earlier_run_s_files(tmp_path, three_faces):
+    source = write_image(tmp_path / "p.png", photo())
+    run_file(tmp_path, source, Darken(), batch_size=1, upscale=1)
+    before = _files(tmp_path / "out")
+    result = run_file(tmp_path, source, InterruptedAfter(99), batch_size=1, upscale=1)
+    after = _files(tmp_path / "out")
+    assert after.keys() == before.keys() and len(result.outputs) == 10 and all(p.is_file() for p in result.outputs)
+    assert all(after[k] != before[k] for k in after if not k.startswith("cropped_faces/"))  # the new restoration
+    assert all(after[k] == before[k] for k in after if k.startswith("cropped_faces/"))  # the same input crops
+
+
 @pytest.mark.parametrize(("message", "line"), [
     ("x.png is truncated", "x.png is truncated"),  # names the input first: as it is
     ("x.png: 30x40 is not a square aligned face crop", "x.png: 30x40 is not a square aligned face crop"),
