@@ -53,7 +53,7 @@ import torch
 
 from facerestore.errors import FaceRestoreError, UsageError
 from facerestore.faces.align import check_aligned_crop
-from facerestore.image_io import OUT_ONLY_HINT, Picture, remove_stale_temps, resize, write_bytes, assert_apart, assert_not_input, assert_output_folder, from_samples, list_images, read_image, write_image
+from facerestore.image_io import OUT_ONLY_HINT, Picture, remove_stale_temps, resize, write_bytes, assert_apart, InputPaths, assert_not_input, assert_output_folder, from_samples, list_images, read_image, write_image
 from facerestore.metrics.json_numbers import json_number, read_json_number
 from facerestore.out_of_memory import BatchLimit
 from facerestore.plural import counted
@@ -326,7 +326,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return psnr(a, b)
 
 
-def _write(target: Path, rgb: np.ndarray, picture: Picture, inputs: set[Path], quality: int) -> None:
+def _write(target: Path, rgb: np.ndarray, picture: Picture, inputs: InputPaths, quality: int) -> None:
     assert_not_input(target, inputs, hint=OUT_ONLY_HINT)
     write_image(target, rgb, alpha=picture.alpha, jpeg_quality=quality, **picture.encoding())
 
@@ -424,7 +424,7 @@ def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], r
 
     if on_start is not None:
         on_start(len(todo))
-    inputs = {p.resolve() for p in paths}
+    inputs = InputPaths(paths)  # indexed once: every output is looked up, not compared with every input
     manifest = open_manifest(state / f"done-rank{d.rank}.jsonl")
     done = failed = no_face = 0
     busy = 0.0
@@ -490,7 +490,7 @@ def _clean_tree(options: CleanOptions, d: distributed.Dist, paths: list[Path], r
 
 
 def _clean_faces(paths: list[Path], rels: list[str], chunk: list[int], out: Path, method, limit: BatchLimit, options: CleanOptions,
-                 inputs: set[Path]) -> list[FileResult]:
+                 inputs: InputPaths) -> list[FileResult]:
     """One batch of aligned faces; a file that fails is reported and the others go on."""
     results: list[FileResult] = []
     pictures: list[tuple[int, Picture, float]] = []
@@ -526,7 +526,7 @@ def _clean_faces(paths: list[Path], rels: list[str], chunk: list[int], out: Path
     return results
 
 
-def _clean_photo(path: Path, rel: str, out: Path, method, detector, limit: BatchLimit, options: CleanOptions, inputs: set[Path]) -> FileResult:
+def _clean_photo(path: Path, rel: str, out: Path, method, detector, limit: BatchLimit, options: CleanOptions, inputs: InputPaths) -> FileResult:
     from facerestore.pipeline import RestoreOptions, Tools, restore_picture
 
     clock = time.perf_counter()

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from facerestore.errors import FaceRestoreError, UsageError
-from facerestore.image_io import (IMAGE_EXTENSIONS, OUT_ONLY_HINT, assert_not_input, assert_output_folder, assert_outside, folder_relation, list_images, output_format, read_image,
+from facerestore.image_io import (IMAGE_EXTENSIONS, OUT_ONLY_HINT, InputPaths, assert_not_input, assert_output_folder, assert_outside, folder_relation, list_images, output_format, read_image,
                                   remove_stale_temps, write_bytes, write_image)
 from facerestore.training.degradations import DegradationParams, DegradationSpec, apply_degradation, preset as get_preset, sample_params
 from facerestore.training.loop import SOURCE_KEYS, manifest_records, open_manifest, read_settings, source_changed, source_fingerprint, source_stat
@@ -198,7 +198,7 @@ def _degrade_all(paths: list[Path], rels: list[Path], targets: list[Path], dst: 
                  on_error: Callable[[str], None] | None, on_warning: Callable[[str], None] | None,
                  on_message: Callable[[str], None] | None) -> DegradeReport:
     """The checked run of `degrade_tree`, under dst's lock."""
-    inputs = {p.resolve() for p in paths}
+    inputs = InputPaths(paths)  # indexed once: every output is looked up, not compared with every input
     json_path, csv_path = dst / "degradations.json", dst / "degradations.csv"
     state = dst / STATE_DIR
     # a kill -9 in the middle of a write leaves its temp file (.NAME.RANDOM.tmp) beside the target: only those go
@@ -258,7 +258,7 @@ def _degrade_all(paths: list[Path], rels: list[Path], targets: list[Path], dst: 
                          changed=changed, no_source=no_source, other_format=[p for p in left if p not in no_source])
 
 
-def _degrade_one(path: Path, rel: Path, target: Path, dst: Path, spec: DegradationSpec, seed: int, inputs: set[Path],
+def _degrade_one(path: Path, rel: Path, target: Path, dst: Path, spec: DegradationSpec, seed: int, inputs: InputPaths,
                  on_error: Callable[[str], None] | None, on_warning: Callable[[str], None] | None) -> dict | None:
     """Degrade and write one copy; its record, or None after reporting why it failed."""
     try:
