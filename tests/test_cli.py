@@ -505,6 +505,17 @@ def test_a_weights_role_of_another_method_is_refused_naming_the_methods_roles(tm
     assert not (tmp_path / "out").exists()
 
 
+def test_steps_with_the_default_method_points_to_the_bundled_idm_first(tmp_path):
+    """`--steps 10` with baseline said 'choose --method difface', whose weights most users lack; idm ships
+    with the package and takes --steps."""
+    write_image(tmp_path / "a.png", smooth())
+    result = run(tmp_path / "a.png", "-o", tmp_path / "out", "--steps", "10", "--offline")
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert line == ("error: --steps is not used by method 'baseline'; it is an option of idm, difface; "
+                    "drop --steps, or choose --method idm (its model ships with facerestore) or difface"), line
+
+
 def test_a_weights_role_a_multi_file_method_lacks_lists_its_roles(tmp_path):
     write_image(tmp_path / "a.png", smooth())
     result = run(tmp_path / "a.png", "-o", tmp_path / "out", "-m", "dr2", "--weights", "prior=x.pth", "--offline")

@@ -1014,7 +1014,7 @@ def test_a_method_option_no_evaluated_method_takes_is_refused_before_any_model_l
     none = dict.fromkeys(("steps", "fidelity", "eta", "start", "dr2_n", "dr2_tau", "dr2_preset"))
     knobs = method_knobs(**none, dr2_auto=False, no_enhancer=False)
     assert route_method_options(["idm", "dr2"], knobs | {"steps": 4, "dr2_auto": True}) == {"idm": {"steps": 4}, "dr2": {"dr2_auto": True}}
-    with pytest.raises(UsageError, match="--steps is not used by dr2, codeformer; it is an option of difface, idm"):
+    with pytest.raises(UsageError, match="--steps is not used by dr2, codeformer; it is an option of idm, difface"):
         route_method_options(["dr2", "codeformer"], knobs | {"steps": 4})
 
 

@@ -63,7 +63,27 @@ def check_method_options(info: MethodInfo, options: MethodOptions) -> None:
         if option not in info.knobs:
             flag, users = METHOD_SPECIFIC[option], methods_taking(option)
             where = f"it is an option of {', '.join(users)}" if users else "no method uses it"
-            raise UsageError(f"{flag} is not used by method {info.name!r}; {where}", hint=f"drop {flag} or choose --method {users[0]}" if users else "")
+            raise UsageError(f"{flag} is not used by method {info.name!r}; {where}", hint=_choose_hint(flag, users))
+
+
+def _choose_hint(flag: str, users: list[str]) -> str:
+    """`drop --steps, or choose --method idm (its model ships with facerestore) or difface`: a method
+    that runs offline with no download first (--steps led to difface, whose weights most users lack)."""
+    if not users:
+        return ""
+    first, others = users[0], users[1:]
+    shipped = " (its model ships with facerestore)" if ships_weights(first) else ""
+    return f"drop {flag}, or choose --method {first}{shipped}" + "".join(f" or {name}" for name in others)
+
+
+def ships_weights(name: str) -> bool:
+    """True for a method whose default weights are bundled inside the package (facerestore/models:
+    its module has `bundled_weights()`), so it runs with no download."""
+    module, _ = _lookup(name)
+    try:
+        return callable(getattr(import_module(module), "bundled_weights", None))
+    except ImportError:
+        return False
 
 
 def set_method_options(options: MethodOptions) -> list[str]:
@@ -83,8 +103,10 @@ def planned_run_options(name: str, options: MethodOptions) -> dict[str, Any]:
 
 
 def methods_taking(option: str) -> list[str]:
-    """Every method whose `MethodInfo.knobs` lists the MethodOptions field `option` (e.g. "eta" -> ["difface"])."""
-    return [name for name in _BACKENDS if option in _knobs(name)]
+    """Every method whose `MethodInfo.knobs` lists the MethodOptions field `option` (e.g. "eta" ->
+    ["difface"]), those whose weights ship with the package first (`ships_weights`): "steps" -> ["idm", "difface"]."""
+    users = [name for name in _BACKENDS if option in _knobs(name)]
+    return sorted(users, key=lambda name: not ships_weights(name))
 
 
 def check_weights_roles(info: MethodInfo, options: MethodOptions) -> None:
