@@ -97,7 +97,10 @@ def autocast_dtype(device: torch.device | str, precision: str = "auto", *, auto_
     if kind == "mps":
         raise UsageError(f"--precision {precision} is not supported on mps yet", hint="use --precision fp32 (or auto) on Apple GPUs")
     if kind == "cpu" and precision == "fp16":
-        raise UsageError("--precision fp16 needs a CUDA GPU; the CPU has no fast fp16 convolutions", hint="use --precision bf16 on the CPU")
+        # bf16 only where this CPU runs it natively: elsewhere it is emulated, slower than fp32
+        hint = ("use --precision fp32 or auto, or bf16 (this CPU runs it natively: faster)" if cpu_has_native_bf16() else
+                "use --precision fp32 or auto (bf16 would be slower: this CPU has no AMX or AVX512-BF16)")
+        raise UsageError("--precision fp16 needs a CUDA GPU; the CPU has no fast fp16 convolutions", hint=hint)
     if kind == "cuda" and precision != "fp16" and not torch.cuda.is_bf16_supported():
         if precision == "bf16":
             raise UsageError("--precision bf16 was asked for but this GPU has no bf16", hint="use --precision fp16 or auto")

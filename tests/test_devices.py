@@ -68,6 +68,20 @@ def test_precision_policy_on_the_cpu_and_mps():
         autocast_dtype("cpu", "fp8")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_fp16_on_the_cpu_suggests_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, native):
+    """The hint said 'use --precision bf16 on the CPU', which is slower than fp32 on CPUs without AMX or AVX512-BF16."""
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    with pytest.raises(UsageError) as refused:
+        autocast_dtype("cpu", "fp16")
+    hint = refused.value.hint
+    assert hint.startswith("use --precision fp32 or auto"), hint
+    if native:
+        assert "bf16 (this CPU runs it natively: faster)" in hint
+    else:
+        assert "bf16 would be slower: this CPU has no AMX or AVX512-BF16" in hint
+
+
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_precision_policy_on_cuda(monkeypatch, has_bf16):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: has_bf16)
