@@ -64,17 +64,20 @@ class RestoreOptions:
 
     def __post_init__(self) -> None:
         if self.upscale is not None and not 1.0 <= self.upscale <= 8.0:
-            raise UsageError(f"--upscale must be between 1 and 8, got {self.upscale}")
+            raise UsageError(f"--upscale must be between 1 and 8, got {self.upscale}",
+                             hint=f"pass a scale from 1 to 8, or leave -s out ({AUTO_UPSCALE:g}, or 1 for photos over {AUTO_UPSCALE_MAX_SIDE} px)")
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}", hint=f"pass 1 or more faces (default {type(self).batch_size})")
         object.__setattr__(self, "ext", output_format(self.ext))  # frozen: normalised once, here
         check_seed(self.seed)
         if self.max_pixels < 1:
-            raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+            raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}", hint=f"pass a pixel count of 1 or more (default {DEFAULT_MAX_PIXELS})")
         if not 0.0 <= self.detection_threshold <= 1.0:
-            raise UsageError(f"--detection-threshold is a confidence between 0 and 1, got {self.detection_threshold}")
+            raise UsageError(f"--detection-threshold is a confidence between 0 and 1, got {self.detection_threshold}",
+                             hint=f"pass a value from 0 to 1 (default {type(self).detection_threshold:g}; facexlib uses 0.97)")
         if not 0 <= self.min_face < float("inf"):  # inf drops every face: each photo would only say 'no face found'
-            raise UsageError(f"--min-face must be 0 or more pixels (a finite number), got {self.min_face}")
+            raise UsageError(f"--min-face must be 0 or more pixels (a finite number), got {self.min_face}",
+                             hint=f"pass the smallest eye distance in pixels to keep, 0 or more (default {type(self).min_face:g})")
         if self.aligned and self.upscale is not None:
             raise UsageError("--upscale does nothing with --aligned: restored faces are written at 512x512", hint="drop --upscale, or drop --aligned to paste the faces back into the photo")
         if self.suffix is not None and any(sep in self.suffix for sep in ("/", "\\")):

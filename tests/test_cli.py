@@ -555,6 +555,25 @@ def test_usage_errors_exit_2_before_any_work(tmp_path, args, message, tiny_basel
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--detection-threshold", "1.5"], "--detection-threshold is a confidence between 0 and 1, got 1.5; pass a value from 0 to 1 (default 0.8; facexlib uses 0.97)"),
+        (["-s", "0"], "--upscale must be between 1 and 8, got 0.0; pass a scale from 1 to 8, or leave -s out (2, or 1 for photos over 1500 px)"),
+        (["-b", "0"], "--batch-size must be at least 1, got 0; pass 1 or more faces (default 8)"),
+        (["--seed", "-1"], "--seed must be between 0 and 2^63-1, got -1; pass a whole number from 0 to 2^63-1 (default 0)"),
+        (["--max-pixels", "0"], "--max-pixels must be at least 1, got 0; pass a pixel count of 1 or more (default 64000000)"),
+        (["--min-face", "-3"], "--min-face must be 0 or more pixels (a finite number), got -3.0; pass the smallest eye distance in pixels to keep, 0 or more (default 5)"),
+    ],
+)
+def test_option_errors_say_what_to_pass(tmp_path, args, line):
+    """These said only what was wrong ('--batch-size must be at least 1, got 0'); each now gives the range and the default."""
+    write_image(tmp_path / "a.png", smooth())
+    result = run(tmp_path / "a.png", "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [f"error: {line}"], result.output
+
+
 @pytest.mark.parametrize(("env", "printed"), [({}, True), ({"RANK": "0", "LOCAL_RANK": "0"}, True), ({"RANK": "1", "LOCAL_RANK": "1"}, False),
                                              ({"RANK": "2", "LOCAL_RANK": "0"}, False), ({"LOCAL_RANK": "1"}, False), ({"RANK": "x"}, True)])
 def test_under_torchrun_the_main_rank_alone_prints_an_error_and_every_rank_exits_with_its_code(tmp_path, monkeypatch, env, printed):

@@ -18,7 +18,7 @@ from facerestore.errors import UsageError
 def check_seed(seed: int) -> None:
     """Every command takes the same --seed range: torch's and numpy's generators take no more."""
     if not 0 <= seed < 2**63:
-        raise UsageError(f"--seed must be between 0 and 2^63-1, got {seed}")
+        raise UsageError(f"--seed must be between 0 and 2^63-1, got {seed}", hint="pass a whole number from 0 to 2^63-1 (default 0)")
 
 
 def stable_seed(*parts: object) -> int:
