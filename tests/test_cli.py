@@ -222,6 +222,19 @@ def test_no_face_still_writes_the_photo_and_exits_0(tmp_path, tiny_baseline):
     assert np.abs(out.rgb - enlarged).mean() < 1 / 255 and np.abs(out.rgb - enlarged).max() < 8 / 255  # 0.77 and 4.7 levels
 
 
+def test_a_low_detection_threshold_is_allowed_with_one_warning_line(tmp_path, tiny_baseline):
+    """--detection-threshold 0 was taken silently and pasted 53 'faces' into a photo of one."""
+    write_image(tmp_path / "in" / "a.png", smooth())
+    write_image(tmp_path / "in" / "b.png", smooth())
+    warning = ("warning: --detection-threshold 0.3 is below 0.5: detections that unsure are mostly not faces, "
+               "and each one is restored and pasted into the photo; the default is 0.8")
+    low = run(tmp_path / "in", "-o", tmp_path / "low", "-m", "baseline", "--weights", tiny_baseline, "--detection-threshold", "0.3", "-q")
+    assert low.exit_code == 0, low.output
+    assert low.output.splitlines().count(warning) == 1, low.output  # once per run, not per photo
+    usual = run(tmp_path / "in", "-o", tmp_path / "usual", "-m", "baseline", "--weights", tiny_baseline, "--detection-threshold", "0.5", "-q")
+    assert usual.exit_code == 0 and "--detection-threshold" not in usual.output, usual.output
+
+
 def test_a_large_photo_keeps_its_size_unless_upscale_is_given(tmp_path, tiny_baseline):
     write_image(tmp_path / "in" / "wide.png", smooth(400, 1600))  # no face; long side over 1500
     sizes = {}

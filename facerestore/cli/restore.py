@@ -56,6 +56,7 @@ def restore_command(
 
     from facerestore.background_upsampler import check_background_options, load_background_upsampler
     from facerestore.devices import cpu_bf16_tip, resolve_device
+    from facerestore.faces.detect import low_threshold_warning
     from facerestore.image_io import list_images, problem_line, problem_text
     from facerestore.methods.base import MethodOptions
     from facerestore.methods.registry import build_method
@@ -115,6 +116,9 @@ def restore_command(
         err.print("interrupted before any image was restored; nothing was written", markup=False)
         raise typer.Exit(130) from None
 
+    low = None if aligned else low_threshold_warning(detection_threshold)
+    if low:  # allowed, said once: it changes what counts as a face in every photo
+        err.print(low, markup=False)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=quiet or as_json)
     finished: list = []  # the result of each image handled so far, in order
     with progress:

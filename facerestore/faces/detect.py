@@ -54,6 +54,18 @@ FINE_MAX_FACE = 320  # with two scales, the fine one keeps faces up to this size
 PART_INSIDE = 0.6  # a box with this share of its area inside a box of PART_AREA times its area is a part
 PART_AREA = 2.0
 PART_OF_MIN_SCORE = 0.8  # a box drops parts only when it is this confident (the default threshold) or more than the part
+# below this confidence RetinaFace's detections are mostly not faces: --detection-threshold 0 pasted 53
+# "faces" into a 225x225 photo of one. Still allowed (a search for every candidate), with a warning.
+LOW_THRESHOLD = 0.5
+
+
+def low_threshold_warning(threshold: float) -> str | None:
+    """The one warning line for a --detection-threshold under LOW_THRESHOLD, else None."""
+    if threshold >= LOW_THRESHOLD:
+        return None
+    return (f"warning: --detection-threshold {threshold:g} is below {LOW_THRESHOLD:g}: detections that unsure are mostly not faces, "
+            "and each one is restored and pasted into the photo; the default is 0.8")
+
 
 DETECTORS = {
     "auto": "the best detector whose weights are present and intact (resnet50, then mobile0.25), else the bundled one; never downloads",
